@@ -1,0 +1,126 @@
+/* Differentiable ops. Each checks shapes when called (a mismatch is an
+ * error naming the tensors and shapes, never a crash in a kernel), computes
+ * its output eagerly through the kernels of the tensors' device, and records
+ * a tape node when an input needs a gradient.
+ *
+ * Conventions: tensors are f32 and contiguous; "rows" means all leading
+ * dimensions flattened, "cols" the last dimension. Integer inputs (token ids,
+ * positions, labels, row indices) are plain int32 arrays, copied into the
+ * arena when backward needs them. Any NULL tensor input makes the op return
+ * NULL with the first error kept. */
+#ifndef DVL_OPS_H
+#define DVL_OPS_H
+
+#include "tensor/tensor.h"
+
+/* ---------------------------------------------------------------- linear */
+/* y = x W^T (+ b). x [..., in], W [out, in] (Hugging Face layout), b [out]
+ * or NULL; y [..., out]. One cblas_sgemm each way, transposes, no copies. */
+dvl_tensor *dvl_linear(dvl_ctx *ctx, dvl_tensor *x, dvl_tensor *w, dvl_tensor *b);
+
+/* ------------------------------------------------------------- embedding */
+/* out[i] = W[ids[i]]; W [V, d], out [n, d]. Backward scatter-adds into W.
+ * An id outside [0, V) is an error naming it. */
+dvl_tensor *dvl_embedding(dvl_ctx *ctx, dvl_tensor *w, const int32_t *ids, int64_t n);
+
+/* ----------------------------------------------------------- elementwise */
+dvl_tensor *dvl_add(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b); /* same shape */
+dvl_tensor *dvl_mul(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b); /* same shape */
+dvl_tensor *dvl_scale(dvl_ctx *ctx, dvl_tensor *a, float s);
+dvl_tensor *dvl_silu(dvl_ctx *ctx, dvl_tensor *x);
+/* silu(gate) * up, same shapes (the Qwen2/LLaMA MLP). */
+dvl_tensor *dvl_swiglu(dvl_ctx *ctx, dvl_tensor *gate, dvl_tensor *up);
+typedef enum dvl_gelu_kind { DVL_GELU_ERF = 0, DVL_GELU_TANH = 1 } dvl_gelu_kind;
+dvl_tensor *dvl_gelu(dvl_ctx *ctx, dvl_tensor *x, dvl_gelu_kind kind);
+/* Sum of all elements into a 1-element tensor (accumulated in double). */
+dvl_tensor *dvl_sum(dvl_ctx *ctx, dvl_tensor *x);
+
+/* ----------------------------------------------------------------- norms */
+/* y = x / sqrt(mean(x^2) + eps) * w over the last dim; w [cols]. */
+dvl_tensor *dvl_rmsnorm(dvl_ctx *ctx, dvl_tensor *x, dvl_tensor *w, float eps);
+/* y = (x - mean) / sqrt(var + eps) * w + b over the last dim (biased var). */
+dvl_tensor *dvl_layernorm(dvl_ctx *ctx, dvl_tensor *x, dvl_tensor *w, dvl_tensor *b, float eps);
+
+/* --------------------------------------------------------------- softmax */
+dvl_tensor *dvl_softmax(dvl_ctx *ctx, dvl_tensor *x); /* over the last dim */
+
+/* ---------------------------------------------------------------- rotary */
+/* Rotary position embedding, rotate-half layout as Hugging Face Qwen2/LLaMA:
+ * for head vector x of size D (even), with inv_freq[j] = theta^(-2j/D),
+ * angle = pos * inv_freq[j] for j < D/2,
+ *   y[j]       = x[j] cos - x[j+D/2] sin
+ *   y[j+D/2]   = x[j+D/2] cos + x[j] sin.
+ * x [N, T, H, D]; pos [N*T] (one position per token, any values). */
+dvl_tensor *dvl_rope(dvl_ctx *ctx, dvl_tensor *x, const int32_t *pos, float theta);
+
+/* ------------------------------------------------------------------ rows */
+/* Rows = first dimension for these (a [n, ...] tensor has n rows). */
+dvl_tensor *dvl_concat_rows(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b);
+/* Rows [start, start+n) as a view (no copy, shares gradient). */
+dvl_tensor *dvl_slice_rows(dvl_ctx *ctx, dvl_tensor *x, int64_t start, int64_t n);
+/* out[i] = x[idx[i]] for i < n (indices may repeat; backward adds). */
+dvl_tensor *dvl_gather_rows(dvl_ctx *ctx, dvl_tensor *x, const int32_t *idx, int64_t n);
+/* out = dst with out[idx[i]] = src[i] for i < src rows (indices distinct):
+ * splices image features into a token sequence. Gradient: to src from the
+ * replaced rows, to dst from all others. */
+dvl_tensor *dvl_scatter_rows(dvl_ctx *ctx, dvl_tensor *dst, dvl_tensor *src, const int32_t *idx);
+
+/* ------------------------------------------------------------- attention */
+typedef enum dvl_mask_kind {
+    DVL_MASK_BIDIR = 0, /* every query sees every (valid) key */
+    DVL_MASK_CAUSAL,    /* key position <= query position */
+    /* Block diffusion training over [x_t ; x_0], both halves of length L
+     * (Tq = Tk = 2L); with b(i) = (i mod L) / B:
+     *   noisy q -> noisy k iff b(k) == b(q)
+     *   noisy q -> clean k iff b(k) <  b(q)
+     *   clean q -> clean k iff b(k) <= b(q)
+     *   clean q -> noisy k never. */
+    DVL_MASK_BLOCK_DIFF,
+    /* Block-causal (inference with KV cache): key position's block <= query
+     * position's block, positions absolute from 0, b(p) = p / B. */
+    DVL_MASK_BLOCK_CAUSAL
+} dvl_mask_kind;
+
+typedef struct dvl_mask {
+    dvl_mask_kind kind;
+    int block_size; /* B, for the block rules */
+    int64_t half;   /* L, for BLOCK_DIFF (Tq = Tk = 2L) */
+    /* Absolute position of query row 0 (keys start at 0): queries of a KV
+     * cache step sit after the cached keys. 0 for training. */
+    int64_t q_offset;
+    /* Key padding: key_valid[n * Tk + j] != 0 when key j of sequence n is a
+     * real token; NULL means all keys are valid. A query with no visible key
+     * outputs zeros. Copied into the arena when recorded. */
+    const uint8_t *key_valid;
+} dvl_mask;
+
+/* Whether query i may attend to key j of a sequence (Tq, Tk its lengths)
+ * under the rule, ignoring padding: the one definition that kernels and
+ * tests share. */
+bool dvl_mask_allows(const dvl_mask *m, int64_t i, int64_t j);
+
+/* Scaled dot-product attention with grouped-query heads: q [N, Tq, Hq, D],
+ * k and v [N, Tk, Hkv, D], Hq a multiple of Hkv (query head h reads kv head
+ * h / (Hq/Hkv), indexed, never copied); out [N, Tq, Hq, D].
+ * softmax(q k^T * scale + mask) v. */
+dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor *v,
+                          const dvl_mask *mask, float scale);
+
+/* --------------------------------------------------------- cross-entropy */
+#define DVL_IGNORE_INDEX (-100)
+
+/* loss = sum_i weight[i] * (logsumexp(z_i) - z_i[label_i]) over rows i whose
+ * label is not DVL_IGNORE_INDEX; logits [n, V]; weight NULL means 1 for
+ * every row. Callers choose the normalisation through the weights (1/count
+ * for a mean, 1/(t * n_sup * batch) for the diffusion loss). */
+dvl_tensor *dvl_cross_entropy(dvl_ctx *ctx, dvl_tensor *logits, const int32_t *labels,
+                              const float *weight);
+
+/* The same loss with z = h W^T computed chunk by chunk over the vocabulary
+ * (an online logsumexp in the forward pass, the chunk recomputed in the
+ * backward pass), so the [n, V] logits never exist: h [n, d], W [V, d].
+ * chunk = vocabulary rows per chunk (0 chooses a default). */
+dvl_tensor *dvl_linear_cross_entropy(dvl_ctx *ctx, dvl_tensor *h, dvl_tensor *w,
+                                     const int32_t *labels, const float *weight, int64_t chunk);
+
+#endif

@@ -1,0 +1,275 @@
+/* The per-step context: a bump arena for activations and the autograd tape. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tensor/tensor.h"
+
+#define ARENA_ALIGN 64
+#define ARENA_MIN_CHUNK ((size_t)1 << 20)
+
+typedef struct chunk {
+    struct chunk *next;
+    size_t size, used;
+    char *mem;
+} chunk;
+
+struct dvl_ctx {
+    dvl_device device;
+    bool grad_enabled;
+    dvl_err err;
+    /* Arena: chunks in a list, newest first. After a step that needed more
+     * than one chunk, reset replaces them with one chunk of the total, so the
+     * next identical step fits without allocating. */
+    chunk *chunks;
+    size_t used_total;
+    int64_t mallocs;
+    /* Tape: a growable array of nodes; its capacity survives resets. */
+    dvl_node *tape;
+    int tape_len, tape_cap;
+};
+
+static chunk *chunk_new(dvl_ctx *ctx, size_t size)
+{
+    chunk *c = malloc(sizeof *c);
+    if (!c)
+        return NULL;
+    size = (size + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+    c->mem = aligned_alloc(ARENA_ALIGN, size);
+    if (!c->mem) {
+        free(c);
+        return NULL;
+    }
+    c->size = size;
+    c->used = 0;
+    c->next = NULL;
+    ctx->mallocs++;
+    return c;
+}
+
+static void chunks_free(chunk *c)
+{
+    while (c) {
+        chunk *n = c->next;
+        free(c->mem);
+        free(c);
+        c = n;
+    }
+}
+
+dvl_ctx *dvl_ctx_new(dvl_device device)
+{
+    if (device != DVL_CPU)
+        return NULL; /* device arenas live with the CUDA backend */
+    dvl_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return NULL;
+    ctx->device = device;
+    ctx->grad_enabled = true;
+    ctx->chunks = chunk_new(ctx, ARENA_MIN_CHUNK);
+    if (!ctx->chunks) {
+        free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+void dvl_ctx_free(dvl_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    chunks_free(ctx->chunks);
+    free(ctx->tape);
+    free(ctx);
+}
+
+void dvl_ctx_reset(dvl_ctx *ctx)
+{
+    ctx->tape_len = 0;
+    if (ctx->chunks->next) {
+        size_t total = 0;
+        for (chunk *c = ctx->chunks; c; c = c->next)
+            total += c->size;
+        chunks_free(ctx->chunks);
+        ctx->chunks = chunk_new(ctx, total);
+        if (!ctx->chunks) /* keep the context usable; the next alloc reports */
+            ctx->chunks = chunk_new(ctx, ARENA_MIN_CHUNK);
+    }
+    if (ctx->chunks)
+        ctx->chunks->used = 0;
+    ctx->used_total = 0;
+}
+
+dvl_device dvl_ctx_device(const dvl_ctx *ctx) { return ctx->device; }
+
+bool dvl_set_grad_enabled(dvl_ctx *ctx, bool on)
+{
+    bool prev = ctx->grad_enabled;
+    ctx->grad_enabled = on;
+    return prev;
+}
+
+bool dvl_grad_enabled(const dvl_ctx *ctx) { return ctx->grad_enabled; }
+
+bool dvl_ctx_ok(const dvl_ctx *ctx) { return ctx->err.code == DVL_OK; }
+
+const dvl_err *dvl_ctx_err(const dvl_ctx *ctx) { return &ctx->err; }
+
+void dvl_ctx_clear_error(dvl_ctx *ctx)
+{
+    ctx->err.code = DVL_OK;
+    ctx->err.msg[0] = 0;
+}
+
+void *dvl_fail(dvl_ctx *ctx, const char *fmt, ...)
+{
+    if (ctx->err.code == DVL_OK) {
+        va_list ap;
+        va_start(ap, fmt);
+        dvl_verrf(&ctx->err, DVL_EINVAL, fmt, ap);
+        va_end(ap);
+    }
+    return NULL;
+}
+
+void *dvl_alloc(dvl_ctx *ctx, size_t bytes)
+{
+    bytes = (bytes + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+    if (bytes == 0)
+        bytes = ARENA_ALIGN;
+    chunk *c = ctx->chunks;
+    if (!c || c->size - c->used < bytes) {
+        size_t size = c ? c->size * 2 : ARENA_MIN_CHUNK;
+        if (size < bytes)
+            size = bytes;
+        chunk *n = chunk_new(ctx, size);
+        if (!n) {
+            if (ctx->err.code == DVL_OK)
+                dvl_errf(&ctx->err, DVL_ENOMEM, "out of memory allocating %zu bytes of activations",
+                         bytes);
+            return NULL;
+        }
+        n->next = c;
+        ctx->chunks = c = n;
+    }
+    void *p = c->mem + c->used;
+    c->used += bytes;
+    ctx->used_total += bytes;
+    return p;
+}
+
+void *dvl_calloc(dvl_ctx *ctx, size_t bytes)
+{
+    void *p = dvl_alloc(ctx, bytes);
+    if (p)
+        memset(p, 0, bytes);
+    return p;
+}
+
+size_t dvl_arena_used(const dvl_ctx *ctx) { return ctx->used_total; }
+
+int64_t dvl_arena_mallocs(const dvl_ctx *ctx) { return ctx->mallocs; }
+
+/* ------------------------------------------------------------------ tape */
+
+bool dvl_needs_grad(const dvl_ctx *ctx, dvl_tensor *const *in, int n)
+{
+    if (!ctx->grad_enabled)
+        return false;
+    for (int i = 0; i < n; i++)
+        if (in[i] && in[i]->requires_grad)
+            return true;
+    return false;
+}
+
+dvl_node *dvl_record(dvl_ctx *ctx, const char *op, dvl_backward_fn backward, dvl_tensor *out,
+                     dvl_tensor *const *in, int n_in)
+{
+    if (ctx->tape_len == ctx->tape_cap) {
+        int cap = ctx->tape_cap ? ctx->tape_cap * 2 : 256;
+        dvl_node *t = realloc(ctx->tape, (size_t)cap * sizeof *t);
+        if (!t) {
+            if (ctx->err.code == DVL_OK)
+                dvl_errf(&ctx->err, DVL_ENOMEM, "out of memory growing the autograd tape");
+            return NULL;
+        }
+        ctx->mallocs++;
+        ctx->tape = t;
+        ctx->tape_cap = cap;
+    }
+    dvl_node *node = &ctx->tape[ctx->tape_len++];
+    memset(node, 0, sizeof *node);
+    node->op = op;
+    node->backward = backward;
+    node->out = out;
+    node->n_in = n_in;
+    for (int i = 0; i < n_in && i < 4; i++)
+        node->in[i] = in[i];
+    out->requires_grad = true;
+    return node;
+}
+
+bool dvl_has_grad(const dvl_tensor *t)
+{
+    const dvl_tensor *b = t->base ? t->base : t;
+    return b->grad != NULL;
+}
+
+float *dvl_grad(dvl_ctx *ctx, dvl_tensor *t)
+{
+    if (t->grad)
+        return t->grad;
+    dvl_tensor *b = t->base ? t->base : t;
+    if (!b->grad) {
+        b->grad = dvl_calloc(ctx, (size_t)dvl_numel(b) * sizeof(float));
+        if (!b->grad)
+            return NULL;
+    }
+    if (t != b)
+        t->grad = b->grad + t->offset;
+    return t->grad;
+}
+
+static int run_tape(dvl_ctx *ctx)
+{
+    for (int i = ctx->tape_len - 1; i >= 0 && !ctx->err.code; i--) {
+        dvl_node *node = &ctx->tape[i];
+        if (dvl_has_grad(node->out))
+            node->backward(ctx, node);
+    }
+    ctx->tape_len = 0;
+    return ctx->err.code;
+}
+
+int dvl_backward_seed(dvl_ctx *ctx, dvl_tensor *out, const float *seed)
+{
+    if (!ctx->err.code && !out)
+        dvl_fail(ctx, "backward: output is NULL");
+    if (ctx->err.code)
+        return ctx->err.code;
+    if (!out->requires_grad) {
+        dvl_fail(ctx, "backward: %s does not depend on any trainable parameter", dvl_tname(out));
+        return ctx->err.code;
+    }
+    float *g = dvl_grad(ctx, out);
+    if (!g)
+        return ctx->err.code;
+    int64_t n = dvl_numel(out);
+    for (int64_t i = 0; i < n; i++)
+        g[i] += seed[i];
+    return run_tape(ctx);
+}
+
+int dvl_backward(dvl_ctx *ctx, dvl_tensor *loss)
+{
+    if (loss && dvl_numel(loss) != 1) {
+        char s[64];
+        dvl_fail(ctx, "backward: loss %s must have one element, has shape %s", dvl_tname(loss),
+                 dvl_shape_str(loss, s, sizeof s));
+    }
+    const float one = 1.0f;
+    return dvl_backward_seed(ctx, loss, &one);
+}
+
+int dvl_tape_len(const dvl_ctx *ctx) { return ctx->tape_len; }

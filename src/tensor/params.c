@@ -1,0 +1,139 @@
+/* The parameter store: every parameter a view into one flat f32 buffer, every
+ * trainable parameter's gradient a view into one flat gradient buffer. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tensor/tensor.h"
+
+#define PARAM_ALIGN 64
+
+dvl_params *dvl_params_new(void) { return calloc(1, sizeof(dvl_params)); }
+
+void dvl_params_free(dvl_params *p)
+{
+    if (!p)
+        return;
+    for (int i = 0; i < p->n; i++) {
+        free((char *)p->t[i]->name);
+        free(p->t[i]);
+    }
+    free(p->t);
+    free(p->grad_off);
+    free(p->data);
+    free(p->grad);
+    free(p);
+}
+
+dvl_tensor *dvl_params_find(const dvl_params *p, const char *name)
+{
+    for (int i = 0; i < p->n; i++)
+        if (strcmp(p->t[i]->name, name) == 0)
+            return p->t[i];
+    return NULL;
+}
+
+dvl_tensor *dvl_params_add(dvl_params *p, const char *name, int ndim, const int64_t *shape,
+                           bool trainable, dvl_err *err)
+{
+    if (p->allocated) {
+        dvl_errf(err, DVL_EINVAL, "parameter %s declared after the store was allocated", name);
+        return NULL;
+    }
+    if (dvl_params_find(p, name)) {
+        dvl_errf(err, DVL_EINVAL, "parameter %s declared twice", name);
+        return NULL;
+    }
+    if (ndim < 1 || ndim > DVL_MAX_DIMS) {
+        dvl_errf(err, DVL_EINVAL, "parameter %s has %d dimensions", name, ndim);
+        return NULL;
+    }
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] <= 0) {
+            dvl_errf(err, DVL_EINVAL, "parameter %s has dimension %d of size %lld", name, i,
+                     (long long)shape[i]);
+            return NULL;
+        }
+    if (p->n == p->cap) {
+        int cap = p->cap ? p->cap * 2 : 64;
+        dvl_tensor **t = realloc(p->t, (size_t)cap * sizeof *t);
+        if (!t) {
+            dvl_errf(err, DVL_ENOMEM, "out of memory declaring parameter %s", name);
+            return NULL;
+        }
+        p->t = t;
+        p->cap = cap;
+    }
+    dvl_tensor *t = calloc(1, sizeof *t);
+    char *nm = strdup(name);
+    if (!t || !nm) {
+        free(t);
+        free(nm);
+        dvl_errf(err, DVL_ENOMEM, "out of memory declaring parameter %s", name);
+        return NULL;
+    }
+    t->dtype = DVL_F32;
+    t->device = DVL_CPU;
+    t->ndim = ndim;
+    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    t->requires_grad = trainable;
+    t->is_param = true;
+    t->name = nm;
+    p->t[p->n++] = t;
+    return t;
+}
+
+int dvl_params_set_trainable(dvl_params *p, const char *prefix, bool trainable)
+{
+    int k = 0;
+    size_t n = strlen(prefix);
+    for (int i = 0; i < p->n; i++)
+        if (strncmp(p->t[i]->name, prefix, n) == 0) {
+            p->t[i]->requires_grad = trainable;
+            k++;
+        }
+    return k;
+}
+
+/* Each tensor starts on a 16-float (64-byte) boundary inside the buffers, so
+ * SIMD kernels and device copies see aligned rows. */
+static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+int dvl_params_alloc(dvl_params *p, dvl_err *err)
+{
+    if (p->allocated)
+        return dvl_errf(err, DVL_EINVAL, "parameter store allocated twice");
+    int64_t total = 0, total_grad = 0;
+    p->grad_off = malloc((size_t)(p->n ? p->n : 1) * sizeof *p->grad_off);
+    if (!p->grad_off)
+        return dvl_errf(err, DVL_ENOMEM, "out of memory for parameter offsets");
+    for (int i = 0; i < p->n; i++) {
+        int64_t n = round16(dvl_numel(p->t[i]));
+        total += n;
+        p->grad_off[i] = p->t[i]->requires_grad ? total_grad : -1;
+        if (p->t[i]->requires_grad)
+            total_grad += n;
+    }
+    p->data = aligned_alloc(PARAM_ALIGN, (size_t)(total ? total : 16) * sizeof(float));
+    p->grad = total_grad ? aligned_alloc(PARAM_ALIGN, (size_t)total_grad * sizeof(float)) : NULL;
+    if (!p->data || (total_grad && !p->grad))
+        return dvl_errf(err, DVL_ENOMEM, "out of memory for %lld parameters", (long long)total);
+    memset(p->data, 0, (size_t)(total ? total : 16) * sizeof(float));
+    if (p->grad)
+        memset(p->grad, 0, (size_t)total_grad * sizeof(float));
+    int64_t off = 0;
+    for (int i = 0; i < p->n; i++) {
+        p->t[i]->data = p->data + off;
+        p->t[i]->grad = p->grad_off[i] >= 0 ? p->grad + p->grad_off[i] : NULL;
+        off += round16(dvl_numel(p->t[i]));
+    }
+    p->numel = total;
+    p->numel_grad = total_grad;
+    p->allocated = true;
+    return DVL_OK;
+}
+
+void dvl_params_zero_grad(dvl_params *p)
+{
+    if (p->grad)
+        memset(p->grad, 0, (size_t)p->numel_grad * sizeof(float));
+}

@@ -1,0 +1,170 @@
+/* Tensors, the per-step context (activation arena + autograd tape) and the
+ * parameter store.
+ *
+ * Execution is eager: an op computes its output at once and, when any input
+ * needs a gradient and grad mode is on, pushes a node on the context's tape.
+ * dvl_backward() walks the tape in reverse and then clears it. Activations,
+ * their gradients and tape nodes all come from the context's arena, which
+ * dvl_ctx_reset() rewinds: after the first step has sized it, a training step
+ * performs no malloc.
+ *
+ * Ops return NULL on error with the message in the context; an op given a NULL
+ * input returns NULL without touching the message, so a forward pass checks
+ * once, at the end (ggml style). */
+#ifndef DVL_TENSOR_H
+#define DVL_TENSOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/dtype.h"
+#include "core/err.h"
+
+#define DVL_MAX_DIMS 4
+
+typedef enum dvl_device { DVL_CPU = 0, DVL_CUDA = 1 } dvl_device;
+
+typedef struct dvl_tensor dvl_tensor;
+struct dvl_tensor {
+    dvl_dtype dtype;
+    dvl_device device;
+    int ndim;
+    int64_t shape[DVL_MAX_DIMS]; /* outermost first, row-major, contiguous */
+    void *data;
+    /* f32 gradient with the same layout as data. For parameters it points
+     * into the store's flat gradient buffer; for activations it is taken
+     * from the arena (zeroed) the first time backward needs it. */
+    float *grad;
+    /* A view shares data (and gradient) with base, starting `offset`
+     * elements in; base is never itself a view. */
+    dvl_tensor *base;
+    int64_t offset;
+    bool requires_grad;
+    bool is_param;
+    const char *name; /* for messages; may be NULL */
+};
+
+/* ---------------------------------------------------------------- shapes */
+int64_t dvl_numel(const dvl_tensor *t);
+int64_t dvl_rows(const dvl_tensor *t); /* product of all dims but the last */
+int64_t dvl_cols(const dvl_tensor *t); /* last dim */
+static inline float *dvl_f32(const dvl_tensor *t) { return (float *)t->data; }
+/* "[3, 4]" into buf, for messages. */
+const char *dvl_shape_str(const dvl_tensor *t, char *buf, size_t n);
+const char *dvl_tname(const dvl_tensor *t); /* name or "(unnamed)" */
+
+/* --------------------------------------------------------------- context */
+typedef struct dvl_ctx dvl_ctx;
+typedef struct dvl_node dvl_node;
+
+typedef void (*dvl_backward_fn)(dvl_ctx *ctx, dvl_node *node);
+
+/* One recorded op. The backward function reads dvl_grad(ctx, node->out) and
+ * accumulates into dvl_grad(ctx, node->in[k]) for inputs that require grad.
+ * Saved state: small scalars in i[] and f[], anything larger (arrays copied
+ * into the arena, statistics saved by the forward pass) behind p[]. */
+struct dvl_node {
+    const char *op;
+    dvl_backward_fn backward;
+    dvl_tensor *out;
+    dvl_tensor *in[4];
+    int n_in;
+    int64_t i[8];
+    float f[4];
+    void *p[4];
+};
+
+dvl_ctx *dvl_ctx_new(dvl_device device);
+void dvl_ctx_free(dvl_ctx *ctx);
+/* Drop all activations and the tape (rewind the arena). Tensors created in
+ * the context are invalid afterwards. */
+void dvl_ctx_reset(dvl_ctx *ctx);
+dvl_device dvl_ctx_device(const dvl_ctx *ctx);
+
+/* Grad mode: when off, ops record nothing (inference, frozen modules).
+ * Returns the previous setting so callers can restore it. */
+bool dvl_set_grad_enabled(dvl_ctx *ctx, bool on);
+bool dvl_grad_enabled(const dvl_ctx *ctx);
+
+/* Error state: the first failure wins until dvl_ctx_clear_error. */
+bool dvl_ctx_ok(const dvl_ctx *ctx);
+const dvl_err *dvl_ctx_err(const dvl_ctx *ctx);
+void dvl_ctx_clear_error(dvl_ctx *ctx);
+/* Record an error (if none yet) and return NULL, for ops:
+ * `return dvl_fail(ctx, "linear: ...")`. */
+void *dvl_fail(dvl_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Arena memory, 64-byte aligned, valid until the next reset. NULL (with the
+ * context's error set) only when the system is out of memory. */
+void *dvl_alloc(dvl_ctx *ctx, size_t bytes);
+void *dvl_calloc(dvl_ctx *ctx, size_t bytes);
+/* Bytes of arena in use now and the largest block size held. */
+size_t dvl_arena_used(const dvl_ctx *ctx);
+/* Number of malloc calls the arena has made since the context was created
+ * (a steady-state step must not increase it). */
+int64_t dvl_arena_mallocs(const dvl_ctx *ctx);
+
+/* New uninitialised / zeroed activation tensor of dtype (f32 or i32). */
+dvl_tensor *dvl_new(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape);
+dvl_tensor *dvl_zeros(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape);
+dvl_tensor *dvl_new2(dvl_ctx *ctx, int64_t rows, int64_t cols); /* f32 [rows, cols] */
+/* A tensor in the context wrapping caller-owned data (no copy). */
+dvl_tensor *dvl_wrap(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape, void *data);
+
+/* View of `t`: the same data reinterpreted as `shape` starting `offset`
+ * elements in (reshape when offset is 0, row slice otherwise). Shares the
+ * gradient too, so views need no tape node. */
+dvl_tensor *dvl_view(dvl_ctx *ctx, dvl_tensor *t, int ndim, const int64_t *shape, int64_t offset);
+dvl_tensor *dvl_reshape(dvl_ctx *ctx, dvl_tensor *t, int ndim, const int64_t *shape);
+
+/* -------------------------------------------------------------- autograd */
+/* True when an op over these inputs must be recorded. NULL inputs ignored. */
+bool dvl_needs_grad(const dvl_ctx *ctx, dvl_tensor *const *in, int n);
+/* Push a node for `out` (marking it requires_grad) and return it so the op
+ * can save what its backward needs. Returns NULL on out-of-memory. */
+dvl_node *dvl_record(dvl_ctx *ctx, const char *op, dvl_backward_fn backward, dvl_tensor *out,
+                     dvl_tensor *const *in, int n_in);
+/* The gradient buffer of t, allocated zeroed on first use. */
+float *dvl_grad(dvl_ctx *ctx, dvl_tensor *t);
+/* Whether a gradient has been accumulated into t yet (no allocation). */
+bool dvl_has_grad(const dvl_tensor *t);
+/* Backpropagate from a scalar (1-element) tensor with seed gradient 1, then
+ * clear the tape. Returns DVL_OK or an error code (message in ctx). */
+int dvl_backward(dvl_ctx *ctx, dvl_tensor *loss);
+/* Backpropagate from any tensor with a given seed gradient (same number of
+ * elements as out), then clear the tape: out's gradient is the vector in a
+ * vector-Jacobian product. */
+int dvl_backward_seed(dvl_ctx *ctx, dvl_tensor *out, const float *seed);
+int dvl_tape_len(const dvl_ctx *ctx);
+
+/* ------------------------------------------------------------ parameters */
+/* All parameters in one contiguous f32 buffer, the gradients of the
+ * trainable ones in another (only trainable parameters get a gradient
+ * slot), so all-reduce, clipping, zeroing and checkpointing are single calls
+ * over one buffer. Declare with dvl_params_add, then dvl_params_alloc once. */
+typedef struct dvl_params {
+    int n, cap;
+    dvl_tensor **t;     /* tensors in declaration order */
+    int64_t *grad_off;  /* offset in grad of each trainable tensor, -1 if frozen */
+    int64_t numel;      /* all parameters */
+    int64_t numel_grad; /* trainable parameters */
+    float *data;        /* numel floats, 64-byte aligned */
+    float *grad;        /* numel_grad floats, 64-byte aligned (NULL if none) */
+    bool allocated;
+} dvl_params;
+
+dvl_params *dvl_params_new(void);
+void dvl_params_free(dvl_params *p);
+/* Declare a parameter; `name` is copied. NULL on a duplicate name, a bad
+ * shape or a call after alloc (message in err). */
+dvl_tensor *dvl_params_add(dvl_params *p, const char *name, int ndim, const int64_t *shape,
+                           bool trainable, dvl_err *err);
+/* Change trainability before dvl_params_alloc; names with this prefix. Returns
+ * how many parameters matched. */
+int dvl_params_set_trainable(dvl_params *p, const char *prefix, bool trainable);
+int dvl_params_alloc(dvl_params *p, dvl_err *err);
+void dvl_params_zero_grad(dvl_params *p);
+dvl_tensor *dvl_params_find(const dvl_params *p, const char *name);
+
+#endif
