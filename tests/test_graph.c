@@ -1,0 +1,127 @@
+/* Whole-graph gradient check: the loss of a 2-layer toy transformer, its
+ * gradient projected on a random direction d against the central difference
+ * (L(theta + h d) - L(theta - h d)) / 2h; plus stage-1 style freezing. */
+#include <math.h>
+
+#include "toy.h"
+
+static const toy_cfg CFG = {.vocab = 23, .dim = 16, .layers = 2, .heads = 4, .kv_heads = 2,
+                            .ffn = 24, .seq = 9, .batch = 2};
+
+static double loss_at(dvl_ctx *ctx, dvl_params *p, const toy_batch *b)
+{
+    dvl_ctx_reset(ctx);
+    bool prev = dvl_set_grad_enabled(ctx, false);
+    dvl_tensor *l = toy_loss(ctx, &CFG, p, b);
+    dvl_set_grad_enabled(ctx, prev);
+    ck_assert_msg(l != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    return dvl_f32(l)[0];
+}
+
+START_TEST(directional_derivative_matches_finite_difference)
+{
+    dvl_params *p = toy_params(&CFG, 11);
+    toy_batch b = toy_batch_new(&CFG, 12);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *l = toy_loss(ctx, &CFG, p, &b);
+    ck_assert_msg(l != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_int_eq(dvl_backward(ctx, l), 0);
+
+    /* d: random direction, unit norm over all parameters. */
+    int64_t n = p->numel;
+    float *d = malloc((size_t)n * sizeof *d), *theta = malloc((size_t)n * sizeof *theta);
+    dvl_rng r;
+    dvl_rng_seed(&r, 13);
+    dvl_rng_fill_normal(&r, d, n, 1.0f);
+    double norm = 0, gd = 0;
+    for (int64_t i = 0; i < n; i++)
+        norm += (double)d[i] * d[i];
+    for (int64_t i = 0; i < n; i++)
+        d[i] = (float)(d[i] / sqrt(norm));
+    /* All parameters are trainable here, so data and grad share a layout. */
+    ck_assert_int_eq(p->numel, p->numel_grad);
+    for (int64_t i = 0; i < n; i++)
+        gd += (double)p->grad[i] * d[i];
+    memcpy(theta, p->data, (size_t)n * sizeof *theta);
+
+    /* f32 loss has ~1e-7 relative resolution; h = 1e-2 keeps the rounding
+     * error of the difference near 1e-5 while the truncation error
+     * (O(h^2) times the third derivative) stays far smaller. */
+    const float h = 1e-2f;
+    for (int64_t i = 0; i < n; i++)
+        p->data[i] = theta[i] + h * d[i];
+    double lp = loss_at(ctx, p, &b);
+    for (int64_t i = 0; i < n; i++)
+        p->data[i] = theta[i] - h * d[i];
+    double lm = loss_at(ctx, p, &b);
+    double fd = (lp - lm) / (2.0 * h);
+    /* Tolerance: 1% of the directional derivative. */
+    ck_assert_msg(fabs(gd) > 1e-3, "directional derivative too small to test: %g", gd);
+    ck_assert_msg(fabs(fd - gd) <= 1e-2 * fabs(gd), "analytic %.7g vs finite difference %.7g", gd,
+                  fd);
+    free(d);
+    free(theta);
+    dvl_ctx_free(ctx);
+    toy_batch_free(&b);
+    dvl_params_free(p);
+}
+END_TEST
+
+/* Freeze everything but the last layer's MLP: the frozen parameters get no
+ * gradient buffer, the trainable ones get the same gradient as when
+ * everything trains (activation gradients flow through frozen layers). */
+START_TEST(frozen_parameters_get_no_gradient)
+{
+    dvl_params *full = toy_params(&CFG, 21);
+    toy_batch b = toy_batch_new(&CFG, 22);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *l = toy_loss(ctx, &CFG, full, &b);
+    ck_assert_int_eq(dvl_backward(ctx, l), 0);
+
+    dvl_params *part = dvl_params_new();
+    dvl_err err = {0};
+    for (int i = 0; i < full->n; i++) {
+        dvl_tensor *t = full->t[i];
+        bool train = strncmp(t->name, "l0.", 3) == 0 && strstr(t->name, "gate");
+        ck_assert_ptr_nonnull(dvl_params_add(part, t->name, t->ndim, t->shape, train, &err));
+    }
+    ck_assert_int_eq(dvl_params_alloc(part, &err), 0);
+    for (int i = 0; i < full->n; i++)
+        memcpy(part->t[i]->data, full->t[i]->data, (size_t)dvl_numel(full->t[i]) * 4);
+    dvl_ctx_reset(ctx);
+    l = toy_loss(ctx, &CFG, part, &b);
+    ck_assert_int_eq(dvl_backward(ctx, l), 0);
+    dvl_tensor *g = dvl_params_find(part, "l0.gate.w");
+    ck_assert_int_eq(part->numel_grad, (dvl_numel(g) + 15) / 16 * 16);
+    for (int i = 0; i < part->n; i++)
+        if (part->t[i] != g)
+            ck_assert_ptr_null(part->t[i]->grad);
+    dvl_tensor *gf = dvl_params_find(full, "l0.gate.w");
+    ck_assert_double_le(tu_max_abs_diff(g->grad, gf->grad, dvl_numel(g)), 1e-6);
+
+    /* Nothing trainable at all: no tape is recorded. */
+    dvl_params_set_trainable(part, "", false);
+    for (int i = 0; i < part->n; i++)
+        part->t[i]->requires_grad = false;
+    dvl_ctx_reset(ctx);
+    l = toy_loss(ctx, &CFG, part, &b);
+    ck_assert_ptr_nonnull(l);
+    ck_assert_int_eq(dvl_tape_len(ctx), 0);
+    dvl_ctx_free(ctx);
+    toy_batch_free(&b);
+    dvl_params_free(full);
+    dvl_params_free(part);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("graph");
+    TCase *tc = tcase_create("graph");
+    tcase_add_test(tc, directional_derivative_matches_finite_difference);
+    tcase_add_test(tc, frozen_parameters_get_no_gradient);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) { return tu_run(suite()); }
