@@ -391,6 +391,12 @@ START_TEST(fused_frozen_inputs_and_accumulation)
         else
             for (int64_t i = 0; i < n * d; i++)
                 ck_assert_float_eq_tol(h->grad[i], 2 * ref_h[i], 1e-6f);
+        /* With grad mode off nothing is recorded. */
+        dvl_ctx_reset(ctx);
+        bool prev = dvl_set_grad_enabled(ctx, false);
+        ck_assert_ptr_nonnull(dvl_linear_cross_entropy(ctx, h, w, lab, wt, 7));
+        ck_assert_int_eq(dvl_tape_len(ctx), 0);
+        dvl_set_grad_enabled(ctx, prev);
         dvl_ctx_free(ctx);
         dvl_params_free(p);
     }

@@ -5,6 +5,7 @@
  * DVL_IGNORE_INDEX, matching torch.nn.functional.cross_entropy with
  * reduction="sum" (times the per-row weights). The gradient is
  * dz_i = g w_i (softmax(z_i) - onehot(y_i)), zero for ignored rows. */
+#include <stdint.h>
 #include <string.h>
 
 #include "ops/cpu/cross_entropy.h"
@@ -160,6 +161,9 @@ dvl_tensor *dvl_linear_cross_entropy(dvl_ctx *ctx, dvl_tensor *h, dvl_tensor *w,
                         dvl_tname(h), dvl_tname(w));
     if (chunk < 0)
         return dvl_fail(ctx, "linear_cross_entropy: chunk %lld is negative", (long long)chunk);
+    if (n > INT32_MAX) /* row indices are saved as int32 */
+        return dvl_fail(ctx, "linear_cross_entropy: h %s has %lld rows, more than 2^31 - 1",
+                        dvl_tname(h), (long long)n);
     if (!check_labels(ctx, "linear_cross_entropy", w, labels, n, V))
         return NULL;
     if (chunk == 0)
