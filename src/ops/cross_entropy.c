@@ -1,0 +1,222 @@
+/* Cross-entropy losses: over materialised logits, and fused with the LM-head
+ * product so that the [n, V] logits never exist (V = 151936 for Qwen2).
+ *
+ * loss = sum_i w_i (logsumexp(z_i) - z_i[y_i]) over rows with y_i !=
+ * DVL_IGNORE_INDEX, matching torch.nn.functional.cross_entropy with
+ * reduction="sum" (times the per-row weights). The gradient is
+ * dz_i = g w_i (softmax(z_i) - onehot(y_i)), zero for ignored rows. */
+#include <stdint.h>
+#include <string.h>
+
+#include "ops/cpu/cross_entropy.h"
+#include "ops/ops.h"
+
+/* Every label must be DVL_IGNORE_INDEX or in [0, V); after this check the
+ * kernels may treat any negative label as ignored. */
+static bool check_labels(dvl_ctx *ctx, const char *op, const dvl_tensor *t,
+                         const int32_t *labels, int64_t n, int64_t V)
+{
+    if (n > 0 && !labels) {
+        dvl_fail(ctx, "%s: labels are NULL for %lld rows of %s", op, (long long)n, dvl_tname(t));
+        return false;
+    }
+    for (int64_t i = 0; i < n; i++)
+        if (labels[i] != DVL_IGNORE_INDEX && (labels[i] < 0 || labels[i] >= V)) {
+            dvl_fail(ctx, "%s: label %d at row %lld is outside [0, %lld) (vocabulary of %s) and "
+                          "is not the ignore index %d",
+                     op, (int)labels[i], (long long)i, (long long)V, dvl_tname(t),
+                     DVL_IGNORE_INDEX);
+            return false;
+        }
+    return true;
+}
+
+static dvl_tensor *new_scalar(dvl_ctx *ctx)
+{
+    const int64_t one = 1;
+    return dvl_new(ctx, DVL_F32, 1, &one);
+}
+
+/* ------------------------------------------------------ materialised logits */
+
+/* Saved: p[0] labels [n] (arena copy), p[1] weight [n] or NULL, p[2] row
+ * maxima [n], p[3] log-sums [n]; i[0] = n, i[1] = V. */
+static void cross_entropy_backward(dvl_ctx *ctx, dvl_node *node)
+{
+    dvl_tensor *z = node->in[0];
+    if (!z->requires_grad)
+        return;
+    const float *gout = dvl_grad(ctx, node->out);
+    float *dz = dvl_grad(ctx, z);
+    if (!gout || !dz)
+        return;
+    switch (z->device) {
+    case DVL_CPU:
+        dvl_cpu_cross_entropy_bwd(dz, dvl_f32(z), node->p[2], node->p[3], node->p[0], node->p[1],
+                                  gout[0], node->i[0], node->i[1]);
+        break;
+    default:
+        dvl_fail(ctx, "cross_entropy: device not supported");
+    }
+}
+
+dvl_tensor *dvl_cross_entropy(dvl_ctx *ctx, dvl_tensor *logits, const int32_t *labels,
+                              const float *weight)
+{
+    if (!logits)
+        return NULL;
+    if (logits->ndim < 1) {
+        char s[64];
+        return dvl_fail(ctx, "cross_entropy: logits %s of shape %s need a vocabulary dimension",
+                        dvl_tname(logits), dvl_shape_str(logits, s, sizeof s));
+    }
+    const int64_t n = dvl_rows(logits), V = dvl_cols(logits);
+    if (!check_labels(ctx, "cross_entropy", logits, labels, n, V))
+        return NULL;
+    dvl_tensor *out = new_scalar(ctx);
+    float *rowmax = dvl_alloc(ctx, (size_t)n * sizeof(float));
+    float *logsum = dvl_alloc(ctx, (size_t)n * sizeof(float));
+    if (!out || !rowmax || !logsum)
+        return NULL;
+    switch (logits->device) {
+    case DVL_CPU:
+        dvl_cpu_cross_entropy_fwd(dvl_f32(out), rowmax, logsum, dvl_f32(logits), labels, weight,
+                                  n, V);
+        break;
+    default:
+        return dvl_fail(ctx, "cross_entropy: device not supported");
+    }
+    if (dvl_needs_grad(ctx, &logits, 1)) {
+        dvl_node *node = dvl_record(ctx, "cross_entropy", cross_entropy_backward, out, &logits, 1);
+        int32_t *lab = dvl_alloc(ctx, (size_t)n * sizeof *lab);
+        float *wt = weight ? dvl_alloc(ctx, (size_t)n * sizeof *wt) : NULL;
+        if (!node || !lab || (weight && !wt))
+            return NULL;
+        memcpy(lab, labels, (size_t)n * sizeof *lab);
+        if (weight)
+            memcpy(wt, weight, (size_t)n * sizeof *wt);
+        node->p[0] = lab;
+        node->p[1] = wt;
+        node->p[2] = rowmax;
+        node->p[3] = logsum;
+        node->i[0] = n;
+        node->i[1] = V;
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------- fused */
+
+/* Saved: p[0] int32 [2 n_sup] = supervised row indices then their labels,
+ * p[1] their weights [n_sup] or NULL, p[2] float [2 n_sup] = row maxima then
+ * log-sums, p[3] the forward pass's scratch (dead after it, so backward
+ * reuses it and the arena holds one scratch, not two); i[0] = n_sup,
+ * i[1] = d, i[2] = V, i[3] = chunk. */
+static void linear_cross_entropy_backward(dvl_ctx *ctx, dvl_node *node)
+{
+    dvl_tensor *h = node->in[0], *w = node->in[1];
+    const int64_t n_sup = node->i[0], d = node->i[1], V = node->i[2], chunk = node->i[3];
+    const float *gout = dvl_grad(ctx, node->out);
+    if (!gout)
+        return;
+    /* Only what requires a gradient: a frozen W (or h) gets no buffer and
+     * its half of the backward GEMMs is skipped. */
+    float *dh = NULL, *dw = NULL;
+    if (h->requires_grad && !(dh = dvl_grad(ctx, h)))
+        return;
+    if (w->requires_grad && !(dw = dvl_grad(ctx, w)))
+        return;
+    if (n_sup == 0)
+        return;
+    const int32_t *rows = node->p[0], *labels = rows + n_sup;
+    const float *rowmax = node->p[2], *logsum = rowmax + n_sup;
+    switch (h->device) {
+    case DVL_CPU:
+        dvl_cpu_linear_cross_entropy_bwd(dh, dw, node->p[3], dvl_f32(h), dvl_f32(w), rows, labels,
+                                         node->p[1], rowmax, logsum, gout[0], n_sup, d, V, chunk);
+        break;
+    default:
+        dvl_fail(ctx, "linear_cross_entropy: device not supported");
+    }
+}
+
+dvl_tensor *dvl_linear_cross_entropy(dvl_ctx *ctx, dvl_tensor *h, dvl_tensor *w,
+                                     const int32_t *labels, const float *weight, int64_t chunk)
+{
+    if (!h || !w)
+        return NULL;
+    char sh[64], sw[64];
+    if (h->ndim < 1 || w->ndim != 2)
+        return dvl_fail(ctx,
+                        "linear_cross_entropy: need h [n, d] and W [V, d], got h %s %s and W %s %s",
+                        dvl_tname(h), dvl_shape_str(h, sh, sizeof sh), dvl_tname(w),
+                        dvl_shape_str(w, sw, sizeof sw));
+    const int64_t n = dvl_rows(h), d = dvl_cols(h), V = w->shape[0];
+    if (w->shape[1] != d)
+        return dvl_fail(ctx, "linear_cross_entropy: h %s %s has %lld cols but W %s %s has %lld",
+                        dvl_tname(h), dvl_shape_str(h, sh, sizeof sh), (long long)d, dvl_tname(w),
+                        dvl_shape_str(w, sw, sizeof sw), (long long)w->shape[1]);
+    if (h->device != w->device)
+        return dvl_fail(ctx, "linear_cross_entropy: h %s and W %s are on different devices",
+                        dvl_tname(h), dvl_tname(w));
+    if (chunk < 0)
+        return dvl_fail(ctx, "linear_cross_entropy: chunk %lld is negative", (long long)chunk);
+    if (n > INT32_MAX) /* row indices are saved as int32 */
+        return dvl_fail(ctx, "linear_cross_entropy: h %s has %lld rows, more than 2^31 - 1",
+                        dvl_tname(h), (long long)n);
+    if (!check_labels(ctx, "linear_cross_entropy", w, labels, n, V))
+        return NULL;
+    if (chunk == 0)
+        chunk = DVL_XENT_CHUNK;
+    if (chunk > V)
+        chunk = V > 0 ? V : 1;
+
+    /* Ignored rows are dropped here, before the GEMMs: with the diffusion
+     * loss on masked tokens only, a large share of rows cost nothing. */
+    int64_t n_sup = 0;
+    for (int64_t i = 0; i < n; i++)
+        n_sup += labels[i] != DVL_IGNORE_INDEX;
+    dvl_tensor *out = new_scalar(ctx);
+    int32_t *rows = dvl_alloc(ctx, 2 * (size_t)n_sup * sizeof *rows);
+    float *wt = weight ? dvl_alloc(ctx, (size_t)n_sup * sizeof *wt) : NULL;
+    float *stats = dvl_alloc(ctx, 2 * (size_t)n_sup * sizeof *stats);
+    void *scratch =
+        n_sup ? dvl_alloc(ctx, dvl_cpu_linear_cross_entropy_scratch(n_sup, d, chunk)) : NULL;
+    if (!out || !rows || (weight && !wt) || !stats || (n_sup && !scratch))
+        return NULL;
+    int32_t *lab = rows + n_sup;
+    for (int64_t i = 0, k = 0; i < n; i++)
+        if (labels[i] != DVL_IGNORE_INDEX) {
+            rows[k] = (int32_t)i;
+            lab[k] = labels[i];
+            if (weight)
+                wt[k] = weight[i];
+            k++;
+        }
+    float *rowmax = stats, *logsum = stats + n_sup;
+
+    switch (h->device) {
+    case DVL_CPU:
+        dvl_cpu_linear_cross_entropy_fwd(dvl_f32(out), rowmax, logsum, scratch, dvl_f32(h),
+                                         dvl_f32(w), rows, lab, wt, n_sup, d, V, chunk);
+        break;
+    default:
+        return dvl_fail(ctx, "linear_cross_entropy: device not supported");
+    }
+    dvl_tensor *in[2] = {h, w};
+    if (dvl_needs_grad(ctx, in, 2)) {
+        dvl_node *node =
+            dvl_record(ctx, "linear_cross_entropy", linear_cross_entropy_backward, out, in, 2);
+        if (!node)
+            return NULL;
+        node->p[0] = rows;
+        node->p[1] = wt;
+        node->p[2] = stats;
+        node->p[3] = scratch;
+        node->i[0] = n_sup;
+        node->i[1] = d;
+        node->i[2] = V;
+        node->i[3] = chunk;
+    }
+    return out;
+}

@@ -1,0 +1,687 @@
+/* The CUDA backend against straightforward CPU references (double precision)
+ * written here: cuBLAS linear forward/backward (f32, TF32, bf16), RMSNorm,
+ * SiLU/SwiGLU and AdamW, on odd sizes, plus a GEMM throughput print.
+ *
+ * Without a CUDA build or without a device every GPU test prints
+ * "test_cuda: no CUDA device, skipped" and passes; set DVL_REQUIRE_CUDA=1 to
+ * make a missing device a failure instead (for runs on a GPU machine, so a
+ * broken driver cannot pass as a skip).
+ *
+ * Every CUDA call happens inside a test body: Check forks a child per test,
+ * and a CUDA context made in the parent before fork() is unusable in the
+ * child.
+ *
+ * Error metrics (stated per check):
+ *   scale_err = max_i |got_i - ref_i| / max_i |ref_i|  (relative to the
+ *               tensor's scale: for products and reductions, whose
+ *               elements can cancel to near zero)
+ *   elem_err  = max_i |got_i - ref_i| / max(|ref_i|, 1)  (per element,
+ *               for elementwise maps) */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "util.h"
+
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
+
+#define SKIP_MSG "test_cuda: no CUDA device, skipped"
+
+#ifdef DVL_HAVE_CUDA
+
+/* ------------------------------------------------------------- helpers */
+
+/* Whether this test can use the GPU (device 0 initialised); prints the skip
+ * line (with the reason) when not. */
+static bool gpu_or_skip(void)
+{
+    dvl_err err = {0, ""};
+    int n = dvl_cuda_probe(&err);
+    if (n == 0) {
+        const char *req = getenv("DVL_REQUIRE_CUDA");
+        ck_assert_msg(!(req && req[0] && strcmp(req, "0") != 0),
+                      "DVL_REQUIRE_CUDA is set but no CUDA device is usable: %s",
+                      err.code ? err.msg : "0 devices");
+        printf(SKIP_MSG " (%s)\n", err.code ? err.msg : "0 devices");
+        fflush(stdout);
+        return false;
+    }
+    ck_assert_msg(dvl_cuda_init(0, &err) == DVL_OK, "dvl_cuda_init: %s", err.msg);
+    return true;
+}
+
+static void *dev_alloc(size_t bytes)
+{
+    dvl_err err = {0, ""};
+    void *p = dvl_cuda_malloc(bytes, &err);
+    ck_assert_msg(p != NULL, "%s", err.msg);
+    return p;
+}
+
+/* A device copy of n host floats. */
+static float *upload(const float *h, int64_t n)
+{
+    dvl_err err = {0, ""};
+    float *d = dev_alloc((size_t)n * sizeof(float));
+    ck_assert_msg(dvl_cuda_memcpy_h2d(d, h, (size_t)n * sizeof(float), &err) == DVL_OK, "%s",
+                  err.msg);
+    return d;
+}
+
+/* Wait for the GPU and copy n floats back into a new host array. */
+static float *download(const float *d, int64_t n)
+{
+    dvl_err err = {0, ""};
+    ck_assert_msg(dvl_cuda_sync("test", &err) == DVL_OK, "%s", err.msg);
+    float *h = malloc((size_t)n * sizeof(float));
+    ck_assert_ptr_nonnull(h);
+    ck_assert_msg(dvl_cuda_memcpy_d2h(h, d, (size_t)n * sizeof(float), &err) == DVL_OK, "%s",
+                  err.msg);
+    return h;
+}
+
+static float *host_randn(int64_t n, uint64_t seed, float std)
+{
+    float *h = malloc((size_t)n * sizeof(float));
+    ck_assert_ptr_nonnull(h);
+    dvl_rng r;
+    dvl_rng_seed(&r, seed);
+    dvl_rng_fill_normal(&r, h, n, std);
+    return h;
+}
+
+static double *dzeros(int64_t n)
+{
+    double *d = calloc((size_t)n, sizeof(double));
+    ck_assert_ptr_nonnull(d);
+    return d;
+}
+
+static double scale_err(const float *got, const double *ref, int64_t n)
+{
+    double md = 0, mr = 0;
+    for (int64_t i = 0; i < n; i++) {
+        md = fmax(md, fabs((double)got[i] - ref[i]));
+        mr = fmax(mr, fabs(ref[i]));
+    }
+    ck_assert_msg(mr > 0, "reference is all zeros: the check would be vacuous");
+    return md / mr;
+}
+
+static double elem_err(const float *got, const double *ref, int64_t n)
+{
+    double m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        ck_assert_msg(isfinite(got[i]), "element %lld is %g", (long long)i, (double)got[i]);
+        m = fmax(m, fabs((double)got[i] - ref[i]) / fmax(fabs(ref[i]), 1.0));
+    }
+    return m;
+}
+
+#define CHECK_ERR(what, e, tol)                                                                \
+    do {                                                                                       \
+        double e_ = (e);                                                                       \
+        ck_assert_msg(e_ <= (tol), "%s: error %.3g > tolerance %g", (what), e_, (double)(tol)); \
+    } while (0)
+
+/* Reference linear layer in double: y = x W^T + b; and the accumulating
+ * backward dx = dx0 + dy W, dW = dW0 + dy^T x, db = db0 + colsum(dy). */
+static void ref_linear_fwd(double *y, const float *x, const float *w, const float *b,
+                           int64_t rows, int64_t in, int64_t out)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t o = 0; o < out; o++) {
+            double s = b ? b[o] : 0.0;
+            for (int64_t k = 0; k < in; k++)
+                s += (double)x[r * in + k] * w[o * in + k];
+            y[r * out + o] = s;
+        }
+}
+
+static void ref_linear_bwd(double *dx, double *dw, double *db, const float *dx0,
+                           const float *dw0, const float *db0, const float *dy, const float *x,
+                           const float *w, int64_t rows, int64_t in, int64_t out)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < in; k++) {
+            double s = dx0[r * in + k];
+            for (int64_t o = 0; o < out; o++)
+                s += (double)dy[r * out + o] * w[o * in + k];
+            dx[r * in + k] = s;
+        }
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t k = 0; k < in; k++) {
+            double s = dw0[o * in + k];
+            for (int64_t r = 0; r < rows; r++)
+                s += (double)dy[r * out + o] * x[r * in + k];
+            dw[o * in + k] = s;
+        }
+    for (int64_t o = 0; o < out; o++) {
+        double s = db0[o];
+        for (int64_t r = 0; r < rows; r++)
+            s += dy[r * out + o];
+        db[o] = s;
+    }
+}
+
+/* One linear forward + backward on the GPU against the reference. The
+ * gradients start from random values so that accumulation (+=) is checked.
+ * tol applies to all of y, dx, dW (scale_err); db is a plain f32 sum and is
+ * held to 1e-5 whatever the product's precision. Also checks that db is
+ * bitwise identical when recomputed (deterministic column sum). */
+static void check_linear(dvl_cublas *h, int64_t rows, int64_t in, int64_t out, bool bias,
+                         double tol, const char *label)
+{
+    char what[128];
+    float *x = host_randn(rows * in, 1, 1.0f), *w = host_randn(out * in, 2, 0.5f);
+    float *b = host_randn(out, 3, 1.0f), *dy = host_randn(rows * out, 4, 1.0f);
+    float *dx0 = host_randn(rows * in, 5, 1.0f), *dw0 = host_randn(out * in, 6, 1.0f);
+    float *db0 = host_randn(out, 7, 1.0f);
+    float *d_x = upload(x, rows * in), *d_w = upload(w, out * in), *d_b = upload(b, out);
+    float *d_dy = upload(dy, rows * out), *d_dx = upload(dx0, rows * in);
+    float *d_dw = upload(dw0, out * in), *d_db = upload(db0, out), *d_db2 = upload(db0, out);
+    float *d_y = dev_alloc((size_t)(rows * out) * sizeof(float));
+    float *d_scr = dev_alloc((size_t)dvl_cuda_colsum_scratch(rows, out) * sizeof(float));
+    dvl_err err = {0, ""};
+
+    ck_assert_msg(dvl_cuda_linear_fwd(h, d_y, d_x, d_w, bias ? d_b : NULL, rows, in, out, &err) ==
+                      DVL_OK,
+                  "%s", err.msg);
+    ck_assert_msg(dvl_cuda_linear_bwd(h, d_dx, d_dw, d_db, d_scr, d_dy, d_x, d_w, rows, in, out,
+                                      &err) == DVL_OK,
+                  "%s", err.msg);
+    /* db again, alone (dx, dW NULL: those must be skipped). */
+    ck_assert_msg(dvl_cuda_linear_bwd(h, NULL, NULL, d_db2, d_scr, d_dy, d_x, d_w, rows, in, out,
+                                      &err) == DVL_OK,
+                  "%s", err.msg);
+    float *y = download(d_y, rows * out), *gx = download(d_dx, rows * in);
+    float *gw = download(d_dw, out * in), *gb = download(d_db, out), *gb2 = download(d_db2, out);
+
+    double *ry = dzeros(rows * out), *rdx = dzeros(rows * in), *rdw = dzeros(out * in);
+    double *rdb = dzeros(out);
+    ref_linear_fwd(ry, x, w, bias ? b : NULL, rows, in, out);
+    ref_linear_bwd(rdx, rdw, rdb, dx0, dw0, db0, dy, x, w, rows, in, out);
+    snprintf(what, sizeof what, "%s [%lld,%lld]x[%lld,%lld]^T y", label, (long long)rows,
+             (long long)in, (long long)out, (long long)in);
+    CHECK_ERR(what, scale_err(y, ry, rows * out), tol);
+    snprintf(what, sizeof what, "%s rows=%lld dx", label, (long long)rows);
+    CHECK_ERR(what, scale_err(gx, rdx, rows * in), tol);
+    snprintf(what, sizeof what, "%s rows=%lld dW", label, (long long)rows);
+    CHECK_ERR(what, scale_err(gw, rdw, out * in), tol);
+    snprintf(what, sizeof what, "%s rows=%lld db", label, (long long)rows);
+    CHECK_ERR(what, scale_err(gb, rdb, out), 1e-5);
+    ck_assert_msg(memcmp(gb, gb2, (size_t)out * sizeof(float)) == 0,
+                  "%s: db differs between two identical runs", label);
+
+    free(x), free(w), free(b), free(dy), free(dx0), free(dw0), free(db0);
+    free(y), free(gx), free(gw), free(gb), free(gb2);
+    free(ry), free(rdx), free(rdw), free(rdb);
+    dvl_cuda_free(d_x), dvl_cuda_free(d_w), dvl_cuda_free(d_b), dvl_cuda_free(d_dy);
+    dvl_cuda_free(d_dx), dvl_cuda_free(d_dw), dvl_cuda_free(d_db), dvl_cuda_free(d_db2);
+    dvl_cuda_free(d_y), dvl_cuda_free(d_scr);
+}
+
+/* Host bf16 round trip: the values a bf16 GEMM actually multiplies. */
+static uint16_t *to_bf16(const float *x, int64_t n)
+{
+    uint16_t *h = malloc((size_t)n * sizeof(uint16_t));
+    ck_assert_ptr_nonnull(h);
+    dvl_from_f32(h, DVL_BF16, x, n);
+    return h;
+}
+
+static uint16_t *upload16(const uint16_t *h, int64_t n)
+{
+    dvl_err err = {0, ""};
+    uint16_t *d = dev_alloc((size_t)n * sizeof(uint16_t));
+    ck_assert_msg(dvl_cuda_memcpy_h2d(d, h, (size_t)n * sizeof(uint16_t), &err) == DVL_OK, "%s",
+                  err.msg);
+    return d;
+}
+
+#endif /* DVL_HAVE_CUDA */
+
+/* --------------------------------------------------------------- tests */
+
+/* Runs with or without a GPU: the availability query answers cleanly, and
+ * without a device the entry points fail with a message instead of
+ * crashing. */
+START_TEST(availability_query_is_clean)
+{
+#ifdef DVL_HAVE_CUDA
+    int n = dvl_cuda_device_count();
+    ck_assert_int_ge(n, 0);
+    ck_assert_int_eq(dvl_cuda_device_count(), n); /* stable, no lasting error state */
+    dvl_err err = {0, ""};
+    ck_assert_int_eq(dvl_cuda_probe(&err), n);
+    if (n == 0) {
+        printf("test_cuda: availability: 0 devices (%s)\n", err.code ? err.msg : "no error");
+        err.code = 0;
+        ck_assert_int_eq(dvl_cuda_init(0, &err), DVL_EDEVICE);
+        ck_assert_ptr_nonnull(strstr(err.msg, "device 0"));
+        err.code = 0;
+        ck_assert_ptr_null(dvl_cuda_malloc(64, &err));
+        ck_assert_int_eq(err.code, DVL_EDEVICE);
+        ck_assert_ptr_nonnull(strstr(err.msg, "cudaMalloc"));
+        dvl_cuda_free(NULL);
+        err.code = 0;
+        ck_assert_ptr_null(dvl_cublas_new(false, &err));
+        ck_assert_int_eq(err.code, DVL_EDEVICE);
+        printf(SKIP_MSG " (GPU paths)\n");
+        return;
+    }
+    /* With a device: out-of-range device, impossible allocation and a round
+     * trip through device memory. */
+    ck_assert_int_eq(dvl_cuda_init(n, &err), DVL_EDEVICE);
+    ck_assert_ptr_nonnull(strstr(err.msg, "out of range"));
+    ck_assert_msg(dvl_cuda_init(0, &err) == DVL_OK, "%s", err.msg);
+    char desc[256];
+    ck_assert_msg(dvl_cuda_describe(0, desc, sizeof desc, &err) == DVL_OK, "%s", err.msg);
+    printf("test_cuda: %d device(s); device 0: %s\n", n, desc);
+    err.code = 0;
+    ck_assert_ptr_null(dvl_cuda_malloc((size_t)1 << 56, &err));
+    ck_assert_int_eq(err.code, DVL_EDEVICE);
+    ck_assert_ptr_nonnull(strstr(err.msg, "cudaMalloc"));
+    /* The failed allocation must not poison later calls. */
+    ck_assert_msg(dvl_cuda_sync("after failed malloc", &err) == DVL_OK, "%s", err.msg);
+    float h[5] = {1, -2, 3.5f, 1e-30f, 7}, back[5] = {0};
+    float *d = upload(h, 5);
+    ck_assert_msg(dvl_cuda_memcpy_d2h(back, d, sizeof h, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_mem_eq(back, h, sizeof h);
+    ck_assert_msg(dvl_cuda_memset_zero(d, sizeof h, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_msg(dvl_cuda_memcpy_d2h(back, d, sizeof h, &err) == DVL_OK, "%s", err.msg);
+    for (int i = 0; i < 5; i++)
+        ck_assert_float_eq(back[i], 0.0f);
+    dvl_cuda_free(d);
+#else
+    /* No CUDA build: asking for a CUDA context fails cleanly. */
+    printf(SKIP_MSG " (built without CUDA)\n");
+    ck_assert_ptr_null(dvl_ctx_new(DVL_CUDA));
+#endif
+}
+END_TEST
+
+/* f32 cuBLAS against the double reference: scale_err <= 1e-5 (k <= 700 f32
+ * products accumulate ~1e-6). Shapes: odd sizes, and rows=600 (three column-
+ * sum chunks of 256 for db), with and without bias. */
+START_TEST(linear_f32_matches_reference)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_cublas *h = dvl_cublas_new(false, &err);
+    ck_assert_msg(h != NULL, "%s", err.msg);
+    ck_assert(!dvl_cublas_tf32(h));
+    check_linear(h, 37, 61, 29, true, 1e-5, "f32");
+    check_linear(h, 600, 45, 33, false, 1e-5, "f32");
+    check_linear(h, 1, 7, 3, true, 1e-5, "f32");
+    dvl_cublas_free(h);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* TF32 inputs (10-bit mantissa, rounding error 2^-11 per input) with f32
+ * accumulation: scale_err <= 1e-2. */
+START_TEST(linear_tf32_within_1e_2)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_cublas *h = dvl_cublas_new(true, &err);
+    ck_assert_msg(h != NULL, "%s", err.msg);
+    ck_assert(dvl_cublas_tf32(h));
+    check_linear(h, 37, 61, 29, true, 1e-2, "tf32");
+    check_linear(h, 600, 45, 33, true, 1e-2, "tf32");
+    /* Switching back to full f32 on the same handle. */
+    ck_assert_msg(dvl_cublas_set_tf32(h, false, &err) == DVL_OK, "%s", err.msg);
+    check_linear(h, 37, 61, 29, true, 1e-5, "f32 after tf32");
+    dvl_cublas_free(h);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* bf16 x and W, f32 accumulation. Against the reference computed from the
+ * bf16-rounded inputs only accumulation error remains: scale_err <= 1e-4
+ * for f32 output. Against the unrounded f32 inputs (what a caller compares
+ * with): <= 1e-2. With bf16 output (rounding 2^-9 relative): <= 1e-2. */
+START_TEST(matmul_bf16_within_tolerance)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    const int64_t rows = 37, in = 61, out = 29;
+    dvl_err err = {0, ""};
+    dvl_cublas *h = dvl_cublas_new(false, &err);
+    ck_assert_msg(h != NULL, "%s", err.msg);
+    float *x = host_randn(rows * in, 11, 1.0f), *w = host_randn(out * in, 12, 0.5f);
+    uint16_t *xb = to_bf16(x, rows * in), *wb = to_bf16(w, out * in);
+    float *xr = malloc((size_t)(rows * in) * sizeof(float));
+    float *wr = malloc((size_t)(out * in) * sizeof(float));
+    ck_assert(xr && wr);
+    dvl_to_f32(xr, xb, DVL_BF16, rows * in);
+    dvl_to_f32(wr, wb, DVL_BF16, out * in);
+    double *ref_rounded = dzeros(rows * out), *ref_exact = dzeros(rows * out);
+    ref_linear_fwd(ref_rounded, xr, wr, NULL, rows, in, out);
+    ref_linear_fwd(ref_exact, x, w, NULL, rows, in, out);
+
+    uint16_t *d_x = upload16(xb, rows * in), *d_w = upload16(wb, out * in);
+    float *d_y = dev_alloc((size_t)(rows * out) * sizeof(float));
+    uint16_t *d_yb = dev_alloc((size_t)(rows * out) * sizeof(uint16_t));
+    ck_assert_msg(dvl_cuda_matmul_bf16(h, d_y, DVL_F32, d_x, d_w, rows, in, out, &err) == DVL_OK,
+                  "%s", err.msg);
+    ck_assert_msg(dvl_cuda_matmul_bf16(h, d_yb, DVL_BF16, d_x, d_w, rows, in, out, &err) ==
+                      DVL_OK,
+                  "%s", err.msg);
+    float *y = download(d_y, rows * out);
+    uint16_t *yb = malloc((size_t)(rows * out) * sizeof(uint16_t));
+    float *ybf = malloc((size_t)(rows * out) * sizeof(float));
+    ck_assert(yb && ybf);
+    ck_assert_msg(dvl_cuda_memcpy_d2h(yb, d_yb, (size_t)(rows * out) * sizeof(uint16_t), &err) ==
+                      DVL_OK,
+                  "%s", err.msg);
+    dvl_to_f32(ybf, yb, DVL_BF16, rows * out);
+    CHECK_ERR("bf16 gemm, f32 out, vs rounded inputs", scale_err(y, ref_rounded, rows * out), 1e-4);
+    CHECK_ERR("bf16 gemm, f32 out, vs f32 inputs", scale_err(y, ref_exact, rows * out), 1e-2);
+    CHECK_ERR("bf16 gemm, bf16 out, vs rounded inputs", scale_err(ybf, ref_rounded, rows * out),
+              1e-2);
+    /* An output dtype the product cannot write is an error naming it. */
+    ck_assert_int_eq(dvl_cuda_matmul_bf16(h, d_y, DVL_I32, d_x, d_w, rows, in, out, &err),
+                     DVL_EUNSUP);
+    ck_assert_ptr_nonnull(strstr(err.msg, "i32"));
+
+    free(x), free(w), free(xb), free(wb), free(xr), free(wr), free(ref_rounded), free(ref_exact);
+    free(y), free(yb), free(ybf);
+    dvl_cuda_free(d_x), dvl_cuda_free(d_w), dvl_cuda_free(d_y), dvl_cuda_free(d_yb);
+    dvl_cublas_free(h);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+#ifdef DVL_HAVE_CUDA
+/* RMSNorm forward and accumulating backward on one shape. */
+static void check_rmsnorm(int64_t rows, int64_t cols)
+{
+    const float eps = 1e-6f;
+    char what[128];
+    float *x = host_randn(rows * cols, 21, 1.5f), *w = host_randn(cols, 22, 1.0f);
+    float *dy = host_randn(rows * cols, 23, 1.0f), *dx0 = host_randn(rows * cols, 24, 1.0f);
+    float *dw0 = host_randn(cols, 25, 1.0f);
+    /* Reference in double. */
+    double *ry = dzeros(rows * cols), *rr = dzeros(rows), *rdx = dzeros(rows * cols);
+    double *rdw = dzeros(cols);
+    for (int64_t j = 0; j < cols; j++)
+        rdw[j] = dw0[j];
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * cols, *dyr = dy + r * cols;
+        double ss = 0, dot = 0;
+        for (int64_t j = 0; j < cols; j++)
+            ss += (double)xr[j] * xr[j];
+        const double rs = 1.0 / sqrt(ss / (double)cols + eps);
+        rr[r] = rs;
+        for (int64_t j = 0; j < cols; j++) {
+            ry[r * cols + j] = xr[j] * rs * w[j];
+            dot += (double)w[j] * dyr[j] * xr[j];
+        }
+        for (int64_t j = 0; j < cols; j++) {
+            rdx[r * cols + j] =
+                dx0[r * cols + j] + rs * (w[j] * (double)dyr[j] - xr[j] * rs * rs * dot / cols);
+            rdw[j] += (double)dyr[j] * xr[j] * rs;
+        }
+    }
+    /* GPU. */
+    float *d_x = upload(x, rows * cols), *d_w = upload(w, cols), *d_dy = upload(dy, rows * cols);
+    float *d_dx = upload(dx0, rows * cols), *d_dw = upload(dw0, cols), *d_dw2 = upload(dw0, cols);
+    float *d_dx2 = upload(dx0, rows * cols);
+    float *d_y = dev_alloc((size_t)(rows * cols) * sizeof(float));
+    float *d_rstd = dev_alloc((size_t)rows * sizeof(float));
+    float *d_scr = dev_alloc((size_t)dvl_cuda_rmsnorm_bwd_scratch(rows, cols) * sizeof(float));
+    dvl_cuda_rmsnorm_fwd(d_y, d_rstd, d_x, d_w, rows, cols, eps);
+    dvl_cuda_rmsnorm_bwd(d_dx, d_dw, d_scr, d_dy, d_x, d_w, d_rstd, rows, cols);
+    /* The same backward once more: dw alone, then dx alone (NULL skips). */
+    dvl_cuda_rmsnorm_bwd(NULL, d_dw2, d_scr, d_dy, d_x, d_w, d_rstd, rows, cols);
+    dvl_cuda_rmsnorm_bwd(d_dx2, NULL, NULL, d_dy, d_x, d_w, d_rstd, rows, cols);
+    dvl_err err = {0, ""};
+    ck_assert_msg(dvl_cuda_check("rmsnorm", &err) == DVL_OK, "%s", err.msg);
+    float *y = download(d_y, rows * cols), *rs = download(d_rstd, rows);
+    float *gx = download(d_dx, rows * cols), *gw = download(d_dw, cols);
+    float *gx2 = download(d_dx2, rows * cols), *gw2 = download(d_dw2, cols);
+
+    snprintf(what, sizeof what, "rmsnorm [%lld,%lld] y", (long long)rows, (long long)cols);
+    CHECK_ERR(what, scale_err(y, ry, rows * cols), 1e-5);
+    snprintf(what, sizeof what, "rmsnorm [%lld,%lld] rstd", (long long)rows, (long long)cols);
+    CHECK_ERR(what, elem_err(rs, rr, rows), 1e-5);
+    snprintf(what, sizeof what, "rmsnorm [%lld,%lld] dx", (long long)rows, (long long)cols);
+    CHECK_ERR(what, scale_err(gx, rdx, rows * cols), 1e-5);
+    snprintf(what, sizeof what, "rmsnorm [%lld,%lld] dw", (long long)rows, (long long)cols);
+    CHECK_ERR(what, scale_err(gw, rdw, cols), 1e-5);
+    ck_assert_msg(memcmp(gw, gw2, (size_t)cols * sizeof(float)) == 0,
+                  "rmsnorm dw differs between two identical runs");
+    ck_assert_msg(memcmp(gx, gx2, (size_t)(rows * cols) * sizeof(float)) == 0,
+                  "rmsnorm dx differs between two identical runs");
+
+    free(x), free(w), free(dy), free(dx0), free(dw0);
+    free(ry), free(rr), free(rdx), free(rdw);
+    free(y), free(rs), free(gx), free(gw), free(gx2), free(gw2);
+    dvl_cuda_free(d_x), dvl_cuda_free(d_w), dvl_cuda_free(d_dy), dvl_cuda_free(d_dx);
+    dvl_cuda_free(d_dw), dvl_cuda_free(d_dw2), dvl_cuda_free(d_dx2), dvl_cuda_free(d_y);
+    dvl_cuda_free(d_rstd), dvl_cuda_free(d_scr);
+}
+#endif
+
+/* y and dx, dw: scale_err <= 1e-5; rstd: elem_err <= 1e-5. Shapes: odd, a
+ * row shorter than a warp, and 700 rows (three dw chunks of 256). dw and dx
+ * must be bitwise identical across runs (deterministic reductions). */
+START_TEST(rmsnorm_matches_reference)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    check_rmsnorm(37, 61);
+    check_rmsnorm(13, 7);
+    check_rmsnorm(700, 129);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* elem_err <= 1e-5 for silu/swiglu forward and backward (accumulating onto
+ * random gradients) over n = 1001 values of std 3 plus saturating values
+ * (+-30, +-100), which must come out finite. */
+START_TEST(silu_swiglu_match_reference)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    const int64_t n = 1001;
+    float *g = host_randn(n, 31, 3.0f), *u = host_randn(n, 32, 1.0f);
+    float *dy = host_randn(n, 33, 1.0f), *d0 = host_randn(n, 34, 1.0f);
+    float *e0 = host_randn(n, 35, 1.0f);
+    g[0] = 30, g[1] = -30, g[2] = 100, g[3] = -100, g[4] = 0;
+    double *ry = dzeros(n), *rdx = dzeros(n), *rsy = dzeros(n), *rdg = dzeros(n);
+    double *rdu = dzeros(n);
+    for (int64_t i = 0; i < n; i++) {
+        const double v = g[i], s = 1.0 / (1.0 + exp(-v)), ds = s * (1.0 + v * (1.0 - s));
+        ry[i] = v * s;
+        rdx[i] = d0[i] + (double)dy[i] * ds;
+        rsy[i] = v * s * u[i];
+        rdg[i] = d0[i] + (double)dy[i] * u[i] * ds;
+        rdu[i] = e0[i] + (double)dy[i] * v * s;
+    }
+    float *d_g = upload(g, n), *d_u = upload(u, n), *d_dy = upload(dy, n);
+    float *d_dx = upload(d0, n), *d_dg = upload(d0, n), *d_du = upload(e0, n);
+    float *d_du2 = upload(e0, n);
+    float *d_y = dev_alloc((size_t)n * sizeof(float)), *d_sy = dev_alloc((size_t)n * sizeof(float));
+    dvl_cuda_silu_fwd(d_y, d_g, n);
+    dvl_cuda_silu_bwd(d_dx, d_dy, d_g, n);
+    dvl_cuda_swiglu_fwd(d_sy, d_g, d_u, n);
+    dvl_cuda_swiglu_bwd(d_dg, d_du, d_dy, d_g, d_u, n);
+    dvl_cuda_swiglu_bwd(NULL, d_du2, d_dy, d_g, d_u, n); /* gate frozen */
+    dvl_err err = {0, ""};
+    ck_assert_msg(dvl_cuda_check("silu/swiglu", &err) == DVL_OK, "%s", err.msg);
+    float *y = download(d_y, n), *gx = download(d_dx, n), *sy = download(d_sy, n);
+    float *gg = download(d_dg, n), *gu = download(d_du, n), *gu2 = download(d_du2, n);
+    CHECK_ERR("silu y", elem_err(y, ry, n), 1e-5);
+    CHECK_ERR("silu dx", elem_err(gx, rdx, n), 1e-5);
+    CHECK_ERR("swiglu y", elem_err(sy, rsy, n), 1e-5);
+    CHECK_ERR("swiglu dgate", elem_err(gg, rdg, n), 1e-5);
+    CHECK_ERR("swiglu dup", elem_err(gu, rdu, n), 1e-5);
+    ck_assert_mem_eq(gu, gu2, (size_t)n * sizeof(float));
+    free(g), free(u), free(dy), free(d0), free(e0);
+    free(ry), free(rdx), free(rsy), free(rdg), free(rdu);
+    free(y), free(gx), free(sy), free(gg), free(gu), free(gu2);
+    dvl_cuda_free(d_g), dvl_cuda_free(d_u), dvl_cuda_free(d_dy), dvl_cuda_free(d_dx);
+    dvl_cuda_free(d_dg), dvl_cuda_free(d_du), dvl_cuda_free(d_du2), dvl_cuda_free(d_y);
+    dvl_cuda_free(d_sy);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* Four AdamW steps from m = v = 0 against torch.optim.AdamW's formula in
+ * double. lr 0.1 and wd 0.1 make every term visible at f32 precision
+ * (weight decay alone moves p by 1%); grads of std 0.05 next to eps 1e-2
+ * make the placement of eps (outside the square root, after the bias
+ * correction) matter. p: elem_err <= 1e-5; m, v: scale_err <= 1e-5. */
+START_TEST(adamw_matches_torch_formula)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    const int64_t n = 1001;
+    const float lr = 0.1f, b1 = 0.9f, b2 = 0.95f, eps = 1e-2f, wd = 0.1f;
+    float *p = host_randn(n, 41, 1.0f);
+    float *zero = calloc((size_t)n, sizeof(float));
+    ck_assert_ptr_nonnull(zero);
+    double *rp = dzeros(n), *rm = dzeros(n), *rv = dzeros(n);
+    for (int64_t i = 0; i < n; i++)
+        rp[i] = p[i];
+    float *d_p = upload(p, n), *d_m = upload(zero, n), *d_v = upload(zero, n);
+    for (int64_t t = 1; t <= 4; t++) {
+        float *g = host_randn(n, 100 + (uint64_t)t, 0.05f);
+        float *d_g = upload(g, n);
+        dvl_cuda_adamw(d_p, d_g, d_m, d_v, n, lr, b1, b2, eps, wd, t);
+        const double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
+        for (int64_t i = 0; i < n; i++) {
+            rp[i] *= 1.0 - (double)lr * wd;
+            rm[i] = b1 * rm[i] + (1.0 - b1) * g[i];
+            rv[i] = b2 * rv[i] + (1.0 - b2) * (double)g[i] * g[i];
+            rp[i] -= lr / bc1 * rm[i] / (sqrt(rv[i]) / sqrt(bc2) + eps);
+        }
+        dvl_err err = {0, ""};
+        ck_assert_msg(dvl_cuda_sync("adamw", &err) == DVL_OK, "%s", err.msg);
+        dvl_cuda_free(d_g);
+        free(g);
+    }
+    float *gp = download(d_p, n), *gm = download(d_m, n), *gv = download(d_v, n);
+    CHECK_ERR("adamw p", elem_err(gp, rp, n), 1e-5);
+    CHECK_ERR("adamw m", scale_err(gm, rm, n), 1e-5);
+    CHECK_ERR("adamw v", scale_err(gv, rv, n), 1e-5);
+    /* The check is not vacuous: p moved by far more than the tolerance. */
+    double moved = 0;
+    for (int64_t i = 0; i < n; i++)
+        moved = fmax(moved, fabs((double)gp[i] - p[i]));
+    ck_assert_msg(moved > 0.1, "adamw moved p by only %g", moved);
+    free(p), free(zero), free(rp), free(rm), free(rv), free(gp), free(gm), free(gv);
+    dvl_cuda_free(d_p), dvl_cuda_free(d_m), dvl_cuda_free(d_v);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+#ifdef DVL_HAVE_CUDA
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+#endif
+
+/* Not an assertion: cuBLAS throughput at 4096^3 (2 * 4096^3 flops per
+ * product; mean of 20 after 3 warm-ups, random data), for the record. */
+START_TEST(gemm_throughput_4096_print)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    const int64_t N = 4096, nn = N * N, iters = 20;
+    dvl_err err = {0, ""};
+    float *a = host_randn(nn, 51, 1.0f);
+    uint16_t *ab = to_bf16(a, nn);
+    float *d_a = upload(a, nn), *d_b = upload(a, nn);
+    float *d_c = dev_alloc((size_t)nn * sizeof(float));
+    uint16_t *d_ab = upload16(ab, nn), *d_bb = upload16(ab, nn);
+    uint16_t *d_cb = dev_alloc((size_t)nn * sizeof(uint16_t));
+    dvl_cublas *h = dvl_cublas_new(false, &err);
+    ck_assert_msg(h != NULL, "%s", err.msg);
+    char desc[256] = "?";
+    dvl_cuda_describe(0, desc, sizeof desc, &err);
+    const char *names[4] = {"sgemm f32", "sgemm tf32", "bf16 gemm (f32 out)",
+                            "bf16 gemm (bf16 out)"};
+    for (int kind = 0; kind < 4; kind++) {
+        ck_assert_msg(dvl_cublas_set_tf32(h, kind == 1, &err) == DVL_OK, "%s", err.msg);
+        double t0 = 0;
+        for (int64_t it = 0; it < 3 + iters; it++) {
+            if (it == 3) {
+                ck_assert_msg(dvl_cuda_sync("gemm warm-up", &err) == DVL_OK, "%s", err.msg);
+                t0 = now_s();
+            }
+            int rc = kind < 2
+                         ? dvl_cuda_linear_fwd(h, d_c, d_a, d_b, NULL, N, N, N, &err)
+                         : dvl_cuda_matmul_bf16(h, kind == 2 ? (void *)d_c : (void *)d_cb,
+                                                kind == 2 ? DVL_F32 : DVL_BF16, d_ab, d_bb, N, N,
+                                                N, &err);
+            ck_assert_msg(rc == DVL_OK, "%s", err.msg);
+        }
+        ck_assert_msg(dvl_cuda_sync("gemm timing", &err) == DVL_OK, "%s", err.msg);
+        const double dt = (now_s() - t0) / (double)iters;
+        printf("test_cuda: %s 4096^3: %.1f GFLOP/s (%.3f ms) on %s\n", names[kind],
+               2.0 * (double)N * N * N / dt * 1e-9, dt * 1e3, desc);
+    }
+    fflush(stdout);
+    dvl_cublas_free(h);
+    free(a), free(ab);
+    dvl_cuda_free(d_a), dvl_cuda_free(d_b), dvl_cuda_free(d_c);
+    dvl_cuda_free(d_ab), dvl_cuda_free(d_bb), dvl_cuda_free(d_cb);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("cuda");
+    TCase *tc = tcase_create("cuda");
+    tcase_add_test(tc, availability_query_is_clean);
+    tcase_add_test(tc, linear_f32_matches_reference);
+    tcase_add_test(tc, linear_tf32_within_1e_2);
+    tcase_add_test(tc, matmul_bf16_within_tolerance);
+    tcase_add_test(tc, rmsnorm_matches_reference);
+    tcase_add_test(tc, silu_swiglu_match_reference);
+    tcase_add_test(tc, adamw_matches_torch_formula);
+    suite_add_tcase(s, tc);
+    /* Its own case, so CK_RUN_CASE=cuda runs the checks without it (under
+     * compute-sanitizer, say). */
+    TCase *timing = tcase_create("timing");
+    tcase_add_test(timing, gemm_throughput_4096_print);
+    suite_add_tcase(s, timing);
+    return s;
+}
+
+int main(void) { return tu_run(suite()); }
