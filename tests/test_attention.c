@@ -222,6 +222,11 @@ static const acase cases[] = {
     {"block_diff B > L", 1, 10, 10, 2, 1, 3, DVL_MASK_BLOCK_DIFF, 7, 5, 0, NO_PAD},
     {"block_causal tiles", 2, 150, 150, 2, 1, 5, DVL_MASK_BLOCK_CAUSAL, 16, 0, 0, PAD},
     {"block_causal d1", 1, 9, 9, 2, 2, 1, DVL_MASK_BLOCK_CAUSAL, 2, 0, 0, NO_PAD},
+    /* The kernels work in batches of tiles: more tiles than one batch holds
+     * (66 > 64), and score blocks larger than one batch's scratch budget
+     * (3 tiles of 64 x 4100 per batch). */
+    {"many tiles", 1, 70, 12, 33, 3, 2, DVL_MASK_BLOCK_CAUSAL, 5, 0, 0, PAD},
+    {"long keys", 1, 130, 4100, 2, 1, 3, DVL_MASK_CAUSAL, 0, 0, 3970, PAD},
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 

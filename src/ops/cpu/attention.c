@@ -20,16 +20,20 @@
  *
  * BLAS is called only from the serial level (OpenBLAS here runs its own
  * pthreads and must not be entered from an OpenMP region); the row-wise
- * softmax runs on OpenMP, each row by one thread. The loops over n, h and
- * tiles are serial, so the += into dK and dV across the query heads of a
- * group happens in one fixed order whatever the thread count. */
+ * softmax runs on OpenMP, each row by one thread. Handing the cores from
+ * one thread pool to the other costs time (and a lot of it when both spin
+ * while waiting), so tiles go in batches that share a scratch budget: all
+ * their score sgemms, then one OpenMP region over all their rows, then all
+ * their output sgemms. Tiles are visited in one fixed order (n, h, i0) and
+ * every += into dQ, dK and dV is an sgemm at the serial level in that order,
+ * so the result does not depend on the thread count. */
 #include "ops/cpu/attention.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
 
-/* Below this many scores per tile an OpenMP region costs more than it saves. */
+/* Below this many scores per batch an OpenMP region costs more than it saves. */
 #define PAR_MIN_SCORES 8192
 
 /* Keys [k0, k0 + len) held in score columns [col, col + len). */
@@ -43,14 +47,39 @@ typedef struct colrun {
     int64_t c0, c1, j0;
 } colrun;
 
-size_t dvl_cpu_attention_fwd_scratch(int64_t Tk)
+/* Query rows of one (sequence, head) pair with its key segments and its
+ * score blocks in the scratch: S (scores, then probabilities) and, for
+ * backward, dS (dP, then dS); each rows x ncol. */
+typedef struct tile {
+    int64_t n, h, i0, rows, ncol;
+    segment sg[2];
+    int nseg;
+    float *S, *dS;
+} tile;
+
+/* A batch holds at most this many tiles and, when it has more than one,
+ * at most BATCH_FLOATS floats of score blocks. */
+#define MAX_BATCH_TILES 64
+#define BATCH_FLOATS ((size_t)1 << 20)
+
+/* Score-block floats (one block per tile) a batch may use: one full tile
+ * always fits, and small problems take no more than all their tiles need. */
+static size_t batch_floats(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq)
 {
-    return (size_t)DVL_ATTN_TILE * (size_t)(Tk > 0 ? Tk : 1);
+    const size_t tile = (size_t)DVL_ATTN_TILE * (size_t)(Tk > 0 ? Tk : 1);
+    const size_t all = (size_t)(N * Hq * ((Tq + DVL_ATTN_TILE - 1) / DVL_ATTN_TILE)) * tile;
+    size_t b = all < BATCH_FLOATS ? all : BATCH_FLOATS;
+    return b > tile ? b : tile;
 }
 
-size_t dvl_cpu_attention_bwd_scratch(int64_t Tk)
+size_t dvl_cpu_attention_fwd_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq)
 {
-    return 2 * dvl_cpu_attention_fwd_scratch(Tk) + DVL_ATTN_TILE;
+    return batch_floats(N, Tq, Tk, Hq);
+}
+
+size_t dvl_cpu_attention_bwd_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq)
+{
+    return 2 * batch_floats(N, Tq, Tk, Hq);
 }
 
 /* The key segments of query rows [i0, i1): the hull of the rows' first
@@ -168,15 +197,52 @@ static float softmax_row(float *s, int64_t ncol, const colrun *cr, int nr, const
     return mx + (float)log(sum);
 }
 
-/* S[:, seg] = scale * Q K[seg]^T for every segment; Q rows stride qs, K rows
- * stride ks, S rows ncol. */
-static void scores(float *S, const float *qt, int64_t qs, const float *kh, int64_t ks, int64_t rows,
-                   int64_t D, const segment *sg, int nseg, int64_t ncol, float scale)
+/* The next tiles in (n, h, i0) order, from flat tile index *next on, whose
+ * nbuf score blocks each fit in `budget` floats of scratch (at least one
+ * tile, at most MAX_BATCH_TILES); advances *next. */
+static int plan_batch(tile *tl, int64_t *next, int64_t Tq, int64_t Tk, int64_t Hq,
+                      int64_t ntiles, const dvl_mask *m, float *scratch, size_t budget, int nbuf)
 {
-    for (int s = 0; s < nseg; s++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)sg[s].len, (int)D,
-                    scale, qt, (int)qs, kh + sg[s].k0 * ks, (int)ks, 0.0f, S + sg[s].col,
-                    (int)ncol);
+    const int64_t per_head = (Tq + DVL_ATTN_TILE - 1) / DVL_ATTN_TILE;
+    size_t used = 0;
+    int cnt = 0;
+    while (*next < ntiles && cnt < MAX_BATCH_TILES) {
+        tile t;
+        t.n = *next / (Hq * per_head);
+        t.h = (*next / per_head) % Hq;
+        t.i0 = (*next % per_head) * DVL_ATTN_TILE;
+        t.rows = Tq - t.i0 < DVL_ATTN_TILE ? Tq - t.i0 : DVL_ATTN_TILE;
+        t.nseg = tile_segments(m, t.i0, t.i0 + t.rows, Tk, t.sg, &t.ncol);
+        const size_t block = (size_t)(t.rows * t.ncol);
+        if (cnt > 0 && used + (size_t)nbuf * block > budget)
+            break;
+        t.S = scratch + used;
+        t.dS = t.S + block;
+        used += (size_t)nbuf * block;
+        tl[cnt++] = t;
+        (*next)++;
+    }
+    return cnt;
+}
+
+static int64_t batch_scores(const tile *tl, int nt)
+{
+    int64_t n = 0;
+    for (int t = 0; t < nt; t++)
+        n += tl[t].rows * tl[t].ncol;
+    return n;
+}
+
+/* C[:, seg] = alpha * A B[seg]^T for each segment of the tile: A the tile's
+ * rows (stride as), B key rows (stride bs), C rows ncol. Gives S = scale Q
+ * K^T and dP = dO V^T. */
+static void rows_times_keys(float *C, const tile *t, const float *A, int64_t as, const float *B,
+                            int64_t bs, int64_t D, float alpha)
+{
+    for (int s = 0; s < t->nseg; s++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)t->rows, (int)t->sg[s].len,
+                    (int)D, alpha, A, (int)as, B + t->sg[s].k0 * bs, (int)bs, 0.0f,
+                    C + t->sg[s].col, (int)t->ncol);
 }
 
 void dvl_cpu_attention_fwd(float *out, float *lse, float *scratch, const float *q, const float *k,
@@ -184,43 +250,42 @@ void dvl_cpu_attention_fwd(float *out, float *lse, float *scratch, const float *
                            int64_t Hkv, int64_t D, const dvl_mask *mask, float scale)
 {
     const int64_t group = Hq / Hkv, qs = Hq * D, ks = Hkv * D;
-    float *P = scratch;
-    for (int64_t n = 0; n < N; n++) {
-        const uint8_t *kv = mask->key_valid ? mask->key_valid + n * Tk : NULL;
-        for (int64_t h = 0; h < Hq; h++) {
-            const int64_t g = h / group;
-            const float *kh = k + (n * Tk * Hkv + g) * D, *vh = v + (n * Tk * Hkv + g) * D;
-            for (int64_t i0 = 0; i0 < Tq; i0 += DVL_ATTN_TILE) {
-                const int64_t rows = Tq - i0 < DVL_ATTN_TILE ? Tq - i0 : DVL_ATTN_TILE;
-                const float *qt = q + ((n * Tq + i0) * Hq + h) * D;
-                float *ot = out + ((n * Tq + i0) * Hq + h) * D;
-                float *lt = lse ? lse + (n * Hq + h) * Tq + i0 : NULL;
-                segment sg[2];
-                int64_t ncol;
-                int nseg = tile_segments(mask, i0, i0 + rows, Tk, sg, &ncol);
-                if (nseg == 0) { /* no row of the tile sees a key */
-                    for (int64_t r = 0; r < rows; r++) {
-                        memset(ot + r * qs, 0, (size_t)D * sizeof *ot);
-                        if (lt)
-                            lt[r] = INFINITY;
-                    }
-                    continue;
-                }
-                scores(P, qt, qs, kh, ks, rows, D, sg, nseg, ncol, scale);
-#pragma omp parallel for schedule(static) if (rows * ncol >= PAR_MIN_SCORES)
-                for (int64_t r = 0; r < rows; r++) {
-                    colrun cr[2];
-                    int nr = row_colruns(mask, i0 + r, Tk, sg, nseg, cr);
-                    float l = softmax_row(P + r * ncol, ncol, cr, nr, kv);
-                    if (lt)
-                        lt[r] = l;
-                }
-                /* O = P V, one segment after the other (beta 1 adds). */
-                for (int s = 0; s < nseg; s++)
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)D,
-                                (int)sg[s].len, 1.0f, P + sg[s].col, (int)ncol, vh + sg[s].k0 * ks,
-                                (int)ks, s ? 1.0f : 0.0f, ot, (int)qs);
+    const int64_t ntiles = N * Hq * ((Tq + DVL_ATTN_TILE - 1) / DVL_ATTN_TILE);
+    const size_t budget = dvl_cpu_attention_fwd_scratch(N, Tq, Tk, Hq);
+    tile tl[MAX_BATCH_TILES];
+    for (int64_t next = 0; next < ntiles;) {
+        const int nt = plan_batch(tl, &next, Tq, Tk, Hq, ntiles, mask, scratch, budget, 1);
+        for (int t = 0; t < nt; t++) { /* S = scale Q K^T */
+            const int64_t kvo = (tl[t].n * Tk * Hkv + tl[t].h / group) * D;
+            rows_times_keys(tl[t].S, &tl[t], q + ((tl[t].n * Tq + tl[t].i0) * Hq + tl[t].h) * D, qs,
+                            k + kvo, ks, D, scale);
+        }
+#pragma omp parallel for schedule(static) if (batch_scores(tl, nt) >= PAR_MIN_SCORES)
+        for (int64_t x = 0; x < nt * DVL_ATTN_TILE; x++) {
+            const tile *t = &tl[x / DVL_ATTN_TILE];
+            const int64_t r = x % DVL_ATTN_TILE, i = t->i0 + r;
+            if (r >= t->rows)
+                continue;
+            float l = INFINITY;
+            if (t->nseg == 0) { /* no row of the tile sees a key: zeros */
+                memset(out + ((t->n * Tq + i) * Hq + t->h) * D, 0, (size_t)D * sizeof *out);
+            } else {
+                colrun cr[2];
+                int nr = row_colruns(mask, i, Tk, t->sg, t->nseg, cr);
+                const uint8_t *kv = mask->key_valid ? mask->key_valid + t->n * Tk : NULL;
+                l = softmax_row(t->S + r * t->ncol, t->ncol, cr, nr, kv);
             }
+            if (lse)
+                lse[(t->n * Hq + t->h) * Tq + i] = l;
+        }
+        for (int t = 0; t < nt; t++) { /* O = P V, segment after segment */
+            const int64_t kvo = (tl[t].n * Tk * Hkv + tl[t].h / group) * D;
+            float *ot = out + ((tl[t].n * Tq + tl[t].i0) * Hq + tl[t].h) * D;
+            for (int s = 0; s < tl[t].nseg; s++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)tl[t].rows, (int)D,
+                            (int)tl[t].sg[s].len, 1.0f, tl[t].S + tl[t].sg[s].col,
+                            (int)tl[t].ncol, v + kvo + tl[t].sg[s].k0 * ks, (int)ks,
+                            s ? 1.0f : 0.0f, ot, (int)qs);
         }
     }
 }
@@ -231,66 +296,63 @@ void dvl_cpu_attention_bwd(float *dq, float *dk, float *dv, float *scratch, cons
                            int64_t Hkv, int64_t D, const dvl_mask *mask, float scale)
 {
     const int64_t group = Hq / Hkv, qs = Hq * D, ks = Hkv * D;
+    const int64_t ntiles = N * Hq * ((Tq + DVL_ATTN_TILE - 1) / DVL_ATTN_TILE);
+    const size_t budget = dvl_cpu_attention_bwd_scratch(N, Tq, Tk, Hq);
     const bool need_ds = dq || dk;
-    float *P = scratch;
-    float *dS = scratch + dvl_cpu_attention_fwd_scratch(Tk);
-    for (int64_t n = 0; n < N; n++) {
-        const uint8_t *kv = mask->key_valid ? mask->key_valid + n * Tk : NULL;
-        for (int64_t h = 0; h < Hq; h++) {
-            const int64_t g = h / group, koff = (n * Tk * Hkv + g) * D;
-            const float *kh = k + koff, *vh = v + koff;
-            for (int64_t i0 = 0; i0 < Tq; i0 += DVL_ATTN_TILE) {
-                const int64_t rows = Tq - i0 < DVL_ATTN_TILE ? Tq - i0 : DVL_ATTN_TILE;
-                const int64_t qoff = ((n * Tq + i0) * Hq + h) * D;
-                const float *qt = q + qoff, *ot = out + qoff, *dot = dout + qoff;
-                const float *lt = lse + (n * Hq + h) * Tq + i0;
-                segment sg[2];
-                int64_t ncol;
-                int nseg = tile_segments(mask, i0, i0 + rows, Tk, sg, &ncol);
-                if (nseg == 0) /* outputs were constant zeros: no gradient */
-                    continue;
-                scores(P, qt, qs, kh, ks, rows, D, sg, nseg, ncol, scale);
-                if (need_ds) /* dP = dO V^T into the dS block */
-                    for (int s = 0; s < nseg; s++)
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows,
-                                    (int)sg[s].len, (int)D, 1.0f, dot, (int)qs,
-                                    vh + sg[s].k0 * ks, (int)ks, 0.0f, dS + sg[s].col, (int)ncol);
-#pragma omp parallel for schedule(static) if (rows * ncol >= PAR_MIN_SCORES)
-                for (int64_t r = 0; r < rows; r++) {
-                    float *pr = P + r * ncol;
-                    if (!(lt[r] < INFINITY)) { /* row saw no key: P = 0 */
-                        memset(pr, 0, (size_t)ncol * sizeof *pr);
-                    } else {
-                        colrun cr[2];
-                        int nr = row_colruns(mask, i0 + r, Tk, sg, nseg, cr);
-                        exp_visible(pr, ncol, cr, nr, kv, lt[r]);
-                    }
-                    if (need_ds) {
-                        /* D_i = sum_j P_ij dP_ij = dO_i . O_i (FlashAttention-2, eq. 4). */
-                        double di = 0;
-                        for (int64_t d = 0; d < D; d++)
-                            di += (double)dot[r * qs + d] * (double)ot[r * qs + d];
-                        float *ds = dS + r * ncol;
-                        for (int64_t c = 0; c < ncol; c++)
-                            ds[c] = pr[c] * (ds[c] - (float)di);
-                    }
-                }
-                for (int s = 0; s < nseg; s++) {
-                    const int64_t kof = sg[s].k0 * ks;
-                    const int len = (int)sg[s].len;
-                    if (dv) /* dV[seg] += P[:, seg]^T dO */
-                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, len, (int)D,
-                                    (int)rows, 1.0f, P + sg[s].col, (int)ncol, dot, (int)qs, 1.0f,
-                                    dv + koff + kof, (int)ks);
-                    if (dq) /* dQ += scale dS[:, seg] K[seg] */
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)D,
-                                    len, scale, dS + sg[s].col, (int)ncol, kh + kof, (int)ks, 1.0f,
-                                    dq + qoff, (int)qs);
-                    if (dk) /* dK[seg] += scale dS[:, seg]^T Q */
-                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, len, (int)D,
-                                    (int)rows, scale, dS + sg[s].col, (int)ncol, qt, (int)qs, 1.0f,
-                                    dk + koff + kof, (int)ks);
-                }
+    tile tl[MAX_BATCH_TILES];
+    for (int64_t next = 0; next < ntiles;) {
+        const int nt = plan_batch(tl, &next, Tq, Tk, Hq, ntiles, mask, scratch, budget, 2);
+        for (int t = 0; t < nt; t++) { /* S = scale Q K^T, dP = dO V^T */
+            const int64_t kvo = (tl[t].n * Tk * Hkv + tl[t].h / group) * D;
+            const int64_t qo = ((tl[t].n * Tq + tl[t].i0) * Hq + tl[t].h) * D;
+            rows_times_keys(tl[t].S, &tl[t], q + qo, qs, k + kvo, ks, D, scale);
+            if (need_ds)
+                rows_times_keys(tl[t].dS, &tl[t], dout + qo, qs, v + kvo, ks, D, 1.0f);
+        }
+#pragma omp parallel for schedule(static) if (batch_scores(tl, nt) >= PAR_MIN_SCORES)
+        for (int64_t x = 0; x < nt * DVL_ATTN_TILE; x++) {
+            const tile *t = &tl[x / DVL_ATTN_TILE];
+            const int64_t r = x % DVL_ATTN_TILE, i = t->i0 + r;
+            if (r >= t->rows || t->nseg == 0) /* no keys: zero output, no gradient */
+                continue;
+            float *pr = t->S + r * t->ncol;
+            const float l = lse[(t->n * Hq + t->h) * Tq + i];
+            if (!(l < INFINITY)) { /* the row saw no key: P = 0 */
+                memset(pr, 0, (size_t)t->ncol * sizeof *pr);
+            } else { /* P = exp(S - lse) on the visible keys */
+                colrun cr[2];
+                int nr = row_colruns(mask, i, Tk, t->sg, t->nseg, cr);
+                const uint8_t *kv = mask->key_valid ? mask->key_valid + t->n * Tk : NULL;
+                exp_visible(pr, t->ncol, cr, nr, kv, l);
+            }
+            if (need_ds) {
+                /* D_i = sum_j P_ij dP_ij = dO_i . O_i (FlashAttention-2, sec. 3.1). */
+                const int64_t o = ((t->n * Tq + i) * Hq + t->h) * D;
+                double di = 0;
+                for (int64_t d = 0; d < D; d++)
+                    di += (double)dout[o + d] * (double)out[o + d];
+                float *ds = t->dS + r * t->ncol;
+                for (int64_t c = 0; c < t->ncol; c++)
+                    ds[c] = pr[c] * (ds[c] - (float)di);
+            }
+        }
+        for (int t = 0; t < nt; t++) {
+            const tile *b = &tl[t];
+            const int64_t kvo = (b->n * Tk * Hkv + b->h / group) * D;
+            const int64_t qo = ((b->n * Tq + b->i0) * Hq + b->h) * D;
+            for (int s = 0; s < b->nseg; s++) {
+                const int64_t ko = kvo + b->sg[s].k0 * ks;
+                const int len = (int)b->sg[s].len, rows = (int)b->rows, ncol = (int)b->ncol;
+                const float *P = b->S + b->sg[s].col, *dS = b->dS + b->sg[s].col;
+                if (dv) /* dV[seg] += P[:, seg]^T dO */
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, len, (int)D, rows, 1.0f,
+                                P, ncol, dout + qo, (int)qs, 1.0f, dv + ko, (int)ks);
+                if (dq) /* dQ += scale dS[:, seg] K[seg] */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, (int)D, len,
+                                scale, dS, ncol, k + ko, (int)ks, 1.0f, dq + qo, (int)qs);
+                if (dk) /* dK[seg] += scale dS[:, seg]^T Q */
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, len, (int)D, rows, scale,
+                                dS, ncol, q + qo, (int)qs, 1.0f, dk + ko, (int)ks);
             }
         }
     }

@@ -21,9 +21,11 @@
  * increasing order, clipped to [0, tk). Returns how many. */
 int dvl_mask_spans(const dvl_mask *m, int64_t i, int64_t tk, int64_t lo[2], int64_t hi[2]);
 
-/* Scratch floats the kernels need (from the arena). */
-size_t dvl_cpu_attention_fwd_scratch(int64_t Tk);
-size_t dvl_cpu_attention_bwd_scratch(int64_t Tk);
+/* Scratch floats the kernels need (from the arena): a batch of score
+ * blocks, at least [DVL_ATTN_TILE, Tk], at most about 4 MiB (8 MiB for
+ * backward) unless one tile needs more. */
+size_t dvl_cpu_attention_fwd_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq);
+size_t dvl_cpu_attention_bwd_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq);
 
 /* out = softmax(q k^T * scale + mask) v; lse (may be NULL) receives
  * log sum_j exp(s_ij) over the visible keys, +inf for a row with none (its
