@@ -44,7 +44,8 @@ static void attention_backward(dvl_ctx *ctx, dvl_node *node)
     const int64_t Tk = k->shape[1], Hkv = k->shape[2];
     switch (q->device) {
     case DVL_CPU: {
-        float *scratch = dvl_alloc(ctx, dvl_cpu_attention_bwd_scratch(N, Tq, Tk, Hq) * sizeof(float));
+        size_t floats = dvl_cpu_attention_bwd_scratch(N, Tq, Tk, Hq);
+        float *scratch = dvl_alloc(ctx, floats * sizeof(float));
         if (!scratch)
             return;
         dvl_cpu_attention_bwd(dq, dk, dv, scratch, dout, dvl_f32(out), lse, dvl_f32(q),
@@ -183,7 +184,8 @@ dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor
 
     switch (q->device) {
     case DVL_CPU: {
-        float *scratch = dvl_alloc(ctx, dvl_cpu_attention_fwd_scratch(N, Tq, Tk, Hq) * sizeof(float));
+        size_t floats = dvl_cpu_attention_fwd_scratch(N, Tq, Tk, Hq);
+        float *scratch = dvl_alloc(ctx, floats * sizeof(float));
         if (!scratch)
             return NULL;
         dvl_cpu_attention_fwd(dvl_f32(out), lse, scratch, dvl_f32(q), dvl_f32(k), dvl_f32(v), N,
