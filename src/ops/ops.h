@@ -99,7 +99,8 @@ typedef struct dvl_mask {
  * tests share. */
 bool dvl_mask_allows(const dvl_mask *m, int64_t i, int64_t j);
 
-/* Scaled dot-product attention with grouped-query heads: q [N, Tq, Hq, D],
+/* Scaled dot-product attention with grouped-query heads (mask NULL: every
+ * query sees every key): q [N, Tq, Hq, D],
  * k and v [N, Tk, Hkv, D], Hq a multiple of Hkv (query head h reads kv head
  * h / (Hq/Hkv), indexed, never copied); out [N, Tq, Hq, D].
  * softmax(q k^T * scale + mask) v. */
