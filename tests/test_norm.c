@@ -177,6 +177,86 @@ START_TEST(layernorm_matches_double_formula)
 }
 END_TEST
 
+/* Distance in units in the last place between two finite floats. */
+static int64_t ulps(float a, float b)
+{
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4);
+    memcpy(&ib, &b, 4);
+    int64_t oa = ia < 0 ? (int64_t)INT32_MIN - ia : ia, ob = ib < 0 ? (int64_t)INT32_MIN - ib : ib;
+    return oa > ob ? oa - ob : ob - oa;
+}
+
+/* The inputs the references were computed from: x [4, 13] multiples of
+ * 1/8, exact in float. */
+static dvl_tensor *ref_input(dvl_ctx *ctx)
+{
+    dvl_tensor *x = dvl_new2(ctx, 4, 13);
+    for (int i = 0; i < 52; i++)
+        dvl_f32(x)[i] = (float)((i * 53) % 97 - 48) / 8.0f;
+    return x;
+}
+
+/* Hugging Face Qwen2RMSNorm(13, eps=1e-6) (transformers 5.17) and
+ * F.layer_norm(x, (13,), w, b, 1e-5) (torch 2.11), CPU float32, with
+ * w[j] = 1 + ((7j) % 11 - 5) / 32 and b[j] = ((5j) % 9 - 4) / 16. */
+static const float HF_RMSNORM[52] = {
+    -0x1.641e8cp+0f, 0x1.75b498p-3f, -0x1.417f22p+0f, 0x1.1cacf8p-1f,
+    -0x1.10091cp+0f, 0x1.6e8fa4p-1f, -0x1.9f78f8p-1f, 0x1.1960d4p+0f,
+    -0x1.714f16p-2f, 0x1.8a5072p+0f, -0x1.98e0b4p-4f, -0x1.5cb34p+0f,
+    0x1.c07252p-3f, -0x1.24415ap+0f, 0x1.228bd2p-1f, -0x1.efa33ap-1f,
+    0x1.f9e466p-1f, -0x1.78003ep-1f, 0x1.1099c6p+0f, -0x1.c3337cp-2f,
+    0x1.7ed65ap+0f, -0x1.fe7324p-5f, -0x1.ca9b7p+0f, 0x1.ee7f8ap-3f,
+    -0x1.1c9078p+0f, 0x1.35ea7ap-1f, -0x1.b51caep-1f, 0x1.eb7644p-1f,
+    -0x1.49919p-1f, 0x1.6bae9p+0f, -0x1.7d9b14p-2f, 0x1.688076p+0f,
+    -0x1.4d09acp-5f, -0x1.a04c16p+0f, 0x1.030784p-2f, -0x1.6c4294p+0f,
+    0x1.30b4d8p-1f, -0x1.a5803cp-1f, 0x1.ff1ed8p-1f, -0x1.16ac44p-1f,
+    0x1.552c72p+0f, -0x1.35a2f6p-2f, 0x1.d2bf98p+0f, 0.0f,
+    -0x1.6dd47p+0f, 0x1.73905ap-2f, -0x1.411ac6p+0f, 0x1.20fe7ep-1f,
+    -0x1.04e5c2p+0f, 0x1.dfefc8p-1f, -0x1.0730ecp-1f, 0x1.5eebe2p+0f,
+};
+static const float TORCH_LAYERNORM[52] = {
+    -0x1.7e09f8p+0f, 0x1.e7461ap-2f, -0x1.45839cp+0f, 0x1.e17032p-1f,
+    -0x1.fba22ep-1f, 0x1.1ceca6p+0f, -0x1.4de4d2p-1f, 0x1.965a96p+0f,
+    -0x1.74c90ap-3f, 0x1.8ef4acp+0f, 0x1.566746p-3f, -0x1.6673e2p+0f,
+    0x1.26be36p-1f, -0x1.4b2b8cp+0f, 0x1.89f834p-1f, -0x1.0b542p+0f,
+    0x1.44921ap+0f, -0x1.77f6a8p-1f, 0x1.604146p+0f, -0x1.748492p-2f,
+    0x1.e26cd4p+0f, 0x1.8bcebep-5f, -0x1.eabae4p+0f, 0x1.b738d8p-2f,
+    -0x1.336adcp+0f, 0x1.bd7eb2p-1f, -0x1.12e35ep+0f, 0x1.0fba28p+0f,
+    -0x1.986d48p-1f, 0x1.969f7ap+0f, -0x1.d7ab68p-2f, 0x1.a12066p+0f,
+    -0x1.fffffep-5f, -0x1.574fe4p+0f, 0x1.239932p-2f, -0x1.a25f82p+0f,
+    0x1.62d754p-1f, -0x1.f627aap-1f, 0x1.299016p+0f, -0x1.aef3a8p-1f,
+    0x1.56ac7ap+0f, -0x1.158f1cp-1f, 0x1.e31d54p+0f, -0x1.749f3p-3f,
+    -0x1.4b329ep+0f, 0x1.e9092p-3f, -0x1.0fbac6p+0f, 0x1.08b24p-1f,
+    -0x1.54c18cp+0f, 0x1.e54774p-1f, -0x1.7f7246p-1f, 0x1.706fb8p+0f,
+};
+
+/* RMSNorm matches HF bit for bit: same float operation order (x * rstd,
+ * then * w) and the same rounded mean of squares (exact here). torch's
+ * LayerNorm takes mean and variance in float (Welford), ours in double, so
+ * rstd and mean may differ in their last bit: within 4 units of torch. */
+START_TEST(matches_hf_and_torch)
+{
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *x = ref_input(ctx);
+    int64_t c13 = 13;
+    dvl_tensor *w = dvl_new(ctx, DVL_F32, 1, &c13), *b = dvl_new(ctx, DVL_F32, 1, &c13);
+    for (int j = 0; j < 13; j++) {
+        dvl_f32(w)[j] = 1.0f + (float)((j * 7) % 11 - 5) / 32.0f;
+        dvl_f32(b)[j] = (float)((j * 5) % 9 - 4) / 16.0f;
+    }
+    dvl_tensor *yr = dvl_rmsnorm(ctx, x, w, 1e-6f), *yl = dvl_layernorm(ctx, x, w, b, 1e-5f);
+    ck_assert(yr && yl);
+    for (int i = 0; i < 52; i++) {
+        ck_assert_msg(dvl_f32(yr)[i] == HF_RMSNORM[i], "rmsnorm[%d] = %a, HF %a", i,
+                      (double)dvl_f32(yr)[i], (double)HF_RMSNORM[i]);
+        ck_assert_msg(ulps(dvl_f32(yl)[i], TORCH_LAYERNORM[i]) <= 4, "layernorm[%d] = %a, torch %a",
+                      i, (double)dvl_f32(yl)[i], (double)TORCH_LAYERNORM[i]);
+    }
+    dvl_ctx_free(ctx);
+}
+END_TEST
+
 /* ------------------------------------------------- autograd semantics */
 
 /* Backward from sum(y * R), R fixed, through the norm of p's x, w (and b);
@@ -229,12 +309,13 @@ START_TEST(frozen_weight_gets_no_gradient)
 END_TEST
 
 /* Weight and bias gradients sum over rows: the result must be bit-identical
- * for 1, 2 and 3 threads (many rows, cols not a multiple of the block). */
+ * for 1, 2 and 3 threads (enough rows for the kernels to go parallel, cols
+ * not a multiple of the column block). */
 START_TEST(gradients_independent_of_thread_count)
 {
     int saved = omp_get_max_threads();
     for (int layer = 0; layer < 2; layer++) {
-        pspec s[3] = {{"x", 2, {301, 67}, true}, {"w", 1, {67}, true}, {"b", 1, {67}, true}};
+        pspec s[3] = {{"x", 2, {601, 67}, true}, {"w", 1, {67}, true}, {"b", 1, {67}, true}};
         dvl_params *p = make_params(s, 3, 151);
         dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
         float *ref = malloc((size_t)p->numel_grad * sizeof *ref);
@@ -300,6 +381,7 @@ static Suite *suite(void)
     tcase_add_test(tc, gradcheck_layernorm);
     tcase_add_test(tc, rmsnorm_matches_double_formula);
     tcase_add_test(tc, layernorm_matches_double_formula);
+    tcase_add_test(tc, matches_hf_and_torch);
     tcase_add_test(tc, frozen_weight_gets_no_gradient);
     tcase_add_test(tc, gradients_independent_of_thread_count);
     tcase_add_test(tc, errors_name_tensors);

@@ -1,22 +1,25 @@
-/* Elementwise CPU kernels. The float formulas follow torch's CPU kernels
- * (aten/src/ATen/native/cpu/Activation.cpp, UnaryOpsKernel.cpp) operation
- * for operation, so results agree with torch to within libm's last bit.
- * Compiled as ISO C11, so no multiply-add is contracted into an fma behind
- * our back (gcc's -ffp-contract=off under -std=c11). */
+/* Elementwise CPU kernels. Arithmetic ops are single IEEE float operations,
+ * as in torch; compiled as ISO C11, gcc contracts no multiply-add into an fma
+ * (-ffp-contract=off under -std=c11), so they match torch bit for bit. */
 #include <math.h>
 
 #include "ops/cpu/elementwise.h"
 
+/* Loops over fewer elements than this run on one thread: forking a team
+ * costs more than it saves there (and much more on a busy machine, where a
+ * descheduled thread stalls the barrier). Results do not depend on it. */
+#define PAR_MIN 32768
+
 void dvl_cpu_add_fwd(float *y, const float *a, const float *b, int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         y[i] = a[i] + b[i];
 }
 
 void dvl_cpu_add_bwd(float *ga, float *gb, const float *gy, int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         if (ga)
             ga[i] += gy[i];
@@ -27,7 +30,7 @@ void dvl_cpu_add_bwd(float *ga, float *gb, const float *gy, int64_t n)
 
 void dvl_cpu_mul_fwd(float *y, const float *a, const float *b, int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         y[i] = a[i] * b[i];
 }
@@ -35,7 +38,7 @@ void dvl_cpu_mul_fwd(float *y, const float *a, const float *b, int64_t n)
 void dvl_cpu_mul_bwd(float *ga, float *gb, const float *gy, const float *a, const float *b,
                      int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         if (ga)
             ga[i] += gy[i] * b[i];
@@ -46,106 +49,125 @@ void dvl_cpu_mul_bwd(float *ga, float *gb, const float *gy, const float *a, cons
 
 void dvl_cpu_scale_fwd(float *y, const float *a, float s, int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         y[i] = a[i] * s;
 }
 
 void dvl_cpu_scale_bwd(float *ga, const float *gy, float s, int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         ga[i] += gy[i] * s;
 }
 
-/* For x below about -88, expf(-x) overflows to inf and x / inf gives -0,
- * the correct limit; the sigmoid below likewise goes to 0. */
-static inline float silu(float x) { return x / (1.0f + expf(-x)); }
+/* The activations are evaluated in double and rounded once, so each output
+ * is the float nearest the true value (torch's float kernels are a few units
+ * in the last place off, and far off for gelu at x << 0, see below). In
+ * double, exp(-x) stays finite for |x| < 709: below that x / inf gives the
+ * correct limit -0. */
+static inline double silu_d(double x) { return x / (1.0 + exp(-x)); }
 
 /* d silu / dx = s (1 + x (1 - s)), s = sigmoid(x) (torch silu_backward). */
-static inline float silu_grad(float x)
+static inline double silu_grad_d(double x)
 {
-    float s = 1.0f / (1.0f + expf(-x));
-    return s * (1.0f + x * (1.0f - s));
+    double s = 1.0 / (1.0 + exp(-x));
+    return s * (1.0 + x * (1.0 - s));
 }
 
 void dvl_cpu_silu_fwd(float *y, const float *x, int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++)
-        y[i] = silu(x[i]);
+        y[i] = (float)silu_d(x[i]);
 }
 
 void dvl_cpu_silu_bwd(float *gx, const float *gy, const float *x, int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++)
-        gx[i] += gy[i] * silu_grad(x[i]);
+        gx[i] += (float)(gy[i] * silu_grad_d(x[i]));
 }
 
+/* silu(gate) is rounded to float before the product, as HF's Qwen2MLP
+ * (act_fn(gate_proj(x)) * up_proj(x)) rounds it, so swiglu(g, u) equals
+ * mul(silu(g), u) bit for bit. */
 void dvl_cpu_swiglu_fwd(float *y, const float *gate, const float *up, int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++)
-        y[i] = silu(gate[i]) * up[i];
+        y[i] = (float)silu_d(gate[i]) * up[i];
 }
 
 void dvl_cpu_swiglu_bwd(float *ggate, float *gup, const float *gy, const float *gate,
                         const float *up, int64_t n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         if (ggate)
-            ggate[i] += gy[i] * up[i] * silu_grad(gate[i]);
+            ggate[i] += (float)((double)gy[i] * up[i] * silu_grad_d(gate[i]));
         if (gup)
-            gup[i] += gy[i] * silu(gate[i]);
+            gup[i] += gy[i] * (float)silu_d(gate[i]);
     }
 }
 
-/* Constants as torch computes them: in double, then rounded to float. */
-#define GELU_SQRT1_2 ((float)M_SQRT1_2)                       /* 1/sqrt(2) */
-#define GELU_PDF_NORM ((float)(M_2_SQRTPI * M_SQRT1_2 * 0.5)) /* 1/sqrt(2 pi) */
-#define GELU_BETA ((float)(M_SQRT2 * M_2_SQRTPI * 0.5))       /* sqrt(2/pi) */
-#define GELU_KAPPA 0.044715f
+/* gelu, erf form: x Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2
+ * = erfc(-x / sqrt 2) / 2. The erfc form has no cancellation for x << 0,
+ * where 1 + erf(...) loses every digit (torch's float kernel gives
+ * gelu(-5) = -1.19e-6 for the true -1.43e-6).
+ * tanh form: 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3); as
+ * 1 + tanh(u) = 2 sigmoid(2u) it is x sigmoid(2u), again free of the
+ * cancellation at x << 0. */
+#define GELU_BETA 0.79788456080286535588 /* sqrt(2/pi) */
+#define GELU_KAPPA 0.044715
+#define GELU_PDF 0.39894228040143267794 /* 1/sqrt(2 pi) */
+
+static inline double gelu_erf_d(double x) { return 0.5 * x * erfc(-x * M_SQRT1_2); }
+
+/* Phi(x) + x phi(x). */
+static inline double gelu_erf_grad_d(double x)
+{
+    return 0.5 * erfc(-x * M_SQRT1_2) + x * GELU_PDF * exp(-0.5 * x * x);
+}
+
+static inline double gelu_tanh_d(double x)
+{
+    double u = GELU_BETA * (x + GELU_KAPPA * x * x * x);
+    return x / (1.0 + exp(-2.0 * u));
+}
+
+/* y = x s with s = sigmoid(2u): dy/dx = s + x 2 s (1 - s) du/dx,
+ * du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2). */
+static inline double gelu_tanh_grad_d(double x)
+{
+    double u = GELU_BETA * (x + GELU_KAPPA * x * x * x);
+    double s = 1.0 / (1.0 + exp(-2.0 * u));
+    return s + x * 2.0 * s * (1.0 - s) * GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * x * x);
+}
 
 void dvl_cpu_gelu_fwd(float *y, const float *x, int kind, int64_t n)
 {
     if (kind == 0) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
         for (int64_t i = 0; i < n; i++)
-            y[i] = x[i] * 0.5f * (1.0f + erff(x[i] * GELU_SQRT1_2));
+            y[i] = (float)gelu_erf_d(x[i]);
     } else {
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i], cube = v * v * v;
-            y[i] = 0.5f * v * (1.0f + tanhf(GELU_BETA * (v + GELU_KAPPA * cube)));
-        }
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+        for (int64_t i = 0; i < n; i++)
+            y[i] = (float)gelu_tanh_d(x[i]);
     }
 }
 
 void dvl_cpu_gelu_bwd(float *gx, const float *gy, const float *x, int kind, int64_t n)
 {
     if (kind == 0) {
-        /* d/dx x Phi(x) = Phi(x) + x phi(x). */
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            float cdf = 0.5f * (1.0f + erff(v * GELU_SQRT1_2));
-            float pdf = GELU_PDF_NORM * expf(v * v * -0.5f);
-            gx[i] += gy[i] * (cdf + v * pdf);
-        }
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+        for (int64_t i = 0; i < n; i++)
+            gx[i] += (float)(gy[i] * gelu_erf_grad_d(x[i]));
     } else {
-        /* y = 0.5 x (1 + t), t = tanh(u), u = beta (x + kappa x^3):
-         * dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) beta (1 + 3 kappa x^2). */
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i], sq = v * v, cube = sq * v;
-            float t = tanhf(GELU_BETA * (v + GELU_KAPPA * cube));
-            float left = 0.5f * v, right = 1.0f + t;
-            float dleft = 0.5f * right;
-            float dright = left * (1.0f - t * t) * GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * sq);
-            gx[i] += gy[i] * (dleft + dright);
-        }
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+        for (int64_t i = 0; i < n; i++)
+            gx[i] += (float)(gy[i] * gelu_tanh_grad_d(x[i]));
     }
 }
 
@@ -154,7 +176,7 @@ int64_t dvl_cpu_sum_partials(int64_t n) { return (n + DVL_SUM_CHUNK - 1) / DVL_S
 void dvl_cpu_sum_fwd(float *y, double *partial, const float *x, int64_t n)
 {
     int64_t nc = dvl_cpu_sum_partials(n);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t c = 0; c < nc; c++) {
         int64_t lo = c * DVL_SUM_CHUNK, hi = lo + DVL_SUM_CHUNK < n ? lo + DVL_SUM_CHUNK : n;
         double s = 0;
@@ -171,7 +193,7 @@ void dvl_cpu_sum_fwd(float *y, double *partial, const float *x, int64_t n)
 void dvl_cpu_sum_bwd(float *gx, const float *gy, int64_t n)
 {
     const float g = *gy;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         gx[i] += g;
 }

@@ -22,7 +22,8 @@ void dvl_cpu_scale_fwd(float *y, const float *a, float s, int64_t n);
 /* ga += s * gy. */
 void dvl_cpu_scale_bwd(float *ga, const float *gy, float s, int64_t n);
 
-/* silu(x) = x sigmoid(x) = x / (1 + exp(-x)), as torch.nn.functional.silu. */
+/* silu(x) = x sigmoid(x) = x / (1 + exp(-x)), as torch.nn.functional.silu.
+ * The activations are evaluated in double and rounded once to float. */
 void dvl_cpu_silu_fwd(float *y, const float *x, int64_t n);
 void dvl_cpu_silu_bwd(float *gx, const float *gy, const float *x, int64_t n);
 
