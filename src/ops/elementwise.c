@@ -1,0 +1,373 @@
+/* Elementwise ops and the full sum: shape checks, tape records, dispatch to
+ * the device kernels (ops/cpu/elementwise.c). */
+#include <stdint.h>
+
+#include "ops/cpu/elementwise.h"
+#include "ops/ops.h"
+
+/* x must be an f32 tensor (all ops compute in f32). */
+static bool check_f32(dvl_ctx *ctx, const char *op, const char *role, const dvl_tensor *x)
+{
+    if (x->dtype == DVL_F32)
+        return true;
+    dvl_fail(ctx, "%s: %s %s is %s, expected f32", op, role, dvl_tname(x),
+             dvl_dtype_name(x->dtype));
+    return false;
+}
+
+/* a and b must have one shape (no broadcasting) and live on one device. */
+static bool check_pair(dvl_ctx *ctx, const char *op, const char *ra, const dvl_tensor *a,
+                       const char *rb, const dvl_tensor *b)
+{
+    if (!check_f32(ctx, op, ra, a) || !check_f32(ctx, op, rb, b))
+        return false;
+    bool same = a->ndim == b->ndim;
+    for (int i = 0; same && i < a->ndim; i++)
+        same = a->shape[i] == b->shape[i];
+    if (!same) {
+        char sa[64], sb[64];
+        dvl_fail(ctx, "%s: %s %s has shape %s but %s %s has shape %s", op, ra, dvl_tname(a),
+                 dvl_shape_str(a, sa, sizeof sa), rb, dvl_tname(b),
+                 dvl_shape_str(b, sb, sizeof sb));
+        return false;
+    }
+    if (a->device != b->device) {
+        dvl_fail(ctx, "%s: %s %s and %s %s are on different devices", op, ra, dvl_tname(a), rb,
+                 dvl_tname(b));
+        return false;
+    }
+    return true;
+}
+
+static dvl_tensor *new_like(dvl_ctx *ctx, const dvl_tensor *x)
+{
+    return dvl_new(ctx, DVL_F32, x->ndim, x->shape);
+}
+
+/* The gradient buffer of in[k] when it requires one, else NULL (frozen
+ * inputs never get a buffer). *ok turns false on out-of-memory. */
+static float *grad_of(dvl_ctx *ctx, dvl_node *node, int k, bool *ok)
+{
+    dvl_tensor *t = node->in[k];
+    if (!t->requires_grad)
+        return NULL;
+    float *g = dvl_grad(ctx, t);
+    if (!g)
+        *ok = false;
+    return g;
+}
+
+/* Two gradient ranges of n floats that overlap without being the same range
+ * (two different views of one buffer) cannot be updated in one parallel
+ * loop without a race; the backward functions then make two calls. */
+static bool overlap_unequal(const float *p, const float *q, int64_t n)
+{
+    if (!p || !q || p == q)
+        return false;
+    uintptr_t a = (uintptr_t)p, b = (uintptr_t)q, len = (uintptr_t)n * sizeof(float);
+    return a < b + len && b < a + len;
+}
+
+/* ------------------------------------------------------------------ add */
+
+static void add_backward(dvl_ctx *ctx, dvl_node *node)
+{
+    int64_t n = dvl_numel(node->out);
+    const float *gy = dvl_grad(ctx, node->out);
+    bool ok = gy != NULL;
+    float *ga = grad_of(ctx, node, 0, &ok), *gb = grad_of(ctx, node, 1, &ok);
+    if (!ok)
+        return;
+    switch (node->out->device) {
+    case DVL_CPU:
+        if (overlap_unequal(ga, gb, n)) {
+            dvl_cpu_add_bwd(ga, NULL, gy, n);
+            dvl_cpu_add_bwd(NULL, gb, gy, n);
+        } else {
+            dvl_cpu_add_bwd(ga, gb, gy, n);
+        }
+        break;
+    default:
+        dvl_fail(ctx, "add backward: device not supported");
+    }
+}
+
+dvl_tensor *dvl_add(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b)
+{
+    if (!a || !b)
+        return NULL;
+    if (!check_pair(ctx, "add", "a", a, "b", b))
+        return NULL;
+    dvl_tensor *y = new_like(ctx, a);
+    if (!y)
+        return NULL;
+    switch (a->device) {
+    case DVL_CPU:
+        dvl_cpu_add_fwd(dvl_f32(y), dvl_f32(a), dvl_f32(b), dvl_numel(y));
+        break;
+    default:
+        return dvl_fail(ctx, "add: device not supported");
+    }
+    dvl_tensor *in[2] = {a, b};
+    if (dvl_needs_grad(ctx, in, 2) && !dvl_record(ctx, "add", add_backward, y, in, 2))
+        return NULL;
+    return y;
+}
+
+/* ------------------------------------------------------------------ mul */
+
+static void mul_backward(dvl_ctx *ctx, dvl_node *node)
+{
+    int64_t n = dvl_numel(node->out);
+    const float *gy = dvl_grad(ctx, node->out);
+    const float *a = dvl_f32(node->in[0]), *b = dvl_f32(node->in[1]);
+    bool ok = gy != NULL;
+    float *ga = grad_of(ctx, node, 0, &ok), *gb = grad_of(ctx, node, 1, &ok);
+    if (!ok)
+        return;
+    switch (node->out->device) {
+    case DVL_CPU:
+        if (overlap_unequal(ga, gb, n)) {
+            dvl_cpu_mul_bwd(ga, NULL, gy, a, b, n);
+            dvl_cpu_mul_bwd(NULL, gb, gy, a, b, n);
+        } else {
+            dvl_cpu_mul_bwd(ga, gb, gy, a, b, n);
+        }
+        break;
+    default:
+        dvl_fail(ctx, "mul backward: device not supported");
+    }
+}
+
+dvl_tensor *dvl_mul(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b)
+{
+    if (!a || !b)
+        return NULL;
+    if (!check_pair(ctx, "mul", "a", a, "b", b))
+        return NULL;
+    dvl_tensor *y = new_like(ctx, a);
+    if (!y)
+        return NULL;
+    switch (a->device) {
+    case DVL_CPU:
+        dvl_cpu_mul_fwd(dvl_f32(y), dvl_f32(a), dvl_f32(b), dvl_numel(y));
+        break;
+    default:
+        return dvl_fail(ctx, "mul: device not supported");
+    }
+    dvl_tensor *in[2] = {a, b};
+    if (dvl_needs_grad(ctx, in, 2) && !dvl_record(ctx, "mul", mul_backward, y, in, 2))
+        return NULL;
+    return y;
+}
+
+/* ---------------------------------------------------------------- scale */
+
+static void scale_backward(dvl_ctx *ctx, dvl_node *node)
+{
+    const float *gy = dvl_grad(ctx, node->out);
+    float *ga = dvl_grad(ctx, node->in[0]);
+    if (!gy || !ga)
+        return;
+    switch (node->out->device) {
+    case DVL_CPU:
+        dvl_cpu_scale_bwd(ga, gy, node->f[0], dvl_numel(node->out));
+        break;
+    default:
+        dvl_fail(ctx, "scale backward: device not supported");
+    }
+}
+
+dvl_tensor *dvl_scale(dvl_ctx *ctx, dvl_tensor *a, float s)
+{
+    if (!a)
+        return NULL;
+    if (!check_f32(ctx, "scale", "a", a))
+        return NULL;
+    dvl_tensor *y = new_like(ctx, a);
+    if (!y)
+        return NULL;
+    switch (a->device) {
+    case DVL_CPU:
+        dvl_cpu_scale_fwd(dvl_f32(y), dvl_f32(a), s, dvl_numel(y));
+        break;
+    default:
+        return dvl_fail(ctx, "scale: device not supported");
+    }
+    if (dvl_needs_grad(ctx, &a, 1)) {
+        dvl_node *node = dvl_record(ctx, "scale", scale_backward, y, &a, 1);
+        if (!node)
+            return NULL;
+        node->f[0] = s;
+    }
+    return y;
+}
+
+/* ----------------------------------------------------------------- silu */
+
+static void silu_backward(dvl_ctx *ctx, dvl_node *node)
+{
+    const float *gy = dvl_grad(ctx, node->out);
+    float *gx = dvl_grad(ctx, node->in[0]);
+    if (!gy || !gx)
+        return;
+    switch (node->out->device) {
+    case DVL_CPU:
+        dvl_cpu_silu_bwd(gx, gy, dvl_f32(node->in[0]), dvl_numel(node->out));
+        break;
+    default:
+        dvl_fail(ctx, "silu backward: device not supported");
+    }
+}
+
+dvl_tensor *dvl_silu(dvl_ctx *ctx, dvl_tensor *x)
+{
+    if (!x)
+        return NULL;
+    if (!check_f32(ctx, "silu", "x", x))
+        return NULL;
+    dvl_tensor *y = new_like(ctx, x);
+    if (!y)
+        return NULL;
+    switch (x->device) {
+    case DVL_CPU:
+        dvl_cpu_silu_fwd(dvl_f32(y), dvl_f32(x), dvl_numel(y));
+        break;
+    default:
+        return dvl_fail(ctx, "silu: device not supported");
+    }
+    if (dvl_needs_grad(ctx, &x, 1) && !dvl_record(ctx, "silu", silu_backward, y, &x, 1))
+        return NULL;
+    return y;
+}
+
+/* --------------------------------------------------------------- swiglu */
+
+static void swiglu_backward(dvl_ctx *ctx, dvl_node *node)
+{
+    int64_t n = dvl_numel(node->out);
+    const float *gy = dvl_grad(ctx, node->out);
+    const float *gate = dvl_f32(node->in[0]), *up = dvl_f32(node->in[1]);
+    bool ok = gy != NULL;
+    float *gg = grad_of(ctx, node, 0, &ok), *gu = grad_of(ctx, node, 1, &ok);
+    if (!ok)
+        return;
+    switch (node->out->device) {
+    case DVL_CPU:
+        if (overlap_unequal(gg, gu, n)) {
+            dvl_cpu_swiglu_bwd(gg, NULL, gy, gate, up, n);
+            dvl_cpu_swiglu_bwd(NULL, gu, gy, gate, up, n);
+        } else {
+            dvl_cpu_swiglu_bwd(gg, gu, gy, gate, up, n);
+        }
+        break;
+    default:
+        dvl_fail(ctx, "swiglu backward: device not supported");
+    }
+}
+
+dvl_tensor *dvl_swiglu(dvl_ctx *ctx, dvl_tensor *gate, dvl_tensor *up)
+{
+    if (!gate || !up)
+        return NULL;
+    if (!check_pair(ctx, "swiglu", "gate", gate, "up", up))
+        return NULL;
+    dvl_tensor *y = new_like(ctx, gate);
+    if (!y)
+        return NULL;
+    switch (gate->device) {
+    case DVL_CPU:
+        dvl_cpu_swiglu_fwd(dvl_f32(y), dvl_f32(gate), dvl_f32(up), dvl_numel(y));
+        break;
+    default:
+        return dvl_fail(ctx, "swiglu: device not supported");
+    }
+    dvl_tensor *in[2] = {gate, up};
+    if (dvl_needs_grad(ctx, in, 2) && !dvl_record(ctx, "swiglu", swiglu_backward, y, in, 2))
+        return NULL;
+    return y;
+}
+
+/* ----------------------------------------------------------------- gelu */
+
+static void gelu_backward(dvl_ctx *ctx, dvl_node *node)
+{
+    const float *gy = dvl_grad(ctx, node->out);
+    float *gx = dvl_grad(ctx, node->in[0]);
+    if (!gy || !gx)
+        return;
+    switch (node->out->device) {
+    case DVL_CPU:
+        dvl_cpu_gelu_bwd(gx, gy, dvl_f32(node->in[0]), (int)node->i[0], dvl_numel(node->out));
+        break;
+    default:
+        dvl_fail(ctx, "gelu backward: device not supported");
+    }
+}
+
+dvl_tensor *dvl_gelu(dvl_ctx *ctx, dvl_tensor *x, dvl_gelu_kind kind)
+{
+    if (!x)
+        return NULL;
+    if (kind != DVL_GELU_ERF && kind != DVL_GELU_TANH)
+        return dvl_fail(ctx, "gelu: unknown kind %d for %s", (int)kind, dvl_tname(x));
+    if (!check_f32(ctx, "gelu", "x", x))
+        return NULL;
+    dvl_tensor *y = new_like(ctx, x);
+    if (!y)
+        return NULL;
+    switch (x->device) {
+    case DVL_CPU:
+        dvl_cpu_gelu_fwd(dvl_f32(y), dvl_f32(x), (int)kind, dvl_numel(y));
+        break;
+    default:
+        return dvl_fail(ctx, "gelu: device not supported");
+    }
+    if (dvl_needs_grad(ctx, &x, 1)) {
+        dvl_node *node = dvl_record(ctx, "gelu", gelu_backward, y, &x, 1);
+        if (!node)
+            return NULL;
+        node->i[0] = kind;
+    }
+    return y;
+}
+
+/* ------------------------------------------------------------------ sum */
+
+static void sum_backward(dvl_ctx *ctx, dvl_node *node)
+{
+    const float *gy = dvl_grad(ctx, node->out);
+    float *gx = dvl_grad(ctx, node->in[0]);
+    if (!gy || !gx)
+        return;
+    switch (node->out->device) {
+    case DVL_CPU:
+        dvl_cpu_sum_bwd(gx, gy, dvl_numel(node->in[0]));
+        break;
+    default:
+        dvl_fail(ctx, "sum backward: device not supported");
+    }
+}
+
+dvl_tensor *dvl_sum(dvl_ctx *ctx, dvl_tensor *x)
+{
+    if (!x)
+        return NULL;
+    if (!check_f32(ctx, "sum", "x", x))
+        return NULL;
+    int64_t one = 1, n = dvl_numel(x);
+    dvl_tensor *y = dvl_new(ctx, DVL_F32, 1, &one);
+    double *partial = dvl_alloc(ctx, (size_t)dvl_cpu_sum_partials(n) * sizeof(double));
+    if (!y || !partial)
+        return NULL;
+    switch (x->device) {
+    case DVL_CPU:
+        dvl_cpu_sum_fwd(dvl_f32(y), partial, dvl_f32(x), n);
+        break;
+    default:
+        return dvl_fail(ctx, "sum: device not supported");
+    }
+    if (dvl_needs_grad(ctx, &x, 1) && !dvl_record(ctx, "sum", sum_backward, y, &x, 1))
+        return NULL;
+    return y;
+}
