@@ -104,6 +104,34 @@ START_TEST(concat_backward_exact)
 }
 END_TEST
 
+/* Both halves of the gradient land in one buffer: big enough that two
+ * threads writing the same rows at once would show. */
+START_TEST(concat_with_itself)
+{
+    const char *names[1] = {"a"};
+    const int nd[1] = {2};
+    const int64_t sh[1][4] = {{3000, 16}};
+    const bool train[1] = {true};
+    dvl_params *p = make(1, names, nd, sh, train);
+    int64_t n = 3000 * 16;
+    float *seed = malloc((size_t)(2 * n) * sizeof *seed), *want = malloc((size_t)n * sizeof *want);
+    dvl_rng r;
+    dvl_rng_seed(&r, 5);
+    dvl_rng_fill_normal(&r, seed, 2 * n, 1.0f);
+    for (int64_t i = 0; i < n; i++)
+        want[i] = seed[i] + seed[n + i];
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *out = dvl_concat_rows(ctx, p->t[0], p->t[0]);
+    ck_assert_int_eq(out->shape[0], 6000);
+    ck_assert_int_eq(dvl_backward_seed(ctx, out, seed), 0);
+    assert_floats(p->t[0]->grad, want, n);
+    dvl_ctx_free(ctx);
+    free(seed);
+    free(want);
+    dvl_params_free(p);
+}
+END_TEST
+
 static dvl_tensor *concat_fn(dvl_ctx *ctx, dvl_params *p, void *user)
 {
     return dvl_concat_rows(ctx, dvl_params_find(p, "a"), dvl_params_find(p, "b"));
@@ -336,6 +364,14 @@ static dvl_tensor *scatter_fn(dvl_ctx *ctx, dvl_params *p, void *user)
                             scatter_idx);
 }
 
+/* src a slice of dst: the two gradients overlap in one buffer. */
+static dvl_tensor *scatter_self_fn(dvl_ctx *ctx, dvl_params *p, void *user)
+{
+    dvl_tensor *a = dvl_params_find(p, "dst");
+    static const int32_t idx[2] = {4, 1};
+    return dvl_scatter_rows(ctx, a, dvl_slice_rows(ctx, a, 1, 2), idx);
+}
+
 START_TEST(scatter_gradcheck)
 {
     const char *names[2] = {"dst", "src"};
@@ -356,6 +392,7 @@ START_TEST(scatter_gradcheck)
     p = make(2, names, nd, sh, dst_only);
     TU_GRADCHECK(scatter_fn, p, NULL, GC_EPS, 0, GC_TOL);
     ck_assert_ptr_null(p->t[1]->grad);
+    TU_GRADCHECK(scatter_self_fn, p, NULL, GC_EPS, 0, GC_TOL);
     dvl_params_free(p);
 }
 END_TEST
@@ -381,7 +418,8 @@ START_TEST(scatter_errors)
                   "%s", msg(ctx));
     dvl_ctx_clear_error(ctx);
     ck_assert_ptr_null(dvl_scatter_rows(ctx, dst, src, high));
-    ck_assert_msg(strstr(msg(ctx), "index 5 at position 1") && strstr(msg(ctx), "5 rows of dst tokens"),
+    ck_assert_msg(strstr(msg(ctx), "index 5 at position 1") &&
+                      strstr(msg(ctx), "5 rows of dst tokens"),
                   "%s", msg(ctx));
     dvl_ctx_clear_error(ctx);
     ck_assert_ptr_null(dvl_scatter_rows(ctx, dst, src, neg));
@@ -406,6 +444,7 @@ static Suite *suite(void)
     TCase *tc = tcase_create("rows");
     tcase_add_test(tc, concat_forward);
     tcase_add_test(tc, concat_backward_exact);
+    tcase_add_test(tc, concat_with_itself);
     tcase_add_test(tc, concat_gradcheck);
     tcase_add_test(tc, concat_errors);
     tcase_add_test(tc, slice_is_a_view);

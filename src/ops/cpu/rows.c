@@ -1,7 +1,7 @@
 /* Row copies on the CPU: plain loops over rows, parallel because these move
  * whole activations (a sequence of image and text tokens) at memory speed.
- * Every output row is written by exactly one iteration, so no two threads
- * touch the same memory. */
+ * Every destination row of a parallel loop is written by one iteration, so
+ * no two threads touch the same memory. */
 #include <string.h>
 
 #include "ops/cpu/rows.h"
@@ -16,18 +16,25 @@ void dvl_cpu_concat_rows_fwd(float *out, const float *a, const float *b, int64_t
     }
 }
 
+/* gdst[0, n) += g[0, n), parallel over rows. */
+static void add_rows(float *gdst, const float *g, int64_t n, int64_t row)
+{
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t j = 0; j < row; j++)
+            gdst[r * row + j] += g[r * row + j];
+}
+
 void dvl_cpu_concat_rows_bwd(float *ga, float *gb, const float *gout, int64_t na, int64_t nb,
                              int64_t row)
 {
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < na + nb; r++) {
-        float *d = r < na ? (ga ? ga + r * row : NULL) : (gb ? gb + (r - na) * row : NULL);
-        if (!d)
-            continue;
-        const float *g = gout + r * row;
-        for (int64_t j = 0; j < row; j++)
-            d[j] += g[j];
-    }
+    /* One pass per input: ga and gb may be the same memory (concat of a
+     * tensor with itself or with an overlapping slice of it), and within a
+     * pass every destination row has one writer. */
+    if (ga)
+        add_rows(ga, gout, na, row);
+    if (gb)
+        add_rows(gb, gout + na * row, nb, row);
 }
 
 void dvl_cpu_scatter_rows_fwd(float *out, const float *dst, const float *src, const int32_t *inv,
@@ -43,16 +50,21 @@ void dvl_cpu_scatter_rows_fwd(float *out, const float *dst, const float *src, co
 void dvl_cpu_scatter_rows_bwd(float *gdst, float *gsrc, const float *gout, const int32_t *inv,
                               int64_t n, int64_t row)
 {
+    /* A replaced row's value came from src alone, a kept row's from dst
+     * alone. One pass per input, as gdst and gsrc may overlap; inside the src
+     * pass each gsrc row has one writer because inv is injective. */
+    if (gdst) {
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < n; r++) {
-        /* A replaced row's value came from src alone, a kept row's from dst
-         * alone; inv is injective, so each gsrc row has one writer. */
-        float *d = inv[r] >= 0 ? (gsrc ? gsrc + (int64_t)inv[r] * row : NULL)
-                               : (gdst ? gdst + r * row : NULL);
-        if (!d)
-            continue;
-        const float *g = gout + r * row;
-        for (int64_t j = 0; j < row; j++)
-            d[j] += g[j];
+        for (int64_t r = 0; r < n; r++)
+            if (inv[r] < 0)
+                for (int64_t j = 0; j < row; j++)
+                    gdst[r * row + j] += gout[r * row + j];
+    }
+    if (gsrc) {
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < n; r++)
+            if (inv[r] >= 0)
+                for (int64_t j = 0; j < row; j++)
+                    gsrc[(int64_t)inv[r] * row + j] += gout[r * row + j];
     }
 }

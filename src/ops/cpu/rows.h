@@ -9,7 +9,8 @@
 /* out [na + nb, row] = a [na, row] stacked on b [nb, row]. */
 void dvl_cpu_concat_rows_fwd(float *out, const float *a, const float *b, int64_t na, int64_t nb,
                              int64_t row);
-/* ga += gout[0, na), gb += gout[na, na + nb); a NULL destination is skipped. */
+/* ga += gout[0, na), gb += gout[na, na + nb); a NULL destination is skipped.
+ * ga and gb may overlap (a tensor concatenated with itself or its slice). */
 void dvl_cpu_concat_rows_bwd(float *ga, float *gb, const float *gout, int64_t na, int64_t nb,
                              int64_t row);
 
@@ -19,7 +20,7 @@ void dvl_cpu_concat_rows_bwd(float *ga, float *gb, const float *gout, int64_t na
 void dvl_cpu_scatter_rows_fwd(float *out, const float *dst, const float *src, const int32_t *inv,
                               int64_t n, int64_t row);
 /* gsrc[inv[r]] += gout[r] for replaced rows, gdst[r] += gout[r] for kept
- * rows; a NULL destination is skipped. */
+ * rows; a NULL destination is skipped; gdst and gsrc may overlap. */
 void dvl_cpu_scatter_rows_bwd(float *gdst, float *gsrc, const float *gout, const int32_t *inv,
                               int64_t n, int64_t row);
 
