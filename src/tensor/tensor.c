@@ -53,7 +53,8 @@ static dvl_tensor *header(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t
     t->dtype = dtype;
     t->device = dvl_ctx_device(ctx);
     t->ndim = ndim;
-    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    if (ndim)
+        memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
     return t;
 }
 
