@@ -907,6 +907,7 @@ START_TEST(index_errors)
          "\"a\": \"model-00002-of-00004.safetensors\"}}",
          NULL, "duplicate tensor \"a\" in the weight map"},
         {"{\"weight_map\": {}, \"weight_map\": {}}", NULL, "duplicate key \"weight_map\""},
+        {"{\"weight_map\": {}} x", NULL, "data after the object"},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         tmpdir d;

@@ -14,7 +14,10 @@
  * rename) and produces the same bytes as the Python package.
  *
  * Handles are not thread-safe (an index opens shards lazily); tensor data
- * pointers stay valid until their file or index is closed. */
+ * pointers stay valid until their file or index is closed. As with any
+ * mapping, a file truncated by another process while open makes reads of
+ * the lost pages fault (SIGBUS): replace checkpoints by rename, as the
+ * writer does, never by rewriting them in place. */
 #ifndef DVL_SAFETENSORS_H
 #define DVL_SAFETENSORS_H
 

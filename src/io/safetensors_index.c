@@ -202,6 +202,12 @@ static dvl_st_index *open_json(const char *path, dvl_err *err)
                  end ? (long long)(end - text) : 0LL);
         goto fail;
     }
+    for (const char *q = end; q < text + len; q++)
+        if (*q != ' ' && *q != '\t' && *q != '\n' && *q != '\r') {
+            snprintf(msg, sizeof msg, "not valid JSON: data after the object at byte %lld",
+                     (long long)(q - text));
+            goto fail;
+        }
     if (!cJSON_IsObject(root)) {
         snprintf(msg, sizeof msg, "not a JSON object");
         goto fail;
@@ -314,11 +320,19 @@ static bool ends_with(const char *s, const char *suffix)
 
 dvl_st_index *dvl_st_index_open(const char *path, dvl_err *err)
 {
+    if (!path) {
+        dvl_errf(err, DVL_EINVAL, "safetensors: checkpoint path is NULL");
+        return NULL;
+    }
     return ends_with(path, ".json") ? open_json(path, err) : open_single(path, err);
 }
 
 dvl_st_index *dvl_st_open_dir(const char *dir, dvl_err *err)
 {
+    if (!dir) {
+        dvl_errf(err, DVL_EINVAL, "safetensors: checkpoint folder is NULL");
+        return NULL;
+    }
     static const char *const names[] = {"model.safetensors", "model.safetensors.index.json"};
     for (int i = 0; i < 2; i++) {
         char *p = dvl_st_join(dir, names[i]);

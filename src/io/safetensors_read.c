@@ -345,6 +345,10 @@ static int parse_header(dvl_st_file *f, dvl_err *err)
 
 dvl_st_file *dvl_st_open(const char *path, dvl_err *err)
 {
+    if (!path) {
+        dvl_errf(err, DVL_EINVAL, "safetensors: path is NULL");
+        return NULL;
+    }
     dvl_st_file *f = calloc(1, sizeof *f);
     if (f)
         f->path = strdup(path);
