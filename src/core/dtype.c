@@ -44,8 +44,8 @@ float dvl_bf16_to_f32(uint16_t h) { return float_of((uint32_t)h << 16); }
 uint16_t dvl_f32_to_bf16(float f)
 {
     uint32_t u = bits_of(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it quiet NaN */
-        return (uint16_t)((u >> 16) | 0x40);
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* any NaN becomes torch's canonical one */
+        return 0x7fc0;
     u += 0x7fffu + ((u >> 16) & 1); /* round to nearest even */
     return (uint16_t)(u >> 16);
 }
