@@ -10,9 +10,10 @@ typedef struct dvl_bpe_sym {
     int32_t alive;      /* 0 once merged into its left neighbour */
 } dvl_bpe_sym;
 
-/* A candidate merge of the symbol at pos with its right neighbour. */
+/* A candidate merge of the symbol at pos (id left) with its right
+ * neighbour (id right) into id. */
 typedef struct dvl_bpe_cand {
-    int32_t rank, pos, id;
+    int32_t rank, pos, id, left, right;
 } dvl_bpe_cand;
 
 static uint64_t pow2_at_least(uint64_t n)
@@ -227,7 +228,7 @@ static void push_pair(const dvl_bpe *b, dvl_bpe_cand *h, size_t *nh, const dvl_b
         return;
     const dvl_bpe_merge *m = find_merge(b, sym[pos].id, sym[next].id);
     if (m)
-        heap_push(h, nh, (dvl_bpe_cand){m->rank, pos, m->id});
+        heap_push(h, nh, (dvl_bpe_cand){m->rank, pos, m->id, sym[pos].id, sym[next].id});
 }
 
 void dvl_bpe_scratch_free(dvl_bpe_scratch *sc)
@@ -277,12 +278,12 @@ int64_t dvl_bpe_word(const dvl_bpe *b, dvl_bpe_scratch *sc, const char *w, size_
     while (nh > 0) {
         dvl_bpe_cand c = heap_pop(heap, &nh);
         dvl_bpe_sym *s = &sym[c.pos];
-        if (!s->alive || s->next < 0)
-            continue;
         /* A candidate is stale when either side has merged since it was
-         * pushed; the pair now at pos then maps to another merge (or none). */
-        const dvl_bpe_merge *m = find_merge(b, s->id, sym[s->next].id);
-        if (!m || m->id != c.id)
+         * pushed. Symbols only grow, so the pair at pos is still the one
+         * pushed exactly when both ids are unchanged (tokenizers checks
+         * that the pair now at pos maps to the same merged id, which is
+         * the same condition). */
+        if (!s->alive || s->next < 0 || s->id != c.left || sym[s->next].id != c.right)
             continue;
         dvl_bpe_sym *r = &sym[s->next];
         s->id = c.id;
