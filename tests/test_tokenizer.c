@@ -456,6 +456,7 @@ static const char *syn_merges[][2] = {
     {"aa", "a"},  /* 259 "aaa" */
     {"!", "!"},   /* 260 "!!" */
     {" ", "x"},   /* 261 " x" */
+    {"\x8e", "!"}, /* 262: last byte of U+180E, then "!" */
 };
 
 typedef struct syn_opts {
@@ -605,6 +606,7 @@ START_TEST(synthetic_bpe_and_added_tokens)
     dvl_tokenizer *t = dvl_tokenizer_load(dir, &err);
     ck_assert_msg(t, "%s", err.msg);
     ck_assert_int_eq(dvl_tokenizer_vocab_size(t), 305);
+    ck_assert_int_eq(dvl_tokenizer_token_id(t, "Ġx"), 261);
     /* Equal ranks: the leftmost pair merges first ("aaa" -> "aa" "a"), and
      * the result then merges by its own rank ("aa"+"a" is rank 3). */
     EXPECT(t, "a", 'a');
@@ -619,6 +621,11 @@ START_TEST(synthetic_bpe_and_added_tokens)
      * the space goes with the word (" ?[a-z]+"). */
     EXPECT(t, "x!!!x", 'x', 260, '!', 'x');
     EXPECT(t, "ab x", 258, 261);
+    /* \s is Unicode White_Space, as in tokenizers' regex engine: U+180E
+     * (E1 A0 8E) is not white space (PCRE2 alone would say it is), so
+     * "\u180E!" is one unmatched stretch and its last two bytes merge. */
+    EXPECT(t, "\xe1\xa0\x8e!", 0xE1, 0xA0, 262);
+    EXPECT(t, "\xe2\x80\x83!", 0xE2, 0x80, 0x83, '!'); /* U+2003 EM SPACE is */
     /* Added tokens: leftmost, and longest at a position. */
     EXPECT(t, "x<a><b>y<a><a>", 'x', 301, 'y', 300, 300);
     EXPECT(t, "<a<a>", '<', 'a', 300);
@@ -670,7 +677,7 @@ START_TEST(unsupported_and_bad_files)
     expect_load_error(&o, DVL_EUNSUP, "decoder.type", "WordPiece");
     o = syn_default;
     o.bad_merge = "a zz";
-    expect_load_error(&o, DVL_EINVAL, "model.merges[6]", "right part");
+    expect_load_error(&o, DVL_EINVAL, "model.merges[7]", "right part");
     o = syn_default;
     o.drop_byte = 'q';
     expect_load_error(&o, DVL_EINVAL, "0x71", NULL);

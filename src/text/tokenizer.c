@@ -345,6 +345,8 @@ int dvl_tokenizer_encode_into(const dvl_tokenizer *tok, dvl_tokenizer_state *st,
         return dvl_errf(err, DVL_EINVAL,
                         "tokenizer encode: invalid UTF-8 at byte %zu of %zu (byte 0x%02x)", ok, len,
                         (unsigned char)text[ok]);
+    if (len == 0)
+        return DVL_OK;
     int64_t n0 = out->n;
     enc e = {tok, st, out, err};
     int rc = split_added(&e, &tok->raw, text, len, encode_piece);

@@ -67,7 +67,8 @@ int dvl_tokenizer_encode(const dvl_tokenizer *tok, const char *text, size_t len,
                          int64_t *n, dvl_err *err);
 
 /* Per-thread encoding scratch: one state must not be used by two threads
- * at once. The word cache inside is bounded (it is emptied when full). */
+ * at once. The word cache inside is bounded (65536 words, a few MB; it is
+ * emptied when full and refills with the words in use). */
 dvl_tokenizer_state *dvl_tokenizer_state_new(const dvl_tokenizer *tok, dvl_err *err);
 void dvl_tokenizer_state_free(dvl_tokenizer_state *st);
 

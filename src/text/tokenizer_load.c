@@ -365,12 +365,76 @@ static int load_normalizer(dvl_tokenizer *tok, const cJSON *root, const char *pa
                     type ? type : "(none)");
 }
 
-static int add_split(dvl_tokenizer *tok, const char *pat, size_t len, bool literal,
-                     const char *path, const char *field, dvl_err *err)
+/* Unicode White_Space: what \s means to the Oniguruma/Rust regexes behind
+ * tokenizers (and to JavaScript, except U+FEFF). PCRE2 10.42 in UCP mode
+ * also counts U+180E MONGOLIAN VOWEL SEPARATOR, a space before Unicode 6.3,
+ * so the pattern's \s and \S are spelled out with this list instead. */
+#define WHITE_SPACE_LIST \
+    "\\t-\\r\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}" \
+    "\\x{205f}\\x{3000}"
+
+/* Copy pattern p[0..n) to out with \s -> [list] and \S -> [^list] outside
+ * character classes and \s -> list inside them. \S inside a class has no
+ * such spelling and keeps PCRE2's meaning. Escapes, \Q...\E quoting and
+ * POSIX [:name:] items are copied as they are. */
+static bool spell_out_white_space(const char *p, size_t n, dvl_strbuf *out)
 {
-    if (tok->n_splits >= DVL_TOK_MAX_SPLITS)
-        return dvl_errf(err, DVL_EUNSUP, "%s: %s: more than %d Split pre-tokenizers", path, field,
-                        DVL_TOK_MAX_SPLITS);
+    static const char list[] = WHITE_SPACE_LIST;
+    bool in_class = false;
+    size_t class_start = 0; /* index just past "[" or "[^" */
+    bool ok = true;
+    for (size_t i = 0; i < n && ok;) {
+        char c = p[i];
+        if (c == '\\' && i + 1 < n) {
+            char d = p[i + 1];
+            if (d == 'Q') { /* literal up to \E */
+                const char *e = NULL;
+                for (size_t j = i + 2; j + 1 < n; j++)
+                    if (p[j] == '\\' && p[j + 1] == 'E') {
+                        e = p + j + 2;
+                        break;
+                    }
+                size_t len = e ? (size_t)(e - (p + i)) : n - i;
+                ok = dvl_strbuf_append(out, p + i, len);
+                i += len;
+            } else if (d == 's' && in_class) {
+                ok = dvl_strbuf_append(out, list, strlen(list));
+                i += 2;
+            } else if ((d == 's' || d == 'S') && !in_class) {
+                ok = dvl_strbuf_append(out, d == 's' ? "[" : "[^", d == 's' ? 1 : 2) &&
+                     dvl_strbuf_append(out, list, strlen(list)) && dvl_strbuf_append(out, "]", 1);
+                i += 2;
+            } else {
+                ok = dvl_strbuf_append(out, p + i, 2);
+                i += 2;
+            }
+            continue;
+        }
+        if (!in_class && c == '[') {
+            in_class = true;
+            class_start = i + 1 < n && p[i + 1] == '^' ? i + 2 : i + 1;
+            ok = dvl_strbuf_append(out, p + i, class_start - i);
+            i = class_start;
+            continue;
+        }
+        if (in_class && c == '[' && i + 1 < n && p[i + 1] == ':') {
+            const char *e = strstr(p + i + 2, ":]");
+            size_t len = e && (size_t)(e - p) + 2 <= n ? (size_t)(e - (p + i)) + 2 : 1;
+            ok = dvl_strbuf_append(out, p + i, len);
+            i += len;
+            continue;
+        }
+        if (in_class && c == ']' && i != class_start) /* "[]" and "[^]" start with a literal ] */
+            in_class = false;
+        ok = dvl_strbuf_append(out, &c, 1);
+        i++;
+    }
+    return ok && dvl_strbuf_append(out, "", 1);
+}
+
+static pcre2_code *compile_split(const char *pat, size_t len, bool literal, const char *path,
+                                 const char *field, dvl_err *err)
+{
     int ec;
     PCRE2_SIZE eoff;
     /* UCP makes \s, \w, \d and POSIX classes Unicode-aware, as in the
@@ -380,8 +444,34 @@ static int add_split(dvl_tokenizer *tok, const char *pat, size_t len, bool liter
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(ec, msg, sizeof msg);
-        return dvl_errf(err, DVL_EINVAL, "%s: %s: regex error at offset %zu: %s", path, field,
-                        (size_t)eoff, (const char *)msg);
+        dvl_errf(err, DVL_EINVAL, "%s: %s: regex error at offset %zu: %s", path, field,
+                 (size_t)eoff, (const char *)msg);
+    }
+    return re;
+}
+
+/* Compile a Split pattern (as written first, so errors point into the
+ * file's text) and add it to the pre-tokenizer chain. */
+static int add_split(dvl_tokenizer *tok, const char *pat, size_t len, bool literal,
+                     const char *path, const char *field, dvl_err *err)
+{
+    if (tok->n_splits >= DVL_TOK_MAX_SPLITS)
+        return dvl_errf(err, DVL_EUNSUP, "%s: %s: more than %d Split pre-tokenizers", path, field,
+                        DVL_TOK_MAX_SPLITS);
+    pcre2_code *re = compile_split(pat, len, literal, path, field, err);
+    if (!re)
+        return err->code;
+    if (!literal) {
+        pcre2_code_free(re);
+        dvl_strbuf spelled = {0};
+        if (!spell_out_white_space(pat, len, &spelled)) {
+            dvl_strbuf_free(&spelled);
+            return dvl_errf(err, DVL_ENOMEM, "%s: out of memory", path);
+        }
+        re = compile_split(spelled.p, spelled.n - 1, false, path, field, err);
+        dvl_strbuf_free(&spelled);
+        if (!re)
+            return err->code;
     }
     /* JIT is an optional speed-up; without it pcre2_match interprets. */
     pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
