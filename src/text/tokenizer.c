@@ -11,9 +11,10 @@
  * CACHE_MAX_WORD bytes are rare and not cached. The table starts small
  * (cheap for a one-off short encode), doubles up to CACHE_MAX_SLOTS, and
  * once that is half full it is emptied and refills with the words in use. */
-#define CACHE_MAX_WORD 64
+#define CACHE_MAX_WORD 128
 #define CACHE_MIN_SLOTS 1024u
 #define CACHE_MAX_SLOTS (1u << 17)
+#define BIG_WORD (1u << 16)
 
 typedef struct cache_slot {
     uint64_t h;
@@ -158,6 +159,10 @@ static int encode_word(enc *e, const char *w, size_t n)
     int32_t *dst = e->out->v + e->out->n;
     if (n > CACHE_MAX_WORD) {
         int64_t k = dvl_bpe_word(&e->tok->bpe, &st->bpe, w, n, dst);
+        /* BPE scratch is ~80 bytes a byte of the word: do not keep
+         * megabytes of it for the rest of the state's life. */
+        if (n > BIG_WORD)
+            dvl_bpe_scratch_free(&st->bpe);
         if (k < 0)
             return oom(e);
         e->out->n += k;
