@@ -10,7 +10,8 @@
  *  2. each piece in between is normalised (NFC, if the file asks for it);
  *  3. pre-tokenised by the Split regex(es) of the file ("Isolated": matches
  *     and the text between them are both pieces), compiled with PCRE2 in
- *     UTF + UCP mode;
+ *     UTF + UCP mode, with \s and \S spelled out as Unicode White_Space
+ *     (what tokenizers' Oniguruma means by \s; PCRE2 alone adds U+180E);
  *  4. each pre-token's bytes go through BPE (ByteLevel: every byte is a
  *     starting symbol; merges apply lowest rank first, leftmost first).
  * Nothing is added at either end (no BOS/EOS; the post_processor is not
