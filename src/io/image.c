@@ -345,7 +345,8 @@ int dvl_image_decode_mem(const void *buf, size_t n, const char *name, dvl_image 
         return decode_png(b, n, name, out, err);
     if (n >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff)
         return decode_jpeg(b, n, name, out, err);
-    return dvl_errf(err, DVL_EUNSUP, "%s: unknown image format (not PNG or JPEG; first bytes %02x %02x %02x %02x)",
+    return dvl_errf(err, DVL_EUNSUP,
+                    "%s: unknown image format (not PNG or JPEG; first bytes %02x %02x %02x %02x)",
                     name, b[0], n > 1 ? b[1] : 0, n > 2 ? b[2] : 0, n > 3 ? b[3] : 0);
 }
 
