@@ -69,7 +69,6 @@ typedef struct png_job {
     png_infop info;
     const uint8_t *src; /* the encoded file */
     size_t n, off;
-    const char *name;
     uint8_t *px;     /* decoded rows, 3 or 4 channels */
     png_bytep *rows;
     dvl_image out;
@@ -169,7 +168,7 @@ static int png_run(png_job *j)
 static int decode_png(const uint8_t *buf, size_t n, const char *name, dvl_image *out,
                       dvl_err *err)
 {
-    png_job j = {.src = buf, .n = n, .name = name};
+    png_job j = {.src = buf, .n = n};
     j.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &j, png_on_error, png_on_warning);
     if (j.png)
         j.info = png_create_info_struct(j.png);
