@@ -1,0 +1,260 @@
+/* The decoder LM (lm.h): Qwen2 / LLaDA blocks over the ops. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "models/init.h"
+#include "models/lm.h"
+
+/* Checkpoint names per architecture. Projections get ".weight" / ".bias"
+ * appended; layer names are prefixed by layer_fmt with the layer index. */
+typedef struct lm_names {
+    const char *embed, *norm, *head, *layer_fmt;
+    const char *attn_norm, *q, *k, *v, *o, *mlp_norm, *gate, *up, *down;
+} lm_names;
+
+/* transformers Qwen2ForCausalLM. */
+static const lm_names QWEN2 = {
+    "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "model.layers.%d.",
+    "input_layernorm.weight", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+    "self_attn.o_proj", "post_attention_layernorm.weight", "mlp.gate_proj", "mlp.up_proj",
+    "mlp.down_proj"};
+
+/* LLaDA-8B's checkpoint (modeling_llada.py, LLaDALlamaBlock): ff_proj is
+ * the gate (SiLU applied to it), ff_out the down projection, and the
+ * transformer-level ff_out the LM head. */
+static const lm_names LLADA = {
+    "model.transformer.wte.weight", "model.transformer.ln_f.weight",
+    "model.transformer.ff_out.weight", "model.transformer.blocks.%d.",
+    "attn_norm.weight", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm.weight", "ff_proj",
+    "up_proj", "ff_out"};
+
+static const lm_names *names_of(dvl_arch a) { return a == DVL_ARCH_LLADA ? &LLADA : &QWEN2; }
+
+const char *dvl_lm_embed_name(dvl_arch arch) { return names_of(arch)->embed; }
+
+dvl_mask dvl_lm_default_mask(const dvl_lm_config *cfg)
+{
+    dvl_mask m = {.kind = cfg->arch == DVL_ARCH_LLADA ? DVL_MASK_BIDIR : DVL_MASK_CAUSAL};
+    return m;
+}
+
+/* ------------------------------------------------------------ declaring */
+
+typedef struct decl {
+    dvl_params *p;
+    dvl_err *err;
+    int rc;
+} decl;
+
+/* Declare name (printf-style prefix + suffix) with shape [a] or [a, b]. */
+static dvl_tensor *add(decl *d, const char *pre, const char *suf, int64_t a, int64_t b)
+{
+    if (d->rc)
+        return NULL;
+    char name[512];
+    snprintf(name, sizeof name, "%s%s", pre, suf);
+    int64_t s[2] = {a, b};
+    dvl_tensor *t = dvl_params_add(d->p, name, b ? 2 : 1, s, true, d->err);
+    if (!t)
+        d->rc = d->err ? d->err->code : DVL_EINVAL;
+    return t;
+}
+
+/* A projection PRE NAME.weight [out, in] and, with bias, PRE NAME.bias. */
+static void proj(decl *d, const char *pre, const char *name, int64_t out, int64_t in, bool bias,
+                 dvl_tensor **w, dvl_tensor **b)
+{
+    char p[256];
+    snprintf(p, sizeof p, "%s%s.", pre, name);
+    *w = add(d, p, "weight", out, in);
+    if (bias)
+        *b = add(d, p, "bias", out, 0);
+}
+
+int dvl_lm_declare(dvl_lm *m, const dvl_lm_config *cfg, dvl_params *p, dvl_err *err)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    const lm_names *nm = names_of(cfg->arch);
+    int64_t d = cfg->hidden, qd = cfg->heads * cfg->head_dim, kvd = cfg->kv_heads * cfg->head_dim;
+    int64_t I = cfg->intermediate, V = cfg->vocab;
+    m->layer = calloc((size_t)cfg->layers, sizeof *m->layer);
+    if (!m->layer)
+        return dvl_errf(err, DVL_ENOMEM, "out of memory declaring %lld layers",
+                        (long long)cfg->layers);
+    decl D = {p, err, DVL_OK};
+    /* Declaration order = the flat buffer's order = checkpoint shard order:
+     * embedding, layers, final norm, head, as transformers saves them. */
+    m->embed = add(&D, nm->embed, "", V, d);
+    char pre[128];
+    for (int l = 0; l < cfg->layers; l++) {
+        dvl_lm_layer *L = &m->layer[l];
+        snprintf(pre, sizeof pre, nm->layer_fmt, l);
+        L->attn_norm = add(&D, pre, nm->attn_norm, d, 0);
+        proj(&D, pre, nm->q, qd, d, cfg->qkv_bias, &L->wq, &L->bq);
+        proj(&D, pre, nm->k, kvd, d, cfg->qkv_bias, &L->wk, &L->bk);
+        proj(&D, pre, nm->v, kvd, d, cfg->qkv_bias, &L->wv, &L->bv);
+        proj(&D, pre, nm->o, d, qd, false, &L->wo, NULL);
+        L->mlp_norm = add(&D, pre, nm->mlp_norm, d, 0);
+        proj(&D, pre, nm->gate, I, d, false, &L->w_gate, NULL);
+        proj(&D, pre, nm->up, I, d, false, &L->w_up, NULL);
+        proj(&D, pre, nm->down, d, I, false, &L->w_down, NULL);
+    }
+    m->norm = add(&D, nm->norm, "", d, 0);
+    m->head = cfg->tied ? m->embed : add(&D, nm->head, "", V, d);
+    if (D.rc) {
+        dvl_lm_free(m);
+        return D.rc;
+    }
+    return DVL_OK;
+}
+
+void dvl_lm_free(dvl_lm *m)
+{
+    if (!m)
+        return;
+    free(m->layer);
+    m->layer = NULL;
+}
+
+void dvl_lm_init_random(dvl_lm *m, uint64_t seed, float std)
+{
+    dvl_init_normal(m->embed, seed, std);
+    for (int l = 0; l < m->cfg.layers; l++) {
+        dvl_lm_layer *L = &m->layer[l];
+        dvl_tensor *ws[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+        for (size_t i = 0; i < sizeof ws / sizeof *ws; i++)
+            dvl_init_normal(ws[i], seed, std);
+        dvl_tensor *bs[] = {L->bq, L->bk, L->bv};
+        for (size_t i = 0; i < 3; i++)
+            if (bs[i])
+                dvl_init_const(bs[i], 0.0f);
+        dvl_init_const(L->attn_norm, 1.0f);
+        dvl_init_const(L->mlp_norm, 1.0f);
+    }
+    dvl_init_const(m->norm, 1.0f);
+    if (m->head != m->embed)
+        dvl_init_normal(m->head, seed, std);
+}
+
+/* -------------------------------------------------------------- forward */
+
+dvl_tensor *dvl_lm_embed(dvl_ctx *ctx, const dvl_lm *m, const int32_t *ids, int64_t n)
+{
+    return dvl_embedding(ctx, m->embed, ids, n);
+}
+
+/* Self-attention of one layer over the normed input h [N*T, d]. The place
+ * where a KV cache would supply the keys and values (see lm.h). */
+static dvl_tensor *attend(dvl_ctx *ctx, const dvl_lm *m, const dvl_lm_layer *L, dvl_tensor *h,
+                          int64_t N, int64_t T, const int32_t *pos, const dvl_mask *mask)
+{
+    const dvl_lm_config *c = &m->cfg;
+    int64_t sq[4] = {N, T, c->heads, c->head_dim}, skv[4] = {N, T, c->kv_heads, c->head_dim};
+    /* Qwen2: rotary after the bias (HF applies it to the projection
+     * output); output feature h*D + j is head h, dim j, so a reshape is the
+     * head split. */
+    dvl_tensor *q = dvl_reshape(ctx, dvl_linear(ctx, h, L->wq, L->bq), 4, sq);
+    dvl_tensor *k = dvl_reshape(ctx, dvl_linear(ctx, h, L->wk, L->bk), 4, skv);
+    dvl_tensor *v = dvl_reshape(ctx, dvl_linear(ctx, h, L->wv, L->bv), 4, skv);
+    q = dvl_rope(ctx, q, pos, c->rope_theta);
+    k = dvl_rope(ctx, k, pos, c->rope_theta);
+    dvl_tensor *a = dvl_attention(ctx, q, k, v, mask, 1.0f / sqrtf((float)c->head_dim));
+    int64_t s2[2] = {N * T, c->heads * c->head_dim};
+    return dvl_linear(ctx, dvl_reshape(ctx, a, 2, s2), L->wo, NULL);
+}
+
+dvl_tensor *dvl_lm_forward(dvl_ctx *ctx, const dvl_lm *m, const dvl_lm_input *in)
+{
+    const dvl_lm_config *c = &m->cfg;
+    int64_t N = in->batch, T = in->seq, n = N * T;
+    if (N <= 0 || T <= 0)
+        return dvl_fail(ctx, "lm: batch %lld x seq %lld is empty", (long long)N, (long long)T);
+    if (!in->ids == !in->embeds)
+        return dvl_fail(ctx, "lm: give exactly one of token ids and input embeddings");
+    dvl_tensor *x;
+    if (in->ids) {
+        x = dvl_lm_embed(ctx, m, in->ids, n);
+    } else {
+        char s[64];
+        if (dvl_numel(in->embeds) != n * c->hidden || dvl_cols(in->embeds) != c->hidden)
+            return dvl_fail(ctx, "lm: input embeddings %s %s are not [%lld, %lld] (batch %lld x seq %lld)",
+                            dvl_tname(in->embeds), dvl_shape_str(in->embeds, s, sizeof s),
+                            (long long)n, (long long)c->hidden, (long long)N, (long long)T);
+        int64_t s2[2] = {n, c->hidden};
+        x = dvl_reshape(ctx, in->embeds, 2, s2);
+    }
+    const int32_t *pos = in->pos;
+    if (!pos) {
+        int32_t *p = dvl_alloc(ctx, (size_t)n * sizeof *p);
+        if (!p)
+            return NULL;
+        for (int64_t i = 0; i < n; i++)
+            p[i] = (int32_t)(i % T);
+        pos = p;
+    }
+    dvl_mask def = dvl_lm_default_mask(c);
+    const dvl_mask *mask = in->mask ? in->mask : &def;
+    for (int l = 0; l < c->layers; l++) {
+        const dvl_lm_layer *L = &m->layer[l];
+        dvl_tensor *h = dvl_rmsnorm(ctx, x, L->attn_norm, c->rms_eps);
+        x = dvl_add(ctx, x, attend(ctx, m, L, h, N, T, pos, mask));
+        h = dvl_rmsnorm(ctx, x, L->mlp_norm, c->rms_eps);
+        dvl_tensor *g = dvl_swiglu(ctx, dvl_linear(ctx, h, L->w_gate, NULL),
+                                   dvl_linear(ctx, h, L->w_up, NULL));
+        x = dvl_add(ctx, x, dvl_linear(ctx, g, L->w_down, NULL));
+    }
+    return dvl_rmsnorm(ctx, x, m->norm, c->rms_eps);
+}
+
+dvl_tensor *dvl_lm_logits(dvl_ctx *ctx, const dvl_lm *m, dvl_tensor *h)
+{
+    return dvl_linear(ctx, h, m->head, NULL);
+}
+
+dvl_tensor *dvl_lm_loss(dvl_ctx *ctx, const dvl_lm *m, dvl_tensor *h, int64_t batch, int64_t seq,
+                        const int32_t *labels, const float *weight, bool shift)
+{
+    if (!h)
+        return NULL;
+    int64_t n = batch * seq;
+    if (dvl_rows(h) != n) {
+        char s[64];
+        return dvl_fail(ctx, "lm loss: hidden states %s %s have %lld rows, labels %lld x %lld",
+                        dvl_tname(h), dvl_shape_str(h, s, sizeof s), (long long)dvl_rows(h),
+                        (long long)batch, (long long)seq);
+    }
+    const int32_t *lab = labels;
+    const float *wt = weight;
+    if (shift) {
+        /* Position t predicts the token at t+1 of the same row. */
+        int32_t *sl = dvl_alloc(ctx, (size_t)n * sizeof *sl);
+        float *sw = weight ? dvl_alloc(ctx, (size_t)n * sizeof *sw) : NULL;
+        if (!sl || (weight && !sw))
+            return NULL;
+        for (int64_t b = 0; b < batch; b++)
+            for (int64_t t = 0; t < seq; t++) {
+                int64_t i = b * seq + t;
+                sl[i] = t + 1 < seq ? labels[i + 1] : DVL_IGNORE_INDEX;
+                if (sw)
+                    sw[i] = t + 1 < seq ? weight[i + 1] : 0.0f;
+            }
+        lab = sl;
+        wt = sw;
+    }
+    if (!wt) {
+        /* Mean over the scored targets (none scored: a zero loss). */
+        int64_t count = 0;
+        for (int64_t i = 0; i < n; i++)
+            count += lab[i] != DVL_IGNORE_INDEX;
+        float *mw = dvl_alloc(ctx, (size_t)n * sizeof *mw);
+        if (!mw)
+            return NULL;
+        for (int64_t i = 0; i < n; i++)
+            mw[i] = count ? 1.0f / (float)count : 0.0f;
+        wt = mw;
+    }
+    return dvl_linear_cross_entropy(ctx, h, m->head, lab, wt, 0);
+}

@@ -1,0 +1,780 @@
+/* Models against the Hugging Face reference fixtures (tests/data/ref, made
+ * by scripts/make-reference with transformers 5.24 in float32): logits,
+ * features, losses and gradients of Qwen2 (tied, untied GQA 4/1), LLaDA
+ * (bidirectional), SigLIP (penultimate-layer features) and the
+ * LLaVA-OneVision style VLM; then checkpoint round trips and the error
+ * messages of broken configs and checkpoints.
+ *
+ * Tolerances (the issue's): logits / features max abs error <= 1e-4; loss
+ * relative error <= 1e-5; gradients max abs error <= 1e-3 of the reference
+ * gradient's max abs. The fixture README puts float64 recomputations
+ * within 6e-6 (logits) and 1.3e-5 (gradients) of the stored values, so the
+ * bounds leave float32 rounding room and nothing more. */
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "io/safetensors.h"
+#include "models/model.h"
+#include "util.h"
+
+#define TOL_LOGITS 1e-4
+#define TOL_LOSS 1e-5
+#define TOL_GRAD 1e-3
+
+/* ------------------------------------------------------------- fixtures */
+
+typedef struct ref {
+    char dir[512];
+    dvl_st_file *io;
+} ref;
+
+static void ref_open(ref *r, const char *name)
+{
+    char rel[256], path[1024];
+    snprintf(rel, sizeof rel, "ref/%s", name);
+    tu_data_path(rel, r->dir, sizeof r->dir);
+    snprintf(path, sizeof path, "%s/io.safetensors", r->dir);
+    dvl_err err = {0};
+    r->io = dvl_st_open(path, &err);
+    ck_assert_msg(r->io != NULL, "%s", err.msg);
+}
+
+static void ref_close(ref *r) { dvl_st_close(r->io); }
+
+/* A fixture tensor as f32 (malloc'd); *numel gets its size. */
+static float *ref_f32(const ref *r, const char *name, int64_t *numel)
+{
+    dvl_err err = {0};
+    const dvl_st_tensor *t = dvl_st_find(r->io, name, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    float *x = malloc((size_t)t->numel * sizeof *x);
+    ck_assert_int_eq(dvl_st_tensor_read_f32(t, x, t->numel, &err), 0);
+    if (numel)
+        *numel = t->numel;
+    return x;
+}
+
+/* A fixture I32 tensor (malloc'd); shape[0..1] when 2-D. */
+static int32_t *ref_i32(const ref *r, const char *name, int64_t *numel, int64_t *rows)
+{
+    dvl_err err = {0};
+    const dvl_st_tensor *t = dvl_st_find(r->io, name, &err);
+    ck_assert_msg(t != NULL, "%s", err.msg);
+    ck_assert_int_eq(t->dtype, DVL_ST_I32);
+    int32_t *x = malloc((size_t)t->numel * sizeof *x);
+    memcpy(x, t->data, (size_t)t->numel * sizeof *x);
+    if (numel)
+        *numel = t->numel;
+    if (rows)
+        *rows = t->shape[0];
+    return x;
+}
+
+static double ref_scalar(const ref *r, const char *name)
+{
+    float *x = ref_f32(r, name, NULL);
+    double v = x[0];
+    free(x);
+    return v;
+}
+
+/* max |got - ref| over a fixture tensor. */
+static double cmp_abs(const ref *r, const char *name, const float *got, int64_t n)
+{
+    int64_t m;
+    float *want = ref_f32(r, name, &m);
+    ck_assert_int_eq(m, n);
+    double e = tu_max_abs_diff(got, want, n);
+    free(want);
+    return e;
+}
+
+/* Every "grad.NAME" of the fixture against NAME's gradient in p: the worst
+ * max|got - ref| / max|ref| over them. */
+static double cmp_grads(const ref *r, const dvl_params *p, int *count)
+{
+    double worst = 0;
+    *count = 0;
+    for (int i = 0; i < dvl_st_count(r->io); i++) {
+        const dvl_st_tensor *t = dvl_st_tensor_at(r->io, i);
+        if (strncmp(t->name, "grad.", 5) != 0)
+            continue;
+        dvl_tensor *par = dvl_params_find(p, t->name + 5);
+        ck_assert_msg(par != NULL, "no parameter %s", t->name + 5);
+        ck_assert_msg(par->grad != NULL, "parameter %s has no gradient", par->name);
+        ck_assert_int_eq(dvl_numel(par), t->numel);
+        float *want = ref_f32(r, t->name, NULL);
+        double scale = 0;
+        for (int64_t k = 0; k < t->numel; k++)
+            scale = fmax(scale, fabs(want[k]));
+        double e = tu_max_abs_diff(par->grad, want, t->numel) / (scale > 0 ? scale : 1);
+        ck_assert_msg(e <= TOL_GRAD, "%s: gradient off by %.3g of its scale %.3g", par->name, e,
+                      scale);
+        worst = fmax(worst, e);
+        free(want);
+        (*count)++;
+    }
+    return worst;
+}
+
+static void open_model(const ref *r, dvl_model *m, bool trainable)
+{
+    dvl_err err = {0};
+    int rc = dvl_model_open(m, r->dir, trainable, NULL, &err);
+    ck_assert_msg(rc == 0, "%s", err.msg);
+}
+
+/* -------------------------------------------------------- decoder LMs */
+
+/* Logits, unshifted loss and gradients of one LM fixture; with shift, the
+ * loss against loss_shifted instead (no gradient reference for it). */
+static void check_lm(const char *name, bool shift)
+{
+    ref r;
+    ref_open(&r, name);
+    dvl_model m;
+    open_model(&r, &m, true);
+    int64_t n, B;
+    int32_t *ids = ref_i32(&r, "input_ids", &n, &B);
+    int32_t *labels = ref_i32(&r, "labels", NULL, NULL);
+    int32_t *pos = ref_i32(&r, "position_ids", NULL, NULL);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_lm_input in = {.batch = B, .seq = n / B, .ids = ids, .pos = pos};
+    dvl_tensor *h = dvl_lm_forward(ctx, &m.lm, &in);
+    dvl_tensor *logits = dvl_lm_logits(ctx, &m.lm, h);
+    dvl_tensor *loss = dvl_lm_loss(ctx, &m.lm, h, B, n / B, labels, NULL, shift);
+    ck_assert_msg(loss != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    double e_logits = cmp_abs(&r, "logits", dvl_f32(logits), dvl_numel(logits));
+    ck_assert_msg(e_logits <= TOL_LOGITS, "%s logits off by %.3g", name, e_logits);
+    double want = ref_scalar(&r, shift ? "loss_shifted" : "loss");
+    double e_loss = fabs(dvl_f32(loss)[0] - want) / fabs(want);
+    ck_assert_msg(e_loss <= TOL_LOSS, "%s loss %.9g, want %.9g (rel %.3g)", name,
+                  (double)dvl_f32(loss)[0], want, e_loss);
+    if (!shift) {
+        ck_assert_int_eq(dvl_backward(ctx, loss), 0);
+        int count;
+        double e_grad = cmp_grads(&r, m.params, &count);
+        ck_assert_int_ge(count, 5);
+        printf("%-13s logits %.2e  loss %.2e  grads %.2e (%d tensors)\n", name, e_logits, e_loss,
+               e_grad, count);
+    } else {
+        printf("%-13s loss_shifted %.2e\n", name, e_loss);
+    }
+    dvl_ctx_free(ctx);
+    free(ids);
+    free(labels);
+    free(pos);
+    dvl_model_free(&m);
+    ref_close(&r);
+}
+
+START_TEST(qwen2_tied) { check_lm("qwen2_tied", false); }
+END_TEST
+
+START_TEST(qwen2_untied) { check_lm("qwen2_untied", false); }
+END_TEST
+
+START_TEST(llada) { check_lm("llada", false); }
+END_TEST
+
+START_TEST(loss_shifted)
+{
+    check_lm("qwen2_tied", true);
+    check_lm("qwen2_untied", true);
+}
+END_TEST
+
+/* Tied: the head is the embedding parameter itself, no lm_head exists. */
+START_TEST(tied_head_is_embedding)
+{
+    ref r;
+    ref_open(&r, "qwen2_tied");
+    dvl_model m;
+    open_model(&r, &m, true);
+    ck_assert_ptr_eq(m.lm.head, m.lm.embed);
+    ck_assert_ptr_null(dvl_params_find(m.params, "lm_head.weight"));
+    dvl_model_free(&m);
+    ref_close(&r);
+    ref_open(&r, "qwen2_untied");
+    open_model(&r, &m, true);
+    ck_assert_ptr_ne(m.lm.head, m.lm.embed);
+    ck_assert_ptr_nonnull(dvl_params_find(m.params, "lm_head.weight"));
+    dvl_model_free(&m);
+    ref_close(&r);
+}
+END_TEST
+
+/* LLaDA is bidirectional by default and a causal mask chosen per call
+ * changes its logits (and the default leaves position 0 sensitive to the
+ * last token). */
+START_TEST(llada_mask_per_call)
+{
+    ref r;
+    ref_open(&r, "llada");
+    dvl_model m;
+    open_model(&r, &m, false);
+    int64_t n, B;
+    int32_t *ids = ref_i32(&r, "input_ids", &n, &B);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_mask causal = {.kind = DVL_MASK_CAUSAL};
+    dvl_lm_input in = {.batch = B, .seq = n / B, .ids = ids};
+    dvl_tensor *bi = dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &in));
+    in.mask = &causal;
+    dvl_tensor *ca = dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &in));
+    ck_assert_ptr_nonnull(ca);
+    ck_assert_int_eq(dvl_tape_len(ctx), 0); /* frozen: nothing recorded */
+    ck_assert_double_gt(tu_max_abs_diff(dvl_f32(bi), dvl_f32(ca), m.cfg.lm.vocab), 1e-3);
+    dvl_ctx_free(ctx);
+    free(ids);
+    dvl_model_free(&m);
+    ref_close(&r);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- SigLIP */
+
+START_TEST(siglip)
+{
+    ref r;
+    ref_open(&r, "siglip");
+    dvl_model m;
+    open_model(&r, &m, true);
+    /* Only the layers that run are declared: layer 2 and post_layernorm
+     * of the checkpoint are ignored. */
+    ck_assert_int_eq(m.vision.n_layers, 2);
+    ck_assert_ptr_null(dvl_params_find(m.params, "vision_model.encoder.layers.2.mlp.fc1.weight"));
+    int64_t npx;
+    float *px = ref_f32(&r, "pixel_values", &npx);
+    float *proj = ref_f32(&r, "proj", NULL);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    int64_t s4[4] = {1, 3, 56, 56};
+    dvl_tensor *pixels = dvl_wrap(ctx, DVL_F32, 4, s4, px);
+    dvl_tensor *f = dvl_siglip_forward(ctx, &m.vision, pixels);
+    ck_assert_msg(f != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    double e_feat = cmp_abs(&r, "features", dvl_f32(f), dvl_numel(f));
+    ck_assert_msg(e_feat <= TOL_LOGITS, "features off by %.3g", e_feat);
+    dvl_tensor *pt = dvl_wrap(ctx, DVL_F32, 2, f->shape, proj);
+    dvl_tensor *loss = dvl_sum(ctx, dvl_mul(ctx, f, pt));
+    double want = ref_scalar(&r, "loss");
+    double e_loss = fabs(dvl_f32(loss)[0] - want) / fabs(want);
+    ck_assert_msg(e_loss <= TOL_LOSS, "loss %.9g want %.9g", (double)dvl_f32(loss)[0], want);
+    ck_assert_int_eq(dvl_backward(ctx, loss), 0);
+    int count;
+    double e_grad = cmp_grads(&r, m.params, &count);
+    ck_assert_int_eq(count, 6);
+    printf("%-13s features %.2e  loss %.2e  grads %.2e (%d tensors)\n", "siglip", e_feat, e_loss,
+           e_grad, count);
+    dvl_ctx_free(ctx);
+    free(px);
+    free(proj);
+    dvl_model_free(&m);
+    ref_close(&r);
+}
+END_TEST
+
+/* The patch embedding is the stride-P conv: against a direct convolution
+ * (double) on an image whose side is not a multiple of P (the last
+ * S - G*P rows and columns are ignored), with two images batched, no
+ * encoder layer run (select_layer -(layers+1): features = embeddings). */
+START_TEST(siglip_patch_conv)
+{
+    dvl_siglip_config c = {.hidden = 5, .intermediate = 7, .layers = 2, .heads = 1, .head_dim = 5,
+                           .image_size = 11, .patch_size = 4, .channels = 3, .ln_eps = 1e-6f,
+                           .act = DVL_GELU_TANH, .select_layer = -3};
+    dvl_params *p = dvl_params_new();
+    dvl_siglip m;
+    dvl_err err = {0};
+    ck_assert_msg(dvl_siglip_declare(&m, &c, p, "v.", &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(m.n_layers, 0);
+    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
+    tu_randn(m.patch_w, 1, 0.5f);
+    tu_randn(m.patch_b, 2, 0.5f);
+    tu_randn(m.pos_emb, 3, 0.5f);
+    const int64_t n = 2, S = 11, P = 4, G = 2, C = 3, d = 5;
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    int64_t s4[4] = {n, C, S, S};
+    dvl_tensor *px = dvl_new(ctx, DVL_F32, 4, s4);
+    tu_randn(px, 4, 1.0f);
+    dvl_tensor *f = dvl_siglip_forward(ctx, &m, px);
+    ck_assert_msg(f != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_int_eq(dvl_rows(f), n * G * G);
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t gy = 0; gy < G; gy++)
+            for (int64_t gx = 0; gx < G; gx++)
+                for (int64_t o = 0; o < d; o++) {
+                    int64_t patch = gy * G + gx;
+                    double acc = dvl_f32(m.patch_b)[o] + dvl_f32(m.pos_emb)[patch * d + o];
+                    for (int64_t ch = 0; ch < C; ch++)
+                        for (int64_t ky = 0; ky < P; ky++)
+                            for (int64_t kx = 0; kx < P; kx++)
+                                acc += (double)dvl_f32(m.patch_w)[((o * C + ch) * P + ky) * P + kx] *
+                                       dvl_f32(px)[((i * C + ch) * S + gy * P + ky) * S + gx * P + kx];
+                    worst = fmax(worst, fabs(acc - dvl_f32(f)[(i * G * G + patch) * d + o]));
+                }
+    ck_assert_double_le(worst, 1e-5);
+    dvl_ctx_free(ctx);
+    dvl_siglip_free(&m);
+    dvl_params_free(p);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ VLM */
+
+typedef struct vlm_case {
+    ref r;
+    dvl_model m;
+    int32_t *ids, *labels;
+    float *px;
+    int64_t n; /* expanded length */
+} vlm_case;
+
+static void vlm_setup(vlm_case *v, bool tower_trainable)
+{
+    ref_open(&v->r, "vlm");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/config.json", v->r.dir);
+    dvl_model_config cfg;
+    dvl_err err = {0};
+    ck_assert_msg(dvl_config_load(path, &cfg, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(cfg.arch, DVL_ARCH_VLM);
+    ck_assert_int_eq(cfg.vlm.image_token_index, 5);
+    ck_assert_int_eq(dvl_siglip_layers_run(&cfg.vision), 2);
+    ck_assert_msg(dvl_model_init(&v->m, &cfg, &err) == 0, "%s", err.msg);
+    if (!tower_trainable)
+        ck_assert_int_gt(dvl_params_set_trainable(v->m.params, DVL_VLM_VISION_PREFIX, false), 0);
+    ck_assert_msg(dvl_model_load_weights(&v->m, v->r.dir, NULL, &err) == 0, "%s", err.msg);
+    int64_t nc;
+    int32_t *compact = ref_i32(&v->r, "input_ids", &nc, NULL);
+    v->n = dvl_vlm_expand_ids(&cfg.vlm, compact, nc, NULL);
+    ck_assert_int_eq(v->n, 25);
+    v->ids = malloc((size_t)v->n * sizeof *v->ids);
+    dvl_vlm_expand_ids(&cfg.vlm, compact, nc, v->ids);
+    free(compact);
+    int64_t nl;
+    v->labels = ref_i32(&v->r, "labels", &nl, NULL);
+    ck_assert_int_eq(nl, v->n);
+    v->px = ref_f32(&v->r, "pixel_values", NULL);
+}
+
+static void vlm_teardown(vlm_case *v)
+{
+    free(v->ids);
+    free(v->labels);
+    free(v->px);
+    dvl_model_free(&v->m);
+    ref_close(&v->r);
+}
+
+START_TEST(vlm)
+{
+    vlm_case v;
+    vlm_setup(&v, true);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    int64_t s4[4] = {1, 3, 56, 56};
+    dvl_vlm_input in = {.batch = 1,
+                        .seq = v.n,
+                        .ids = v.ids,
+                        .pixels = dvl_wrap(ctx, DVL_F32, 4, s4, v.px)};
+    dvl_tensor *emb = dvl_vlm_embed(ctx, &v.m.vlm, &in);
+    ck_assert_msg(emb != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    double e_emb = cmp_abs(&v.r, "inputs_embeds", dvl_f32(emb), dvl_numel(emb));
+    ck_assert_msg(e_emb <= TOL_LOGITS, "inputs_embeds off by %.3g", e_emb);
+    dvl_ctx_reset(ctx);
+    in.pixels = dvl_wrap(ctx, DVL_F32, 4, s4, v.px);
+    dvl_tensor *h = dvl_vlm_forward(ctx, &v.m.vlm, &in);
+    dvl_tensor *logits = dvl_lm_logits(ctx, &v.m.vlm.lm, h);
+    dvl_tensor *loss = dvl_vlm_loss(ctx, &v.m.vlm, h, &in, v.labels, NULL, false);
+    ck_assert_msg(loss != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    double e_logits = cmp_abs(&v.r, "logits", dvl_f32(logits), dvl_numel(logits));
+    ck_assert_msg(e_logits <= TOL_LOGITS, "vlm logits off by %.3g", e_logits);
+    double want = ref_scalar(&v.r, "loss");
+    double e_loss = fabs(dvl_f32(loss)[0] - want) / fabs(want);
+    ck_assert_msg(e_loss <= TOL_LOSS, "vlm loss %.9g want %.9g", (double)dvl_f32(loss)[0], want);
+    ck_assert_int_eq(dvl_backward(ctx, loss), 0);
+    int count;
+    double e_grad = cmp_grads(&v.r, v.m.params, &count);
+    ck_assert_int_eq(count, 6);
+    /* The shifted loss too (labels at image positions are ignored). */
+    dvl_ctx_reset(ctx);
+    in.pixels = dvl_wrap(ctx, DVL_F32, 4, s4, v.px);
+    h = dvl_vlm_forward(ctx, &v.m.vlm, &in);
+    loss = dvl_vlm_loss(ctx, &v.m.vlm, h, &in, v.labels, NULL, true);
+    want = ref_scalar(&v.r, "loss_shifted");
+    double e_shift = fabs(dvl_f32(loss)[0] - want) / fabs(want);
+    ck_assert_msg(e_shift <= TOL_LOSS, "vlm loss_shifted %.9g want %.9g",
+                  (double)dvl_f32(loss)[0], want);
+    printf("%-13s embeds %.2e  logits %.2e  loss %.2e  shifted %.2e  grads %.2e (%d tensors)\n",
+           "vlm", e_emb, e_logits, e_loss, e_shift, e_grad, count);
+    dvl_ctx_free(ctx);
+    vlm_teardown(&v);
+}
+END_TEST
+
+/* A frozen tower records nothing and gets no gradient; the connector's and
+ * the LM's gradients are unchanged (the reference's). */
+START_TEST(vlm_frozen_tower)
+{
+    vlm_case v;
+    vlm_setup(&v, false);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    int64_t s4[4] = {1, 3, 56, 56};
+    dvl_tensor *pixels = dvl_wrap(ctx, DVL_F32, 4, s4, v.px);
+    dvl_tensor *f = dvl_siglip_forward(ctx, &v.m.vlm.vision, pixels);
+    ck_assert_ptr_nonnull(f);
+    ck_assert(!f->requires_grad);
+    ck_assert_int_eq(dvl_tape_len(ctx), 0);
+    ck_assert(dvl_grad_enabled(ctx)); /* restored */
+    dvl_ctx_reset(ctx);
+    dvl_vlm_input in = {.batch = 1,
+                        .seq = v.n,
+                        .ids = v.ids,
+                        .pixels = dvl_wrap(ctx, DVL_F32, 4, s4, v.px)};
+    dvl_tensor *h = dvl_vlm_forward(ctx, &v.m.vlm, &in);
+    dvl_tensor *loss = dvl_vlm_loss(ctx, &v.m.vlm, h, &in, v.labels, NULL, false);
+    ck_assert_int_eq(dvl_backward(ctx, loss), 0);
+    const char *tower = "grad." DVL_VLM_VISION_PREFIX;
+    int checked = 0;
+    for (int i = 0; i < dvl_st_count(v.r.io); i++) {
+        const dvl_st_tensor *t = dvl_st_tensor_at(v.r.io, i);
+        if (strncmp(t->name, "grad.", 5) != 0)
+            continue;
+        dvl_tensor *par = dvl_params_find(v.m.params, t->name + 5);
+        if (strncmp(t->name, tower, strlen(tower)) == 0) {
+            ck_assert_ptr_null(par->grad);
+            continue;
+        }
+        float *want = ref_f32(&v.r, t->name, NULL);
+        double scale = 0;
+        for (int64_t k = 0; k < t->numel; k++)
+            scale = fmax(scale, fabs(want[k]));
+        ck_assert_double_le(tu_max_abs_diff(par->grad, want, t->numel) / scale, TOL_GRAD);
+        free(want);
+        checked++;
+    }
+    ck_assert_int_eq(checked, 5);
+    dvl_ctx_free(ctx);
+    vlm_teardown(&v);
+}
+END_TEST
+
+/* ------------------------------------------------- checkpoints on disk */
+
+static char *tmpdir(void)
+{
+    static char buf[256];
+    snprintf(buf, sizeof buf, "/tmp/dvl-test-models-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(buf));
+    return strdup(buf);
+}
+
+static void rmtree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char p[1024];
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static cJSON *load_json(const char *dir, const char *file)
+{
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, file);
+    dvl_err err = {0};
+    cJSON *j = dvl_json_load(p, &err);
+    ck_assert_msg(j != NULL, "%s", err.msg);
+    return j;
+}
+
+/* Save (f32 and bf16) and reload: every parameter comes back exactly (bf16:
+ * as its rounding), the tied checkpoint has no lm_head, the config is the
+ * source's with the dtype set. */
+START_TEST(save_round_trip)
+{
+    ref r;
+    ref_open(&r, "qwen2_tied");
+    dvl_model m, back;
+    open_model(&r, &m, false);
+    cJSON *cfg = load_json(r.dir, "config.json");
+    char *dir = tmpdir();
+    dvl_err err = {0};
+    for (int pass = 0; pass < 2; pass++) {
+        dvl_dtype store = pass ? DVL_BF16 : DVL_F32;
+        dvl_config_set_dtype(cfg, store);
+        ck_assert_msg(dvl_model_save(&m, dir, cfg, store, 0, &err) == 0, "%s", err.msg);
+        ck_assert_msg(dvl_model_open(&back, dir, false, NULL, &err) == 0, "%s", err.msg);
+        ck_assert_int_eq(back.params->n, m.params->n);
+        for (int i = 0; i < m.params->n; i++) {
+            const dvl_tensor *a = m.params->t[i], *b = dvl_params_find(back.params, a->name);
+            ck_assert_ptr_nonnull(b);
+            for (int64_t k = 0; k < dvl_numel(a); k++) {
+                float want = pass ? dvl_bf16_to_f32(dvl_f32_to_bf16(dvl_f32(a)[k])) : dvl_f32(a)[k];
+                ck_assert_msg(memcmp(&want, dvl_f32(b) + k, 4) == 0, "%s[%lld]", a->name,
+                              (long long)k);
+            }
+        }
+        dvl_model_free(&back);
+        char p[1024];
+        snprintf(p, sizeof p, "%s/model.safetensors", dir);
+        dvl_st_file *f = dvl_st_open(p, &err);
+        ck_assert_ptr_nonnull(f);
+        ck_assert_ptr_null(dvl_st_find(f, "lm_head.weight", NULL));
+        ck_assert_str_eq(dvl_st_meta(f, "format"), "pt");
+        ck_assert_int_eq(dvl_st_tensor_at(f, 0)->dtype, pass ? DVL_ST_BF16 : DVL_ST_F32);
+        dvl_st_close(f);
+        cJSON *saved = load_json(dir, "config.json");
+        ck_assert_str_eq(cJSON_GetObjectItem(saved, "dtype")->valuestring,
+                         pass ? "bfloat16" : "float32");
+        cJSON_Delete(saved);
+    }
+    rmtree(dir);
+    free(dir);
+    cJSON_Delete(cfg);
+    dvl_model_free(&m);
+    ref_close(&r);
+}
+END_TEST
+
+/* The tied fixture written to a temp dir with one change, then loaded:
+ * the error message must contain every string of `want`. */
+typedef enum { BREAK_DROP_TENSOR, BREAK_CONFIG } break_kind;
+
+static void expect_broken(break_kind kind, const char *drop, void (*edit)(cJSON *),
+                          const char *const *want, int n_want, int want_code)
+{
+    ref r;
+    ref_open(&r, "qwen2_tied");
+    dvl_model m;
+    open_model(&r, &m, false);
+    char *dir = tmpdir();
+    dvl_err err = {0};
+    cJSON *cfg = load_json(r.dir, "config.json");
+    if (kind == BREAK_CONFIG)
+        edit(cfg);
+    /* Write the checkpoint, without `drop`. */
+    dvl_st_writer *w = dvl_st_writer_new();
+    for (int i = 0; i < m.params->n; i++) {
+        const dvl_tensor *t = m.params->t[i];
+        if (kind == BREAK_DROP_TENSOR && !strcmp(t->name, drop))
+            continue;
+        ck_assert_int_eq(dvl_st_writer_add(w, t->name, DVL_F32, t->ndim, t->shape, dvl_f32(t), &err),
+                         0);
+    }
+    char p[1024];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    ck_assert_msg(dvl_st_writer_save(w, p, &err) == 0, "%s", err.msg);
+    dvl_st_writer_free(w);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    ck_assert_int_eq(dvl_json_save(cfg, p, &err), 0);
+    cJSON_Delete(cfg);
+    dvl_model back;
+    memset(&err, 0, sizeof err);
+    ck_assert_int_ne(dvl_model_open(&back, dir, false, NULL, &err), 0);
+    ck_assert_int_eq(err.code, want_code);
+    for (int k = 0; k < n_want; k++)
+        ck_assert_msg(strstr(err.msg, want[k]), "message \"%s\" lacks \"%s\"", err.msg, want[k]);
+    ck_assert_ptr_null(strchr(err.msg, '\n'));
+    rmtree(dir);
+    free(dir);
+    dvl_model_free(&m);
+    ref_close(&r);
+}
+
+START_TEST(error_missing_tensor)
+{
+    const char *want[] = {"missing tensor", "model.layers.1.mlp.down_proj.weight",
+                          "dvl-test-models-"};
+    expect_broken(BREAK_DROP_TENSOR, "model.layers.1.mlp.down_proj.weight", NULL, want, 3,
+                  DVL_EINVAL);
+}
+END_TEST
+
+static void shrink_vocab(cJSON *c)
+{
+    cJSON_ReplaceItemInObject(c, "vocab_size", cJSON_CreateNumber(120));
+}
+
+START_TEST(error_shape_mismatch)
+{
+    const char *want[] = {"model.embed_tokens.weight", "[128, 64]", "[120, 64]"};
+    expect_broken(BREAK_CONFIG, NULL, shrink_vocab, want, 3, DVL_EINVAL);
+}
+END_TEST
+
+static void drop_hidden(cJSON *c) { cJSON_DeleteItemFromObject(c, "hidden_size"); }
+static void heads_as_string(cJSON *c)
+{
+    cJSON_ReplaceItemInObject(c, "num_attention_heads", cJSON_CreateString("4"));
+}
+static void drop_theta(cJSON *c) { cJSON_DeleteItemFromObject(c, "rope_parameters"); }
+static void yarn(cJSON *c)
+{
+    cJSON *rp = cJSON_GetObjectItem(c, "rope_parameters");
+    cJSON_ReplaceItemInObject(rp, "rope_type", cJSON_CreateString("yarn"));
+}
+
+START_TEST(error_config)
+{
+    const char *w1[] = {"config.json", "missing key \"hidden_size\""};
+    expect_broken(BREAK_CONFIG, NULL, drop_hidden, w1, 2, DVL_EINVAL);
+    const char *w2[] = {"config.json", "\"num_attention_heads\" must be an integer, got a string"};
+    expect_broken(BREAK_CONFIG, NULL, heads_as_string, w2, 2, DVL_EINVAL);
+    const char *w3[] = {"config.json", "rope_theta"};
+    expect_broken(BREAK_CONFIG, NULL, drop_theta, w3, 2, DVL_EINVAL);
+    const char *w4[] = {"rope_parameters.rope_type", "yarn"};
+    expect_broken(BREAK_CONFIG, NULL, yarn, w4, 2, DVL_EUNSUP);
+}
+END_TEST
+
+/* Config parsing details: rope_theta at top level (4.x, vlm, llada) and in
+ * rope_parameters (5.x), LLaDA's defaults, SiglipConfig nesting. */
+START_TEST(config_fields)
+{
+    char p[1024], rel[256];
+    dvl_model_config c;
+    dvl_err err = {0};
+    const char *names[] = {"qwen2_tied", "qwen2_untied", "llada", "siglip", "vlm"};
+    for (int i = 0; i < 5; i++) {
+        snprintf(rel, sizeof rel, "ref/%s/config.json", names[i]);
+        ck_assert_msg(dvl_config_load(tu_data_path(rel, p, sizeof p), &c, &err) == 0, "%s",
+                      err.msg);
+        switch (i) {
+        case 0:
+            ck_assert_float_eq(c.lm.rope_theta, 1e6f);
+            ck_assert(c.lm.tied && c.lm.qkv_bias);
+            ck_assert_int_eq(c.lm.kv_heads, 2);
+            break;
+        case 1:
+            ck_assert_float_eq(c.lm.rope_theta, 25000.0f);
+            ck_assert_int_eq(c.lm.vocab, 151);
+            ck_assert_int_eq(c.lm.head_dim, 12);
+            break;
+        case 2:
+            ck_assert_int_eq(c.arch, DVL_ARCH_LLADA);
+            ck_assert_float_eq(c.lm.rope_theta, 500000.0f);
+            ck_assert_int_eq(c.lm.mask_token_id, 150);
+            ck_assert_int_eq(c.lm.vocab, 160);
+            ck_assert_int_eq(c.lm.intermediate, 96);
+            ck_assert(!c.lm.tied && !c.lm.qkv_bias);
+            ck_assert_float_eq(c.lm.rms_eps, 1e-5f);
+            break;
+        case 3:
+            ck_assert_int_eq(c.arch, DVL_ARCH_SIGLIP);
+            ck_assert_int_eq(c.vision.act, DVL_GELU_TANH);
+            ck_assert_int_eq(dvl_siglip_patches(&c.vision), 16);
+            break;
+        case 4:
+            ck_assert_float_eq(c.lm.rope_theta, 1e6f);
+            ck_assert_int_eq(c.vlm.mm_hidden, 32);
+            break;
+        }
+    }
+    /* A full SiglipConfig; LLaDA without mask_token_id. */
+    cJSON *j = cJSON_Parse("{\"architectures\":[\"SiglipModel\"],\"text_config\":{},"
+                           "\"vision_config\":{\"hidden_size\":1152,\"image_size\":384,"
+                           "\"intermediate_size\":4304,\"num_attention_heads\":16,"
+                           "\"num_hidden_layers\":27,\"patch_size\":14}}");
+    ck_assert_msg(dvl_config_parse(j, "so400m", &c, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(dvl_siglip_patches(&c.vision), 729);
+    ck_assert_int_eq(dvl_siglip_layers_run(&c.vision), 26);
+    ck_assert_float_eq(c.vision.ln_eps, 1e-6f);
+    cJSON_Delete(j);
+    j = cJSON_Parse("{\"model_type\":\"llada\",\"d_model\":64,\"n_heads\":4,\"n_layers\":1,"
+                    "\"mlp_ratio\":4,\"vocab_size\":100,\"rope_theta\":10000,\"rms_norm_eps\":1e-5}");
+    ck_assert_msg(dvl_config_parse(j, "x", &c, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.lm.mask_token_id, 126336);
+    ck_assert_int_eq(c.lm.intermediate, 256);
+    ck_assert_int_eq(c.lm.kv_heads, 4);
+    cJSON_Delete(j);
+    j = cJSON_Parse("{\"architectures\":[\"GPT2LMHeadModel\"]}");
+    ck_assert_int_eq(dvl_config_parse(j, "x", &c, &err), DVL_EUNSUP);
+    ck_assert_ptr_nonnull(strstr(err.msg, "GPT2LMHeadModel"));
+    cJSON_Delete(j);
+}
+END_TEST
+
+/* The VLM loads with the connector absent when asked to (fresh stage 1),
+ * which gets torch's nn.Linear init from the seed, and not otherwise. */
+START_TEST(vlm_missing_connector)
+{
+    ref r;
+    ref_open(&r, "vlm");
+    dvl_model m;
+    open_model(&r, &m, false);
+    cJSON *cfg = load_json(r.dir, "config.json");
+    char *dir = tmpdir();
+    dvl_err err = {0};
+    dvl_st_writer *w = dvl_st_writer_new();
+    for (int i = 0; i < m.params->n; i++) {
+        const dvl_tensor *t = m.params->t[i];
+        if (strncmp(t->name, DVL_VLM_CONNECTOR_PREFIX, strlen(DVL_VLM_CONNECTOR_PREFIX)))
+            dvl_st_writer_add(w, t->name, DVL_F32, t->ndim, t->shape, dvl_f32(t), &err);
+    }
+    char p[1024];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    ck_assert_int_eq(dvl_st_writer_save(w, p, &err), 0);
+    dvl_st_writer_free(w);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    ck_assert_int_eq(dvl_json_save(cfg, p, &err), 0);
+    dvl_model back;
+    ck_assert_int_ne(dvl_model_open(&back, dir, false, NULL, &err), 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "model.mm_projector.0.weight"));
+    dvl_model_load_opts o = {.allow_missing_connector = true, .connector_seed = 7};
+    ck_assert_msg(dvl_model_open(&back, dir, false, &o, &err) == 0, "%s", err.msg);
+    const dvl_connector *c = &back.vlm.connector;
+    float bound = 1.0f / sqrtf(32.0f), lo = 1, hi = -1;
+    for (int64_t k = 0; k < dvl_numel(c->w0); k++) {
+        lo = fminf(lo, dvl_f32(c->w0)[k]);
+        hi = fmaxf(hi, dvl_f32(c->w0)[k]);
+    }
+    ck_assert(lo >= -bound && hi <= bound && hi - lo > bound);
+    dvl_model_free(&back);
+    rmtree(dir);
+    free(dir);
+    cJSON_Delete(cfg);
+    dvl_model_free(&m);
+    ref_close(&r);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("models");
+    TCase *tc = tcase_create("reference");
+    tcase_add_test(tc, qwen2_tied);
+    tcase_add_test(tc, qwen2_untied);
+    tcase_add_test(tc, llada);
+    tcase_add_test(tc, loss_shifted);
+    tcase_add_test(tc, tied_head_is_embedding);
+    tcase_add_test(tc, llada_mask_per_call);
+    tcase_add_test(tc, siglip);
+    tcase_add_test(tc, siglip_patch_conv);
+    tcase_add_test(tc, vlm);
+    tcase_add_test(tc, vlm_frozen_tower);
+    suite_add_tcase(s, tc);
+    TCase *te = tcase_create("checkpoints");
+    tcase_add_test(te, save_round_trip);
+    tcase_add_test(te, error_missing_tensor);
+    tcase_add_test(te, error_shape_mismatch);
+    tcase_add_test(te, error_config);
+    tcase_add_test(te, config_fields);
+    tcase_add_test(te, vlm_missing_connector);
+    suite_add_tcase(s, te);
+    return s;
+}
+
+int main(void) { return tu_run(suite()); }
