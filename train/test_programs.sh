@@ -1,0 +1,132 @@
+#!/bin/sh
+# dvl-convert and dvl-generate end to end on the reference fixtures, and
+# their error paths: every bad input gives exactly one line on stderr and a
+# non-zero exit status.
+#
+#   test_programs.sh DVL_CONVERT DVL_GENERATE TESTS_DATA_DIR
+set -u
+CONVERT=$1
+GENERATE=$2
+DATA=$3
+REF=$DATA/ref
+T=$(mktemp -d /tmp/dvl-test-programs-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fails=0
+
+ok() { echo "ok   $1"; }
+bad() { echo "FAIL $1"; fails=$((fails + 1)); }
+
+# run NAME CMD...: must succeed.
+run() {
+    name=$1
+    shift
+    if "$@" >"$T/out" 2>"$T/err"; then ok "$name"; else bad "$name: $(cat "$T/err")"; fi
+}
+
+# reject NAME WANT CMD...: must fail with one stderr line containing WANT.
+reject() {
+    name=$1
+    want=$2
+    shift 2
+    "$@" >"$T/out" 2>"$T/err"
+    rc=$?
+    lines=$(wc -l <"$T/err")
+    if [ $rc -ne 0 ] && [ "$lines" -eq 1 ] && grep -qF -- "$want" "$T/err"; then
+        ok "$name"
+    else
+        bad "$name: rc $rc, $lines lines: $(cat "$T/err")"
+    fi
+}
+
+# Token ids of the fixtures (row 0 of input_ids): qwen2_tied, and the vlm
+# prompt with its one image placeholder (id 5) at position 3.
+echo '[17, 3, 99, 41, 6, 120, 7, 64, 0, 127, 33]' >"$T/ids.json"
+echo '{"text": "x", "ids": [30, 85, 21, 5, 81, 99, 56, 105, 70, 29]}' >"$T/vlm_ids.json"
+
+# --lm re-save: f32 is lossless, so the logits are byte-identical.
+run convert_lm "$CONVERT" init --lm "$REF/qwen2_tied" --out "$T/q"
+run score_ref "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" --logits-out "$T/a.npy"
+run score_copy "$GENERATE" --score --model "$T/q" --ids "$T/ids.json" --logits-out "$T/b.npy"
+if cmp -s "$T/a.npy" "$T/b.npy"; then ok lm_copy_same_logits; else bad lm_copy_same_logits; fi
+# NPY header: magic, version 1.0, the dict padded to 128 bytes, then the
+# 11 x 128 f32 logits.
+if head -c 128 "$T/a.npy" | grep -aq "{'descr': '<f4', 'fortran_order': False, 'shape': (11, 128), }" &&
+    [ "$(head -c 8 "$T/a.npy" | od -An -c | tr -d ' ')" = '223NUMPY001\0' ] &&
+    [ "$(wc -c <"$T/a.npy")" -eq $((128 + 11 * 128 * 4)) ]; then
+    ok npy_header
+else
+    bad npy_header
+fi
+
+# VLM from parts: the LM of qwen2_tied, the siglip tower, a fresh connector.
+# On text alone its logits are the LM's, byte for byte.
+run convert_vlm "$CONVERT" init --lm "$REF/qwen2_tied" --vision "$REF/siglip" \
+    --connector-seed 3 --image-token-id 5 --out "$T/v"
+run info_vlm "$CONVERT" info --model "$T/v"
+grep -q "vision hidden 32 layers 2 of 3" "$T/out" && ok info_vlm_layers || bad info_vlm_layers
+run score_vlm_text "$GENERATE" --score --model "$T/v" --ids "$T/ids.json" --logits-out "$T/c.npy"
+# (ids.json has no 5: no image rows)
+if cmp -s "$T/a.npy" "$T/c.npy"; then ok vlm_text_same_logits; else bad vlm_text_same_logits; fi
+run score_vlm_image "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" \
+    --image "$DATA/images/gray.jpg" --logits-out "$T/d.npy"
+# 10 ids with one placeholder -> 25 positions.
+head -c 128 "$T/d.npy" | grep -aq "'shape': (25, 128)" && ok vlm_expanded_rows || bad vlm_expanded_rows
+
+# --random is deterministic in the seed; bf16 halves the file.
+run random_a "$CONVERT" init --random "$REF/qwen2_untied/config.json" --seed 4 --dtype bf16 --out "$T/r1"
+run random_b "$CONVERT" init --random "$REF/qwen2_untied/config.json" --seed 4 --dtype bf16 --out "$T/r2"
+if cmp -s "$T/r1/model.safetensors" "$T/r2/model.safetensors"; then ok random_deterministic; else bad random_deterministic; fi
+run random_llada "$CONVERT" init --random "$REF/llada/config.json" --out "$T/r3"
+run random_vlm "$CONVERT" init --random "$REF/vlm/config.json" --out "$T/r4"
+run random_siglip "$CONVERT" init --random "$REF/siglip/config.json" --out "$T/r5"
+run info_random "$CONVERT" info --model "$T/r1"
+
+# dvl-convert error paths.
+reject convert_no_command "unknown command" "$CONVERT" frob
+reject convert_no_out "--out DIR is required" "$CONVERT" init --lm "$REF/qwen2_tied"
+reject convert_unknown_opt "unknown option --frob" "$CONVERT" init --frob 1
+reject convert_both "exactly one of --lm" "$CONVERT" init --out "$T/x" --lm a --random b
+reject convert_dtype "--dtype must be f32 or bf16" "$CONVERT" init --out "$T/x" --lm a --dtype f8
+reject convert_seed "--seed must be an integer" "$CONVERT" init --out "$T/x" --random a --seed x1
+reject convert_missing_lm "$T/nope/config.json" "$CONVERT" init --out "$T/x" --lm "$T/nope"
+reject convert_lm_is_vision "not a language model" "$CONVERT" init --out "$T/x" --lm "$REF/siglip"
+reject convert_vision_is_lm "not a SigLIP tower" "$CONVERT" init --out "$T/x" --lm "$REF/qwen2_tied" --vision "$REF/qwen2_untied"
+reject convert_vlm_llada "takes a Qwen2 LM" "$CONVERT" init --out "$T/x" --lm "$REF/llada" --vision "$REF/siglip"
+reject convert_connector_alone "need --vision" "$CONVERT" init --out "$T/x" --lm "$REF/qwen2_tied" --connector-seed 1
+reject convert_connector_missing "missing tensor \"model.mm_projector.0.weight\"" "$CONVERT" init --out "$T/x" \
+    --lm "$REF/qwen2_tied" --vision "$REF/siglip" --connector "$REF/qwen2_tied/model.safetensors"
+printf '{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 8}' >"$T/cfg.json"
+reject convert_random_bad_config "missing key \"num_hidden_layers\"" "$CONVERT" init --out "$T/x" --random "$T/cfg.json"
+printf '{"architectures": ["Qwen2ForCausalLM"' >"$T/cfg2.json"
+reject convert_random_bad_json "malformed JSON" "$CONVERT" init --out "$T/x" --random "$T/cfg2.json"
+reject info_missing "cannot open" "$CONVERT" info --model "$T/nope"
+
+# dvl-generate error paths.
+reject gen_no_mode "choose a mode" "$GENERATE" --model "$REF/qwen2_tied"
+reject gen_unknown "unknown option --frob" "$GENERATE" --score --frob
+reject gen_no_model "--model DIR is required" "$GENERATE" --score --ids "$T/ids.json" --logits-out "$T/x.npy"
+reject gen_no_out "--logits-out FILE.npy is required" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json"
+printf '[1, 2, "x"]' >"$T/bad_ids.json"
+reject gen_bad_ids "id 2 is not a 32-bit integer" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/bad_ids.json" --logits-out "$T/x.npy"
+printf '[1, 2,' >"$T/bad_json.json"
+reject gen_bad_json "malformed JSON" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/bad_json.json" --logits-out "$T/x.npy"
+printf '[1, 2, 128]' >"$T/oob.json"
+reject gen_id_range "128" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/oob.json" --logits-out "$T/x.npy"
+reject gen_siglip "vision tower" "$GENERATE" --score --model "$REF/siglip" --ids "$T/ids.json" --logits-out "$T/x.npy"
+reject gen_image_on_lm "without a vision tower" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" \
+    --image "$DATA/images/gray.jpg" --logits-out "$T/x.npy"
+reject gen_placeholders "image placeholder ids" "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" \
+    --image "$DATA/images/gray.jpg" --image "$DATA/images/gray.jpg" --logits-out "$T/x.npy"
+reject gen_pixels_name "no tensor \"pixel_values\"" "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" \
+    --pixels "$REF/siglip/model.safetensors" --logits-out "$T/x.npy"
+# A safetensors file with one F32 tensor "pixel_values" of shape [5].
+hdr='{"pixel_values":{"dtype":"F32","shape":[5],"data_offsets":[0,20]}}'
+while [ $((${#hdr} % 8)) -ne 0 ]; do hdr="$hdr "; done
+{ printf "\\$(printf %03o ${#hdr})\\0\\0\\0\\0\\0\\0\\0"; printf '%s' "$hdr"; head -c 20 /dev/zero; } >"$T/px5.safetensors"
+reject gen_pixels_shape "has shape [5]" "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" \
+    --pixels "$T/px5.safetensors" --logits-out "$T/x.npy"
+reject gen_image_missing "nope.png" "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" \
+    --image "$T/nope.png" --logits-out "$T/x.npy"
+reject gen_out_dir "$T/nodir/x.npy" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" --logits-out "$T/nodir/x.npy"
+
+[ $fails -eq 0 ] || { echo "$fails failed"; exit 1; }
