@@ -236,6 +236,46 @@ START_TEST(llada_mask_per_call)
 }
 END_TEST
 
+/* Key padding chosen per call: row 1 of a batch is row 0's ids cut to 7
+ * tokens and right-padded; with those keys masked, its 7 real positions
+ * give row 0-alone's logits of the 7-token prefix (LLaDA, bidirectional). */
+START_TEST(llada_key_padding)
+{
+    ref r;
+    ref_open(&r, "llada");
+    dvl_model m;
+    open_model(&r, &m, false);
+    int64_t n, B;
+    int32_t *ids = ref_i32(&r, "input_ids", &n, &B);
+    const int64_t T = n / B, keep = 7, V = m.cfg.lm.vocab;
+    int32_t batch[2 * 12];
+    uint8_t valid[2 * 12];
+    ck_assert_int_eq(T, 12);
+    for (int64_t t = 0; t < T; t++) {
+        batch[t] = ids[t];
+        batch[T + t] = t < keep ? ids[t] : 149; /* pad id */
+        valid[t] = 1;
+        valid[T + t] = t < keep;
+    }
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_mask pad = {.kind = DVL_MASK_BIDIR, .key_valid = valid};
+    dvl_lm_input in = {.batch = 2, .seq = T, .ids = batch, .mask = &pad};
+    dvl_tensor *both = dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &in));
+    dvl_lm_input alone = {.batch = 1, .seq = keep, .ids = ids};
+    dvl_tensor *short_ = dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &alone));
+    ck_assert_msg(both && short_, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_double_le(tu_max_abs_diff(dvl_f32(both) + T * V, dvl_f32(short_), keep * V), 1e-5);
+    /* Row 0 (no padding) is the fixture's row 0. */
+    float *want = ref_f32(&r, "logits", NULL);
+    ck_assert_double_le(tu_max_abs_diff(dvl_f32(both), want, T * V), TOL_LOGITS);
+    free(want);
+    dvl_ctx_free(ctx);
+    free(ids);
+    dvl_model_free(&m);
+    ref_close(&r);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- SigLIP */
 
 START_TEST(siglip)
@@ -412,6 +452,38 @@ START_TEST(vlm)
     printf("%-13s embeds %.2e  logits %.2e  loss %.2e  shifted %.2e  grads %.2e (%d tensors)\n",
            "vlm", e_emb, e_logits, e_loss, e_shift, e_grad, count);
     dvl_ctx_free(ctx);
+    vlm_teardown(&v);
+}
+END_TEST
+
+/* Two sequences with an image each (the same): the k-th placeholder row of
+ * the batch gets row k of the stacked image features, so both rows give
+ * the fixture's logits. */
+START_TEST(vlm_batch_two_images)
+{
+    vlm_case v;
+    vlm_setup(&v, false);
+    int32_t ids[50];
+    float *px = malloc(2 * 3 * 56 * 56 * sizeof *px);
+    memcpy(ids, v.ids, 25 * sizeof *ids);
+    memcpy(ids + 25, v.ids, 25 * sizeof *ids);
+    memcpy(px, v.px, 3 * 56 * 56 * sizeof *px);
+    memcpy(px + 3 * 56 * 56, v.px, 3 * 56 * 56 * sizeof *px);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    int64_t s4[4] = {2, 3, 56, 56};
+    dvl_vlm_input in = {.batch = 2, .seq = 25, .ids = ids, .pixels = dvl_wrap(ctx, DVL_F32, 4, s4, px)};
+    dvl_tensor *logits = dvl_lm_logits(ctx, &v.m.vlm.lm, dvl_vlm_forward(ctx, &v.m.vlm, &in));
+    ck_assert_msg(logits != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    int64_t V = v.m.cfg.lm.vocab;
+    for (int row = 0; row < 2; row++)
+        ck_assert_double_le(cmp_abs(&v.r, "logits", dvl_f32(logits) + row * 25 * V, 25 * V),
+                            TOL_LOGITS);
+    /* One image for two placeholders' worth of rows: an error naming both. */
+    in.pixels = dvl_wrap(ctx, DVL_F32, 4, (int64_t[]){1, 3, 56, 56}, px);
+    ck_assert_ptr_null(dvl_vlm_forward(ctx, &v.m.vlm, &in));
+    ck_assert_ptr_nonnull(strstr(dvl_ctx_err(ctx)->msg, "32 image placeholder tokens"));
+    dvl_ctx_free(ctx);
+    free(px);
     vlm_teardown(&v);
 }
 END_TEST
@@ -761,9 +833,11 @@ static Suite *suite(void)
     tcase_add_test(tc, loss_shifted);
     tcase_add_test(tc, tied_head_is_embedding);
     tcase_add_test(tc, llada_mask_per_call);
+    tcase_add_test(tc, llada_key_padding);
     tcase_add_test(tc, siglip);
     tcase_add_test(tc, siglip_patch_conv);
     tcase_add_test(tc, vlm);
+    tcase_add_test(tc, vlm_batch_two_images);
     tcase_add_test(tc, vlm_frozen_tower);
     suite_add_tcase(s, tc);
     TCase *te = tcase_create("checkpoints");
