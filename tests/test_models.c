@@ -189,6 +189,45 @@ START_TEST(loss_shifted)
 }
 END_TEST
 
+/* Explicit per-token weights: 1/count on the scored targets gives the
+ * default mean, shifted or not (the weight moves with its label). */
+START_TEST(loss_weights)
+{
+    ref r;
+    ref_open(&r, "qwen2_tied");
+    dvl_model m;
+    open_model(&r, &m, false);
+    int64_t n, B;
+    int32_t *ids = ref_i32(&r, "input_ids", &n, &B);
+    int32_t *labels = ref_i32(&r, "labels", NULL, NULL);
+    const int64_t T = n / B;
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_lm_input in = {.batch = B, .seq = T, .ids = ids};
+    dvl_tensor *h = dvl_lm_forward(ctx, &m.lm, &in);
+    float *w = malloc((size_t)n * sizeof *w);
+    for (int shift = 0; shift < 2; shift++) {
+        /* Shifted: every token a target (labels = ids), so a weight read
+         * from the wrong position (the 1e6 on each row's first token, which
+         * is nobody's target) would show. */
+        const int32_t *lab = shift ? ids : labels;
+        int count = 0;
+        for (int64_t i = 0; i < n; i++)
+            count += lab[i] != DVL_IGNORE_INDEX && (!shift || i % T != 0);
+        for (int64_t i = 0; i < n; i++)
+            w[i] = shift && i % T == 0 ? 1e6f : 1.0f / (float)count;
+        float mean = dvl_f32(dvl_lm_loss(ctx, &m.lm, h, B, T, lab, NULL, shift))[0];
+        float got = dvl_f32(dvl_lm_loss(ctx, &m.lm, h, B, T, lab, w, shift))[0];
+        ck_assert_double_le(fabs(got - mean), 1e-6 * fabs(mean));
+    }
+    dvl_ctx_free(ctx);
+    free(w);
+    free(ids);
+    free(labels);
+    dvl_model_free(&m);
+    ref_close(&r);
+}
+END_TEST
+
 /* Tied: the head is the embedding parameter itself, no lm_head exists. */
 START_TEST(tied_head_is_embedding)
 {
@@ -693,6 +732,11 @@ static void heads_as_string(cJSON *c)
     cJSON_ReplaceItemInObject(c, "num_attention_heads", cJSON_CreateString("4"));
 }
 static void drop_theta(cJSON *c) { cJSON_DeleteItemFromObject(c, "rope_parameters"); }
+static void sliding(cJSON *c)
+{
+    cJSON *lt = cJSON_GetObjectItem(c, "layer_types");
+    cJSON_ReplaceItemInArray(lt, 1, cJSON_CreateString("sliding_attention"));
+}
 static void yarn(cJSON *c)
 {
     cJSON *rp = cJSON_GetObjectItem(c, "rope_parameters");
@@ -709,6 +753,8 @@ START_TEST(error_config)
     expect_broken(BREAK_CONFIG, NULL, drop_theta, w3, 2, DVL_EINVAL);
     const char *w4[] = {"rope_parameters.rope_type", "yarn"};
     expect_broken(BREAK_CONFIG, NULL, yarn, w4, 2, DVL_EUNSUP);
+    const char *w5[] = {"layer_types", "sliding_attention"};
+    expect_broken(BREAK_CONFIG, NULL, sliding, w5, 2, DVL_EUNSUP);
 }
 END_TEST
 
@@ -831,6 +877,7 @@ static Suite *suite(void)
     tcase_add_test(tc, qwen2_untied);
     tcase_add_test(tc, llada);
     tcase_add_test(tc, loss_shifted);
+    tcase_add_test(tc, loss_weights);
     tcase_add_test(tc, tied_head_is_embedding);
     tcase_add_test(tc, llada_mask_per_call);
     tcase_add_test(tc, llada_key_padding);

@@ -288,6 +288,23 @@ static int qwen2_parse(const jsrc *s, dvl_lm_config *c)
     TRY(get_int(s, "max_position_embeddings", false, 32768, 1, BIG, &c->max_positions));
     TRY(want_str(s, "hidden_act", "silu"));
     TRY(want_bool(s, "use_sliding_window", false));
+    /* transformers 5.x lists each layer's attention kind. */
+    const cJSON *lt = field(s, "layer_types");
+    if (lt) {
+        if (!cJSON_IsArray(lt))
+            return wrong(s, "layer_types", "an array", lt);
+        const cJSON *e;
+        cJSON_ArrayForEach(e, lt)
+        {
+            if (!cJSON_IsString(e))
+                return wrong(s, "layer_types", "an array of strings", lt);
+            if (strcmp(e->valuestring, "full_attention") != 0)
+                return dvl_errf(s->err, DVL_EUNSUP,
+                                "%s: key \"%slayer_types\" holds \"%s\"; dvl supports only "
+                                "\"full_attention\"",
+                                s->path, s->scope, e->valuestring);
+        }
+    }
     return DVL_OK;
 }
 
