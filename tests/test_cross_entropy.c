@@ -309,12 +309,8 @@ static dvl_tensor *gc_fused(dvl_ctx *ctx, dvl_params *p, void *user)
  * tolerance 5e-4 of the scale. */
 START_TEST(xent_gradcheck)
 {
-    dvl_params *p = dvl_params_new();
-    dvl_err err = {0};
-    int64_t s[2] = {7, 13};
-    dvl_tensor *z = dvl_params_add(p, "logits", 2, s, true, &err);
-    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
-    tu_randn(z, 50, 2.0f);
+    tu_pspec s = {"logits", 2, {7, 13}, true};
+    dvl_params *p = tu_make_params(&s, 1, 50, 2.0f);
     int32_t lab[7];
     float wt[7];
     random_labels(lab, wt, 7, 13, 3, 51);

@@ -20,13 +20,8 @@ static dvl_tensor *emb_fn(dvl_ctx *ctx, dvl_params *p, void *user)
 
 static dvl_params *make_table(int64_t vocab, int64_t d, bool trainable)
 {
-    dvl_params *p = dvl_params_new();
-    dvl_err err = {0};
-    int64_t s[2] = {vocab, d};
-    ck_assert_ptr_nonnull(dvl_params_add(p, "wte", 2, s, trainable, &err));
-    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
-    tu_randn(p->t[0], 11, 1.0f);
-    return p;
+    tu_pspec s = {"wte", 2, {vocab, d}, trainable};
+    return tu_make_params(&s, 1, 11, 1.0f);
 }
 
 START_TEST(forward_copies_rows)
