@@ -69,9 +69,11 @@ END_TEST
  * caller's ids change after the op and must not matter. */
 START_TEST(backward_exact_and_deterministic)
 {
-    int64_t vocab = 17, d = 100, n = 50; /* 4 column blocks, the last ragged */
+    /* 4 column blocks, the last ragged; n d above DVL_PAR_MIN, so the loops
+     * run on a team when threads allow. */
+    int64_t vocab = 17, d = 100, n = 400;
     dvl_params *p = make_table(vocab, d, true);
-    int32_t ids[50], orig[50];
+    int32_t ids[400], orig[400];
     for (int i = 0; i < n; i++)
         orig[i] = (int32_t)((i * 7 + i / 5) % 13); /* ids 13..16 unused */
     float *seed = malloc((size_t)(n * d) * sizeof *seed);
