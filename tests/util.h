@@ -75,6 +75,17 @@ int64_t tu_ulps(float a, float b);
  * suites were computed from. */
 dvl_tensor *tu_ref_input(dvl_ctx *ctx);
 
+/* The bits of a float, and the float of given bits. */
+uint32_t tu_f32_bits(float f);
+float tu_f32_from_bits(uint32_t u);
+
+/* The whole file at path, NUL-terminated (malloc'd; *n, when n is given,
+ * gets its length without the NUL). Fails the test when it cannot be read. */
+void *tu_read_file(const char *path, size_t *n);
+
+/* Write n bytes to path, replacing it; fails the test on any error. */
+void tu_write_file(const char *path, const void *buf, size_t n);
+
 /* Path of a file in tests/data (DVL_TEST_DATA, else "tests/data"). */
 const char *tu_data_path(const char *name, char *buf, size_t n);
 
