@@ -8,8 +8,9 @@ static void cfg_common(dvl_diff_cfg *c)
 {
     /* DiffusionVL train.py get_model: bd3lm_sampling_eps_min 1e-3,
      * bd3lm_sampling_eps_max 1.0, bd3lm_antithetic_sampling True;
-     * bd3lm_block_aligned_eos defaults to True. B = 8 is this project's
-     * default (DiffusionVL's scripts set BD3LM_BLOCK_SIZE). */
+     * bd3lm_block_aligned_eos defaults to True. B = 8: BD3LM_BLOCK_SIZE in
+     * DiffusionVL's finetune and eval scripts (train.py's field default is
+     * 4). */
     c->block_size = 8;
     c->eps_min = 1e-3;
     c->eps_max = 1.0;

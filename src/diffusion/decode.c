@@ -29,7 +29,8 @@ typedef struct cand {
     int32_t id;
 } cand;
 
-/* Scratch: V candidates, then V kept ids, then V probabilities. */
+/* Scratch: V probabilities (first, so 8-byte aligned), V candidates, V kept
+ * ids. */
 size_t dvl_sample_scratch_bytes(int64_t V)
 {
     return (size_t)V * (sizeof(cand) + sizeof(int32_t) + sizeof(double));
@@ -81,9 +82,9 @@ static float kth_largest(const cand *c, int64_t V, int64_t k, float *heap)
 int64_t dvl_sample_dist(const float *logits, int64_t V, const dvl_sampler *s, void *scratch,
                         const int32_t **idx, const double **prob)
 {
-    cand *c = scratch;
+    double *p = scratch;
+    cand *c = (cand *)(p + V);
     int32_t *ids = (int32_t *)(c + V);
-    double *p = (double *)(ids + V);
     /* Tempered logits in f32, as torch's logits / temperature. */
     const float T = s->temperature > 0.0f ? s->temperature : 1.0f;
     for (int64_t i = 0; i < V; i++) {

@@ -51,7 +51,8 @@ typedef struct dvl_sampler {
  * generate_with_bd3lm defaults. */
 void dvl_sampler_default(dvl_sampler *s);
 
-/* Bytes of scratch dvl_sample_token / dvl_sample_dist need for vocab V. */
+/* Bytes of scratch dvl_sample_token / dvl_sample_dist need for vocab V
+ * (8-byte aligned memory, e.g. from malloc). */
 size_t dvl_sample_scratch_bytes(int64_t V);
 
 /* The distribution sampled from at temperature > 0: z = logits / T (f32),
