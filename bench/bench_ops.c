@@ -19,18 +19,21 @@
 
 static double min_time; /* seconds of repetition per measurement */
 
-/* Run fn until min_time has passed (after one warm-up); seconds per call. */
+/* Seconds per call of body: the fastest of at least three timed calls made
+ * over min_time (after one warm-up). The minimum, not the mean, because on a
+ * shared machine interference only ever adds time. */
 #define TIME_IT(secs, body)                                                                    \
     do {                                                                                      \
         body;                                                                                 \
-        int reps_ = 0;                                                                        \
-        double t0_ = bench_now(), t_;                                                         \
-        do {                                                                                  \
+        double best_ = 1e30, start_ = bench_now();                                            \
+        for (int reps_ = 0; reps_ < 3 || bench_now() - start_ < min_time; reps_++) {          \
+            double t0_ = bench_now();                                                         \
             body;                                                                             \
-            reps_++;                                                                          \
-            t_ = bench_now() - t0_;                                                           \
-        } while (t_ < min_time);                                                              \
-        secs = t_ / reps_;                                                                    \
+            double t_ = bench_now() - t0_;                                                    \
+            if (t_ < best_)                                                                   \
+                best_ = t_;                                                                   \
+        }                                                                                     \
+        secs = best_;                                                                         \
     } while (0)
 
 static float *randbuf(int64_t n, uint64_t seed)

@@ -4,27 +4,14 @@
 
 #include "util.h"
 
-static uint32_t bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static float from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* bf16 round-to-nearest-even checked against a slow definition: of the two
  * bf16 neighbours, the nearer; on a tie the one with an even mantissa. */
 static uint16_t bf16_reference(float f)
 {
-    uint32_t u = bits(f);
+    uint32_t u = tu_f32_bits(f);
     uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
-    double d = f, dlo = from_bits((uint32_t)lo << 16), dhi = from_bits((uint32_t)hi << 16);
+    double d = f, dlo = tu_f32_from_bits((uint32_t)lo << 16);
+    double dhi = tu_f32_from_bits((uint32_t)hi << 16);
     if (fabs(d - dlo) < fabs(dhi - d))
         return lo;
     if (fabs(d - dlo) > fabs(dhi - d))
@@ -37,7 +24,7 @@ START_TEST(bf16_round_to_nearest_even)
     dvl_rng r;
     dvl_rng_seed(&r, 1);
     for (int i = 0; i < 200000; i++) {
-        float f = from_bits((uint32_t)dvl_rng_u64(&r));
+        float f = tu_f32_from_bits((uint32_t)dvl_rng_u64(&r));
         if (!isfinite(f) || fabsf(f) > 1e38f)
             continue;
         ck_assert_uint_eq(dvl_f32_to_bf16(f), bf16_reference(f));

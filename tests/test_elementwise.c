@@ -10,65 +10,24 @@
 
 #include "util.h"
 
-/* ------------------------------------------------------------- helpers */
-
-typedef struct pspec {
-    const char *name;
-    int ndim;
-    int64_t shape[4];
-    bool trainable;
-} pspec;
-
-/* A parameter store with the given tensors, each filled with N(0, 1). */
-static dvl_params *make_params(const pspec *s, int n, uint64_t seed)
-{
-    dvl_params *p = dvl_params_new();
-    dvl_err err = {0};
-    for (int i = 0; i < n; i++)
-        ck_assert_msg(dvl_params_add(p, s[i].name, s[i].ndim, s[i].shape, s[i].trainable, &err),
-                      "%s", err.msg);
-    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
-    for (int i = 0; i < n; i++)
-        tu_randn(p->t[i], seed + (uint64_t)i, 1.0f);
-    return p;
-}
-
-static dvl_tensor *P(dvl_params *p, const char *name)
-{
-    dvl_tensor *t = dvl_params_find(p, name);
-    ck_assert_ptr_nonnull(t);
-    return t;
-}
-
-/* Gradcheck and print the error when TU_VERBOSE is set (to size tolerances). */
-static void gradcheck(const char *what, tu_fn f, dvl_params *p, void *user, float eps, double tol)
-{
-    tu_gradcheck_result r = tu_gradcheck(f, p, user, eps, 0);
-    if (getenv("TU_VERBOSE"))
-        printf("gradcheck %-22s max_err %.3g (scale %.3g) tol %g\n", what, r.max_err, r.scale, tol);
-    ck_assert_msg(r.checked > 0, "%s: gradcheck compared no elements", what);
-    ck_assert_msg(r.max_err <= tol, "%s: gradcheck %s off by %.3g of scale %.3g (tol %g)", what,
-                  r.worst, r.max_err, r.scale, tol);
-}
-
 /* ----------------------------------------------------- gradient checks */
 
-static dvl_tensor *f_add(dvl_ctx *c, dvl_params *p, void *u) { return dvl_add(c, P(p, "a"), P(p, "b")); }
-static dvl_tensor *f_mul(dvl_ctx *c, dvl_params *p, void *u) { return dvl_mul(c, P(p, "a"), P(p, "b")); }
-static dvl_tensor *f_add_self(dvl_ctx *c, dvl_params *p, void *u) { return dvl_add(c, P(p, "a"), P(p, "a")); }
-static dvl_tensor *f_mul_self(dvl_ctx *c, dvl_params *p, void *u) { return dvl_mul(c, P(p, "a"), P(p, "a")); }
-static dvl_tensor *f_scale(dvl_ctx *c, dvl_params *p, void *u) { return dvl_scale(c, P(p, "a"), -1.75f); }
-static dvl_tensor *f_silu(dvl_ctx *c, dvl_params *p, void *u) { return dvl_silu(c, P(p, "a")); }
-static dvl_tensor *f_swiglu(dvl_ctx *c, dvl_params *p, void *u) { return dvl_swiglu(c, P(p, "a"), P(p, "b")); }
-static dvl_tensor *f_swiglu_self(dvl_ctx *c, dvl_params *p, void *u) { return dvl_swiglu(c, P(p, "a"), P(p, "a")); }
-static dvl_tensor *f_gelu(dvl_ctx *c, dvl_params *p, void *u) { return dvl_gelu(c, P(p, "a"), *(dvl_gelu_kind *)u); }
-static dvl_tensor *f_sum(dvl_ctx *c, dvl_params *p, void *u) { return dvl_sum(c, P(p, "a")); }
+static dvl_tensor *f_add(dvl_ctx *c, dvl_params *p, void *u) { return dvl_add(c, tu_param(p, "a"), tu_param(p, "b")); }
+static dvl_tensor *f_mul(dvl_ctx *c, dvl_params *p, void *u) { return dvl_mul(c, tu_param(p, "a"), tu_param(p, "b")); }
+static dvl_tensor *f_add_self(dvl_ctx *c, dvl_params *p, void *u) { return dvl_add(c, tu_param(p, "a"), tu_param(p, "a")); }
+static dvl_tensor *f_mul_self(dvl_ctx *c, dvl_params *p, void *u) { return dvl_mul(c, tu_param(p, "a"), tu_param(p, "a")); }
+static dvl_tensor *f_scale(dvl_ctx *c, dvl_params *p, void *u) { return dvl_scale(c, tu_param(p, "a"), -1.75f); }
+static dvl_tensor *f_silu(dvl_ctx *c, dvl_params *p, void *u) { return dvl_silu(c, tu_param(p, "a")); }
+static dvl_tensor *f_swiglu(dvl_ctx *c, dvl_params *p, void *u) { return dvl_swiglu(c, tu_param(p, "a"), tu_param(p, "b")); }
+static dvl_tensor *f_swiglu_self(dvl_ctx *c, dvl_params *p, void *u) { return dvl_swiglu(c, tu_param(p, "a"), tu_param(p, "a")); }
+static dvl_tensor *f_gelu(dvl_ctx *c, dvl_params *p, void *u) { return dvl_gelu(c, tu_param(p, "a"), *(dvl_gelu_kind *)u); }
+static dvl_tensor *f_sum(dvl_ctx *c, dvl_params *p, void *u) { return dvl_sum(c, tu_param(p, "a")); }
 
 /* Two partly overlapping row views of one parameter x [9, 5]: a = rows 0..6,
  * b = rows 2..8, so a gradient element receives contributions through both. */
 static dvl_tensor *f_overlap(dvl_ctx *c, dvl_params *p, void *u)
 {
-    dvl_tensor *x = P(p, "x");
+    dvl_tensor *x = tu_param(p, "x");
     int64_t s[2] = {7, 5};
     dvl_tensor *a = dvl_view(c, x, 2, s, 0), *b = dvl_view(c, x, 2, s, 10);
     switch (*(int *)u) {
@@ -84,36 +43,36 @@ static dvl_tensor *f_overlap(dvl_ctx *c, dvl_params *p, void *u)
  * truncation ~eps^2 |f'''| / 6 ~ 1e-5, tol 2e-4. Shapes are odd on purpose. */
 START_TEST(gradcheck_binary)
 {
-    pspec s[2] = {{"a", 3, {3, 5, 7}, true}, {"b", 3, {3, 5, 7}, true}};
-    dvl_params *p = make_params(s, 2, 11);
-    gradcheck("add", f_add, p, NULL, 1e-2f, 1e-4);
-    gradcheck("mul", f_mul, p, NULL, 1e-2f, 1e-4);
-    gradcheck("swiglu", f_swiglu, p, NULL, 1e-2f, 2e-4);
+    tu_pspec s[2] = {{"a", 3, {3, 5, 7}, true}, {"b", 3, {3, 5, 7}, true}};
+    dvl_params *p = tu_make_params(s, 2, 11, 1.0f);
+    TU_GRADCHECK_NAMED("add", f_add, p, NULL, 1e-2f, 0, 1e-4);
+    TU_GRADCHECK_NAMED("mul", f_mul, p, NULL, 1e-2f, 0, 1e-4);
+    TU_GRADCHECK_NAMED("swiglu", f_swiglu, p, NULL, 1e-2f, 0, 2e-4);
     dvl_params_free(p);
 }
 END_TEST
 
 START_TEST(gradcheck_same_input_twice)
 {
-    pspec s[1] = {{"a", 2, {13, 7}, true}};
-    dvl_params *p = make_params(s, 1, 12);
-    gradcheck("add(a, a)", f_add_self, p, NULL, 1e-2f, 1e-4);
-    gradcheck("mul(a, a)", f_mul_self, p, NULL, 1e-2f, 1e-4);
-    gradcheck("swiglu(a, a)", f_swiglu_self, p, NULL, 1e-2f, 2e-4);
+    tu_pspec s[1] = {{"a", 2, {13, 7}, true}};
+    dvl_params *p = tu_make_params(s, 1, 12, 1.0f);
+    TU_GRADCHECK_NAMED("add(a, a)", f_add_self, p, NULL, 1e-2f, 0, 1e-4);
+    TU_GRADCHECK_NAMED("mul(a, a)", f_mul_self, p, NULL, 1e-2f, 0, 1e-4);
+    TU_GRADCHECK_NAMED("swiglu(a, a)", f_swiglu_self, p, NULL, 1e-2f, 0, 2e-4);
     dvl_params_free(p);
 }
 END_TEST
 
 START_TEST(gradcheck_overlapping_views)
 {
-    pspec s[1] = {{"x", 2, {9, 5}, true}};
-    dvl_params *p = make_params(s, 1, 13);
+    tu_pspec s[1] = {{"x", 2, {9, 5}, true}};
+    dvl_params *p = tu_make_params(s, 1, 13, 1.0f);
     int op = 0;
-    gradcheck("add(overlap)", f_overlap, p, &op, 1e-2f, 1e-4);
+    TU_GRADCHECK_NAMED("add(overlap)", f_overlap, p, &op, 1e-2f, 0, 1e-4);
     op = 1;
-    gradcheck("mul(overlap)", f_overlap, p, &op, 1e-2f, 1e-4);
+    TU_GRADCHECK_NAMED("mul(overlap)", f_overlap, p, &op, 1e-2f, 0, 1e-4);
     op = 2;
-    gradcheck("swiglu(overlap)", f_overlap, p, &op, 1e-2f, 2e-4);
+    TU_GRADCHECK_NAMED("swiglu(overlap)", f_overlap, p, &op, 1e-2f, 0, 2e-4);
     dvl_params_free(p);
 }
 END_TEST
@@ -121,17 +80,17 @@ END_TEST
 START_TEST(gradcheck_unary)
 {
     /* Scaled up so the nonlinearities are exercised on their curved parts. */
-    pspec s[1] = {{"a", 2, {7, 33}, true}};
-    dvl_params *p = make_params(s, 1, 14);
+    tu_pspec s[1] = {{"a", 2, {7, 33}, true}};
+    dvl_params *p = tu_make_params(s, 1, 14, 1.0f);
     for (int64_t i = 0; i < dvl_numel(p->t[0]); i++)
         dvl_f32(p->t[0])[i] *= 2.5f;
-    gradcheck("scale", f_scale, p, NULL, 1e-2f, 1e-4);
-    gradcheck("silu", f_silu, p, NULL, 1e-2f, 2e-4);
+    TU_GRADCHECK_NAMED("scale", f_scale, p, NULL, 1e-2f, 0, 1e-4);
+    TU_GRADCHECK_NAMED("silu", f_silu, p, NULL, 1e-2f, 0, 2e-4);
     dvl_gelu_kind k = DVL_GELU_ERF;
-    gradcheck("gelu(erf)", f_gelu, p, &k, 1e-2f, 2e-4);
+    TU_GRADCHECK_NAMED("gelu(erf)", f_gelu, p, &k, 1e-2f, 0, 2e-4);
     k = DVL_GELU_TANH;
-    gradcheck("gelu(tanh)", f_gelu, p, &k, 1e-2f, 2e-4);
-    gradcheck("sum", f_sum, p, NULL, 1e-2f, 1e-4);
+    TU_GRADCHECK_NAMED("gelu(tanh)", f_gelu, p, &k, 1e-2f, 0, 2e-4);
+    TU_GRADCHECK_NAMED("sum", f_sum, p, NULL, 1e-2f, 0, 1e-4);
     dvl_params_free(p);
 }
 END_TEST
@@ -205,16 +164,6 @@ START_TEST(forward_matches_double_formulas)
 }
 END_TEST
 
-/* Distance in units in the last place between two finite floats. */
-static int64_t ulps(float a, float b)
-{
-    int32_t ia, ib;
-    memcpy(&ia, &a, 4);
-    memcpy(&ib, &b, 4);
-    int64_t oa = ia < 0 ? (int64_t)INT32_MIN - ia : ia, ob = ib < 0 ? (int64_t)INT32_MIN - ib : ib;
-    return oa > ob ? oa - ob : ob - oa;
-}
-
 /* torch 2.11 on CPU, float32: F.silu, F.gelu and F.gelu(approximate='tanh')
  * at x = -1, -0.5, ..., 12.5. torch's float kernels are up to 2 units in
  * the last place off the true values there; ours are rounded once from
@@ -260,8 +209,9 @@ START_TEST(matches_torch)
     const char *name[3] = {"silu", "gelu_erf", "gelu_tanh"};
     for (int k = 0; k < 3; k++)
         for (int i = 0; i < 28; i++)
-            ck_assert_msg(ulps(dvl_f32(y[k])[i], ref[k][i]) <= 3, "%s(%g) = %a, torch %a", name[k],
-                          (double)dvl_f32(x)[i], (double)dvl_f32(y[k])[i], (double)ref[k][i]);
+            ck_assert_msg(tu_ulps(dvl_f32(y[k])[i], ref[k][i]) <= 3, "%s(%g) = %a, torch %a",
+                          name[k], (double)dvl_f32(x)[i], (double)dvl_f32(y[k])[i],
+                          (double)ref[k][i]);
     dvl_ctx_free(ctx);
 }
 END_TEST
@@ -340,9 +290,9 @@ END_TEST
  * of the input that appears twice must land. */
 START_TEST(same_input_twice_accumulates)
 {
-    pspec s[1] = {{"x", 2, {5, 3}, true}};
-    dvl_params *p = make_params(s, 1, 51);
-    dvl_tensor *x = P(p, "x");
+    tu_pspec s[1] = {{"x", 2, {5, 3}, true}};
+    dvl_params *p = tu_make_params(s, 1, 51, 1.0f);
+    dvl_tensor *x = tu_param(p, "x");
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     ck_assert_int_eq(dvl_backward(ctx, dvl_sum(ctx, dvl_mul(ctx, x, x))), 0);
     for (int i = 0; i < 15; i++)
@@ -361,9 +311,9 @@ END_TEST
  * gradient; gradients flow through ops on frozen tensors to trainable ones. */
 START_TEST(frozen_input_gets_no_gradient)
 {
-    pspec s[2] = {{"frozen", 2, {4, 7}, false}, {"w", 2, {4, 7}, true}};
-    dvl_params *p = make_params(s, 2, 61);
-    dvl_tensor *f = P(p, "frozen"), *w = P(p, "w");
+    tu_pspec s[2] = {{"frozen", 2, {4, 7}, false}, {"w", 2, {4, 7}, true}};
+    dvl_params *p = tu_make_params(s, 2, 61, 1.0f);
+    dvl_tensor *f = tu_param(p, "frozen"), *w = tu_param(p, "w");
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     /* Nothing to record for an op on frozen tensors alone. */
     ck_assert(!dvl_silu(ctx, f)->requires_grad);

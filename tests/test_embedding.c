@@ -20,13 +20,8 @@ static dvl_tensor *emb_fn(dvl_ctx *ctx, dvl_params *p, void *user)
 
 static dvl_params *make_table(int64_t vocab, int64_t d, bool trainable)
 {
-    dvl_params *p = dvl_params_new();
-    dvl_err err = {0};
-    int64_t s[2] = {vocab, d};
-    ck_assert_ptr_nonnull(dvl_params_add(p, "wte", 2, s, trainable, &err));
-    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
-    tu_randn(p->t[0], 11, 1.0f);
-    return p;
+    tu_pspec s = {"wte", 2, {vocab, d}, trainable};
+    return tu_make_params(&s, 1, 11, 1.0f);
 }
 
 START_TEST(forward_copies_rows)
@@ -74,9 +69,11 @@ END_TEST
  * caller's ids change after the op and must not matter. */
 START_TEST(backward_exact_and_deterministic)
 {
-    int64_t vocab = 17, d = 100, n = 50; /* 4 column blocks, the last ragged */
+    /* 4 column blocks, the last ragged; n d above DVL_PAR_MIN, so the loops
+     * run on a team when threads allow. */
+    int64_t vocab = 17, d = 100, n = 400;
     dvl_params *p = make_table(vocab, d, true);
-    int32_t ids[50], orig[50];
+    int32_t ids[400], orig[400];
     for (int i = 0; i < n; i++)
         orig[i] = (int32_t)((i * 7 + i / 5) % 13); /* ids 13..16 unused */
     float *seed = malloc((size_t)(n * d) * sizeof *seed);

@@ -10,28 +10,6 @@
 #include "io/image.h"
 #include "util.h"
 
-static uint8_t *read_all(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(len > 0 ? (size_t)len : 1);
-    ck_assert_int_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return buf;
-}
-
-static void write_all(const char *path, const void *buf, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    ck_assert_msg(f != NULL, "cannot create %s", path);
-    ck_assert_int_eq(fwrite(buf, 1, n, f), n);
-    fclose(f);
-}
-
 /* Expected RGB bytes for fixture NAME (extension replaced by .rgb). */
 static uint8_t *expected_rgb(const char *name, size_t want)
 {
@@ -40,7 +18,7 @@ static uint8_t *expected_rgb(const char *name, size_t want)
     char *dot = strrchr(base, '.');
     strcpy(dot, ".rgb");
     size_t n;
-    uint8_t *buf = read_all(tu_data_path(base, path, sizeof path), &n);
+    uint8_t *buf = tu_read_file(tu_data_path(base, path, sizeof path), &n);
     ck_assert_msg(n == want, "%s: %zu bytes, expected %zu", path, n, want);
     return buf;
 }
@@ -147,9 +125,9 @@ START_TEST(format_by_magic_not_extension)
     make_tmpdir();
     char src[512], dst[512];
     size_t n;
-    uint8_t *buf = read_all(tu_data_path("images/rgb8.png", src, sizeof src), &n);
+    uint8_t *buf = tu_read_file(tu_data_path("images/rgb8.png", src, sizeof src), &n);
     snprintf(dst, sizeof dst, "%s/actually_png.jpg", tmpdir);
-    write_all(dst, buf, n);
+    tu_write_file(dst, buf, n);
     dvl_image a, b;
     dvl_err err = {0};
     ck_assert_int_eq(dvl_image_load(dst, &a, &err), 0);
@@ -170,14 +148,14 @@ START_TEST(unknown_missing_empty)
     dvl_image img;
     dvl_err err = {0};
     snprintf(path, sizeof path, "%s/anim.gif", tmpdir);
-    write_all(path, "GIF89a\x01\x00\x01\x00\x00\x00\x00;", 14);
+    tu_write_file(path, "GIF89a\x01\x00\x01\x00\x00\x00\x00;", 14);
     ck_assert_int_eq(dvl_image_load(path, &img, &err), DVL_EUNSUP);
     ck_assert_ptr_nonnull(strstr(err.msg, path));
     ck_assert_ptr_nonnull(strstr(err.msg, "unknown image format"));
     ck_assert_ptr_null(img.data);
 
     snprintf(path, sizeof path, "%s/empty.png", tmpdir);
-    write_all(path, "", 0);
+    tu_write_file(path, "", 0);
     ck_assert_int_eq(dvl_image_load(path, &img, &err), DVL_EIO);
     ck_assert_ptr_nonnull(strstr(err.msg, path));
     ck_assert_ptr_nonnull(strstr(err.msg, "empty"));
@@ -203,11 +181,11 @@ START_TEST(truncated_files_fail)
     for (size_t f = 0; f < sizeof cut_files / sizeof cut_files[0]; f++) {
         size_t n;
         snprintf(rel, sizeof rel, "images/%s", cut_files[f]);
-        uint8_t *buf = read_all(tu_data_path(rel, src, sizeof src), &n);
+        uint8_t *buf = tu_read_file(tu_data_path(rel, src, sizeof src), &n);
         size_t cuts[] = {1, 2, 7, 8, 20, 33, n / 4, n / 2, 3 * n / 4, n - 13, n - 2, n - 1};
         for (size_t c = 0; c < sizeof cuts / sizeof cuts[0]; c++) {
             snprintf(path, sizeof path, "%s/cut%zu_%s", tmpdir, cuts[c], cut_files[f]);
-            write_all(path, buf, cuts[c]);
+            tu_write_file(path, buf, cuts[c]);
             dvl_image img = {.w = 5};
             dvl_err err = {0};
             int rc = dvl_image_load(path, &img, &err);
@@ -229,7 +207,7 @@ START_TEST(png_any_flipped_byte_fails)
 {
     char src[512];
     size_t n;
-    uint8_t *buf = read_all(tu_data_path("images/pal8_trns.png", src, sizeof src), &n);
+    uint8_t *buf = tu_read_file(tu_data_path("images/pal8_trns.png", src, sizeof src), &n);
     for (size_t i = 0; i < n; i++) {
         buf[i] ^= 0x10;
         dvl_image img;
@@ -258,7 +236,7 @@ START_TEST(jpeg_flipped_bytes_no_crash)
     for (int f = 0; f < 3; f++) {
         size_t n;
         snprintf(rel, sizeof rel, "images/%s", names[f]);
-        uint8_t *buf = read_all(tu_data_path(rel, src, sizeof src), &n);
+        uint8_t *buf = tu_read_file(tu_data_path(rel, src, sizeof src), &n);
         int failed = 0;
         for (size_t i = 0; i < n; i++) {
             buf[i] ^= 0x5a;
@@ -287,7 +265,7 @@ START_TEST(jpeg_error_names_libjpeg_reason)
 {
     char src[512];
     size_t n;
-    uint8_t *buf = read_all(tu_data_path("images/rgb420.jpg", src, sizeof src), &n);
+    uint8_t *buf = tu_read_file(tu_data_path("images/rgb420.jpg", src, sizeof src), &n);
     dvl_image img;
     dvl_err err = {0};
     ck_assert_int_ne(dvl_image_decode_mem(buf, n / 2, "half.jpg", &img, &err), 0);

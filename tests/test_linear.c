@@ -36,17 +36,10 @@ static dvl_tensor *lin_fn(dvl_ctx *ctx, dvl_params *p, void *user)
 static dvl_params *make(int xnd, const int64_t *xs, int64_t out, bool bias, bool x_train,
                         bool w_train, bool b_train)
 {
-    dvl_params *p = dvl_params_new();
-    dvl_err err = {0};
-    int64_t ws[2] = {out, xs[xnd - 1]}, bs[1] = {out};
-    ck_assert_ptr_nonnull(dvl_params_add(p, "x", xnd, xs, x_train, &err));
-    ck_assert_ptr_nonnull(dvl_params_add(p, "W", 2, ws, w_train, &err));
-    if (bias)
-        ck_assert_ptr_nonnull(dvl_params_add(p, "b", 1, bs, b_train, &err));
-    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
-    for (int k = 0; k < p->n; k++)
-        tu_randn(p->t[k], 100 + (uint64_t)k, 1.0f);
-    return p;
+    tu_pspec s[3] = {{"x", xnd, {0}, x_train}, {"W", 2, {out, xs[xnd - 1]}, w_train},
+                     {"b", 1, {out}, b_train}};
+    memcpy(s[0].shape, xs, (size_t)xnd * sizeof *xs);
+    return tu_make_params(s, bias ? 3 : 2, 100, 1.0f);
 }
 
 /* y[i, j] = sum_k x[i, k] W[j, k] + b[j] in double. */

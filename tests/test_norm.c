@@ -10,57 +10,17 @@
 
 #include "util.h"
 
-/* ------------------------------------------------------------- helpers */
-
-typedef struct pspec {
-    const char *name;
-    int ndim;
-    int64_t shape[4];
-    bool trainable;
-} pspec;
-
-/* A parameter store with the given tensors, each filled with N(0, 1). */
-static dvl_params *make_params(const pspec *s, int n, uint64_t seed)
-{
-    dvl_params *p = dvl_params_new();
-    dvl_err err = {0};
-    for (int i = 0; i < n; i++)
-        ck_assert_msg(dvl_params_add(p, s[i].name, s[i].ndim, s[i].shape, s[i].trainable, &err),
-                      "%s", err.msg);
-    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
-    for (int i = 0; i < n; i++)
-        tu_randn(p->t[i], seed + (uint64_t)i, 1.0f);
-    return p;
-}
-
-static dvl_tensor *P(dvl_params *p, const char *name)
-{
-    dvl_tensor *t = dvl_params_find(p, name);
-    ck_assert_ptr_nonnull(t);
-    return t;
-}
-
-/* Gradcheck and print the error when TU_VERBOSE is set (to size tolerances). */
-static void gradcheck(const char *what, tu_fn f, dvl_params *p, void *user, float eps, double tol)
-{
-    tu_gradcheck_result r = tu_gradcheck(f, p, user, eps, 0);
-    if (getenv("TU_VERBOSE"))
-        printf("gradcheck %-22s max_err %.3g (scale %.3g) tol %g\n", what, r.max_err, r.scale, tol);
-    ck_assert_msg(r.checked > 0, "%s: gradcheck compared no elements", what);
-    ck_assert_msg(r.max_err <= tol, "%s: gradcheck %s off by %.3g of scale %.3g (tol %g)", what,
-                  r.worst, r.max_err, r.scale, tol);
-}
-
 static const float EPS_NORM = 1e-5f;
 
 static dvl_tensor *f_rmsnorm(dvl_ctx *c, dvl_params *p, void *u)
 {
-    return dvl_rmsnorm(c, P(p, "x"), P(p, "w"), EPS_NORM);
+    return dvl_rmsnorm(c, tu_param(p, "x"), tu_param(p, "w"), EPS_NORM);
 }
 
 static dvl_tensor *f_layernorm(dvl_ctx *c, dvl_params *p, void *u)
 {
-    return dvl_layernorm(c, P(p, "x"), P(p, "w"), u ? NULL : P(p, "b"), EPS_NORM);
+    return dvl_layernorm(c, tu_param(p, "x"), tu_param(p, "w"), u ? NULL : tu_param(p, "b"),
+                         EPS_NORM);
 }
 
 /* ----------------------------------------------------- gradient checks */
@@ -70,28 +30,28 @@ static dvl_tensor *f_layernorm(dvl_ctx *c, dvl_params *p, void *u)
  * row lengths (13, 33) and leading dimensions flattened into rows. */
 START_TEST(gradcheck_rmsnorm)
 {
-    pspec s[2] = {{"x", 3, {3, 5, 13}, true}, {"w", 1, {13}, true}};
-    dvl_params *p = make_params(s, 2, 101);
-    gradcheck("rmsnorm [3,5,13]", f_rmsnorm, p, NULL, 1e-2f, 2e-4);
+    tu_pspec s[2] = {{"x", 3, {3, 5, 13}, true}, {"w", 1, {13}, true}};
+    dvl_params *p = tu_make_params(s, 2, 101, 1.0f);
+    TU_GRADCHECK_NAMED("rmsnorm [3,5,13]", f_rmsnorm, p, NULL, 1e-2f, 0, 2e-4);
     dvl_params_free(p);
-    pspec s2[2] = {{"x", 2, {7, 33}, true}, {"w", 1, {33}, true}};
-    p = make_params(s2, 2, 102);
-    gradcheck("rmsnorm [7,33]", f_rmsnorm, p, NULL, 1e-2f, 2e-4);
+    tu_pspec s2[2] = {{"x", 2, {7, 33}, true}, {"w", 1, {33}, true}};
+    p = tu_make_params(s2, 2, 102, 1.0f);
+    TU_GRADCHECK_NAMED("rmsnorm [7,33]", f_rmsnorm, p, NULL, 1e-2f, 0, 2e-4);
     dvl_params_free(p);
 }
 END_TEST
 
 START_TEST(gradcheck_layernorm)
 {
-    pspec s[3] = {{"x", 3, {3, 5, 13}, true}, {"w", 1, {13}, true}, {"b", 1, {13}, true}};
-    dvl_params *p = make_params(s, 3, 111);
-    gradcheck("layernorm [3,5,13]", f_layernorm, p, NULL, 1e-2f, 2e-4);
+    tu_pspec s[3] = {{"x", 3, {3, 5, 13}, true}, {"w", 1, {13}, true}, {"b", 1, {13}, true}};
+    dvl_params *p = tu_make_params(s, 3, 111, 1.0f);
+    TU_GRADCHECK_NAMED("layernorm [3,5,13]", f_layernorm, p, NULL, 1e-2f, 0, 2e-4);
     dvl_params_free(p);
-    pspec s2[3] = {{"x", 2, {7, 33}, true}, {"w", 1, {33}, true}, {"b", 1, {33}, true}};
-    p = make_params(s2, 3, 112);
-    gradcheck("layernorm [7,33]", f_layernorm, p, NULL, 1e-2f, 2e-4);
+    tu_pspec s2[3] = {{"x", 2, {7, 33}, true}, {"w", 1, {33}, true}, {"b", 1, {33}, true}};
+    p = tu_make_params(s2, 3, 112, 1.0f);
+    TU_GRADCHECK_NAMED("layernorm [7,33]", f_layernorm, p, NULL, 1e-2f, 0, 2e-4);
     int no_bias = 1;
-    gradcheck("layernorm no bias", f_layernorm, p, &no_bias, 1e-2f, 2e-4);
+    TU_GRADCHECK_NAMED("layernorm no bias", f_layernorm, p, &no_bias, 1e-2f, 0, 2e-4);
     dvl_params_free(p);
 }
 END_TEST
@@ -177,26 +137,6 @@ START_TEST(layernorm_matches_double_formula)
 }
 END_TEST
 
-/* Distance in units in the last place between two finite floats. */
-static int64_t ulps(float a, float b)
-{
-    int32_t ia, ib;
-    memcpy(&ia, &a, 4);
-    memcpy(&ib, &b, 4);
-    int64_t oa = ia < 0 ? (int64_t)INT32_MIN - ia : ia, ob = ib < 0 ? (int64_t)INT32_MIN - ib : ib;
-    return oa > ob ? oa - ob : ob - oa;
-}
-
-/* The inputs the references were computed from: x [4, 13] multiples of
- * 1/8, exact in float. */
-static dvl_tensor *ref_input(dvl_ctx *ctx)
-{
-    dvl_tensor *x = dvl_new2(ctx, 4, 13);
-    for (int i = 0; i < 52; i++)
-        dvl_f32(x)[i] = (float)((i * 53) % 97 - 48) / 8.0f;
-    return x;
-}
-
 /* Hugging Face Qwen2RMSNorm(13, eps=1e-6) (transformers 5.17) and
  * F.layer_norm(x, (13,), w, b, 1e-5) (torch 2.11), CPU float32, with
  * w[j] = 1 + ((7j) % 11 - 5) / 32 and b[j] = ((5j) % 9 - 4) / 16. */
@@ -238,7 +178,7 @@ static const float TORCH_LAYERNORM[52] = {
 START_TEST(matches_hf_and_torch)
 {
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
-    dvl_tensor *x = ref_input(ctx);
+    dvl_tensor *x = tu_ref_input(ctx);
     int64_t c13 = 13;
     dvl_tensor *w = dvl_new(ctx, DVL_F32, 1, &c13), *b = dvl_new(ctx, DVL_F32, 1, &c13);
     for (int j = 0; j < 13; j++) {
@@ -250,8 +190,9 @@ START_TEST(matches_hf_and_torch)
     for (int i = 0; i < 52; i++) {
         ck_assert_msg(dvl_f32(yr)[i] == HF_RMSNORM[i], "rmsnorm[%d] = %a, HF %a", i,
                       (double)dvl_f32(yr)[i], (double)HF_RMSNORM[i]);
-        ck_assert_msg(ulps(dvl_f32(yl)[i], TORCH_LAYERNORM[i]) <= 4, "layernorm[%d] = %a, torch %a",
-                      i, (double)dvl_f32(yl)[i], (double)TORCH_LAYERNORM[i]);
+        ck_assert_msg(tu_ulps(dvl_f32(yl)[i], TORCH_LAYERNORM[i]) <= 4,
+                      "layernorm[%d] = %a, torch %a", i, (double)dvl_f32(yl)[i],
+                      (double)TORCH_LAYERNORM[i]);
     }
     dvl_ctx_free(ctx);
 }
@@ -263,8 +204,8 @@ END_TEST
  * the parameters' gradients land in p->grad. */
 static void run_backward(dvl_ctx *ctx, dvl_params *p, bool layer)
 {
-    dvl_tensor *x = P(p, "x"), *w = P(p, "w");
-    dvl_tensor *y = layer ? dvl_layernorm(ctx, x, w, P(p, "b"), EPS_NORM)
+    dvl_tensor *x = tu_param(p, "x"), *w = tu_param(p, "w");
+    dvl_tensor *y = layer ? dvl_layernorm(ctx, x, w, tu_param(p, "b"), EPS_NORM)
                           : dvl_rmsnorm(ctx, x, w, EPS_NORM);
     ck_assert_ptr_nonnull(y);
     float *seed = malloc((size_t)dvl_numel(y) * sizeof *seed);
@@ -282,24 +223,27 @@ static void run_backward(dvl_ctx *ctx, dvl_params *p, bool layer)
 START_TEST(frozen_weight_gets_no_gradient)
 {
     for (int layer = 0; layer < 2; layer++) {
-        pspec tr[3] = {{"x", 2, {5, 13}, true}, {"w", 1, {13}, true}, {"b", 1, {13}, true}};
-        pspec fr[3] = {{"x", 2, {5, 13}, true}, {"w", 1, {13}, false}, {"b", 1, {13}, false}};
-        dvl_params *pt = make_params(tr, 3, 141), *pf = make_params(fr, 3, 141);
+        tu_pspec tr[3] = {{"x", 2, {5, 13}, true}, {"w", 1, {13}, true}, {"b", 1, {13}, true}};
+        tu_pspec fr[3] = {{"x", 2, {5, 13}, true}, {"w", 1, {13}, false}, {"b", 1, {13}, false}};
+        dvl_params *pt = tu_make_params(tr, 3, 141, 1.0f);
+        dvl_params *pf = tu_make_params(fr, 3, 141, 1.0f);
         dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
         run_backward(ctx, pt, layer);
         dvl_ctx_reset(ctx);
         run_backward(ctx, pf, layer);
-        ck_assert_ptr_null(P(pf, "w")->grad);
-        ck_assert_ptr_null(P(pf, "b")->grad);
+        ck_assert_ptr_null(tu_param(pf, "w")->grad);
+        ck_assert_ptr_null(tu_param(pf, "b")->grad);
         ck_assert_int_eq(pf->numel_grad, 80); /* x alone: 65 rounded to 80 */
-        ck_assert(memcmp(P(pt, "x")->grad, P(pf, "x")->grad, 65 * sizeof(float)) == 0);
+        ck_assert(memcmp(tu_param(pt, "x")->grad, tu_param(pf, "x")->grad,
+                         65 * sizeof(float)) == 0);
 
-        pspec fx[3] = {{"x", 2, {5, 13}, false}, {"w", 1, {13}, true}, {"b", 1, {13}, true}};
-        dvl_params *px = make_params(fx, 3, 141);
+        tu_pspec fx[3] = {{"x", 2, {5, 13}, false}, {"w", 1, {13}, true}, {"b", 1, {13}, true}};
+        dvl_params *px = tu_make_params(fx, 3, 141, 1.0f);
         dvl_ctx_reset(ctx);
         run_backward(ctx, px, layer);
-        ck_assert_ptr_null(P(px, "x")->grad);
-        ck_assert(memcmp(P(pt, "w")->grad, P(px, "w")->grad, 13 * sizeof(float)) == 0);
+        ck_assert_ptr_null(tu_param(px, "x")->grad);
+        ck_assert(memcmp(tu_param(pt, "w")->grad, tu_param(px, "w")->grad,
+                         13 * sizeof(float)) == 0);
         dvl_ctx_free(ctx);
         dvl_params_free(pt);
         dvl_params_free(pf);
@@ -315,8 +259,8 @@ START_TEST(gradients_independent_of_thread_count)
 {
     int saved = omp_get_max_threads();
     for (int layer = 0; layer < 2; layer++) {
-        pspec s[3] = {{"x", 2, {601, 67}, true}, {"w", 1, {67}, true}, {"b", 1, {67}, true}};
-        dvl_params *p = make_params(s, 3, 151);
+        tu_pspec s[3] = {{"x", 2, {601, 67}, true}, {"w", 1, {67}, true}, {"b", 1, {67}, true}};
+        dvl_params *p = tu_make_params(s, 3, 151, 1.0f);
         dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
         float *ref = malloc((size_t)p->numel_grad * sizeof *ref);
         int threads[3] = {1, 2, 3};

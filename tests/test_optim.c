@@ -8,16 +8,11 @@
 
 START_TEST(adamw_matches_reference)
 {
-    dvl_params *p = dvl_params_new();
+    tu_pspec s[3] = {{"lm.w", 2, {7, 5}, true}, {"lm.b", 1, {5}, true},
+                     {"vision.f", 1, {3}, false}};
+    dvl_params *p = tu_make_params(s, 3, 1, 1.0f);
+    dvl_tensor *w = p->t[0], *b = p->t[1], *f = p->t[2];
     dvl_err err = {0};
-    int64_t sw[2] = {7, 5}, sb[1] = {5}, sf[1] = {3};
-    dvl_tensor *w = dvl_params_add(p, "lm.w", 2, sw, true, &err);
-    dvl_tensor *b = dvl_params_add(p, "lm.b", 1, sb, true, &err);
-    dvl_tensor *f = dvl_params_add(p, "vision.f", 1, sf, false, &err);
-    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
-    tu_randn(w, 1, 1.0f);
-    tu_randn(b, 2, 1.0f);
-    tu_randn(f, 3, 1.0f);
     float f0[3];
     memcpy(f0, f->data, sizeof f0);
 

@@ -11,26 +11,6 @@
 #include "ops/cpu/rope.h"
 #include "util.h"
 
-static dvl_params *make_param(const char *name, const int64_t *shape4, uint64_t seed)
-{
-    dvl_params *p = dvl_params_new();
-    dvl_err err = {0};
-    ck_assert_msg(dvl_params_add(p, name, 4, shape4, true, &err), "%s", err.msg);
-    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
-    tu_randn(p->t[0], seed, 1.0f);
-    return p;
-}
-
-static void gradcheck(const char *what, tu_fn f, dvl_params *p, void *user, float eps, double tol)
-{
-    tu_gradcheck_result r = tu_gradcheck(f, p, user, eps, 0);
-    if (getenv("TU_VERBOSE"))
-        printf("gradcheck %-22s max_err %.3g (scale %.3g) tol %g\n", what, r.max_err, r.scale, tol);
-    ck_assert_msg(r.checked > 0, "%s: gradcheck compared no elements", what);
-    ck_assert_msg(r.max_err <= tol, "%s: gradcheck %s off by %.3g of scale %.3g (tol %g)", what,
-                  r.worst, r.max_err, r.scale, tol);
-}
-
 typedef struct rope_case {
     const int32_t *pos;
     float theta;
@@ -124,15 +104,15 @@ static double tol_hf(int32_t p, float theta) { return 4.0 * 0x1p-24; }
 START_TEST(gradcheck_rope)
 {
     int32_t pos[6] = {0, 5, 17, -3, 1000, 32767};
-    int64_t s[4] = {2, 3, 5, 6};
-    dvl_params *p = make_param("x", s, 301);
+    tu_pspec s = {"x", 4, {2, 3, 5, 6}, true};
+    dvl_params *p = tu_make_params(&s, 1, 301, 1.0f);
     rope_case rc = {pos, 10000.0f};
-    gradcheck("rope [2,3,5,6]", f_rope, p, &rc, 1e-2f, 1e-4);
+    TU_GRADCHECK_NAMED("rope [2,3,5,6]", f_rope, p, &rc, 1e-2f, 0, 1e-4);
     dvl_params_free(p);
-    int64_t s2[4] = {1, 3, 7, 2}; /* D = 2: a single pair */
-    p = make_param("x", s2, 302);
+    tu_pspec s2 = {"x", 4, {1, 3, 7, 2}, true}; /* D = 2: a single pair */
+    p = tu_make_params(&s2, 1, 302, 1.0f);
     rope_case rc2 = {pos + 2, 1000000.0f};
-    gradcheck("rope [1,3,7,2]", f_rope, p, &rc2, 1e-2f, 1e-4);
+    TU_GRADCHECK_NAMED("rope [1,3,7,2]", f_rope, p, &rc2, 1e-2f, 0, 1e-4);
     dvl_params_free(p);
 }
 END_TEST
@@ -186,16 +166,6 @@ START_TEST(follows_hf_float32_angle_at_long_positions)
     dvl_ctx_free(ctx);
 }
 END_TEST
-
-/* Distance in units in the last place between two finite floats. */
-static int64_t ulps(float a, float b)
-{
-    int32_t ia, ib;
-    memcpy(&ia, &a, 4);
-    memcpy(&ib, &b, 4);
-    int64_t oa = ia < 0 ? (int64_t)INT32_MIN - ia : ia, ob = ib < 0 ? (int64_t)INT32_MIN - ib : ib;
-    return oa > ob ? oa - ob : ob - oa;
-}
 
 /* Hugging Face Qwen2RotaryEmbedding (transformers 5.17, torch 2.11, CPU),
  * head size 64, rope_theta 1e6 (Qwen2.5), positions HF_POS: inv_freq, the
@@ -337,10 +307,10 @@ START_TEST(matches_hf)
     ck_assert(memcmp(inv, HF_INV_FREQ, sizeof inv) == 0);
     int exact = 0;
     for (int i = 0; i < 256; i++) {
-        ck_assert_msg(ulps(cos_t[i], HF_COS[i]) <= 1, "cos[%d] = %a, HF %a", i, (double)cos_t[i],
-                      (double)HF_COS[i]);
-        ck_assert_msg(ulps(sin_t[i], HF_SIN[i]) <= 1, "sin[%d] = %a, HF %a", i, (double)sin_t[i],
-                      (double)HF_SIN[i]);
+        ck_assert_msg(tu_ulps(cos_t[i], HF_COS[i]) <= 1, "cos[%d] = %a, HF %a", i,
+                      (double)cos_t[i], (double)HF_COS[i]);
+        ck_assert_msg(tu_ulps(sin_t[i], HF_SIN[i]) <= 1, "sin[%d] = %a, HF %a", i,
+                      (double)sin_t[i], (double)HF_SIN[i]);
         exact += (cos_t[i] == HF_COS[i]) + (sin_t[i] == HF_SIN[i]);
     }
     if (getenv("TU_VERBOSE"))
@@ -416,9 +386,9 @@ END_TEST
  * back x (up to the f32 roundings of cos^2 + sin^2 = 1). */
 START_TEST(backward_is_inverse_rotation)
 {
-    int64_t s[4] = {1, 3, 2, 8};
+    tu_pspec s = {"x", 4, {1, 3, 2, 8}, true};
     int32_t pos[3] = {3, 777, 32000};
-    dvl_params *p = make_param("x", s, 351);
+    dvl_params *p = tu_make_params(&s, 1, 351, 1.0f);
     dvl_tensor *x = p->t[0];
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     dvl_tensor *y = dvl_rope(ctx, x, pos, 10000.0f);

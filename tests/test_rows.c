@@ -14,22 +14,6 @@
 #define GC_EPS 1e-2f
 #define GC_TOL 1e-4
 
-/* A store of tensors named by names[k] with shapes[k] (ndims[k] dims),
- * trainable where train[k], filled from seeds 1, 2, ... */
-static dvl_params *make(int n, const char *const *names, const int *ndims,
-                        const int64_t (*shapes)[4], const bool *train)
-{
-    dvl_params *p = dvl_params_new();
-    dvl_err err = {0};
-    for (int k = 0; k < n; k++)
-        ck_assert_msg(dvl_params_add(p, names[k], ndims[k], shapes[k], train[k], &err), "%s",
-                      err.msg);
-    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
-    for (int k = 0; k < n; k++)
-        tu_randn(p->t[k], (uint64_t)k + 1, 1.0f);
-    return p;
-}
-
 /* f32 tensor in ctx holding v[0..numel). */
 static dvl_tensor *tensor(dvl_ctx *ctx, int ndim, const int64_t *shape, const float *v,
                           const char *name)
@@ -86,11 +70,8 @@ END_TEST
 /* The output gradient splits at a's row count; a frozen b gets nothing. */
 START_TEST(concat_backward_exact)
 {
-    const char *names[2] = {"a", "b"};
-    const int nd[2] = {2, 2};
-    const int64_t sh[2][4] = {{2, 3}, {3, 3}};
-    const bool train[2] = {true, false};
-    dvl_params *p = make(2, names, nd, sh, train);
+    tu_pspec ps[2] = {{"a", 2, {2, 3}, true}, {"b", 2, {3, 3}, false}};
+    dvl_params *p = tu_make_params(ps, 2, 1, 1.0f);
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     dvl_tensor *out = dvl_concat_rows(ctx, p->t[0], p->t[1]);
     float seed[15];
@@ -108,11 +89,8 @@ END_TEST
  * threads writing the same rows at once would show. */
 START_TEST(concat_with_itself)
 {
-    const char *names[1] = {"a"};
-    const int nd[1] = {2};
-    const int64_t sh[1][4] = {{3000, 16}};
-    const bool train[1] = {true};
-    dvl_params *p = make(1, names, nd, sh, train);
+    tu_pspec ps[1] = {{"a", 2, {3000, 16}, true}};
+    dvl_params *p = tu_make_params(ps, 1, 1, 1.0f);
     int64_t n = 3000 * 16;
     float *seed = malloc((size_t)(2 * n) * sizeof *seed), *want = malloc((size_t)n * sizeof *want);
     dvl_rng r;
@@ -139,11 +117,8 @@ static dvl_tensor *concat_fn(dvl_ctx *ctx, dvl_params *p, void *user)
 
 START_TEST(concat_gradcheck)
 {
-    const char *names[2] = {"a", "b"};
-    const int nd[2] = {3, 3};
-    const int64_t sh[2][4] = {{7, 3, 2}, {2, 3, 2}};
-    const bool train[2] = {true, true};
-    dvl_params *p = make(2, names, nd, sh, train);
+    tu_pspec ps[2] = {{"a", 3, {7, 3, 2}, true}, {"b", 3, {2, 3, 2}, true}};
+    dvl_params *p = tu_make_params(ps, 2, 1, 1.0f);
     TU_GRADCHECK(concat_fn, p, NULL, GC_EPS, 0, GC_TOL);
     dvl_params_free(p);
 }
@@ -233,19 +208,16 @@ static dvl_tensor *slice_activation_fn(dvl_ctx *ctx, dvl_params *p, void *user)
 
 START_TEST(slice_gradcheck)
 {
-    const char *n1[1] = {"a"};
-    const int d1[1] = {2};
-    const int64_t s1[1][4] = {{5, 7}};
-    const bool t1[1] = {true};
-    dvl_params *p = make(1, n1, d1, s1, t1);
+    tu_pspec s1[1] = {{"a", 2, {5, 7}, true}};
+    dvl_params *p = tu_make_params(s1, 1, 1, 1.0f);
     TU_GRADCHECK(slices_fn, p, NULL, GC_EPS, 0, GC_TOL);
     dvl_params_free(p);
 
-    const char *n2[4] = {"x", "W1", "W2", "b2"};
-    const int d2[4] = {3, 2, 2, 1};
-    const int64_t s2[4][4] = {{7, 1, 5}, {4, 5}, {3, 4}, {3}};
-    const bool t2[4] = {true, true, true, true};
-    p = make(4, n2, d2, s2, t2);
+    tu_pspec s2[4] = {{"x", 3, {7, 1, 5}, true},
+                      {"W1", 2, {4, 5}, true},
+                      {"W2", 2, {3, 4}, true},
+                      {"b2", 1, {3}, true}};
+    p = tu_make_params(s2, 4, 1, 1.0f);
     TU_GRADCHECK(slice_activation_fn, p, NULL, GC_EPS, 0, GC_TOL);
     dvl_params_free(p);
 }
@@ -255,11 +227,8 @@ END_TEST
 
 START_TEST(gather_forward_backward)
 {
-    const char *names[1] = {"x"};
-    const int nd[1] = {2};
-    const int64_t sh[1][4] = {{4, 2}};
-    const bool train[1] = {true};
-    dvl_params *p = make(1, names, nd, sh, train);
+    tu_pspec ps[1] = {{"x", 2, {4, 2}, true}};
+    dvl_params *p = tu_make_params(ps, 1, 1, 1.0f);
     float *x = dvl_f32(p->t[0]);
     for (int r = 0; r < 4; r++) {
         x[2 * r] = (float)r;
@@ -293,11 +262,8 @@ static dvl_tensor *gather_fn(dvl_ctx *ctx, dvl_params *p, void *user)
 
 START_TEST(gather_gradcheck)
 {
-    const char *names[1] = {"x"};
-    const int nd[1] = {3};
-    const int64_t sh[1][4] = {{5, 3, 2}};
-    const bool train[1] = {true};
-    dvl_params *p = make(1, names, nd, sh, train);
+    tu_pspec ps[1] = {{"x", 3, {5, 3, 2}, true}};
+    dvl_params *p = tu_make_params(ps, 1, 1, 1.0f);
     TU_GRADCHECK(gather_fn, p, NULL, GC_EPS, 0, GC_TOL);
     dvl_params_free(p);
 }
@@ -326,11 +292,8 @@ END_TEST
 
 START_TEST(scatter_forward_backward)
 {
-    const char *names[2] = {"dst", "src"};
-    const int nd[2] = {2, 2};
-    const int64_t sh[2][4] = {{5, 2}, {2, 2}};
-    const bool train[2] = {true, true};
-    dvl_params *p = make(2, names, nd, sh, train);
+    tu_pspec ps[2] = {{"dst", 2, {5, 2}, true}, {"src", 2, {2, 2}, true}};
+    dvl_params *p = tu_make_params(ps, 2, 1, 1.0f);
     for (int i = 0; i < 10; i++)
         dvl_f32(p->t[0])[i] = (float)i;
     for (int i = 0; i < 4; i++)
@@ -374,22 +337,21 @@ static dvl_tensor *scatter_self_fn(dvl_ctx *ctx, dvl_params *p, void *user)
 
 START_TEST(scatter_gradcheck)
 {
-    const char *names[2] = {"dst", "src"};
-    const int nd[2] = {3, 3};
-    const int64_t sh[2][4] = {{7, 2, 3}, {3, 2, 3}};
-    const bool both[2] = {true, true};
-    dvl_params *p = make(2, names, nd, sh, both);
+    tu_pspec ps[2] = {{"dst", 3, {7, 2, 3}, true}, {"src", 3, {3, 2, 3}, true}};
+    dvl_params *p = tu_make_params(ps, 2, 1, 1.0f);
     TU_GRADCHECK(scatter_fn, p, NULL, GC_EPS, 0, GC_TOL);
     dvl_params_free(p);
 
     /* Frozen text embeddings, trainable image features (and the reverse):
      * the frozen side gets no gradient buffer. */
-    const bool src_only[2] = {false, true}, dst_only[2] = {true, false};
-    p = make(2, names, nd, sh, src_only);
+    ps[0].trainable = false; /* src only */
+    p = tu_make_params(ps, 2, 1, 1.0f);
     TU_GRADCHECK(scatter_fn, p, NULL, GC_EPS, 0, GC_TOL);
     ck_assert_ptr_null(p->t[0]->grad);
     dvl_params_free(p);
-    p = make(2, names, nd, sh, dst_only);
+    ps[0].trainable = true; /* dst only */
+    ps[1].trainable = false;
+    p = tu_make_params(ps, 2, 1, 1.0f);
     TU_GRADCHECK(scatter_fn, p, NULL, GC_EPS, 0, GC_TOL);
     ck_assert_ptr_null(p->t[1]->grad);
     TU_GRADCHECK(scatter_self_fn, p, NULL, GC_EPS, 0, GC_TOL);

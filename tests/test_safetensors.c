@@ -30,20 +30,6 @@ static void lcg(uint32_t seed, int64_t n, float *out)
     }
 }
 
-static float f32_of(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static uint32_t bits_of(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
 /* SPECIAL_* of the generator, and what ml_dtypes (bf16) and numpy (f16)
  * round them to. */
 static const uint32_t SPECIAL_BF16[] = {0x3F808000, 0x3F818000, 0x3F808001, 0x3F807FFF, 0xBF808000,
@@ -82,28 +68,6 @@ static const char *fixture(const char *name, char *buf, size_t n)
     return tu_data_path(rel, buf, n);
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc((size_t)len + 1);
-    ck_assert_int_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return buf;
-}
-
-static void spit(const char *path, const void *buf, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    ck_assert_msg(f != NULL, "cannot create %s", path);
-    ck_assert_int_eq(fwrite(buf, 1, n, f), n);
-    fclose(f);
-}
-
 static bool exists(const char *path)
 {
     struct stat st;
@@ -113,7 +77,7 @@ static bool exists(const char *path)
 static void assert_same_file(const char *a, const char *b)
 {
     size_t na, nb;
-    unsigned char *x = slurp(a, &na), *y = slurp(b, &nb);
+    unsigned char *x = tu_read_file(a, &na), *y = tu_read_file(b, &nb);
     ck_assert_msg(na == nb, "%s is %zu bytes, %s is %zu", a, na, b, nb);
     for (size_t i = 0; i < na; i++)
         ck_assert_msg(x[i] == y[i], "%s and %s differ at byte %zu", a, b, i);
@@ -196,10 +160,10 @@ START_TEST(reads_python_fixture)
     lcg(1, 15, src);
     ck_assert_int_eq(dvl_st_read_f32(f, "f32.rand", got, 15, &err), DVL_OK);
     for (int i = 0; i < 15; i++)
-        ck_assert_uint_eq(bits_of(got[i]), bits_of(src[i]));
+        ck_assert_uint_eq(tu_f32_bits(got[i]), tu_f32_bits(src[i]));
     ck_assert_int_eq(dvl_st_read_f32(f, "f32.special", got, 9, &err), DVL_OK);
     for (int i = 0; i < 9; i++)
-        ck_assert_uint_eq(bits_of(got[i]), SPECIAL_F32[i]);
+        ck_assert_uint_eq(tu_f32_bits(got[i]), SPECIAL_F32[i]);
 
     /* BF16 written by ml_dtypes: dvl's round-to-nearest-even must give the
      * same bits, and reading widens them exactly. */
@@ -215,14 +179,14 @@ START_TEST(reads_python_fixture)
     ck_assert_int_eq(dvl_st_read_f32(f, "bf16.rand", got, 42, &err), DVL_OK);
     for (int i = 0; i < 42; i++) {
         ck_assert_uint_eq(raw[i], dvl_f32_to_bf16(src[i]));
-        ck_assert_uint_eq(bits_of(got[i]), (uint32_t)raw[i] << 16);
+        ck_assert_uint_eq(tu_f32_bits(got[i]), (uint32_t)raw[i] << 16);
     }
     raw = dvl_st_raw(f, "bf16.special", NULL, &err);
     ck_assert_int_eq(dvl_st_read_f32(f, "bf16.special", got, NSPECIAL, &err), DVL_OK);
     for (int i = 0; i < NSPECIAL; i++) {
         ck_assert_uint_eq(raw[i], SPECIAL_BF16_REF[i]);
-        ck_assert_uint_eq(dvl_f32_to_bf16(f32_of(SPECIAL_BF16[i])), SPECIAL_BF16_REF[i]);
-        ck_assert_uint_eq(bits_of(got[i]), (uint32_t)raw[i] << 16);
+        ck_assert_uint_eq(dvl_f32_to_bf16(tu_f32_from_bits(SPECIAL_BF16[i])), SPECIAL_BF16_REF[i]);
+        ck_assert_uint_eq(tu_f32_bits(got[i]), (uint32_t)raw[i] << 16);
     }
 
     /* F16 written by numpy. */
@@ -231,14 +195,14 @@ START_TEST(reads_python_fixture)
     ck_assert_int_eq(dvl_st_read_f32(f, "f16.rand", got, 13, &err), DVL_OK);
     for (int i = 0; i < 13; i++) {
         ck_assert_uint_eq(raw[i], dvl_f32_to_f16(src[i]));
-        ck_assert_uint_eq(bits_of(got[i]), bits_of(dvl_f16_to_f32(raw[i])));
+        ck_assert_uint_eq(tu_f32_bits(got[i]), tu_f32_bits(dvl_f16_to_f32(raw[i])));
         ck_assert(fabsf(got[i] - src[i]) <= 0x1p-8f); /* |x| < 8: half an ulp is 2^-8 */
     }
     raw = dvl_st_raw(f, "f16.special", NULL, &err);
     ck_assert_int_eq(dvl_st_read_f32(f, "f16.special", got, NSPECIAL, &err), DVL_OK);
     for (int i = 0; i < NSPECIAL; i++) {
         ck_assert_uint_eq(raw[i], SPECIAL_F16_REF[i]);
-        ck_assert_uint_eq(dvl_f32_to_f16(f32_of(SPECIAL_F16[i])), SPECIAL_F16_REF[i]);
+        ck_assert_uint_eq(dvl_f32_to_f16(tu_f32_from_bits(SPECIAL_F16[i])), SPECIAL_F16_REF[i]);
     }
     ck_assert_float_eq(got[0], 65504.0f);
     ck_assert_float_eq(got[3], 0x1p-24f);
@@ -290,10 +254,10 @@ static dvl_st_writer *fixture_writer(float *buf)
     lcg(2, 42, randbf);
     lcg(3, 13, randh);
     for (int i = 0; i < 9; i++)
-        sp32[i] = f32_of(SPECIAL_F32[i]);
+        sp32[i] = tu_f32_from_bits(SPECIAL_F32[i]);
     for (int i = 0; i < NSPECIAL; i++) {
-        spbf[i] = f32_of(SPECIAL_BF16[i]);
-        sph[i] = f32_of(SPECIAL_F16[i]);
+        spbf[i] = tu_f32_from_bits(SPECIAL_BF16[i]);
+        sph[i] = tu_f32_from_bits(SPECIAL_F16[i]);
     }
     scalar[0] = 3.25f;
     static const int32_t ids[4] = {0, -1, 2147483647, -2147483647 - 1};
@@ -365,7 +329,7 @@ START_TEST(roundtrip_odd_shapes)
 
     /* The header is padded so the data buffer starts 8-byte aligned. */
     size_t n;
-    unsigned char *bytes = slurp(path, &n);
+    unsigned char *bytes = tu_read_file(path, &n);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
         hlen = hlen << 8 | bytes[i];
@@ -399,7 +363,7 @@ START_TEST(roundtrip_odd_shapes)
                 float want = stores[s] == DVL_F32    ? x
                              : stores[s] == DVL_BF16 ? dvl_bf16_to_f32(dvl_f32_to_bf16(x))
                                                      : dvl_f16_to_f32(dvl_f32_to_f16(x));
-                ck_assert_uint_eq(bits_of(got[i]), bits_of(want));
+                ck_assert_uint_eq(tu_f32_bits(got[i]), tu_f32_bits(want));
                 /* Round to nearest: within half an ulp of the stored type
                  * (8 and 11 significant bits; f16 spacing is 2^-24 at
                  * least, in its subnormals). */
@@ -423,7 +387,7 @@ START_TEST(writer_bf16_rounds_to_nearest_even)
     static const uint16_t want[] = {0x3f80, 0x3f82, 0x3f81, 0x3f80, 0xc000, 0x7f80, 0x0000, 0x0002};
     float x[8];
     for (int i = 0; i < 8; i++)
-        x[i] = f32_of(in[i]);
+        x[i] = tu_f32_from_bits(in[i]);
     tmpdir d;
     tmp_make(&d);
     char path[512];
@@ -466,7 +430,7 @@ START_TEST(reads_unaligned_data)
     tmpdir d;
     tmp_make(&d);
     char path[512];
-    spit(tmp_file(&d, "unaligned.safetensors", path, sizeof path), buf, 8 + hl + 16);
+    tu_write_file(tmp_file(&d, "unaligned.safetensors", path, sizeof path), buf, 8 + hl + 16);
     dvl_err err = {0};
     dvl_st_file *f = dvl_st_open(path, &err);
     ck_assert_msg(f != NULL, "%s", err.msg);
@@ -474,7 +438,7 @@ START_TEST(reads_unaligned_data)
     ck_assert_int_eq(dvl_st_read_f32(f, "b", got, 3, &err), DVL_OK);
     ck_assert_float_eq(got[0], 1.0f);
     ck_assert_float_eq(got[1], -3.0f);
-    ck_assert_uint_eq(bits_of(got[2]), 0x00010000u);
+    ck_assert_uint_eq(tu_f32_bits(got[2]), 0x00010000u);
     ck_assert_int_eq(dvl_st_read_f32(f, "f", got, 2, &err), DVL_OK);
     ck_assert_float_eq(got[0], 1.5f);
     ck_assert_float_eq(got[1], -0x1p-130f);
@@ -506,10 +470,10 @@ START_TEST(roundtrip_large_blocks)
     int64_t bad = 0;
     ck_assert_int_eq(dvl_st_read_f32(f, "bf", y, n, &err), DVL_OK);
     for (int64_t i = 0; i < n; i++)
-        bad += bits_of(y[i]) != bits_of(dvl_bf16_to_f32(dvl_f32_to_bf16(x[i])));
+        bad += tu_f32_bits(y[i]) != tu_f32_bits(dvl_bf16_to_f32(dvl_f32_to_bf16(x[i])));
     ck_assert_int_eq(dvl_st_read_f32(f, "h", y, n, &err), DVL_OK);
     for (int64_t i = 0; i < n; i++)
-        bad += bits_of(y[i]) != bits_of(dvl_f16_to_f32(dvl_f32_to_f16(x[i])));
+        bad += tu_f32_bits(y[i]) != tu_f32_bits(dvl_f16_to_f32(dvl_f32_to_f16(x[i])));
     ck_assert_int_eq(bad, 0);
     dvl_st_close(f);
     tmp_remove(&d);
@@ -541,7 +505,7 @@ START_TEST(all_dtypes_listed)
     tmpdir d;
     tmp_make(&d);
     char path[512];
-    spit(tmp_file(&d, "dtypes.safetensors", path, sizeof path), buf, 8 + hl + (size_t)off);
+    tu_write_file(tmp_file(&d, "dtypes.safetensors", path, sizeof path), buf, 8 + hl + (size_t)off);
     free(buf);
     dvl_err err = {0};
     dvl_st_file *f = dvl_st_open(path, &err);
@@ -658,7 +622,7 @@ START_TEST(malformed_headers)
         memcpy(buf + 8, b->header, hl);
         char file[96], path[512];
         snprintf(file, sizeof file, "bad-%s.safetensors", b->name);
-        spit(tmp_file(&d, file, path, sizeof path), buf, n);
+        tu_write_file(tmp_file(&d, file, path, sizeof path), buf, n);
         free(buf);
         dvl_err err = {0};
         dvl_st_file *f = dvl_st_open(path, &err);
@@ -684,7 +648,7 @@ START_TEST(truncated_files)
 {
     char ref[512], path[512];
     size_t n;
-    unsigned char *bytes = slurp(fixture("python.safetensors", ref, sizeof ref), &n);
+    unsigned char *bytes = tu_read_file(fixture("python.safetensors", ref, sizeof ref), &n);
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--)
         hl = hl << 8 | bytes[i];
@@ -692,7 +656,7 @@ START_TEST(truncated_files)
     tmp_make(&d);
     tmp_file(&d, "cut.safetensors", path, sizeof path);
     for (size_t cut = 0; cut < n; cut++) {
-        spit(path, bytes, cut);
+        tu_write_file(path, bytes, cut);
         dvl_err err = {0};
         dvl_st_file *f = dvl_st_open(path, &err);
         ck_assert_msg(f == NULL, "cut at %zu of %zu opened", cut, n);
@@ -703,13 +667,13 @@ START_TEST(truncated_files)
                                         "after the length field", "run past the end"};
     size_t cuts[] = {3, 8 + hl / 2, n - 1};
     for (int k = 0; k < 3; k++) {
-        spit(path, bytes, cuts[k]);
+        tu_write_file(path, bytes, cuts[k]);
         dvl_err err = {0};
         ck_assert_ptr_null(dvl_st_open(path, &err));
         ASSERT_MSG_HAS(err, where[k]);
     }
     /* The whole file opens. */
-    spit(path, bytes, n);
+    tu_write_file(path, bytes, n);
     dvl_err err = {0};
     dvl_st_file *f = dvl_st_open(path, &err);
     ck_assert_msg(f != NULL, "%s", err.msg);
@@ -752,7 +716,7 @@ static void check_sharded_values(dvl_st_index *ix)
             float want = SHARDED[k].dtype == DVL_F32    ? x
                          : SHARDED[k].dtype == DVL_BF16 ? dvl_bf16_to_f32(dvl_f32_to_bf16(x))
                                                         : dvl_f16_to_f32(dvl_f32_to_f16(x));
-            ck_assert_uint_eq(bits_of(got[i]), bits_of(want));
+            ck_assert_uint_eq(tu_f32_bits(got[i]), tu_f32_bits(want));
         }
     }
 }
@@ -831,8 +795,8 @@ START_TEST(sharded_save_replaces_previous)
     tmpdir d;
     tmp_make(&d);
     char p[512];
-    spit(tmp_file(&d, "notes.txt", p, sizeof p), "x", 1);
-    spit(tmp_file(&d, "model-00001-of-00004.safetensors.bak", p, sizeof p), "x", 1);
+    tu_write_file(tmp_file(&d, "notes.txt", p, sizeof p), "x", 1);
+    tu_write_file(tmp_file(&d, "model-00001-of-00004.safetensors.bak", p, sizeof p), "x", 1);
     dvl_err err = {0};
     ck_assert_int_eq(dvl_st_writer_save_sharded(w, d.path, 1 << 20, &err), DVL_OK);
     ck_assert(exists(tmp_file(&d, "model.safetensors", p, sizeof p)));
@@ -843,7 +807,7 @@ START_TEST(sharded_save_replaces_previous)
     dvl_st_index_close(ix);
 
     /* A stale shard of another split is removed too. */
-    spit(tmp_file(&d, "model-00007-of-00009.safetensors", p, sizeof p), "x", 1);
+    tu_write_file(tmp_file(&d, "model-00007-of-00009.safetensors", p, sizeof p), "x", 1);
     ck_assert_int_eq(dvl_st_writer_save_sharded(w, d.path, 128, &err), DVL_OK);
     ck_assert(!exists(tmp_file(&d, "model.safetensors", p, sizeof p)));
     ck_assert(!exists(tmp_file(&d, "model-00007-of-00009.safetensors", p, sizeof p)));
@@ -875,19 +839,20 @@ static void sharded_copy(const tmpdir *d, const char *skip, const char *index)
             continue;
         snprintf(rel, sizeof rel, "sharded/%s", name);
         size_t n;
-        unsigned char *b = slurp(fixture(rel, src, sizeof src), &n);
-        spit(tmp_file(d, name, dst, sizeof dst), b, n);
+        unsigned char *b = tu_read_file(fixture(rel, src, sizeof src), &n);
+        tu_write_file(tmp_file(d, name, dst, sizeof dst), b, n);
         free(b);
     }
     char p[512];
-    spit(tmp_file(d, "model.safetensors.index.json", p, sizeof p), index, strlen(index));
+    tu_write_file(tmp_file(d, "model.safetensors.index.json", p, sizeof p), index, strlen(index));
 }
 
 START_TEST(index_errors)
 {
     char ixpath[512];
     size_t n;
-    char *good = (char *)slurp(fixture("sharded/model.safetensors.index.json", ixpath, sizeof ixpath), &n);
+    char *good =
+        tu_read_file(fixture("sharded/model.safetensors.index.json", ixpath, sizeof ixpath), &n);
     good[n] = '\0';
     static const struct {
         const char *index; /* NULL: the fixture's */
@@ -930,7 +895,8 @@ START_TEST(index_errors)
                  "\"ghost\": \"model-00001-of-00004.safetensors\", "
                  "\"norm\": \"model-00004-of-00004.safetensors\"}}");
     char p[512];
-    spit(tmp_file(&d, "model-00004-of-00004.safetensors", p, sizeof p), "\x03\0\0\0\0\0\0\0{}", 10);
+    tu_write_file(tmp_file(&d, "model-00004-of-00004.safetensors", p, sizeof p),
+                  "\x03\0\0\0\0\0\0\0{}", 10);
     dvl_err err = {0};
     dvl_st_index *ix = dvl_st_open_dir(d.path, &err);
     ck_assert_msg(ix != NULL, "%s", err.msg);

@@ -9,27 +9,6 @@
 
 #include "util.h"
 
-static dvl_params *make_param(const char *name, int ndim, const int64_t *shape, uint64_t seed,
-                              float std)
-{
-    dvl_params *p = dvl_params_new();
-    dvl_err err = {0};
-    ck_assert_msg(dvl_params_add(p, name, ndim, shape, true, &err), "%s", err.msg);
-    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
-    tu_randn(p->t[0], seed, std);
-    return p;
-}
-
-static void gradcheck(const char *what, tu_fn f, dvl_params *p, void *user, float eps, double tol)
-{
-    tu_gradcheck_result r = tu_gradcheck(f, p, user, eps, 0);
-    if (getenv("TU_VERBOSE"))
-        printf("gradcheck %-22s max_err %.3g (scale %.3g) tol %g\n", what, r.max_err, r.scale, tol);
-    ck_assert_msg(r.checked > 0, "%s: gradcheck compared no elements", what);
-    ck_assert_msg(r.max_err <= tol, "%s: gradcheck %s off by %.3g of scale %.3g (tol %g)", what,
-                  r.worst, r.max_err, r.scale, tol);
-}
-
 static dvl_tensor *f_softmax(dvl_ctx *c, dvl_params *p, void *u)
 {
     return dvl_softmax(c, dvl_params_find(p, "x"));
@@ -39,15 +18,16 @@ static dvl_tensor *f_softmax(dvl_ctx *c, dvl_params *p, void *u)
  * largest); seen errors ~2e-5 of the gradient's scale: tol 2e-4. */
 START_TEST(gradcheck_softmax)
 {
-    int64_t s3[3] = {3, 5, 13}, s2[2] = {7, 33}, s1[1] = {1};
-    dvl_params *p = make_param("x", 3, s3, 201, 2.0f);
-    gradcheck("softmax [3,5,13]", f_softmax, p, NULL, 1e-2f, 2e-4);
+    tu_pspec s3 = {"x", 3, {3, 5, 13}, true}, s2 = {"x", 2, {7, 33}, true};
+    tu_pspec s1 = {"x", 1, {1}, true};
+    dvl_params *p = tu_make_params(&s3, 1, 201, 2.0f);
+    TU_GRADCHECK_NAMED("softmax [3,5,13]", f_softmax, p, NULL, 1e-2f, 0, 2e-4);
     dvl_params_free(p);
-    p = make_param("x", 2, s2, 202, 2.0f);
-    gradcheck("softmax [7,33]", f_softmax, p, NULL, 1e-2f, 2e-4);
+    p = tu_make_params(&s2, 1, 202, 2.0f);
+    TU_GRADCHECK_NAMED("softmax [7,33]", f_softmax, p, NULL, 1e-2f, 0, 2e-4);
     dvl_params_free(p);
     /* One column: y = 1 whatever x, so the gradient is exactly 0. */
-    p = make_param("x", 1, s1, 203, 1.0f);
+    p = tu_make_params(&s1, 1, 203, 1.0f);
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     ck_assert_int_eq(dvl_backward(ctx, f_softmax(ctx, p, NULL)), 0);
     ck_assert_float_eq(p->t[0]->grad[0], 0.0f);
@@ -104,26 +84,6 @@ START_TEST(matches_double_formula)
 }
 END_TEST
 
-/* Distance in units in the last place between two finite floats. */
-static int64_t ulps(float a, float b)
-{
-    int32_t ia, ib;
-    memcpy(&ia, &a, 4);
-    memcpy(&ib, &b, 4);
-    int64_t oa = ia < 0 ? (int64_t)INT32_MIN - ia : ia, ob = ib < 0 ? (int64_t)INT32_MIN - ib : ib;
-    return oa > ob ? oa - ob : ob - oa;
-}
-
-/* The inputs the references were computed from: x [4, 13] multiples of
- * 1/8, exact in float. */
-static dvl_tensor *ref_input(dvl_ctx *ctx)
-{
-    dvl_tensor *x = dvl_new2(ctx, 4, 13);
-    for (int i = 0; i < 52; i++)
-        dvl_f32(x)[i] = (float)((i * 53) % 97 - 48) / 8.0f;
-    return x;
-}
-
 /* torch.softmax(x, -1), torch 2.11 on CPU, float32. torch multiplies by the
  * reciprocal of a float sum; ours is one correctly rounded quotient of a
  * double sum: within 2 units in the last place. */
@@ -146,11 +106,11 @@ static const float TORCH_SOFTMAX[52] = {
 START_TEST(matches_torch)
 {
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
-    dvl_tensor *y = dvl_softmax(ctx, ref_input(ctx));
+    dvl_tensor *y = dvl_softmax(ctx, tu_ref_input(ctx));
     ck_assert_ptr_nonnull(y);
     for (int i = 0; i < 52; i++)
-        ck_assert_msg(ulps(dvl_f32(y)[i], TORCH_SOFTMAX[i]) <= 2, "softmax[%d] = %a, torch %a", i,
-                      (double)dvl_f32(y)[i], (double)TORCH_SOFTMAX[i]);
+        ck_assert_msg(tu_ulps(dvl_f32(y)[i], TORCH_SOFTMAX[i]) <= 2, "softmax[%d] = %a, torch %a",
+                      i, (double)dvl_f32(y)[i], (double)TORCH_SOFTMAX[i]);
     dvl_ctx_free(ctx);
 }
 END_TEST
@@ -178,8 +138,8 @@ END_TEST
  * zeros rather than NaN, and its gradient is 0. */
 START_TEST(masked_entries)
 {
-    int64_t s[2] = {2, 5};
-    dvl_params *p = make_param("x", 2, s, 221, 1.0f);
+    tu_pspec s = {"x", 2, {2, 5}, true};
+    dvl_params *p = tu_make_params(&s, 1, 221, 1.0f);
     float *x = dvl_f32(p->t[0]);
     x[1] = x[3] = -INFINITY;
     for (int c = 5; c < 10; c++)

@@ -12,6 +12,26 @@ void tu_randn(dvl_tensor *t, uint64_t seed, float std)
     dvl_rng_fill_normal(&r, dvl_f32(t), dvl_numel(t), std);
 }
 
+dvl_params *tu_make_params(const tu_pspec *s, int n, uint64_t seed, float std)
+{
+    dvl_params *p = dvl_params_new();
+    dvl_err err = {0};
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(dvl_params_add(p, s[i].name, s[i].ndim, s[i].shape, s[i].trainable, &err),
+                      "%s", err.msg);
+    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
+    for (int i = 0; i < n; i++)
+        tu_randn(p->t[i], seed + (uint64_t)i, std);
+    return p;
+}
+
+dvl_tensor *tu_param(dvl_params *p, const char *name)
+{
+    dvl_tensor *t = dvl_params_find(p, name);
+    ck_assert_msg(t != NULL, "no parameter %s", name);
+    return t;
+}
+
 /* sum(out * R) in double, R regenerated from its seed every time. */
 static double project(const dvl_tensor *out, uint64_t seed)
 {
@@ -104,6 +124,13 @@ tu_gradcheck_result tu_gradcheck(tu_fn f, dvl_params *p, void *user, float eps, 
     return res;
 }
 
+void tu_gradcheck_log(const char *what, const tu_gradcheck_result *r, double tol)
+{
+    if (getenv("TU_VERBOSE"))
+        printf("gradcheck %-22s max_err %.3g (scale %.3g) tol %g\n", what, r->max_err, r->scale,
+               tol);
+}
+
 double tu_max_abs_diff(const float *a, const float *b, int64_t n)
 {
     double m = 0;
@@ -113,6 +140,64 @@ double tu_max_abs_diff(const float *a, const float *b, int64_t n)
             m = isnan(d) ? INFINITY : d;
     }
     return m;
+}
+
+int64_t tu_ulps(float a, float b)
+{
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4);
+    memcpy(&ib, &b, 4);
+    int64_t oa = ia < 0 ? (int64_t)INT32_MIN - ia : ia, ob = ib < 0 ? (int64_t)INT32_MIN - ib : ib;
+    return oa > ob ? oa - ob : ob - oa;
+}
+
+dvl_tensor *tu_ref_input(dvl_ctx *ctx)
+{
+    dvl_tensor *x = dvl_new2(ctx, 4, 13);
+    ck_assert_ptr_nonnull(x);
+    for (int i = 0; i < 52; i++)
+        dvl_f32(x)[i] = (float)((i * 53) % 97 - 48) / 8.0f;
+    return x;
+}
+
+uint32_t tu_f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+float tu_f32_from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+void *tu_read_file(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    ck_assert_msg(len >= 0, "cannot size %s", path);
+    char *buf = malloc((size_t)len + 1);
+    ck_assert_ptr_nonnull(buf);
+    ck_assert_int_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
+    buf[len] = '\0';
+    fclose(f);
+    if (n)
+        *n = (size_t)len;
+    return buf;
+}
+
+void tu_write_file(const char *path, const void *buf, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    ck_assert_msg(f != NULL, "cannot create %s", path);
+    ck_assert_int_eq(fwrite(buf, 1, n, f), n);
+    ck_assert_int_eq(fclose(f), 0);
 }
 
 const char *tu_data_path(const char *name, char *buf, size_t n)

@@ -39,9 +39,34 @@ static bool check_pair(dvl_ctx *ctx, const char *op, const char *ra, const dvl_t
     return true;
 }
 
-static dvl_tensor *new_like(dvl_ctx *ctx, const dvl_tensor *x)
+/* The output of a one-input op: x checked, then a new tensor of its shape.
+ * NULL when x is NULL, fails the check, or memory runs out. */
+static dvl_tensor *unary_out(dvl_ctx *ctx, const char *op, const char *role, dvl_tensor *x)
 {
+    if (!x || !check_f32(ctx, op, role, x))
+        return NULL;
     return dvl_new(ctx, DVL_F32, x->ndim, x->shape);
+}
+
+/* The output of a two-input op: a and b checked as a pair, then a new
+ * tensor of their shape. */
+static dvl_tensor *binary_out(dvl_ctx *ctx, const char *op, const char *ra, dvl_tensor *a,
+                              const char *rb, dvl_tensor *b)
+{
+    if (!a || !b || !check_pair(ctx, op, ra, a, rb, b))
+        return NULL;
+    return dvl_new(ctx, DVL_F32, a->ndim, a->shape);
+}
+
+/* Puts y = op(a) (b NULL) or op(a, b) on the tape when an input needs a
+ * gradient, for the ops whose backward needs nothing saved beyond their
+ * inputs. False when recording fails. */
+static bool record(dvl_ctx *ctx, const char *op, dvl_backward_fn backward, dvl_tensor *y,
+                   dvl_tensor *a, dvl_tensor *b)
+{
+    dvl_tensor *in[2] = {a, b};
+    int n = b ? 2 : 1;
+    return !dvl_needs_grad(ctx, in, n) || dvl_record(ctx, op, backward, y, in, n);
 }
 
 /* The gradient buffer of in[k] when it requires one, else NULL (frozen
@@ -94,11 +119,7 @@ static void add_backward(dvl_ctx *ctx, dvl_node *node)
 
 dvl_tensor *dvl_add(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b)
 {
-    if (!a || !b)
-        return NULL;
-    if (!check_pair(ctx, "add", "a", a, "b", b))
-        return NULL;
-    dvl_tensor *y = new_like(ctx, a);
+    dvl_tensor *y = binary_out(ctx, "add", "a", a, "b", b);
     if (!y)
         return NULL;
     switch (a->device) {
@@ -108,10 +129,7 @@ dvl_tensor *dvl_add(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b)
     default:
         return dvl_fail(ctx, "add: device not supported");
     }
-    dvl_tensor *in[2] = {a, b};
-    if (dvl_needs_grad(ctx, in, 2) && !dvl_record(ctx, "add", add_backward, y, in, 2))
-        return NULL;
-    return y;
+    return record(ctx, "add", add_backward, y, a, b) ? y : NULL;
 }
 
 /* ------------------------------------------------------------------ mul */
@@ -141,11 +159,7 @@ static void mul_backward(dvl_ctx *ctx, dvl_node *node)
 
 dvl_tensor *dvl_mul(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b)
 {
-    if (!a || !b)
-        return NULL;
-    if (!check_pair(ctx, "mul", "a", a, "b", b))
-        return NULL;
-    dvl_tensor *y = new_like(ctx, a);
+    dvl_tensor *y = binary_out(ctx, "mul", "a", a, "b", b);
     if (!y)
         return NULL;
     switch (a->device) {
@@ -155,10 +169,7 @@ dvl_tensor *dvl_mul(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b)
     default:
         return dvl_fail(ctx, "mul: device not supported");
     }
-    dvl_tensor *in[2] = {a, b};
-    if (dvl_needs_grad(ctx, in, 2) && !dvl_record(ctx, "mul", mul_backward, y, in, 2))
-        return NULL;
-    return y;
+    return record(ctx, "mul", mul_backward, y, a, b) ? y : NULL;
 }
 
 /* ---------------------------------------------------------------- scale */
@@ -180,11 +191,7 @@ static void scale_backward(dvl_ctx *ctx, dvl_node *node)
 
 dvl_tensor *dvl_scale(dvl_ctx *ctx, dvl_tensor *a, float s)
 {
-    if (!a)
-        return NULL;
-    if (!check_f32(ctx, "scale", "a", a))
-        return NULL;
-    dvl_tensor *y = new_like(ctx, a);
+    dvl_tensor *y = unary_out(ctx, "scale", "a", a);
     if (!y)
         return NULL;
     switch (a->device) {
@@ -222,11 +229,7 @@ static void silu_backward(dvl_ctx *ctx, dvl_node *node)
 
 dvl_tensor *dvl_silu(dvl_ctx *ctx, dvl_tensor *x)
 {
-    if (!x)
-        return NULL;
-    if (!check_f32(ctx, "silu", "x", x))
-        return NULL;
-    dvl_tensor *y = new_like(ctx, x);
+    dvl_tensor *y = unary_out(ctx, "silu", "x", x);
     if (!y)
         return NULL;
     switch (x->device) {
@@ -236,9 +239,7 @@ dvl_tensor *dvl_silu(dvl_ctx *ctx, dvl_tensor *x)
     default:
         return dvl_fail(ctx, "silu: device not supported");
     }
-    if (dvl_needs_grad(ctx, &x, 1) && !dvl_record(ctx, "silu", silu_backward, y, &x, 1))
-        return NULL;
-    return y;
+    return record(ctx, "silu", silu_backward, y, x, NULL) ? y : NULL;
 }
 
 /* --------------------------------------------------------------- swiglu */
@@ -268,11 +269,7 @@ static void swiglu_backward(dvl_ctx *ctx, dvl_node *node)
 
 dvl_tensor *dvl_swiglu(dvl_ctx *ctx, dvl_tensor *gate, dvl_tensor *up)
 {
-    if (!gate || !up)
-        return NULL;
-    if (!check_pair(ctx, "swiglu", "gate", gate, "up", up))
-        return NULL;
-    dvl_tensor *y = new_like(ctx, gate);
+    dvl_tensor *y = binary_out(ctx, "swiglu", "gate", gate, "up", up);
     if (!y)
         return NULL;
     switch (gate->device) {
@@ -282,10 +279,7 @@ dvl_tensor *dvl_swiglu(dvl_ctx *ctx, dvl_tensor *gate, dvl_tensor *up)
     default:
         return dvl_fail(ctx, "swiglu: device not supported");
     }
-    dvl_tensor *in[2] = {gate, up};
-    if (dvl_needs_grad(ctx, in, 2) && !dvl_record(ctx, "swiglu", swiglu_backward, y, in, 2))
-        return NULL;
-    return y;
+    return record(ctx, "swiglu", swiglu_backward, y, gate, up) ? y : NULL;
 }
 
 /* ----------------------------------------------------------------- gelu */
@@ -311,9 +305,7 @@ dvl_tensor *dvl_gelu(dvl_ctx *ctx, dvl_tensor *x, dvl_gelu_kind kind)
         return NULL;
     if (kind != DVL_GELU_ERF && kind != DVL_GELU_TANH)
         return dvl_fail(ctx, "gelu: unknown kind %d for %s", (int)kind, dvl_tname(x));
-    if (!check_f32(ctx, "gelu", "x", x))
-        return NULL;
-    dvl_tensor *y = new_like(ctx, x);
+    dvl_tensor *y = unary_out(ctx, "gelu", "x", x);
     if (!y)
         return NULL;
     switch (x->device) {
@@ -367,7 +359,5 @@ dvl_tensor *dvl_sum(dvl_ctx *ctx, dvl_tensor *x)
     default:
         return dvl_fail(ctx, "sum: device not supported");
     }
-    if (dvl_needs_grad(ctx, &x, 1) && !dvl_record(ctx, "sum", sum_backward, y, &x, 1))
-        return NULL;
-    return y;
+    return record(ctx, "sum", sum_backward, y, x, NULL) ? y : NULL;
 }

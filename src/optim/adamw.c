@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops/cpu/par.h"
+
 dvl_adamw *dvl_adamw_new(dvl_params *p, float beta1, float beta2, float eps, float weight_decay,
                          dvl_err *err)
 {
@@ -78,7 +80,7 @@ void dvl_adamw_step(dvl_adamw *o, float lr)
         const float step_size = (float)(plr / bc1);
         float *w = dvl_f32(t), *g = p->grad + off, *m = o->m + off, *v = o->v + off;
         int64_t n = dvl_numel(t);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
         for (int64_t j = 0; j < n; j++) {
             w[j] *= decay;
             m[j] = b1 * m[j] + (1.0f - b1) * g[j];
@@ -96,7 +98,7 @@ double dvl_grad_norm(const dvl_params *p)
 {
     int64_t n = p->numel_grad, nc = (n + NORM_CHUNK - 1) / NORM_CHUNK;
     double total = 0;
-#pragma omp parallel for ordered schedule(static)
+#pragma omp parallel for ordered schedule(static) if (dvl_par(n))
     for (int64_t c = 0; c < nc; c++) {
         const float *g = p->grad + c * NORM_CHUNK;
         int64_t len = (c == nc - 1) ? n - c * NORM_CHUNK : NORM_CHUNK;
@@ -112,7 +114,7 @@ double dvl_grad_norm(const dvl_params *p)
 void dvl_grad_scale(dvl_params *p, float s)
 {
     int64_t n = p->numel_grad;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t j = 0; j < n; j++)
         p->grad[j] *= s;
 }
@@ -121,7 +123,7 @@ bool dvl_grad_nonfinite(const dvl_params *p)
 {
     int bad = 0;
     int64_t n = p->numel_grad;
-#pragma omp parallel for reduction(| : bad) schedule(static)
+#pragma omp parallel for reduction(| : bad) schedule(static) if (dvl_par(n))
     for (int64_t j = 0; j < n; j++)
         bad |= !isfinite(p->grad[j]);
     return bad != 0;

@@ -28,13 +28,11 @@
  * every += into dQ, dK and dV is an sgemm at the serial level in that order,
  * so the result does not depend on the thread count. */
 #include "ops/cpu/attention.h"
+#include "ops/cpu/par.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
-
-/* Below this many scores per batch an OpenMP region costs more than it saves. */
-#define PAR_MIN_SCORES 8192
 
 /* Keys [k0, k0 + len) held in score columns [col, col + len). */
 typedef struct segment {
@@ -260,7 +258,7 @@ void dvl_cpu_attention_fwd(float *out, float *lse, float *scratch, const float *
             rows_times_keys(tl[t].S, &tl[t], q + ((tl[t].n * Tq + tl[t].i0) * Hq + tl[t].h) * D, qs,
                             k + kvo, ks, D, scale);
         }
-#pragma omp parallel for schedule(static) if (batch_scores(tl, nt) >= PAR_MIN_SCORES)
+#pragma omp parallel for schedule(static) if (dvl_par(DVL_WORK_EXP * batch_scores(tl, nt)))
         for (int64_t x = 0; x < nt * DVL_ATTN_TILE; x++) {
             const tile *t = &tl[x / DVL_ATTN_TILE];
             const int64_t r = x % DVL_ATTN_TILE, i = t->i0 + r;
@@ -309,7 +307,7 @@ void dvl_cpu_attention_bwd(float *dq, float *dk, float *dv, float *scratch, cons
             if (need_ds)
                 rows_times_keys(tl[t].dS, &tl[t], dout + qo, qs, v + kvo, ks, D, 1.0f);
         }
-#pragma omp parallel for schedule(static) if (batch_scores(tl, nt) >= PAR_MIN_SCORES)
+#pragma omp parallel for schedule(static) if (dvl_par(DVL_WORK_EXP * batch_scores(tl, nt)))
         for (int64_t x = 0; x < nt * DVL_ATTN_TILE; x++) {
             const tile *t = &tl[x / DVL_ATTN_TILE];
             const int64_t r = x % DVL_ATTN_TILE, i = t->i0 + r;

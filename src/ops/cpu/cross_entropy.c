@@ -11,6 +11,8 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "ops/cpu/par.h"
+
 /* Online logsumexp (Milakov & Gimelshein 2018, "Online normalizer
  * calculation for softmax"): fold z[0..C) into the running maximum *m and
  * the running sum *s = sum exp(z - *m), rescaling the old sum when the
@@ -41,7 +43,7 @@ static inline double row_loss(float m, double log_s, float zy, float w)
 void dvl_cpu_cross_entropy_fwd(float *loss, float *rowmax, float *logsum, const float *z,
                                const int32_t *labels, const float *weight, int64_t n, int64_t V)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(DVL_WORK_EXP * n * V))
     for (int64_t i = 0; i < n; i++) {
         if (labels[i] < 0)
             continue;
@@ -66,7 +68,7 @@ void dvl_cpu_cross_entropy_bwd(float *dz, const float *z, const float *rowmax,
                                const float *logsum, const int32_t *labels, const float *weight,
                                float g, int64_t n, int64_t V)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(DVL_WORK_EXP * n * V))
     for (int64_t i = 0; i < n; i++) {
         int32_t y = labels[i];
         if (y < 0)
@@ -124,7 +126,7 @@ static xent_scratch scratch_layout(void *base, int64_t n_sup, int64_t d, int64_t
 /* ht[r] = h[rows[r]]: the supervised rows of the tile, contiguous for BLAS. */
 static void gather_rows(float *ht, const float *h, const int32_t *rows, int64_t T, int64_t d)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(T * d))
     for (int64_t r = 0; r < T; r++)
         memcpy(ht + r * d, h + (int64_t)rows[r] * d, (size_t)d * sizeof(float));
 }
@@ -158,7 +160,7 @@ void dvl_cpu_linear_cross_entropy_fwd(float *loss, float *rowmax, float *logsum,
         for (int64_t c0 = 0; c0 < V; c0 += chunk) {
             const int64_t C = V - c0 < chunk ? V - c0 : chunk;
             chunk_logits(sc.z, sc.ht, w + c0 * d, T, C, d);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(DVL_WORK_EXP * T * C))
             for (int64_t r = 0; r < T; r++) {
                 const float *zr = sc.z + r * C;
                 lse_update(zr, C, &rowmax[t0 + r], &sc.s[r]);
@@ -196,7 +198,7 @@ void dvl_cpu_linear_cross_entropy_bwd(float *dh, float *dw, void *scratch, const
         for (int64_t c0 = 0; c0 < V; c0 += chunk) {
             const int64_t C = V - c0 < chunk ? V - c0 : chunk;
             chunk_logits(sc.z, sc.ht, w + c0 * d, T, C, d);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(DVL_WORK_EXP * T * C))
             for (int64_t r = 0; r < T; r++) {
                 const int64_t k = t0 + r, y = labels[k];
                 const float c = g * (weight ? weight[k] : 1.0f), m = rowmax[k], ls = logsum[k];
@@ -217,7 +219,7 @@ void dvl_cpu_linear_cross_entropy_bwd(float *dh, float *dw, void *scratch, const
         }
         if (dh) {
             /* Supervised rows are distinct, so the scatter has no races. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(T * d))
             for (int64_t r = 0; r < T; r++) {
                 float *dst = dh + (int64_t)rows[t0 + r] * d;
                 const float *src = sc.dht + r * d;

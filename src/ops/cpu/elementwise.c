@@ -4,22 +4,18 @@
 #include <math.h>
 
 #include "ops/cpu/elementwise.h"
-
-/* Loops over fewer elements than this run on one thread: forking a team
- * costs more than it saves there (and much more on a busy machine, where a
- * descheduled thread stalls the barrier). Results do not depend on it. */
-#define PAR_MIN 32768
+#include "ops/cpu/par.h"
 
 void dvl_cpu_add_fwd(float *y, const float *a, const float *b, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t i = 0; i < n; i++)
         y[i] = a[i] + b[i];
 }
 
 void dvl_cpu_add_bwd(float *ga, float *gb, const float *gy, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t i = 0; i < n; i++) {
         if (ga)
             ga[i] += gy[i];
@@ -30,7 +26,7 @@ void dvl_cpu_add_bwd(float *ga, float *gb, const float *gy, int64_t n)
 
 void dvl_cpu_mul_fwd(float *y, const float *a, const float *b, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t i = 0; i < n; i++)
         y[i] = a[i] * b[i];
 }
@@ -38,7 +34,7 @@ void dvl_cpu_mul_fwd(float *y, const float *a, const float *b, int64_t n)
 void dvl_cpu_mul_bwd(float *ga, float *gb, const float *gy, const float *a, const float *b,
                      int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t i = 0; i < n; i++) {
         if (ga)
             ga[i] += gy[i] * b[i];
@@ -49,14 +45,14 @@ void dvl_cpu_mul_bwd(float *ga, float *gb, const float *gy, const float *a, cons
 
 void dvl_cpu_scale_fwd(float *y, const float *a, float s, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t i = 0; i < n; i++)
         y[i] = a[i] * s;
 }
 
 void dvl_cpu_scale_bwd(float *ga, const float *gy, float s, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t i = 0; i < n; i++)
         ga[i] += gy[i] * s;
 }
@@ -78,14 +74,14 @@ static inline double silu_grad_d(double x)
 
 void dvl_cpu_silu_fwd(float *y, const float *x, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t i = 0; i < n; i++)
         y[i] = (float)silu_d(x[i]);
 }
 
 void dvl_cpu_silu_bwd(float *gx, const float *gy, const float *x, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t i = 0; i < n; i++)
         gx[i] += (float)(gy[i] * silu_grad_d(x[i]));
 }
@@ -95,7 +91,7 @@ void dvl_cpu_silu_bwd(float *gx, const float *gy, const float *x, int64_t n)
  * mul(silu(g), u) bit for bit. */
 void dvl_cpu_swiglu_fwd(float *y, const float *gate, const float *up, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t i = 0; i < n; i++)
         y[i] = (float)silu_d(gate[i]) * up[i];
 }
@@ -103,7 +99,7 @@ void dvl_cpu_swiglu_fwd(float *y, const float *gate, const float *up, int64_t n)
 void dvl_cpu_swiglu_bwd(float *ggate, float *gup, const float *gy, const float *gate,
                         const float *up, int64_t n)
 {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t i = 0; i < n; i++) {
         if (ggate)
             ggate[i] += (float)((double)gy[i] * up[i] * silu_grad_d(gate[i]));
@@ -149,11 +145,11 @@ static inline double gelu_tanh_grad_d(double x)
 void dvl_cpu_gelu_fwd(float *y, const float *x, int kind, int64_t n)
 {
     if (kind == 0) {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
         for (int64_t i = 0; i < n; i++)
             y[i] = (float)gelu_erf_d(x[i]);
     } else {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
         for (int64_t i = 0; i < n; i++)
             y[i] = (float)gelu_tanh_d(x[i]);
     }
@@ -162,11 +158,11 @@ void dvl_cpu_gelu_fwd(float *y, const float *x, int kind, int64_t n)
 void dvl_cpu_gelu_bwd(float *gx, const float *gy, const float *x, int kind, int64_t n)
 {
     if (kind == 0) {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
         for (int64_t i = 0; i < n; i++)
             gx[i] += (float)(gy[i] * gelu_erf_grad_d(x[i]));
     } else {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
         for (int64_t i = 0; i < n; i++)
             gx[i] += (float)(gy[i] * gelu_tanh_grad_d(x[i]));
     }
@@ -177,7 +173,7 @@ int64_t dvl_cpu_sum_partials(int64_t n) { return (n + DVL_SUM_CHUNK - 1) / DVL_S
 void dvl_cpu_sum_fwd(float *y, double *partial, const float *x, int64_t n)
 {
     int64_t nc = dvl_cpu_sum_partials(n);
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t c = 0; c < nc; c++) {
         int64_t lo = c * DVL_SUM_CHUNK, hi = lo + DVL_SUM_CHUNK < n ? lo + DVL_SUM_CHUNK : n;
         double s = 0;
@@ -194,7 +190,7 @@ void dvl_cpu_sum_fwd(float *y, double *partial, const float *x, int64_t n)
 void dvl_cpu_sum_bwd(float *gx, const float *gy, int64_t n)
 {
     const float g = *gy;
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t i = 0; i < n; i++)
         gx[i] += g;
 }

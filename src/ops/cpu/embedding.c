@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "ops/cpu/embedding.h"
+#include "ops/cpu/par.h"
 
 /* Columns per backward task: 32 floats = two cache lines, so tasks never
  * share a line and d = 896 already gives 28 of them. */
@@ -10,7 +11,7 @@
 
 void dvl_cpu_embedding_fwd(float *out, const float *w, const int32_t *ids, int64_t n, int64_t d)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(n * d))
     for (int64_t i = 0; i < n; i++)
         memcpy(out + i * d, w + (int64_t)ids[i] * d, (size_t)d * sizeof(float));
 }
@@ -21,7 +22,7 @@ void dvl_cpu_embedding_bwd(float *dw, const float *dout, const int32_t *ids, int
      * tokens with the same id touch the same row, but never from two
      * threads, and each element adds its tokens in order 0..n-1 (as a
      * sequential loop would), so no atomics and a deterministic result. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(n * d))
     for (int64_t j0 = 0; j0 < d; j0 += EMB_COLS) {
         int64_t nj = d - j0 < EMB_COLS ? d - j0 : EMB_COLS;
         for (int64_t i = 0; i < n; i++) {

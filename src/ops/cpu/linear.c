@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ops/cpu/linear.h"
+#include "ops/cpu/par.h"
 
 /* Columns of dy per bias-gradient task: 32 floats = two cache lines, enough
  * tasks to spread over the threads for any hidden size of interest. */
@@ -21,7 +22,7 @@ void dvl_cpu_linear_fwd(float *y, const float *x, const float *w, const float *b
      * (beta = 1): the bias then costs one write pass over y, not a second
      * read-modify-write pass after the product. */
     if (b) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(rows * out))
         for (int64_t i = 0; i < rows; i++)
             memcpy(y + i * out, b, (size_t)out * sizeof(float));
     } else if (in == 0) {
@@ -54,7 +55,7 @@ void dvl_cpu_linear_bwd(float *dx, float *dw, float *db, const float *dy, const 
     /* db[j] += sum_i dy[i, j]. Each column is summed by one thread over the
      * rows in order, so the result does not depend on the thread count; the
      * sum runs over every token of the step, hence double. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(rows * out))
     for (int64_t j0 = 0; j0 < out; j0 += DB_COLS) {
         int64_t nj = out - j0 < DB_COLS ? out - j0 : DB_COLS;
         double acc[DB_COLS] = {0};

@@ -5,11 +5,7 @@
 #include <math.h>
 
 #include "ops/cpu/norm.h"
-
-/* Loops over fewer elements than this run on one thread: forking a team
- * costs more than it saves there (and much more on a busy machine, where a
- * descheduled thread stalls the barrier). Results do not depend on it. */
-#define PAR_MIN 32768
+#include "ops/cpu/par.h"
 
 /* Columns per block in the weight-gradient loops: each thread owns whole
  * blocks of columns and walks all rows in order for them. */
@@ -18,7 +14,7 @@
 void dvl_cpu_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, int64_t rows,
                          int64_t cols, float eps)
 {
-#pragma omp parallel for schedule(static) if (rows * cols >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(rows * cols))
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * cols;
         float *yr = y + r * cols;
@@ -41,7 +37,7 @@ void dvl_cpu_rmsnorm_bwd(float *gx, float *gw, const float *gy, const float *x, 
     if (gx) {
         /* y_j = w_j x_j r with r = (mean(x^2) + eps)^(-1/2), dr/dx_j = -r^3 x_j / cols:
          * dx_j = r w_j g_j - x_j r^3 / cols * sum_i g_i w_i x_i. */
-#pragma omp parallel for schedule(static) if (rows * cols >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(rows * cols))
         for (int64_t r = 0; r < rows; r++) {
             const float *xr = x + r * cols, *gr = gy + r * cols;
             float *gxr = gx + r * cols;
@@ -56,7 +52,7 @@ void dvl_cpu_rmsnorm_bwd(float *gx, float *gw, const float *gy, const float *x, 
     }
     if (gw) {
         /* dw_j = sum over rows of g_j x_j r. */
-#pragma omp parallel for schedule(static) if (rows * cols >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(rows * cols))
         for (int64_t c0 = 0; c0 < cols; c0 += COL_BLOCK) {
             int64_t nb = cols - c0 < COL_BLOCK ? cols - c0 : COL_BLOCK;
             double acc[COL_BLOCK] = {0};
@@ -75,7 +71,7 @@ void dvl_cpu_rmsnorm_bwd(float *gx, float *gw, const float *gy, const float *x, 
 void dvl_cpu_layernorm_fwd(float *y, float *mean, float *rstd, const float *x, const float *w,
                            const float *b, int64_t rows, int64_t cols, float eps)
 {
-#pragma omp parallel for schedule(static) if (rows * cols >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(rows * cols))
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * cols;
         float *yr = y + r * cols;
@@ -104,7 +100,7 @@ void dvl_cpu_layernorm_bwd(float *gx, float *gw, float *gb, const float *gy, con
     if (gx) {
         /* With xhat = (x - mean) r and d = g w (the gradient at xhat):
          * dx = r (d - mean(d) - xhat mean(d xhat)). */
-#pragma omp parallel for schedule(static) if (rows * cols >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(rows * cols))
         for (int64_t r = 0; r < rows; r++) {
             const float *xr = x + r * cols, *gr = gy + r * cols;
             float *gxr = gx + r * cols;
@@ -124,7 +120,7 @@ void dvl_cpu_layernorm_bwd(float *gx, float *gw, float *gb, const float *gy, con
     }
     if (gw || gb) {
         /* dw_j = sum over rows of g_j xhat_j, db_j = sum over rows of g_j. */
-#pragma omp parallel for schedule(static) if (rows * cols >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(rows * cols))
         for (int64_t c0 = 0; c0 < cols; c0 += COL_BLOCK) {
             int64_t nb = cols - c0 < COL_BLOCK ? cols - c0 : COL_BLOCK;
             double aw[COL_BLOCK] = {0}, ab[COL_BLOCK] = {0};

@@ -16,11 +16,7 @@
 #include <math.h>
 
 #include "ops/cpu/rope.h"
-
-/* Loops over fewer elements than this run on one thread: forking a team
- * costs more than it saves there (and much more on a busy machine, where a
- * descheduled thread stalls the barrier). Results do not depend on it. */
-#define PAR_MIN 32768
+#include "ops/cpu/par.h"
 
 void dvl_cpu_rope_table(float *cos_t, float *sin_t, float *inv_freq, const int32_t *pos,
                         int64_t tokens, int64_t D, float theta)
@@ -31,8 +27,7 @@ void dvl_cpu_rope_table(float *cos_t, float *sin_t, float *inv_freq, const int32
         float p = (float)pow((double)theta, (double)e);
         inv_freq[j] = 1.0f / p;
     }
-    /* A double cos and sin cost about as much as 16 elementwise ops. */
-#pragma omp parallel for schedule(static) if (tokens * half * 16 >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(tokens * half * DVL_WORK_TRIG))
     for (int64_t t = 0; t < tokens; t++) {
         float fp = (float)pos[t];
         for (int64_t j = 0; j < half; j++) {
@@ -49,7 +44,7 @@ void dvl_cpu_rope_fwd(float *y, const float *x, const float *cos_t, const float 
                       int64_t tokens, int64_t H, int64_t D)
 {
     int64_t half = D / 2;
-#pragma omp parallel for schedule(static) if (tokens * H * D >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(tokens * H * D))
     for (int64_t th = 0; th < tokens * H; th++) {
         const float *c = cos_t + (th / H) * half, *s = sin_t + (th / H) * half;
         const float *x1 = x + th * D, *x2 = x1 + half;
@@ -67,7 +62,7 @@ void dvl_cpu_rope_bwd(float *gx, const float *gy, const float *cos_t, const floa
                       int64_t tokens, int64_t H, int64_t D)
 {
     int64_t half = D / 2;
-#pragma omp parallel for schedule(static) if (tokens * H * D >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(tokens * H * D))
     for (int64_t th = 0; th < tokens * H; th++) {
         const float *c = cos_t + (th / H) * half, *s = sin_t + (th / H) * half;
         const float *g1 = gy + th * D, *g2 = g1 + half;

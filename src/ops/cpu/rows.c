@@ -5,11 +5,12 @@
 #include <string.h>
 
 #include "ops/cpu/rows.h"
+#include "ops/cpu/par.h"
 
 void dvl_cpu_concat_rows_fwd(float *out, const float *a, const float *b, int64_t na, int64_t nb,
                              int64_t row)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par((na + nb) * row))
     for (int64_t r = 0; r < na + nb; r++) {
         const float *s = r < na ? a + r * row : b + (r - na) * row;
         memcpy(out + r * row, s, (size_t)row * sizeof(float));
@@ -19,7 +20,7 @@ void dvl_cpu_concat_rows_fwd(float *out, const float *a, const float *b, int64_t
 /* gdst[0, n) += g[0, n), parallel over rows. */
 static void add_rows(float *gdst, const float *g, int64_t n, int64_t row)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(n * row))
     for (int64_t r = 0; r < n; r++)
         for (int64_t j = 0; j < row; j++)
             gdst[r * row + j] += g[r * row + j];
@@ -40,7 +41,7 @@ void dvl_cpu_concat_rows_bwd(float *ga, float *gb, const float *gout, int64_t na
 void dvl_cpu_scatter_rows_fwd(float *out, const float *dst, const float *src, const int32_t *inv,
                               int64_t n, int64_t row)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(n * row))
     for (int64_t r = 0; r < n; r++) {
         const float *s = inv[r] >= 0 ? src + (int64_t)inv[r] * row : dst + r * row;
         memcpy(out + r * row, s, (size_t)row * sizeof(float));
@@ -54,14 +55,14 @@ void dvl_cpu_scatter_rows_bwd(float *gdst, float *gsrc, const float *gout, const
      * alone. One pass per input, as gdst and gsrc may overlap; inside the src
      * pass each gsrc row has one writer because inv is injective. */
     if (gdst) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(n * row))
         for (int64_t r = 0; r < n; r++)
             if (inv[r] < 0)
                 for (int64_t j = 0; j < row; j++)
                     gdst[r * row + j] += gout[r * row + j];
     }
     if (gsrc) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (dvl_par(n * row))
         for (int64_t r = 0; r < n; r++)
             if (inv[r] >= 0)
                 for (int64_t j = 0; j < row; j++)

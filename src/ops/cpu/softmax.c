@@ -5,15 +5,11 @@
 #include <math.h>
 
 #include "ops/cpu/softmax.h"
-
-/* Loops over fewer elements than this run on one thread: forking a team
- * costs more than it saves there (and much more on a busy machine, where a
- * descheduled thread stalls the barrier). Results do not depend on it. */
-#define PAR_MIN 32768
+#include "ops/cpu/par.h"
 
 void dvl_cpu_softmax_fwd(float *y, const float *x, int64_t rows, int64_t cols)
 {
-#pragma omp parallel for schedule(static) if (rows * cols >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(rows * cols))
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * cols;
         float *yr = y + r * cols;
@@ -38,7 +34,7 @@ void dvl_cpu_softmax_fwd(float *y, const float *x, int64_t rows, int64_t cols)
 void dvl_cpu_softmax_bwd(float *gx, const float *gy, const float *y, int64_t rows, int64_t cols)
 {
     /* dy_i/dx_j = y_i (delta_ij - y_j), so gx_j = y_j (g_j - sum_i g_i y_i). */
-#pragma omp parallel for schedule(static) if (rows * cols >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (dvl_par(rows * cols))
     for (int64_t r = 0; r < rows; r++) {
         const float *gr = gy + r * cols, *yr = y + r * cols;
         float *gxr = gx + r * cols;
