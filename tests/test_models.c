@@ -611,9 +611,9 @@ static cJSON *load_json(const char *dir, const char *file)
     return j;
 }
 
-/* Save (f32 and bf16) and reload: every parameter comes back exactly (bf16:
- * as its rounding), the tied checkpoint has no lm_head, the config is the
- * source's with the dtype set. */
+/* Save (f32, bf16, sharded f32) and reload: every parameter comes back
+ * exactly (bf16: as its rounding), the tied checkpoint has no lm_head, the
+ * config is the source's with the dtype set. */
 START_TEST(save_round_trip)
 {
     ref r;
@@ -623,33 +623,47 @@ START_TEST(save_round_trip)
     cJSON *cfg = load_json(r.dir, "config.json");
     char *dir = tmpdir();
     dvl_err err = {0};
-    for (int pass = 0; pass < 2; pass++) {
-        dvl_dtype store = pass ? DVL_BF16 : DVL_F32;
+    for (int pass = 0; pass < 3; pass++) {
+        /* f32, bf16, then f32 in shards of at most 40 kB. */
+        dvl_dtype store = pass == 1 ? DVL_BF16 : DVL_F32;
         dvl_config_set_dtype(cfg, store);
-        ck_assert_msg(dvl_model_save(&m, dir, cfg, store, 0, &err) == 0, "%s", err.msg);
+        ck_assert_msg(dvl_model_save(&m, dir, cfg, store, pass == 2 ? 40000 : 0, &err) == 0, "%s",
+                      err.msg);
+        if (pass == 2) {
+            char p[1024];
+            snprintf(p, sizeof p, "%s/model.safetensors", dir);
+            unlink(p); /* else it would be read first */
+        }
         ck_assert_msg(dvl_model_open(&back, dir, false, NULL, &err) == 0, "%s", err.msg);
         ck_assert_int_eq(back.params->n, m.params->n);
         for (int i = 0; i < m.params->n; i++) {
             const dvl_tensor *a = m.params->t[i], *b = dvl_params_find(back.params, a->name);
             ck_assert_ptr_nonnull(b);
             for (int64_t k = 0; k < dvl_numel(a); k++) {
-                float want = pass ? dvl_bf16_to_f32(dvl_f32_to_bf16(dvl_f32(a)[k])) : dvl_f32(a)[k];
+                float want = pass == 1 ? dvl_bf16_to_f32(dvl_f32_to_bf16(dvl_f32(a)[k])) : dvl_f32(a)[k];
                 ck_assert_msg(memcmp(&want, dvl_f32(b) + k, 4) == 0, "%s[%lld]", a->name,
                               (long long)k);
             }
         }
         dvl_model_free(&back);
+        if (pass == 2) {
+            dvl_st_index *ix = dvl_st_open_dir(dir, &err);
+            ck_assert_ptr_nonnull(ix);
+            ck_assert(dvl_st_index_is_sharded(ix));
+            dvl_st_index_close(ix);
+            break;
+        }
         char p[1024];
         snprintf(p, sizeof p, "%s/model.safetensors", dir);
         dvl_st_file *f = dvl_st_open(p, &err);
         ck_assert_ptr_nonnull(f);
         ck_assert_ptr_null(dvl_st_find(f, "lm_head.weight", NULL));
         ck_assert_str_eq(dvl_st_meta(f, "format"), "pt");
-        ck_assert_int_eq(dvl_st_tensor_at(f, 0)->dtype, pass ? DVL_ST_BF16 : DVL_ST_F32);
+        ck_assert_int_eq(dvl_st_tensor_at(f, 0)->dtype, pass == 1 ? DVL_ST_BF16 : DVL_ST_F32);
         dvl_st_close(f);
         cJSON *saved = load_json(dir, "config.json");
         ck_assert_str_eq(cJSON_GetObjectItem(saved, "dtype")->valuestring,
-                         pass ? "bfloat16" : "float32");
+                         pass == 1 ? "bfloat16" : "float32");
         cJSON_Delete(saved);
     }
     rmtree(dir);
