@@ -2,6 +2,7 @@
  *
  *   tokenize --tokenizer DIR   JSON lines {"text": ...} on stdin ->
  *                              {"text": ..., "ids": [...]} lines on stdout
+ *   synth --out DIR --n N      the synthetic shapes dataset (data/synth.h)
  *
  * Errors go to stderr as one line naming the input line at fault, and the
  * exit status is non-zero (1 for bad data, 2 for bad usage). */
@@ -11,6 +12,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "synth.h"
 #include "text/tokenizer.h"
 
 typedef struct command {
@@ -245,6 +247,7 @@ static int cmd_tokenize(int argc, char **argv)
 
 static const command commands[] = {
     {"tokenize", cmd_tokenize, "JSON lines {\"text\"} on stdin -> {\"text\", \"ids\"} on stdout"},
+    {"synth", prep_synth, "draw the synthetic shapes dataset (images, conversations, tokenizer)"},
     {NULL, NULL, NULL}};
 
 static int usage(FILE *f)
