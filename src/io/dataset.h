@@ -61,6 +61,7 @@ typedef struct dvl_build_opts {
     const char *json;      /* input .json / .jsonl */
     const char *images;    /* image folder; NULL: the input file's folder */
     const char *tokenizer; /* folder with tokenizer.json */
+    const dvl_tokenizer *tok; /* that tokenizer already loaded, or NULL: load it */
     const char *out;       /* output folder (created) */
     int64_t shard_size;    /* input records per shard (>= 1) */
     int image_size;        /* side of the stored images (SigLIP: 384) */

@@ -253,7 +253,7 @@ typedef struct slot {
 typedef struct build {
     const dvl_build_opts *o;
     const input *in;
-    dvl_tokenizer *tok;
+    const dvl_tokenizer *tok;
     dvl_chat *chat;
     const char *images;
     /* the work: records todo[0..n_todo) in order */
@@ -620,7 +620,8 @@ static int shard_take(build *b, open_shard *sh, int64_t rec, slot *s, dvl_err *e
     sh->counts[s->kind]++;
     if (s->kind == K_OK || s->kind == K_TRUNCATED) {
         int rc = dvl_shard_add(sh->w, s->id, s->chat.ids, s->chat.labels, s->chat.n,
-                               s->has_image ? s->pixels : NULL, err);
+                               s->has_image ? s->pixels : NULL, s->has_image ? s->chat.image_pos : -1,
+                               err);
         if (rc)
             return rc;
         sh->samples++;
@@ -932,18 +933,22 @@ int dvl_dataset_build(const dvl_build_opts *o, dvl_build_stats *st, dvl_err *err
     int rc = dvl_fnv1a64_file(tok_path, &tok_hash, &tok_bytes, err);
     if (rc)
         return rc;
-    if (!(b.tok = dvl_tokenizer_load(o->tokenizer, err)))
-        return err->code;
-    if (!(b.chat = dvl_chat_new(b.tok, &o->chat, err))) {
-        dvl_tokenizer_free(b.tok);
-        return err->code;
-    }
+    /* The input first: a malformed file fails before the slow part. */
     double t0 = now();
     if ((rc = input_open(&in, o->json, err))) {
         input_free(&in);
-        dvl_chat_free(b.chat);
-        dvl_tokenizer_free(b.tok);
         return rc;
+    }
+    dvl_tokenizer *own = NULL;
+    b.tok = o->tok;
+    if (!b.tok && !(b.tok = own = dvl_tokenizer_load(o->tokenizer, err))) {
+        input_free(&in);
+        return err->code;
+    }
+    if (!(b.chat = dvl_chat_new(b.tok, &o->chat, err))) {
+        input_free(&in);
+        dvl_tokenizer_free(own);
+        return err->code;
     }
     b.in = &in;
     int64_t n_shards = (in.n + o->shard_size - 1) / o->shard_size;
@@ -1084,6 +1089,6 @@ done:
     free(b.todo);
     input_free(&in);
     dvl_chat_free(b.chat);
-    dvl_tokenizer_free(b.tok);
+    dvl_tokenizer_free(own);
     return rc;
 }

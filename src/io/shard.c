@@ -157,7 +157,7 @@ struct dvl_shard_writer {
     int32_t *ids, *labels;
     int64_t nt, cap_t;
     int64_t *offsets;
-    int32_t *img_index;
+    int32_t *img_index, *img_pos;
     char **sids;
     int64_t ns, cap_s, cap_o;
 };
@@ -171,6 +171,7 @@ static void writer_free(dvl_shard_writer *w)
     free(w->sids);
     free(w->offsets);
     free(w->img_index);
+    free(w->img_pos);
     free(w->ids);
     free(w->labels);
     free(w->path);
@@ -258,17 +259,21 @@ static int grow(void **p, int64_t *cap, int64_t need, size_t elem)
 }
 
 int dvl_shard_add(dvl_shard_writer *w, const char *id, const int32_t *ids, const int32_t *labels,
-                  int64_t n, const uint8_t *pixels, dvl_err *err)
+                  int64_t n, const uint8_t *pixels, int64_t image_pos, dvl_err *err)
 {
     if (!w || !id || n < 0 || (n && (!ids || !labels)))
         return dvl_errf(err, DVL_EINVAL, "shard add: NULL argument");
+    if (pixels ? image_pos < 0 || image_pos >= n : image_pos != -1)
+        return dvl_errf(err, DVL_EINVAL, "shard add %s: image slot %lld with %s image and %lld ids",
+                        id, (long long)image_pos, pixels ? "an" : "no", (long long)n);
     char *sid = strdup(id);
-    int64_t ct = w->cap_t, cs = w->cap_s, co = w->cap_o;
+    int64_t ct = w->cap_t, cs = w->cap_s, co = w->cap_o, cp = w->cap_s;
     /* Each pair shares one capacity: grow both, then record it. */
     bool ok = sid && !grow((void **)&w->ids, &ct, w->nt + n, sizeof *w->ids) &&
               !grow((void **)&w->labels, &w->cap_t, ct, sizeof *w->labels) &&
               !grow((void **)&w->sids, &cs, w->ns + 1, sizeof *w->sids) &&
               !grow((void **)&w->img_index, &w->cap_s, cs, sizeof *w->img_index) &&
+              !grow((void **)&w->img_pos, &cp, cs, sizeof *w->img_pos) &&
               !grow((void **)&w->offsets, &co, w->ns + 2, sizeof *w->offsets);
     if (!ok) {
         free(sid);
@@ -305,6 +310,7 @@ int dvl_shard_add(dvl_shard_writer *w, const char *id, const int32_t *ids, const
     w->nt += n;
     w->sids[w->ns] = sid;
     w->img_index[w->ns] = row;
+    w->img_pos[w->ns] = (int32_t)image_pos;
     w->ns++;
     w->offsets[w->ns] = w->nt;
     return DVL_OK;
@@ -387,6 +393,8 @@ int dvl_shard_finish(dvl_shard_writer *w, dvl_err *err)
     else if (!write_1d(w->file, "image_index", H5T_STD_I32LE, H5T_NATIVE_INT32, w->ns,
                        w->img_index))
         what = "cannot write image_index";
+    else if (!write_1d(w->file, "image_pos", H5T_STD_I32LE, H5T_NATIVE_INT32, w->ns, w->img_pos))
+        what = "cannot write image_pos";
     else if (st < 0 || !write_1d(w->file, "sample_id", st, st, w->ns, w->sids))
         what = "cannot write sample_id";
     else if (!write_attr_str(w->file, "format", "dvl-shard") ||
@@ -442,7 +450,7 @@ struct dvl_shard {
     int64_t n, m, t;
     int size;
     int64_t *offsets;
-    int32_t *img;
+    int32_t *img, *img_pos;
 };
 
 void dvl_shard_close(dvl_shard *s)
@@ -460,6 +468,7 @@ void dvl_shard_close(dvl_shard *s)
     h5_leave(&sv);
     free(s->offsets);
     free(s->img);
+    free(s->img_pos);
     free(s->path);
     free(s);
 }
@@ -565,18 +574,25 @@ dvl_shard *dvl_shard_open(const char *path, dvl_err *err)
     hid_t off = open_ds(s, "offsets", 1, oshape, H5T_INTEGER, 8, err, H5P_DEFAULT);
     hid_t img = off >= 0 ? open_ds(s, "image_index", 1, nshape, H5T_INTEGER, 4, err, H5P_DEFAULT)
                          : -1;
+    hid_t ipos = img >= 0 ? open_ds(s, "image_pos", 1, nshape, H5T_INTEGER, 4, err, H5P_DEFAULT)
+                          : -1;
     s->offsets = malloc(sizeof *s->offsets * (size_t)(s->n + 1));
     s->img = malloc(sizeof *s->img * (size_t)(s->n + 1));
-    bool ok = off >= 0 && img >= 0 && s->offsets && s->img &&
-              H5Dread(off, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, s->offsets) >= 0 &&
-              (s->n == 0 || H5Dread(img, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, s->img) >= 0);
+    s->img_pos = malloc(sizeof *s->img_pos * (size_t)(s->n + 1));
+    bool ok = ipos >= 0 && s->offsets && s->img && s->img_pos &&
+              h5_note(H5Dread(off, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, s->offsets) >= 0 &&
+                      (s->n == 0 ||
+                       (H5Dread(img, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, s->img) >= 0 &&
+                        H5Dread(ipos, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, s->img_pos) >= 0)));
     if (off >= 0)
         H5Dclose(off);
     if (img >= 0)
         H5Dclose(img);
+    if (ipos >= 0)
+        H5Dclose(ipos);
     if (!ok) {
-        if (off >= 0 && img >= 0)
-            rc = h5_fail(err, path, "cannot read offsets and image_index");
+        if (ipos >= 0)
+            rc = h5_fail(err, path, "cannot read offsets, image_index and image_pos");
         else
             rc = err ? err->code : DVL_EIO;
         goto done;
@@ -596,6 +612,12 @@ dvl_shard *dvl_shard_open(const char *path, dvl_err *err)
         if (s->img[i] < -1 || s->img[i] >= s->m) {
             rc = dvl_errf(err, DVL_EIO, "%s: image_index[%lld] = %d is outside [-1, %lld)", path,
                           (long long)i, s->img[i], (long long)s->m);
+            goto done;
+        }
+        int64_t len = s->offsets[i + 1] - s->offsets[i];
+        if (s->img[i] < 0 ? s->img_pos[i] != -1 : s->img_pos[i] < 0 || s->img_pos[i] >= len) {
+            rc = dvl_errf(err, DVL_EIO, "%s: image_pos[%lld] = %d does not fit image row %d and "
+                          "%lld ids", path, (long long)i, s->img_pos[i], s->img[i], (long long)len);
             goto done;
         }
     }
@@ -642,6 +664,11 @@ int64_t dvl_shard_sample_len(const dvl_shard *s, int64_t i)
 int32_t dvl_shard_sample_image(const dvl_shard *s, int64_t i)
 {
     return s->img[i];
+}
+
+int32_t dvl_shard_sample_image_pos(const dvl_shard *s, int64_t i)
+{
+    return s->img_pos[i];
 }
 
 /* Read count elements from start of a 1-D dataset. */

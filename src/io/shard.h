@@ -8,6 +8,8 @@
  *   labels       int32  [T]            their labels (-100: no loss)
  *   offsets      int64  [N + 1]        sample i is ids[offsets[i] .. offsets[i+1])
  *   image_index  int32  [N]            row of `images` of sample i, -1 for none
+ *   image_pos    int32  [N]            index in sample i's ids of its image
+ *                                      slot, -1 for none
  *   sample_id    string [N]            the input's "id" (variable-length UTF-8)
  *   images       uint8  [M, S, S, 3]   RGB, HWC, after pad-to-square and
  *                                      resize (not normalised); chunked one
@@ -50,9 +52,10 @@ typedef struct dvl_shard_writer dvl_shard_writer;
 /* Start PATH.tmp (an old one is replaced); images are size x size and
  * compressed with deflate level 0..9 (0: stored uncompressed). */
 dvl_shard_writer *dvl_shard_create(const char *path, int image_size, int deflate, dvl_err *err);
-/* Append a sample: n ids and labels, and its size x size x 3 image or NULL. */
+/* Append a sample: n ids and labels, and its size x size x 3 image with
+ * the index of its slot in ids (0 <= image_pos < n), or NULL and -1. */
 int dvl_shard_add(dvl_shard_writer *w, const char *id, const int32_t *ids, const int32_t *labels,
-                  int64_t n, const uint8_t *pixels, dvl_err *err);
+                  int64_t n, const uint8_t *pixels, int64_t image_pos, dvl_err *err);
 /* Write the token datasets, close, fsync, and rename PATH.tmp to PATH.
  * Frees w, also on failure (PATH.tmp is then removed). */
 int dvl_shard_finish(dvl_shard_writer *w, dvl_err *err);
@@ -73,9 +76,11 @@ int64_t dvl_shard_samples(const dvl_shard *s);
 int64_t dvl_shard_images(const dvl_shard *s);
 int64_t dvl_shard_tokens(const dvl_shard *s);
 int dvl_shard_image_size(const dvl_shard *s);
-/* Token count and image row (-1: none) of sample i (0 <= i < samples). */
+/* Token count, image row (-1: none) and image slot index (-1: none) of
+ * sample i (0 <= i < samples). */
 int64_t dvl_shard_sample_len(const dvl_shard *s, int64_t i);
 int32_t dvl_shard_sample_image(const dvl_shard *s, int64_t i);
+int32_t dvl_shard_sample_image_pos(const dvl_shard *s, int64_t i);
 
 /* Sample i's ids and labels into ids[len] and labels[len] (either may be NULL). */
 int dvl_shard_read_tokens(dvl_shard *s, int64_t i, int32_t *ids, int32_t *labels, dvl_err *err);
