@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <omp.h>
 
 #include "io/atomic_file.h"
 #include "io/dataset.h"
@@ -443,6 +444,9 @@ done:
 static void *worker(void *arg)
 {
     build *b = arg;
+    /* The workers are the parallelism: the image code's OpenMP loops run
+     * on one thread each here (this setting is per thread). */
+    omp_set_num_threads(1);
     dvl_err err = {0};
     dvl_tokenizer_state *st = dvl_tokenizer_state_new(b->tok, &err);
     dvl_chat_turn *turns = NULL;

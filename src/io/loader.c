@@ -312,13 +312,12 @@ static int fill(dvl_loader *l, buffer *bf, int64_t epoch, int64_t pos, dvl_err *
                 return rc;
             /* HWC uint8 -> CHW float through a table: the value depends
              * only on the byte, so this is exactly dvl_image_normalize. */
-            float *dst = b->images + b->n_images * 3 * hw;
-            for (int c = 0; c < 3; c++) {
-                const float *lut = l->lut[c];
-                float *o = dst + c * hw;
-                const uint8_t *p = l->px + c;
-                for (int64_t q = 0; q < hw; q++)
-                    o[q] = lut[p[3 * q]];
+            float *o0 = b->images + b->n_images * 3 * hw, *o1 = o0 + hw, *o2 = o1 + hw;
+            const uint8_t *p = l->px;
+            for (int64_t q = 0; q < hw; q++) {
+                o0[q] = l->lut[0][p[3 * q]];
+                o1[q] = l->lut[1][p[3 * q + 1]];
+                o2[q] = l->lut[2][p[3 * q + 2]];
             }
             b->image_of[i] = (int32_t)b->n_images++;
             b->image_pos[i] = slot;

@@ -558,7 +558,7 @@ dvl_shard *dvl_shard_open(const char *path, dvl_err *err)
     /* Each image is read once an epoch, so HDF5's chunk cache would only
      * copy it one more time. */
     dapl = H5Pcreate(H5P_DATASET_ACCESS);
-    if (dapl < 0 || H5Pset_chunk_cache(dapl, 0, 0, 1.0) < 0) {
+    if (dapl < 0 || H5Pset_chunk_cache(dapl, 521, (size_t)1 << 20, 1.0) < 0) {
         rc = h5_fail(err, path, "cannot make access properties");
         goto done;
     }
