@@ -646,7 +646,8 @@ static void copy_batch(dvl_batch *dst, const dvl_batch *b)
     dst->image_of = malloc(n * sizeof *dst->image_of);
     memcpy(dst->image_of, b->image_of, n * sizeof *dst->image_of);
     dst->images = malloc(px * sizeof *dst->images + 1);
-    memcpy(dst->images, b->images, px * sizeof *dst->images);
+    if (px)
+        memcpy(dst->images, b->images, px * sizeof *dst->images);
 }
 
 static void free_copy(dvl_batch *b)
@@ -671,7 +672,7 @@ static void same_batch(const dvl_batch *a, const dvl_batch *b, int k)
                       !memcmp(a->valid, b->valid, t) && !memcmp(a->pos, b->pos, t * 4) &&
                       !memcmp(a->sample, b->sample, n * 8) &&
                       !memcmp(a->image_of, b->image_of, n * 4) &&
-                      !memcmp(a->images, b->images, px * 4),
+                      (px == 0 || !memcmp(a->images, b->images, px * 4)),
                   "batch %d differs", k);
 }
 
