@@ -29,6 +29,11 @@
  *       --prompts: one JSON object per line, {"prompt": TEXT, "image": FILE
  *       (optional)}; one JSON line out per prompt ({"text", "ids", "tokens",
  *       "forwards", "seconds"}). Prompts run one at a time (no batching).
+ *       --eval DIR/heldout.json --meta DIR/heldout_meta.jsonl [--limit N]:
+ *       the synthetic dataset's held-out split (data/synth.h): each
+ *       sample's question about its image, the answer scored against the
+ *       meta's ground truth (exact answer; and shape, colour and count named
+ *       correctly); one JSON line per sample, then a summary line.
  *       --ids: token ids used as given (no template; VLM placeholders as in
  *       --score); the generated ids go to stdout as a JSON array.
  *       Tokenizer: --tokenizer DIR, else MODEL/tokenizer, else MODEL. Mask
@@ -65,7 +70,7 @@ typedef enum mode { MODE_NONE = 0, MODE_SCORE = 1, MODE_GEN = 2 } mode;
 typedef struct args {
     mode mode;
     const char *model, *ids, *pixels, *logits_out;
-    const char *prompt, *prompts, *tokenizer, *system, *gen_mode, *remasking;
+    const char *prompt, *prompts, *eval, *meta, *limit, *tokenizer, *system, *gen_mode, *remasking;
     const char *block_size, *steps, *threshold, *temperature, *top_k, *top_p, *max_new, *seed,
         *mask_id;
     const char *images[MAX_IMAGES];
@@ -94,6 +99,9 @@ static const struct {
     {"--timing", OPT_FLAG, offsetof(args, timing), 1u << MODE_SCORE | 1u << MODE_GEN},
     {"--prompt", OPT_STR, offsetof(args, prompt), 1u << MODE_GEN},
     {"--prompts", OPT_STR, offsetof(args, prompts), 1u << MODE_GEN},
+    {"--eval", OPT_STR, offsetof(args, eval), 1u << MODE_GEN},
+    {"--meta", OPT_STR, offsetof(args, meta), 1u << MODE_GEN},
+    {"--limit", OPT_STR, offsetof(args, limit), 1u << MODE_GEN},
     {"--tokenizer", OPT_STR, offsetof(args, tokenizer), 1u << MODE_GEN},
     {"--system", OPT_STR, offsetof(args, system), 1u << MODE_GEN},
     {"--mode", OPT_STR, offsetof(args, gen_mode), 1u << MODE_GEN},
@@ -185,9 +193,14 @@ static int parse_args(int argc, char **argv, args *a)
     if (a->mode == MODE_GEN) {
         if (!a->model)
             return bad_usage("%s", "--model DIR is required");
-        int given = !!a->prompt + !!a->prompts + !!a->ids;
+        int given = !!a->prompt + !!a->prompts + !!a->ids + !!a->eval;
         if (given != 1)
-            return bad_usage("%s", "give one of --prompt TEXT, --prompts FILE.jsonl, --ids FILE.json");
+            return bad_usage("%s", "give one of --prompt TEXT, --prompts FILE.jsonl, --ids FILE.json, "
+                                   "--eval FILE.json");
+        if (!a->eval != !a->meta)
+            return bad_usage("%s", "--eval FILE.json and --meta FILE.jsonl go together");
+        if (a->eval && a->n_images)
+            return bad_usage("%s", "--eval names its images per sample; drop --image");
         if (a->n_images > 1)
             return bad_usage("%s", "generation takes at most one --image");
         if (a->prompts && a->n_images)
@@ -656,7 +669,7 @@ static void print_timing(const dvl_gen_result *r)
 /* One prompt: text (with the template) or ids (as given), image or NULL.
  * Writes the answer to stdout in the form the input mode asks. */
 static int gen_one(genrun *g, const char *text, const int32_t *given, int64_t n_given,
-                   const char *image, dvl_err *err)
+                   const char *image, dvl_gen_result *keep, dvl_err *err)
 {
     int32_t *ids = NULL;
     float *px = NULL;
@@ -710,7 +723,10 @@ static int gen_one(genrun *g, const char *text, const int32_t *given, int64_t n_
     rc = dvl_generate(&g->m, ids, n, px, n_img, &g->o, &r, err);
     if (rc)
         goto done;
-    if (g->a->prompt) {
+    if (keep) {
+        *keep = r;
+        r.ids = NULL;
+    } else if (g->a->prompt) {
         printf("\n");
     } else {
         char *txt = g->tok && g->a->prompts ? dvl_tokenizer_decode(g->tok, r.ids, r.n) : NULL;
@@ -766,12 +782,218 @@ static int gen_jsonl(genrun *g, dvl_err *err)
                           g->a->prompts, (long long)lineno);
         else
             rc = gen_one(g, p->valuestring, NULL, 0, cJSON_IsString(im) ? im->valuestring : NULL,
-                         err);
+                         NULL, err);
         cJSON_Delete(j);
     }
     free(line);
     fclose(f);
     return rc;
+}
+
+/* ----------------------------------------------------------------- eval */
+
+/* The synthetic grammar's words (data/synth.c). */
+static const char *const KINDS[] = {"circle", "square", "triangle", "star", "diamond"};
+static const char *const COLOURS[] = {"red", "green", "blue", "yellow", "purple", "orange"};
+static const char *const COUNTS[] = {"a", "an", "one", "two", "three", "four", "zero"};
+static const int COUNT_VAL[] = {1, 1, 1, 2, 3, 4, 0};
+
+/* What a text names: kinds and colours (bit sets) and the count words in
+ * order (as values). */
+typedef struct named {
+    unsigned kinds, colours;
+    int counts[16];
+    int n_counts;
+} named;
+
+static named parse_named(const char *s)
+{
+    named n = {0};
+    char w[32];
+    while (*s) {
+        size_t k = 0;
+        while (*s && !((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z')))
+            s++;
+        while ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z')) {
+            if (k + 1 < sizeof w)
+                w[k++] = (char)(*s | 0x20);
+            s++;
+        }
+        w[k] = 0;
+        if (!k)
+            continue;
+        for (size_t i = 0; i < sizeof KINDS / sizeof *KINDS; i++) {
+            size_t l = strlen(KINDS[i]);
+            if (!strncmp(w, KINDS[i], l) && (w[l] == 0 || !strcmp(w + l, "s")))
+                n.kinds |= 1u << i;
+        }
+        for (size_t i = 0; i < sizeof COLOURS / sizeof *COLOURS; i++)
+            if (!strcmp(w, COLOURS[i]))
+                n.colours |= 1u << i;
+        for (size_t i = 0; i < sizeof COUNTS / sizeof *COUNTS; i++)
+            if (!strcmp(w, COUNTS[i]) && n.n_counts < 16)
+                n.counts[n.n_counts++] = COUNT_VAL[i];
+    }
+    return n;
+}
+
+/* Lowercased, surrounding white space dropped. */
+static void norm(const char *s, char *out, size_t cap)
+{
+    while (*s == ' ' || *s == '\n' || *s == '\t' || *s == '\r')
+        s++;
+    size_t k = 0;
+    for (; *s && k + 1 < cap; s++)
+        out[k++] = (char)((*s >= 'A' && *s <= 'Z') ? *s | 0x20 : *s);
+    while (k && (out[k - 1] == ' ' || out[k - 1] == '\n' || out[k - 1] == '\t' || out[k - 1] == '\r'))
+        k--;
+    out[k] = 0;
+}
+
+static cJSON *load_json_file(const char *path, dvl_err *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = len >= 0 ? malloc((size_t)len + 1) : NULL;
+    size_t got = buf ? fread(buf, 1, (size_t)len, f) : 0;
+    fclose(f);
+    cJSON *j = buf && got == (size_t)len ? cJSON_ParseWithLength(buf, (size_t)len) : NULL;
+    free(buf);
+    if (!j)
+        dvl_errf(err, DVL_EINVAL, "%s: cannot read or malformed JSON", path);
+    return j;
+}
+
+/* --eval: the held-out conversations, scored against the meta lines (by
+ * "id"). Shape and colour are judged on the questions that name them
+ * (caption: the set of kinds and of colours; color: the colour), count on
+ * caption (the count words in order), count and total questions. */
+static int gen_eval(genrun *g, dvl_err *err)
+{
+    int64_t limit = INT64_MAX;
+    int rc = opt_int("--limit", g->a->limit, 1, &limit, err);
+    if (rc)
+        return rc;
+    cJSON *data = load_json_file(g->a->eval, err);
+    if (!data)
+        return err->code;
+    FILE *mf = fopen(g->a->meta, "rb");
+    if (!mf) {
+        cJSON_Delete(data);
+        return dvl_errf(err, DVL_EIO, "%s: cannot open: %s", g->a->meta, strerror(errno));
+    }
+    /* Images are relative to the data file's directory. */
+    char base[4096];
+    snprintf(base, sizeof base, "%s", g->a->eval);
+    char *slash = strrchr(base, '/');
+    if (slash)
+        slash[1] = 0;
+    else
+        base[0] = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    int64_t n = 0, exact = 0, tok = 0, fwd = 0;
+    int64_t score[3] = {0}, asked[3] = {0}; /* shape, colour, count */
+    double sec = 0;
+    const cJSON *s;
+    cJSON_ArrayForEach(s, data)
+    {
+        if (n >= limit || rc)
+            break;
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(s, "id");
+        const cJSON *img = cJSON_GetObjectItemCaseSensitive(s, "image");
+        const cJSON *conv = cJSON_GetObjectItemCaseSensitive(s, "conversations");
+        const cJSON *q = cJSON_GetArrayItem(conv, 0);
+        q = cJSON_GetObjectItemCaseSensitive(q, "value");
+        cJSON *meta = NULL;
+        if (getline(&line, &cap, mf) > 0)
+            meta = cJSON_Parse(line);
+        const cJSON *mid = cJSON_GetObjectItemCaseSensitive(meta, "id");
+        const cJSON *ans = cJSON_GetObjectItemCaseSensitive(meta, "answer");
+        const cJSON *qt = cJSON_GetObjectItemCaseSensitive(meta, "question");
+        if (!cJSON_IsString(id) || !cJSON_IsString(img) || !cJSON_IsString(q) ||
+            !cJSON_IsString(mid) || strcmp(mid->valuestring, id->valuestring) ||
+            !cJSON_IsString(ans) || !cJSON_IsString(qt)) {
+            rc = dvl_errf(err, DVL_EINVAL,
+                          "%s / %s: sample %lld: want id, image, conversations and a meta line "
+                          "with the same id, answer and question",
+                          g->a->eval, g->a->meta, (long long)n);
+            cJSON_Delete(meta);
+            break;
+        }
+        char path[8192];
+        snprintf(path, sizeof path, "%s%s", img->valuestring[0] == '/' ? "" : base,
+                 img->valuestring);
+        dvl_gen_result r = {0};
+        rc = gen_one(g, q->valuestring, NULL, 0, path, &r, err);
+        if (rc) {
+            cJSON_Delete(meta);
+            break;
+        }
+        char *txt = dvl_tokenizer_decode(g->tok, r.ids, r.n);
+        char a1[512], a2[512];
+        norm(txt ? txt : "", a1, sizeof a1);
+        norm(ans->valuestring, a2, sizeof a2);
+        bool ok = !strcmp(a1, a2);
+        named got = parse_named(a1), want = parse_named(a2);
+        const char *qs = qt->valuestring;
+        bool cap_q = !strcmp(qs, "caption");
+        int res[3] = {-1, -1, -1};
+        if (cap_q)
+            res[0] = got.kinds == want.kinds;
+        if (cap_q || !strcmp(qs, "color"))
+            res[1] = got.colours == want.colours;
+        if (cap_q || !strcmp(qs, "count") || !strcmp(qs, "total"))
+            res[2] = got.n_counts == want.n_counts &&
+                     !memcmp(got.counts, want.counts, (size_t)got.n_counts * sizeof(int));
+        for (int k = 0; k < 3; k++)
+            if (res[k] >= 0) {
+                asked[k]++;
+                score[k] += res[k];
+            }
+        exact += ok;
+        tok += r.n;
+        fwd += r.forwards;
+        sec += r.seconds;
+        n++;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "id", id->valuestring);
+        cJSON_AddStringToObject(o, "question", qs);
+        cJSON_AddStringToObject(o, "answer", ans->valuestring);
+        cJSON_AddStringToObject(o, "text", txt ? txt : "");
+        cJSON_AddBoolToObject(o, "exact", ok);
+        char *js = cJSON_PrintUnformatted(o);
+        if (js)
+            printf("%s\n", js);
+        fflush(stdout);
+        free(js);
+        cJSON_Delete(o);
+        free(txt);
+        dvl_gen_result_free(&r);
+        cJSON_Delete(meta);
+    }
+    free(line);
+    fclose(mf);
+    cJSON_Delete(data);
+    if (rc)
+        return rc;
+    if (!n)
+        return dvl_errf(err, DVL_EINVAL, "%s: no samples", g->a->eval);
+#define PCT(a, b) ((b) ? 100.0 * (double)(a) / (double)(b) : 0.0)
+    printf("accuracy %.1f%% exact (%lld/%lld); shape %.1f%% (%lld), colour %.1f%% (%lld), count "
+           "%.1f%% (%lld); %.1f tokens/s, %.3f forwards/token\n",
+           PCT(exact, n), (long long)exact, (long long)n, PCT(score[0], asked[0]),
+           (long long)asked[0], PCT(score[1], asked[1]), (long long)asked[1],
+           PCT(score[2], asked[2]), (long long)asked[2], sec > 0 ? (double)tok / sec : 0.0,
+           tok ? (double)fwd / (double)tok : 0.0);
+#undef PCT
+    return DVL_OK;
 }
 
 static int generate(const args *a, dvl_err *err)
@@ -836,7 +1058,7 @@ static int generate(const args *a, dvl_err *err)
     }
     g.o.on_tokens = stream_tokens;
     g.o.user = &g;
-    if (a->prompt || a->prompts) {
+    if (a->prompt || a->prompts || a->eval) {
         dvl_chat_opts co;
         dvl_chat_opts_default(&co);
         co.tmpl = lc->arch == DVL_ARCH_LLADA ? DVL_CHAT_LLADA : DVL_CHAT_QWEN;
@@ -853,9 +1075,11 @@ static int generate(const args *a, dvl_err *err)
             rc = err->code;
             goto done;
         }
-        rc = gen_one(&g, NULL, given, n_given, a->n_images ? a->images[0] : NULL, err);
+        rc = gen_one(&g, NULL, given, n_given, a->n_images ? a->images[0] : NULL, NULL, err);
     } else if (a->prompt) {
-        rc = gen_one(&g, a->prompt, NULL, 0, a->n_images ? a->images[0] : NULL, err);
+        rc = gen_one(&g, a->prompt, NULL, 0, a->n_images ? a->images[0] : NULL, NULL, err);
+    } else if (a->eval) {
+        rc = gen_eval(&g, err);
     } else {
         rc = gen_jsonl(&g, err);
     }

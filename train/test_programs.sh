@@ -154,6 +154,7 @@ reject gen_mask_range "mask token id 128" "$GENERATE" --model "$REF/qwen2_tied" 
 reject gen_no_tokenizer "no tokenizer" "$GENERATE" --model "$REF/qwen2_tied" --prompt hi
 reject gen_image_unreadable "$T/nope.png" "$GENERATE" --model "$T/v" --ids "$T/vlm_ids.json" --image "$T/nope.png" --mask-id 3
 reject gen_two_inputs "give one of" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --prompt hi
+reject gen_eval_meta "--eval FILE.json and --meta FILE.jsonl go together" "$GENERATE" --model "$REF/qwen2_tied" --eval "$T/x.json"
 reject gen_score_opt "--steps does not apply" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" --logits-out "$T/x.npy" --steps 2
 
 [ $fails -eq 0 ] || { echo "$fails failed"; exit 1; }
