@@ -3,6 +3,7 @@
  * that logits are peaked: near-ties, which float rounding could flip, do
  * not occur on these seeds. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -148,6 +149,66 @@ START_TEST(block_cache_equals_recompute)
                 cases++;
             }
     ck_assert_int_eq(cases, 24);
+    dvl_model_free(&m);
+}
+END_TEST
+
+/* The VLM: the image rows are spliced into the prompt's embeddings, in the
+ * prefilled blocks and in the prompt tail of the first decode block alike;
+ * cached block decoding equals the block-causal recompute. The fixture's
+ * LM gets peaked random weights (std 0.3) over the loaded ones. */
+START_TEST(vlm_cache_equals_recompute)
+{
+    const char *data = getenv("DVL_TEST_DATA");
+    ck_assert_msg(data != NULL, "DVL_TEST_DATA is not set");
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/ref/vlm", data);
+    dvl_model m;
+    dvl_err err = {0};
+    ck_assert_msg(dvl_model_open(&m, dir, false, NULL, &err) == 0, "%s", err.msg);
+    dvl_lm_init_random(&m.vlm.lm, 17, 0.3f);
+    const dvl_vlm_config *vc = &m.cfg.vlm;
+    int64_t G2 = dvl_siglip_patches(&vc->vision), P = 3 + G2 + 2;
+    int64_t per = vc->vision.channels * vc->vision.image_size * vc->vision.image_size;
+    int32_t *p = prompt_ids(P, 18);
+    for (int64_t i = 0; i < P; i++) {
+        if (p[i] == vc->image_token_index)
+            p[i] = 1;
+        if (i >= 3 && i < 3 + G2)
+            p[i] = vc->image_token_index;
+    }
+    float *px = malloc((size_t)per * sizeof *px);
+    dvl_rng r;
+    dvl_rng_seed(&r, 19);
+    dvl_rng_fill_uniform(&r, px, per, -1.0f, 1.0f);
+    for (int B = 4; B <= 8; B += 4) {
+        dvl_gen_opts o;
+        dvl_gen_opts_default(&o);
+        o.block_size = B;
+        o.steps = B;
+        o.max_new = 11;
+        o.mask_id = 127;
+        dvl_gen_result a, b;
+        ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &a, &err) == 0, "%s", err.msg);
+        o.mode = DVL_GEN_FULL;
+        o.full_mask = DVL_MASK_BLOCK_CAUSAL;
+        ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &b, &err) == 0, "%s", err.msg);
+        ck_assert_int_eq(a.n, 11);
+        ck_assert_int_eq(b.n, 11);
+        for (int64_t i = 0; i < a.n; i++)
+            ck_assert_msg(a.ids[i] == b.ids[i], "B %d token %lld: %d vs %d", B, (long long)i,
+                          a.ids[i], b.ids[i]);
+        /* Another image changes the answer: the pixels are used. */
+        for (int64_t i = 0; i < per; i++)
+            px[i] = -px[i];
+        o.mode = DVL_GEN_BLOCK;
+        ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &b, &err) == 0, "%s", err.msg);
+        ck_assert(memcmp(a.ids, b.ids, (size_t)a.n * sizeof *a.ids) != 0);
+        dvl_gen_result_free(&a);
+        dvl_gen_result_free(&b);
+    }
+    free(px);
+    free(p);
     dvl_model_free(&m);
 }
 END_TEST
@@ -395,6 +456,7 @@ static Suite *suite(void)
     TCase *tc = tcase_create("generate");
     tcase_add_test(tc, kv_cache_logits);
     tcase_add_test(tc, block_cache_equals_recompute);
+    tcase_add_test(tc, vlm_cache_equals_recompute);
     tcase_add_test(tc, ar_equals_full_argmax);
     tcase_add_test(tc, remask_counts);
     tcase_add_test(tc, stop_rule);
