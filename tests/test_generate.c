@@ -202,6 +202,7 @@ START_TEST(vlm_cache_equals_recompute)
         for (int64_t i = 0; i < per; i++)
             px[i] = -px[i];
         o.mode = DVL_GEN_BLOCK;
+        dvl_gen_result_free(&b);
         ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &b, &err) == 0, "%s", err.msg);
         ck_assert(memcmp(a.ids, b.ids, (size_t)a.n * sizeof *a.ids) != 0);
         dvl_gen_result_free(&a);
@@ -326,8 +327,9 @@ START_TEST(remask_counts)
 }
 END_TEST
 
-static void count_cb(void *user, const int32_t *ids, int64_t n)
+static void count_cb(void *user, int seq, const int32_t *ids, int64_t n)
 {
+    (void)seq;
     (void)ids;
     *(int64_t *)user += n;
 }
@@ -383,6 +385,66 @@ START_TEST(stop_rule)
         dvl_gen_result_free(&c);
     }
     free(p);
+    dvl_model_free(&m);
+}
+END_TEST
+
+/* A batch of prompts of different lengths (padding in front, per-sequence
+ * positions and key padding) gives each prompt's tokens alone, in every
+ * mode, greedy and sampled, with a stop id that ends some sequences early. */
+START_TEST(batch_equals_singles)
+{
+    dvl_model m;
+    tiny_model(&m, 23);
+    const int n = 3;
+    const int64_t lens[3] = {5, 13, 8};
+    int32_t *p[3];
+    for (int i = 0; i < n; i++)
+        p[i] = prompt_ids(lens[i], 30 + i);
+    for (int c = 0; c < 6; c++) {
+        dvl_gen_opts o;
+        dvl_gen_opts_default(&o);
+        o.mode = c % 3 == 0 ? DVL_GEN_BLOCK : c % 3 == 1 ? DVL_GEN_FULL : DVL_GEN_AR;
+        o.full_mask = c == 1 ? DVL_MASK_BLOCK_CAUSAL : DVL_MASK_BIDIR;
+        o.block_size = 4;
+        o.steps = c < 3 ? 4 : 2;
+        o.sampler.remask = c < 3 ? DVL_REMASK_STATIC : DVL_REMASK_DYNAMIC;
+        o.sampler.tau = 0.5f;
+        o.sampler.temperature = c >= 3 ? 0.9f : 0.0f;
+        o.max_new = 17;
+        o.mask_id = MASK;
+        o.seed = 77;
+        dvl_gen_result one[3];
+        for (int i = 0; i < n; i++)
+            one[i] = gen(&m, p[i], lens[i], &o);
+        /* Stop at sequence 1's 6th token: it ends early, the others go on
+         * (unless they meet it too). */
+        int32_t stop = one[1].ids[5];
+        o.stop_ids = &stop;
+        o.n_stop = 1;
+        for (int i = 0; i < n; i++) {
+            dvl_gen_result_free(&one[i]);
+            one[i] = gen(&m, p[i], lens[i], &o);
+        }
+        ck_assert(one[1].stopped && one[1].n <= 5);
+        dvl_gen_result all[3];
+        dvl_err err = {0};
+        const int32_t *pp[3] = {p[0], p[1], p[2]};
+        ck_assert_msg(dvl_generate_batch(&m, n, pp, lens, NULL, &o, all, &err) == 0, "%s",
+                      err.msg);
+        for (int i = 0; i < n; i++) {
+            ck_assert_msg(all[i].n == one[i].n, "case %d seq %d: %lld vs %lld tokens", c, i,
+                          (long long)all[i].n, (long long)one[i].n);
+            ck_assert_int_eq(all[i].stopped, one[i].stopped);
+            for (int64_t t = 0; t < one[i].n; t++)
+                ck_assert_msg(all[i].ids[t] == one[i].ids[t], "case %d seq %d token %lld: %d vs %d",
+                              c, i, (long long)t, all[i].ids[t], one[i].ids[t]);
+            dvl_gen_result_free(&all[i]);
+            dvl_gen_result_free(&one[i]);
+        }
+    }
+    for (int i = 0; i < n; i++)
+        free(p[i]);
     dvl_model_free(&m);
 }
 END_TEST
@@ -460,6 +522,7 @@ static Suite *suite(void)
     tcase_add_test(tc, ar_equals_full_argmax);
     tcase_add_test(tc, remask_counts);
     tcase_add_test(tc, stop_rule);
+    tcase_add_test(tc, batch_equals_singles);
     tcase_add_test(tc, seed_determinism);
     tcase_add_test(tc, bad_options);
     suite_add_tcase(s, tc);

@@ -596,8 +596,9 @@ typedef struct genrun {
     bool stream; /* write each block's text to stdout as it finishes */
 } genrun;
 
-static void stream_tokens(void *user, const int32_t *ids, int64_t n)
+static void stream_tokens(void *user, int seq, const int32_t *ids, int64_t n)
 {
+    (void)seq;
     genrun *g = user;
     if (!g->stream)
         return;

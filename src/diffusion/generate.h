@@ -29,7 +29,14 @@
  * at the first stop id among the new tokens, which ends generation; it also
  * ends once max_new tokens exist (the output is cut to max_new).
  *
- * One prompt at a time (batch 1). */
+ * Batches (dvl_generate_batch): the prompts run in step, one forward pass
+ * for all. Each sequence keeps its own positions from 0; shorter prompts
+ * are padded in front by whole blocks (diffusion: the complete prompt
+ * blocks end on the same row for all, so the first decode blocks share
+ * rows; AR: the prompts end on the same row), the padding rows masked out
+ * as keys (pad is not mask). Each sequence draws from its own generator
+ * seeded with opts.seed, so a batch gives exactly what each prompt gives
+ * alone (tested); sequences that stop early ride along undecoded. */
 #ifndef DVL_DIFFUSION_GENERATE_H
 #define DVL_DIFFUSION_GENERATE_H
 
@@ -52,9 +59,9 @@ typedef struct dvl_gen_opts {
     int n_stop;
     uint64_t seed;
     dvl_mask_kind full_mask; /* DVL_GEN_FULL attention: DVL_MASK_BIDIR or _BLOCK_CAUSAL */
-    /* Called with the tokens that became final (already cut at a stop id),
-     * block by block (token by token in AR mode); may be NULL. */
-    void (*on_tokens)(void *user, const int32_t *ids, int64_t n);
+    /* Called with sequence seq's tokens that became final (already cut at a
+     * stop id), block by block (token by token in AR mode); may be NULL. */
+    void (*on_tokens)(void *user, int seq, const int32_t *ids, int64_t n);
     void *user;
 } dvl_gen_opts;
 
@@ -66,9 +73,9 @@ typedef struct dvl_gen_result {
     int32_t *ids;  /* generated tokens (malloc), stop token excluded */
     int64_t n;
     bool stopped;  /* a stop id ended generation */
-    int64_t forwards;       /* model forward passes */
-    int64_t forward_tokens; /* token rows those passes computed */
-    double seconds;         /* wall time of the whole generation */
+    int64_t forwards;       /* model forward passes (of the whole batch) */
+    int64_t forward_tokens; /* token rows those passes computed (whole batch) */
+    double seconds;         /* wall time of the whole generation (whole batch) */
 } dvl_gen_result;
 
 void dvl_gen_result_free(dvl_gen_result *r);
@@ -78,5 +85,10 @@ void dvl_gen_result_free(dvl_gen_result *r);
  * model or VLM directory's model. */
 int dvl_generate(const dvl_model *m, const int32_t *prompt, int64_t P, const float *pixels,
                  int64_t n_img, const dvl_gen_opts *o, dvl_gen_result *out, dvl_err *err);
+/* n prompts at once: prompts[i][0..lens[i]), pixels[i] one image [C, S, S]
+ * or NULL (pixels NULL: no images); out[n]. */
+int dvl_generate_batch(const dvl_model *m, int n, const int32_t *const *prompts,
+                       const int64_t *lens, const float *const *pixels, const dvl_gen_opts *o,
+                       dvl_gen_result *out, dvl_err *err);
 
 #endif
