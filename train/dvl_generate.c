@@ -28,7 +28,9 @@
  *       <|im_end|> (and the tokenizer's eos) or after --max-new-tokens.
  *       --prompts: one JSON object per line, {"prompt": TEXT, "image": FILE
  *       (optional)}; one JSON line out per prompt ({"text", "ids", "tokens",
- *       "forwards", "seconds"}). Prompts run one at a time (no batching).
+ *       "forwards", "seconds"}). --batch N: N lines at a time in one batch
+ *       (dvl_generate_batch: the same answers as one by one; forwards and
+ *       seconds are then the batch's).
  *       --eval DIR/heldout.json --meta DIR/heldout_meta.jsonl [--limit N]:
  *       the synthetic dataset's held-out split (data/synth.h): each
  *       sample's question about its image, the answer scored against the
@@ -70,7 +72,7 @@ typedef enum mode { MODE_NONE = 0, MODE_SCORE = 1, MODE_GEN = 2 } mode;
 typedef struct args {
     mode mode;
     const char *model, *ids, *pixels, *logits_out;
-    const char *prompt, *prompts, *eval, *meta, *limit, *tokenizer, *system, *gen_mode, *remasking;
+    const char *prompt, *prompts, *eval, *meta, *limit, *batch, *tokenizer, *system, *gen_mode, *remasking;
     const char *block_size, *steps, *threshold, *temperature, *top_k, *top_p, *max_new, *seed,
         *mask_id;
     const char *images[MAX_IMAGES];
@@ -102,6 +104,7 @@ static const struct {
     {"--eval", OPT_STR, offsetof(args, eval), 1u << MODE_GEN},
     {"--meta", OPT_STR, offsetof(args, meta), 1u << MODE_GEN},
     {"--limit", OPT_STR, offsetof(args, limit), 1u << MODE_GEN},
+    {"--batch", OPT_STR, offsetof(args, batch), 1u << MODE_GEN},
     {"--tokenizer", OPT_STR, offsetof(args, tokenizer), 1u << MODE_GEN},
     {"--system", OPT_STR, offsetof(args, system), 1u << MODE_GEN},
     {"--mode", OPT_STR, offsetof(args, gen_mode), 1u << MODE_GEN},
@@ -130,6 +133,9 @@ static int usage(FILE *f)
                "           [--remasking static|dynamic] [--threshold T] [--temperature T]\n"
                "           [--top-k K] [--top-p P] [--max-new-tokens N] [--seed S]\n"
                "           [--mask-id ID] [--tokenizer DIR] [--system TEXT] [--timing]\n"
+               "           [--batch N (with --prompts)]\n"
+               "       " PROG " --model DIR --eval DIR/heldout.json --meta DIR/heldout_meta.jsonl\n"
+               "           [--limit N] [decoding options]\n"
                "  generate: block diffusion with KV cache (default), full recompute, or AR\n");
     return f == stderr ? 2 : 0;
 }
@@ -669,13 +675,13 @@ static void print_timing(const dvl_gen_result *r)
 
 /* One prompt: text (with the template) or ids (as given), image or NULL.
  * Writes the answer to stdout in the form the input mode asks. */
-static int gen_one(genrun *g, const char *text, const int32_t *given, int64_t n_given,
-                   const char *image, dvl_gen_result *keep, dvl_err *err)
+static int prep_one(genrun *g, const char *text, const int32_t *given, int64_t n_given,
+                    const char *image, int32_t **ids_out, int64_t *n_out, float **px_out,
+                    dvl_err *err)
 {
     int32_t *ids = NULL;
     float *px = NULL;
     int64_t n = 0, n_img = 0;
-    dvl_gen_result r = {0};
     int rc = DVL_OK;
     if (image && g->m.cfg.arch != DVL_ARCH_VLM) {
         rc = dvl_errf(err, DVL_EINVAL, "%s is a %s model without a vision tower; drop the image",
@@ -720,28 +726,35 @@ static int gen_one(genrun *g, const char *text, const int32_t *given, int64_t n_
         else
             memcpy(ids, given, (size_t)n * sizeof *ids);
     }
-    g->stream = g->a->prompt != NULL;
-    rc = dvl_generate(&g->m, ids, n, px, n_img, &g->o, &r, err);
-    if (rc)
-        goto done;
-    if (keep) {
-        *keep = r;
-        r.ids = NULL;
-    } else if (g->a->prompt) {
+    *ids_out = ids;
+    *n_out = n;
+    *px_out = px;
+    return DVL_OK;
+done:
+    free(ids);
+    free(px);
+    return rc;
+}
+
+/* The answer in the form the input mode asks: streamed text (already
+ * written) and a newline, a JSON line (--prompts), or a JSON array (--ids). */
+static void print_result(genrun *g, const dvl_gen_result *r)
+{
+    if (g->a->prompt) {
         printf("\n");
     } else {
-        char *txt = g->tok && g->a->prompts ? dvl_tokenizer_decode(g->tok, r.ids, r.n) : NULL;
+        char *txt = g->tok && g->a->prompts ? dvl_tokenizer_decode(g->tok, r->ids, r->n) : NULL;
         cJSON *j = g->a->prompts ? cJSON_CreateObject() : NULL;
         cJSON *arr = cJSON_CreateArray();
-        for (int64_t i = 0; i < r.n; i++)
-            cJSON_AddItemToArray(arr, cJSON_CreateNumber(r.ids[i]));
+        for (int64_t i = 0; i < r->n; i++)
+            cJSON_AddItemToArray(arr, cJSON_CreateNumber(r->ids[i]));
         if (j) {
             cJSON_AddStringToObject(j, "text", txt ? txt : "");
             cJSON_AddItemToObject(j, "ids", arr);
-            cJSON_AddNumberToObject(j, "tokens", (double)r.n);
-            cJSON_AddNumberToObject(j, "forwards", (double)r.forwards);
-            cJSON_AddNumberToObject(j, "seconds", r.seconds);
-            cJSON_AddBoolToObject(j, "stopped", r.stopped);
+            cJSON_AddNumberToObject(j, "tokens", (double)r->n);
+            cJSON_AddNumberToObject(j, "forwards", (double)r->forwards);
+            cJSON_AddNumberToObject(j, "seconds", r->seconds);
+            cJSON_AddBoolToObject(j, "stopped", r->stopped);
         }
         char *s = cJSON_PrintUnformatted(j ? j : arr);
         if (s)
@@ -752,39 +765,108 @@ static int gen_one(genrun *g, const char *text, const int32_t *given, int64_t n_
         free(txt);
     }
     if (g->a->timing)
-        print_timing(&r);
-done:
+        print_timing(r);
+}
+
+/* One prompt: text (with the template) or ids (as given), image or NULL;
+ * the result to keep, or printed when keep is NULL. */
+static int gen_one(genrun *g, const char *text, const int32_t *given, int64_t n_given,
+                   const char *image, dvl_gen_result *keep, dvl_err *err)
+{
+    int32_t *ids = NULL;
+    float *px = NULL;
+    int64_t n = 0;
+    dvl_gen_result r = {0};
+    int rc = prep_one(g, text, given, n_given, image, &ids, &n, &px, err);
+    if (rc)
+        return rc;
+    g->stream = g->a->prompt != NULL;
+    rc = dvl_generate(&g->m, ids, n, px, px ? 1 : 0, &g->o, &r, err);
+    if (!rc && keep) {
+        *keep = r;
+        r.ids = NULL;
+    } else if (!rc) {
+        print_result(g, &r);
+    }
     dvl_gen_result_free(&r);
     free(ids);
     free(px);
     return rc;
 }
 
-/* --prompts FILE.jsonl: {"prompt": TEXT, "image": FILE} per line. */
+/* Prompts [0, k) as one batch (dvl_generate_batch), printed in order. */
+static int gen_batch(genrun *g, char **texts, char **images, int k, dvl_err *err)
+{
+    int32_t *ids[MAX_IMAGES] = {0};
+    float *px[MAX_IMAGES] = {0};
+    int64_t n[MAX_IMAGES] = {0};
+    dvl_gen_result r[MAX_IMAGES];
+    int rc = DVL_OK;
+    for (int i = 0; i < k && !rc; i++)
+        rc = prep_one(g, texts[i], NULL, 0, images[i], &ids[i], &n[i], &px[i], err);
+    g->stream = false;
+    if (!rc)
+        rc = dvl_generate_batch(&g->m, k, (const int32_t *const *)ids, n,
+                                (const float *const *)px, &g->o, r, err);
+    for (int i = 0; i < k; i++) {
+        if (!rc) {
+            print_result(g, &r[i]);
+            dvl_gen_result_free(&r[i]);
+        }
+        free(ids[i]);
+        free(px[i]);
+    }
+    return rc;
+}
+
+/* --prompts FILE.jsonl: {"prompt": TEXT, "image": FILE} per line, --batch
+ * lines at a time. */
 static int gen_jsonl(genrun *g, dvl_err *err)
 {
+    int64_t bs = 1;
+    int rc = opt_int("--batch", g->a->batch, 1, &bs, err);
+    if (!rc && bs > MAX_IMAGES)
+        rc = dvl_errf(err, DVL_EINVAL, "--batch %lld is too large (at most %d)", (long long)bs,
+                      MAX_IMAGES);
+    if (rc)
+        return rc;
     FILE *f = fopen(g->a->prompts, "rb");
     if (!f)
         return dvl_errf(err, DVL_EIO, "%s: cannot open: %s", g->a->prompts, strerror(errno));
-    char *line = NULL;
+    char *line = NULL, *texts[MAX_IMAGES], *images[MAX_IMAGES];
     size_t cap = 0;
-    int rc = DVL_OK;
+    int k = 0;
     int64_t lineno = 0;
-    while (!rc && getline(&line, &cap, f) > 0) {
-        lineno++;
-        if (strspn(line, " \t\r\n") == strlen(line))
-            continue;
-        cJSON *j = cJSON_Parse(line);
-        const cJSON *p = j ? cJSON_GetObjectItemCaseSensitive(j, "prompt") : NULL;
-        const cJSON *im = j ? cJSON_GetObjectItemCaseSensitive(j, "image") : NULL;
-        if (!cJSON_IsString(p) || (im && !cJSON_IsString(im) && !cJSON_IsNull(im)))
-            rc = dvl_errf(err, DVL_EINVAL,
-                          "%s:%lld: want {\"prompt\": TEXT, \"image\": FILE (optional)}",
-                          g->a->prompts, (long long)lineno);
-        else
-            rc = gen_one(g, p->valuestring, NULL, 0, cJSON_IsString(im) ? im->valuestring : NULL,
-                         NULL, err);
-        cJSON_Delete(j);
+    bool eof = false;
+    while (!rc && !eof) {
+        eof = getline(&line, &cap, f) <= 0;
+        if (!eof) {
+            lineno++;
+            if (strspn(line, " \t\r\n") == strlen(line))
+                continue;
+            cJSON *j = cJSON_Parse(line);
+            const cJSON *p = j ? cJSON_GetObjectItemCaseSensitive(j, "prompt") : NULL;
+            const cJSON *im = j ? cJSON_GetObjectItemCaseSensitive(j, "image") : NULL;
+            if (!cJSON_IsString(p) || (im && !cJSON_IsString(im) && !cJSON_IsNull(im))) {
+                rc = dvl_errf(err, DVL_EINVAL,
+                              "%s:%lld: want {\"prompt\": TEXT, \"image\": FILE (optional)}",
+                              g->a->prompts, (long long)lineno);
+            } else {
+                texts[k] = strdup(p->valuestring);
+                images[k] = cJSON_IsString(im) ? strdup(im->valuestring) : NULL;
+                k++;
+            }
+            cJSON_Delete(j);
+        }
+        if (!rc && k > 0 && (k == bs || eof))
+            rc = gen_batch(g, texts, images, k, err);
+        if (rc || k == bs || eof) {
+            for (int i = 0; i < k; i++) {
+                free(texts[i]);
+                free(images[i]);
+            }
+            k = 0;
+        }
     }
     free(line);
     fclose(f);
