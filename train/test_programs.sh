@@ -155,6 +155,47 @@ reject gen_no_tokenizer "no tokenizer" "$GENERATE" --model "$REF/qwen2_tied" --p
 reject gen_image_unreadable "$T/nope.png" "$GENERATE" --model "$T/v" --ids "$T/vlm_ids.json" --image "$T/nope.png" --mask-id 3
 reject gen_two_inputs "give one of" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --prompt hi
 reject gen_eval_meta "--eval FILE.json and --meta FILE.jsonl go together" "$GENERATE" --model "$REF/qwen2_tied" --eval "$T/x.json"
+# Text prompts through the Qwen2.5 tokenizer on tiny random models with its
+# vocabulary: a VLM (SigLIP fixture config, image placeholder -200).
+sed -e 's/"vocab_size": 128/"vocab_size": 151680/' -e 's/"image_token_index": 5/"image_token_index": -200/' \
+    -e 's/"tie_word_embeddings": false/"tie_word_embeddings": true/' "$REF/vlm/config.json" >"$T/qcfg.json"
+run convert_qvlm "$CONVERT" init --random "$T/qcfg.json" --seed 5 --out "$T/qv"
+QTOK="$DATA/qwen-tokenizer"
+run gen_prompt "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --image "$DATA/images/rgb8.png" \
+    --prompt "What is this?" --mask-id 151660 --max-new-tokens 10 --timing
+[ "$(wc -l <"$T/out")" -eq 1 ] && grep -q "forwards" "$T/err" && ok gen_prompt_output || bad gen_prompt_output
+printf '{"prompt": "Describe the image.", "image": "%s"}\n{"prompt": "Say hi."}\n\n{"prompt": "Count.", "image": "%s"}\n' \
+    "$DATA/images/rgb8.png" "$DATA/images/gray.jpg" >"$T/p.jsonl"
+for m in block ar; do
+    run "gen_prompts_$m" "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --prompts "$T/p.jsonl" \
+        --mask-id 151660 --max-new-tokens 9 --mode $m --temperature 0.9 --seed 2
+    sed 's/"forwards.*//' "$T/out" >"$T/one.txt"
+    run "gen_prompts_${m}_batch" "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --prompts "$T/p.jsonl" \
+        --mask-id 151660 --max-new-tokens 9 --mode $m --temperature 0.9 --seed 2 --batch 3
+    sed 's/"forwards.*//' "$T/out" >"$T/three.txt"
+    if [ "$(wc -l <"$T/one.txt")" -eq 3 ] && cmp -s "$T/one.txt" "$T/three.txt"; then
+        ok "gen_batch_equals_singles_$m"
+    else
+        bad "gen_batch_equals_singles_$m"
+    fi
+done
+# --eval on a two-sample split in the synthetic dataset's format.
+mkdir -p "$T/ev/images"
+cp "$DATA/images/rgb8.png" "$T/ev/images/a.png"
+cp "$DATA/images/gray.jpg" "$T/ev/images/b.jpg"
+cat >"$T/ev/heldout.json" <<'JSON'
+[
+{"id":"s0","image":"images/a.png","conversations":[{"from":"human","value":"<image>\nDescribe the image."},{"from":"gpt","value":"a red circle."}]},
+{"id":"s1","image":"images/b.jpg","conversations":[{"from":"human","value":"<image>\nHow many stars are there?"},{"from":"gpt","value":"two."}]}
+]
+JSON
+printf '{"id":"s0","question":"caption","answer":"a red circle."}\n{"id":"s1","question":"count","answer":"two."}\n' >"$T/ev/meta.jsonl"
+run gen_eval "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --eval "$T/ev/heldout.json" --meta "$T/ev/meta.jsonl" \
+    --mask-id 151660 --max-new-tokens 6
+grep -q "^accuracy .* (0/2); shape .* (1), colour .* (1), count .* (2)" "$T/out" && ok gen_eval_summary || bad "gen_eval_summary: $(tail -1 "$T/out")"
+printf '{"id":"s0","question":"caption","answer":"a red circle."}\n{"id":"sX","question":"count","answer":"two."}\n' >"$T/ev/meta2.jsonl"
+reject gen_eval_mismatch "with the same id" "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --eval "$T/ev/heldout.json" \
+    --meta "$T/ev/meta2.jsonl" --mask-id 151660 --max-new-tokens 2
 reject gen_score_opt "--steps does not apply" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" --logits-out "$T/x.npy" --steps 2
 
 [ $fails -eq 0 ] || { echo "$fails failed"; exit 1; }
