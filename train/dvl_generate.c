@@ -1,4 +1,4 @@
-/* dvl-generate: run a model directory on token ids.
+/* dvl-generate: score token ids with a model directory, or generate text.
  *
  *   --score --model DIR --ids FILE.json [--image FILE ... | --pixels FILE.safetensors]
  *           --logits-out FILE.npy [--timing]
