@@ -8,10 +8,13 @@
  *                     gaps, so a shard holds at most S samples (layout:
  *                     io/shard.h)
  *   shard-NNNNN.json  written after the shard: its record range, counts,
- *                     size and FNV-1a checksum, the settings fingerprint,
- *                     and the records it skipped or truncated. A rerun
- *                     keeps a shard whose sidecar, settings and checksum
- *                     all agree, and builds the others again.
+ *                     size and FNV-1a checksum, the settings fingerprint
+ *                     (a hash of tokenizer.json, the input file and every
+ *                     option that changes the shards; not the thread
+ *                     count), and the records it skipped or truncated. A
+ *                     rerun keeps a shard whose sidecar, settings and
+ *                     checksum all agree, and builds the others again;
+ *                     it removes *.tmp leftovers and a stale manifest.
  *   report.jsonl      one line per skipped or truncated record, in input
  *                     order: {"record", "line", "id", "status": "skipped" |
  *                     "truncated", "kind", "reason"} (record: 0-based index

@@ -327,7 +327,6 @@ static int process(build *b, dvl_tokenizer_state *st, dvl_chat_turn **turns, int
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
     const cJSON *image = cJSON_GetObjectItemCaseSensitive(root, "image");
     const cJSON *conv = cJSON_GetObjectItemCaseSensitive(root, "conversations");
-    int rc = DVL_OK;
     const char *image_name = NULL;
     if (!cJSON_IsObject(root)) {
         set_reason(s, K_MALFORMED, "the record is not a JSON object");
@@ -438,7 +437,7 @@ static int process(build *b, dvl_tokenizer_state *st, dvl_chat_turn **turns, int
     }
 done:
     cJSON_Delete(root);
-    return rc;
+    return DVL_OK;
 }
 
 static void *worker(void *arg)
@@ -975,9 +974,7 @@ int dvl_dataset_build(const dvl_build_opts *o, dvl_build_stats *st, dvl_err *err
 
     /* Which shards to (re)build. */
     b.todo = malloc(sizeof *b.todo * (size_t)(in.n + 1));
-    bool *build_it = calloc((size_t)n_shards + 1, sizeof *build_it);
-    if (!b.todo || !build_it) {
-        free(build_it);
+    if (!b.todo) {
         rc = dvl_errf(err, DVL_ENOMEM, "out of memory for %lld records", (long long)in.n);
         goto done;
     }
@@ -989,7 +986,6 @@ int dvl_dataset_build(const dvl_build_opts *o, dvl_build_stats *st, dvl_err *err
             kept++;
             continue;
         }
-        build_it[k] = true;
         for (int64_t r = first; r < first + count; r++)
             b.todo[b.n_todo++] = r;
     }
@@ -1004,7 +1000,6 @@ int dvl_dataset_build(const dvl_build_opts *o, dvl_build_stats *st, dvl_err *err
         if (!(b.slots[i].pixels = malloc(px)))
             break;
     if (!b.slots || !b.slots[b.n_slots - 1].pixels) {
-        free(build_it);
         rc = dvl_errf(err, DVL_ENOMEM, "out of memory for %lld image buffers",
                       (long long)b.n_slots);
         goto done;
@@ -1014,7 +1009,6 @@ int dvl_dataset_build(const dvl_build_opts *o, dvl_build_stats *st, dvl_err *err
     pthread_cond_init(&b.ready, NULL);
     th = calloc((size_t)o->threads, sizeof *th);
     if (!th) {
-        free(build_it);
         rc = dvl_errf(err, DVL_ENOMEM, "out of memory");
         goto done_sync;
     }
@@ -1059,7 +1053,6 @@ int dvl_dataset_build(const dvl_build_opts *o, dvl_build_stats *st, dvl_err *err
                         (long long)sh.count, (double)(q + 1) / (now() - ts));
         }
     }
-    free(build_it);
     pthread_mutex_lock(&b.mu);
     b.stop = true;
     pthread_cond_broadcast(&b.space);
