@@ -278,6 +278,13 @@ static int check_data(run *r, dvl_err *err)
         rc = dvl_errf(err, DVL_EINVAL, "data.path: %s has %lld images but %s is a language model",
                       r->c.data_path, (long long)man.images, r->c.model_path);
     }
+    /* Padding of the [x_t ; x_0] batch is never attended to, but it is
+     * still looked up in the embedding: the dataset's pad id, when it is a
+     * row. */
+    if (man.pad_token_id >= 0 && man.pad_token_id < tm->lm->cfg.vocab)
+        r->tm.diff.pad_id = man.pad_token_id;
+    else if (r->tm.diff.pad_id >= tm->lm->cfg.vocab)
+        r->tm.diff.pad_id = 0;
     dvl_manifest_free(&man);
     return rc;
 }
