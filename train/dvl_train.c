@@ -218,6 +218,12 @@ static int load_model(run *r, dvl_err *err)
                               .connector_seed = (uint64_t)c->connector_seed};
     if (dvl_model_load_weights(&tm->m, c->model_path, &lo, err))
         return err->code;
+    if (c->reset_connector) {
+        if (!tm->is_vlm)
+            return dvl_errf(err, DVL_EINVAL, "model.reset_connector: %s has no connector",
+                            c->model_path);
+        dvl_connector_init_random(&tm->m.vlm.connector, (uint64_t)c->connector_seed);
+    }
     if (c->stage == STAGE_2) {
         bool llada = mc.lm.arch == DVL_ARCH_LLADA;
         if (llada)

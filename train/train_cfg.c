@@ -12,6 +12,8 @@ const dvl_cfg_key TRAIN_KEYS[] = {
      .help = "model directory (config.json + model.safetensors) to start from"},
     {"model.init_connector", DVL_CFG_BOOL, .def = "false",
      .help = "the checkpoint may lack model.mm_projector.* (fresh stage 1): initialise it"},
+    {"model.reset_connector", DVL_CFG_BOOL, .def = "false",
+     .help = "re-initialise the connector after loading (stage 1 on a trained VLM)"},
     {"model.connector_seed", DVL_CFG_INT, .def = "0", .ranged = true, .min = 0, .max = BIG,
      .help = "seed of a freshly initialised connector"},
     {"data.path", DVL_CFG_STRING, .required = true, .help = "prepared dataset (dvl-prep build)"},
@@ -91,6 +93,7 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
 {
     o->model_path = dvl_cfg_str(c, "model.path");
     o->init_connector = dvl_cfg_bool(c, "model.init_connector");
+    o->reset_connector = dvl_cfg_bool(c, "model.reset_connector");
     o->connector_seed = dvl_cfg_int(c, "model.connector_seed");
     o->data_path = dvl_cfg_str(c, "data.path");
     o->data_seed = dvl_cfg_int(c, "data.seed");

@@ -22,6 +22,7 @@ typedef struct train_cfg {
     /* model */
     const char *model_path;
     bool init_connector; /* the checkpoint may lack the connector (fresh stage 1) */
+    bool reset_connector; /* re-initialise it after loading (stage 1 on a trained VLM) */
     int64_t connector_seed;
     /* data */
     const char *data_path;
