@@ -533,7 +533,7 @@ START_TEST(load_errors)
     }
 
     run b = make_run(30, SPEC, NSPEC);
-    char want[600];
+    char want[700];
     /* The RNG count (another world size). */
     ck_assert_int_eq(dvl_ckpt_load(root, b.p, b.o, NULL, b.rng, 2, NULL, &err), DVL_EINVAL);
     snprintf(want, sizeof want, "%s/state.json: rng: 3 states saved, 2 expected (another world size?)",

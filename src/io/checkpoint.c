@@ -147,7 +147,7 @@ static int list_checkpoints(const char *root, entry **out, dvl_err *err)
             list = p;
         }
         list[n].step = s;
-        snprintf(list[n].name, sizeof list[n].name, "%s", e->d_name);
+        memcpy(list[n].name, e->d_name, strlen(e->d_name) + 1); /* length checked above */
         n++;
     }
     closedir(d);
