@@ -108,12 +108,13 @@ static void test_grad_sync(dvl_params *p, size_t bucket_bytes)
         return;
     int nb = dvl_dist_grad_sync_buckets(s);
     /* Bucket boundaries are the same on every rank. */
-    int64_t layout[2] = {nb, 0};
+    uint64_t h = 0;
     for (int b = 0; b < nb; b++) {
         int64_t off, count;
         dvl_dist_grad_sync_bucket(s, b, NULL, NULL, &off, &count);
-        layout[1] = layout[1] * 1000003 + off * 31 + count;
+        h = h * 1000003u + (uint64_t)off * 31u + (uint64_t)count;
     }
+    int64_t layout[2] = {nb, (int64_t)(h >> 1)};
     int64_t lo[2] = {layout[0], layout[1]}, hi[2] = {layout[0], layout[1]};
     dvl_dist_allreduce_i64(&D, lo, 2, DVL_DIST_MIN, &err);
     dvl_dist_allreduce_i64(&D, hi, 2, DVL_DIST_MAX, &err);
