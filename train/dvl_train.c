@@ -592,7 +592,9 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
         r->metrics = fopen(path, ckpt[0] ? "a" : "w");
         if (!r->metrics)
             return dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
-        r->tty = isatty(STDOUT_FILENO);
+        /* mpirun hands its ranks a pseudo-terminal whatever its own stdout
+         * is, so under MPI the line is plain. */
+        r->tty = isatty(STDOUT_FILENO) && r->d.world == 1;
         printf(PROG ": stage %s, %s (%" PRId64 " parameters, %" PRId64 " trainable), %" PRId64
                " samples, %d rank(s) x micro batch %" PRId64 " x %" PRId64
                " accumulation = global batch %" PRId64 ", %" PRId64 " steps (%" PRId64
