@@ -455,6 +455,9 @@ static int train(run *r, dvl_err *err)
                 return err->code;
             sums[0] /= r->d.world;
         }
+        if (c->nonfinite_from >= 0 && r->step + 1 >= c->nonfinite_from &&
+            r->step + 1 < c->nonfinite_from + c->nonfinite_steps)
+            p->grad[0] = NAN;
         double loss = sums[0], gnorm = dvl_grad_norm(p), lr = lr_at(c, r->step, r->total);
         /* Every rank holds the same averaged gradient and loss, so every
          * rank takes the same decision. */
@@ -463,13 +466,13 @@ static int train(run *r, dvl_err *err)
             bad_run++;
             if (r->d.rank == 0)
                 fprintf(stderr, PROG ": step %" PRId64 ": non-finite loss %g / grad norm %g: skipped"
-                        " (%" PRId64 " in a row)\n", r->step, loss, gnorm, bad_run);
+                        " (%" PRId64 " in a row)\n", r->step + 1, loss, gnorm, bad_run);
             if (bad_run > c->max_bad_steps)
                 return dvl_errf(err, DVL_EINVAL,
                                 "step %" PRId64 ": %" PRId64 " non-finite steps in a row (more "
                                 "than optim.max_bad_steps = %" PRId64 "); the last checkpoint is "
                                 "intact",
-                                r->step, bad_run, c->max_bad_steps);
+                                r->step + 1, bad_run, c->max_bad_steps);
         } else {
             bad_run = 0;
             if (c->clip > 0 && gnorm > c->clip)

@@ -122,6 +122,28 @@ else
     bad "resume_latest: $(tail -1 rl.log)"
 fi
 
+# ---- NaN/Inf steps: skipped and logged; more than optim.max_bad_steps in a
+# row abort with the last checkpoint intact.
+if "$TRAIN" --config ar.json --set train.out=nan1 --set train.max_steps=8 --set debug.nonfinite_from=4 \
+    --set debug.nonfinite_steps=2 >nan1.log 2>&1 &&
+    [ "$(grep -c '"skipped": true' nan1/metrics.jsonl)" -eq 2 ] &&
+    grep -q '"step": 4, .*"skipped": true' nan1/metrics.jsonl &&
+    grep -q "step 5: non-finite" nan1.log; then
+    ok nonfinite_skipped
+else
+    bad "nonfinite_skipped: $(tail -2 nan1.log)"
+fi
+"$TRAIN" --config ar.json --set train.out=nan2 --set train.max_steps=20 --set ckpt.every=2 \
+    --set debug.nonfinite_from=5 --set debug.nonfinite_steps=100 --set optim.max_bad_steps=3 >nan2.log 2>&1
+rc=$?
+if [ $rc -ne 0 ] && grep -q "4 non-finite steps in a row" nan2.log &&
+    [ "$(cat nan2/ckpt/latest)" = step-000006 ] && [ ! -d nan2/final ] &&
+    "$TRAIN" --resume nan2/ckpt --set train.out=nan3 --set debug.nonfinite_from=-1 >nan3.log 2>&1; then
+    ok nonfinite_abort_keeps_checkpoint
+else
+    bad "nonfinite_abort_keeps_checkpoint: rc $rc: $(tail -2 nan2.log)"
+fi
+
 # ---- 1 rank = 2 ranks = 3 ranks at global batch 12 (stage ar and stage 1)
 # compare_runs A B: every step's loss within 1e-5 relative, final weights
 # within 1e-5 absolute.

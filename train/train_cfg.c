@@ -86,6 +86,10 @@ const dvl_cfg_key TRAIN_KEYS[] = {
      .help = "gradient all-reduce bucket size in MiB"},
     {"dist.check_every", DVL_CFG_INT, .def = "100", .ranged = true, .min = 0, .max = BIG,
      .help = "compare the ranks' weights (checksum) every N steps (0: never)"},
+    {"debug.nonfinite_from", DVL_CFG_INT, .def = "-1", .ranged = true, .min = -1, .max = BIG,
+     .help = "testing: poison the gradient with NaN from this step (1-based; -1: never)"},
+    {"debug.nonfinite_steps", DVL_CFG_INT, .def = "0", .ranged = true, .min = 0, .max = BIG,
+     .help = "testing: for this many steps"},
 };
 const int TRAIN_N_KEYS = (int)(sizeof TRAIN_KEYS / sizeof *TRAIN_KEYS);
 
@@ -131,6 +135,8 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
     o->log_every = dvl_cfg_int(c, "log.every");
     o->bucket_mb = dvl_cfg_int(c, "dist.bucket_mb");
     o->check_every = dvl_cfg_int(c, "dist.check_every");
+    o->nonfinite_from = dvl_cfg_int(c, "debug.nonfinite_from");
+    o->nonfinite_steps = dvl_cfg_int(c, "debug.nonfinite_steps");
     if (dvl_cfg_check(c, err))
         return err->code;
     /* Relations between keys (each key's own range is the schema's). */

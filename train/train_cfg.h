@@ -54,6 +54,8 @@ typedef struct train_cfg {
     int64_t log_every;
     int64_t bucket_mb;
     int64_t check_every;
+    /* testing the NaN path: steps [from, from + steps) get a NaN gradient */
+    int64_t nonfinite_from, nonfinite_steps;
 } train_cfg;
 
 extern const dvl_cfg_key TRAIN_KEYS[];
