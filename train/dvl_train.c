@@ -48,7 +48,8 @@ static int usage(FILE *f)
     fprintf(f,
             "usage: [mpirun -np N] " PROG " --stage 1|2|ar --config FILE.json\n"
             "                 [--set key=value ...] [--resume DIR|latest]\n"
-            "  --stage     ar: AR finetuning (everything trainable, next-token loss);\n"
+            "  --stage     ar: AR finetuning (LM and connector, the vision tower too with\n"
+            "              train.vision_trainable; next-token loss);\n"
             "              1: connector alignment (LM and vision frozen);\n"
             "              2: block diffusion finetuning (BD3-LM objective)\n"
             "              (same as --set train.stage=...)\n"
