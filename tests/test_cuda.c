@@ -941,6 +941,8 @@ START_TEST(elementwise_ops_match_cpu)
          .grad = {true}, .run = r_sum, .fwd_tol = 1e-4, .grad_tol = 1e-5},
         {.name = "softmax [7,33]", .n_in = 1, .ndim = {2}, .shape = {S2(7, 33)},
          .grad = {true}, .std = {3}, .run = r_softmax, .fwd_tol = 1e-5, .grad_tol = 1e-4},
+        {.name = "softmax [40,70]", .n_in = 1, .ndim = {2}, .shape = {S2(40, 70)},
+         .grad = {true}, .std = {3}, .run = r_softmax, .fwd_tol = 1e-5, .grad_tol = 1e-4},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         check_case(&cases[i]);
@@ -1039,6 +1041,9 @@ START_TEST(cross_entropy_matches_cpu)
         {.name = "linear_cross_entropy h[9,16] W[13,16]", .n_in = 2, .ndim = {2, 2},
          .shape = {S2(9, 16), S2(13, 16)}, .grad = {true, true}, .run = r_lxent,
          .idx = labels, .wts = wts, .fwd_tol = 1e-4, .grad_tol = 1e-4},
+        {.name = "cross_entropy [5,100] (V > 32 lanes)", .n_in = 1, .ndim = {2},
+         .shape = {S2(5, 100)}, .grad = {true}, .std = {3}, .run = r_xent, .idx = labels,
+         .wts = wts, .fwd_tol = 1e-4, .grad_tol = 1e-4},
         {.name = "linear_cross_entropy, W frozen", .n_in = 2, .ndim = {2, 2},
          .shape = {S2(9, 16), S2(13, 16)}, .grad = {true, false}, .run = r_lxent,
          .idx = labels, .fwd_tol = 1e-4, .grad_tol = 1e-4},
@@ -1091,6 +1096,21 @@ START_TEST(attention_matches_cpu_all_masks)
                                {N, masks[i].tk, HKV, D}},
                      .grad = {true, true, true}, .run = r_attention, .mask = masks[i].m,
                      .f = sc, .fwd_tol = 1e-4, .grad_tol = 1e-4};
+        check_case(&c);
+    }
+    /* More keys than threads per block (128) and a longer head: the
+     * kernels' strided loops. */
+    uint8_t pad150[150];
+    for (int i = 0; i < 150; i++)
+        pad150[i] = i % 17 != 3;
+    const dvl_mask long_masks[2] = {{.kind = DVL_MASK_CAUSAL, .key_valid = pad150},
+                                    {.kind = DVL_MASK_BIDIR}};
+    for (int i = 0; i < 2; i++) {
+        op_case c = {.name = i ? "attention BIDIR T=150 D=40" : "attention CAUSAL T=150 padded",
+                     .n_in = 3, .ndim = {4, 4, 4},
+                     .shape = {{1, 150, 2, 40}, {1, 150, 1, 40}, {1, 150, 1, 40}},
+                     .grad = {true, true, true}, .run = r_attention, .mask = long_masks[i],
+                     .f = 1.0f / sqrtf(40.0f), .fwd_tol = 1e-4, .grad_tol = 1e-4};
         check_case(&c);
     }
     /* A frozen k (v, q trainable). */

@@ -109,7 +109,8 @@ int64_t dvl_arena_mallocs(const dvl_ctx *ctx);
 dvl_tensor *dvl_new(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape);
 dvl_tensor *dvl_zeros(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape);
 dvl_tensor *dvl_new2(dvl_ctx *ctx, int64_t rows, int64_t cols); /* f32 [rows, cols] */
-/* A tensor in the context wrapping caller-owned data (no copy). */
+/* A tensor in the context wrapping caller-owned data (no copy). On a CUDA
+ * context the data must be device memory (dvl_from_host copies host data). */
 dvl_tensor *dvl_wrap(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape, void *data);
 
 /* View of `t`: the same data reinterpreted as `shape` starting `offset`
