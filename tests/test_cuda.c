@@ -1177,6 +1177,19 @@ START_TEST(cuda_context_basics)
             ck_assert_int_eq(dvl_arena_mallocs(ctx), before);
     }
     ck_assert_msg(dvl_ctx_ok(ctx), "%s", dvl_ctx_err(ctx)->msg);
+    /* A CPU tensor given to an op with a CUDA tensor: an error naming both. */
+    dvl_ctx *cpu = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *hc = dvl_from_host(cpu, DVL_F32, 2, s, h);
+    dvl_tensor *hg = dvl_from_host(ctx, DVL_F32, 2, s, h);
+    ck_assert(hc && hg);
+    hc->name = "host_t";
+    hg->name = "dev_t";
+    ck_assert_ptr_null(dvl_add(ctx, hg, hc));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "different devices") &&
+                      strstr(dvl_ctx_err(ctx)->msg, "host_t"),
+                  "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    dvl_ctx_free(cpu);
     dvl_ctx_free(ctx);
 
     /* A device parameter store round trip. */
