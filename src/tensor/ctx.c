@@ -127,9 +127,12 @@ dvl_ctx *dvl_ctx_new_err(dvl_device device, dvl_err *err)
     }
 #ifdef DVL_HAVE_CUDA
     if (device == DVL_CUDA) {
-        /* Device 0 (one GPU per process; multi-GPU ranks are remaining
-         * work). */
-        if (dvl_cuda_init(0, err) != DVL_OK ||
+        /* The thread's current device: 0, or the one a multi-GPU rank chose
+         * with dvl_cuda_init before making its contexts. */
+        int dev = 0;
+        if (dvl_cuda_get_device(&dev, NULL) != DVL_OK)
+            dev = 0; /* no usable driver: dvl_cuda_init says why */
+        if (dvl_cuda_init(dev, err) != DVL_OK ||
             !(ctx->dchunks = dchunk_new(ctx, ARENA_MIN_CHUNK, err)) ||
             !(ctx->blas = dvl_cublas_new(false, err))) {
             dvl_ctx_free(ctx);

@@ -42,6 +42,8 @@ int dvl_cuda_device_count(void);
 int dvl_cuda_probe(dvl_err *err);
 /* Select `device` for this thread and create its context. */
 int dvl_cuda_init(int device, dvl_err *err);
+/* The device this thread uses now (0 unless dvl_cuda_init chose another). */
+int dvl_cuda_get_device(int *device, dvl_err *err);
 /* "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)" into buf. */
 int dvl_cuda_describe(int device, char *buf, size_t n, dvl_err *err);
 
