@@ -41,6 +41,11 @@ struct dvl_ctx {
     chunk *dchunks;
     size_t dused_total;
     struct dvl_cublas *blas;
+    /* Gradient-ready hook and the generation counter that marks which
+     * parameters a backward pass has already seen. */
+    dvl_grad_ready_fn ready_fn;
+    void *ready_user;
+    uint64_t mark_gen;
 };
 
 static chunk *chunk_new(dvl_ctx *ctx, size_t size)
@@ -424,12 +429,57 @@ float *dvl_grad(dvl_ctx *ctx, dvl_tensor *t)
     return t->grad;
 }
 
+void dvl_set_grad_ready_hook(dvl_ctx *ctx, dvl_grad_ready_fn fn, void *user)
+{
+    ctx->ready_fn = fn;
+    ctx->ready_user = user;
+}
+
+typedef struct first_use {
+    int node;
+    dvl_tensor *param;
+} first_use;
+
+/* The trainable parameters in order of their first use on the tape: a
+ * parameter's gradient is complete once the reverse walk has run that node.
+ * NULL with *n = 0 when there is no hook (the common case costs nothing). */
+static first_use *first_uses(dvl_ctx *ctx, int *n)
+{
+    *n = 0;
+    if (!ctx->ready_fn)
+        return NULL;
+    int cap = 0;
+    for (int i = 0; i < ctx->tape_len; i++)
+        cap += ctx->tape[i].n_in;
+    first_use *f = dvl_alloc(ctx, (size_t)(cap ? cap : 1) * sizeof *f);
+    if (!f)
+        return NULL;
+    uint64_t gen = ++ctx->mark_gen;
+    for (int i = 0; i < ctx->tape_len; i++)
+        for (int k = 0; k < ctx->tape[i].n_in && k < 4; k++) {
+            dvl_tensor *t = ctx->tape[i].in[k];
+            if (!t)
+                continue;
+            dvl_tensor *b = t->base ? t->base : t;
+            if (b->is_param && b->requires_grad && b->tape_mark != gen) {
+                b->tape_mark = gen;
+                f[(*n)++] = (first_use){i, b};
+            }
+        }
+    return f;
+}
+
 static int run_tape(dvl_ctx *ctx)
 {
+    int n_first = 0;
+    first_use *first = first_uses(ctx, &n_first);
+    int next = n_first - 1; /* the latest first use not yet reported */
     for (int i = ctx->tape_len - 1; i >= 0 && !ctx->err.code; i--) {
         dvl_node *node = &ctx->tape[i];
         if (dvl_has_grad(node->out))
             node->backward(ctx, node);
+        for (; next >= 0 && first[next].node == i; next--)
+            ctx->ready_fn(ctx->ready_user, first[next].param);
     }
     ctx->tape_len = 0;
     return ctx->err.code;

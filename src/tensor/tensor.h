@@ -43,6 +43,7 @@ struct dvl_tensor {
     bool requires_grad;
     bool is_param;
     const char *name; /* for messages; may be NULL */
+    uint64_t tape_mark; /* scratch for dvl_backward's parameter pass */
 };
 
 /* ---------------------------------------------------------------- shapes */
@@ -138,6 +139,12 @@ int dvl_backward(dvl_ctx *ctx, dvl_tensor *loss);
  * vector-Jacobian product. */
 int dvl_backward_seed(dvl_ctx *ctx, dvl_tensor *out, const float *seed);
 int dvl_tape_len(const dvl_ctx *ctx);
+/* Called during backward as soon as a trainable parameter's gradient is
+ * complete (right after the tape node of its first use in the forward pass
+ * has run), so a data-parallel trainer can start reducing gradient buckets
+ * while backward goes on. NULL to remove. */
+typedef void (*dvl_grad_ready_fn)(void *user, dvl_tensor *param);
+void dvl_set_grad_ready_hook(dvl_ctx *ctx, dvl_grad_ready_fn fn, void *user);
 
 /* ------------------------------------------------------------ parameters */
 /* All parameters in one contiguous f32 buffer, the gradients of the
