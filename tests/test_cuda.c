@@ -1359,12 +1359,17 @@ static Suite *suite(void)
     tcase_add_test(tc, cross_entropy_matches_cpu);
     tcase_add_test(tc, attention_matches_cpu_all_masks);
     tcase_add_test(tc, toy_model_step_matches_cpu);
+    /* Each test creates CUDA contexts and cuBLAS handles in a fresh child
+     * process (seconds on a cold GPU): more than Check's 4 s default when
+     * the binary is run outside meson (which sets CK_DEFAULT_TIMEOUT). */
+    tcase_set_timeout(tc, 300);
     suite_add_tcase(s, tc);
     /* Its own case, so CK_RUN_CASE=cuda runs the checks without it (under
      * compute-sanitizer, say). */
     TCase *timing = tcase_create("timing");
     tcase_add_test(timing, gemm_throughput_4096_print);
     tcase_add_test(timing, toy_model_step_timing_print);
+    tcase_set_timeout(timing, 300);
     suite_add_tcase(s, timing);
     return s;
 }
