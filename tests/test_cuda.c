@@ -1,6 +1,10 @@
 /* The CUDA backend against straightforward CPU references (double precision)
  * written here: cuBLAS linear forward/backward (f32, TF32, bf16), RMSNorm,
- * SiLU/SwiGLU and AdamW, on odd sizes, plus a GEMM throughput print.
+ * SiLU/SwiGLU and AdamW, on odd sizes, plus a GEMM throughput print. Then
+ * the op layer on a CUDA context against the same ops on a CPU context
+ * (every op, forward and input gradients, every attention mask with GQA and
+ * key padding), the CUDA context itself, and the toy 2-layer model's
+ * training step on both devices (plus its timing).
  *
  * Without a CUDA build or without a device every GPU test prints
  * "test_cuda: no CUDA device, skipped" and passes; set DVL_REQUIRE_CUDA=1 to
