@@ -308,8 +308,11 @@ void *dvl_calloc_dev(dvl_ctx *ctx, size_t bytes)
         return dvl_calloc(ctx, bytes);
     void *p = dvl_alloc_dev(ctx, bytes);
 #ifdef DVL_HAVE_CUDA
-    if (p && dvl_cuda_memset_zero(p, bytes, &ctx->err) != DVL_OK)
+    dvl_err e = {0, ""};
+    if (p && dvl_cuda_memset_zero(p, bytes, &e) != DVL_OK) {
+        dvl_ctx_set_err(ctx, &e); /* the first error stays */
         return NULL;
+    }
 #endif
     return p;
 }
