@@ -92,6 +92,54 @@ START_TEST(backward_needs_trainable_scalar)
 }
 END_TEST
 
+typedef struct ready_log {
+    dvl_tensor *order[8];
+    float first_grad[8]; /* grad[0] of each parameter when it was reported */
+    int n;
+} ready_log;
+
+static void on_ready(void *user, dvl_tensor *param)
+{
+    ready_log *l = user;
+    l->first_grad[l->n] = param->grad[0];
+    l->order[l->n++] = param;
+}
+
+/* The hook reports each trainable parameter once, latest layer first, at a
+ * moment when its gradient is already final. */
+START_TEST(grad_ready_hook_reports_complete_gradients)
+{
+    dvl_params *p = dvl_params_new();
+    dvl_err err = {0};
+    int64_t s[2] = {3, 3};
+    dvl_tensor *w1 = dvl_params_add(p, "w1", 2, s, true, &err);
+    dvl_tensor *w2 = dvl_params_add(p, "w2", 2, s, true, &err);
+    dvl_tensor *frozen = dvl_params_add(p, "frozen", 2, s, false, &err);
+    dvl_tensor *x = dvl_params_add(p, "x", 2, s, true, &err);
+    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
+    for (int i = 0; i < p->n; i++)
+        tu_randn(p->t[i], (uint64_t)i + 1, 1.0f);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    ready_log log = {0};
+    dvl_set_grad_ready_hook(ctx, on_ready, &log);
+    /* w1 is used twice, the second time after w2: it is complete only
+     * after its first use's node has run. */
+    dvl_tensor *h = dvl_linear(ctx, x, w1, NULL);
+    h = dvl_linear(ctx, h, frozen, NULL);
+    h = dvl_linear(ctx, h, w2, NULL);
+    h = dvl_linear(ctx, h, w1, NULL);
+    ck_assert_int_eq(dvl_backward(ctx, dvl_sum(ctx, h)), 0);
+    ck_assert_int_eq(log.n, 3);
+    ck_assert_ptr_eq(log.order[0], w2);
+    ck_assert_ptr_eq(log.order[1], w1);
+    ck_assert_ptr_eq(log.order[2], x);
+    for (int i = 0; i < log.n; i++)
+        ck_assert_float_eq(log.first_grad[i], log.order[i]->grad[0]);
+    dvl_ctx_free(ctx);
+    dvl_params_free(p);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("core");
@@ -100,6 +148,7 @@ static Suite *suite(void)
     tcase_add_test(tc, views_share_data_and_grad);
     tcase_add_test(tc, params_flat_buffers);
     tcase_add_test(tc, backward_needs_trainable_scalar);
+    tcase_add_test(tc, grad_ready_hook_reports_complete_gradients);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,0 +1,412 @@
+/* MPI for data-parallel training: setup, broadcasts, bucketed gradient
+ * all-reduce, cross-rank consistency checks, scalar reductions. */
+#include "dist/dist.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/hash.h"
+#include "ops/cpu/par.h"
+
+/* MPI counts are int: anything larger goes in pieces of this many elements. */
+#define PIECE ((int64_t)1 << 30)
+
+static int mpi_fail(dvl_err *err, int rc, const char *what)
+{
+    char s[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(rc, s, &len) != MPI_SUCCESS)
+        snprintf(s, sizeof s, "MPI error %d", rc);
+    return dvl_errf(err, DVL_EIO, "%s: %s", what, s);
+}
+
+/* ------------------------------------------------------------ setup */
+
+int dvl_dist_init(int *argc, char ***argv, dvl_dist *d, dvl_err *err)
+{
+    memset(d, 0, sizeof *d);
+    d->comm = MPI_COMM_NULL;
+    int inited = 0, finalized = 0;
+    MPI_Initialized(&inited);
+    MPI_Finalized(&finalized);
+    if (finalized)
+        return dvl_errf(err, DVL_EINVAL, "dvl_dist_init: MPI was already finalized");
+    if (!inited) {
+        /* FUNNELED: OpenMP threads compute, only the main thread calls MPI. */
+        int provided = 0;
+        int rc = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+        if (rc != MPI_SUCCESS)
+            return mpi_fail(err, rc, "MPI_Init_thread");
+        d->owns_mpi = true;
+    }
+    int rc = MPI_Comm_dup(MPI_COMM_WORLD, &d->comm);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(err, rc, "MPI_Comm_dup");
+    /* Failures come back as codes that we turn into messages. */
+    MPI_Comm_set_errhandler(d->comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(d->comm, &d->rank);
+    MPI_Comm_size(d->comm, &d->world);
+    /* Ranks sharing memory are the ranks of this node. */
+    MPI_Comm node;
+    rc = MPI_Comm_split_type(d->comm, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(err, rc, "MPI_Comm_split_type");
+    MPI_Comm_rank(node, &d->local_rank);
+    MPI_Comm_size(node, &d->local_world);
+    MPI_Comm_free(&node);
+    return DVL_OK;
+}
+
+int dvl_dist_finalize(dvl_dist *d, dvl_err *err)
+{
+    if (d->comm != MPI_COMM_NULL)
+        MPI_Comm_free(&d->comm);
+    d->comm = MPI_COMM_NULL;
+    if (d->owns_mpi) {
+        d->owns_mpi = false;
+        int rc = MPI_Finalize();
+        if (rc != MPI_SUCCESS)
+            return mpi_fail(err, rc, "MPI_Finalize");
+    }
+    return DVL_OK;
+}
+
+/* ------------------------------------------------- broadcast, checks */
+
+int dvl_dist_bcast(const dvl_dist *d, void *buf, size_t n, int root, dvl_err *err)
+{
+    char *p = buf;
+    for (size_t off = 0; off < n; off += (size_t)PIECE) {
+        int k = (int)(n - off < (size_t)PIECE ? n - off : (size_t)PIECE);
+        int rc = MPI_Bcast(p + off, k, MPI_BYTE, root, d->comm);
+        if (rc != MPI_SUCCESS)
+            return mpi_fail(err, rc, "dvl_dist_bcast");
+    }
+    return DVL_OK;
+}
+
+int dvl_dist_bcast_params(const dvl_dist *d, dvl_params *p, dvl_err *err)
+{
+    if (!p->allocated)
+        return dvl_errf(err, DVL_EINVAL, "dvl_dist_bcast_params: the store is not allocated");
+    return dvl_dist_bcast(d, p->data, (size_t)p->numel * sizeof(float), 0, err);
+}
+
+int dvl_dist_check_same(const dvl_dist *d, const void *buf, size_t n, const char *what,
+                        dvl_err *err)
+{
+    uint64_t h = dvl_hash64(buf, n);
+    uint64_t *all = malloc((size_t)d->world * sizeof *all);
+    if (!all)
+        return dvl_errf(err, DVL_ENOMEM, "%s: out of memory for %d checksums", what, d->world);
+    int rc = MPI_Allgather(&h, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, d->comm);
+    if (rc != MPI_SUCCESS) {
+        free(all);
+        return mpi_fail(err, rc, what);
+    }
+    /* Every rank sees the same table, so every rank returns the same verdict. */
+    char list[256] = "";
+    size_t len = 0;
+    int bad = 0;
+    for (int r = 1; r < d->world; r++) {
+        if (all[r] == all[0])
+            continue;
+        if (bad < 16 && len < sizeof list)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s%d", bad ? ", " : "", r);
+        bad++;
+    }
+    if (bad == 0) {
+        free(all);
+        return DVL_OK;
+    }
+    int first = 1;
+    while (all[first] == all[0])
+        first++;
+    rc = dvl_errf(err, DVL_EINVAL,
+                  "%s differ across ranks: %d of %d ranks (%s%s) differ from rank 0 "
+                  "(checksum %016llx, rank %d has %016llx)",
+                  what, bad, d->world, list, bad > 16 ? ", ..." : "", (unsigned long long)all[0],
+                  first, (unsigned long long)all[first]);
+    free(all);
+    return rc;
+}
+
+int dvl_dist_check_params(const dvl_dist *d, const dvl_params *p, dvl_err *err)
+{
+    if (!p->allocated)
+        return dvl_errf(err, DVL_EINVAL, "dvl_dist_check_params: the store is not allocated");
+    return dvl_dist_check_same(d, p->data, (size_t)p->numel * sizeof(float), "parameters", err);
+}
+
+/* --------------------------------------------------------- scalars */
+
+static MPI_Op mpi_op(dvl_dist_op op)
+{
+    switch (op) {
+    case DVL_DIST_MAX: return MPI_MAX;
+    case DVL_DIST_MIN: return MPI_MIN;
+    default: return MPI_SUM;
+    }
+}
+
+int dvl_dist_allreduce_f64(const dvl_dist *d, double *x, int n, dvl_dist_op op, dvl_err *err)
+{
+    int rc = MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, mpi_op(op), d->comm);
+    return rc == MPI_SUCCESS ? DVL_OK : mpi_fail(err, rc, "dvl_dist_allreduce_f64");
+}
+
+int dvl_dist_allreduce_i64(const dvl_dist *d, int64_t *x, int n, dvl_dist_op op, dvl_err *err)
+{
+    int rc = MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_INT64_T, mpi_op(op), d->comm);
+    return rc == MPI_SUCCESS ? DVL_OK : mpi_fail(err, rc, "dvl_dist_allreduce_i64");
+}
+
+int dvl_dist_any(const dvl_dist *d, bool flag, bool *any, dvl_err *err)
+{
+    int v = flag ? 1 : 0;
+    int rc = MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_LOR, d->comm);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(err, rc, "dvl_dist_any");
+    *any = v != 0;
+    return DVL_OK;
+}
+
+int dvl_dist_barrier(const dvl_dist *d, dvl_err *err)
+{
+    int rc = MPI_Barrier(d->comm);
+    return rc == MPI_SUCCESS ? DVL_OK : mpi_fail(err, rc, "dvl_dist_barrier");
+}
+
+/* ------------------------------------------------ gradient buckets */
+
+typedef struct bucket {
+    int first, last;     /* parameter indices, declaration order */
+    int64_t off, count;  /* elements of p->grad */
+    int n_params;        /* trainable parameters in it */
+    int remaining;       /* of those, not yet reported this step */
+    int n_req;           /* pieces of at most PIECE elements */
+    MPI_Request *req;
+} bucket;
+
+struct dvl_dist_grad_sync {
+    const dvl_dist *d;
+    dvl_params *p;
+    int nb;
+    bucket *b;
+    int *bucket_of; /* per parameter, -1 for frozen */
+    bool *done;     /* per parameter: reported this step */
+    int *by_off;    /* trainable parameter indices in gradient order (= declaration) */
+    int n_train;
+    int next;       /* next bucket to start */
+};
+
+void dvl_dist_grad_sync_free(dvl_dist_grad_sync *s)
+{
+    if (!s)
+        return;
+    if (s->b)
+        for (int i = 0; i < s->nb; i++)
+            free(s->b[i].req);
+    free(s->b);
+    free(s->bucket_of);
+    free(s->done);
+    free(s->by_off);
+    free(s);
+}
+
+dvl_dist_grad_sync *dvl_dist_grad_sync_new(const dvl_dist *d, dvl_params *p, size_t bucket_bytes,
+                                           dvl_err *err)
+{
+    if (!p->allocated) {
+        dvl_errf(err, DVL_EINVAL, "dvl_dist_grad_sync_new: the store is not allocated");
+        return NULL;
+    }
+    if (bucket_bytes < sizeof(float)) {
+        dvl_errf(err, DVL_EINVAL, "dvl_dist_grad_sync_new: bucket size %zu bytes", bucket_bytes);
+        return NULL;
+    }
+    dvl_dist_grad_sync *s = calloc(1, sizeof *s);
+    int n = p->n ? p->n : 1;
+    if (!s || !(s->bucket_of = malloc((size_t)n * sizeof *s->bucket_of)) ||
+        !(s->done = calloc((size_t)n, sizeof *s->done)) ||
+        !(s->by_off = malloc((size_t)n * sizeof *s->by_off)) ||
+        !(s->b = calloc((size_t)n, sizeof *s->b)))
+        goto oom;
+    s->d = d;
+    s->p = p;
+    /* A parameter's slot in the gradient buffer runs to the next trainable
+     * parameter's offset (numel rounded up for alignment), the last one's
+     * to numel_grad. */
+    for (int i = 0; i < p->n; i++) {
+        s->bucket_of[i] = -1;
+        if (p->grad_off[i] >= 0)
+            s->by_off[s->n_train++] = i;
+    }
+    int64_t max_elems = (int64_t)(bucket_bytes / sizeof(float));
+    int64_t end = p->numel_grad; /* end of the slot of the parameter at hand */
+    for (int j = s->n_train - 1; j >= 0; j--) {
+        int i = s->by_off[j];
+        int64_t begin = p->grad_off[i];
+        bucket *cur = s->nb ? &s->b[s->nb - 1] : NULL;
+        /* Open a new bucket when there is none or this slot would overflow
+         * the current one (a single slot larger than a bucket gets its own). */
+        if (!cur || cur->off + cur->count - begin > max_elems) {
+            cur = &s->b[s->nb++];
+            cur->last = i;
+            cur->off = end;
+            cur->count = 0;
+        }
+        cur->first = i;
+        cur->count += cur->off - begin;
+        cur->off = begin;
+        cur->n_params++;
+        s->bucket_of[i] = s->nb - 1;
+        end = begin;
+    }
+    for (int b = 0; b < s->nb; b++) {
+        bucket *k = &s->b[b];
+        k->remaining = k->n_params;
+        k->n_req = (int)((k->count + PIECE - 1) / PIECE);
+        if (!(k->req = malloc((size_t)(k->n_req ? k->n_req : 1) * sizeof *k->req)))
+            goto oom;
+        for (int r = 0; r < k->n_req; r++)
+            k->req[r] = MPI_REQUEST_NULL;
+    }
+    return s;
+oom:
+    dvl_dist_grad_sync_free(s);
+    dvl_errf(err, DVL_ENOMEM, "dvl_dist_grad_sync_new: out of memory for %d parameters", p->n);
+    return NULL;
+}
+
+int dvl_dist_grad_sync_buckets(const dvl_dist_grad_sync *s) { return s->nb; }
+
+void dvl_dist_grad_sync_bucket(const dvl_dist_grad_sync *s, int b, int *first, int *last,
+                               int64_t *off, int64_t *count)
+{
+    const bucket *k = &s->b[b];
+    if (first)
+        *first = k->first;
+    if (last)
+        *last = k->last;
+    if (off)
+        *off = k->off;
+    if (count)
+        *count = k->count;
+}
+
+int dvl_dist_grad_sync_start(dvl_dist_grad_sync *s, int b, dvl_err *err)
+{
+    if (b != s->next)
+        return dvl_errf(err, DVL_EINVAL,
+                        "dvl_dist_grad_sync_start: bucket %d started out of order (next is %d of %d)",
+                        b, s->next, s->nb);
+    bucket *k = &s->b[b];
+    for (int r = 0; r < k->n_req; r++) {
+        int64_t off = k->off + (int64_t)r * PIECE;
+        int64_t cnt = k->count - (int64_t)r * PIECE < PIECE ? k->count - (int64_t)r * PIECE : PIECE;
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, s->p->grad + off, (int)cnt, MPI_FLOAT, MPI_SUM,
+                                s->d->comm, &k->req[r]);
+        if (rc != MPI_SUCCESS) {
+            char what[96];
+            snprintf(what, sizeof what, "gradient all-reduce of bucket %d", b);
+            return mpi_fail(err, rc, what);
+        }
+    }
+    s->next++;
+    return DVL_OK;
+}
+
+int dvl_dist_grad_sync_started(const dvl_dist_grad_sync *s) { return s->next; }
+
+int dvl_dist_grad_sync_progress(dvl_dist_grad_sync *s, dvl_err *err)
+{
+    for (int b = 0; b < s->next; b++) {
+        int flag;
+        int rc = MPI_Testall(s->b[b].n_req, s->b[b].req, &flag, MPI_STATUSES_IGNORE);
+        if (rc != MPI_SUCCESS)
+            return mpi_fail(err, rc, "gradient all-reduce (progress)");
+    }
+    return DVL_OK;
+}
+
+/* Index of the store's parameter behind t (a parameter or a view of one),
+ * found by its gradient offset; -1 when t is not a trainable parameter of
+ * this store. */
+static int param_index(const dvl_dist_grad_sync *s, const dvl_tensor *t)
+{
+    const dvl_tensor *base = t->base ? t->base : t;
+    const dvl_params *p = s->p;
+    if (!base->is_param || !base->grad || !p->grad || base->grad < p->grad ||
+        base->grad >= p->grad + p->numel_grad)
+        return -1;
+    int64_t off = base->grad - p->grad;
+    int lo = 0, hi = s->n_train - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        int64_t o = p->grad_off[s->by_off[mid]];
+        if (o == off)
+            return p->t[s->by_off[mid]] == base ? s->by_off[mid] : -1;
+        if (o < off)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return -1;
+}
+
+int dvl_dist_grad_sync_ready(dvl_dist_grad_sync *s, dvl_tensor *const *t, int n, dvl_err *err)
+{
+    for (int j = 0; j < n; j++) {
+        int i = t[j] ? param_index(s, t[j]) : -1;
+        if (i < 0)
+            return dvl_errf(err, DVL_EINVAL,
+                            "dvl_dist_grad_sync_ready: %s is not a trainable parameter of the store",
+                            t[j] ? dvl_tname(t[j]) : "(NULL)");
+        if (s->done[i])
+            continue;
+        s->done[i] = true;
+        s->b[s->bucket_of[i]].remaining--;
+    }
+    while (s->next < s->nb && s->b[s->next].remaining == 0) {
+        int rc = dvl_dist_grad_sync_start(s, s->next, err);
+        if (rc)
+            return rc;
+    }
+    return dvl_dist_grad_sync_progress(s, err);
+}
+
+int dvl_dist_grad_sync_finish(dvl_dist_grad_sync *s, dvl_err *err)
+{
+    int rc = DVL_OK;
+    while (rc == DVL_OK && s->next < s->nb)
+        rc = dvl_dist_grad_sync_start(s, s->next, err);
+    /* Wait for everything started, even after a failure, so no request is
+     * left pointing into the gradient buffer. */
+    for (int b = 0; b < s->next; b++) {
+        int w = MPI_Waitall(s->b[b].n_req, s->b[b].req, MPI_STATUSES_IGNORE);
+        if (w != MPI_SUCCESS && rc == DVL_OK)
+            rc = mpi_fail(err, w, "gradient all-reduce (wait)");
+    }
+    /* Reset for the next step. */
+    s->next = 0;
+    for (int i = 0; i < s->p->n; i++)
+        s->done[i] = false;
+    for (int b = 0; b < s->nb; b++)
+        s->b[b].remaining = s->b[b].n_params;
+    if (rc)
+        return rc;
+    /* Sum -> mean. A division (not a multiplication by 1/world) so the mean
+     * is the correctly rounded quotient. */
+    int world = s->d->world;
+    if (world > 1) {
+        float *g = s->p->grad;
+        float w = (float)world;
+        int64_t n = s->p->numel_grad;
+        #pragma omp parallel for schedule(static) if (dvl_par(n))
+        for (int64_t i = 0; i < n; i++)
+            g[i] /= w;
+    }
+    return DVL_OK;
+}

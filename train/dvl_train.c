@@ -1,0 +1,708 @@
+/* dvl-train: stage 1 (connector alignment), stage 2 (block diffusion
+ * finetuning) and AR finetuning of a model directory on a prepared dataset,
+ * as one process or data-parallel under mpirun.
+ *
+ *   [mpirun -np N] dvl-train --stage 1|2|ar --config configs/X.json
+ *                            [--set key=value ...] [--resume DIR|latest]
+ *
+ * One optimizer step: accumulation = global_batch / (ranks x micro_batch)
+ * micro batches per rank, each forward + backward into the flat gradient
+ * buffer; the gradients averaged over the ranks (bucketed all-reduce after
+ * backward); NaN/Inf steps skipped; global-norm clip; AdamW at the
+ * scheduled learning rate. Rank 0 writes TRAIN.OUT/metrics.jsonl (a line a
+ * step), the progress line, the checkpoints TRAIN.OUT/ckpt/step-* and at
+ * the end TRAIN.OUT/final (config.json + model.safetensors, Hugging Face
+ * names: dvl-generate and transformers load it).
+ *
+ * Exact resume: the diffusion noise of each micro batch is drawn from an RNG
+ * seeded by (train.seed, step, micro batch, rank), the learning rate is a
+ * function of the step, and the checkpoint holds weights, AdamW moments and
+ * every rank's loader position, so a resumed run repeats the uninterrupted
+ * one bit for bit.
+ *
+ * Errors: one line on stderr, exit 1 (2 for bad usage). */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "dist/dist.h"
+#include "io/checkpoint.h"
+#include "io/dataset.h"
+#include "optim/adamw.h"
+#include "train_cfg.h"
+#include "train_step.h"
+
+#define PROG "dvl-train"
+#define MAX_SETS 256
+
+static int usage(FILE *f)
+{
+    fprintf(f,
+            "usage: [mpirun -np N] " PROG " --stage 1|2|ar --config FILE.json\n"
+            "                 [--set key=value ...] [--resume DIR|latest]\n"
+            "  --stage     ar: AR finetuning (LM and connector, the vision tower too with\n"
+            "              train.vision_trainable; next-token loss);\n"
+            "              1: connector alignment (LM and vision frozen);\n"
+            "              2: block diffusion finetuning (BD3-LM objective)\n"
+            "              (same as --set train.stage=...)\n"
+            "  --config    JSON configuration (keys below; unknown keys are errors)\n"
+            "  --set       override one key, applied after the file, in order\n"
+            "  --resume    continue from a checkpoint folder (or a ckpt root), or\n"
+            "              'latest' under TRAIN.OUT/ckpt; the checkpoint's own\n"
+            "              configuration is used, with --set applied on top\n"
+            "keys:\n");
+    dvl_cfg_print_help(TRAIN_KEYS, TRAIN_N_KEYS, f);
+    return f == stderr ? 2 : 0;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *path, dvl_err *err)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return dvl_errf(err, DVL_EINVAL, "%s: path too long", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == 0) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(buf, 0755) && errno != EEXIST)
+                return dvl_errf(err, DVL_EIO, "%s: cannot create: %s", buf, strerror(errno));
+            *p = c;
+            if (!c)
+                break;
+        }
+    }
+    return DVL_OK;
+}
+
+/* ------------------------------------------------------------ schedule */
+
+/* Learning rate of update `step` (0-based) out of `total`, as transformers'
+ * get_cosine_schedule_with_warmup / get_linear_schedule_with_warmup
+ * (optimization.py): lr * step / W during the W warmup steps (so update 0
+ * runs at 0 when W > 0), then cosine 0.5 (1 + cos(pi p)) or linear (1 - p)
+ * decay over p = (step - W) / (total - W), floored at min_lr_ratio. W =
+ * ceil(warmup_ratio x total) (TrainingArguments.get_warmup_steps). */
+static int64_t warmup_steps(const train_cfg *c, int64_t total)
+{
+    return c->warmup_steps >= 0 ? c->warmup_steps : (int64_t)ceil(c->warmup_ratio * (double)total);
+}
+
+static double lr_at(const train_cfg *c, int64_t step, int64_t total)
+{
+    int64_t W = warmup_steps(c, total);
+    if (step < W)
+        return c->lr * (double)step / (double)W;
+    double p = total > W ? (double)(step - W) / (double)(total - W) : 1.0, f;
+    switch (c->schedule) {
+    case SCHED_COSINE: f = 0.5 * (1.0 + cos(M_PI * p)); break;
+    case SCHED_LINEAR: f = 1.0 - p; break;
+    default: f = 1.0; break;
+    }
+    if (f < 0)
+        f = 0;
+    return c->lr * (c->min_lr_ratio + (1.0 - c->min_lr_ratio) * f);
+}
+
+/* ------------------------------------------------------------ the run */
+
+typedef struct run {
+    dvl_dist d;
+    dvl_cfg *cfgv;
+    train_cfg c;
+    char *cfg_json;      /* resolved config (dvl_cfg_dump) */
+    cJSON *model_json;   /* the model's config.json, for the final export */
+    train_model tm;
+    dvl_adamw *opt;
+    dvl_loader *loader;
+    dvl_ctx *ctx;
+    dvl_dist_grad_sync *gs;
+    int64_t accum, steps_per_epoch, total, step;
+    FILE *metrics;
+    bool tty;
+} run;
+
+static const char *stage_name(train_stage s)
+{
+    return s == STAGE_1 ? "1" : s == STAGE_2 ? "2" : "ar";
+}
+
+/* Configuration: the file (or, resuming, the checkpoint's own) + --set. */
+static int load_config(run *r, const char *config, const char *resume, const char **sets,
+                       int n_sets, char *ckpt, size_t ckpt_n, dvl_err *err)
+{
+    ckpt[0] = 0;
+    if (resume) {
+        const char *where = resume;
+        char root[4096];
+        if (strcmp(resume, "latest") == 0) {
+            if (!config)
+                return dvl_errf(err, DVL_EINVAL, "--resume latest needs --config (for train.out)");
+            dvl_cfg *c0 = dvl_cfg_load(TRAIN_KEYS, TRAIN_N_KEYS, config, sets, n_sets, err);
+            if (!c0)
+                return err->code;
+            snprintf(root, sizeof root, "%s/ckpt", dvl_cfg_str(c0, "train.out"));
+            dvl_cfg_free(c0);
+            where = root;
+        }
+        if (dvl_ckpt_resolve(where, ckpt, ckpt_n, err))
+            return err->code;
+        char *text = dvl_ckpt_read_config(ckpt, err);
+        if (!text)
+            return err->code;
+        char name[4200];
+        snprintf(name, sizeof name, "%s/config.json", ckpt);
+        r->cfgv = dvl_cfg_parse(TRAIN_KEYS, TRAIN_N_KEYS, text, name, sets, n_sets, err);
+        free(text);
+    } else {
+        if (!config)
+            return dvl_errf(err, DVL_EINVAL, "--config is required");
+        r->cfgv = dvl_cfg_load(TRAIN_KEYS, TRAIN_N_KEYS, config, sets, n_sets, err);
+    }
+    if (!r->cfgv || train_cfg_resolve(r->cfgv, &r->c, err))
+        return err->code ? err->code : DVL_EINVAL;
+    r->cfg_json = dvl_cfg_dump(r->cfgv);
+    return r->cfg_json ? DVL_OK : dvl_errf(err, DVL_ENOMEM, "config dump: out of memory");
+}
+
+/* The model with each stage's trainable set, weights loaded. */
+static int load_model(run *r, dvl_err *err)
+{
+    const train_cfg *c = &r->c;
+    train_model *tm = &r->tm;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", c->model_path);
+    r->model_json = dvl_json_load(path, err);
+    if (!r->model_json)
+        return err->code;
+    dvl_model_config mc;
+    if (dvl_config_parse(r->model_json, path, &mc, err))
+        return err->code;
+    if (mc.arch == DVL_ARCH_SIGLIP)
+        return dvl_errf(err, DVL_EINVAL, "model.path: %s is a vision tower, not a trainable LM/VLM",
+                        c->model_path);
+    if (dvl_model_init(&tm->m, &mc, err))
+        return err->code;
+    tm->is_vlm = mc.arch == DVL_ARCH_VLM;
+    tm->lm = tm->is_vlm ? &tm->m.vlm.lm : &tm->m.lm;
+    tm->image_token = tm->is_vlm ? mc.vlm.image_token_index : INT32_MIN;
+    tm->patches = tm->is_vlm ? dvl_siglip_patches(&mc.vlm.vision) : 0;
+    dvl_params *p = tm->m.params;
+    if (c->stage == STAGE_1) {
+        if (!tm->is_vlm)
+            return dvl_errf(err, DVL_EINVAL,
+                            "train.stage: stage 1 trains the connector of a VLM, but %s is %s",
+                            c->model_path, dvl_arch_name(mc.arch));
+        /* Connector alignment: LM and tower frozen (no gradient slots, no
+         * moments; the tower runs without recording). */
+        dvl_params_set_trainable(p, "", false);
+        dvl_params_set_trainable(p, DVL_VLM_CONNECTOR_PREFIX, true);
+    } else if (tm->is_vlm && !c->vision_trainable) {
+        dvl_params_set_trainable(p, DVL_VLM_VISION_PREFIX, false);
+    }
+    dvl_model_load_opts lo = {.allow_missing_connector = c->init_connector,
+                              .connector_seed = (uint64_t)c->connector_seed};
+    if (dvl_model_load_weights(&tm->m, c->model_path, &lo, err))
+        return err->code;
+    if (c->reset_connector) {
+        if (!tm->is_vlm)
+            return dvl_errf(err, DVL_EINVAL, "model.reset_connector: %s has no connector",
+                            c->model_path);
+        dvl_connector_init_random(&tm->m.vlm.connector, (uint64_t)c->connector_seed);
+    }
+    if (c->stage == STAGE_2) {
+        bool llada = mc.lm.arch == DVL_ARCH_LLADA;
+        if (llada)
+            dvl_diff_cfg_llada(&tm->diff);
+        else
+            dvl_diff_cfg_qwen(&tm->diff);
+        tm->diff.block_size = (int)c->block_size;
+        tm->diff.eps_min = c->eps_min;
+        tm->diff.eps_max = c->eps_max;
+        tm->diff.antithetic = c->antithetic;
+        tm->diff.block_align_eos = c->block_align_eos;
+        tm->diff.shift_logits = c->shift_logits;
+        if (c->mask_token_id >= 0)
+            tm->diff.mask_id = (int32_t)c->mask_token_id;
+        if (c->eos_token_id >= 0)
+            tm->diff.eos_id = (int32_t)c->eos_token_id;
+        if (tm->diff.mask_id >= tm->lm->cfg.vocab)
+            return dvl_errf(err, DVL_EINVAL,
+                            "diffusion.mask_token_id: %d is not a row of the model's %lld-row "
+                            "embedding (set it to the tokenizer's mask token)",
+                            tm->diff.mask_id, (long long)tm->lm->cfg.vocab);
+        if (c->block_align_eos && tm->diff.eos_id >= tm->lm->cfg.vocab)
+            return dvl_errf(err, DVL_EINVAL,
+                            "diffusion.eos_token_id: %d is not a row of the model's %lld-row "
+                            "embedding (set it to the tokenizer's end-of-turn token)",
+                            tm->diff.eos_id, (long long)tm->lm->cfg.vocab);
+    }
+    return DVL_OK;
+}
+
+/* The dataset must have been built for this model: one image = `patches`
+ * placeholder positions holding the model's image token, images of the
+ * tower's size, token ids inside the vocabulary. */
+static int check_data(run *r, dvl_err *err)
+{
+    dvl_manifest man;
+    if (dvl_manifest_read(r->c.data_path, &man, err))
+        return err->code;
+    int rc = DVL_OK;
+    const train_model *tm = &r->tm;
+    if (tm->is_vlm && man.images > 0) {
+        const dvl_vlm_config *v = &tm->m.cfg.vlm;
+        if (man.image_tokens != tm->patches)
+            rc = dvl_errf(err, DVL_EINVAL,
+                          "data.path: %s was built with %lld image tokens, the model takes %lld "
+                          "(dvl-prep build --image-tokens)",
+                          r->c.data_path, (long long)man.image_tokens, (long long)tm->patches);
+        else if (man.image_token_id != v->image_token_index)
+            rc = dvl_errf(err, DVL_EINVAL,
+                          "data.path: %s uses image token id %d, the model's image_token_index "
+                          "is %d",
+                          r->c.data_path, man.image_token_id, v->image_token_index);
+        else if (man.image_size != v->vision.image_size)
+            rc = dvl_errf(err, DVL_EINVAL,
+                          "data.path: %s holds %d-pixel images, the vision tower takes %lld",
+                          r->c.data_path, man.image_size, (long long)v->vision.image_size);
+    } else if (!tm->is_vlm && man.images > 0) {
+        rc = dvl_errf(err, DVL_EINVAL, "data.path: %s has %lld images but %s is a language model",
+                      r->c.data_path, (long long)man.images, r->c.model_path);
+    }
+    /* Padding of the [x_t ; x_0] batch is never attended to, but it is
+     * still looked up in the embedding: the dataset's pad id, when it is a
+     * row. */
+    if (man.pad_token_id >= 0 && man.pad_token_id < tm->lm->cfg.vocab)
+        r->tm.diff.pad_id = man.pad_token_id;
+    else if (r->tm.diff.pad_id >= tm->lm->cfg.vocab)
+        r->tm.diff.pad_id = 0;
+    dvl_manifest_free(&man);
+    return rc;
+}
+
+/* Every rank's loader position as JSON (all ranks' states gathered). */
+static char *loader_states_json(run *r, dvl_err *err)
+{
+    dvl_loader_state s = dvl_loader_tell(r->loader);
+    int64_t mine[6] = {(int64_t)s.seed, s.samples, s.rank, s.world, s.epoch, s.position};
+    int64_t *all = calloc((size_t)r->d.world * 6, sizeof *all);
+    if (!all) {
+        dvl_errf(err, DVL_ENOMEM, "loader state: out of memory");
+        return NULL;
+    }
+    if (MPI_Allgather(mine, 6, MPI_INT64_T, all, 6, MPI_INT64_T, r->d.comm) != MPI_SUCCESS) {
+        free(all);
+        dvl_errf(err, DVL_EIO, "loader state: MPI_Allgather failed");
+        return NULL;
+    }
+    cJSON *root = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(root, "ranks");
+    for (int k = 0; k < r->d.world; k++) {
+        const int64_t *a = all + 6 * k;
+        char hex[17];
+        dvl_hex64((uint64_t)a[0], hex);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "seed", hex);
+        cJSON_AddNumberToObject(o, "samples", (double)a[1]);
+        cJSON_AddNumberToObject(o, "rank", (double)a[2]);
+        cJSON_AddNumberToObject(o, "world", (double)a[3]);
+        cJSON_AddNumberToObject(o, "epoch", (double)a[4]);
+        cJSON_AddNumberToObject(o, "position", (double)a[5]);
+        cJSON_AddItemToArray(arr, o);
+    }
+    free(all);
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return text;
+}
+
+static int parse_loader_state(const char *text, int rank, int world, dvl_loader_state *s,
+                              dvl_err *err)
+{
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "ranks");
+    int n = cJSON_IsArray(arr) ? cJSON_GetArraySize(arr) : -1;
+    int rc = DVL_OK;
+    if (n != world) {
+        rc = n < 0 ? dvl_errf(err, DVL_EIO, "checkpoint: loader state missing or malformed")
+                   : dvl_errf(err, DVL_EINVAL,
+                              "--resume: the checkpoint was written by %d rank(s), this run has %d",
+                              n, world);
+    } else {
+        cJSON *o = cJSON_GetArrayItem(arr, rank);
+        const char *keys[] = {"samples", "rank", "world", "epoch", "position"};
+        double v[5];
+        cJSON *seed = cJSON_GetObjectItemCaseSensitive(o, "seed");
+        uint64_t sd = 0;
+        if (!cJSON_IsString(seed) || !dvl_parse_hex64(seed->valuestring, &sd))
+            rc = dvl_errf(err, DVL_EIO, "checkpoint: loader state rank %d: seed", rank);
+        for (int k = 0; !rc && k < 5; k++) {
+            cJSON *x = cJSON_GetObjectItemCaseSensitive(o, keys[k]);
+            if (!cJSON_IsNumber(x))
+                rc = dvl_errf(err, DVL_EIO, "checkpoint: loader state rank %d: %s", rank, keys[k]);
+            else
+                v[k] = x->valuedouble;
+        }
+        if (!rc)
+            *s = (dvl_loader_state){.seed = sd,
+                                    .samples = (int64_t)v[0],
+                                    .rank = (int32_t)v[1],
+                                    .world = (int32_t)v[2],
+                                    .epoch = (int64_t)v[3],
+                                    .position = (int64_t)v[4]};
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+static int save_ckpt(run *r, dvl_err *err)
+{
+    char root[4200];
+    snprintf(root, sizeof root, "%s/ckpt", r->c.out);
+    char *ls = loader_states_json(r, err);
+    if (!ls)
+        return err->code;
+    int rc = DVL_OK;
+    if (r->d.rank == 0)
+        rc = dvl_ckpt_save(root, r->step, r->tm.m.params, r->opt, NULL, 0, ls, r->cfg_json,
+                           (int)r->c.keep_last, DVL_F32, err);
+    free(ls);
+    bool any;
+    if (dvl_dist_any(&r->d, rc != DVL_OK, &any, err))
+        return err->code;
+    if (any && rc == DVL_OK)
+        return dvl_errf(err, DVL_EIO, "checkpoint: save failed on rank 0");
+    return rc;
+}
+
+/* Progress line on rank 0: in place on a terminal, plain lines otherwise. */
+static void progress(run *r, double loss, double lr, double tps, double elapsed, bool done)
+{
+    int64_t s = r->step;
+    double eta = s > 0 ? elapsed / (double)s * (double)(r->total - s) : 0;
+    char line[256];
+    snprintf(line, sizeof line,
+             "step %" PRId64 "/%" PRId64 " | loss %.4f | lr %.3e | %.0f tok/s | %.0fs | ETA %.0fs",
+             s, r->total, loss, lr, tps, elapsed, eta);
+    if (r->tty)
+        printf("\r%s\033[K%s", line, done ? "\n" : "");
+    else
+        printf("%s\n", line);
+    fflush(stdout);
+}
+
+static int train(run *r, dvl_err *err)
+{
+    const train_cfg *c = &r->c;
+    dvl_params *p = r->tm.m.params;
+    double t0 = now_s(), tokens_total = 0;
+    int64_t bad_run = 0, first = r->step;
+    double last_loss = NAN, last_lr = 0, last_tps = 0;
+    float scale = 1.0f / (float)r->accum;
+    while (r->step < r->total) {
+        double ts = now_s();
+        /* Epoch e is steps [e S, (e + 1) S): leave the previous epoch's
+         * leftover batches (fewer than a step's worth) unread. */
+        int64_t epoch = r->step / r->steps_per_epoch;
+        while (dvl_loader_tell(r->loader).epoch < epoch) {
+            const dvl_batch *b;
+            if (dvl_loader_next(r->loader, &b, err))
+                return err->code;
+        }
+        dvl_params_zero_grad(p);
+        double sums[2] = {0, 0}; /* loss, tokens */
+        for (int64_t a = 0; a < r->accum; a++) {
+            const dvl_batch *b;
+            if (dvl_loader_next(r->loader, &b, err))
+                return err->code;
+            dvl_ctx_reset(r->ctx);
+            dvl_rng rng;
+            uint64_t sd = (uint64_t)c->seed;
+            sd = sd * 0x9e3779b97f4a7c15ull + (uint64_t)r->step;
+            sd = sd * 0xbf58476d1ce4e5b9ull + (uint64_t)a;
+            sd = sd * 0x94d049bb133111ebull + (uint64_t)r->d.rank;
+            dvl_rng_seed(&rng, sd);
+            dvl_tensor *loss = train_forward(r->ctx, &r->tm, c, b, scale, &rng, err);
+            if (!loss)
+                return err->code;
+            sums[0] += dvl_f32(loss)[0];
+            for (int64_t s = 0; s < b->n; s++)
+                sums[1] += (double)b->seq_len[s];
+            if (dvl_backward(r->ctx, loss)) {
+                const dvl_err *e = dvl_ctx_err(r->ctx);
+                return dvl_errf(err, e->code ? e->code : DVL_EINVAL, "backward: %s", e->msg);
+            }
+        }
+        /* Mean gradient over the ranks. Backward gives no per-parameter
+         * completion callbacks yet, so the buckets start after it. */
+        if (r->d.world > 1) {
+            if (dvl_dist_grad_sync_finish(r->gs, err) ||
+                dvl_dist_allreduce_f64(&r->d, sums, 2, DVL_DIST_SUM, err))
+                return err->code;
+            sums[0] /= r->d.world;
+        }
+        if (c->nonfinite_from >= 0 && r->step + 1 >= c->nonfinite_from &&
+            r->step + 1 < c->nonfinite_from + c->nonfinite_steps)
+            p->grad[0] = NAN;
+        double loss = sums[0], gnorm = dvl_grad_norm(p), lr = lr_at(c, r->step, r->total);
+        /* Every rank holds the same averaged gradient and loss, so every
+         * rank takes the same decision. */
+        bool bad = !isfinite(loss) || !isfinite(gnorm) || dvl_grad_nonfinite(p);
+        if (bad) {
+            bad_run++;
+            if (r->d.rank == 0)
+                fprintf(stderr, PROG ": step %" PRId64 ": non-finite loss %g / grad norm %g: skipped"
+                        " (%" PRId64 " in a row)\n", r->step + 1, loss, gnorm, bad_run);
+            if (bad_run > c->max_bad_steps)
+                return dvl_errf(err, DVL_EINVAL,
+                                "step %" PRId64 ": %" PRId64 " non-finite steps in a row (more "
+                                "than optim.max_bad_steps = %" PRId64 "); the last checkpoint is "
+                                "intact",
+                                r->step + 1, bad_run, c->max_bad_steps);
+        } else {
+            bad_run = 0;
+            if (c->clip > 0 && gnorm > c->clip)
+                dvl_grad_scale(p, (float)(c->clip / (gnorm + 1e-6))); /* torch clip_grad_norm_ */
+            dvl_adamw_step(r->opt, (float)lr);
+        }
+        r->step++;
+        double te = now_s();
+        tokens_total += sums[1];
+        double tps = sums[1] / (te - ts), elapsed = te - t0;
+        if (r->d.rank == 0) {
+            fprintf(r->metrics,
+                    "{\"step\": %" PRId64 ", \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
+                    "\"tokens\": %.0f, \"tokens_per_s\": %.6g, \"elapsed\": %.6g, \"skipped\": %s}\n",
+                    r->step, loss, lr, gnorm, sums[1], tps, elapsed, bad ? "true" : "false");
+            fflush(r->metrics);
+            last_loss = loss;
+            last_lr = lr;
+            last_tps = tokens_total / elapsed;
+            if ((r->step - first) % c->log_every == 0 || r->step == r->total)
+                progress(r, loss, lr, last_tps, elapsed, r->step == r->total);
+        }
+        if (r->d.world > 1 && c->check_every > 0 &&
+            (r->step % c->check_every == 0 || r->step == r->total)) {
+            if (dvl_dist_check_params(&r->d, p, err))
+                return err->code;
+        }
+        if ((c->ckpt_every > 0 && r->step % c->ckpt_every == 0) || r->step == r->total) {
+            if (save_ckpt(r, err))
+                return err->code;
+        }
+    }
+    (void)last_loss;
+    (void)last_lr;
+    (void)last_tps;
+    return DVL_OK;
+}
+
+static int setup(run *r, const char *ckpt, dvl_err *err)
+{
+    const train_cfg *c = &r->c;
+    if (load_model(r, err) || check_data(r, err))
+        return err->code;
+    dvl_params *p = r->tm.m.params;
+    if (p->numel_grad == 0)
+        return dvl_errf(err, DVL_EINVAL, "train.stage %s: nothing to train", stage_name(c->stage));
+    r->opt = dvl_adamw_new(p, (float)c->beta1, (float)c->beta2, (float)c->eps,
+                           (float)c->weight_decay, err);
+    if (!r->opt)
+        return err->code;
+    /* The tower's own learning rate as a multiplier of the peak; its decay
+     * switch stays as the default (none on norms and biases). */
+    if (r->tm.is_vlm && c->vision_trainable && c->stage != STAGE_1) {
+        float mult = c->lr > 0 ? (float)(c->vision_lr / c->lr) : 0.0f;
+        size_t n = strlen(DVL_VLM_VISION_PREFIX);
+        for (int i = 0; i < p->n; i++)
+            if (strncmp(p->t[i]->name, DVL_VLM_VISION_PREFIX, n) == 0)
+                r->opt->lr_mult[i] = mult;
+    }
+    /* Rank 0's weights everywhere (a freshly initialised connector, say,
+     * is the same on every rank only by construction; this makes sure). */
+    if (dvl_dist_bcast_params(&r->d, p, err))
+        return err->code;
+    if (r->d.world > 1) {
+        r->gs = dvl_dist_grad_sync_new(&r->d, p, (size_t)c->bucket_mb << 20, err);
+        if (!r->gs)
+            return err->code;
+    }
+    int64_t per_step = c->global_batch / c->micro_batch;
+    if (per_step % r->d.world)
+        return dvl_errf(err, DVL_EINVAL,
+                        "train.global_batch: %lld = %lld micro batches of %lld, not a multiple "
+                        "of the %d ranks",
+                        (long long)c->global_batch, (long long)per_step,
+                        (long long)c->micro_batch, r->d.world);
+    r->accum = per_step / r->d.world;
+    dvl_loader_state start;
+    char *ls = NULL;
+    if (ckpt[0]) {
+        int64_t step = 0;
+        if (dvl_ckpt_load(ckpt, p, r->opt, &step, NULL, 0, &ls, err))
+            return err->code;
+        r->step = step;
+        int rc = parse_loader_state(ls, r->d.rank, r->d.world, &start, err);
+        free(ls);
+        if (rc)
+            return rc;
+    }
+    dvl_loader_opts lo;
+    dvl_loader_opts_default(&lo);
+    lo.dir = c->data_path;
+    lo.batch_size = c->micro_batch;
+    lo.rank = r->d.rank;
+    lo.world = r->d.world;
+    lo.seed = (uint64_t)c->data_seed;
+    lo.block = c->stage == STAGE_2 ? c->block_size : 0;
+    lo.prefetch = c->prefetch;
+    lo.skip_verify = ckpt[0] != 0;
+    lo.start = ckpt[0] ? &start : NULL;
+    r->loader = dvl_loader_open(&lo, err);
+    if (!r->loader)
+        return err->code;
+    /* Every rank has at least floor(N / R) samples: that many decide the
+     * steps of an epoch, so that every rank runs every step. */
+    int64_t N = dvl_loader_samples(r->loader);
+    r->steps_per_epoch = (N / r->d.world) / (r->accum * c->micro_batch);
+    if (r->steps_per_epoch < 1)
+        return dvl_errf(err, DVL_EINVAL,
+                        "train.global_batch: %lld is more than the %lld samples of %s",
+                        (long long)c->global_batch, (long long)N, c->data_path);
+    r->total = c->max_steps > 0 ? c->max_steps : c->epochs * r->steps_per_epoch;
+    r->ctx = dvl_ctx_new(DVL_CPU);
+    if (!r->ctx)
+        return dvl_errf(err, DVL_ENOMEM, "context: out of memory");
+    if (r->d.rank == 0) {
+        if (make_dirs(c->out, err))
+            return err->code;
+        char path[4200];
+        snprintf(path, sizeof path, "%s/metrics.jsonl", c->out);
+        r->metrics = fopen(path, ckpt[0] ? "a" : "w");
+        if (!r->metrics)
+            return dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
+        /* mpirun hands its ranks a pseudo-terminal whatever its own stdout
+         * is, so under MPI the line is plain. */
+        r->tty = isatty(STDOUT_FILENO) && r->d.world == 1;
+        printf(PROG ": stage %s, %s (%" PRId64 " parameters, %" PRId64 " trainable), %" PRId64
+               " samples, %d rank(s) x micro batch %" PRId64 " x %" PRId64
+               " accumulation = global batch %" PRId64 ", %" PRId64 " steps (%" PRId64
+               " per epoch)%s\n",
+               stage_name(c->stage), c->model_path, p->numel, p->numel_grad, N, r->d.world,
+               c->micro_batch, r->accum, c->global_batch, r->total, r->steps_per_epoch,
+               ckpt[0] ? ", resumed" : "");
+        if (ckpt[0])
+            printf(PROG ": resumed from %s at step %" PRId64 "\n", ckpt, r->step);
+        fflush(stdout);
+    }
+    return DVL_OK;
+}
+
+/* The trained model as a model directory (config.json + weights). */
+static int export_final(run *r, dvl_err *err)
+{
+    if (r->d.rank != 0)
+        return DVL_OK;
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/final", r->c.out);
+    if (dvl_model_save(&r->tm.m, dir, r->model_json, DVL_F32, 0, err))
+        return err->code;
+    printf(PROG ": wrote %s\n", dir);
+    return DVL_OK;
+}
+
+static void run_free(run *r)
+{
+    dvl_loader_free(r->loader);
+    dvl_dist_grad_sync_free(r->gs);
+    dvl_adamw_free(r->opt);
+    dvl_diff_batch_free(r->tm.db);
+    if (r->tm.m.params)
+        dvl_model_free(&r->tm.m);
+    dvl_ctx_free(r->ctx);
+    if (r->metrics)
+        fclose(r->metrics);
+    cJSON_Delete(r->model_json);
+    free(r->cfg_json);
+    dvl_cfg_free(r->cfgv);
+}
+
+int main(int argc, char **argv)
+{
+    const char *config = NULL, *resume = NULL;
+    const char *sets[MAX_SETS];
+    int n_sets = 0;
+    char stage_set[64] = {0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
+            return usage(stdout);
+        if (i + 1 >= argc) {
+            fprintf(stderr, PROG ": %s needs a value\n", a);
+            return usage(stderr);
+        }
+        const char *v = argv[++i];
+        if (strcmp(a, "--config") == 0)
+            config = v;
+        else if (strcmp(a, "--resume") == 0)
+            resume = v;
+        else if (strcmp(a, "--stage") == 0)
+            snprintf(stage_set, sizeof stage_set, "train.stage=%s", v);
+        else if (strcmp(a, "--set") == 0 && n_sets < MAX_SETS - 1)
+            sets[n_sets++] = v;
+        else {
+            fprintf(stderr, PROG ": unknown option %s\n", a);
+            return usage(stderr);
+        }
+    }
+    /* --stage wins over the file and comes before the --set overrides. */
+    if (stage_set[0]) {
+        memmove(sets + 1, sets, (size_t)n_sets * sizeof *sets);
+        sets[0] = stage_set;
+        n_sets++;
+    }
+    run r;
+    memset(&r, 0, sizeof r);
+    dvl_err err = {0};
+    if (dvl_dist_init(&argc, &argv, &r.d, &err)) {
+        fprintf(stderr, PROG ": %s\n", err.msg);
+        return 1;
+    }
+    char ckpt[4096];
+    int rc = load_config(&r, config, resume, sets, n_sets, ckpt, sizeof ckpt, &err);
+    if (!rc)
+        rc = setup(&r, ckpt, &err);
+    if (!rc)
+        rc = train(&r, &err);
+    if (!rc)
+        rc = export_final(&r, &err);
+    if (rc) {
+        /* Config errors happen on every rank alike: rank 0 speaks. Others
+         * (a shard unreadable on one node) stop the whole job, since the
+         * other ranks would wait in a collective forever. */
+        if (r.d.rank == 0 || r.d.world == 1)
+            fprintf(stderr, PROG ": %s\n", err.msg);
+        else
+            fprintf(stderr, PROG ": rank %d: %s\n", r.d.rank, err.msg);
+        if (r.d.world > 1)
+            MPI_Abort(r.d.comm, 1);
+    }
+    run_free(&r);
+    dvl_dist_finalize(&r.d, &err);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,215 @@
+#!/bin/sh
+# dvl-train end to end on a tiny random VLM and a small synthetic dataset made
+# here: loss falls in each stage; stage 1 leaves the LM and the vision tower
+# bit-identical; a resumed run reaches bit-identical weights; 1 rank = 2 and
+# 3 ranks at the same global batch (float tolerance); config errors name the
+# key.
+#
+#   test_train.sh DVL_TRAIN DVL_PREP DVL_CONVERT SOURCE_ROOT
+set -u
+# Absolute paths: the script works in a temporary folder.
+abs() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
+TRAIN=$(abs "$1")
+PREP=$(abs "$2")
+CONVERT=$(abs "$3")
+SRC=$(cd "$4" && pwd)
+T=$(mktemp -d /tmp/dvl-test-train-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fails=0
+ok() { echo "ok   $1"; }
+bad() { echo "FAIL $1"; fails=$((fails + 1)); }
+MPIRUN="mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1"
+
+# py SCRIPT ARGS...: python3 with the standard library only (meson needs it).
+py() { python3 -c "$@"; }
+
+# Safetensors reader (stdlib): name -> raw bytes.
+ST='
+import json, struct, sys
+def load(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    h.pop("__metadata__", None)
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items()}
+'
+
+# loss_falls RUN_DIR K [F]: mean loss of the last K steps below F (0.8) x the
+# first K.
+loss_falls() {
+    py "
+import json, sys
+L = [json.loads(l)['loss'] for l in open('$1/metrics.jsonl')]
+k = $2
+a, b = sum(L[:k]) / k, sum(L[-k:]) / k
+print('   first %d steps %.4f -> last %d steps %.4f' % (k, a, k, b))
+sys.exit(0 if b < ${3:-0.8} * a else 1)"
+}
+
+cd "$T" || exit 1
+"$PREP" synth --out syn --n 96 --heldout 0 --seed 3 --size 64 >/dev/null &&
+    "$PREP" build --json syn/train.json --images syn --tokenizer syn/tokenizer --out ds \
+        --image-size 28 --image-tokens 4 --shard-size 50 --threads 1 --quiet >/dev/null &&
+    "$CONVERT" init --random "$SRC/configs/models/tiny-vlm.json" --seed 1 --out m0 >/dev/null ||
+    { echo "FAIL setup"; exit 1; }
+
+cat >ar.json <<'EOF'
+{"model": {"path": "m0"}, "data": {"path": "ds"},
+ "train": {"stage": "ar", "out": "ar", "epochs": 3, "micro_batch": 4, "global_batch": 8,
+           "vision_trainable": true},
+ "optim": {"lr": 3e-3, "vision_lr": 3e-3, "warmup_steps": 2}}
+EOF
+cat >s1.json <<'EOF'
+{"model": {"path": "ar/final", "reset_connector": true, "connector_seed": 5}, "data": {"path": "ds"},
+ "train": {"stage": "1", "out": "s1", "epochs": 4, "micro_batch": 4, "global_batch": 8},
+ "optim": {"lr": 1e-2, "warmup_steps": 2}}
+EOF
+cat >s2.json <<'EOF'
+{"model": {"path": "m0"}, "data": {"path": "ds"},
+ "train": {"stage": "2", "out": "s2", "epochs": 3, "micro_batch": 4, "global_batch": 8,
+           "vision_trainable": true},
+ "optim": {"lr": 3e-3, "vision_lr": 6e-4, "warmup_steps": 2},
+ "diffusion": {"block_size": 8, "mask_token_id": 412, "eos_token_id": 410}}
+EOF
+
+# ---- loss falls in each stage
+if "$TRAIN" --config ar.json >ar.log 2>&1 && loss_falls ar 5; then ok ar_loss_falls; else bad "ar_loss_falls: $(tail -2 ar.log)"; fi
+# Stage 1 trains only the connector of an already-trained LM: the loss moves
+# less, and the data noise between steps is as large. Against the same run at
+# lr 0 (the same batches), its last steps must be lower (on this tiny data the images explain little
+# of the loss, so the margin is small).
+if "$TRAIN" --config s1.json >s1.log 2>&1 &&
+    "$TRAIN" --config s1.json --set optim.lr=0 --set train.out=s1zero >s1zero.log 2>&1 &&
+    py "
+import json, sys
+def last(d, k=8): L = [json.loads(l)['loss'] for l in open(d + '/metrics.jsonl')]; return sum(L[-k:]) / k
+a, b = last('s1zero'), last('s1')
+print('   last 8 steps: lr 0 %.4f, trained %.4f' % (a, b))
+sys.exit(0 if b < a else 1)"; then
+    ok stage1_loss_falls
+else
+    bad "stage1_loss_falls: $(tail -2 s1.log)"
+fi
+if "$TRAIN" --config s2.json >s2.log 2>&1 && loss_falls s2 5; then ok stage2_loss_falls; else bad "stage2_loss_falls: $(tail -2 s2.log)"; fi
+
+# ---- stage 1: only the connector moved
+if py "$ST
+a, b = load('ar/final/model.safetensors'), load('s1/final/model.safetensors')
+assert a.keys() == b.keys()
+conn = [k for k in a if k.startswith('model.mm_projector.')]
+same = [k for k in a if not k.startswith('model.mm_projector.')]
+assert conn and len(same) > 10
+bad = [k for k in same if a[k] != b[k]]
+moved = [k for k in conn if a[k] != b[k]]
+print('   %d frozen tensors identical, %d of %d connector tensors changed' % (len(same) - len(bad), len(moved), len(conn)))
+sys.exit(1 if bad or len(moved) != len(conn) else 0)"; then ok stage1_frozen_bit_identical; else bad stage1_frozen_bit_identical; fi
+
+# ---- exact resume (stage 2: the noise path too): 8 steps straight vs 4 + 4
+"$TRAIN" --config s2.json --set train.out=ra --set train.max_steps=8 --set ckpt.every=4 \
+    --set ckpt.keep_last=0 >ra.log 2>&1 &&
+    "$TRAIN" --resume ra/ckpt/step-000004 --set train.out=rb >rb.log 2>&1
+if cmp -s ra/final/model.safetensors rb/final/model.safetensors &&
+    cmp -s ra/ckpt/step-000008/optimizer.safetensors rb/ckpt/step-000008/optimizer.safetensors; then
+    ok resume_bit_identical
+else
+    bad "resume_bit_identical: $(tail -1 rb.log)"
+fi
+# --resume latest finds the newest checkpoint under train.out/ckpt.
+if "$TRAIN" --config s2.json --set train.out=ra --set train.max_steps=10 --resume latest >rl.log 2>&1 &&
+    grep -q "resumed from ra/ckpt/step-000008 at step 8" rl.log; then
+    ok resume_latest
+else
+    bad "resume_latest: $(tail -1 rl.log)"
+fi
+
+# ---- NaN/Inf steps: skipped and logged; more than optim.max_bad_steps in a
+# row abort with the last checkpoint intact.
+if "$TRAIN" --config ar.json --set train.out=nan1 --set train.max_steps=8 --set debug.nonfinite_from=4 \
+    --set debug.nonfinite_steps=2 >nan1.log 2>&1 &&
+    [ "$(grep -c '"skipped": true' nan1/metrics.jsonl)" -eq 2 ] &&
+    grep -q '"step": 4, .*"skipped": true' nan1/metrics.jsonl &&
+    grep -q "step 5: non-finite" nan1.log; then
+    ok nonfinite_skipped
+else
+    bad "nonfinite_skipped: $(tail -2 nan1.log)"
+fi
+"$TRAIN" --config ar.json --set train.out=nan2 --set train.max_steps=20 --set ckpt.every=2 \
+    --set debug.nonfinite_from=5 --set debug.nonfinite_steps=100 --set optim.max_bad_steps=3 >nan2.log 2>&1
+rc=$?
+if [ $rc -ne 0 ] && grep -q "4 non-finite steps in a row" nan2.log &&
+    [ "$(cat nan2/ckpt/latest)" = step-000006 ] && [ ! -d nan2/final ] &&
+    "$TRAIN" --resume nan2/ckpt --set train.out=nan3 --set debug.nonfinite_from=-1 >nan3.log 2>&1; then
+    ok nonfinite_abort_keeps_checkpoint
+else
+    bad "nonfinite_abort_keeps_checkpoint: rc $rc: $(tail -2 nan2.log)"
+fi
+
+# ---- 1 rank = 2 ranks = 3 ranks at global batch 12 (stage ar and stage 1)
+# compare_runs A B: every step's loss within 1e-5 relative, final weights
+# within 1e-5 absolute.
+compare_runs() {
+    py "$ST
+import json
+def losses(d): return [json.loads(l)['loss'] for l in open(d + '/metrics.jsonl')]
+la, lb = losses('$1'), losses('$2')
+assert len(la) == len(lb) > 0
+for x, y in zip(la, lb):
+    assert abs(x - y) <= 1e-5 * abs(x), (x, y)
+a, b = load('$1/final/model.safetensors'), load('$2/final/model.safetensors')
+m = 0.0
+for k in a:
+    fa = struct.unpack('<%df' % (len(a[k]) // 4), a[k]); fb = struct.unpack('<%df' % (len(b[k]) // 4), b[k])
+    m = max(m, max(abs(x - y) for x, y in zip(fa, fb)))
+print('   $1 vs $2: %d steps, max weight difference %.3g' % (len(la), m))
+sys.exit(0 if m <= 1e-5 else 1)"
+}
+for stage in ar s1; do
+    S="--set train.micro_batch=2 --set train.global_batch=12 --set train.max_steps=4 --set dist.check_every=1"
+    "$TRAIN" --config $stage.json --set train.out=${stage}_n1 $S >n1.log 2>&1
+    for np in 2 3; do
+        if $MPIRUN -np $np "$TRAIN" --config $stage.json --set train.out=${stage}_n$np $S >n$np.log 2>&1 &&
+            compare_runs ${stage}_n1 ${stage}_n$np; then
+            ok "${stage}_1_rank_equals_${np}_ranks"
+        else
+            bad "${stage}_1_rank_equals_${np}_ranks: $(tail -2 n$np.log)"
+        fi
+    done
+done
+# Stage 2 on 2 ranks: runs, ranks stay bit-identical (checked every step).
+if $MPIRUN -np 2 "$TRAIN" --config s2.json --set train.out=s2_n2 --set train.max_steps=3 \
+    --set dist.check_every=1 >s2n2.log 2>&1; then ok stage2_2_ranks; else bad "stage2_2_ranks: $(tail -2 s2n2.log)"; fi
+
+# ---- config errors: exit 1, one line naming the key
+reject() {
+    name=$1
+    want=$2
+    shift 2
+    "$TRAIN" "$@" >out.txt 2>err.txt
+    rc=$?
+    if [ $rc -ne 0 ] && [ "$(wc -l <err.txt)" -eq 1 ] && grep -qF -- "$want" err.txt; then
+        ok "config_$name"
+    else
+        bad "config_$name: rc $rc: $(cat err.txt)"
+    fi
+}
+echo '{"model": {"path": "m0"}, "data": {"path": "ds"}, "optim": {"lrr": 1}}' >unknown.json
+echo '{"model": {"path": "m0"}, "data": {"path": "ds"}, "optim": {"lr": "fast"}}' >type.json
+echo '{"model": {"path": "m0"}}' >missing.json
+reject unknown_key optim.lrr --config unknown.json
+reject wrong_type optim.lr --config type.json
+reject missing_required data.path --config missing.json
+reject out_of_range diffusion.block_size --config s2.json --set diffusion.block_size=0
+reject bad_enum train.stage --config s2.json --stage 3
+reject unknown_set train.epoch --config s2.json --set train.epoch=2
+reject batch_multiple train.global_batch --config s2.json --set train.global_batch=6
+reject eps_order diffusion.eps_min --config s2.json --set diffusion.eps_min=0.5 --set diffusion.eps_max=0.1
+reject mask_id diffusion.mask_token_id --config s2.json --set diffusion.mask_token_id=151671
+reject no_config "--config is required"
+reject resume_missing "nowhere" --resume nowhere
+
+echo
+if [ $fails -ne 0 ]; then
+    echo "$fails failure(s)"
+    exit 1
+fi
+echo "all passed"
