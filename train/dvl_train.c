@@ -428,7 +428,6 @@ static int train(run *r, dvl_err *err)
     dvl_params *p = r->tm.m.params;
     double t0 = now_s(), tokens_total = 0;
     int64_t bad_run = 0, first = r->step;
-    double last_loss = NAN, last_lr = 0, last_tps = 0;
     float scale = 1.0f / (float)r->accum;
     while (r->step < r->total) {
         double ts = now_s();
@@ -517,11 +516,8 @@ static int train(run *r, dvl_err *err)
                     "\"tokens\": %.0f, \"tokens_per_s\": %.6g, \"elapsed\": %.6g, \"skipped\": %s}\n",
                     r->step, loss, lr, gnorm, sums[1], tps, elapsed, bad ? "true" : "false");
             fflush(r->metrics);
-            last_loss = loss;
-            last_lr = lr;
-            last_tps = tokens_total / elapsed;
             if ((r->step - first) % c->log_every == 0 || r->step == r->total)
-                progress(r, loss, lr, last_tps, elapsed, r->step == r->total);
+                progress(r, loss, lr, tokens_total / elapsed, elapsed, r->step == r->total);
         }
         if (r->d.world > 1 && c->check_every > 0 &&
             (r->step % c->check_every == 0 || r->step == r->total)) {
@@ -533,9 +529,6 @@ static int train(run *r, dvl_err *err)
                 return err->code;
         }
     }
-    (void)last_loss;
-    (void)last_lr;
-    (void)last_tps;
     return DVL_OK;
 }
 
@@ -603,10 +596,12 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
     r->loader = dvl_loader_open(&lo, err);
     if (!r->loader)
         return err->code;
-    /* Every rank has at least floor(N / R) samples: that many decide the
-     * steps of an epoch, so that every rank runs every step. */
+    /* floor(N / G) steps per epoch, whatever the number of ranks R: each
+     * rank's share has at least floor(N / R) >= floor(N / G) G / R samples,
+     * so every rank runs every step, and 1 rank and R ranks see the same
+     * epochs. */
     int64_t N = dvl_loader_samples(r->loader);
-    r->steps_per_epoch = (N / r->d.world) / (r->accum * c->micro_batch);
+    r->steps_per_epoch = N / c->global_batch;
     if (r->steps_per_epoch < 1)
         return dvl_errf(err, DVL_EINVAL,
                         "train.global_batch: %lld is more than the %lld samples of %s",
