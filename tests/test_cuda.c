@@ -1,6 +1,10 @@
 /* The CUDA backend against straightforward CPU references (double precision)
  * written here: cuBLAS linear forward/backward (f32, TF32, bf16), RMSNorm,
- * SiLU/SwiGLU and AdamW, on odd sizes, plus a GEMM throughput print.
+ * SiLU/SwiGLU and AdamW, on odd sizes, plus a GEMM throughput print. Then
+ * the op layer on a CUDA context against the same ops on a CPU context
+ * (every op, forward and input gradients, every attention mask with GQA and
+ * key padding), the CUDA context itself, and the toy 2-layer model's
+ * training step on both devices (plus its timing).
  *
  * Without a CUDA build or without a device every GPU test prints
  * "test_cuda: no CUDA device, skipped" and passes; set DVL_REQUIRE_CUDA=1 to
@@ -23,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "toy.h"
 #include "util.h"
 
 #ifdef DVL_HAVE_CUDA
@@ -664,6 +669,682 @@ START_TEST(gemm_throughput_4096_print)
 }
 END_TEST
 
+/* ======================================================================
+ * The op layer on a CUDA context against the same ops on a CPU context:
+ * every op through the autograd API (dvl_from_host inputs, the op, then
+ * dvl_backward_seed with one random seed), comparing the output and every
+ * input gradient. Error metric: rel_err = max_i |cuda_i - cpu_i| /
+ * max_i |cpu_i| (relative to the tensor's scale). Tolerances, stated per
+ * case: 1e-5 for elementwise maps, 1e-4 for reductions, products,
+ * normalisations, cross-entropy and attention (different summation orders
+ * in f32; cuBLAS in full f32, not TF32). Inputs that do not require a
+ * gradient must not get a gradient buffer on the GPU either.
+ * ====================================================================== */
+#ifdef DVL_HAVE_CUDA
+
+#define MAX_IN 4
+
+typedef struct op_case op_case;
+struct op_case {
+    const char *name;
+    int n_in;
+    int ndim[MAX_IN];
+    int64_t shape[MAX_IN][DVL_MAX_DIMS];
+    bool grad[MAX_IN]; /* requires_grad */
+    float std[MAX_IN]; /* of the random input; 0 means 1 */
+    dvl_tensor *(*run)(dvl_ctx *ctx, dvl_tensor **in, const op_case *c);
+    /* op arguments */
+    const int32_t *idx, *idx2;
+    int64_t n_idx;
+    const float *wts;
+    dvl_mask mask;
+    float f;
+    int kind;
+    double fwd_tol, grad_tol;
+};
+
+typedef struct dev_out {
+    float *y;
+    int64_t ny;
+    float *g[MAX_IN];
+    bool had_grad[MAX_IN];
+} dev_out;
+
+static double rel_err(const float *got, const float *ref, int64_t n)
+{
+    double md = 0, mr = 0;
+    for (int64_t i = 0; i < n; i++) {
+        ck_assert_msg(isfinite(got[i]) || !isfinite(ref[i]), "element %lld is %g (reference %g)",
+                      (long long)i, (double)got[i], (double)ref[i]);
+        if (!isfinite(ref[i]))
+            continue;
+        md = fmax(md, fabs((double)got[i] - ref[i]));
+        mr = fmax(mr, fabs((double)ref[i]));
+    }
+    return mr > 0 ? md / mr : md;
+}
+
+static int64_t shape_numel(int ndim, const int64_t *s)
+{
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= s[i];
+    return n;
+}
+
+static void run_on(const op_case *c, dvl_device dev, float *const *host_in, dev_out *r)
+{
+    static const char *names[MAX_IN] = {"in0", "in1", "in2", "in3"};
+    const char *dn = dev == DVL_CUDA ? "cuda" : "cpu";
+    dvl_err err = {0, ""};
+    dvl_ctx *ctx = dvl_ctx_new_err(dev, &err);
+    ck_assert_msg(ctx != NULL, "%s: context on %s: %s", c->name, dn, err.msg);
+    dvl_tensor *in[MAX_IN] = {0};
+    bool any_grad = false;
+    for (int k = 0; k < c->n_in; k++) {
+        in[k] = dvl_from_host(ctx, DVL_F32, c->ndim[k], c->shape[k], host_in[k]);
+        ck_assert_msg(in[k] != NULL, "%s: input %d on %s: %s", c->name, k, dn,
+                      dvl_ctx_err(ctx)->msg);
+        ck_assert_int_eq(in[k]->device, dev);
+        in[k]->requires_grad = c->grad[k];
+        in[k]->name = names[k];
+        any_grad |= c->grad[k];
+    }
+    dvl_tensor *y = c->run(ctx, in, c);
+    ck_assert_msg(y != NULL, "%s on %s: %s", c->name, dn, dvl_ctx_err(ctx)->msg);
+    ck_assert_int_eq(y->device, dev);
+    r->ny = dvl_numel(y);
+    r->y = malloc((size_t)r->ny * sizeof(float));
+    ck_assert_ptr_nonnull(r->y);
+    ck_assert_msg(dvl_tensor_to_host(ctx, y, r->y) == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
+    if (any_grad) {
+        float *seed = host_randn(r->ny, 99, 1.0f);
+        ck_assert_msg(dvl_backward_seed(ctx, y, seed) == DVL_OK, "%s backward on %s: %s",
+                      c->name, dn, dvl_ctx_err(ctx)->msg);
+        free(seed);
+    }
+    for (int k = 0; k < c->n_in; k++) {
+        r->had_grad[k] = dvl_has_grad(in[k]);
+        r->g[k] = NULL;
+        if (c->grad[k]) {
+            int64_t n = dvl_numel(in[k]);
+            r->g[k] = malloc((size_t)n * sizeof(float));
+            ck_assert_ptr_nonnull(r->g[k]);
+            ck_assert_msg(dvl_tensor_grad_to_host(ctx, in[k], r->g[k]) == DVL_OK, "%s",
+                          dvl_ctx_err(ctx)->msg);
+        }
+    }
+    if (dev == DVL_CUDA)
+        ck_assert_msg(dvl_cuda_sync(c->name, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_msg(dvl_ctx_ok(ctx), "%s on %s: %s", c->name, dn, dvl_ctx_err(ctx)->msg);
+    dvl_ctx_free(ctx);
+}
+
+/* One case on both devices; prints the errors. */
+static void check_case(const op_case *c)
+{
+    float *host[MAX_IN];
+    for (int k = 0; k < c->n_in; k++)
+        host[k] = host_randn(shape_numel(c->ndim[k], c->shape[k]), 1000 + (uint64_t)k,
+                             c->std[k] > 0 ? c->std[k] : 1.0f);
+    dev_out cpu, gpu;
+    run_on(c, DVL_CPU, host, &cpu);
+    run_on(c, DVL_CUDA, host, &gpu);
+    ck_assert_int_eq(cpu.ny, gpu.ny);
+    char what[160];
+    double e = rel_err(gpu.y, cpu.y, cpu.ny);
+    printf("test_cuda: %-34s forward rel_err %.2e (tol %.0e)", c->name, e, c->fwd_tol);
+    snprintf(what, sizeof what, "%s forward", c->name);
+    CHECK_ERR(what, e, c->fwd_tol);
+    for (int k = 0; k < c->n_in; k++) {
+        if (!c->grad[k]) {
+            ck_assert_msg(!gpu.had_grad[k], "%s: frozen input %d got a gradient on the GPU",
+                          c->name, k);
+            continue;
+        }
+        e = rel_err(gpu.g[k], cpu.g[k], shape_numel(c->ndim[k], c->shape[k]));
+        printf(", d%d %.2e", k, e);
+        snprintf(what, sizeof what, "%s gradient of input %d", c->name, k);
+        CHECK_ERR(what, e, c->grad_tol);
+        free(cpu.g[k]), free(gpu.g[k]);
+    }
+    printf("\n");
+    fflush(stdout);
+    for (int k = 0; k < c->n_in; k++)
+        free(host[k]);
+    free(cpu.y), free(gpu.y);
+}
+
+static dvl_tensor *r_add(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    (void)c;
+    return dvl_add(x, in[0], in[1]);
+}
+static dvl_tensor *r_add_self(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    (void)c;
+    return dvl_add(x, in[0], in[0]);
+}
+static dvl_tensor *r_mul(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    (void)c;
+    return dvl_mul(x, in[0], in[1]);
+}
+static dvl_tensor *r_scale(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_scale(x, in[0], c->f);
+}
+static dvl_tensor *r_silu(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    (void)c;
+    return dvl_silu(x, in[0]);
+}
+static dvl_tensor *r_swiglu(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    (void)c;
+    return dvl_swiglu(x, in[0], in[1]);
+}
+static dvl_tensor *r_gelu(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_gelu(x, in[0], (dvl_gelu_kind)c->kind);
+}
+static dvl_tensor *r_sum(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    (void)c;
+    return dvl_sum(x, in[0]);
+}
+static dvl_tensor *r_softmax(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    (void)c;
+    return dvl_softmax(x, in[0]);
+}
+static dvl_tensor *r_rmsnorm(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_rmsnorm(x, in[0], in[1], c->f);
+}
+static dvl_tensor *r_layernorm(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_layernorm(x, in[0], in[1], c->n_in > 2 ? in[2] : NULL, c->f);
+}
+static dvl_tensor *r_linear(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_linear(x, in[0], in[1], c->n_in > 2 ? in[2] : NULL);
+}
+static dvl_tensor *r_embedding(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_embedding(x, in[0], c->idx, c->n_idx);
+}
+static dvl_tensor *r_rope(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_rope(x, in[0], c->idx, c->f);
+}
+static dvl_tensor *r_concat(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    (void)c;
+    return dvl_concat_rows(x, in[0], in[1]);
+}
+/* A slice is a view: scaled so that the output is a new tensor whose
+ * gradient reaches x through the shared gradient buffer. */
+static dvl_tensor *r_slice(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_scale(x, dvl_slice_rows(x, in[0], 2, 3), c->f);
+}
+static dvl_tensor *r_gather(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_gather_rows(x, in[0], c->idx, c->n_idx);
+}
+static dvl_tensor *r_scatter(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_scatter_rows(x, in[0], in[1], c->idx);
+}
+static dvl_tensor *r_xent(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_cross_entropy(x, in[0], c->idx, c->wts);
+}
+static dvl_tensor *r_lxent(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_linear_cross_entropy(x, in[0], in[1], c->idx, c->wts, 5);
+}
+static dvl_tensor *r_attention(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_attention(x, in[0], in[1], in[2], &c->mask, c->f);
+}
+
+#define S1(a) {a}
+#define S2(a, b) {a, b}
+
+#endif /* DVL_HAVE_CUDA */
+
+START_TEST(elementwise_ops_match_cpu)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    const op_case cases[] = {
+        {.name = "add [7,13]", .n_in = 2, .ndim = {2, 2}, .shape = {S2(7, 13), S2(7, 13)},
+         .grad = {true, true}, .run = r_add, .fwd_tol = 1e-5, .grad_tol = 1e-5},
+        {.name = "add a+a", .n_in = 1, .ndim = {2}, .shape = {S2(7, 13)}, .grad = {true},
+         .run = r_add_self, .fwd_tol = 1e-5, .grad_tol = 1e-5},
+        {.name = "add, b frozen", .n_in = 2, .ndim = {1, 1}, .shape = {S1(33), S1(33)},
+         .grad = {true, false}, .run = r_add, .fwd_tol = 1e-5, .grad_tol = 1e-5},
+        {.name = "mul [7,13]", .n_in = 2, .ndim = {2, 2}, .shape = {S2(7, 13), S2(7, 13)},
+         .grad = {true, true}, .run = r_mul, .fwd_tol = 1e-5, .grad_tol = 1e-5},
+        {.name = "scale 0.7", .n_in = 1, .ndim = {1}, .shape = {S1(1001)}, .grad = {true},
+         .run = r_scale, .f = 0.7f, .fwd_tol = 1e-5, .grad_tol = 1e-5},
+        {.name = "silu std 3", .n_in = 1, .ndim = {1}, .shape = {S1(1001)}, .grad = {true},
+         .std = {3}, .run = r_silu, .fwd_tol = 1e-5, .grad_tol = 1e-5},
+        {.name = "swiglu", .n_in = 2, .ndim = {1, 1}, .shape = {S1(1001), S1(1001)},
+         .grad = {true, true}, .std = {3, 1}, .run = r_swiglu, .fwd_tol = 1e-5,
+         .grad_tol = 1e-5},
+        {.name = "gelu erf std 3", .n_in = 1, .ndim = {1}, .shape = {S1(1001)}, .grad = {true},
+         .std = {3}, .run = r_gelu, .kind = DVL_GELU_ERF, .fwd_tol = 1e-5, .grad_tol = 1e-5},
+        {.name = "gelu tanh std 3", .n_in = 1, .ndim = {1}, .shape = {S1(1001)},
+         .grad = {true}, .std = {3}, .run = r_gelu, .kind = DVL_GELU_TANH, .fwd_tol = 1e-5,
+         .grad_tol = 1e-5},
+        {.name = "sum [1001] (reduction)", .n_in = 1, .ndim = {1}, .shape = {S1(1001)},
+         .grad = {true}, .run = r_sum, .fwd_tol = 1e-4, .grad_tol = 1e-5},
+        {.name = "softmax [7,33]", .n_in = 1, .ndim = {2}, .shape = {S2(7, 33)},
+         .grad = {true}, .std = {3}, .run = r_softmax, .fwd_tol = 1e-5, .grad_tol = 1e-4},
+        {.name = "softmax [40,70]", .n_in = 1, .ndim = {2}, .shape = {S2(40, 70)},
+         .grad = {true}, .std = {3}, .run = r_softmax, .fwd_tol = 1e-5, .grad_tol = 1e-4},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        check_case(&cases[i]);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+START_TEST(norm_linear_ops_match_cpu)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    const op_case cases[] = {
+        {.name = "rmsnorm [13,33]", .n_in = 2, .ndim = {2, 1}, .shape = {S2(13, 33), S1(33)},
+         .grad = {true, true}, .run = r_rmsnorm, .f = 1e-6f, .fwd_tol = 1e-5, .grad_tol = 1e-4},
+        {.name = "rmsnorm [300,7], w frozen", .n_in = 2, .ndim = {2, 1},
+         .shape = {S2(300, 7), S1(7)}, .grad = {true, false}, .run = r_rmsnorm, .f = 1e-6f,
+         .fwd_tol = 1e-5, .grad_tol = 1e-4},
+        {.name = "layernorm [13,33] with bias", .n_in = 3, .ndim = {2, 1, 1},
+         .shape = {S2(13, 33), S1(33), S1(33)}, .grad = {true, true, true},
+         .run = r_layernorm, .f = 1e-5f, .fwd_tol = 1e-4, .grad_tol = 1e-4},
+        {.name = "layernorm [9,7] no bias", .n_in = 2, .ndim = {2, 1},
+         .shape = {S2(9, 7), S1(7)}, .grad = {true, true}, .run = r_layernorm, .f = 1e-5f,
+         .fwd_tol = 1e-4, .grad_tol = 1e-4},
+        {.name = "linear [2,7,13]x[9,13]^T + b", .n_in = 3, .ndim = {3, 2, 1},
+         .shape = {{2, 7, 13}, S2(9, 13), S1(9)}, .grad = {true, true, true},
+         .run = r_linear, .fwd_tol = 1e-4, .grad_tol = 1e-4},
+        {.name = "linear, W frozen", .n_in = 2, .ndim = {2, 2}, .shape = {S2(5, 13), S2(9, 13)},
+         .grad = {true, false}, .run = r_linear, .fwd_tol = 1e-4, .grad_tol = 1e-4},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        check_case(&cases[i]);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+START_TEST(index_ops_match_cpu)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    /* Repeated ids/indices: the scatter-add backward must add them all. */
+    static const int32_t ids[15] = {3, 0, 10, 3, 3, 7, 1, 0, 9, 10, 2, 3, 5, 5, 4};
+    static const int32_t gidx[9] = {6, 0, 6, 2, 2, 2, 5, 1, 6};
+    static const int32_t sidx[3] = {6, 1, 3};
+    /* Positions of two sequences, the second far out (large float angles). */
+    static const int32_t pos[10] = {0, 1, 2, 3, 4, 1000, 1001, 1002, 4093, 4094};
+    const op_case cases[] = {
+        {.name = "embedding [11,6] x 15 ids", .n_in = 1, .ndim = {2}, .shape = {S2(11, 6)},
+         .grad = {true}, .run = r_embedding, .idx = ids, .n_idx = 15, .fwd_tol = 0,
+         .grad_tol = 1e-5},
+        {.name = "rope [2,5,3,8]", .n_in = 1, .ndim = {4}, .shape = {{2, 5, 3, 8}},
+         .grad = {true}, .run = r_rope, .idx = pos, .f = 10000.0f, .fwd_tol = 1e-5,
+         .grad_tol = 1e-5},
+        {.name = "concat_rows [3,5];[4,5]", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(3, 5), S2(4, 5)}, .grad = {true, true}, .run = r_concat, .fwd_tol = 0,
+         .grad_tol = 0},
+        {.name = "slice_rows 2..5 of [7,5]", .n_in = 1, .ndim = {2}, .shape = {S2(7, 5)},
+         .grad = {true}, .run = r_slice, .f = 1.5f, .fwd_tol = 1e-5, .grad_tol = 1e-5},
+        {.name = "gather_rows [7,5] x 9", .n_in = 1, .ndim = {2}, .shape = {S2(7, 5)},
+         .grad = {true}, .run = r_gather, .idx = gidx, .n_idx = 9, .fwd_tol = 0,
+         .grad_tol = 1e-5},
+        {.name = "scatter_rows [8,5] <- [3,5]", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(8, 5), S2(3, 5)}, .grad = {true, true}, .run = r_scatter, .idx = sidx,
+         .fwd_tol = 0, .grad_tol = 0},
+        {.name = "scatter_rows, dst frozen", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(8, 5), S2(3, 5)}, .grad = {false, true}, .run = r_scatter, .idx = sidx,
+         .fwd_tol = 0, .grad_tol = 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        check_case(&cases[i]);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+START_TEST(cross_entropy_matches_cpu)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    static const int32_t labels[9] = {3, DVL_IGNORE_INDEX, 12, 0, 7, 7, DVL_IGNORE_INDEX, 1, 5};
+    static const float wts[9] = {0.5f, 1, 0.25f, 1, 2, 0.125f, 1, 1, 0.75f};
+    const op_case cases[] = {
+        {.name = "cross_entropy [9,13] weighted", .n_in = 1, .ndim = {2},
+         .shape = {S2(9, 13)}, .grad = {true}, .std = {3}, .run = r_xent, .idx = labels,
+         .wts = wts, .fwd_tol = 1e-4, .grad_tol = 1e-4},
+        {.name = "cross_entropy [9,13] unweighted", .n_in = 1, .ndim = {2},
+         .shape = {S2(9, 13)}, .grad = {true}, .std = {3}, .run = r_xent, .idx = labels,
+         .fwd_tol = 1e-4, .grad_tol = 1e-4},
+        {.name = "linear_cross_entropy h[9,16] W[13,16]", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(9, 16), S2(13, 16)}, .grad = {true, true}, .run = r_lxent,
+         .idx = labels, .wts = wts, .fwd_tol = 1e-4, .grad_tol = 1e-4},
+        {.name = "cross_entropy [5,100] (V > 32 lanes)", .n_in = 1, .ndim = {2},
+         .shape = {S2(5, 100)}, .grad = {true}, .std = {3}, .run = r_xent, .idx = labels,
+         .wts = wts, .fwd_tol = 1e-4, .grad_tol = 1e-4},
+        {.name = "linear_cross_entropy, W frozen", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(9, 16), S2(13, 16)}, .grad = {true, false}, .run = r_lxent,
+         .idx = labels, .fwd_tol = 1e-4, .grad_tol = 1e-4},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        check_case(&cases[i]);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* Every mask rule with GQA (4 query heads on 2 kv heads) and key padding
+ * (including a key 0 padded out, so causal query 0 sees nothing and must
+ * output zeros), forward and dq, dk, dv within 1e-4 of the CPU. */
+START_TEST(attention_matches_cpu_all_masks)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    enum { N = 2, T = 12, HQ = 4, HKV = 2, D = 8 };
+    uint8_t pad[N * T], pad_kv[N * 13];
+    for (int i = 0; i < N * T; i++)
+        pad[i] = !(i == 5 || i == T + 0 || i == T + 11); /* seq 1 loses key 0 */
+    for (int i = 0; i < N * 13; i++)
+        pad_kv[i] = !(i == 2 || i == 13 + 12);
+    const float sc = 1.0f / sqrtf((float)D);
+    struct {
+        const char *name;
+        dvl_mask m;
+        int64_t tq, tk;
+    } masks[] = {
+        {"attention BIDIR", {.kind = DVL_MASK_BIDIR}, T, T},
+        {"attention BIDIR padded", {.kind = DVL_MASK_BIDIR, .key_valid = pad}, T, T},
+        {"attention CAUSAL", {.kind = DVL_MASK_CAUSAL}, T, T},
+        {"attention CAUSAL padded", {.kind = DVL_MASK_CAUSAL, .key_valid = pad}, T, T},
+        {"attention BLOCK_DIFF L=6 B=4",
+         {.kind = DVL_MASK_BLOCK_DIFF, .block_size = 4, .half = 6}, T, T},
+        {"attention BLOCK_DIFF padded",
+         {.kind = DVL_MASK_BLOCK_DIFF, .block_size = 4, .half = 6, .key_valid = pad}, T, T},
+        {"attention BLOCK_CAUSAL B=3", {.kind = DVL_MASK_BLOCK_CAUSAL, .block_size = 3}, T, T},
+        {"attention BLOCK_CAUSAL kv cache",
+         {.kind = DVL_MASK_BLOCK_CAUSAL, .block_size = 4, .q_offset = 8, .key_valid = pad_kv},
+         5, 13},
+        {"attention CAUSAL kv cache", {.kind = DVL_MASK_CAUSAL, .q_offset = 8}, 5, 13},
+    };
+    for (size_t i = 0; i < sizeof masks / sizeof *masks; i++) {
+        op_case c = {.name = masks[i].name, .n_in = 3, .ndim = {4, 4, 4},
+                     .shape = {{N, masks[i].tq, HQ, D}, {N, masks[i].tk, HKV, D},
+                               {N, masks[i].tk, HKV, D}},
+                     .grad = {true, true, true}, .run = r_attention, .mask = masks[i].m,
+                     .f = sc, .fwd_tol = 1e-4, .grad_tol = 1e-4};
+        check_case(&c);
+    }
+    /* More keys than threads per block (128) and a longer head: the
+     * kernels' strided loops. */
+    uint8_t pad150[150];
+    for (int i = 0; i < 150; i++)
+        pad150[i] = i % 17 != 3;
+    const dvl_mask long_masks[2] = {{.kind = DVL_MASK_CAUSAL, .key_valid = pad150},
+                                    {.kind = DVL_MASK_BIDIR}};
+    for (int i = 0; i < 2; i++) {
+        op_case c = {.name = i ? "attention BIDIR T=150 D=40" : "attention CAUSAL T=150 padded",
+                     .n_in = 3, .ndim = {4, 4, 4},
+                     .shape = {{1, 150, 2, 40}, {1, 150, 1, 40}, {1, 150, 1, 40}},
+                     .grad = {true, true, true}, .run = r_attention, .mask = long_masks[i],
+                     .f = 1.0f / sqrtf(40.0f), .fwd_tol = 1e-4, .grad_tol = 1e-4};
+        check_case(&c);
+    }
+    /* A frozen k (v, q trainable). */
+    op_case c = {.name = "attention CAUSAL, k frozen", .n_in = 3, .ndim = {4, 4, 4},
+                 .shape = {{N, T, HQ, D}, {N, T, HKV, D}, {N, T, HKV, D}},
+                 .grad = {true, false, true}, .run = r_attention,
+                 .mask = {.kind = DVL_MASK_CAUSAL}, .f = sc, .fwd_tol = 1e-4, .grad_tol = 1e-4};
+    check_case(&c);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* The CUDA context itself: device tensors, zeros, host round trips, the
+ * arena's steady state (a reset after growth consolidates; the next
+ * identical step allocates nothing), a device parameter store. Without a
+ * GPU: dvl_ctx_new_err(DVL_CUDA) is NULL with a reason. */
+START_TEST(cuda_context_basics)
+{
+#ifdef DVL_HAVE_CUDA
+    if (dvl_cuda_device_count() == 0) {
+        dvl_err err = {0, ""};
+        ck_assert_ptr_null(dvl_ctx_new_err(DVL_CUDA, &err));
+        ck_assert_int_eq(err.code, DVL_EDEVICE);
+        printf("test_cuda: CUDA context refused as expected: %s\n", err.msg);
+        ck_assert_ptr_null(dvl_ctx_new(DVL_CUDA));
+    }
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_ctx *ctx = dvl_ctx_new_err(DVL_CUDA, &err);
+    ck_assert_msg(ctx != NULL, "%s", err.msg);
+    ck_assert_int_eq(dvl_ctx_device(ctx), DVL_CUDA);
+    ck_assert_ptr_nonnull(dvl_ctx_cublas(ctx));
+    int64_t s[2] = {3, 5};
+    float h[15], back[15];
+    for (int i = 0; i < 15; i++)
+        h[i] = (float)i - 7.5f;
+    dvl_tensor *z = dvl_zeros(ctx, DVL_F32, 2, s);
+    ck_assert_ptr_nonnull(z);
+    ck_assert_int_eq(z->device, DVL_CUDA);
+    ck_assert_int_eq(dvl_tensor_to_host(ctx, z, back), DVL_OK);
+    for (int i = 0; i < 15; i++)
+        ck_assert_float_eq(back[i], 0.0f);
+    dvl_tensor *t = dvl_from_host(ctx, DVL_F32, 2, s, h);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(dvl_tensor_to_host(ctx, t, back), DVL_OK);
+    ck_assert_mem_eq(back, h, sizeof h);
+    /* A lazily made gradient is zero on the device. */
+    t->requires_grad = true;
+    ck_assert_ptr_nonnull(dvl_grad(ctx, t));
+    ck_assert_int_eq(dvl_tensor_grad_to_host(ctx, t, back), DVL_OK);
+    for (int i = 0; i < 15; i++)
+        ck_assert_float_eq(back[i], 0.0f);
+    /* Steady state: 3 MiB of device tensors overflow the first chunk. */
+    for (int step = 0; step < 3; step++) {
+        dvl_ctx_reset(ctx);
+        int64_t before = dvl_arena_mallocs(ctx);
+        int64_t big[1] = {(int64_t)1 << 18};
+        for (int i = 0; i < 3; i++)
+            ck_assert_ptr_nonnull(dvl_zeros(ctx, DVL_F32, 1, big));
+        if (step == 2)
+            ck_assert_int_eq(dvl_arena_mallocs(ctx), before);
+    }
+    ck_assert_msg(dvl_ctx_ok(ctx), "%s", dvl_ctx_err(ctx)->msg);
+    /* A CPU tensor given to an op with a CUDA tensor: an error naming both. */
+    dvl_ctx *cpu = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *hc = dvl_from_host(cpu, DVL_F32, 2, s, h);
+    dvl_tensor *hg = dvl_from_host(ctx, DVL_F32, 2, s, h);
+    ck_assert(hc && hg);
+    hc->name = "host_t";
+    hg->name = "dev_t";
+    ck_assert_ptr_null(dvl_add(ctx, hg, hc));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "different devices") &&
+                      strstr(dvl_ctx_err(ctx)->msg, "host_t"),
+                  "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    dvl_ctx_free(cpu);
+    dvl_ctx_free(ctx);
+
+    /* A device parameter store round trip. */
+    dvl_params *p = dvl_params_new();
+    int64_t ps[2] = {4, 3};
+    ck_assert_ptr_nonnull(dvl_params_add(p, "a", 2, ps, true, &err));
+    ck_assert_ptr_nonnull(dvl_params_add(p, "frozen", 1, ps, false, &err));
+    ck_assert_int_eq(dvl_params_alloc(p, &err), DVL_OK);
+    for (int64_t i = 0; i < p->numel; i++)
+        p->data[i] = (float)i * 0.5f;
+    dvl_params *d = dvl_params_to_device(p, DVL_CUDA, &err);
+    ck_assert_msg(d != NULL, "%s", err.msg);
+    ck_assert_int_eq(d->device, DVL_CUDA);
+    ck_assert_int_eq(d->numel, p->numel);
+    ck_assert_int_eq(d->numel_grad, p->numel_grad);
+    ck_assert_int_eq(dvl_params_find(d, "a")->device, DVL_CUDA);
+    ck_assert_ptr_null(dvl_params_find(d, "frozen")->grad);
+    float *hd = malloc((size_t)p->numel * sizeof(float));
+    ck_assert_int_eq(dvl_params_data_to_host(d, hd, &err), DVL_OK);
+    ck_assert_mem_eq(hd, p->data, (size_t)p->numel * sizeof(float));
+    ck_assert_int_eq(dvl_params_grad_to_host(d, hd, &err), DVL_OK);
+    for (int64_t i = 0; i < d->numel_grad; i++)
+        ck_assert_float_eq(hd[i], 0.0f);
+    dvl_params_zero_grad(d);
+    free(hd);
+    dvl_params_free(d);
+    dvl_params_free(p);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+#ifdef DVL_HAVE_CUDA
+static const toy_cfg TOY = {.vocab = 37, .dim = 32, .layers = 2, .heads = 4, .kv_heads = 2,
+                            .ffn = 48, .seq = 11, .batch = 2};
+
+/* One training step's loss and flat gradient on a device. */
+static float toy_step(dvl_ctx *ctx, dvl_params *p, const toy_batch *b, float *grad)
+{
+    dvl_err err = {0, ""};
+    dvl_params_zero_grad(p);
+    dvl_tensor *loss = toy_loss(ctx, &TOY, p, b);
+    ck_assert_msg(loss != NULL, "toy_loss: %s", dvl_ctx_err(ctx)->msg);
+    float l;
+    ck_assert_int_eq(dvl_tensor_to_host(ctx, loss, &l), DVL_OK);
+    ck_assert_msg(dvl_backward(ctx, loss) == DVL_OK, "backward: %s", dvl_ctx_err(ctx)->msg);
+    if (grad)
+        ck_assert_msg(dvl_params_grad_to_host(p, grad, &err) == DVL_OK, "%s", err.msg);
+    dvl_ctx_reset(ctx);
+    return l;
+}
+#endif
+
+/* tests/toy.c's 2-layer Qwen2-shaped model (GQA, rope, causal attention,
+ * SwiGLU, fused LM-head cross-entropy) on both devices: loss within 1e-5
+ * relative, every parameter's gradient within 1e-4 (rel_err per tensor);
+ * a second GPU step gives the same bits (determinism) and allocates
+ * nothing (steady-state arena). */
+START_TEST(toy_model_step_matches_cpu)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_params *pc = toy_params(&TOY, 7);
+    dvl_params *pg = dvl_params_to_device(pc, DVL_CUDA, &err);
+    ck_assert_msg(pg != NULL, "%s", err.msg);
+    toy_batch b = toy_batch_new(&TOY, 8);
+    dvl_ctx *cc = dvl_ctx_new(DVL_CPU), *cg = dvl_ctx_new_err(DVL_CUDA, &err);
+    ck_assert_msg(cg != NULL, "%s", err.msg);
+    float *gc = malloc((size_t)pc->numel_grad * sizeof(float));
+    float *gg = malloc((size_t)pg->numel_grad * sizeof(float));
+    float *gg2 = malloc((size_t)pg->numel_grad * sizeof(float));
+    ck_assert(gc && gg && gg2);
+    float lc = toy_step(cc, pc, &b, gc);
+    float lg = toy_step(cg, pg, &b, gg);
+    double e = fabs((double)lg - lc) / fabs((double)lc);
+    printf("test_cuda: toy model loss cpu %.7f cuda %.7f rel_err %.2e (tol 1e-5)\n", lc, lg, e);
+    CHECK_ERR("toy model loss", e, 1e-5);
+    double worst = 0;
+    for (int i = 0; i < pc->n; i++) {
+        if (pc->grad_off[i] < 0)
+            continue;
+        int64_t n = dvl_numel(pc->t[i]);
+        double ei = rel_err(gg + pg->grad_off[i], gc + pc->grad_off[i], n);
+        char what[96];
+        snprintf(what, sizeof what, "toy model gradient of %s", pc->t[i]->name);
+        CHECK_ERR(what, ei, 1e-4);
+        worst = fmax(worst, ei);
+    }
+    printf("test_cuda: toy model worst parameter gradient rel_err %.2e (tol 1e-4)\n", worst);
+    int64_t m0 = dvl_arena_mallocs(cg);
+    float lg2 = toy_step(cg, pg, &b, gg2);
+    int64_t m1 = dvl_arena_mallocs(cg);
+    float lg3 = toy_step(cg, pg, &b, gg2);
+    ck_assert_msg(memcmp(&lg, &lg2, sizeof lg) == 0 && memcmp(&lg2, &lg3, sizeof lg) == 0,
+                  "GPU loss differs between identical steps: %.9g %.9g %.9g", lg, lg2, lg3);
+    ck_assert_msg(memcmp(gg, gg2, (size_t)pg->numel_grad * sizeof(float)) == 0,
+                  "GPU gradients differ between identical steps");
+    ck_assert_msg(dvl_arena_mallocs(cg) == m1,
+                  "a steady-state GPU step allocated (%lld mallocs after step 2, %lld after 3; "
+                  "%lld after step 1)",
+                  (long long)m1, (long long)dvl_arena_mallocs(cg), (long long)m0);
+    free(gc), free(gg), free(gg2);
+    dvl_ctx_free(cc), dvl_ctx_free(cg);
+    toy_batch_free(&b);
+    dvl_params_free(pc), dvl_params_free(pg);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* Not an assertion: one toy-model training step (forward + backward) on
+ * the CPU and on the GPU, mean of 10 after 2 warm-ups, for the record. The
+ * toy model is tiny, so the GPU time is launch latency, not throughput. */
+START_TEST(toy_model_step_timing_print)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_params *pc = toy_params(&TOY, 7);
+    dvl_params *pg = dvl_params_to_device(pc, DVL_CUDA, &err);
+    ck_assert_msg(pg != NULL, "%s", err.msg);
+    toy_batch b = toy_batch_new(&TOY, 8);
+    dvl_ctx *ctx[2] = {dvl_ctx_new(DVL_CPU), dvl_ctx_new_err(DVL_CUDA, &err)};
+    ck_assert_msg(ctx[1] != NULL, "%s", err.msg);
+    dvl_params *ps[2] = {pc, pg};
+    const char *names[2] = {"cpu", "cuda"};
+    for (int dv = 0; dv < 2; dv++) {
+        double t0 = 0;
+        for (int it = 0; it < 12; it++) {
+            if (it == 2)
+                t0 = now_s();
+            toy_step(ctx[dv], ps[dv], &b, NULL); /* the loss read back syncs */
+        }
+        printf("test_cuda: toy model step (batch %d x seq %d, dim %d, 2 layers) on %s: %.3f ms\n",
+               TOY.batch, TOY.seq, TOY.dim, names[dv], (now_s() - t0) / 10 * 1e3);
+    }
+    fflush(stdout);
+    dvl_ctx_free(ctx[0]), dvl_ctx_free(ctx[1]);
+    toy_batch_free(&b);
+    dvl_params_free(pc), dvl_params_free(pg);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("cuda");
@@ -675,11 +1356,24 @@ static Suite *suite(void)
     tcase_add_test(tc, rmsnorm_matches_reference);
     tcase_add_test(tc, silu_swiglu_match_reference);
     tcase_add_test(tc, adamw_matches_torch_formula);
+    tcase_add_test(tc, cuda_context_basics);
+    tcase_add_test(tc, elementwise_ops_match_cpu);
+    tcase_add_test(tc, norm_linear_ops_match_cpu);
+    tcase_add_test(tc, index_ops_match_cpu);
+    tcase_add_test(tc, cross_entropy_matches_cpu);
+    tcase_add_test(tc, attention_matches_cpu_all_masks);
+    tcase_add_test(tc, toy_model_step_matches_cpu);
+    /* Each test creates CUDA contexts and cuBLAS handles in a fresh child
+     * process (seconds on a cold GPU): more than Check's 4 s default when
+     * the binary is run outside meson (which sets CK_DEFAULT_TIMEOUT). */
+    tcase_set_timeout(tc, 300);
     suite_add_tcase(s, tc);
     /* Its own case, so CK_RUN_CASE=cuda runs the checks without it (under
      * compute-sanitizer, say). */
     TCase *timing = tcase_create("timing");
     tcase_add_test(timing, gemm_throughput_4096_print);
+    tcase_add_test(timing, toy_model_step_timing_print);
+    tcase_set_timeout(timing, 300);
     suite_add_tcase(s, timing);
     return s;
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ops/cpu/attention.h"
+#include "ops/dev.h"
 #include "ops/ops.h"
 
 static const char *mask_name(dvl_mask_kind k)
@@ -53,6 +54,21 @@ static void attention_backward(dvl_ctx *ctx, dvl_node *node)
                               node->f[0]);
         break;
     }
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA: {
+        /* p[2]: the device copy of key_valid (NULL without padding). */
+        float *scratch = dvl_alloc_dev(
+            ctx, 2 * (size_t)dvl_cuda_attention_scratch(N, Tq, Tk, Hq) * sizeof(float));
+        if (!scratch)
+            return;
+        dvl_cuda_attention_bwd(dq, dk, dv, scratch, dout, dvl_f32(out), lse, dvl_f32(q),
+                               dvl_f32(k), dvl_f32(v), N, Tq, Tk, Hq, Hkv, D, (int)mask->kind,
+                               mask->block_size, mask->half, mask->q_offset, node->p[2],
+                               node->f[0]);
+        dvl_ctx_check(ctx, "attention backward");
+        break;
+    }
+#endif
     default:
         dvl_fail(ctx, "attention: device not supported");
     }
@@ -167,8 +183,9 @@ dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor
     const bool record = dvl_needs_grad(ctx, in, 3);
     float *lse = NULL;
     dvl_mask *saved = NULL;
+    void *key_valid_d = NULL; /* CUDA: the device copy of mask->key_valid */
     if (record) {
-        lse = dvl_alloc(ctx, (size_t)(N * Hq * Tq) * sizeof *lse);
+        lse = dvl_alloc_dev(ctx, (size_t)(N * Hq * Tq) * sizeof *lse);
         saved = dvl_alloc(ctx, sizeof *saved);
         if (!lse || !saved)
             return NULL;
@@ -192,6 +209,23 @@ dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor
                               Tq, Tk, Hq, Hkv, D, mask, scale);
         break;
     }
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA: {
+        float *scratch =
+            dvl_alloc_dev(ctx, (size_t)dvl_cuda_attention_scratch(N, Tq, Tk, Hq) * sizeof(float));
+        if (!scratch)
+            return NULL;
+        if (mask->key_valid &&
+            !(key_valid_d = dvl_dev_copy(ctx, mask->key_valid, (size_t)(N * Tk))))
+            return NULL;
+        dvl_cuda_attention_fwd(dvl_f32(out), lse, scratch, dvl_f32(q), dvl_f32(k), dvl_f32(v),
+                               N, Tq, Tk, Hq, Hkv, D, (int)mask->kind, mask->block_size,
+                               mask->half, mask->q_offset, key_valid_d, scale);
+        if (!dvl_ctx_check(ctx, "attention"))
+            return NULL;
+        break;
+    }
+#endif
     default:
         return dvl_fail(ctx, "attention: device not supported");
     }
@@ -202,6 +236,7 @@ dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor
             return NULL;
         node->p[0] = saved;
         node->p[1] = lse;
+        node->p[2] = key_valid_d;
         node->f[0] = scale;
     }
     return out;

@@ -3,6 +3,7 @@
 #include <stdint.h>
 
 #include "ops/cpu/elementwise.h"
+#include "ops/dev.h"
 #include "ops/ops.h"
 
 /* x must be an f32 tensor (all ops compute in f32). */
@@ -112,6 +113,17 @@ static void add_backward(dvl_ctx *ctx, dvl_node *node)
             dvl_cpu_add_bwd(ga, gb, gy, n);
         }
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        if (overlap_unequal(ga, gb, n)) { /* two launches, ordered by the stream */
+            dvl_cuda_add_bwd(ga, NULL, gy, n);
+            dvl_cuda_add_bwd(NULL, gb, gy, n);
+        } else {
+            dvl_cuda_add_bwd(ga, gb, gy, n);
+        }
+        dvl_ctx_check(ctx, "add backward");
+        break;
+#endif
     default:
         dvl_fail(ctx, "add backward: device not supported");
     }
@@ -126,6 +138,13 @@ dvl_tensor *dvl_add(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b)
     case DVL_CPU:
         dvl_cpu_add_fwd(dvl_f32(y), dvl_f32(a), dvl_f32(b), dvl_numel(y));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_add_fwd(dvl_f32(y), dvl_f32(a), dvl_f32(b), dvl_numel(y));
+        if (!dvl_ctx_check(ctx, "add"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "add: device not supported");
     }
@@ -152,6 +171,17 @@ static void mul_backward(dvl_ctx *ctx, dvl_node *node)
             dvl_cpu_mul_bwd(ga, gb, gy, a, b, n);
         }
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        if (overlap_unequal(ga, gb, n)) {
+            dvl_cuda_mul_bwd(ga, NULL, gy, a, b, n);
+            dvl_cuda_mul_bwd(NULL, gb, gy, a, b, n);
+        } else {
+            dvl_cuda_mul_bwd(ga, gb, gy, a, b, n);
+        }
+        dvl_ctx_check(ctx, "mul backward");
+        break;
+#endif
     default:
         dvl_fail(ctx, "mul backward: device not supported");
     }
@@ -166,6 +196,13 @@ dvl_tensor *dvl_mul(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b)
     case DVL_CPU:
         dvl_cpu_mul_fwd(dvl_f32(y), dvl_f32(a), dvl_f32(b), dvl_numel(y));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_mul_fwd(dvl_f32(y), dvl_f32(a), dvl_f32(b), dvl_numel(y));
+        if (!dvl_ctx_check(ctx, "mul"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "mul: device not supported");
     }
@@ -184,6 +221,12 @@ static void scale_backward(dvl_ctx *ctx, dvl_node *node)
     case DVL_CPU:
         dvl_cpu_scale_bwd(ga, gy, node->f[0], dvl_numel(node->out));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_scale_bwd(ga, gy, node->f[0], dvl_numel(node->out));
+        dvl_ctx_check(ctx, "scale backward");
+        break;
+#endif
     default:
         dvl_fail(ctx, "scale backward: device not supported");
     }
@@ -198,6 +241,13 @@ dvl_tensor *dvl_scale(dvl_ctx *ctx, dvl_tensor *a, float s)
     case DVL_CPU:
         dvl_cpu_scale_fwd(dvl_f32(y), dvl_f32(a), s, dvl_numel(y));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_scale_fwd(dvl_f32(y), dvl_f32(a), s, dvl_numel(y));
+        if (!dvl_ctx_check(ctx, "scale"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "scale: device not supported");
     }
@@ -222,6 +272,12 @@ static void silu_backward(dvl_ctx *ctx, dvl_node *node)
     case DVL_CPU:
         dvl_cpu_silu_bwd(gx, gy, dvl_f32(node->in[0]), dvl_numel(node->out));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_silu_bwd(gx, gy, dvl_f32(node->in[0]), dvl_numel(node->out));
+        dvl_ctx_check(ctx, "silu backward");
+        break;
+#endif
     default:
         dvl_fail(ctx, "silu backward: device not supported");
     }
@@ -236,6 +292,13 @@ dvl_tensor *dvl_silu(dvl_ctx *ctx, dvl_tensor *x)
     case DVL_CPU:
         dvl_cpu_silu_fwd(dvl_f32(y), dvl_f32(x), dvl_numel(y));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_silu_fwd(dvl_f32(y), dvl_f32(x), dvl_numel(y));
+        if (!dvl_ctx_check(ctx, "silu"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "silu: device not supported");
     }
@@ -262,6 +325,17 @@ static void swiglu_backward(dvl_ctx *ctx, dvl_node *node)
             dvl_cpu_swiglu_bwd(gg, gu, gy, gate, up, n);
         }
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        if (overlap_unequal(gg, gu, n)) {
+            dvl_cuda_swiglu_bwd(gg, NULL, gy, gate, up, n);
+            dvl_cuda_swiglu_bwd(NULL, gu, gy, gate, up, n);
+        } else {
+            dvl_cuda_swiglu_bwd(gg, gu, gy, gate, up, n);
+        }
+        dvl_ctx_check(ctx, "swiglu backward");
+        break;
+#endif
     default:
         dvl_fail(ctx, "swiglu backward: device not supported");
     }
@@ -276,6 +350,13 @@ dvl_tensor *dvl_swiglu(dvl_ctx *ctx, dvl_tensor *gate, dvl_tensor *up)
     case DVL_CPU:
         dvl_cpu_swiglu_fwd(dvl_f32(y), dvl_f32(gate), dvl_f32(up), dvl_numel(y));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_swiglu_fwd(dvl_f32(y), dvl_f32(gate), dvl_f32(up), dvl_numel(y));
+        if (!dvl_ctx_check(ctx, "swiglu"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "swiglu: device not supported");
     }
@@ -294,6 +375,12 @@ static void gelu_backward(dvl_ctx *ctx, dvl_node *node)
     case DVL_CPU:
         dvl_cpu_gelu_bwd(gx, gy, dvl_f32(node->in[0]), (int)node->i[0], dvl_numel(node->out));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_gelu_bwd(gx, gy, dvl_f32(node->in[0]), (int)node->i[0], dvl_numel(node->out));
+        dvl_ctx_check(ctx, "gelu backward");
+        break;
+#endif
     default:
         dvl_fail(ctx, "gelu backward: device not supported");
     }
@@ -312,6 +399,13 @@ dvl_tensor *dvl_gelu(dvl_ctx *ctx, dvl_tensor *x, dvl_gelu_kind kind)
     case DVL_CPU:
         dvl_cpu_gelu_fwd(dvl_f32(y), dvl_f32(x), (int)kind, dvl_numel(y));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_gelu_fwd(dvl_f32(y), dvl_f32(x), (int)kind, dvl_numel(y));
+        if (!dvl_ctx_check(ctx, "gelu"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "gelu: device not supported");
     }
@@ -336,6 +430,12 @@ static void sum_backward(dvl_ctx *ctx, dvl_node *node)
     case DVL_CPU:
         dvl_cpu_sum_bwd(gx, gy, dvl_numel(node->in[0]));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_sum_bwd(gx, gy, dvl_numel(node->in[0]));
+        dvl_ctx_check(ctx, "sum backward");
+        break;
+#endif
     default:
         dvl_fail(ctx, "sum backward: device not supported");
     }
@@ -356,6 +456,13 @@ dvl_tensor *dvl_sum(dvl_ctx *ctx, dvl_tensor *x)
     case DVL_CPU:
         dvl_cpu_sum_fwd(dvl_f32(y), partial, dvl_f32(x), n);
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_sum_fwd(dvl_f32(y), dvl_f32(x), n);
+        if (!dvl_ctx_check(ctx, "sum"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "sum: device not supported");
     }

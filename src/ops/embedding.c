@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "ops/cpu/embedding.h"
+#include "ops/dev.h"
 #include "ops/ops.h"
 
 /* dL/dW[v] = sum over tokens i with ids[i] == v of dL/dout[i]; the ids were
@@ -20,6 +21,19 @@ static void embedding_backward(dvl_ctx *ctx, dvl_node *node)
     case DVL_CPU:
         dvl_cpu_embedding_bwd(dw, dout, (const int32_t *)node->p[0], node->i[0], w->shape[1]);
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA: {
+        /* Positions grouped by id: each table row adds its tokens in order
+         * 0..n-1, as the CPU kernel does, and no two threads share a row. */
+        int32_t *uid, *off, *pos;
+        int64_t nu = dvl_dev_group_ids(ctx, node->p[0], node->i[0], &uid, &off, &pos);
+        if (nu < 0)
+            return;
+        dvl_cuda_embedding_bwd(dw, dout, uid, off, pos, nu, w->shape[1]);
+        dvl_ctx_check(ctx, "embedding backward");
+        break;
+    }
+#endif
     default:
         dvl_fail(ctx, "embedding: device not supported");
     }
@@ -52,6 +66,17 @@ dvl_tensor *dvl_embedding(dvl_ctx *ctx, dvl_tensor *w, const int32_t *ids, int64
     case DVL_CPU:
         dvl_cpu_embedding_fwd(dvl_f32(out), dvl_f32(w), ids, n, d);
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA: {
+        int32_t *ids_d = dvl_dev_copy(ctx, ids, (size_t)n * sizeof *ids);
+        if (!ids_d)
+            return NULL;
+        dvl_cuda_embedding_fwd(dvl_f32(out), dvl_f32(w), ids_d, n, d);
+        if (!dvl_ctx_check(ctx, "embedding"))
+            return NULL;
+        break;
+    }
+#endif
     default:
         return dvl_fail(ctx, "embedding: device not supported");
     }

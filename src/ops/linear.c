@@ -4,6 +4,7 @@
 #include <limits.h>
 
 #include "ops/cpu/linear.h"
+#include "ops/dev.h"
 #include "ops/ops.h"
 
 /* Backward of y = x W^T + b with g = dL/dy:
@@ -25,6 +26,20 @@ static void linear_backward(dvl_ctx *ctx, dvl_node *node)
     case DVL_CPU:
         dvl_cpu_linear_bwd(dx, dw, db, dy, dvl_f32(x), dvl_f32(w), rows, in, out);
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA: {
+        float *scratch =
+            db ? dvl_alloc_dev(ctx, (size_t)dvl_cuda_colsum_scratch(rows, out) * sizeof(float))
+               : NULL;
+        if (db && !scratch)
+            return;
+        dvl_err e = {0, ""};
+        if (dvl_cuda_linear_bwd(dvl_ctx_cublas(ctx), dx, dw, db, scratch, dy, dvl_f32(x),
+                                dvl_f32(w), rows, in, out, &e) != DVL_OK)
+            dvl_ctx_set_err(ctx, &e);
+        break;
+    }
+#endif
     default:
         dvl_fail(ctx, "linear: device not supported");
     }
@@ -74,6 +89,17 @@ dvl_tensor *dvl_linear(dvl_ctx *ctx, dvl_tensor *x, dvl_tensor *w, dvl_tensor *b
         dvl_cpu_linear_fwd(dvl_f32(y), dvl_f32(x), dvl_f32(w), b ? dvl_f32(b) : NULL, rows, in,
                            out);
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA: {
+        dvl_err e = {0, ""};
+        if (dvl_cuda_linear_fwd(dvl_ctx_cublas(ctx), dvl_f32(y), dvl_f32(x), dvl_f32(w),
+                                b ? dvl_f32(b) : NULL, rows, in, out, &e) != DVL_OK) {
+            dvl_ctx_set_err(ctx, &e);
+            return NULL;
+        }
+        break;
+    }
+#endif
     default:
         return dvl_fail(ctx, "linear: device not supported");
     }

@@ -2,6 +2,7 @@
  * dispatch to the device kernels (ops/cpu/norm.c). The forward kernel saves
  * rstd (and mean) per row in the arena for the backward. */
 #include "ops/cpu/norm.h"
+#include "ops/dev.h"
 #include "ops/ops.h"
 
 static bool check_f32(dvl_ctx *ctx, const char *op, const char *role, const dvl_tensor *t)
@@ -72,6 +73,20 @@ static void rmsnorm_backward(dvl_ctx *ctx, dvl_node *node)
         dvl_cpu_rmsnorm_bwd(gx, gw, gy, dvl_f32(x), dvl_f32(w), node->p[0], dvl_rows(x),
                             dvl_cols(x));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA: {
+        float *scratch =
+            gw ? dvl_alloc_dev(ctx, (size_t)dvl_cuda_rmsnorm_bwd_scratch(dvl_rows(x), dvl_cols(x)) *
+                                        sizeof(float))
+               : NULL;
+        if (gw && !scratch)
+            return;
+        dvl_cuda_rmsnorm_bwd(gx, gw, scratch, gy, dvl_f32(x), dvl_f32(w), node->p[0],
+                             dvl_rows(x), dvl_cols(x));
+        dvl_ctx_check(ctx, "rmsnorm backward");
+        break;
+    }
+#endif
     default:
         dvl_fail(ctx, "rmsnorm backward: device not supported");
     }
@@ -85,13 +100,20 @@ dvl_tensor *dvl_rmsnorm(dvl_ctx *ctx, dvl_tensor *x, dvl_tensor *w, float eps)
         return NULL;
     int64_t rows = dvl_rows(x), cols = dvl_cols(x);
     dvl_tensor *y = dvl_new(ctx, DVL_F32, x->ndim, x->shape);
-    float *rstd = dvl_alloc(ctx, (size_t)rows * sizeof(float));
+    float *rstd = dvl_alloc_dev(ctx, (size_t)rows * sizeof(float));
     if (!y || !rstd)
         return NULL;
     switch (x->device) {
     case DVL_CPU:
         dvl_cpu_rmsnorm_fwd(dvl_f32(y), rstd, dvl_f32(x), dvl_f32(w), rows, cols, eps);
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_rmsnorm_fwd(dvl_f32(y), rstd, dvl_f32(x), dvl_f32(w), rows, cols, eps);
+        if (!dvl_ctx_check(ctx, "rmsnorm"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "rmsnorm: device not supported");
     }
@@ -121,6 +143,13 @@ static void layernorm_backward(dvl_ctx *ctx, dvl_node *node)
         dvl_cpu_layernorm_bwd(gx, gw, gb, gy, dvl_f32(x), dvl_f32(w), node->p[0], node->p[1],
                               dvl_rows(x), dvl_cols(x));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_layernorm_bwd(gx, gw, gb, gy, dvl_f32(x), dvl_f32(w), node->p[0], node->p[1],
+                               dvl_rows(x), dvl_cols(x));
+        dvl_ctx_check(ctx, "layernorm backward");
+        break;
+#endif
     default:
         dvl_fail(ctx, "layernorm backward: device not supported");
     }
@@ -137,8 +166,8 @@ dvl_tensor *dvl_layernorm(dvl_ctx *ctx, dvl_tensor *x, dvl_tensor *w, dvl_tensor
         return NULL;
     int64_t rows = dvl_rows(x), cols = dvl_cols(x);
     dvl_tensor *y = dvl_new(ctx, DVL_F32, x->ndim, x->shape);
-    float *mean = dvl_alloc(ctx, (size_t)rows * sizeof(float));
-    float *rstd = dvl_alloc(ctx, (size_t)rows * sizeof(float));
+    float *mean = dvl_alloc_dev(ctx, (size_t)rows * sizeof(float));
+    float *rstd = dvl_alloc_dev(ctx, (size_t)rows * sizeof(float));
     if (!y || !mean || !rstd)
         return NULL;
     switch (x->device) {
@@ -146,6 +175,14 @@ dvl_tensor *dvl_layernorm(dvl_ctx *ctx, dvl_tensor *x, dvl_tensor *w, dvl_tensor
         dvl_cpu_layernorm_fwd(dvl_f32(y), mean, rstd, dvl_f32(x), dvl_f32(w),
                               b ? dvl_f32(b) : NULL, rows, cols, eps);
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_layernorm_fwd(dvl_f32(y), mean, rstd, dvl_f32(x), dvl_f32(w),
+                               b ? dvl_f32(b) : NULL, rows, cols, eps);
+        if (!dvl_ctx_check(ctx, "layernorm"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "layernorm: device not supported");
     }

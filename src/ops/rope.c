@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "ops/cpu/rope.h"
+#include "ops/dev.h"
 #include "ops/ops.h"
 
 /* Saved: p[0] = cos table, p[1] = sin table [tokens, D/2]; i[0..2] = tokens, H, D. */
@@ -17,6 +18,12 @@ static void rope_backward(dvl_ctx *ctx, dvl_node *node)
     case DVL_CPU:
         dvl_cpu_rope_bwd(gx, gy, node->p[0], node->p[1], node->i[0], node->i[1], node->i[2]);
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_rope_bwd(gx, gy, node->p[0], node->p[1], node->i[0], node->i[1], node->i[2]);
+        dvl_ctx_check(ctx, "rope backward");
+        break;
+#endif
     default:
         dvl_fail(ctx, "rope backward: device not supported");
     }
@@ -53,6 +60,21 @@ dvl_tensor *dvl_rope(dvl_ctx *ctx, dvl_tensor *x, const int32_t *pos, float thet
         dvl_cpu_rope_table(cos_t, sin_t, inv_freq, pos, tokens, D, theta);
         dvl_cpu_rope_fwd(dvl_f32(y), dvl_f32(x), cos_t, sin_t, tokens, H, D);
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        /* The tables on the host by the CPU code (bit for bit its float32
+         * angles), then copied; the device copies are what backward keeps.
+         * A device table kernel is remaining work. */
+        dvl_cpu_rope_table(cos_t, sin_t, inv_freq, pos, tokens, D, theta);
+        cos_t = dvl_dev_copy(ctx, cos_t, table);
+        sin_t = dvl_dev_copy(ctx, sin_t, table);
+        if (!cos_t || !sin_t)
+            return NULL;
+        dvl_cuda_rope_fwd(dvl_f32(y), dvl_f32(x), cos_t, sin_t, tokens, H, D);
+        if (!dvl_ctx_check(ctx, "rope"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "rope: device not supported");
     }

@@ -7,6 +7,7 @@
 
 #include "ops/cpu/embedding.h"
 #include "ops/cpu/rows.h"
+#include "ops/dev.h"
 #include "ops/ops.h"
 
 /* Elements per row: the product of all dimensions after the first (computed
@@ -66,6 +67,12 @@ static void concat_rows_backward(dvl_ctx *ctx, dvl_node *node)
     case DVL_CPU:
         dvl_cpu_concat_rows_bwd(ga, gb, gout, a->shape[0], b->shape[0], row_size(a));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_concat_rows_bwd(ga, gb, gout, a->shape[0], b->shape[0], row_size(a));
+        dvl_ctx_check(ctx, "concat_rows backward");
+        break;
+#endif
     default:
         dvl_fail(ctx, "concat_rows: device not supported");
     }
@@ -93,6 +100,14 @@ dvl_tensor *dvl_concat_rows(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b)
         dvl_cpu_concat_rows_fwd(dvl_f32(out), dvl_f32(a), dvl_f32(b), a->shape[0], b->shape[0],
                                 row_size(a));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_concat_rows_fwd(dvl_f32(out), dvl_f32(a), dvl_f32(b), a->shape[0],
+                                 b->shape[0], row_size(a));
+        if (!dvl_ctx_check(ctx, "concat_rows"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "concat_rows: device not supported");
     }
@@ -142,6 +157,17 @@ static void gather_rows_backward(dvl_ctx *ctx, dvl_node *node)
     case DVL_CPU:
         dvl_cpu_embedding_bwd(gx, gout, (const int32_t *)node->p[0], node->i[0], row_size(x));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA: {
+        int32_t *uid, *off, *pos;
+        int64_t nu = dvl_dev_group_ids(ctx, node->p[0], node->i[0], &uid, &off, &pos);
+        if (nu < 0)
+            return;
+        dvl_cuda_embedding_bwd(gx, gout, uid, off, pos, nu, row_size(x));
+        dvl_ctx_check(ctx, "gather_rows backward");
+        break;
+    }
+#endif
     default:
         dvl_fail(ctx, "gather_rows: device not supported");
     }
@@ -172,6 +198,17 @@ dvl_tensor *dvl_gather_rows(dvl_ctx *ctx, dvl_tensor *x, const int32_t *idx, int
     case DVL_CPU:
         dvl_cpu_embedding_fwd(dvl_f32(out), dvl_f32(x), idx, n, row_size(x));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA: {
+        int32_t *idx_d = dvl_dev_copy(ctx, idx, (size_t)n * sizeof *idx);
+        if (!idx_d)
+            return NULL;
+        dvl_cuda_embedding_fwd(dvl_f32(out), dvl_f32(x), idx_d, n, row_size(x));
+        if (!dvl_ctx_check(ctx, "gather_rows"))
+            return NULL;
+        break;
+    }
+#endif
     default:
         return dvl_fail(ctx, "gather_rows: device not supported");
     }
@@ -208,6 +245,14 @@ static void scatter_rows_backward(dvl_ctx *ctx, dvl_node *node)
         dvl_cpu_scatter_rows_bwd(gdst, gsrc, gout, (const int32_t *)node->p[0], dst->shape[0],
                                  row_size(dst));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        /* p[1]: the device copy of inv made by the forward pass. */
+        dvl_cuda_scatter_rows_bwd(gdst, gsrc, gout, (const int32_t *)node->p[1], dst->shape[0],
+                                  row_size(dst));
+        dvl_ctx_check(ctx, "scatter_rows backward");
+        break;
+#endif
     default:
         dvl_fail(ctx, "scatter_rows: device not supported");
     }
@@ -262,10 +307,22 @@ dvl_tensor *dvl_scatter_rows(dvl_ctx *ctx, dvl_tensor *dst, dvl_tensor *src, con
     dvl_tensor *out = new_rows(ctx, dst, n);
     if (!out)
         return NULL;
+    int32_t *inv_d = NULL;
     switch (dst->device) {
     case DVL_CPU:
         dvl_cpu_scatter_rows_fwd(dvl_f32(out), dvl_f32(dst), dvl_f32(src), inv, n, row_size(dst));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        inv_d = dvl_dev_copy(ctx, inv, (size_t)n * sizeof *inv);
+        if (!inv_d)
+            return NULL;
+        dvl_cuda_scatter_rows_fwd(dvl_f32(out), dvl_f32(dst), dvl_f32(src), inv_d, n,
+                                  row_size(dst));
+        if (!dvl_ctx_check(ctx, "scatter_rows"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "scatter_rows: device not supported");
     }
@@ -275,6 +332,7 @@ dvl_tensor *dvl_scatter_rows(dvl_ctx *ctx, dvl_tensor *dst, dvl_tensor *src, con
         if (!node)
             return NULL;
         node->p[0] = inv; /* a copy derived from idx: the caller may reuse idx */
+        node->p[1] = inv_d;
     }
     return out;
 }

@@ -1,6 +1,7 @@
 /* Softmax over the last dimension: shape checks, tape record, dispatch to
  * the device kernels (ops/cpu/softmax.c). The backward reads the output. */
 #include "ops/cpu/softmax.h"
+#include "ops/dev.h"
 #include "ops/ops.h"
 
 static void softmax_backward(dvl_ctx *ctx, dvl_node *node)
@@ -14,6 +15,12 @@ static void softmax_backward(dvl_ctx *ctx, dvl_node *node)
     case DVL_CPU:
         dvl_cpu_softmax_bwd(gx, gy, dvl_f32(y), dvl_rows(x), dvl_cols(x));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_softmax_bwd(gx, gy, dvl_f32(y), dvl_rows(x), dvl_cols(x));
+        dvl_ctx_check(ctx, "softmax backward");
+        break;
+#endif
     default:
         dvl_fail(ctx, "softmax backward: device not supported");
     }
@@ -35,6 +42,13 @@ dvl_tensor *dvl_softmax(dvl_ctx *ctx, dvl_tensor *x)
     case DVL_CPU:
         dvl_cpu_softmax_fwd(dvl_f32(y), dvl_f32(x), dvl_rows(x), dvl_cols(x));
         break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_softmax_fwd(dvl_f32(y), dvl_f32(x), dvl_rows(x), dvl_cols(x));
+        if (!dvl_ctx_check(ctx, "softmax"))
+            return NULL;
+        break;
+#endif
     default:
         return dvl_fail(ctx, "softmax: device not supported");
     }

@@ -6,13 +6,21 @@
 
 #include "tensor/tensor.h"
 
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
+
 #define ARENA_ALIGN 64
 #define ARENA_MIN_CHUNK ((size_t)1 << 20)
+/* Device arena allocations: 256 bytes, cudaMalloc's own alignment (and
+ * enough for any vector load). */
+#define DEV_ALIGN 256
 
 typedef struct chunk {
     struct chunk *next;
     size_t size, used;
     char *mem;
+    bool dev; /* mem is device memory (cudaMalloc) */
 } chunk;
 
 struct dvl_ctx {
@@ -28,6 +36,11 @@ struct dvl_ctx {
     /* Tape: a growable array of nodes; its capacity survives resets. */
     dvl_node *tape;
     int tape_len, tape_cap;
+    /* CUDA contexts only: the device arena (same policy as chunks) and the
+     * cuBLAS handle. */
+    chunk *dchunks;
+    size_t dused_total;
+    struct dvl_cublas *blas;
     /* Gradient-ready hook and the generation counter that marks which
      * parameters a backward pass has already seen. */
     dvl_grad_ready_fn ready_fn;
@@ -49,42 +62,103 @@ static chunk *chunk_new(dvl_ctx *ctx, size_t size)
     c->size = size;
     c->used = 0;
     c->next = NULL;
+    c->dev = false;
     ctx->mallocs++;
     return c;
 }
+
+#ifdef DVL_HAVE_CUDA
+/* A device chunk: one cudaMalloc'd block (256-byte aligned). */
+static chunk *dchunk_new(dvl_ctx *ctx, size_t size, dvl_err *err)
+{
+    chunk *c = malloc(sizeof *c);
+    if (!c)
+        return NULL;
+    size = (size + DEV_ALIGN - 1) / DEV_ALIGN * DEV_ALIGN;
+    c->mem = dvl_cuda_malloc(size, err);
+    if (!c->mem) {
+        free(c);
+        return NULL;
+    }
+    c->size = size;
+    c->used = 0;
+    c->next = NULL;
+    c->dev = true;
+    ctx->mallocs++;
+    return c;
+}
+#endif
 
 static void chunks_free(chunk *c)
 {
     while (c) {
         chunk *n = c->next;
-        free(c->mem);
+#ifdef DVL_HAVE_CUDA
+        if (c->dev)
+            dvl_cuda_free(c->mem);
+        else
+#endif
+            free(c->mem);
         free(c);
         c = n;
     }
 }
 
-dvl_ctx *dvl_ctx_new(dvl_device device)
+dvl_ctx *dvl_ctx_new_err(dvl_device device, dvl_err *err)
 {
-    if (device != DVL_CPU)
-        return NULL; /* device arenas live with the CUDA backend */
-    dvl_ctx *ctx = calloc(1, sizeof *ctx);
-    if (!ctx)
+    if (device != DVL_CPU && device != DVL_CUDA) {
+        dvl_errf(err, DVL_EINVAL, "context: unknown device %d", (int)device);
         return NULL;
+    }
+#ifndef DVL_HAVE_CUDA
+    if (device == DVL_CUDA) {
+        dvl_errf(err, DVL_EDEVICE, "context: dvl was built without CUDA (nvcc not found at "
+                                   "configure time, or -Dcuda=disabled)");
+        return NULL;
+    }
+#endif
+    dvl_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) {
+        dvl_errf(err, DVL_ENOMEM, "context: out of memory");
+        return NULL;
+    }
     ctx->device = device;
     ctx->grad_enabled = true;
     ctx->chunks = chunk_new(ctx, ARENA_MIN_CHUNK);
     if (!ctx->chunks) {
         free(ctx);
+        dvl_errf(err, DVL_ENOMEM, "context: out of memory for the arena");
         return NULL;
     }
+#ifdef DVL_HAVE_CUDA
+    if (device == DVL_CUDA) {
+        /* The thread's current device: 0, or the one a multi-GPU rank chose
+         * with dvl_cuda_init before making its contexts. */
+        int dev = 0;
+        if (dvl_cuda_get_device(&dev, NULL) != DVL_OK)
+            dev = 0; /* no usable driver: dvl_cuda_init says why */
+        if (dvl_cuda_init(dev, err) != DVL_OK ||
+            !(ctx->dchunks = dchunk_new(ctx, ARENA_MIN_CHUNK, err)) ||
+            !(ctx->blas = dvl_cublas_new(false, err))) {
+            dvl_ctx_free(ctx);
+            return NULL;
+        }
+    }
+#endif
     return ctx;
 }
+
+dvl_ctx *dvl_ctx_new(dvl_device device) { return dvl_ctx_new_err(device, NULL); }
 
 void dvl_ctx_free(dvl_ctx *ctx)
 {
     if (!ctx)
         return;
     chunks_free(ctx->chunks);
+    chunks_free(ctx->dchunks);
+#ifdef DVL_HAVE_CUDA
+    dvl_cublas_free(ctx->blas);
+#endif
     free(ctx->tape);
     free(ctx);
 }
@@ -104,6 +178,23 @@ void dvl_ctx_reset(dvl_ctx *ctx)
     if (ctx->chunks)
         ctx->chunks->used = 0;
     ctx->used_total = 0;
+#ifdef DVL_HAVE_CUDA
+    /* The device arena: the same consolidation. Kernels still queued read
+     * the old blocks, so wait for them before freeing. */
+    if (ctx->dchunks && ctx->dchunks->next) {
+        size_t total = 0;
+        for (chunk *c = ctx->dchunks; c; c = c->next)
+            total += c->size;
+        dvl_cuda_sync("context reset", NULL);
+        chunks_free(ctx->dchunks);
+        ctx->dchunks = dchunk_new(ctx, total, NULL);
+        if (!ctx->dchunks)
+            ctx->dchunks = dchunk_new(ctx, ARENA_MIN_CHUNK, NULL);
+    }
+    if (ctx->dchunks)
+        ctx->dchunks->used = 0;
+    ctx->dused_total = 0;
+#endif
 }
 
 dvl_device dvl_ctx_device(const dvl_ctx *ctx) { return ctx->device; }
@@ -172,7 +263,112 @@ void *dvl_calloc(dvl_ctx *ctx, size_t bytes)
     return p;
 }
 
-size_t dvl_arena_used(const dvl_ctx *ctx) { return ctx->used_total; }
+size_t dvl_arena_used(const dvl_ctx *ctx) { return ctx->used_total + ctx->dused_total; }
+
+void *dvl_alloc_dev(dvl_ctx *ctx, size_t bytes)
+{
+    if (ctx->device == DVL_CPU)
+        return dvl_alloc(ctx, bytes);
+#ifdef DVL_HAVE_CUDA
+    bytes = (bytes + DEV_ALIGN - 1) / DEV_ALIGN * DEV_ALIGN;
+    if (bytes == 0)
+        bytes = DEV_ALIGN;
+    chunk *c = ctx->dchunks;
+    if (!c || c->size - c->used < bytes) {
+        size_t size = c ? c->size * 2 : ARENA_MIN_CHUNK;
+        if (size < bytes)
+            size = bytes;
+        dvl_err e = {0, ""};
+        chunk *n = dchunk_new(ctx, size, &e);
+        if (!n) {
+            if (ctx->err.code == DVL_OK) {
+                if (e.code)
+                    ctx->err = e;
+                else
+                    dvl_errf(&ctx->err, DVL_ENOMEM,
+                             "out of memory allocating %zu bytes of device activations", bytes);
+            }
+            return NULL;
+        }
+        n->next = c;
+        ctx->dchunks = c = n;
+    }
+    void *p = c->mem + c->used;
+    c->used += bytes;
+    ctx->dused_total += bytes;
+    return p;
+#else
+    return dvl_fail(ctx, "device arena: built without CUDA");
+#endif
+}
+
+void *dvl_calloc_dev(dvl_ctx *ctx, size_t bytes)
+{
+    if (ctx->device == DVL_CPU)
+        return dvl_calloc(ctx, bytes);
+    void *p = dvl_alloc_dev(ctx, bytes);
+#ifdef DVL_HAVE_CUDA
+    dvl_err e = {0, ""};
+    if (p && dvl_cuda_memset_zero(p, bytes, &e) != DVL_OK) {
+        dvl_ctx_set_err(ctx, &e); /* the first error stays */
+        return NULL;
+    }
+#endif
+    return p;
+}
+
+struct dvl_cublas *dvl_ctx_cublas(dvl_ctx *ctx) { return ctx->blas; }
+
+int dvl_ctx_set_err(dvl_ctx *ctx, const dvl_err *e)
+{
+    if (e->code && ctx->err.code == DVL_OK)
+        ctx->err = *e;
+    return e->code;
+}
+
+bool dvl_ctx_check(dvl_ctx *ctx, const char *what)
+{
+#ifdef DVL_HAVE_CUDA
+    if (ctx->device == DVL_CUDA) {
+        dvl_err e = {0, ""};
+        if (dvl_cuda_check(what, &e) != DVL_OK) {
+            dvl_ctx_set_err(ctx, &e);
+            return false;
+        }
+    }
+#endif
+    return ctx->err.code == DVL_OK;
+}
+
+int dvl_ctx_memcpy_h2d(dvl_ctx *ctx, void *dst, const void *src, size_t bytes)
+{
+    if (ctx->device == DVL_CPU) {
+        if (bytes)
+            memcpy(dst, src, bytes);
+        return DVL_OK;
+    }
+#ifdef DVL_HAVE_CUDA
+    dvl_err e = {0, ""};
+    if (dvl_cuda_memcpy_h2d(dst, src, bytes, &e) != DVL_OK)
+        return dvl_ctx_set_err(ctx, &e);
+#endif
+    return DVL_OK;
+}
+
+int dvl_ctx_memcpy_d2h(dvl_ctx *ctx, void *dst, const void *src, size_t bytes)
+{
+    if (ctx->device == DVL_CPU) {
+        if (bytes)
+            memcpy(dst, src, bytes);
+        return DVL_OK;
+    }
+#ifdef DVL_HAVE_CUDA
+    dvl_err e = {0, ""};
+    if (dvl_cuda_memcpy_d2h(dst, src, bytes, &e) != DVL_OK)
+        return dvl_ctx_set_err(ctx, &e);
+#endif
+    return DVL_OK;
+}
 
 int64_t dvl_arena_mallocs(const dvl_ctx *ctx) { return ctx->mallocs; }
 
@@ -227,7 +423,7 @@ float *dvl_grad(dvl_ctx *ctx, dvl_tensor *t)
         return t->grad;
     dvl_tensor *b = t->base ? t->base : t;
     if (!b->grad) {
-        b->grad = dvl_calloc(ctx, (size_t)dvl_numel(b) * sizeof(float));
+        b->grad = dvl_calloc_dev(ctx, (size_t)dvl_numel(b) * sizeof(float));
         if (!b->grad)
             return NULL;
     }
@@ -306,8 +502,20 @@ int dvl_backward_seed(dvl_ctx *ctx, dvl_tensor *out, const float *seed)
     if (!g)
         return ctx->err.code;
     int64_t n = dvl_numel(out);
-    for (int64_t i = 0; i < n; i++)
-        g[i] += seed[i];
+    if (out->device == DVL_CPU) {
+        for (int64_t i = 0; i < n; i++)
+            g[i] += seed[i];
+    } else {
+#ifdef DVL_HAVE_CUDA
+        /* The seed is host memory: copy it to the device arena, then add. */
+        float *d = dvl_alloc_dev(ctx, (size_t)n * sizeof(float));
+        if (!d || dvl_ctx_memcpy_h2d(ctx, d, seed, (size_t)n * sizeof(float)) != DVL_OK)
+            return ctx->err.code;
+        dvl_cuda_add_bwd(g, NULL, d, n);
+        if (!dvl_ctx_check(ctx, "backward seed"))
+            return ctx->err.code;
+#endif
+    }
     return run_tape(ctx);
 }
 

@@ -5,6 +5,10 @@
 
 #include "tensor/tensor.h"
 
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
+
 #define PARAM_ALIGN 64
 
 dvl_params *dvl_params_new(void) { return calloc(1, sizeof(dvl_params)); }
@@ -19,6 +23,14 @@ void dvl_params_free(dvl_params *p)
     }
     free(p->t);
     free(p->grad_off);
+#ifdef DVL_HAVE_CUDA
+    if (p->device == DVL_CUDA) {
+        dvl_cuda_free(p->data);
+        dvl_cuda_free(p->grad);
+        free(p);
+        return;
+    }
+#endif
     free(p->data);
     free(p->grad);
     free(p);
@@ -134,6 +146,125 @@ int dvl_params_alloc(dvl_params *p, dvl_err *err)
 
 void dvl_params_zero_grad(dvl_params *p)
 {
+#ifdef DVL_HAVE_CUDA
+    if (p->device == DVL_CUDA) {
+        if (p->grad)
+            dvl_cuda_memset_zero(p->grad, (size_t)p->numel_grad * sizeof(float), NULL);
+        return;
+    }
+#endif
     if (p->grad)
         memset(p->grad, 0, (size_t)p->numel_grad * sizeof(float));
+}
+
+dvl_params *dvl_params_to_device(const dvl_params *src, dvl_device device, dvl_err *err)
+{
+    if (!src->allocated) {
+        dvl_errf(err, DVL_EINVAL, "params_to_device: the source store is not allocated");
+        return NULL;
+    }
+    dvl_params *p = dvl_params_new();
+    if (!p) {
+        dvl_errf(err, DVL_ENOMEM, "params_to_device: out of memory");
+        return NULL;
+    }
+    for (int i = 0; i < src->n; i++) {
+        const dvl_tensor *t = src->t[i];
+        if (!dvl_params_add(p, t->name, t->ndim, t->shape, t->requires_grad, err)) {
+            dvl_params_free(p);
+            return NULL;
+        }
+    }
+    if (device == DVL_CPU) {
+        if (dvl_params_alloc(p, err) != DVL_OK) {
+            dvl_params_free(p);
+            return NULL;
+        }
+        if (src->device == DVL_CPU)
+            memcpy(p->data, src->data, (size_t)src->numel * sizeof(float));
+        else if (dvl_params_data_to_host(src, p->data, err) != DVL_OK) {
+            dvl_params_free(p);
+            return NULL;
+        }
+        return p;
+    }
+#ifdef DVL_HAVE_CUDA
+    /* The same layout as dvl_params_alloc (offsets, 16-float rounding), with
+     * device buffers. */
+    int64_t total = 0, total_grad = 0;
+    p->grad_off = malloc((size_t)(p->n ? p->n : 1) * sizeof *p->grad_off);
+    if (!p->grad_off) {
+        dvl_errf(err, DVL_ENOMEM, "out of memory for parameter offsets");
+        dvl_params_free(p);
+        return NULL;
+    }
+    for (int i = 0; i < p->n; i++) {
+        int64_t n = round16(dvl_numel(p->t[i]));
+        total += n;
+        p->grad_off[i] = p->t[i]->requires_grad ? total_grad : -1;
+        if (p->t[i]->requires_grad)
+            total_grad += n;
+    }
+    p->device = DVL_CUDA;
+    p->data = dvl_cuda_malloc((size_t)(total ? total : 16) * sizeof(float), err);
+    p->grad = total_grad ? dvl_cuda_malloc((size_t)total_grad * sizeof(float), err) : NULL;
+    if (!p->data || (total_grad && !p->grad)) {
+        dvl_params_free(p);
+        return NULL;
+    }
+    float *hd = NULL;
+    if (src->device != DVL_CPU) {
+        /* Not needed by anything yet: device -> device goes through the host. */
+        hd = malloc((size_t)(total ? total : 1) * sizeof(float));
+        if (!hd || dvl_params_data_to_host(src, hd, err) != DVL_OK) {
+            free(hd);
+            dvl_params_free(p);
+            return NULL;
+        }
+    }
+    if (dvl_cuda_memcpy_h2d(p->data, hd ? hd : src->data, (size_t)total * sizeof(float), err) ||
+        (p->grad && dvl_cuda_memset_zero(p->grad, (size_t)total_grad * sizeof(float), err))) {
+        free(hd);
+        dvl_params_free(p);
+        return NULL;
+    }
+    free(hd);
+    int64_t off = 0;
+    for (int i = 0; i < p->n; i++) {
+        p->t[i]->device = DVL_CUDA;
+        p->t[i]->data = p->data + off;
+        p->t[i]->grad = p->grad_off[i] >= 0 ? p->grad + p->grad_off[i] : NULL;
+        off += round16(dvl_numel(p->t[i]));
+    }
+    p->numel = total;
+    p->numel_grad = total_grad;
+    p->allocated = true;
+    return p;
+#else
+    dvl_errf(err, DVL_EDEVICE, "params_to_device: dvl was built without CUDA");
+    dvl_params_free(p);
+    return NULL;
+#endif
+}
+
+static int to_host(const dvl_params *p, float *host, const float *buf, int64_t n, dvl_err *err)
+{
+    if (n == 0)
+        return DVL_OK;
+#ifdef DVL_HAVE_CUDA
+    if (p->device == DVL_CUDA)
+        return dvl_cuda_memcpy_d2h(host, buf, (size_t)n * sizeof(float), err);
+#endif
+    memcpy(host, buf, (size_t)n * sizeof(float));
+    return DVL_OK;
+}
+
+int dvl_params_data_to_host(const dvl_params *p, float *host, dvl_err *err)
+{
+    return to_host(p, host, p->data, p->numel, err);
+}
+
+int dvl_params_grad_to_host(const dvl_params *p, float *host, dvl_err *err)
+{
+    return to_host(p, host, p->grad, p->numel_grad, err);
 }

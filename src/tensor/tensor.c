@@ -63,12 +63,20 @@ dvl_tensor *dvl_new(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shap
     dvl_tensor *t = header(ctx, dtype, ndim, shape);
     if (!t)
         return NULL;
-    t->data = dvl_alloc(ctx, (size_t)dvl_numel(t) * dvl_dtype_size(dtype));
+    /* Data on the context's device (the host arena on a CPU context). */
+    t->data = dvl_alloc_dev(ctx, (size_t)dvl_numel(t) * dvl_dtype_size(dtype));
     return t->data ? t : NULL;
 }
 
 dvl_tensor *dvl_zeros(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape)
 {
+    if (dvl_ctx_device(ctx) != DVL_CPU) {
+        dvl_tensor *t = header(ctx, dtype, ndim, shape);
+        if (!t)
+            return NULL;
+        t->data = dvl_calloc_dev(ctx, (size_t)dvl_numel(t) * dvl_dtype_size(dtype));
+        return t->data ? t : NULL;
+    }
     dvl_tensor *t = dvl_new(ctx, dtype, ndim, shape);
     if (t)
         memset(t->data, 0, (size_t)dvl_numel(t) * dvl_dtype_size(dtype));
@@ -127,4 +135,58 @@ dvl_tensor *dvl_reshape(dvl_ctx *ctx, dvl_tensor *t, int ndim, const int64_t *sh
                         dvl_shape_str(t, s, sizeof s), (long long)n);
     }
     return dvl_view(ctx, t, ndim, shape, 0);
+}
+
+/* ------------------------------------------------------- host copies */
+
+static size_t tensor_bytes(const dvl_tensor *t)
+{
+    return (size_t)dvl_numel(t) * dvl_dtype_size(t->dtype);
+}
+
+/* Copies go by the tensor's device (a CPU tensor in a CUDA context is plain
+ * host memory, e.g. dvl_wrap'd caller data). */
+int dvl_tensor_upload(dvl_ctx *ctx, dvl_tensor *t, const void *host)
+{
+    if (t->device == DVL_CPU) {
+        if (tensor_bytes(t))
+            memcpy(t->data, host, tensor_bytes(t));
+        return DVL_OK;
+    }
+    return dvl_ctx_memcpy_h2d(ctx, t->data, host, tensor_bytes(t));
+}
+
+int dvl_tensor_to_host(dvl_ctx *ctx, const dvl_tensor *t, void *host)
+{
+    if (t->device == DVL_CPU) {
+        if (tensor_bytes(t))
+            memcpy(host, t->data, tensor_bytes(t));
+        return DVL_OK;
+    }
+    return dvl_ctx_memcpy_d2h(ctx, host, t->data, tensor_bytes(t));
+}
+
+int dvl_tensor_grad_to_host(dvl_ctx *ctx, const dvl_tensor *t, float *host)
+{
+    size_t bytes = (size_t)dvl_numel(t) * sizeof(float);
+    const dvl_tensor *b = t->base ? t->base : t;
+    const float *g = t->grad ? t->grad : b->grad ? b->grad + t->offset : NULL;
+    if (!g) {
+        memset(host, 0, bytes);
+        return DVL_OK;
+    }
+    if (t->device == DVL_CPU) {
+        memcpy(host, g, bytes);
+        return DVL_OK;
+    }
+    return dvl_ctx_memcpy_d2h(ctx, host, g, bytes);
+}
+
+dvl_tensor *dvl_from_host(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape,
+                          const void *host)
+{
+    dvl_tensor *t = dvl_new(ctx, dtype, ndim, shape);
+    if (!t || dvl_tensor_upload(ctx, t, host) != DVL_OK)
+        return NULL;
+    return t;
 }

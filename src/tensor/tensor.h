@@ -110,7 +110,8 @@ int64_t dvl_arena_mallocs(const dvl_ctx *ctx);
 dvl_tensor *dvl_new(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape);
 dvl_tensor *dvl_zeros(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape);
 dvl_tensor *dvl_new2(dvl_ctx *ctx, int64_t rows, int64_t cols); /* f32 [rows, cols] */
-/* A tensor in the context wrapping caller-owned data (no copy). */
+/* A tensor in the context wrapping caller-owned data (no copy). On a CUDA
+ * context the data must be device memory (dvl_from_host copies host data). */
 dvl_tensor *dvl_wrap(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape, void *data);
 
 /* View of `t`: the same data reinterpreted as `shape` starting `offset`
@@ -159,6 +160,8 @@ typedef struct dvl_params {
     float *data;        /* numel floats, 64-byte aligned */
     float *grad;        /* numel_grad floats, 64-byte aligned (NULL if none) */
     bool allocated;
+    /* Where data and grad live (DVL_CPU unless made by dvl_params_to_device). */
+    dvl_device device;
 } dvl_params;
 
 dvl_params *dvl_params_new(void);
@@ -173,5 +176,54 @@ int dvl_params_set_trainable(dvl_params *p, const char *prefix, bool trainable);
 int dvl_params_alloc(dvl_params *p, dvl_err *err);
 void dvl_params_zero_grad(dvl_params *p);
 dvl_tensor *dvl_params_find(const dvl_params *p, const char *name);
+
+/* --------------------------------------------------------------- devices */
+/* A CUDA context (device DVL_CUDA) keeps two arenas with one reset: the host
+ * arena of dvl_alloc (tensor headers, saved index arrays, anything the host
+ * reads or writes: model code may keep using dvl_alloc for such arrays) and
+ * a device arena (one cudaMalloc'd block per chunk, the same growth and reset
+ * policy, counted in dvl_arena_mallocs) for tensor data, gradients and
+ * kernel scratch. On a CPU context both are the one host arena. Kernels run
+ * on the default stream; ops report launch errors into the context. */
+
+/* dvl_ctx_new with the reason for a NULL result written into err (may be
+ * NULL): a CUDA context needs a CUDA build and a usable device (device 0). */
+dvl_ctx *dvl_ctx_new_err(dvl_device device, dvl_err *err);
+/* Memory on the context's device, 256-byte aligned on CUDA, for data the
+ * kernels touch; dvl_calloc_dev zeroes it (cudaMemset on CUDA). */
+void *dvl_alloc_dev(dvl_ctx *ctx, size_t bytes);
+void *dvl_calloc_dev(dvl_ctx *ctx, size_t bytes);
+/* The context's cuBLAS handle (ops/cuda/cuda.h); NULL on a CPU context. */
+struct dvl_cublas *dvl_ctx_cublas(dvl_ctx *ctx);
+/* Record e in the context unless an error is already there (first wins);
+ * returns e->code. */
+int dvl_ctx_set_err(dvl_ctx *ctx, const dvl_err *e);
+/* After kernel launches on a CUDA context: a launch error becomes the
+ * context's error (DVL_EDEVICE, naming `what`). False on error. Always true
+ * on a CPU context. */
+bool dvl_ctx_check(dvl_ctx *ctx, const char *what);
+
+/* Host <-> tensor copies (any device; a CPU tensor is a memcpy). numel
+ * elements of the tensor's dtype. Copies to the host wait for the GPU. */
+int dvl_tensor_upload(dvl_ctx *ctx, dvl_tensor *t, const void *host);
+int dvl_tensor_to_host(dvl_ctx *ctx, const dvl_tensor *t, void *host);
+/* t's gradient (numel floats) into host; zeros when t has none yet. */
+int dvl_tensor_grad_to_host(dvl_ctx *ctx, const dvl_tensor *t, float *host);
+/* A new tensor on the context's device holding a copy of host data. */
+dvl_tensor *dvl_from_host(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape,
+                          const void *host);
+/* Host/device copies of raw arrays on the context's device (for index and
+ * weight arrays the ops take as host pointers). */
+int dvl_ctx_memcpy_h2d(dvl_ctx *ctx, void *dst, const void *src, size_t bytes);
+int dvl_ctx_memcpy_d2h(dvl_ctx *ctx, void *dst, const void *src, size_t bytes);
+
+/* A parameter store like src (same names, shapes, order, trainability and
+ * layout) with its buffers on `device`, the data copied; gradients zero.
+ * NULL with err set on failure. */
+dvl_params *dvl_params_to_device(const dvl_params *src, dvl_device device, dvl_err *err);
+/* The store's flat data (numel floats) / gradient (numel_grad floats) into
+ * host memory, whatever its device. */
+int dvl_params_data_to_host(const dvl_params *p, float *host, dvl_err *err);
+int dvl_params_grad_to_host(const dvl_params *p, float *host, dvl_err *err);
 
 #endif

@@ -42,6 +42,8 @@ int dvl_cuda_device_count(void);
 int dvl_cuda_probe(dvl_err *err);
 /* Select `device` for this thread and create its context. */
 int dvl_cuda_init(int device, dvl_err *err);
+/* The device this thread uses now (0 unless dvl_cuda_init chose another). */
+int dvl_cuda_get_device(int *device, dvl_err *err);
 /* "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)" into buf. */
 int dvl_cuda_describe(int device, char *buf, size_t n, dvl_err *err);
 
@@ -116,6 +118,99 @@ void dvl_cuda_swiglu_bwd(float *dg, float *du, const float *dy, const float *g, 
  *   p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps) */
 void dvl_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr,
                     float beta1, float beta2, float eps, float wd, int64_t step);
+
+/* ------------------------------------------- op kernels (ops.cu, attention.cu)
+ * The CUDA side of the CPU kernels in ops/cpu/, same arguments, all device
+ * pointers (index arrays too: the ops copy the callers' host arrays to the
+ * device arena). Reductions run in an order fixed by the sizes (no atomics),
+ * so reruns give the same bits. */
+void dvl_cuda_add_fwd(float *y, const float *a, const float *b, int64_t n);
+/* ga += gy, gb += gy (either NULL; equal pointers get both). */
+void dvl_cuda_add_bwd(float *ga, float *gb, const float *gy, int64_t n);
+void dvl_cuda_mul_fwd(float *y, const float *a, const float *b, int64_t n);
+void dvl_cuda_mul_bwd(float *ga, float *gb, const float *gy, const float *a, const float *b,
+                      int64_t n);
+void dvl_cuda_scale_fwd(float *y, const float *a, float s, int64_t n);
+void dvl_cuda_scale_bwd(float *ga, const float *gy, float s, int64_t n);
+/* kind 0 erf, 1 tanh; evaluated in double as the CPU kernels. */
+void dvl_cuda_gelu_fwd(float *y, const float *x, int kind, int64_t n);
+void dvl_cuda_gelu_bwd(float *gx, const float *gy, const float *x, int kind, int64_t n);
+/* y[0] = sum of x in double (one block, fixed tree). gx += gy[0]. */
+void dvl_cuda_sum_fwd(float *y, const float *x, int64_t n);
+void dvl_cuda_sum_bwd(float *gx, const float *gy, int64_t n);
+
+/* Softmax over the last dimension, one warp per row. */
+void dvl_cuda_softmax_fwd(float *y, const float *x, int64_t rows, int64_t cols);
+void dvl_cuda_softmax_bwd(float *gx, const float *gy, const float *y, int64_t rows,
+                          int64_t cols);
+
+/* LayerNorm (b may be NULL); mean, rstd [rows] saved. Backward: gx, gw, gb
+ * each may be NULL; gw and gb are column sums in row order (double). */
+void dvl_cuda_layernorm_fwd(float *y, float *mean, float *rstd, const float *x, const float *w,
+                            const float *b, int64_t rows, int64_t cols, float eps);
+void dvl_cuda_layernorm_bwd(float *gx, float *gw, float *gb, const float *gy, const float *x,
+                            const float *w, const float *mean, const float *rstd, int64_t rows,
+                            int64_t cols);
+
+/* out[i] = w[ids[i]] (rows of d floats). */
+void dvl_cuda_embedding_fwd(float *out, const float *w, const int32_t *ids, int64_t n, int64_t d);
+/* Deterministic scatter-add dw[uid[k]] += dout[pos[j]] for j in
+ * [off[k], off[k+1]) in increasing j: the caller groups the token positions
+ * by id (ascending positions within an id, as dvl_cuda_group_ids on the
+ * host), so every element adds its tokens in order 0..n-1 like the CPU. */
+void dvl_cuda_embedding_bwd(float *dw, const float *dout, const int32_t *uid, const int32_t *off,
+                            const int32_t *pos, int64_t nuniq, int64_t d);
+
+/* Rows: out = [a; b]; ga += gout[:na], gb += gout[na:]. */
+void dvl_cuda_concat_rows_fwd(float *out, const float *a, const float *b, int64_t na, int64_t nb,
+                              int64_t row);
+void dvl_cuda_concat_rows_bwd(float *ga, float *gb, const float *gout, int64_t na, int64_t nb,
+                              int64_t row);
+/* As dvl_cpu_scatter_rows_fwd/bwd (inv on the device). */
+void dvl_cuda_scatter_rows_fwd(float *out, const float *dst, const float *src, const int32_t *inv,
+                               int64_t n, int64_t row);
+void dvl_cuda_scatter_rows_bwd(float *gdst, float *gsrc, const float *gout, const int32_t *inv,
+                               int64_t n, int64_t row);
+/* dst[rows[k]] += src[k] for k < n (rows distinct). */
+void dvl_cuda_scatter_add_rows(float *dst, const float *src, const int32_t *rows, int64_t n,
+                               int64_t row);
+
+/* Rotary embedding with precomputed cos/sin tables [tokens, D/2] (the op
+ * builds them on the host with dvl_cpu_rope_table, bit for bit the CPU's). */
+void dvl_cuda_rope_fwd(float *y, const float *x, const float *cos_t, const float *sin_t,
+                       int64_t tokens, int64_t H, int64_t D);
+void dvl_cuda_rope_bwd(float *gx, const float *gy, const float *cos_t, const float *sin_t,
+                       int64_t tokens, int64_t H, int64_t D);
+
+/* Cross-entropy over z [n, V] (rows with a negative label skipped): rowmax,
+ * logsum [n] as the CPU kernel, rowloss [n] scratch, loss[0] = sum_i w_i
+ * (m_i + logsum_i - z_i[y_i]) in double (fixed tree). weight NULL: 1. */
+void dvl_cuda_cross_entropy_fwd(float *loss, float *rowloss, float *rowmax, float *logsum,
+                                const float *z, const int32_t *labels, const float *weight,
+                                int64_t n, int64_t V);
+/* dz_i += g w_i (softmax(z_i) - onehot(y_i)) for supervised rows. */
+void dvl_cuda_cross_entropy_bwd(float *dz, const float *z, const float *rowmax,
+                                const float *logsum, const int32_t *labels, const float *weight,
+                                float g, int64_t n, int64_t V);
+
+/* Attention (layouts of ops/cpu/attention.h), a straightforward kernel: one
+ * block per (n, h, query row) with its scores in global scratch. mask_kind,
+ * block, half, q_offset as dvl_mask; key_valid [N, Tk] device bytes or
+ * NULL. lse [N, Hq, Tq] (+inf for a row that sees no key). Scratch floats:
+ * dvl_cuda_attention_scratch (forward: once, backward: twice). */
+int64_t dvl_cuda_attention_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq);
+void dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, const float *q,
+                            const float *k, const float *v, int64_t N, int64_t Tq, int64_t Tk,
+                            int64_t Hq, int64_t Hkv, int64_t D, int mask_kind, int64_t block,
+                            int64_t half, int64_t q_offset, const uint8_t *key_valid,
+                            float scale);
+/* Accumulates into dq, dk, dv (each may be NULL). dK and dV are summed per
+ * kv row over (query head of the group, query row) in order. */
+void dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                            const float *out, const float *lse, const float *q, const float *k,
+                            const float *v, int64_t N, int64_t Tq, int64_t Tk, int64_t Hq,
+                            int64_t Hkv, int64_t D, int mask_kind, int64_t block, int64_t half,
+                            int64_t q_offset, const uint8_t *key_valid, float scale);
 
 #ifdef __cplusplus
 }

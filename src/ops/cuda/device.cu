@@ -37,6 +37,14 @@ extern "C" int dvl_cuda_init(int device, dvl_err *err)
     return DVL_OK;
 }
 
+extern "C" int dvl_cuda_get_device(int *device, dvl_err *err)
+{
+    cudaError_t e = cudaGetDevice(device);
+    if (e != cudaSuccess)
+        return dvl_cu_fail(err, e, "cudaGetDevice");
+    return DVL_OK;
+}
+
 extern "C" int dvl_cuda_describe(int device, char *buf, size_t n, dvl_err *err)
 {
     cudaDeviceProp p;

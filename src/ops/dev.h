@@ -1,0 +1,77 @@
+/* Helpers for the CUDA cases of the op layer (src/ops/NAME.c): copies of the
+ * callers' host arrays (token ids, labels, weights, positions, masks) into
+ * the context's device arena, and the grouping of token positions by id
+ * that makes the embedding backward deterministic. Only compiled into the
+ * CUDA cases (DVL_HAVE_CUDA). */
+#ifndef DVL_OPS_DEV_H
+#define DVL_OPS_DEV_H
+
+#ifdef DVL_HAVE_CUDA
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/cuda/cuda.h"
+#include "tensor/tensor.h"
+
+/* A device copy of `bytes` of host memory (arena, valid until reset); NULL
+ * with the context's error set on failure. bytes 0 gives a valid pointer. */
+static inline void *dvl_dev_copy(dvl_ctx *ctx, const void *host, size_t bytes)
+{
+    void *d = dvl_alloc_dev(ctx, bytes);
+    if (!d || (bytes && dvl_ctx_memcpy_h2d(ctx, d, host, bytes) != DVL_OK))
+        return NULL;
+    return d;
+}
+
+/* One float of device memory read back (a scalar upstream gradient). */
+static inline bool dvl_dev_scalar(dvl_ctx *ctx, const float *d, float *out)
+{
+    return dvl_ctx_memcpy_d2h(ctx, out, d, sizeof *out) == DVL_OK;
+}
+
+static inline int dvl_dev_cmp_i64(const void *a, const void *b)
+{
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Token positions grouped by id, on the device: uid[k] the k-th distinct id
+ * (ascending), its positions pos[off[k] .. off[k+1]) ascending. Sorting
+ * (id << 32 | position) keys on the host: n is a batch of tokens, small next
+ * to the work of the step. Returns the number of distinct ids, -1 on
+ * failure (context error set). */
+static inline int64_t dvl_dev_group_ids(dvl_ctx *ctx, const int32_t *ids, int64_t n,
+                                        int32_t **uid_d, int32_t **off_d, int32_t **pos_d)
+{
+    int64_t *key = dvl_alloc(ctx, (size_t)(n ? n : 1) * sizeof *key);
+    int32_t *uid = dvl_alloc(ctx, (size_t)(n ? n : 1) * sizeof *uid);
+    int32_t *off = dvl_alloc(ctx, (size_t)(n + 1) * sizeof *off);
+    int32_t *pos = dvl_alloc(ctx, (size_t)(n ? n : 1) * sizeof *pos);
+    if (!key || !uid || !off || !pos)
+        return -1;
+    for (int64_t i = 0; i < n; i++)
+        key[i] = ((int64_t)ids[i] << 32) | i;
+    qsort(key, (size_t)n, sizeof *key, dvl_dev_cmp_i64);
+    int64_t nu = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const int32_t id = (int32_t)(key[i] >> 32);
+        if (i == 0 || id != uid[nu - 1]) {
+            uid[nu] = id;
+            off[nu] = (int32_t)i;
+            nu++;
+        }
+        pos[i] = (int32_t)(key[i] & 0xffffffff);
+    }
+    off[nu] = (int32_t)n;
+    *uid_d = dvl_dev_copy(ctx, uid, (size_t)nu * sizeof *uid);
+    *off_d = dvl_dev_copy(ctx, off, (size_t)(nu + 1) * sizeof *off);
+    *pos_d = dvl_dev_copy(ctx, pos, (size_t)n * sizeof *pos);
+    if (!*uid_d || !*off_d || !*pos_d)
+        return -1;
+    return nu;
+}
+
+#endif /* DVL_HAVE_CUDA */
+
+#endif
