@@ -102,7 +102,7 @@ reject convert_random_bad_json "malformed JSON" "$CONVERT" init --out "$T/x" --r
 reject info_missing "cannot open" "$CONVERT" info --model "$T/nope"
 
 # dvl-generate error paths.
-reject gen_no_mode "choose a mode" "$GENERATE" --model "$REF/qwen2_tied"
+reject gen_no_prompt "give one of --prompt TEXT" "$GENERATE" --model "$REF/qwen2_tied"
 reject gen_unknown "unknown option --frob" "$GENERATE" --score --frob
 reject gen_no_model "--model DIR is required" "$GENERATE" --score --ids "$T/ids.json" --logits-out "$T/x.npy"
 reject gen_no_out "--logits-out FILE.npy is required" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json"
@@ -128,5 +128,74 @@ reject gen_pixels_shape "has shape [5]" "$GENERATE" --score --model "$T/v" --ids
 reject gen_image_missing "nope.png" "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" \
     --image "$T/nope.png" --logits-out "$T/x.npy"
 reject gen_out_dir "$T/nodir/x.npy" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" --logits-out "$T/nodir/x.npy"
+
+# Generation on token ids (the fixtures have no tokenizer): each mode runs,
+# is deterministic, and block mode with --steps = block size at temperature
+# 0 gives max-new-tokens ids.
+for m in block full ar; do
+    run "gen_$m" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 126 \
+        --max-new-tokens 13 --mode $m --block-size 4 --steps 2 --temperature 0.7 --seed 3
+    cp "$T/out" "$T/gen_$m.1"
+    run "gen_${m}_again" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 126 \
+        --max-new-tokens 13 --mode $m --block-size 4 --steps 2 --temperature 0.7 --seed 3
+    if cmp -s "$T/out" "$T/gen_$m.1"; then ok "gen_${m}_deterministic"; else bad "gen_${m}_deterministic"; fi
+    [ "$(tr -cd , <"$T/out" | wc -c)" -eq 12 ] && ok "gen_${m}_count" || bad "gen_${m}_count: $(cat "$T/out")"
+done
+run gen_vlm_image "$GENERATE" --model "$T/v" --ids "$T/vlm_ids.json" --image "$DATA/images/gray.jpg" \
+    --mask-id 126 --max-new-tokens 8 --remasking dynamic --threshold 0.5
+reject gen_missing_model "$T/nope/config.json" "$GENERATE" --model "$T/nope" --ids "$T/ids.json"
+reject gen_steps_gt_block "--steps 9 exceeds the block size 8" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --steps 9
+reject gen_block_zero "--block-size must be an integer >= 1 (got 0)" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --block-size 0
+reject gen_steps_zero "--steps must be an integer >= 1 (got 0)" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --steps 0
+reject gen_bad_mode "--mode must be block, full or ar" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --mode fast
+reject gen_bad_remask "--remasking must be static or dynamic" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --remasking x
+reject gen_no_mask "no mask token" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json"
+reject gen_mask_range "mask token id 128" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 128
+reject gen_no_tokenizer "no tokenizer" "$GENERATE" --model "$REF/qwen2_tied" --prompt hi
+reject gen_image_unreadable "$T/nope.png" "$GENERATE" --model "$T/v" --ids "$T/vlm_ids.json" --image "$T/nope.png" --mask-id 3
+reject gen_two_inputs "give one of" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --prompt hi
+reject gen_eval_meta "--eval FILE.json and --meta FILE.jsonl go together" "$GENERATE" --model "$REF/qwen2_tied" --eval "$T/x.json"
+# Text prompts through the Qwen2.5 tokenizer on tiny random models with its
+# vocabulary: a VLM (SigLIP fixture config, image placeholder -200).
+sed -e 's/"vocab_size": 128/"vocab_size": 151680/' -e 's/"image_token_index": 5/"image_token_index": -200/' \
+    -e 's/"tie_word_embeddings": false/"tie_word_embeddings": true/' "$REF/vlm/config.json" >"$T/qcfg.json"
+run convert_qvlm "$CONVERT" init --random "$T/qcfg.json" --seed 5 --out "$T/qv"
+QTOK="$DATA/qwen-tokenizer"
+run gen_prompt "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --image "$DATA/images/rgb8.png" \
+    --prompt "What is this?" --mask-id 151660 --max-new-tokens 10 --timing
+[ "$(wc -l <"$T/out")" -eq 1 ] && grep -q "forwards" "$T/err" && ok gen_prompt_output || bad gen_prompt_output
+printf '{"prompt": "Describe the image.", "image": "%s"}\n{"prompt": "Say hi."}\n\n{"prompt": "Count.", "image": "%s"}\n' \
+    "$DATA/images/rgb8.png" "$DATA/images/gray.jpg" >"$T/p.jsonl"
+for m in block ar; do
+    run "gen_prompts_$m" "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --prompts "$T/p.jsonl" \
+        --mask-id 151660 --max-new-tokens 9 --mode $m --temperature 0.9 --seed 2
+    sed 's/"forwards.*//' "$T/out" >"$T/one.txt"
+    run "gen_prompts_${m}_batch" "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --prompts "$T/p.jsonl" \
+        --mask-id 151660 --max-new-tokens 9 --mode $m --temperature 0.9 --seed 2 --batch 3
+    sed 's/"forwards.*//' "$T/out" >"$T/three.txt"
+    if [ "$(wc -l <"$T/one.txt")" -eq 3 ] && cmp -s "$T/one.txt" "$T/three.txt"; then
+        ok "gen_batch_equals_singles_$m"
+    else
+        bad "gen_batch_equals_singles_$m"
+    fi
+done
+# --eval on a two-sample split in the synthetic dataset's format.
+mkdir -p "$T/ev/images"
+cp "$DATA/images/rgb8.png" "$T/ev/images/a.png"
+cp "$DATA/images/gray.jpg" "$T/ev/images/b.jpg"
+cat >"$T/ev/heldout.json" <<'JSON'
+[
+{"id":"s0","image":"images/a.png","conversations":[{"from":"human","value":"<image>\nDescribe the image."},{"from":"gpt","value":"a red circle."}]},
+{"id":"s1","image":"images/b.jpg","conversations":[{"from":"human","value":"<image>\nHow many stars are there?"},{"from":"gpt","value":"two."}]}
+]
+JSON
+printf '{"id":"s0","question":"caption","answer":"a red circle."}\n{"id":"s1","question":"count","answer":"two."}\n' >"$T/ev/meta.jsonl"
+run gen_eval "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --eval "$T/ev/heldout.json" --meta "$T/ev/meta.jsonl" \
+    --mask-id 151660 --max-new-tokens 6
+grep -q "^accuracy .* (0/2); shape .* (1), colour .* (1), count .* (2)" "$T/out" && ok gen_eval_summary || bad "gen_eval_summary: $(tail -1 "$T/out")"
+printf '{"id":"s0","question":"caption","answer":"a red circle."}\n{"id":"sX","question":"count","answer":"two."}\n' >"$T/ev/meta2.jsonl"
+reject gen_eval_mismatch "with the same id" "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --eval "$T/ev/heldout.json" \
+    --meta "$T/ev/meta2.jsonl" --mask-id 151660 --max-new-tokens 2
+reject gen_score_opt "--steps does not apply" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" --logits-out "$T/x.npy" --steps 2
 
 [ $fails -eq 0 ] || { echo "$fails failed"; exit 1; }

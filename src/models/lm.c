@@ -146,12 +146,72 @@ dvl_tensor *dvl_lm_embed(dvl_ctx *ctx, const dvl_lm *m, const int32_t *ids, int6
     return dvl_embedding(ctx, m->embed, ids, n);
 }
 
-/* Self-attention of one layer over the normed input h [N*T, d]. The place
- * where a KV cache would supply the keys and values (see lm.h). */
-static dvl_tensor *attend(dvl_ctx *ctx, const dvl_lm *m, const dvl_lm_layer *L, dvl_tensor *h,
-                          int64_t N, int64_t T, const int32_t *pos, const dvl_mask *mask)
+int dvl_kv_cache_init(dvl_kv_cache *c, const dvl_lm_config *cfg, int64_t batch, int64_t cap,
+                      dvl_err *err)
+{
+    memset(c, 0, sizeof *c);
+    if (batch < 1 || cap < 1)
+        return dvl_errf(err, DVL_EINVAL, "kv cache: batch %lld and capacity %lld must be >= 1",
+                        (long long)batch, (long long)cap);
+    c->layers = cfg->layers;
+    c->batch = batch;
+    c->cap = cap;
+    c->kv_heads = cfg->kv_heads;
+    c->head_dim = cfg->head_dim;
+    size_t n = (size_t)(c->layers * batch * cap * c->kv_heads * c->head_dim);
+    c->k = malloc(n * sizeof *c->k);
+    c->v = malloc(n * sizeof *c->v);
+    if (!c->k || !c->v) {
+        dvl_kv_cache_free(c);
+        return dvl_errf(err, DVL_ENOMEM, "kv cache: out of memory for %zu floats x 2", n);
+    }
+    return DVL_OK;
+}
+
+void dvl_kv_cache_free(dvl_kv_cache *c)
+{
+    if (!c)
+        return;
+    free(c->k);
+    free(c->v);
+    c->k = c->v = NULL;
+}
+
+/* Keys (or values) over the cache: [N, len + T, Hkv, D] = per sequence the
+ * len cached rows of layer l, then the T new rows x; with store the new rows
+ * are also written into the cache at [len, len + T). */
+static dvl_tensor *with_cache(dvl_ctx *ctx, dvl_tensor *x, float *cache, const dvl_kv_cache *c,
+                              int l, int64_t N, int64_t T, bool store)
+{
+    if (!x)
+        return NULL;
+    const int64_t row = c->kv_heads * c->head_dim, len = c->len;
+    int64_t s[4] = {N, len + T, c->kv_heads, c->head_dim};
+    dvl_tensor *all = dvl_new(ctx, DVL_F32, 4, s);
+    if (!all)
+        return NULL;
+    float *dst = dvl_f32(all);
+    const float *src = dvl_f32(x);
+    for (int64_t n = 0; n < N; n++) {
+        float *cn = cache + ((int64_t)l * c->batch + n) * c->cap * row;
+        float *dn = dst + n * (len + T) * row;
+        memcpy(dn, cn, (size_t)(len * row) * sizeof *dn);
+        memcpy(dn + len * row, src + n * T * row, (size_t)(T * row) * sizeof *dn);
+        if (store)
+            memcpy(cn + len * row, src + n * T * row, (size_t)(T * row) * sizeof *cn);
+    }
+    return all;
+}
+
+/* Self-attention of one layer over the normed input h [N*T, d]; with a
+ * cache the keys and values are the cached rows followed by the new ones
+ * (lm.h). */
+static dvl_tensor *attend(dvl_ctx *ctx, const dvl_lm *m, int l, dvl_tensor *h, int64_t N,
+                          int64_t T, const int32_t *pos, const dvl_mask *mask,
+                          const dvl_lm_input *in)
 {
     const dvl_lm_config *c = &m->cfg;
+    const dvl_lm_layer *L = &m->layer[l];
     int64_t sq[4] = {N, T, c->heads, c->head_dim}, skv[4] = {N, T, c->kv_heads, c->head_dim};
     /* Qwen2: rotary after the bias (HF applies it to the projection
      * output); output feature h*D + j is head h, dim j, so a reshape is the
@@ -161,6 +221,10 @@ static dvl_tensor *attend(dvl_ctx *ctx, const dvl_lm *m, const dvl_lm_layer *L, 
     dvl_tensor *v = dvl_reshape(ctx, dvl_linear(ctx, h, L->wv, L->bv), 4, skv);
     q = dvl_rope(ctx, q, pos, c->rope_theta);
     k = dvl_rope(ctx, k, pos, c->rope_theta);
+    if (in->cache) {
+        k = with_cache(ctx, k, in->cache->k, in->cache, l, N, T, in->cache_store);
+        v = with_cache(ctx, v, in->cache->v, in->cache, l, N, T, in->cache_store);
+    }
     dvl_tensor *a = dvl_attention(ctx, q, k, v, mask, 1.0f / sqrtf((float)c->head_dim));
     int64_t s2[2] = {N * T, c->heads * c->head_dim};
     return dvl_linear(ctx, dvl_reshape(ctx, a, 2, s2), L->wo, NULL);
@@ -186,27 +250,48 @@ dvl_tensor *dvl_lm_forward(dvl_ctx *ctx, const dvl_lm *m, const dvl_lm_input *in
         int64_t s2[2] = {n, c->hidden};
         x = dvl_reshape(ctx, in->embeds, 2, s2);
     }
+    const dvl_kv_cache *kv = in->cache;
+    int64_t start = kv ? kv->len : 0;
+    if (kv) {
+        if (dvl_grad_enabled(ctx))
+            return dvl_fail(ctx, "lm: the KV cache is for inference; turn grad mode off");
+        if (kv->batch != N || kv->layers != c->layers || kv->kv_heads != c->kv_heads ||
+            kv->head_dim != c->head_dim)
+            return dvl_fail(ctx, "lm: KV cache of batch %lld, %lld layers x %lld heads x %lld does "
+                            "not fit batch %lld of this model",
+                            (long long)kv->batch, (long long)kv->layers, (long long)kv->kv_heads,
+                            (long long)kv->head_dim, (long long)N);
+        if (kv->len + T > kv->cap)
+            return dvl_fail(ctx, "lm: %lld cached + %lld new tokens exceed the KV cache's %lld",
+                            (long long)kv->len, (long long)T, (long long)kv->cap);
+    }
     const int32_t *pos = in->pos;
     if (!pos) {
         int32_t *p = dvl_alloc(ctx, (size_t)n * sizeof *p);
         if (!p)
             return NULL;
         for (int64_t i = 0; i < n; i++)
-            p[i] = (int32_t)(i % T);
+            p[i] = (int32_t)(start + i % T);
         pos = p;
     }
-    dvl_mask def = dvl_lm_default_mask(c);
-    const dvl_mask *mask = in->mask ? in->mask : &def;
+    dvl_mask mk = in->mask ? *in->mask : dvl_lm_default_mask(c);
+    if (kv)
+        mk.q_offset = start; /* query row t is cache row len + t */
+    const dvl_mask *mask = &mk;
     for (int l = 0; l < c->layers; l++) {
         const dvl_lm_layer *L = &m->layer[l];
         dvl_tensor *h = dvl_rmsnorm(ctx, x, L->attn_norm, c->rms_eps);
-        x = dvl_add(ctx, x, attend(ctx, m, L, h, N, T, pos, mask));
+        x = dvl_add(ctx, x, attend(ctx, m, l, h, N, T, pos, mask, in));
         h = dvl_rmsnorm(ctx, x, L->mlp_norm, c->rms_eps);
         dvl_tensor *g = dvl_swiglu(ctx, dvl_linear(ctx, h, L->w_gate, NULL),
                                    dvl_linear(ctx, h, L->w_up, NULL));
         x = dvl_add(ctx, x, dvl_linear(ctx, g, L->w_down, NULL));
     }
-    return dvl_rmsnorm(ctx, x, m->norm, c->rms_eps);
+    x = dvl_rmsnorm(ctx, x, m->norm, c->rms_eps);
+    /* Every layer has written its rows; the cache now holds them. */
+    if (x && in->cache && in->cache_store)
+        in->cache->len += T;
+    return x;
 }
 
 dvl_tensor *dvl_lm_logits(dvl_ctx *ctx, const dvl_lm *m, dvl_tensor *h)

@@ -13,11 +13,16 @@
  * gradient sums the lookup and the head), and no separate head tensor
  * exists in the store or the checkpoint.
  *
- * KV cache: TODO(inference). The attention of each layer is taken in one
- * place (lm.c, attend()); a cache slots in there: write the rotated k and
- * the v of the new tokens at rows [len, len + T) of a per-layer buffer
- * [N, cap, Hkv, D], attend q (mask.q_offset = len) over rows [0, len + T),
- * with grad mode off. Not built yet: no decoding uses it. */
+ * KV cache (dvl_kv_cache, inference only): per layer, the rotated keys and
+ * the values of the tokens decoded so far, [N, cap, Hkv, D] each, allocated
+ * once. A forward pass given a cache runs its T new tokens at cache rows
+ * [len, len + T) (rotary positions default to len + t; the mask's q_offset
+ * is set to len), attending over the len cached rows followed by its own
+ * T rows. With store it also writes its keys and values at those rows and
+ * advances len (prefill, finishing a block, an AR step); without, the cache
+ * is left as it was (a block denoising step: the block sees the cache and
+ * itself, and nothing of it is kept). attend() in lm.c is the one place the
+ * cache enters. */
 #ifndef DVL_MODELS_LM_H
 #define DVL_MODELS_LM_H
 
@@ -65,12 +70,28 @@ const char *dvl_lm_embed_name(dvl_arch arch);
  * Qwen2, bidirectional for LLaDA. */
 dvl_mask dvl_lm_default_mask(const dvl_lm_config *cfg);
 
+/* Keys and values of len tokens per sequence, for every layer. */
+typedef struct dvl_kv_cache {
+    int64_t layers, batch, cap, kv_heads, head_dim;
+    int64_t len;    /* rows filled, the same for every sequence */
+    float *k, *v;   /* [layers, N, cap, Hkv, D] (post-rope keys) */
+} dvl_kv_cache;
+
+/* Allocate a cache for batch sequences of up to cap tokens (len 0). */
+int dvl_kv_cache_init(dvl_kv_cache *c, const dvl_lm_config *cfg, int64_t batch, int64_t cap,
+                      dvl_err *err);
+void dvl_kv_cache_free(dvl_kv_cache *c);
+
 typedef struct dvl_lm_input {
     int64_t batch, seq;   /* N sequences of T tokens */
     const int32_t *ids;   /* [N*T] token ids in [0, vocab), or NULL ... */
     dvl_tensor *embeds;   /* ... [N*T, d] input embeddings instead (VLM) */
     const int32_t *pos;   /* [N*T] rotary positions; NULL = 0..T-1 per row */
-    const dvl_mask *mask; /* NULL = dvl_lm_default_mask */
+    const dvl_mask *mask; /* NULL = dvl_lm_default_mask; with a cache its q_offset
+                             is replaced by cache->len and its key_valid, if
+                             any, covers len + T keys per sequence */
+    dvl_kv_cache *cache;  /* NULL: no cache. Else grad mode must be off */
+    bool cache_store;     /* keep the new keys/values in the cache, len += T */
 } dvl_lm_input;
 
 /* Token embeddings [n, d]. */
