@@ -18,7 +18,19 @@
  *   attention: 4 x D x Hq per allowed (query, key) pair of the mask (QK^T
  *   and PV), pairs counted with dvl_mask_allows;
  *   LM head: 2 x d x V per noisy row (fused linear + cross-entropy).
- * The whole sequence is supervised (every token may be masked). */
+ * The whole sequence is supervised (every token may be masked).
+ *
+ *   dvl-bench train --device cuda [--seq L] [--steps S] [--tf32] [...]
+ * runs the same step on the GPU (default L 2048): parameters, gradients and
+ * AdamW moments on the device, forward + backward + clip + AdamW there. It
+ * reports tokens/s, the model FLOP rate
+ *   model FLOPs = 6 P (2L N) + 12 layers Hq D pairs N
+ * (P all parameters, 2L positions per sequence of [x_t ; x_0]; attention
+ * forward 4 D Hq per allowed pair, x 3 with backward) and the MFU against
+ * cuBLAS f32, TF32 and bf16 GEMM rates measured at 4096^3 in the same run.
+ * If the step does not fit in GPU memory at L (attention materialises
+ * [N, Hq, 2L, 2L] scores), L is halved until it does. --tf32 switches the
+ * context's cuBLAS handle to TF32 products. */
 #include <cblas.h>
 #include <inttypes.h>
 #include <math.h>
@@ -31,6 +43,9 @@
 #include "diffusion/batch.h"
 #include "models/model.h"
 #include "optim/adamw.h"
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
 
 static double sgemm_peak(int n)
 {
@@ -64,12 +79,29 @@ static int arg_int(int argc, char **argv, const char *name, int def)
     return def;
 }
 
+static const char *arg_str(int argc, char **argv, const char *name, const char *def)
+{
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], name) == 0)
+            return argv[i + 1];
+    return def;
+}
+
+static int train_cuda(int argc, char **argv);
+
 int bench_train(int argc, char **argv)
 {
+    const char *dev = arg_str(argc, argv, "--device", "cpu");
+    if (strcmp(dev, "cuda") == 0)
+        return train_cuda(argc, argv);
+    if (strcmp(dev, "cpu") != 0) {
+        fprintf(stderr, "dvl-bench train: --device must be cpu or cuda, not '%s'\n", dev);
+        return 2;
+    }
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: dvl-bench train [--seq L] [--batch N] [--layers K] [--steps S] "
-                   "[--block B] [--vocab V]\n");
+            printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
+                   "[--steps S] [--block B] [--vocab V] [--tf32 (cuda)]\n");
             return 0;
         }
     int L = arg_int(argc, argv, "--seq", 512), N = arg_int(argc, argv, "--batch", 1);
@@ -191,3 +223,336 @@ int bench_train(int argc, char **argv)
     free(seqs);
     return 0;
 }
+
+/* ------------------------------------------------------------------ GPU */
+#ifndef DVL_HAVE_CUDA
+static int train_cuda(int argc, char **argv)
+{
+    (void)argc, (void)argv;
+    fprintf(stderr, "dvl-bench train: --device cuda needs a CUDA build "
+                    "(meson setup -Dcuda=enabled with nvcc installed)\n");
+    return 1;
+}
+#else
+
+static bool has_flag(int argc, char **argv, const char *name)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], name) == 0)
+            return true;
+    return false;
+}
+
+#define TRAIN_OOM 3 /* run_cuda: the step did not fit in device memory */
+
+/* cuBLAS GEMM rates at 4096^3 in TFLOP/s (2 n^3 per product, mean of 10
+ * after 3 warm-ups): peak[0] f32, [1] TF32, [2] bf16 inputs with f32
+ * accumulation (the better of f32 and bf16 output). */
+static int gemm_peaks(double peak[3], dvl_err *err)
+{
+    const int64_t n = 4096, nn = n * n, iters = 10;
+    int rc = DVL_ENOMEM;
+    float *h = malloc((size_t)nn * sizeof(float));
+    uint16_t *hb = malloc((size_t)nn * sizeof(uint16_t));
+    float *a = NULL, *c = NULL;
+    uint16_t *ab = NULL, *cb = NULL;
+    dvl_cublas *blas = NULL;
+    if (!h || !hb) {
+        dvl_errf(err, DVL_ENOMEM, "gemm peak: out of host memory");
+        goto done;
+    }
+    dvl_rng r;
+    dvl_rng_seed(&r, 3);
+    dvl_rng_fill_normal(&r, h, nn, 1.0f);
+    for (int64_t i = 0; i < nn; i++) { /* bf16 by round to nearest even */
+        uint32_t u;
+        memcpy(&u, &h[i], 4);
+        hb[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    if (!(a = dvl_cuda_malloc((size_t)nn * 4, err)) || !(c = dvl_cuda_malloc((size_t)nn * 4, err)) ||
+        !(ab = dvl_cuda_malloc((size_t)nn * 2, err)) ||
+        !(cb = dvl_cuda_malloc((size_t)nn * 2, err)) ||
+        (rc = dvl_cuda_memcpy_h2d(a, h, (size_t)nn * 4, err)) ||
+        (rc = dvl_cuda_memcpy_h2d(ab, hb, (size_t)nn * 2, err)) ||
+        !(blas = dvl_cublas_new(false, err))) {
+        rc = err->code ? err->code : DVL_EDEVICE;
+        goto done;
+    }
+    double rate[4] = {0};
+    for (int kind = 0; kind < 4; kind++) {
+        if ((rc = dvl_cublas_set_tf32(blas, kind == 1, err)))
+            goto done;
+        double t0 = 0;
+        for (int64_t it = 0; it < 3 + iters; it++) {
+            if (it == 3) {
+                if ((rc = dvl_cuda_sync("gemm peak warm-up", err)))
+                    goto done;
+                t0 = bench_now();
+            }
+            rc = kind < 2 ? dvl_cuda_linear_fwd(blas, c, a, a, NULL, n, n, n, err)
+                          : dvl_cuda_matmul_bf16(blas, kind == 2 ? (void *)c : (void *)cb,
+                                                 kind == 2 ? DVL_F32 : DVL_BF16, ab, ab, n, n, n,
+                                                 err);
+            if (rc)
+                goto done;
+        }
+        if ((rc = dvl_cuda_sync("gemm peak", err)))
+            goto done;
+        rate[kind] = 2.0 * (double)n * n * n * iters / (bench_now() - t0) / 1e12;
+    }
+    peak[0] = rate[0];
+    peak[1] = rate[1];
+    peak[2] = rate[2] > rate[3] ? rate[2] : rate[3];
+    rc = DVL_OK;
+done:
+    dvl_cublas_free(blas);
+    dvl_cuda_free(a), dvl_cuda_free(c), dvl_cuda_free(ab), dvl_cuda_free(cb);
+    free(h), free(hb);
+    return rc;
+}
+
+/* The device twin of each of the model's parameter tensors (same name). */
+static void rebind(dvl_tensor **t, const dvl_params *pd)
+{
+    if (*t)
+        *t = dvl_params_find(pd, (*t)->name);
+}
+
+static void lm_to_device(dvl_lm *lm, const dvl_params *pd)
+{
+    rebind(&lm->embed, pd);
+    rebind(&lm->norm, pd);
+    rebind(&lm->head, pd);
+    for (int i = 0; i < lm->cfg.layers; i++) {
+        dvl_lm_layer *l = &lm->layer[i];
+        dvl_tensor **ts[] = {&l->attn_norm, &l->wq, &l->bq,       &l->wk,   &l->bk,
+                             &l->wv,        &l->bv, &l->wo,       &l->mlp_norm,
+                             &l->w_gate,    &l->w_up, &l->w_down};
+        for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++)
+            rebind(ts[k], pd);
+    }
+}
+
+typedef struct cuda_run {
+    dvl_model *m;
+    dvl_params *pd;
+    dvl_adamw *opt;
+    const dvl_diff_cfg *dc;
+    int N, layers, steps, B, V;
+    bool tf32;
+    double peak[3];
+} cuda_run;
+
+static bool is_oom(const dvl_err *e)
+{
+    return e->code == DVL_ENOMEM || strstr(e->msg, "out of memory") != NULL;
+}
+
+/* Steps at sequence length L on a fresh context. 0, TRAIN_OOM when the
+ * warm-up step ran out of device memory (nothing printed as a result), or 1
+ * on any other error (printed). */
+static int run_cuda(const cuda_run *r, int L)
+{
+    const dvl_lm_config *c = &r->m->lm.cfg;
+    const int N = r->N, B = r->B;
+    dvl_err err = {0};
+    int rc = 1;
+    dvl_ctx *ctx = dvl_ctx_new_err(DVL_CUDA, &err);
+    dvl_diff_batch *db = dvl_diff_batch_new(N, L, &err);
+    int32_t *ids = malloc((size_t)N * L * sizeof *ids);
+    dvl_diff_seq *seqs = malloc((size_t)N * sizeof *seqs);
+    if (!ctx || !db || !ids || !seqs) {
+        fprintf(stderr, "dvl-bench train: %s\n", err.code ? err.msg : "out of host memory");
+        goto done;
+    }
+    if (r->tf32 && dvl_cublas_set_tf32(dvl_ctx_cublas(ctx), true, &err)) {
+        fprintf(stderr, "dvl-bench train: %s\n", err.msg);
+        goto done;
+    }
+    dvl_rng rng;
+    dvl_rng_seed(&rng, 7);
+    for (int64_t i = 0; i < (int64_t)N * L; i++)
+        ids[i] = (int32_t)(dvl_rng_u64(&rng) % (uint64_t)(r->V - 2));
+    for (int s = 0; s < N; s++)
+        seqs[s] = (dvl_diff_seq){ids + (int64_t)s * L, ids + (int64_t)s * L, L};
+    if (dvl_diff_make_batch(db, r->dc, &rng, seqs, N, L, &err)) {
+        fprintf(stderr, "dvl-bench train: %s\n", err.msg);
+        goto done;
+    }
+    dvl_mask mask = dvl_diff_attn_mask(db, B);
+    double pairs = 0;
+    for (int64_t i = 0; i < 2 * L; i++)
+        for (int64_t j = 0; j < 2 * L; j++)
+            pairs += dvl_mask_allows(&mask, i, j);
+    const double P = (double)r->m->params->numel, pos = 2.0 * L * N;
+    const double attn = 12.0 * (double)c->head_dim * (double)c->heads * pairs * N * r->layers;
+    const double model_flops = 6.0 * P * pos + attn;
+    /* The CPU bench's count of useful work (LM head on the noisy half only). */
+    double d = (double)c->hidden, qd = (double)(c->heads * c->head_dim),
+           kvd = (double)(c->kv_heads * c->head_dim), ff = (double)c->intermediate;
+    double lin = 2.0 * pos * (d * qd + 2 * d * kvd + qd * d + 3 * d * ff) * r->layers;
+    double useful = 3.0 * (lin + 2.0 * d * r->V * (double)L * N) + attn;
+
+    double best = 1e30, total = 0;
+    for (int k = 0; k <= r->steps; k++) {
+        double t0 = bench_now();
+        dvl_params_zero_grad(r->pd);
+        dvl_ctx_reset(ctx);
+        if (dvl_diff_make_batch(db, r->dc, &rng, seqs, N, L, &err)) {
+            fprintf(stderr, "dvl-bench train: %s\n", err.msg);
+            goto done;
+        }
+        mask = dvl_diff_attn_mask(db, B);
+        dvl_lm_input li = {.batch = N, .seq = 2 * L, .ids = db->ids, .pos = db->pos, .mask = &mask};
+        dvl_tensor *h = dvl_lm_forward(ctx, &r->m->lm, &li);
+        dvl_tensor *hn = dvl_gather_rows(ctx, h, db->noisy_rows, (int64_t)N * L);
+        dvl_tensor *loss = dvl_lm_loss(ctx, &r->m->lm, hn, N, L, db->labels, db->weight, false);
+        if (!loss || dvl_backward(ctx, loss)) {
+            const dvl_err *e = dvl_ctx_err(ctx);
+            if (k == 0 && is_oom(e)) {
+                printf("  seq %d: does not fit in device memory (%s)\n", L, e->msg);
+                rc = TRAIN_OOM;
+            } else {
+                fprintf(stderr, "dvl-bench train: seq %d: %s\n", L, e->msg);
+            }
+            goto done;
+        }
+        double gn = dvl_grad_norm(r->pd);
+        if (!isfinite(gn)) {
+            fprintf(stderr, "dvl-bench train: gradient norm %g (non-finite or device error)\n",
+                    gn);
+            goto done;
+        }
+        if (gn > 1.0)
+            dvl_grad_scale(r->pd, (float)(1.0 / (gn + 1e-6)));
+        dvl_adamw_step(r->opt, 1e-5f);
+        float l = NAN;
+        if (dvl_cuda_sync("train step", &err) || dvl_tensor_to_host(ctx, loss, &l)) {
+            fprintf(stderr, "dvl-bench train: %s\n",
+                    err.code ? err.msg : dvl_ctx_err(ctx)->msg);
+            goto done;
+        }
+        double t = bench_now() - t0;
+        if (k == 0)
+            printf("  seq %d: stage 2 step: batch %d x [x_t ; x_0] of 2 x %d = %d positions, "
+                   "block %d, %.0f allowed pairs per sequence\n",
+                   L, N, L, 2 * L, B, pairs);
+        printf("  step %d%s: %.3f s, loss %.4f, grad norm %.3f\n", k, k == 0 ? " (warm-up)" : "",
+               t, l, gn);
+        fflush(stdout);
+        if (k > 0) {
+            total += t;
+            if (t < best)
+                best = t;
+        }
+    }
+    double tokens = (double)N * L, tf = model_flops / best / 1e12;
+    printf("  best step %.3f s (mean %.3f s): %.0f tokens/s (seq tokens; %.0f positions/s over "
+           "2 x %d)\n",
+           best, total / r->steps, tokens / best, pos / best, L);
+    printf("  model FLOPs = 6 P (2L N) + 12 layers Hq D pairs N = %.1f TFLOP per step "
+           "(P %.0f, attention %.1f%%): %.2f TFLOP/s\n",
+           model_flops / 1e12, P, 100.0 * attn / model_flops, tf);
+    printf("  useful FLOPs (CPU bench count, LM head on the noisy half) %.1f TFLOP per step: "
+           "%.2f TFLOP/s\n",
+           useful / 1e12, useful / best / 1e12);
+    printf("  MFU (model FLOPs, cuBLAS %s products) vs measured 4096^3 peaks: f32 %.1f TFLOP/s "
+           "-> %.1f%%, tf32 %.1f -> %.1f%%, bf16 %.1f -> %.1f%%\n",
+           r->tf32 ? "TF32" : "f32", r->peak[0], 100.0 * tf / r->peak[0], r->peak[1],
+           100.0 * tf / r->peak[1], r->peak[2], 100.0 * tf / r->peak[2]);
+    rc = 0;
+done:
+    dvl_ctx_free(ctx);
+    dvl_diff_batch_free(db);
+    free(ids);
+    free(seqs);
+    return rc;
+}
+
+static int train_cuda(int argc, char **argv)
+{
+    int L = arg_int(argc, argv, "--seq", 2048), N = arg_int(argc, argv, "--batch", 1);
+    int layers = arg_int(argc, argv, "--layers", 24), steps = arg_int(argc, argv, "--steps", 3);
+    int B = arg_int(argc, argv, "--block", 8), V = arg_int(argc, argv, "--vocab", 151936);
+    bool tf32 = has_flag(argc, argv, "--tf32");
+    if (L < B || L % B || N < 1 || layers < 1 || steps < 1 || B < 1 || V < 16) {
+        fprintf(stderr, "dvl-bench train: --seq must be a positive multiple of --block; "
+                        "--batch, --layers, --steps >= 1; --vocab >= 16\n");
+        return 2;
+    }
+    dvl_err err = {0};
+    if (dvl_cuda_probe(&err) == 0) {
+        fprintf(stderr, "dvl-bench train: no usable CUDA device (%s)\n",
+                err.code ? err.msg : "0 devices");
+        return 1;
+    }
+    char desc[256] = "?";
+    if (dvl_cuda_init(0, &err) || dvl_cuda_describe(0, desc, sizeof desc, &err)) {
+        fprintf(stderr, "dvl-bench train: %s\n", err.msg);
+        return 1;
+    }
+    cuda_run r = {.N = N, .layers = layers, .steps = steps, .B = B, .V = V, .tf32 = tf32};
+    if (gemm_peaks(r.peak, &err)) {
+        fprintf(stderr, "dvl-bench train: %s\n", err.msg);
+        return 1;
+    }
+    printf("dvl-bench train --device cuda on %s%s\n", desc, tf32 ? ", cuBLAS TF32" : "");
+    printf("  cuBLAS 4096^3 peaks (same run): f32 %.1f TFLOP/s, tf32 %.1f, bf16 %.1f\n", r.peak[0],
+           r.peak[1], r.peak[2]);
+    dvl_model_config mc;
+    memset(&mc, 0, sizeof mc);
+    mc.arch = DVL_ARCH_QWEN2;
+    mc.lm = (dvl_lm_config){.arch = DVL_ARCH_QWEN2, .hidden = 896, .layers = layers, .heads = 14,
+                            .kv_heads = 2, .head_dim = 64, .intermediate = 4864, .vocab = V,
+                            .rms_eps = 1e-6f, .rope_theta = 1e6f, .tied = true, .qkv_bias = true,
+                            .max_positions = 32768, .mask_token_id = -1};
+    dvl_model m;
+    if (dvl_model_init(&m, &mc, &err) || dvl_params_alloc(m.params, &err)) {
+        fprintf(stderr, "dvl-bench train: %s\n", err.msg);
+        return 1;
+    }
+    dvl_model_init_random(&m, 1);
+    dvl_params *pd = dvl_params_to_device(m.params, DVL_CUDA, &err);
+    dvl_adamw *opt = pd ? dvl_adamw_new(pd, 0.9f, 0.999f, 1e-8f, 0.0f, &err) : NULL;
+    if (!opt) {
+        fprintf(stderr, "dvl-bench train: %s\n", err.msg);
+        dvl_params_free(pd);
+        dvl_model_free(&m);
+        return 1;
+    }
+    lm_to_device(&m.lm, pd);
+    dvl_diff_cfg dc;
+    dvl_diff_cfg_qwen(&dc);
+    dc.block_size = B;
+    dc.mask_id = V - 1;
+    dc.eos_id = V - 2;
+    dc.pad_id = 0;
+    dc.block_align_eos = false;
+    r.m = &m, r.pd = pd, r.opt = opt, r.dc = &dc;
+    printf("  Qwen2.5-0.5B shape (d 896, %d layers, 14/2 heads, I 4864, V %d, tied), %" PRId64
+           " parameters on the device (+ grads, AdamW m and v)\n",
+           layers, V, pd->numel);
+    fflush(stdout);
+    int rc = TRAIN_OOM;
+    for (; L >= B && rc == TRAIN_OOM; L /= 2) {
+        if (L % B) {
+            fprintf(stderr, "dvl-bench train: seq %d is not a multiple of block %d\n", L, B);
+            rc = 1;
+            break;
+        }
+        rc = run_cuda(&r, L);
+        if (rc == TRAIN_OOM) {
+            /* The failed step may have updated nothing: AdamW ran only
+             * after a complete backward. Zero the step count anyway so the
+             * run at the smaller L starts like a fresh one. */
+            opt->step = 0;
+        }
+    }
+    if (rc == TRAIN_OOM)
+        fprintf(stderr, "dvl-bench train: no sequence length fits in device memory\n");
+    dvl_adamw_free(opt);
+    dvl_params_free(pd);
+    dvl_model_free(&m);
+    return rc ? 1 : 0;
+}
+#endif

@@ -5,6 +5,38 @@
 #include <string.h>
 
 #include "ops/cpu/par.h"
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
+
+/* A store made by dvl_params_to_device(.., DVL_CUDA, ..) keeps data and grad
+ * in device memory: the moments live there too and every loop below runs as
+ * a CUDA kernel (ops/cuda/kernels.cu) with the same maths. */
+static bool on_device(const dvl_params *p) { return p->device != DVL_CPU; }
+
+static void moments_free(float *x, bool dev)
+{
+#ifdef DVL_HAVE_CUDA
+    if (dev) {
+        dvl_cuda_free(x);
+        return;
+    }
+#endif
+    (void)dev;
+    free(x);
+}
+
+#ifdef DVL_HAVE_CUDA
+static float *dev_zeros(size_t n, dvl_err *err)
+{
+    float *x = dvl_cuda_malloc(n * sizeof(float), err);
+    if (x && dvl_cuda_memset_zero(x, n * sizeof(float), err)) {
+        dvl_cuda_free(x);
+        return NULL;
+    }
+    return x;
+}
+#endif
 
 dvl_adamw *dvl_adamw_new(dvl_params *p, float beta1, float beta2, float eps, float weight_decay,
                          dvl_err *err)
@@ -15,9 +47,26 @@ dvl_adamw *dvl_adamw_new(dvl_params *p, float beta1, float beta2, float eps, flo
     }
     dvl_adamw *o = calloc(1, sizeof *o);
     size_t n = (size_t)(p->numel_grad ? p->numel_grad : 1);
+    if (o && on_device(p)) {
+#ifdef DVL_HAVE_CUDA
+        o->p = p; /* so dvl_adamw_free knows where m and v live */
+        o->m = dev_zeros(n, err);
+        o->v = o->m ? dev_zeros(n, err) : NULL;
+        if (!o->m || !o->v) {
+            dvl_adamw_free(o);
+            return NULL; /* err names the failing cudaMalloc */
+        }
+#else
+        free(o);
+        dvl_errf(err, DVL_EINVAL, "adamw: device parameter store in a build without CUDA");
+        return NULL;
+#endif
+    }
     if (o) {
-        o->m = calloc(n, sizeof(float));
-        o->v = calloc(n, sizeof(float));
+        if (!o->m)
+            o->m = calloc(n, sizeof(float));
+        if (!o->v)
+            o->v = calloc(n, sizeof(float));
         o->lr_mult = malloc((size_t)(p->n ? p->n : 1) * sizeof(float));
         o->decay = malloc((size_t)(p->n ? p->n : 1) * sizeof(bool));
     }
@@ -42,8 +91,9 @@ void dvl_adamw_free(dvl_adamw *o)
 {
     if (!o)
         return;
-    free(o->m);
-    free(o->v);
+    const bool dev = o->p && on_device(o->p);
+    moments_free(o->m, dev);
+    moments_free(o->v, dev);
     free(o->lr_mult);
     free(o->decay);
     free(o);
@@ -66,6 +116,23 @@ void dvl_adamw_step(dvl_adamw *o, float lr)
 {
     dvl_params *p = o->p;
     o->step++;
+#ifdef DVL_HAVE_CUDA
+    if (on_device(p)) {
+        /* Per parameter: its own lr multiplier and decay switch (wd 0 for
+         * the undecayed ones), the kernel asynchronous on the default
+         * stream like the ops that produced p->grad. */
+        for (int i = 0; i < p->n; i++) {
+            int64_t off = p->grad_off[i];
+            if (off < 0)
+                continue;
+            dvl_tensor *t = p->t[i];
+            dvl_cuda_adamw(dvl_f32(t), p->grad + off, o->m + off, o->v + off, dvl_numel(t),
+                           lr * o->lr_mult[i], o->beta1, o->beta2, o->eps,
+                           o->decay[i] ? o->weight_decay : 0.0f, o->step);
+        }
+        return;
+    }
+#endif
     const double bc1 = 1.0 - pow(o->beta1, (double)o->step);
     const double bc2 = 1.0 - pow(o->beta2, (double)o->step);
     const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
@@ -94,8 +161,37 @@ void dvl_adamw_step(dvl_adamw *o, float lr)
  * how many threads computed the chunk sums. */
 #define NORM_CHUNK 4096
 
+#ifdef DVL_HAVE_CUDA
+/* Sum of squares of the device gradient in double: per-block partial sums
+ * on the GPU (a split fixed by n), added in order here, so the result does
+ * not depend on scheduling either. Device errors give NaN (a caller that
+ * clips or checks finiteness then skips the step rather than using junk). */
+static double dev_sumsq(const dvl_params *p)
+{
+    dvl_err err = {0};
+    int64_t parts = dvl_cuda_sumsq_parts(p->numel_grad);
+    double host[DVL_CUDA_SUMSQ_MAX_PARTS];
+    double *part = dvl_cuda_malloc((size_t)parts * sizeof(double), &err);
+    if (!part)
+        return NAN;
+    dvl_cuda_sumsq_partial(part, p->grad, p->numel_grad);
+    int rc = dvl_cuda_memcpy_d2h(host, part, (size_t)parts * sizeof(double), &err);
+    dvl_cuda_free(part);
+    if (rc)
+        return NAN;
+    double total = 0;
+    for (int64_t b = 0; b < parts; b++)
+        total += host[b];
+    return total;
+}
+#endif
+
 double dvl_grad_norm(const dvl_params *p)
 {
+#ifdef DVL_HAVE_CUDA
+    if (on_device(p))
+        return p->numel_grad > 0 ? sqrt(dev_sumsq(p)) : 0.0;
+#endif
     int64_t n = p->numel_grad, nc = (n + NORM_CHUNK - 1) / NORM_CHUNK;
     double total = 0;
 #pragma omp parallel for ordered schedule(static) if (dvl_par(n))
@@ -114,6 +210,12 @@ double dvl_grad_norm(const dvl_params *p)
 void dvl_grad_scale(dvl_params *p, float s)
 {
     int64_t n = p->numel_grad;
+#ifdef DVL_HAVE_CUDA
+    if (on_device(p)) {
+        dvl_cuda_scale_fwd(p->grad, p->grad, s, n); /* elementwise, in place */
+        return;
+    }
+#endif
 #pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t j = 0; j < n; j++)
         p->grad[j] *= s;
@@ -121,6 +223,12 @@ void dvl_grad_scale(dvl_params *p, float s)
 
 bool dvl_grad_nonfinite(const dvl_params *p)
 {
+#ifdef DVL_HAVE_CUDA
+    /* A double sum of float squares overflows only through an Inf or NaN
+     * element (at most ~1.2e77 per term), so non-finite sum <=> bad grad. */
+    if (on_device(p))
+        return p->numel_grad > 0 && !isfinite(dev_sumsq(p));
+#endif
     int bad = 0;
     int64_t n = p->numel_grad;
 #pragma omp parallel for reduction(| : bad) schedule(static) if (dvl_par(n))

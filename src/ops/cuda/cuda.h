@@ -119,6 +119,16 @@ void dvl_cuda_swiglu_bwd(float *dg, float *du, const float *dy, const float *g, 
 void dvl_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr,
                     float beta1, float beta2, float eps, float wd, int64_t step);
 
+/* Sum of squares of x [n] in double, deterministic (dvl_grad_norm on a
+ * device store): x is cut into dvl_cuda_sumsq_parts(n) contiguous ranges of
+ * equal size (the last shorter), one block each; a block's threads sum their
+ * strided elements in double and the block adds them in a fixed tree, into
+ * part[b]. The caller sums part[0..parts) in order on the host. Everything
+ * depends only on n, so reruns give the same bits. part: device doubles. */
+#define DVL_CUDA_SUMSQ_MAX_PARTS 1024
+int64_t dvl_cuda_sumsq_parts(int64_t n);
+void dvl_cuda_sumsq_partial(double *part, const float *x, int64_t n);
+
 /* ------------------------------------------- op kernels (ops.cu, attention.cu)
  * The CUDA side of the CPU kernels in ops/cpu/, same arguments, all device
  * pointers (index arrays too: the ops copy the callers' host arrays to the

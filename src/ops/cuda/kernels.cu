@@ -281,3 +281,48 @@ extern "C" void dvl_cuda_adamw(float *p, const float *g, float *m, float *v, int
                                                   beta1, beta2, eps, (float)(lr / bc1),
                                                   (float)sqrt(bc2));
 }
+
+/* ------------------------------------------------------------------ sumsq */
+/* Per-block sums of squares for the global gradient norm. The ranges and
+ * the reduction tree depend only on n and the fixed block size, never on
+ * scheduling; squares of floats are exact in double and a double sum of
+ * up to 2^63 of them cannot overflow, so an Inf or NaN in x (and only that)
+ * makes the sum non-finite. */
+#define SUMSQ_THREADS 256
+#define SUMSQ_MIN_RANGE 4096
+
+extern "C" int64_t dvl_cuda_sumsq_parts(int64_t n)
+{
+    int64_t p = (n + SUMSQ_MIN_RANGE - 1) / SUMSQ_MIN_RANGE;
+    if (p > DVL_CUDA_SUMSQ_MAX_PARTS)
+        p = DVL_CUDA_SUMSQ_MAX_PARTS;
+    return p < 1 ? 1 : p;
+}
+
+__global__ static void sumsq_k(double *part, const float *x, int64_t n, int64_t range)
+{
+    __shared__ double s[SUMSQ_THREADS];
+    const int64_t lo = (int64_t)blockIdx.x * range;
+    const int64_t hi = lo + range < n ? lo + range : n;
+    double acc = 0;
+    for (int64_t i = lo + threadIdx.x; i < hi; i += SUMSQ_THREADS) {
+        const double xi = (double)x[i];
+        acc += xi * xi;
+    }
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int w = SUMSQ_THREADS / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w)
+            s[threadIdx.x] += s[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0)
+        part[blockIdx.x] = s[0];
+}
+
+extern "C" void dvl_cuda_sumsq_partial(double *part, const float *x, int64_t n)
+{
+    const int64_t parts = dvl_cuda_sumsq_parts(n);
+    const int64_t range = (n + parts - 1) / parts;
+    sumsq_k<<<(unsigned)parts, SUMSQ_THREADS>>>(part, x, n < 0 ? 0 : n, range);
+}
