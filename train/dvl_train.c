@@ -7,8 +7,9 @@
  *
  * One optimizer step: accumulation = global_batch / (ranks x micro_batch)
  * micro batches per rank, each forward + backward into the flat gradient
- * buffer; the gradients averaged over the ranks (bucketed all-reduce after
- * backward); NaN/Inf steps skipped; global-norm clip; AdamW at the
+ * buffer; the gradients averaged over the ranks (bucketed all-reduce, each
+ * bucket started during the last micro batch's backward as soon as its
+ * parameters' gradients are complete); NaN/Inf steps skipped; global-norm clip; AdamW at the
  * scheduled learning rate. Rank 0 writes TRAIN.OUT/metrics.jsonl (a line a
  * step), the progress line, the checkpoints TRAIN.OUT/ckpt/step-* and at
  * the end TRAIN.OUT/final (config.json + model.safetensors, Hugging Face
@@ -406,13 +407,27 @@ static void progress(run *r, double loss, double lr, double tps, double elapsed,
     fflush(stdout);
 }
 
+/* Backward's gradient-ready hook during the last micro batch of a step:
+ * the parameter's gradient is final, so its bucket may start reducing while
+ * backward runs through the earlier layers. */
+typedef struct ready_ctx {
+    dvl_dist_grad_sync *gs;
+    dvl_err err;
+} ready_ctx;
+
+static void on_grad_ready(void *user, dvl_tensor *param)
+{
+    ready_ctx *rc = user;
+    if (rc->err.code == DVL_OK)
+        dvl_dist_grad_sync_ready(rc->gs, &param, 1, &rc->err);
+}
+
 static int train(run *r, dvl_err *err)
 {
     const train_cfg *c = &r->c;
     dvl_params *p = r->tm.m.params;
     double t0 = now_s(), tokens_total = 0;
     int64_t bad_run = 0, first = r->step;
-    double last_loss = NAN, last_lr = 0, last_tps = 0;
     float scale = 1.0f / (float)r->accum;
     while (r->step < r->total) {
         double ts = now_s();
@@ -443,13 +458,24 @@ static int train(run *r, dvl_err *err)
             sums[0] += dvl_f32(loss)[0];
             for (int64_t s = 0; s < b->n; s++)
                 sums[1] += (double)b->seq_len[s];
-            if (dvl_backward(r->ctx, loss)) {
+            ready_ctx rc = {.gs = r->gs};
+            bool overlap = r->gs && a == r->accum - 1;
+            if (overlap)
+                dvl_set_grad_ready_hook(r->ctx, on_grad_ready, &rc);
+            int brc = dvl_backward(r->ctx, loss);
+            if (overlap)
+                dvl_set_grad_ready_hook(r->ctx, NULL, NULL);
+            if (brc) {
                 const dvl_err *e = dvl_ctx_err(r->ctx);
                 return dvl_errf(err, e->code ? e->code : DVL_EINVAL, "backward: %s", e->msg);
             }
+            if (rc.err.code) {
+                *err = rc.err;
+                return err->code;
+            }
         }
-        /* Mean gradient over the ranks. Backward gives no per-parameter
-         * completion callbacks yet, so the buckets start after it. */
+        /* Mean gradient over the ranks: the buckets not started during the
+         * last backward (parameters this batch did not use) start now. */
         if (r->d.world > 1) {
             if (dvl_dist_grad_sync_finish(r->gs, err) ||
                 dvl_dist_allreduce_f64(&r->d, sums, 2, DVL_DIST_SUM, err))
@@ -490,11 +516,8 @@ static int train(run *r, dvl_err *err)
                     "\"tokens\": %.0f, \"tokens_per_s\": %.6g, \"elapsed\": %.6g, \"skipped\": %s}\n",
                     r->step, loss, lr, gnorm, sums[1], tps, elapsed, bad ? "true" : "false");
             fflush(r->metrics);
-            last_loss = loss;
-            last_lr = lr;
-            last_tps = tokens_total / elapsed;
             if ((r->step - first) % c->log_every == 0 || r->step == r->total)
-                progress(r, loss, lr, last_tps, elapsed, r->step == r->total);
+                progress(r, loss, lr, tokens_total / elapsed, elapsed, r->step == r->total);
         }
         if (r->d.world > 1 && c->check_every > 0 &&
             (r->step % c->check_every == 0 || r->step == r->total)) {
@@ -506,9 +529,6 @@ static int train(run *r, dvl_err *err)
                 return err->code;
         }
     }
-    (void)last_loss;
-    (void)last_lr;
-    (void)last_tps;
     return DVL_OK;
 }
 
@@ -576,10 +596,12 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
     r->loader = dvl_loader_open(&lo, err);
     if (!r->loader)
         return err->code;
-    /* Every rank has at least floor(N / R) samples: that many decide the
-     * steps of an epoch, so that every rank runs every step. */
+    /* floor(N / G) steps per epoch, whatever the number of ranks R: each
+     * rank's share has at least floor(N / R) >= floor(N / G) G / R samples,
+     * so every rank runs every step, and 1 rank and R ranks see the same
+     * epochs. */
     int64_t N = dvl_loader_samples(r->loader);
-    r->steps_per_epoch = (N / r->d.world) / (r->accum * c->micro_batch);
+    r->steps_per_epoch = N / c->global_batch;
     if (r->steps_per_epoch < 1)
         return dvl_errf(err, DVL_EINVAL,
                         "train.global_batch: %lld is more than the %lld samples of %s",
