@@ -1,6 +1,7 @@
 /* Typed run configuration over cJSON: the schema check, the strict walk of
  * the file, --set overrides, getters and the resolved dump. */
 #include "core/config.h"
+#include "core/file.h"
 
 #include <errno.h>
 #include <math.h>
@@ -520,38 +521,10 @@ dvl_cfg *dvl_cfg_load(const dvl_cfg_key *keys, int n_keys, const char *path,
 {
     if (!path)
         return dvl_cfg_parse(keys, n_keys, NULL, NULL, sets, n_sets, err);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    size_t n = 0;
+    char *buf = dvl_read_file(path, &n, err);
+    if (!buf)
         return NULL;
-    }
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (cap - n < 4096) {
-            cap = cap ? 2 * cap : 65536;
-            char *p = realloc(buf, cap);
-            if (!p) {
-                free(buf);
-                fclose(f);
-                dvl_errf(err, DVL_ENOMEM, "%s: out of memory reading the file", path);
-                return NULL;
-            }
-            buf = p;
-        }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        n += got;
-        if (got == 0)
-            break;
-    }
-    bool bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        dvl_errf(err, DVL_EIO, "%s: read error", path);
-        return NULL;
-    }
-    buf[n] = '\0';
     if (strlen(buf) != n) {
         free(buf);
         dvl_errf(err, DVL_EINVAL, "%s: contains a NUL byte", path);

@@ -1,6 +1,7 @@
 /* Training checkpoints: the folder layout, the crash-safe save sequence
  * (tmp folder, fsync, rename, latest, prune) and the all-or-nothing load. */
 #include "io/checkpoint.h"
+#include "core/file.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -190,42 +191,7 @@ static int write_text(const char *path, const char *text, dvl_err *err)
 }
 
 /* The whole file, NUL-terminated, malloc'd. */
-static char *read_text(const char *path, dvl_err *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (cap - n < 4096) {
-            cap = cap ? 2 * cap : 65536;
-            char *p = realloc(buf, cap);
-            if (!p) {
-                free(buf);
-                fclose(f);
-                dvl_errf(err, DVL_ENOMEM, "%s: out of memory", path);
-                return NULL;
-            }
-            buf = p;
-        }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        n += got;
-        if (got == 0)
-            break;
-    }
-    bool bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        dvl_errf(err, DVL_EIO, "%s: read error", path);
-        return NULL;
-    }
-    buf[n] = '\0';
-    return buf;
-}
+static char *read_text(const char *path, dvl_err *err) { return dvl_read_file(path, NULL, err); }
 
 /* ------------------------------------------------------------ saving */
 

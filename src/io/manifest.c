@@ -5,6 +5,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "core/file.h"
 #include "io/dataset.h"
 #include "io/shard.h"
 
@@ -51,43 +52,6 @@ static bool get_int(const cJSON *o, const char *key, int64_t lo, int64_t hi, int
     return true;
 }
 
-static char *read_file(const char *path, size_t *len, dvl_err *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        dvl_errf(err, DVL_EIO, "%s: cannot open", path);
-        return NULL;
-    }
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (cap - n < 65536) {
-            cap = cap ? 2 * cap : 65536;
-            char *p = realloc(buf, cap + 1);
-            if (!p) {
-                free(buf);
-                fclose(f);
-                dvl_errf(err, DVL_ENOMEM, "%s: out of memory", path);
-                return NULL;
-            }
-            buf = p;
-        }
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (r == 0)
-            break;
-    }
-    bool bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        dvl_errf(err, DVL_EIO, "%s: read error", path);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
 
 int dvl_manifest_read(const char *dir, dvl_manifest *m, dvl_err *err)
 {
@@ -95,7 +59,7 @@ int dvl_manifest_read(const char *dir, dvl_manifest *m, dvl_err *err)
     char path[4096];
     snprintf(path, sizeof path, "%s/manifest.json", dir);
     size_t len;
-    char *text = read_file(path, &len, err);
+    char *text = dvl_read_file(path, &len, err);
     if (!text)
         return err ? err->code : DVL_EIO;
     cJSON *root = cJSON_ParseWithLength(text, len);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/file.h"
 #include "io/safetensors_internal.h"
 
 typedef struct entry {
@@ -128,43 +129,6 @@ static dvl_st_index *open_single(const char *path, dvl_err *err)
     return ix;
 }
 
-static char *read_text(const char *path, size_t *len, dvl_err *err)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *s = malloc(cap);
-    while (s) {
-        n += fread(s + n, 1, cap - n, fp);
-        if (n < cap)
-            break;
-        char *t = realloc(s, cap * 2);
-        if (!t) {
-            free(s);
-            s = NULL;
-            break;
-        }
-        s = t;
-        cap *= 2;
-    }
-    int bad = s ? ferror(fp) : 0;
-    fclose(fp);
-    if (!s) {
-        dvl_errf(err, DVL_ENOMEM, "%s: out of memory", path);
-        return NULL;
-    }
-    if (bad) {
-        free(s);
-        dvl_errf(err, DVL_EIO, "%s: read error", path);
-        return NULL;
-    }
-    s[n] = '\0'; /* n < cap here */
-    *len = n;
-    return s;
-}
 
 /* A shard named by the index must be a plain file name in the index's folder:
  * anything else could point outside it. */
@@ -179,7 +143,7 @@ static dvl_st_index *open_json(const char *path, dvl_err *err)
     if (!ix)
         return NULL;
     size_t len;
-    char *text = read_text(path, &len, err);
+    char *text = dvl_read_file(path, &len, err);
     if (!text) {
         dvl_st_index_close(ix);
         return NULL;

@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "core/file.h"
 #include "text/tokenizer_impl.h"
 
 /* Ids above this are refused: the decode tables are dense over ids. */
@@ -22,41 +23,8 @@ static const char gpt2_regex[] =
 
 static char *read_file(const char *path, size_t *len, bool *missing, dvl_err *err)
 {
-    *missing = false;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *missing = errno == ENOENT;
-        dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (cap - n < 65536) {
-            cap = cap ? 2 * cap : 1 << 20;
-            char *p = realloc(buf, cap);
-            if (!p) {
-                free(buf);
-                fclose(f);
-                dvl_errf(err, DVL_ENOMEM, "%s: out of memory reading the file", path);
-                return NULL;
-            }
-            buf = p;
-        }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        n += got;
-        if (got == 0)
-            break;
-    }
-    bool bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        dvl_errf(err, DVL_EIO, "%s: read error", path);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
+    char *buf = dvl_read_file(path, len, err);
+    *missing = !buf && errno == ENOENT;
     return buf;
 }
 
