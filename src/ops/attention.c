@@ -191,11 +191,9 @@ dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor
             return NULL;
         *saved = *mask;
         if (mask->key_valid) {
-            uint8_t *kv = dvl_alloc(ctx, (size_t)(N * Tk));
-            if (!kv)
+            saved->key_valid = dvl_arena_dup(ctx, mask->key_valid, (size_t)(N * Tk));
+            if (!saved->key_valid)
                 return NULL;
-            memcpy(kv, mask->key_valid, (size_t)(N * Tk));
-            saved->key_valid = kv;
         }
     }
 

@@ -118,13 +118,10 @@ dvl_tensor *dvl_cross_entropy(dvl_ctx *ctx, dvl_tensor *logits, const int32_t *l
     }
     if (dvl_needs_grad(ctx, &logits, 1)) {
         dvl_node *node = dvl_record(ctx, "cross_entropy", cross_entropy_backward, out, &logits, 1);
-        int32_t *lab = dvl_alloc(ctx, (size_t)n * sizeof *lab);
-        float *wt = weight ? dvl_alloc(ctx, (size_t)n * sizeof *wt) : NULL;
+        int32_t *lab = dvl_arena_dup(ctx, labels, (size_t)n * sizeof *labels);
+        float *wt = weight ? dvl_arena_dup(ctx, weight, (size_t)n * sizeof *weight) : NULL;
         if (!node || !lab || (weight && !wt))
             return NULL;
-        memcpy(lab, labels, (size_t)n * sizeof *lab);
-        if (weight)
-            memcpy(wt, weight, (size_t)n * sizeof *wt);
         node->p[0] = logits->device == DVL_CPU ? (void *)lab : (void *)lab_d;
         node->p[1] = logits->device == DVL_CPU ? wt : wt_d;
         node->p[2] = rowmax;

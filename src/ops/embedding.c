@@ -82,12 +82,9 @@ dvl_tensor *dvl_embedding(dvl_ctx *ctx, dvl_tensor *w, const int32_t *ids, int64
     }
 
     if (dvl_needs_grad(ctx, &w, 1)) {
-        /* The caller's ids may change before backward runs: keep a copy. */
-        int32_t *saved = dvl_alloc(ctx, (size_t)n * sizeof *saved);
+        int32_t *saved = dvl_arena_dup(ctx, ids, (size_t)n * sizeof *ids);
         if (!saved)
             return NULL;
-        if (n)
-            memcpy(saved, ids, (size_t)n * sizeof *saved);
         dvl_node *node = dvl_record(ctx, "embedding", embedding_backward, out, &w, 1);
         if (!node)
             return NULL;

@@ -213,12 +213,9 @@ dvl_tensor *dvl_gather_rows(dvl_ctx *ctx, dvl_tensor *x, const int32_t *idx, int
         return dvl_fail(ctx, "gather_rows: device not supported");
     }
     if (dvl_needs_grad(ctx, &x, 1)) {
-        /* The caller's indices may change before backward runs. */
-        int32_t *saved = dvl_alloc(ctx, (size_t)n * sizeof *saved);
+        int32_t *saved = dvl_arena_dup(ctx, idx, (size_t)n * sizeof *idx);
         if (!saved)
             return NULL;
-        if (n)
-            memcpy(saved, idx, (size_t)n * sizeof *saved);
         dvl_node *node = dvl_record(ctx, "gather_rows", gather_rows_backward, out, &x, 1);
         if (!node)
             return NULL;

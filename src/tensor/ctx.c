@@ -263,6 +263,14 @@ void *dvl_calloc(dvl_ctx *ctx, size_t bytes)
     return p;
 }
 
+void *dvl_arena_dup(dvl_ctx *ctx, const void *src, size_t bytes)
+{
+    void *p = dvl_alloc(ctx, bytes);
+    if (p && bytes)
+        memcpy(p, src, bytes);
+    return p;
+}
+
 size_t dvl_arena_used(const dvl_ctx *ctx) { return ctx->used_total + ctx->dused_total; }
 
 void *dvl_alloc_dev(dvl_ctx *ctx, size_t bytes)

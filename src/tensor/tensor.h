@@ -100,6 +100,10 @@ void *dvl_fail(dvl_ctx *ctx, const char *fmt, ...) __attribute__((format(printf,
  * context's error set) only when the system is out of memory. */
 void *dvl_alloc(dvl_ctx *ctx, size_t bytes);
 void *dvl_calloc(dvl_ctx *ctx, size_t bytes);
+/* A copy of `bytes` of caller memory in the arena: ops keep the caller's
+ * arrays (ids, labels, masks) this way, since the caller may change them
+ * before backward runs. */
+void *dvl_arena_dup(dvl_ctx *ctx, const void *src, size_t bytes);
 /* Bytes of arena in use now and the largest block size held. */
 size_t dvl_arena_used(const dvl_ctx *ctx);
 /* Number of malloc calls the arena has made since the context was created
