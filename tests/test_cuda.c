@@ -1130,6 +1130,482 @@ START_TEST(attention_matches_cpu_all_masks)
 }
 END_TEST
 
+#ifdef DVL_HAVE_CUDA
+/* Key padding for check_attention_sizes: every 11th key of the [N, tk]
+ * layout and key 0 of sequence 1 (so its causal query 0 sees nothing). */
+static void pad_pattern(uint8_t *pad, int64_t n, int64_t tk)
+{
+    for (int64_t i = 0; i < n * tk; i++)
+        pad[i] = !(i % 11 == 3 || i == tk);
+}
+#endif
+
+/* The tiled kernel (the op's path for heads up to DVL_CUDA_ATTN_MAX_D)
+ * against the CPU op on odd sizes: T = 1, 7, 33, 130, 257 (one key tile,
+ * partial tiles, several tiles, a skipped tile), head sizes 5, 64 and 128
+ * (padded to 32, 64, 128 inside) rotating over the rules so every rule
+ * meets every head size, GQA 2:1, 4:1 and 3:1 and plain multi-head, key
+ * padding, rows that see no key (causal query 0 of a sequence whose key 0
+ * is padding). Then heads of 160, past the tiled kernel, through the
+ * reference kernel. Forward and dq, dk, dv: rel_err <= 1e-4 (f32 sums in
+ * other orders than the CPU's; the tiled kernel is ~5e-7 from a double
+ * reference on these shapes). */
+START_TEST(attention_tiled_matches_cpu_sizes)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    static const int64_t Ts[5] = {1, 7, 33, 130, 257};
+    static const int64_t Ds[3] = {5, 64, 128};
+    static uint8_t pad[2 * 600];
+    char name[128];
+    for (int t = 0; t < 5; t++) {
+        const int64_t T = Ts[t], L = (T + 1) / 2, tq = T < 5 ? T : 5;
+        struct {
+            const char *rule;
+            dvl_mask m;
+            int64_t N, tq, tk, hq, hkv;
+            bool padded;
+        } cs[7] = {
+            {"BIDIR", {.kind = DVL_MASK_BIDIR}, 2, T, T, 4, 2, false},
+            {"CAUSAL padded", {.kind = DVL_MASK_CAUSAL}, 2, T, T, 4, 1, true},
+            {"BLOCK_DIFF B=4", {.kind = DVL_MASK_BLOCK_DIFF, .block_size = 4, .half = L}, 2,
+             2 * L, 2 * L, 4, 2, false},
+            {"BLOCK_DIFF B=8 padded", {.kind = DVL_MASK_BLOCK_DIFF, .block_size = 8, .half = L},
+             2, 2 * L, 2 * L, 2, 2, true},
+            {"BLOCK_CAUSAL B=3", {.kind = DVL_MASK_BLOCK_CAUSAL, .block_size = 3}, 1, T, T, 6, 2,
+             false},
+            {"BLOCK_CAUSAL cache padded",
+             {.kind = DVL_MASK_BLOCK_CAUSAL, .block_size = 4, .q_offset = T}, 2, tq, T + tq, 4, 2,
+             true},
+            {"CAUSAL cache", {.kind = DVL_MASK_CAUSAL, .q_offset = T}, 1, tq, T + tq, 4, 4, false},
+        };
+        for (int r = 0; r < 7; r++) {
+            const int64_t D = Ds[(t + r) % 3];
+            ck_assert_int_le(cs[r].N * cs[r].tk, (int64_t)sizeof pad);
+            if (cs[r].padded) {
+                pad_pattern(pad, cs[r].N, cs[r].tk);
+                cs[r].m.key_valid = pad;
+            }
+            snprintf(name, sizeof name, "attention %s Tq=%lld Tk=%lld D=%lld", cs[r].rule,
+                     (long long)cs[r].tq, (long long)cs[r].tk, (long long)D);
+            op_case c = {.name = name, .n_in = 3, .ndim = {4, 4, 4},
+                         .shape = {{cs[r].N, cs[r].tq, cs[r].hq, D},
+                                   {cs[r].N, cs[r].tk, cs[r].hkv, D},
+                                   {cs[r].N, cs[r].tk, cs[r].hkv, D}},
+                         .grad = {true, true, true}, .run = r_attention, .mask = cs[r].m,
+                         .f = 1.0f / sqrtf((float)D), .fwd_tol = 1e-4, .grad_tol = 1e-4};
+            check_case(&c);
+        }
+    }
+    /* The training rule at T = 258 with every head size. */
+    for (int d = 0; d < 3; d++) {
+        snprintf(name, sizeof name, "attention BLOCK_DIFF B=8 T=258 D=%lld", (long long)Ds[d]);
+        op_case c = {.name = name, .n_in = 3, .ndim = {4, 4, 4},
+                     .shape = {{1, 258, 4, Ds[d]}, {1, 258, 2, Ds[d]}, {1, 258, 2, Ds[d]}},
+                     .grad = {true, true, true}, .run = r_attention,
+                     .mask = {.kind = DVL_MASK_BLOCK_DIFF, .block_size = 8, .half = 129},
+                     .f = 1.0f / sqrtf((float)Ds[d]), .fwd_tol = 1e-4, .grad_tol = 1e-4};
+        check_case(&c);
+    }
+    /* Heads past DVL_CUDA_ATTN_MAX_D: the reference kernel. */
+    ck_assert(dvl_cuda_attention_tiled(128) && !dvl_cuda_attention_tiled(160));
+    pad_pattern(pad, 2, 34);
+    const dvl_mask long_heads[2] = {{.kind = DVL_MASK_BLOCK_DIFF, .block_size = 4, .half = 17},
+                                    {.kind = DVL_MASK_CAUSAL, .key_valid = pad}};
+    for (int i = 0; i < 2; i++) {
+        op_case c = {.name = i ? "attention CAUSAL padded D=160 (reference kernel)"
+                               : "attention BLOCK_DIFF D=160 (reference kernel)",
+                     .n_in = 3, .ndim = {4, 4, 4},
+                     .shape = {{2, 34, 4, 160}, {2, 34, 2, 160}, {2, 34, 2, 160}},
+                     .grad = {true, true, true}, .run = r_attention, .mask = long_heads[i],
+                     .f = 1.0f / sqrtf(160.0f), .fwd_tol = 1e-4, .grad_tol = 1e-4};
+        check_case(&c);
+    }
+    /* Only dv wanted (q, k frozen): the dQ kernel is not launched, the kv
+     * kernel writes dv alone. */
+    op_case c = {.name = "attention BLOCK_DIFF, q and k frozen", .n_in = 3, .ndim = {4, 4, 4},
+                 .shape = {{2, 130, 4, 64}, {2, 130, 2, 64}, {2, 130, 2, 64}},
+                 .grad = {false, false, true}, .run = r_attention,
+                 .mask = {.kind = DVL_MASK_BLOCK_DIFF, .block_size = 8, .half = 65},
+                 .f = 0.125f, .fwd_tol = 1e-4, .grad_tol = 1e-4};
+    check_case(&c);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+#ifdef DVL_HAVE_CUDA
+/* A device tensor's data or gradient into a new host array. */
+static float *tensor_host(dvl_ctx *ctx, const dvl_tensor *t, bool grad)
+{
+    float *h = malloc((size_t)dvl_numel(t) * sizeof(float));
+    ck_assert_ptr_nonnull(h);
+    int rc = grad ? dvl_tensor_grad_to_host(ctx, t, h) : dvl_tensor_to_host(ctx, t, h);
+    ck_assert_msg(rc == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
+    return h;
+}
+#endif
+
+/* Rows that see no key (every key of sequence 0 padded; key 0 of sequence
+ * 1 padded under the causal rule, so its query 0 sees nothing) output
+ * exactly zero and get exactly zero dq, as the CPU; padded keys get exactly
+ * zero dk and dv; nothing is NaN. T = 70 spans two key tiles, D = 64. */
+START_TEST(attention_tiled_masked_rows_are_zero)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    enum { N = 2, T = 70, HQ = 4, HKV = 2, D = 64 };
+    uint8_t pad[N * T];
+    for (int j = 0; j < T; j++) {
+        pad[j] = 0;                    /* sequence 0: no key at all */
+        pad[T + j] = j != 0 && j < 64; /* sequence 1: key 0 and keys 64.. padded */
+    }
+    const dvl_mask m = {.kind = DVL_MASK_CAUSAL, .key_valid = pad};
+    dvl_err err = {0, ""};
+    dvl_ctx *ctx = dvl_ctx_new_err(DVL_CUDA, &err);
+    ck_assert_msg(ctx != NULL, "%s", err.msg);
+    const int64_t sq[4] = {N, T, HQ, D}, sk[4] = {N, T, HKV, D};
+    float *hq = host_randn(N * T * HQ * D, 81, 1.0f), *hk = host_randn(N * T * HKV * D, 82, 1.0f);
+    float *hv = host_randn(N * T * HKV * D, 83, 1.0f), *seed = host_randn(N * T * HQ * D, 84, 1.0f);
+    dvl_tensor *q = dvl_from_host(ctx, DVL_F32, 4, sq, hq);
+    dvl_tensor *k = dvl_from_host(ctx, DVL_F32, 4, sk, hk);
+    dvl_tensor *v = dvl_from_host(ctx, DVL_F32, 4, sk, hv);
+    ck_assert(q && k && v);
+    q->requires_grad = k->requires_grad = v->requires_grad = true;
+    dvl_tensor *o = dvl_attention(ctx, q, k, v, &m, 0.125f);
+    ck_assert_msg(o != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_msg(dvl_backward_seed(ctx, o, seed) == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
+    float *ho = tensor_host(ctx, o, false), *gq = tensor_host(ctx, q, true);
+    float *gk = tensor_host(ctx, k, true), *gv = tensor_host(ctx, v, true);
+    int64_t nonzero = 0;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t i = 0; i < T; i++)
+            for (int64_t h = 0; h < HQ; h++)
+                for (int64_t d = 0; d < D; d++) {
+                    const int64_t x = ((n * T + i) * HQ + h) * D + d;
+                    ck_assert_msg(isfinite(ho[x]) && isfinite(gq[x]), "out or dq [%lld] not finite",
+                                  (long long)x);
+                    const bool empty = n == 0 || i == 0;
+                    if (empty)
+                        ck_assert_msg(ho[x] == 0.0f && gq[x] == 0.0f,
+                                      "row (n %lld, i %lld, h %lld) sees no key but out %g, dq %g",
+                                      (long long)n, (long long)i, (long long)h, (double)ho[x],
+                                      (double)gq[x]);
+                    else
+                        nonzero += ho[x] != 0.0f;
+                }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < T; j++)
+            for (int64_t d = 0; d < HKV * D; d++) {
+                const int64_t x = (n * T + j) * HKV * D + d;
+                ck_assert_msg(isfinite(gk[x]) && isfinite(gv[x]), "dk or dv [%lld] not finite",
+                              (long long)x);
+                if (!pad[n * T + j])
+                    ck_assert_msg(gk[x] == 0.0f && gv[x] == 0.0f,
+                                  "padded key (n %lld, j %lld) got dk %g, dv %g", (long long)n,
+                                  (long long)j, (double)gk[x], (double)gv[x]);
+            }
+    ck_assert_msg(nonzero > (int64_t)(T - 1) * HQ * D / 2, "only %lld visible outputs nonzero",
+                  (long long)nonzero);
+    free(hq), free(hk), free(hv), free(seed), free(ho), free(gq), free(gk), free(gv);
+    dvl_ctx_free(ctx);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+#ifdef DVL_HAVE_CUDA
+/* One attention problem on raw device buffers for the kernel-level tests. */
+typedef struct att_bufs {
+    float *q, *k, *v, *dout, *out, *lse, *dq, *dk, *dv, *scratch;
+} att_bufs;
+
+static void att_bufs_new(att_bufs *b, const float *q, const float *k, const float *v,
+                         const float *dout, int64_t nq, int64_t nk, int64_t rows,
+                         int64_t scratch_floats)
+{
+    dvl_err err = {0, ""};
+    b->q = upload(q, nq), b->k = upload(k, nk), b->v = upload(v, nk), b->dout = upload(dout, nq);
+    b->out = dev_alloc((size_t)nq * sizeof(float));
+    b->lse = dev_alloc((size_t)rows * sizeof(float));
+    b->dq = dev_alloc((size_t)nq * sizeof(float));
+    b->dk = dev_alloc((size_t)nk * sizeof(float));
+    b->dv = dev_alloc((size_t)nk * sizeof(float));
+    b->scratch = dev_alloc((size_t)(scratch_floats > 0 ? scratch_floats : 1) * sizeof(float));
+    ck_assert_msg(dvl_cuda_memset_zero(b->dq, (size_t)nq * sizeof(float), &err) == DVL_OK &&
+                      dvl_cuda_memset_zero(b->dk, (size_t)nk * sizeof(float), &err) == DVL_OK &&
+                      dvl_cuda_memset_zero(b->dv, (size_t)nk * sizeof(float), &err) == DVL_OK,
+                  "%s", err.msg);
+}
+
+static void att_bufs_free(att_bufs *b)
+{
+    float *p[10] = {b->q, b->k, b->v, b->dout, b->out, b->lse, b->dq, b->dk, b->dv, b->scratch};
+    for (int i = 0; i < 10; i++)
+        dvl_cuda_free(p[i]);
+}
+
+/* The tiled kernels against the reference kernel on the same device
+ * buffers (out, lse, dq, dk, dv: rel_err <= 1e-4; lse +inf in the same
+ * places), and a second tiled run bitwise equal to the first (sums in an
+ * order fixed by the sizes). */
+static void check_tiled_vs_ref(const char *name, int64_t N, int64_t Tq, int64_t Tk, int64_t Hq,
+                               int64_t Hkv, int64_t D, const dvl_mask *m)
+{
+    const int64_t nq = N * Tq * Hq * D, nk = N * Tk * Hkv * D, rows = N * Hq * Tq;
+    const float scale = 1.0f / sqrtf((float)D);
+    float *hq = host_randn(nq, 91, 1.0f), *hk = host_randn(nk, 92, 1.0f);
+    float *hv = host_randn(nk, 93, 1.0f), *hdo = host_randn(nq, 94, 1.0f);
+    uint8_t *kv = NULL;
+    dvl_err err = {0, ""};
+    if (m->key_valid) {
+        kv = dev_alloc((size_t)(N * Tk));
+        ck_assert_msg(dvl_cuda_memcpy_h2d(kv, m->key_valid, (size_t)(N * Tk), &err) == DVL_OK,
+                      "%s", err.msg);
+    }
+    att_bufs t[2], r;
+    for (int run = 0; run < 2; run++) {
+        att_bufs_new(&t[run], hq, hk, hv, hdo, nq, nk, rows,
+                     dvl_cuda_attention_scratch(N, Tq, Tk, Hq, D, true));
+        ck_assert_msg(dvl_cuda_attention_fwd(t[run].out, t[run].lse, NULL, t[run].q, t[run].k,
+                                             t[run].v, N, Tq, Tk, Hq, Hkv, D, (int)m->kind,
+                                             m->block_size, m->half, m->q_offset, kv, scale,
+                                             &err) == DVL_OK,
+                      "%s forward: %s", name, err.msg);
+        ck_assert_msg(dvl_cuda_attention_bwd(t[run].dq, t[run].dk, t[run].dv, t[run].scratch,
+                                             t[run].dout, t[run].out, t[run].lse, t[run].q,
+                                             t[run].k, t[run].v, N, Tq, Tk, Hq, Hkv, D,
+                                             (int)m->kind, m->block_size, m->half, m->q_offset,
+                                             kv, scale, &err) == DVL_OK,
+                      "%s backward: %s", name, err.msg);
+    }
+    att_bufs_new(&r, hq, hk, hv, hdo, nq, nk, rows,
+                 2 * dvl_cuda_attention_ref_scratch(N, Tq, Tk, Hq));
+    dvl_cuda_attention_ref_fwd(r.out, r.lse, r.scratch, r.q, r.k, r.v, N, Tq, Tk, Hq, Hkv, D,
+                               (int)m->kind, m->block_size, m->half, m->q_offset, kv, scale);
+    dvl_cuda_attention_ref_bwd(r.dq, r.dk, r.dv, r.scratch, r.dout, r.out, r.lse, r.q, r.k, r.v,
+                               N, Tq, Tk, Hq, Hkv, D, (int)m->kind, m->block_size, m->half,
+                               m->q_offset, kv, scale);
+    ck_assert_msg(dvl_cuda_check(name, &err) == DVL_OK, "%s", err.msg);
+    const char *what[5] = {"out", "lse", "dq", "dk", "dv"};
+    const int64_t len[5] = {nq, rows, nq, nk, nk};
+    printf("test_cuda: %-44s tiled vs reference kernel:", name);
+    float *dev[3][5] = {{t[0].out, t[0].lse, t[0].dq, t[0].dk, t[0].dv},
+                        {t[1].out, t[1].lse, t[1].dq, t[1].dk, t[1].dv},
+                        {r.out, r.lse, r.dq, r.dk, r.dv}};
+    for (int x = 0; x < 5; x++) {
+        float *pt[2] = {download(dev[0][x], len[x]), download(dev[1][x], len[x])};
+        float *pr = download(dev[2][x], len[x]);
+        ck_assert_msg(memcmp(pt[0], pt[1], (size_t)len[x] * sizeof(float)) == 0,
+                      "%s: tiled %s differs between two identical runs", name, what[x]);
+        for (int64_t i = 0; x == 1 && i < len[x]; i++)
+            ck_assert_msg(isinf(pt[0][i]) == isinf(pr[i]),
+                          "%s: lse[%lld] tiled %g, reference %g", name, (long long)i,
+                          (double)pt[0][i], (double)pr[i]);
+        const double e = rel_err(pt[0], pr, len[x]); /* skips +inf reference entries */
+        printf(" %s %.2e", what[x], e);
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s: tiled %s vs reference kernel", name, what[x]);
+        CHECK_ERR(msg, e, 1e-4);
+        free(pt[0]), free(pt[1]), free(pr);
+    }
+    printf("\n");
+    fflush(stdout);
+    att_bufs_free(&t[0]), att_bufs_free(&t[1]), att_bufs_free(&r);
+    dvl_cuda_free(kv);
+    free(hq), free(hk), free(hv), free(hdo);
+}
+#endif
+
+/* Kernel level: the tiled kernels against the old one-row-per-block kernel
+ * (kept as the reference), and rerun determinism. Qwen2.5-0.5B heads (14 on
+ * 2 kv heads of 64) under block diffusion; 128-float heads, causal with
+ * padding; a KV-cache step. Tolerances in check_tiled_vs_ref. */
+START_TEST(attention_tiled_matches_reference_kernel)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    static uint8_t pad[2 * 300];
+    const dvl_mask bd = {.kind = DVL_MASK_BLOCK_DIFF, .block_size = 8, .half = 96};
+    check_tiled_vs_ref("BLOCK_DIFF L=96 B=8 14/2 heads D=64", 1, 192, 192, 14, 2, 64, &bd);
+    pad_pattern(pad, 2, 257);
+    const dvl_mask cp = {.kind = DVL_MASK_CAUSAL, .key_valid = pad};
+    check_tiled_vs_ref("CAUSAL padded T=257 4/2 heads D=128", 2, 257, 257, 4, 2, 128, &cp);
+    pad_pattern(pad, 2, 261);
+    const dvl_mask kc = {.kind = DVL_MASK_BLOCK_CAUSAL, .block_size = 4, .q_offset = 256,
+                         .key_valid = pad};
+    check_tiled_vs_ref("BLOCK_CAUSAL cache 5 on 261 keys D=40", 2, 5, 261, 6, 3, 40, &kc);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* The long-sequence case the tiled kernel exists for: a stage-2 step's
+ * attention at L = 2048 (T = 2L = 4096 under block diffusion, B = 8), 14
+ * query heads on 2 kv heads of 64 (Qwen2.5-0.5B), forward and backward
+ * through the op. The op's device arena grows by less than 128 MiB and the
+ * device's free memory drops by less than 512 MiB (arena chunks may
+ * overshoot), where the [N, Hq, T, T] scores alone take 0.94 GB (the
+ * reference kernel's forward scratch; backward needs twice that). Against
+ * the CPU op: rel_err <= 2e-4 (sums over up to 4096 keys and, for dk, dv,
+ * 7 heads x 4096 queries). */
+START_TEST(attention_tiled_long_sequence_bounded_memory)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    const int64_t L = 2048, T = 2 * L, HQ = 14, HKV = 2, D = 64;
+    const dvl_mask m = {.kind = DVL_MASK_BLOCK_DIFF, .block_size = 8, .half = L};
+    const int64_t sq[4] = {1, T, HQ, D}, sk[4] = {1, T, HKV, D};
+    const int64_t nq = T * HQ * D, nk = T * HKV * D;
+    float *hin[3] = {host_randn(nq, 71, 1.0f), host_randn(nk, 72, 1.0f), host_randn(nk, 73, 1.0f)};
+    float *seed = host_randn(nq, 74, 1.0f);
+    float *res[2][4]; /* [cpu, cuda][out, dq, dk, dv] */
+    size_t free0 = 0, free1 = 0, total = 0, used0 = 0, used1 = 0;
+    for (int dev = 0; dev < 2; dev++) {
+        dvl_err err = {0, ""};
+        dvl_ctx *ctx = dvl_ctx_new_err(dev ? DVL_CUDA : DVL_CPU, &err);
+        ck_assert_msg(ctx != NULL, "%s", err.msg);
+        dvl_tensor *t[3];
+        for (int i = 0; i < 3; i++) {
+            t[i] = dvl_from_host(ctx, DVL_F32, 4, i ? sk : sq, hin[i]);
+            ck_assert_ptr_nonnull(t[i]);
+            t[i]->requires_grad = true;
+        }
+        if (dev) {
+            ck_assert_msg(dvl_cuda_sync("long attention inputs", &err) == DVL_OK, "%s", err.msg);
+            ck_assert_msg(dvl_cuda_mem_info(&free0, &total, &err) == DVL_OK, "%s", err.msg);
+            used0 = dvl_arena_used(ctx);
+        }
+        const double t0 = now_s();
+        dvl_tensor *o = dvl_attention(ctx, t[0], t[1], t[2], &m, 0.125f);
+        ck_assert_msg(o != NULL, "%s", dvl_ctx_err(ctx)->msg);
+        ck_assert_msg(dvl_backward_seed(ctx, o, seed) == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
+        if (dev) {
+            ck_assert_msg(dvl_cuda_sync("long attention", &err) == DVL_OK, "%s", err.msg);
+            ck_assert_msg(dvl_cuda_mem_info(&free1, &total, &err) == DVL_OK, "%s", err.msg);
+            used1 = dvl_arena_used(ctx);
+        }
+        printf("test_cuda: attention BLOCK_DIFF T=4096 14/2 heads D=64 forward + backward on %s: "
+               "%.1f ms (first call)\n",
+               dev ? "cuda" : "cpu", (now_s() - t0) * 1e3);
+        res[dev][0] = tensor_host(ctx, o, false);
+        for (int i = 0; i < 3; i++)
+            res[dev][1 + i] = tensor_host(ctx, t[i], true);
+        dvl_ctx_free(ctx);
+    }
+    const double scores = (double)HQ * T * T * sizeof(float);
+    const double grew = (double)(used1 - used0), dropped = (double)free0 - (double)free1;
+    printf("test_cuda: long attention: arena +%.1f MiB, device free memory -%.1f MiB "
+           "(scores would be %.1f MiB)\n",
+           grew / 1048576.0, dropped / 1048576.0, scores / 1048576.0);
+    ck_assert_msg(grew < 128.0 * 1048576.0, "arena grew by %.1f MiB", grew / 1048576.0);
+    ck_assert_msg(dropped < 512.0 * 1048576.0, "free device memory dropped by %.1f MiB",
+                  dropped / 1048576.0);
+    const char *what[4] = {"out", "dq", "dk", "dv"};
+    const int64_t len[4] = {nq, nq, nk, nk};
+    for (int x = 0; x < 4; x++) {
+        const double e = rel_err(res[1][x], res[0][x], len[x]);
+        printf("test_cuda: long attention %s rel_err %.2e (tol 2e-4)\n", what[x], e);
+        char msg[64];
+        snprintf(msg, sizeof msg, "long attention %s", what[x]);
+        CHECK_ERR(msg, e, 2e-4);
+        free(res[0][x]), free(res[1][x]);
+    }
+    fflush(stdout);
+    free(hin[0]), free(hin[1]), free(hin[2]), free(seed);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* Not an assertion: tiled attention forward and forward + backward at
+ * T = 4096 (Qwen2.5-0.5B heads, 14 on 2 of 64), under block diffusion
+ * (L = 2048, B = 8) and causal, mean of 5 after a warm-up; the reference
+ * kernel once for comparison. Useful FLOPs: 4 D Hq per allowed (query,
+ * key) pair forward, 2.5 times that backward (FlashAttention's count). */
+START_TEST(attention_timing_print)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    const int64_t T = 4096, HQ = 14, HKV = 2, D = 64, nq = T * HQ * D, nk = T * HKV * D;
+    const dvl_mask masks[2] = {{.kind = DVL_MASK_BLOCK_DIFF, .block_size = 8, .half = T / 2},
+                               {.kind = DVL_MASK_CAUSAL}};
+    float *hq = host_randn(nq, 1, 1.0f), *hk = host_randn(nk, 2, 1.0f);
+    float *hv = host_randn(nk, 3, 1.0f), *hdo = host_randn(nq, 4, 1.0f);
+    dvl_err err = {0, ""};
+    for (int mi = 0; mi < 2; mi++) {
+        const dvl_mask *m = &masks[mi];
+        double pairs = 0;
+        for (int64_t i = 0; i < T; i++)
+            for (int64_t j = 0; j < T; j++)
+                pairs += dvl_mask_allows(m, i, j);
+        const double fwd_flops = 4.0 * D * HQ * pairs;
+        att_bufs b;
+        att_bufs_new(&b, hq, hk, hv, hdo, nq, nk, HQ * T,
+                     dvl_cuda_attention_scratch(1, T, T, HQ, D, true));
+        double tf = 0, tb = 0;
+        for (int it = 0; it < 6; it++) {
+            ck_assert_msg(dvl_cuda_sync("attention timing", &err) == DVL_OK, "%s", err.msg);
+            const double t0 = now_s();
+            ck_assert_msg(dvl_cuda_attention_fwd(b.out, b.lse, NULL, b.q, b.k, b.v, 1, T, T, HQ,
+                                                 HKV, D, (int)m->kind, m->block_size, m->half,
+                                                 0, NULL, 0.125f, &err) == DVL_OK,
+                          "%s", err.msg);
+            ck_assert_msg(dvl_cuda_sync("attention timing", &err) == DVL_OK, "%s", err.msg);
+            const double t1 = now_s();
+            ck_assert_msg(dvl_cuda_attention_bwd(b.dq, b.dk, b.dv, b.scratch, b.dout, b.out,
+                                                 b.lse, b.q, b.k, b.v, 1, T, T, HQ, HKV, D,
+                                                 (int)m->kind, m->block_size, m->half, 0, NULL,
+                                                 0.125f, &err) == DVL_OK,
+                          "%s", err.msg);
+            ck_assert_msg(dvl_cuda_sync("attention timing", &err) == DVL_OK, "%s", err.msg);
+            if (it > 0)
+                tf += (t1 - t0) / 5, tb += (now_s() - t1) / 5;
+        }
+        printf("test_cuda: tiled attention %s T=4096 14/2 heads D=64: forward %.2f ms (%.1f "
+               "TFLOP/s), backward %.2f ms (%.1f TFLOP/s)\n",
+               mi ? "CAUSAL" : "BLOCK_DIFF", tf * 1e3, fwd_flops / tf * 1e-12, tb * 1e3,
+               2.5 * fwd_flops / tb * 1e-12);
+        att_bufs_free(&b);
+        if (mi == 0) { /* the reference kernel, once after a warm-up */
+            att_bufs r;
+            att_bufs_new(&r, hq, hk, hv, hdo, nq, nk, HQ * T,
+                         2 * dvl_cuda_attention_ref_scratch(1, T, T, HQ));
+            double t0 = 0;
+            for (int it = 0; it < 2; it++) {
+                ck_assert_msg(dvl_cuda_sync("reference timing", &err) == DVL_OK, "%s", err.msg);
+                t0 = now_s();
+                dvl_cuda_attention_ref_fwd(r.out, r.lse, r.scratch, r.q, r.k, r.v, 1, T, T, HQ,
+                                           HKV, D, (int)m->kind, m->block_size, m->half, 0,
+                                           NULL, 0.125f);
+                dvl_cuda_attention_ref_bwd(r.dq, r.dk, r.dv, r.scratch, r.dout, r.out, r.lse,
+                                           r.q, r.k, r.v, 1, T, T, HQ, HKV, D, (int)m->kind,
+                                           m->block_size, m->half, 0, NULL, 0.125f);
+            }
+            ck_assert_msg(dvl_cuda_sync("reference timing", &err) == DVL_OK, "%s", err.msg);
+            printf("test_cuda: reference attention BLOCK_DIFF T=4096: forward + backward %.2f "
+                   "ms\n",
+                   (now_s() - t0) * 1e3);
+            att_bufs_free(&r);
+        }
+    }
+    fflush(stdout);
+    free(hq), free(hk), free(hv), free(hdo);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
 /* The CUDA context itself: device tensors, zeros, host round trips, the
  * arena's steady state (a reset after growth consolidates; the next
  * identical step allocates nothing), a device parameter store. Without a
@@ -1450,6 +1926,10 @@ static Suite *suite(void)
     tcase_add_test(tc, index_ops_match_cpu);
     tcase_add_test(tc, cross_entropy_matches_cpu);
     tcase_add_test(tc, attention_matches_cpu_all_masks);
+    tcase_add_test(tc, attention_tiled_matches_cpu_sizes);
+    tcase_add_test(tc, attention_tiled_masked_rows_are_zero);
+    tcase_add_test(tc, attention_tiled_matches_reference_kernel);
+    tcase_add_test(tc, attention_tiled_long_sequence_bounded_memory);
     tcase_add_test(tc, toy_model_step_matches_cpu);
     tcase_add_test(tc, adamw_device_store_matches_cpu);
     /* Each test creates CUDA contexts and cuBLAS handles in a fresh child
@@ -1462,6 +1942,7 @@ static Suite *suite(void)
     TCase *timing = tcase_create("timing");
     tcase_add_test(timing, gemm_throughput_4096_print);
     tcase_add_test(timing, toy_model_step_timing_print);
+    tcase_add_test(timing, attention_timing_print);
     tcase_set_timeout(timing, 300);
     suite_add_tcase(s, timing);
     return s;

@@ -57,15 +57,16 @@ static void attention_backward(dvl_ctx *ctx, dvl_node *node)
 #ifdef DVL_HAVE_CUDA
     case DVL_CUDA: {
         /* p[2]: the device copy of key_valid (NULL without padding). */
-        float *scratch = dvl_alloc_dev(
-            ctx, 2 * (size_t)dvl_cuda_attention_scratch(N, Tq, Tk, Hq) * sizeof(float));
-        if (!scratch)
+        const int64_t floats = dvl_cuda_attention_scratch(N, Tq, Tk, Hq, D, true);
+        float *scratch = floats ? dvl_alloc_dev(ctx, (size_t)floats * sizeof(float)) : NULL;
+        if (floats && !scratch)
             return;
-        dvl_cuda_attention_bwd(dq, dk, dv, scratch, dout, dvl_f32(out), lse, dvl_f32(q),
-                               dvl_f32(k), dvl_f32(v), N, Tq, Tk, Hq, Hkv, D, (int)mask->kind,
-                               mask->block_size, mask->half, mask->q_offset, node->p[2],
-                               node->f[0]);
-        dvl_ctx_check(ctx, "attention backward");
+        dvl_err e = {0, ""};
+        if (dvl_cuda_attention_bwd(dq, dk, dv, scratch, dout, dvl_f32(out), lse, dvl_f32(q),
+                                   dvl_f32(k), dvl_f32(v), N, Tq, Tk, Hq, Hkv, D,
+                                   (int)mask->kind, mask->block_size, mask->half,
+                                   mask->q_offset, node->p[2], node->f[0], &e) != DVL_OK)
+            dvl_ctx_set_err(ctx, &e);
         break;
     }
 #endif
@@ -209,18 +210,23 @@ dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor
     }
 #ifdef DVL_HAVE_CUDA
     case DVL_CUDA: {
-        float *scratch =
-            dvl_alloc_dev(ctx, (size_t)dvl_cuda_attention_scratch(N, Tq, Tk, Hq) * sizeof(float));
-        if (!scratch)
+        /* No scratch for the tiled kernel; [N, Hq, Tq, Tk] scores for the
+         * reference kernel that takes heads longer than it supports. */
+        const int64_t floats = dvl_cuda_attention_scratch(N, Tq, Tk, Hq, D, false);
+        float *scratch = floats ? dvl_alloc_dev(ctx, (size_t)floats * sizeof(float)) : NULL;
+        if (floats && !scratch)
             return NULL;
         if (mask->key_valid &&
             !(key_valid_d = dvl_dev_copy(ctx, mask->key_valid, (size_t)(N * Tk))))
             return NULL;
-        dvl_cuda_attention_fwd(dvl_f32(out), lse, scratch, dvl_f32(q), dvl_f32(k), dvl_f32(v),
-                               N, Tq, Tk, Hq, Hkv, D, (int)mask->kind, mask->block_size,
-                               mask->half, mask->q_offset, key_valid_d, scale);
-        if (!dvl_ctx_check(ctx, "attention"))
+        dvl_err e = {0, ""};
+        if (dvl_cuda_attention_fwd(dvl_f32(out), lse, scratch, dvl_f32(q), dvl_f32(k),
+                                   dvl_f32(v), N, Tq, Tk, Hq, Hkv, D, (int)mask->kind,
+                                   mask->block_size, mask->half, mask->q_offset, key_valid_d,
+                                   scale, &e) != DVL_OK) {
+            dvl_ctx_set_err(ctx, &e);
             return NULL;
+        }
         break;
     }
 #endif

@@ -1,235 +1,639 @@
-/* Attention on the GPU, the straightforward version: correct under every
- * mask rule, GQA and key padding, deterministic, not fast. The tiled
- * flash-attention kernel (keys in shared-memory tiles, no score matrix in
- * memory) is remaining work; this one keeps one row of scores per query in
- * global scratch [N, Hq, Tq, Tk].
+/* Attention on the GPU, tiled (FlashAttention-2, Dao 2023, alg. 1 and 2):
+ * queries and keys go through shared memory in tiles, the softmax is
+ * computed online over key tiles, and the [Tq, Tk] score matrix never
+ * exists in memory. The forward pass saves one logsumexp per query row;
+ * the backward pass recomputes the scores tile by tile.
  *
  * Layouts as ops/cpu/attention.h: q, out, dout, dq [N, Tq, Hq, D]; k, v,
- * dk, dv [N, Tk, Hkv, D]; lse [N, Hq, Tq]; query head h reads kv head
- * h / (Hq / Hkv). The visible keys of a row are its mask spans
- * (ops/mask_spans.h, the one rule the CPU uses) minus padded keys.
+ * dk, dv [N, Tk, Hkv, D]; lse [N, Hq, Tq] (+inf for a row that sees no
+ * key); query head h reads kv head h / (Hq / Hkv). A row's visible keys are
+ * its mask spans (ops/mask_spans.h, the rule the CPU uses) minus padded
+ * keys. f32 in and out, f32 arithmetic throughout.
  *
- *   forward   (one block per (n, h, i))
- *     s_j = scale q_i . k_j for visible j;  m = max s;  l = sum exp(s_j - m)
- *     lse_i = m + log l;  P_ij = exp(s_j - lse_i);  o_i = sum_j P_ij v_j
- *   backward
- *     kernel A (one block per (n, h, i)): P_ij recomputed, D_i = dO_i . O_i,
- *       dS_ij = P_ij (dO_i . v_j - D_i), dQ_i += scale sum_j dS_ij k_j;
- *       P and dS stored (zeros for invisible keys)
- *     kernel B (one block per (n, hk, j)): dK_j += scale sum dS_ij q_i,
- *       dV_j += sum P_ij dO_i over the group's query heads and rows, in
- *       order: no atomics, so the result is the same on every run. */
+ *   forward   (one block per (n, h, tile of FWD_BQ query rows); for each
+ *              key tile of FWD_BK keys that some row of the tile may see)
+ *     S = scale Q K^T (invisible keys -inf);  m' = max(m, rowmax S)
+ *     P = exp(S - m');  l = l exp(m - m') + rowsum P;  O = O exp(m - m') + P V
+ *     at the end O / l and lse = m + log l (zeros and +inf when l = 0)
+ *   backward, with D_i = dO_i . O_i (FlashAttention-2, sec. 3.1.2) first:
+ *     P = exp(S - lse),  dP = dO V^T,  dS = P (dP - D)
+ *     kernel kv (one block per (n, kv head, tile of KV_BK keys), looping
+ *       over the group's query heads and the query tiles that see it):
+ *       dV += P^T dO,  dK += scale dS^T Q
+ *     kernel q (one block per (n, h, tile of BQ_BQ query rows), looping
+ *       over the key tiles it sees):  dQ += scale dS K
+ * Splitting dQ from dK/dV recomputes S and dP once more than FA-2's single
+ * kernel with atomic dQ updates, but every sum then runs in an order fixed
+ * by the sizes, so reruns give the same bits (as the rest of the backend).
+ *
+ * Skipping: a key tile that no row of the query tile may see (the future of
+ * a causal tile, the other x_t blocks of a block-diffusion tile) is skipped
+ * whole, before it is loaded; the test is one __syncthreads_or over the
+ * tile's rows. Padded keys inside a visited tile are masked per element.
+ *
+ * Threads: 256 per block as a 16 x 16 grid (ty, tx); warp w holds rows
+ * ty = 2w, 2w + 1, each in one half-warp. For a [R, C] product tile, thread
+ * (ty, tx) owns rows ty + 16 i (i < R/16) and columns tx + 16 j (j < C/16),
+ * so a row's 16 owners are one half-warp and row max / row sum are
+ * shuffles within it. Shared-memory rows are padded to DP + 1 floats so
+ * that the 16 threads of a row reading 16 different rows hit 16 banks.
+ *
+ * The head size D is padded with zeros to DP in {32, 64, 128} (a template
+ * parameter, so per-thread arrays stay in registers); longer heads use the
+ * reference kernel (ops/cuda/attention_ref.cu). */
+#include <limits.h>
 #include <math.h>
 
 #include "ops/cuda/common.cuh"
 #include "ops/mask_spans.h"
 
-#define ATT_THREADS 128
+#define FA_THREADS 256
+/* Tile sizes (multiples of 16). Shared memory at DP = 128: forward
+ * 115.7 KB, kv 116.0 KB, q 107.5 KB of floats, plus the row spans: within
+ * the 163 KB a block may opt into on sm_80 and 227 KB on sm_90. */
+#define FWD_BQ 64 /* forward: query rows per block */
+#define FWD_BK 64 /* forward: keys per tile */
+#define KV_BK 64  /* backward kv: keys per block */
+#define KV_BQ 32  /* backward kv: query rows per tile */
+#define BQ_BQ 64  /* backward q: query rows per block */
+#define BQ_BK 32  /* backward q: keys per tile */
 
-struct att_shape {
+struct fa_args {
     int64_t N, Tq, Tk, Hq, Hkv, D;
     int kind;
     int64_t block, half, q_offset;
-    const uint8_t *key_valid;
+    const uint8_t *key_valid; /* [N, Tk] device bytes or NULL */
     float scale;
 };
 
-/* Fixed-shape shared-memory tree over ATT_THREADS values. */
-__device__ static float block_reduce(float v, float *sh, bool is_max)
+/* ------------------------------------------------------------- helpers */
+
+/* Max and sum over the 16 lanes of a half-warp (xor offsets below 16 stay
+ * inside it). Every lane of the warp must call; all 16 lanes of a half get
+ * the same bits (each butterfly step adds the same two values). */
+__device__ static inline float half_max(float v)
 {
-    sh[threadIdx.x] = v;
+    for (int o = 8; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ static inline float half_sum(float v)
+{
+    for (int o = 8; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Query row i's mask spans into lo/hi, empty ([0, 0)) where the rule gives
+ * fewer than two or the row is past the end (a partial last tile). */
+__device__ static inline void row_spans(const fa_args &a, int64_t i, int64_t *lo, int64_t *hi)
+{
+    int64_t l[2] = {0, 0}, h[2] = {0, 0};
+    int n = 0;
+    if (i < a.Tq)
+        n = dvl_spans(a.kind, a.block, a.half, a.q_offset, i, a.Tk, l, h);
+    for (int r = 0; r < 2; r++) {
+        lo[r] = r < n ? l[r] : 0;
+        hi[r] = r < n ? h[r] : 0;
+    }
+}
+
+__device__ static inline bool in_spans(const int64_t *lo, const int64_t *hi, int64_t j)
+{
+    return (j >= lo[0] && j < hi[0]) || (j >= lo[1] && j < hi[1]);
+}
+
+/* Whether a row's spans meet keys [k0, k1). */
+__device__ static inline bool spans_meet(const int64_t *lo, const int64_t *hi, int64_t k0,
+                                         int64_t k1)
+{
+    return (lo[0] < hi[0] && lo[0] < k1 && hi[0] > k0) ||
+           (lo[1] < hi[1] && lo[1] < k1 && hi[1] > k0);
+}
+
+/* Key j of sequence n exists and is not padding. */
+__device__ static inline unsigned char key_ok(const fa_args &a, int64_t n, int64_t j)
+{
+    return j < a.Tk && (!a.key_valid || a.key_valid[n * a.Tk + j]);
+}
+
+/* dst[r][d] (row stride DP + 1) = src[(row0 + r) * stride + d] for the
+ * ROWS x DP tile, zero past the last row (nvalid rows exist) and past D. */
+template <int ROWS, int DP>
+__device__ static inline void load_rows(float *dst, const float *src, int64_t row0,
+                                        int64_t nvalid, int64_t stride, int64_t D)
+{
+    for (int e = threadIdx.x; e < ROWS * DP; e += FA_THREADS) {
+        const int r = e / DP, d = e % DP;
+        dst[r * (DP + 1) + d] = (r < nvalid && d < D) ? src[(row0 + r) * stride + d] : 0.0f;
+    }
+}
+
+/* acc[i][j] = A[ty + 16 i] . B[tx + 16 j] over DP: A [R][DP], B [C][DP]
+ * in shared memory with row stride DP + 1. */
+template <int R, int C, int DP>
+__device__ static inline void mm_abt(float (&acc)[R / 16][C / 16], const float *A,
+                                     const float *B, int ty, int tx)
+{
+#pragma unroll
+    for (int i = 0; i < R / 16; i++)
+#pragma unroll
+        for (int j = 0; j < C / 16; j++)
+            acc[i][j] = 0.0f;
+#pragma unroll 4
+    for (int d = 0; d < DP; d++) {
+        float x[R / 16], y[C / 16];
+#pragma unroll
+        for (int i = 0; i < R / 16; i++)
+            x[i] = A[(ty + 16 * i) * (DP + 1) + d];
+#pragma unroll
+        for (int j = 0; j < C / 16; j++)
+            y[j] = B[(tx + 16 * j) * (DP + 1) + d];
+#pragma unroll
+        for (int i = 0; i < R / 16; i++)
+#pragma unroll
+            for (int j = 0; j < C / 16; j++)
+                acc[i][j] = fmaf(x[i], y[j], acc[i][j]);
+    }
+}
+
+/* acc[i][j] += sum_c P[ty + 16 i][c] V[c][tx + 16 j]: P [R][KC] with row
+ * stride KC + 1, V [KC][DP] with row stride DP + 1, in shared memory. */
+template <int R, int KC, int DP>
+__device__ static inline void mm_ab(float (&acc)[R / 16][DP / 16], const float *P, const float *V,
+                                    int ty, int tx)
+{
+#pragma unroll 4
+    for (int c = 0; c < KC; c++) {
+        float x[R / 16], y[DP / 16];
+#pragma unroll
+        for (int i = 0; i < R / 16; i++)
+            x[i] = P[(ty + 16 * i) * (KC + 1) + c];
+#pragma unroll
+        for (int j = 0; j < DP / 16; j++)
+            y[j] = V[c * (DP + 1) + tx + 16 * j];
+#pragma unroll
+        for (int i = 0; i < R / 16; i++)
+#pragma unroll
+            for (int j = 0; j < DP / 16; j++)
+                acc[i][j] = fmaf(x[i], y[j], acc[i][j]);
+    }
+}
+
+/* Dynamic shared memory of each kernel, in bytes. */
+template <int DP> static size_t fwd_smem()
+{
+    return (size_t)(FWD_BQ * (DP + 1) + 2 * FWD_BK * (DP + 1) + FWD_BQ * (FWD_BK + 1)) *
+           sizeof(float);
+}
+template <int DP> static size_t kv_smem()
+{
+    return (size_t)(2 * KV_BK * (DP + 1) + 2 * KV_BQ * (DP + 1) + 2 * KV_BK * (KV_BQ + 1)) *
+           sizeof(float);
+}
+template <int DP> static size_t q_smem()
+{
+    return (size_t)(2 * BQ_BQ * (DP + 1) + 2 * BQ_BK * (DP + 1) + BQ_BQ * (BQ_BK + 1)) *
+           sizeof(float);
+}
+
+/* -------------------------------------------------------------- forward */
+
+/* blockIdx.x = (n * Hq + h) * qtiles + query tile. */
+template <int DP>
+__global__ static void __launch_bounds__(FA_THREADS)
+    fa_fwd_k(float *out, float *lse, const float *q, const float *k, const float *v, fa_args a,
+             int64_t qtiles)
+{
+    constexpr int BQ = FWD_BQ, BK = FWD_BK, LP = BK + 1;
+    constexpr int RM = BQ / 16, CN = BK / 16, DN = DP / 16;
+    extern __shared__ float smem[];
+    float *Qs = smem, *Ks = Qs + BQ * (DP + 1), *Vs = Ks + BK * (DP + 1), *Ps = Vs + BK * (DP + 1);
+    __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
+    __shared__ unsigned char s_kv[BK];
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int64_t blk = blockIdx.x;
+    const int64_t i0 = (blk % qtiles) * BQ, h = (blk / qtiles) % a.Hq, n = blk / (qtiles * a.Hq);
+    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
+    const float *qb = q + (n * a.Tq * a.Hq + h) * D; /* row i at qb + i qs */
+    const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
+
+    load_rows<BQ, DP>(Qs, qb, i0, a.Tq - i0, qs, D);
+    if (tid < BQ)
+        row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
     __syncthreads();
-    for (int s = ATT_THREADS / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s)
-            sh[threadIdx.x] = is_max ? fmaxf(sh[threadIdx.x], sh[threadIdx.x + s])
-                                     : sh[threadIdx.x] + sh[threadIdx.x + s];
+
+    float m[RM], l[RM], o[RM][DN];
+#pragma unroll
+    for (int i = 0; i < RM; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < DN; j++)
+            o[i][j] = 0.0f;
+    }
+    for (int64_t k0 = 0; k0 < a.Tk; k0 += BK) {
+        /* The same answer in every thread: the loop stays uniform. */
+        const int need = tid < BQ && spans_meet(s_lo[tid], s_hi[tid], k0, k0 + BK);
+        if (!__syncthreads_or(need))
+            continue;
+        load_rows<BK, DP>(Ks, kb, k0, a.Tk - k0, ks, D);
+        load_rows<BK, DP>(Vs, vb, k0, a.Tk - k0, ks, D);
+        if (tid < BK)
+            s_kv[tid] = key_ok(a, n, k0 + tid);
+        __syncthreads();
+        float s[RM][CN];
+        mm_abt<BQ, BK, DP>(s, Qs, Ks, ty, tx);
+#pragma unroll
+        for (int i = 0; i < RM; i++) {
+            const int r = ty + 16 * i;
+            float mt = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < CN; j++) {
+                const int c = tx + 16 * j;
+                const bool vis = s_kv[c] && in_spans(s_lo[r], s_hi[r], k0 + c);
+                s[i][j] = vis ? __fmul_rn(a.scale, s[i][j]) : -INFINITY;
+                mt = fmaxf(mt, s[i][j]);
+            }
+            mt = half_max(mt);
+            const float mn = fmaxf(m[i], mt);
+            /* mn = -inf: the row has seen no key yet; P stays 0 and O, l
+             * (both 0) need no rescaling. exp(-inf - mn) = 0 otherwise. */
+            float alpha = 1.0f, rs = 0.0f;
+#pragma unroll
+            for (int j = 0; j < CN; j++) {
+                s[i][j] = mn == -INFINITY ? 0.0f : expf(s[i][j] - mn);
+                rs += s[i][j];
+            }
+            if (mn != -INFINITY)
+                alpha = expf(m[i] - mn);
+            rs = half_sum(rs);
+            l[i] = l[i] * alpha + rs;
+            m[i] = mn;
+#pragma unroll
+            for (int j = 0; j < DN; j++)
+                o[i][j] *= alpha;
+#pragma unroll
+            for (int j = 0; j < CN; j++)
+                Ps[r * LP + tx + 16 * j] = s[i][j];
+        }
+        __syncthreads();
+        mm_ab<BQ, BK, DP>(o, Ps, Vs, ty, tx);
+        __syncthreads(); /* Ks, Vs, Ps are overwritten by the next tile */
+    }
+
+#pragma unroll
+    for (int i = 0; i < RM; i++) {
+        const int64_t gi = i0 + ty + 16 * i;
+        if (gi >= a.Tq)
+            continue;
+        /* l >= 1 once any key was seen (the max contributes exp(0)). */
+        const bool any = l[i] > 0.0f;
+        const float inv = any ? 1.0f / l[i] : 0.0f;
+        float *orow = out + ((n * a.Tq + gi) * a.Hq + h) * D;
+#pragma unroll
+        for (int j = 0; j < DN; j++) {
+            const int col = tx + 16 * j;
+            if (col < D)
+                orow[col] = any ? o[i][j] * inv : 0.0f;
+        }
+        if (tx == 0 && lse)
+            lse[(n * a.Hq + h) * a.Tq + gi] = any ? m[i] + logf(l[i]) : INFINITY;
+    }
+}
+
+/* ------------------------------------------------------------- backward */
+
+/* Dv[(n * Hq + h) * Tq + i] = dO_i . O_i, one warp per row, in double as
+ * the CPU kernel. */
+__global__ static void fa_dot_k(float *Dv, const float *dout, const float *out, fa_args a)
+{
+    const int64_t row = (int64_t)blockIdx.x * (FA_THREADS / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= a.N * a.Hq * a.Tq)
+        return;
+    const int64_t i = row % a.Tq, h = (row / a.Tq) % a.Hq, n = row / (a.Tq * a.Hq);
+    const int64_t off = ((n * a.Tq + i) * a.Hq + h) * a.D;
+    double s = 0.0;
+    for (int64_t d = lane; d < a.D; d += 32)
+        s += (double)dout[off + d] * (double)out[off + d];
+    for (int o = 16; o > 0; o >>= 1)
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0)
+        Dv[row] = (float)s;
+}
+
+/* dK and dV of one tile of keys; blockIdx.x = (n * Hkv + hk) * ktiles +
+ * key tile. Rows of the product tiles are keys, columns queries. */
+template <int DP>
+__global__ static void __launch_bounds__(FA_THREADS) fa_bwd_kv_k(
+    float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v,
+    const float *lse, const float *Dv, fa_args a, int64_t ktiles)
+{
+    constexpr int BK = KV_BK, BQ = KV_BQ, LP = BQ + 1;
+    constexpr int RM = BK / 16, CN = BQ / 16, DN = DP / 16;
+    extern __shared__ float smem[];
+    float *Ks = smem, *Vs = Ks + BK * (DP + 1), *Qs = Vs + BK * (DP + 1);
+    float *dOs = Qs + BQ * (DP + 1), *PT = dOs + BQ * (DP + 1), *dST = PT + BK * LP;
+    __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
+    __shared__ float s_lse[BQ], s_D[BQ];
+    __shared__ unsigned char s_kv[BK];
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int64_t blk = blockIdx.x;
+    const int64_t j0 = (blk % ktiles) * BK, hk = (blk / ktiles) % a.Hkv,
+                  n = blk / (ktiles * a.Hkv);
+    const int64_t G = a.Hq / a.Hkv, D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
+    const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
+
+    load_rows<BK, DP>(Ks, kb, j0, a.Tk - j0, ks, D);
+    load_rows<BK, DP>(Vs, vb, j0, a.Tk - j0, ks, D);
+    if (tid < BK)
+        s_kv[tid] = key_ok(a, n, j0 + tid);
+    /* The first barrier below also publishes these. */
+
+    float adk[RM][DN], adv[RM][DN];
+#pragma unroll
+    for (int i = 0; i < RM; i++)
+#pragma unroll
+        for (int j = 0; j < DN; j++)
+            adk[i][j] = adv[i][j] = 0.0f;
+
+    /* Query heads of the group, then query tiles, in order. */
+    for (int64_t h = hk * G; h < (hk + 1) * G; h++) {
+        const float *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
+        const float *lb = lse + (n * a.Hq + h) * a.Tq, *db = Dv + (n * a.Hq + h) * a.Tq;
+        for (int64_t i0 = 0; i0 < a.Tq; i0 += BQ) {
+            /* Safe to overwrite: the previous tile's readers passed its
+             * closing barrier (or, when it was skipped, read nothing). */
+            int need = 0;
+            if (tid < BQ) {
+                row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
+                need = spans_meet(s_lo[tid], s_hi[tid], j0, j0 + BK);
+            }
+            if (!__syncthreads_or(need))
+                continue;
+            load_rows<BQ, DP>(Qs, qb, i0, a.Tq - i0, qs, D);
+            load_rows<BQ, DP>(dOs, ob, i0, a.Tq - i0, qs, D);
+            if (tid < BQ) {
+                const int64_t gi = i0 + tid;
+                s_lse[tid] = gi < a.Tq ? lb[gi] : INFINITY;
+                s_D[tid] = gi < a.Tq ? db[gi] : 0.0f;
+            }
+            __syncthreads();
+            float s[RM][CN], dp[RM][CN];
+            mm_abt<BK, BQ, DP>(s, Ks, Qs, ty, tx);
+            mm_abt<BK, BQ, DP>(dp, Vs, dOs, ty, tx);
+#pragma unroll
+            for (int i = 0; i < RM; i++)
+#pragma unroll
+                for (int j = 0; j < CN; j++) {
+                    const int r = ty + 16 * i, c = tx + 16 * j; /* key r, query c */
+                    const float L = s_lse[c];
+                    /* lse = +inf: the row saw no key, P = 0 (no NaN from
+                     * exp(s - inf) on the way). */
+                    const bool vis =
+                        s_kv[r] && L < INFINITY && in_spans(s_lo[c], s_hi[c], j0 + r);
+                    /* The scaled score rounded as in the forward pass (no
+                     * fma with the subtraction): P is exp of the same value. */
+                    const float p = vis ? expf(__fmul_rn(a.scale, s[i][j]) - L) : 0.0f;
+                    PT[r * LP + c] = p;
+                    dST[r * LP + c] = p * (dp[i][j] - s_D[c]);
+                }
+            __syncthreads();
+            mm_ab<BK, BQ, DP>(adv, PT, dOs, ty, tx);
+            mm_ab<BK, BQ, DP>(adk, dST, Qs, ty, tx);
+            __syncthreads();
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < RM; i++) {
+        const int64_t gj = j0 + ty + 16 * i;
+        if (gj >= a.Tk)
+            continue;
+        const int64_t off = ((n * a.Tk + gj) * a.Hkv + hk) * D;
+#pragma unroll
+        for (int j = 0; j < DN; j++) {
+            const int col = tx + 16 * j;
+            if (col >= D)
+                continue;
+            if (dk)
+                dk[off + col] += a.scale * adk[i][j];
+            if (dv)
+                dv[off + col] += adv[i][j];
+        }
+    }
+}
+
+/* dQ of one tile of query rows; blockIdx.x as fa_fwd_k. */
+template <int DP>
+__global__ static void __launch_bounds__(FA_THREADS) fa_bwd_q_k(
+    float *dq, const float *dout, const float *q, const float *k, const float *v,
+    const float *lse, const float *Dv, fa_args a, int64_t qtiles)
+{
+    constexpr int BQ = BQ_BQ, BK = BQ_BK, LP = BK + 1;
+    constexpr int RM = BQ / 16, CN = BK / 16, DN = DP / 16;
+    extern __shared__ float smem[];
+    float *Qs = smem, *dOs = Qs + BQ * (DP + 1), *Ks = dOs + BQ * (DP + 1);
+    float *Vs = Ks + BK * (DP + 1), *dSs = Vs + BK * (DP + 1);
+    __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
+    __shared__ unsigned char s_kv[BK];
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int64_t blk = blockIdx.x;
+    const int64_t i0 = (blk % qtiles) * BQ, h = (blk / qtiles) % a.Hq, n = blk / (qtiles * a.Hq);
+    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
+    const float *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
+    const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
+
+    load_rows<BQ, DP>(Qs, qb, i0, a.Tq - i0, qs, D);
+    load_rows<BQ, DP>(dOs, ob, i0, a.Tq - i0, qs, D);
+    if (tid < BQ)
+        row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
+    float L[RM], Di[RM], acc[RM][DN];
+#pragma unroll
+    for (int i = 0; i < RM; i++) {
+        const int64_t gi = i0 + ty + 16 * i;
+        L[i] = gi < a.Tq ? lse[(n * a.Hq + h) * a.Tq + gi] : INFINITY;
+        Di[i] = gi < a.Tq ? Dv[(n * a.Hq + h) * a.Tq + gi] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < DN; j++)
+            acc[i][j] = 0.0f;
+    }
+    __syncthreads();
+
+    for (int64_t k0 = 0; k0 < a.Tk; k0 += BK) {
+        const int need = tid < BQ && spans_meet(s_lo[tid], s_hi[tid], k0, k0 + BK);
+        if (!__syncthreads_or(need))
+            continue;
+        load_rows<BK, DP>(Ks, kb, k0, a.Tk - k0, ks, D);
+        load_rows<BK, DP>(Vs, vb, k0, a.Tk - k0, ks, D);
+        if (tid < BK)
+            s_kv[tid] = key_ok(a, n, k0 + tid);
+        __syncthreads();
+        float s[RM][CN], dp[RM][CN];
+        mm_abt<BQ, BK, DP>(s, Qs, Ks, ty, tx);
+        mm_abt<BQ, BK, DP>(dp, dOs, Vs, ty, tx);
+#pragma unroll
+        for (int i = 0; i < RM; i++)
+#pragma unroll
+            for (int j = 0; j < CN; j++) {
+                const int r = ty + 16 * i, c = tx + 16 * j; /* query r, key c */
+                const bool vis = s_kv[c] && L[i] < INFINITY && in_spans(s_lo[r], s_hi[r], k0 + c);
+                const float p = vis ? expf(__fmul_rn(a.scale, s[i][j]) - L[i]) : 0.0f;
+                dSs[r * LP + c] = p * (dp[i][j] - Di[i]);
+            }
+        __syncthreads();
+        mm_ab<BQ, BK, DP>(acc, dSs, Ks, ty, tx);
         __syncthreads();
     }
-    const float r = sh[0];
-    __syncthreads(); /* sh is reused by the next reduction */
-    return r;
-}
 
-/* Whether key j of sequence n is visible to the row with spans lo/hi. */
-__device__ static inline bool visible(const att_shape &a, int64_t n, int64_t j, int ns,
-                                      const int64_t *lo, const int64_t *hi)
-{
-    bool in = false;
-    for (int r = 0; r < ns; r++)
-        in = in || (j >= lo[r] && j < hi[r]);
-    return in && (!a.key_valid || a.key_valid[n * a.Tk + j]);
-}
-
-__device__ static inline float dotf(const float *x, const float *y, int64_t D)
-{
-    float s = 0.0f;
-    for (int64_t d = 0; d < D; d++)
-        s += x[d] * y[d];
-    return s;
-}
-
-/* blockIdx.x = (n * Hq + h) * Tq + i. */
-__global__ static void att_fwd_k(float *out, float *lse, float *S, const float *q,
-                                 const float *k, const float *v, att_shape a)
-{
-    __shared__ float sh[ATT_THREADS];
-    const int64_t row = blockIdx.x;
-    const int64_t i = row % a.Tq, h = (row / a.Tq) % a.Hq, n = row / (a.Tq * a.Hq);
-    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D;
-    const float *qi = q + ((n * a.Tq + i) * a.Hq + h) * D;
-    float *Sr = S + row * a.Tk;
-    int64_t lo[2], hi[2];
-    const int ns = dvl_spans(a.kind, a.block, a.half, a.q_offset, i, a.Tk, lo, hi);
-
-    float m = -INFINITY;
-    for (int64_t j = threadIdx.x; j < a.Tk; j += ATT_THREADS) {
-        float s = -INFINITY;
-        if (visible(a, n, j, ns, lo, hi))
-            s = a.scale * dotf(qi, k + ((n * a.Tk + j) * a.Hkv + hk) * D, D);
-        Sr[j] = s;
-        m = fmaxf(m, s);
-    }
-    m = block_reduce(m, sh, true);
-    float *oi = out + ((n * a.Tq + i) * a.Hq + h) * D;
-    if (m == -INFINITY) { /* no visible key: zero output, lse = +inf */
-        for (int64_t d = threadIdx.x; d < D; d += ATT_THREADS)
-            oi[d] = 0.0f;
-        if (threadIdx.x == 0 && lse)
-            lse[(n * a.Hq + h) * a.Tq + i] = INFINITY;
-        return;
-    }
-    float l = 0.0f;
-    for (int64_t j = threadIdx.x; j < a.Tk; j += ATT_THREADS)
-        l += expf(Sr[j] - m); /* exp(-inf) = 0 for invisible keys */
-    l = block_reduce(l, sh, false);
-    const float L = m + logf(l);
-    for (int64_t j = threadIdx.x; j < a.Tk; j += ATT_THREADS)
-        Sr[j] = expf(Sr[j] - L);
-    if (threadIdx.x == 0 && lse)
-        lse[(n * a.Hq + h) * a.Tq + i] = L;
-    __syncthreads(); /* the probabilities are read by every thread below */
-    for (int64_t d = threadIdx.x; d < D; d += ATT_THREADS) {
-        float acc = 0.0f;
-        for (int r = 0; r < ns; r++)
-            for (int64_t j = lo[r]; j < hi[r]; j++)
-                acc += Sr[j] * v[((n * a.Tk + j) * a.Hkv + hk) * D + d];
-        oi[d] = acc;
-    }
-}
-
-/* Kernel A of the backward pass; blockIdx.x as att_fwd_k. */
-__global__ static void att_bwd_q_k(float *dq, float *P, float *dS, const float *dout,
-                                   const float *out, const float *lse, const float *q,
-                                   const float *k, const float *v, att_shape a)
-{
-    __shared__ float sh[ATT_THREADS];
-    const int64_t row = blockIdx.x;
-    const int64_t i = row % a.Tq, h = (row / a.Tq) % a.Hq, n = row / (a.Tq * a.Hq);
-    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D;
-    const int64_t qoff = ((n * a.Tq + i) * a.Hq + h) * D;
-    const float L = lse[(n * a.Hq + h) * a.Tq + i];
-    float *Pr = P + row * a.Tk, *dSr = dS + row * a.Tk;
-    int64_t lo[2], hi[2];
-    const int ns = dvl_spans(a.kind, a.block, a.half, a.q_offset, i, a.Tk, lo, hi);
-    /* D_i = dO_i . O_i, one block-wide sum. */
-    float part = 0.0f;
-    for (int64_t d = threadIdx.x; d < D; d += ATT_THREADS)
-        part += dout[qoff + d] * out[qoff + d];
-    const float Di = block_reduce(part, sh, false);
-    const bool any = isfinite(L);
-    for (int64_t j = threadIdx.x; j < a.Tk; j += ATT_THREADS) {
-        float p = 0.0f, ds = 0.0f;
-        if (any && visible(a, n, j, ns, lo, hi)) {
-            const int64_t koff = ((n * a.Tk + j) * a.Hkv + hk) * D;
-            p = expf(a.scale * dotf(q + qoff, k + koff, D) - L);
-            ds = p * (dotf(dout + qoff, v + koff, D) - Di);
+#pragma unroll
+    for (int i = 0; i < RM; i++) {
+        const int64_t gi = i0 + ty + 16 * i;
+        if (gi >= a.Tq)
+            continue;
+        float *row = dq + ((n * a.Tq + gi) * a.Hq + h) * D;
+#pragma unroll
+        for (int j = 0; j < DN; j++) {
+            const int col = tx + 16 * j;
+            if (col < D)
+                row[col] += a.scale * acc[i][j];
         }
-        Pr[j] = p;
-        dSr[j] = ds;
-    }
-    __syncthreads();
-    if (!dq || !any)
-        return;
-    for (int64_t d = threadIdx.x; d < D; d += ATT_THREADS) {
-        float acc = 0.0f;
-        for (int r = 0; r < ns; r++)
-            for (int64_t j = lo[r]; j < hi[r]; j++)
-                acc += dSr[j] * k[((n * a.Tk + j) * a.Hkv + hk) * D + d];
-        dq[qoff + d] += a.scale * acc;
     }
 }
 
-/* Kernel B; blockIdx.x = (n * Hkv + hk) * Tk + j. */
-__global__ static void att_bwd_kv_k(float *dk, float *dv, const float *P, const float *dS,
-                                    const float *dout, const float *q, att_shape a)
+/* ------------------------------------------------------------ launchers */
+
+static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Opt the kernel into `bytes` of dynamic shared memory (past the default
+ * 48 KB), then launch it with `blocks` blocks; errors into err. */
+template <typename K, typename... Args>
+static int launch(K kernel, int64_t blocks, size_t bytes, const char *what, dvl_err *err,
+                  Args... args)
 {
-    const int64_t blk = blockIdx.x;
-    const int64_t j = blk % a.Tk, hk = (blk / a.Tk) % a.Hkv, n = blk / (a.Tk * a.Hkv);
-    const int64_t G = a.Hq / a.Hkv, D = a.D;
-    const int64_t koff = ((n * a.Tk + j) * a.Hkv + hk) * D;
-    for (int64_t d = threadIdx.x; d < D; d += ATT_THREADS) {
-        float ak = 0.0f, av = 0.0f;
-        for (int64_t h = hk * G; h < (hk + 1) * G; h++)
-            for (int64_t i = 0; i < a.Tq; i++) {
-                const int64_t sidx = ((n * a.Hq + h) * a.Tq + i) * a.Tk + j;
-                const float p = P[sidx], ds = dS[sidx];
-                if (p == 0.0f && ds == 0.0f)
-                    continue; /* invisible (or underflowed: adds nothing) */
-                const int64_t qoff = ((n * a.Tq + i) * a.Hq + h) * D + d;
-                ak += ds * q[qoff];
-                av += p * dout[qoff];
-            }
-        if (dk)
-            dk[koff + d] += a.scale * ak;
-        if (dv)
-            dv[koff + d] += av;
+    if (blocks > INT_MAX)
+        return dvl_errf(err, DVL_EINVAL, "attention %s: %lld thread blocks exceed the grid limit",
+                        what, (long long)blocks);
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)bytes);
+    if (e != cudaSuccess)
+        return dvl_cu_fail(err, e, "attention %s: opting into %zu bytes of shared memory", what,
+                           bytes);
+    kernel<<<(unsigned)blocks, FA_THREADS, bytes>>>(args...);
+    return dvl_cuda_check(what, err);
+}
+
+template <int DP>
+static int fwd_dp(float *out, float *lse, const float *q, const float *k, const float *v,
+                  const fa_args &a, dvl_err *err)
+{
+    const int64_t qtiles = cdiv(a.Tq, FWD_BQ);
+    return launch(fa_fwd_k<DP>, qtiles * a.Hq * a.N, fwd_smem<DP>(), "attention forward", err,
+                  out, lse, q, k, v, a, qtiles);
+}
+
+template <int DP>
+static int bwd_dp(float *dq, float *dk, float *dv, float *Dv, const float *dout, const float *q,
+                  const float *k, const float *v, const float *lse, const fa_args &a,
+                  dvl_err *err)
+{
+    int rc = DVL_OK;
+    if (dk || dv) {
+        const int64_t ktiles = cdiv(a.Tk, KV_BK);
+        rc = launch(fa_bwd_kv_k<DP>, ktiles * a.Hkv * a.N, kv_smem<DP>(),
+                    "attention backward dK dV", err, dk, dv, dout, q, k, v, lse,
+                    (const float *)Dv, a, ktiles);
     }
+    if (rc == DVL_OK && dq) {
+        const int64_t qtiles = cdiv(a.Tq, BQ_BQ);
+        rc = launch(fa_bwd_q_k<DP>, qtiles * a.Hq * a.N, q_smem<DP>(), "attention backward dQ",
+                    err, dq, dout, q, k, v, lse, (const float *)Dv, a, qtiles);
+    }
+    return rc;
 }
 
-extern "C" int64_t dvl_cuda_attention_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq)
+static fa_args args_of(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D,
+                       int kind, int64_t block, int64_t half, int64_t q_offset,
+                       const uint8_t *key_valid, float scale)
 {
-    return N * Hq * Tq * (Tk > 0 ? Tk : 1);
-}
-
-static att_shape shape_of(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D,
-                          int kind, int64_t block, int64_t half, int64_t q_offset,
-                          const uint8_t *key_valid, float scale)
-{
-    att_shape a;
+    fa_args a;
     a.N = N, a.Tq = Tq, a.Tk = Tk, a.Hq = Hq, a.Hkv = Hkv, a.D = D;
     a.kind = kind, a.block = block, a.half = half, a.q_offset = q_offset;
     a.key_valid = key_valid, a.scale = scale;
     return a;
 }
 
-extern "C" void dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, const float *q,
-                                       const float *k, const float *v, int64_t N, int64_t Tq,
-                                       int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D,
-                                       int mask_kind, int64_t block, int64_t half,
-                                       int64_t q_offset, const uint8_t *key_valid, float scale)
+extern "C" bool dvl_cuda_attention_tiled(int64_t D) { return D >= 1 && D <= DVL_CUDA_ATTN_MAX_D; }
+
+extern "C" int64_t dvl_cuda_attention_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq,
+                                              int64_t D, bool backward)
 {
-    const int64_t rows = N * Hq * Tq;
-    if (rows <= 0 || D <= 0)
-        return;
-    att_shape a = shape_of(N, Tq, Tk, Hq, Hkv, D, mask_kind, block, half, q_offset, key_valid,
-                           scale);
-    att_fwd_k<<<(unsigned)rows, ATT_THREADS>>>(out, lse, scratch, q, k, v, a);
+    if (!dvl_cuda_attention_tiled(D))
+        return (backward ? 2 : 1) * dvl_cuda_attention_ref_scratch(N, Tq, Tk, Hq);
+    return backward ? N * Hq * Tq : 0; /* D_i per query row */
 }
 
-extern "C" void dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *scratch,
-                                       const float *dout, const float *out, const float *lse,
-                                       const float *q, const float *k, const float *v, int64_t N,
-                                       int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv,
-                                       int64_t D, int mask_kind, int64_t block, int64_t half,
-                                       int64_t q_offset, const uint8_t *key_valid, float scale)
+extern "C" int dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, const float *q,
+                                      const float *k, const float *v, int64_t N, int64_t Tq,
+                                      int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D,
+                                      int mask_kind, int64_t block, int64_t half,
+                                      int64_t q_offset, const uint8_t *key_valid, float scale,
+                                      dvl_err *err)
 {
+    if (N <= 0 || Tq <= 0 || Hq <= 0 || D <= 0)
+        return DVL_OK; /* empty output */
+    if (Hkv <= 0 || Hq % Hkv != 0)
+        return dvl_errf(err, DVL_EINVAL, "attention: %lld query heads on %lld kv heads",
+                        (long long)Hq, (long long)Hkv);
+    if (!dvl_cuda_attention_tiled(D)) {
+        dvl_cuda_attention_ref_fwd(out, lse, scratch, q, k, v, N, Tq, Tk, Hq, Hkv, D, mask_kind,
+                                   block, half, q_offset, key_valid, scale);
+        return dvl_cuda_check("attention forward (reference kernel)", err);
+    }
+    const fa_args a = args_of(N, Tq, Tk, Hq, Hkv, D, mask_kind, block, half, q_offset, key_valid,
+                              scale);
+    if (D <= 32)
+        return fwd_dp<32>(out, lse, q, k, v, a, err);
+    if (D <= 64)
+        return fwd_dp<64>(out, lse, q, k, v, a, err);
+    return fwd_dp<128>(out, lse, q, k, v, a, err);
+}
+
+extern "C" int dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *scratch,
+                                      const float *dout, const float *out, const float *lse,
+                                      const float *q, const float *k, const float *v, int64_t N,
+                                      int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D,
+                                      int mask_kind, int64_t block, int64_t half,
+                                      int64_t q_offset, const uint8_t *key_valid, float scale,
+                                      dvl_err *err)
+{
+    if (N <= 0 || Tq <= 0 || Tk <= 0 || Hq <= 0 || D <= 0 || (!dq && !dk && !dv))
+        return DVL_OK; /* every gradient term is an empty sum */
+    if (Hkv <= 0 || Hq % Hkv != 0)
+        return dvl_errf(err, DVL_EINVAL, "attention backward: %lld query heads on %lld kv heads",
+                        (long long)Hq, (long long)Hkv);
+    if (!dvl_cuda_attention_tiled(D)) {
+        dvl_cuda_attention_ref_bwd(dq, dk, dv, scratch, dout, out, lse, q, k, v, N, Tq, Tk, Hq,
+                                   Hkv, D, mask_kind, block, half, q_offset, key_valid, scale);
+        return dvl_cuda_check("attention backward (reference kernel)", err);
+    }
+    const fa_args a = args_of(N, Tq, Tk, Hq, Hkv, D, mask_kind, block, half, q_offset, key_valid,
+                              scale);
+    float *Dv = scratch;
     const int64_t rows = N * Hq * Tq;
-    if (rows <= 0 || D <= 0 || Tk <= 0)
-        return;
-    att_shape a = shape_of(N, Tq, Tk, Hq, Hkv, D, mask_kind, block, half, q_offset, key_valid,
-                           scale);
-    float *P = scratch, *dS = scratch + dvl_cuda_attention_scratch(N, Tq, Tk, Hq);
-    att_bwd_q_k<<<(unsigned)rows, ATT_THREADS>>>(dq, P, dS, dout, out, lse, q, k, v, a);
-    if (dk || dv)
-        att_bwd_kv_k<<<(unsigned)(N * Hkv * Tk), ATT_THREADS>>>(dk, dv, P, dS, dout, q, a);
+    if (cdiv(rows, FA_THREADS / 32) > INT_MAX)
+        return dvl_errf(err, DVL_EINVAL,
+                        "attention backward: %lld query rows exceed the grid limit",
+                        (long long)rows);
+    fa_dot_k<<<(unsigned)cdiv(rows, FA_THREADS / 32), FA_THREADS>>>(Dv, dout, out, a);
+    int rc = dvl_cuda_check("attention backward D = rowsum(dO O)", err);
+    if (rc != DVL_OK)
+        return rc;
+    if (D <= 32)
+        return bwd_dp<32>(dq, dk, dv, Dv, dout, q, k, v, lse, a, err);
+    if (D <= 64)
+        return bwd_dp<64>(dq, dk, dv, Dv, dout, q, k, v, lse, a, err);
+    return bwd_dp<128>(dq, dk, dv, Dv, dout, q, k, v, lse, a, err);
 }

@@ -51,6 +51,8 @@ int dvl_cuda_describe(int device, char *buf, size_t n, dvl_err *err);
 /* Device memory (256-byte aligned); NULL with err set on failure. */
 void *dvl_cuda_malloc(size_t bytes, dvl_err *err);
 void dvl_cuda_free(void *p); /* NULL is fine */
+/* Free and total memory of the current device (cudaMemGetInfo). */
+int dvl_cuda_mem_info(size_t *free_bytes, size_t *total_bytes, dvl_err *err);
 int dvl_cuda_memcpy_h2d(void *dst, const void *src, size_t bytes, dvl_err *err);
 int dvl_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes, dvl_err *err);
 int dvl_cuda_memcpy_d2d(void *dst, const void *src, size_t bytes, dvl_err *err);
@@ -203,24 +205,50 @@ void dvl_cuda_cross_entropy_bwd(float *dz, const float *z, const float *rowmax,
                                 const float *logsum, const int32_t *labels, const float *weight,
                                 float g, int64_t n, int64_t V);
 
-/* Attention (layouts of ops/cpu/attention.h), a straightforward kernel: one
- * block per (n, h, query row) with its scores in global scratch. mask_kind,
- * block, half, q_offset as dvl_mask; key_valid [N, Tk] device bytes or
- * NULL. lse [N, Hq, Tq] (+inf for a row that sees no key). Scratch floats:
- * dvl_cuda_attention_scratch (forward: once, backward: twice). */
-int64_t dvl_cuda_attention_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq);
-void dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, const float *q,
-                            const float *k, const float *v, int64_t N, int64_t Tq, int64_t Tk,
-                            int64_t Hq, int64_t Hkv, int64_t D, int mask_kind, int64_t block,
-                            int64_t half, int64_t q_offset, const uint8_t *key_valid,
-                            float scale);
+/* Attention (layouts of ops/cpu/attention.h), tiled flash-attention
+ * kernels (ops/cuda/attention.cu): the score matrix never exists in
+ * memory, key tiles that the mask rule hides from a whole query tile are
+ * skipped, and the sums run in an order fixed by the sizes (no atomics).
+ * Heads of up to DVL_CUDA_ATTN_MAX_D floats; longer ones go to the
+ * reference kernel below (dvl_cuda_attention_tiled says which).
+ * mask_kind, block, half, q_offset as dvl_mask; key_valid [N, Tk] device
+ * bytes or NULL. lse [N, Hq, Tq] (+inf for a row that sees no key; its
+ * output and gradient are zero); lse may be NULL in the forward pass when
+ * no backward follows. scratch: dvl_cuda_attention_scratch floats of device
+ * memory (none for the tiled forward pass, N Hq Tq for its backward pass).
+ * Errors (launch, shared-memory opt-in, grid size) go into err. */
+#define DVL_CUDA_ATTN_MAX_D 128
+bool dvl_cuda_attention_tiled(int64_t D);
+int64_t dvl_cuda_attention_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq, int64_t D,
+                                   bool backward);
+int dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, const float *q, const float *k,
+                           const float *v, int64_t N, int64_t Tq, int64_t Tk, int64_t Hq,
+                           int64_t Hkv, int64_t D, int mask_kind, int64_t block, int64_t half,
+                           int64_t q_offset, const uint8_t *key_valid, float scale, dvl_err *err);
 /* Accumulates into dq, dk, dv (each may be NULL). dK and dV are summed per
- * kv row over (query head of the group, query row) in order. */
-void dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *scratch, const float *dout,
-                            const float *out, const float *lse, const float *q, const float *k,
-                            const float *v, int64_t N, int64_t Tq, int64_t Tk, int64_t Hq,
-                            int64_t Hkv, int64_t D, int mask_kind, int64_t block, int64_t half,
-                            int64_t q_offset, const uint8_t *key_valid, float scale);
+ * key over the group's query heads and the query rows, in order. */
+int dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                           const float *out, const float *lse, const float *q, const float *k,
+                           const float *v, int64_t N, int64_t Tq, int64_t Tk, int64_t Hq,
+                           int64_t Hkv, int64_t D, int mask_kind, int64_t block, int64_t half,
+                           int64_t q_offset, const uint8_t *key_valid, float scale, dvl_err *err);
+
+/* The reference kernel (ops/cuda/attention_ref.cu), same arguments: one
+ * block per (n, h, query row) with its scores in global scratch of
+ * dvl_cuda_attention_ref_scratch floats (forward: once, backward: twice),
+ * any D. Launch errors surface at dvl_cuda_check. */
+int64_t dvl_cuda_attention_ref_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq);
+void dvl_cuda_attention_ref_fwd(float *out, float *lse, float *scratch, const float *q,
+                                const float *k, const float *v, int64_t N, int64_t Tq, int64_t Tk,
+                                int64_t Hq, int64_t Hkv, int64_t D, int mask_kind, int64_t block,
+                                int64_t half, int64_t q_offset, const uint8_t *key_valid,
+                                float scale);
+void dvl_cuda_attention_ref_bwd(float *dq, float *dk, float *dv, float *scratch,
+                                const float *dout, const float *out, const float *lse,
+                                const float *q, const float *k, const float *v, int64_t N,
+                                int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D,
+                                int mask_kind, int64_t block, int64_t half, int64_t q_offset,
+                                const uint8_t *key_valid, float scale);
 
 #ifdef __cplusplus
 }

@@ -69,6 +69,14 @@ extern "C" void *dvl_cuda_malloc(size_t bytes, dvl_err *err)
     return p;
 }
 
+extern "C" int dvl_cuda_mem_info(size_t *free_bytes, size_t *total_bytes, dvl_err *err)
+{
+    cudaError_t e = cudaMemGetInfo(free_bytes, total_bytes);
+    if (e != cudaSuccess)
+        return dvl_cu_fail(err, e, "cudaMemGetInfo");
+    return DVL_OK;
+}
+
 extern "C" void dvl_cuda_free(void *p)
 {
     if (p)
