@@ -20,7 +20,7 @@
  *   LM head: 2 x d x V per noisy row (fused linear + cross-entropy).
  * The whole sequence is supervised (every token may be masked).
  *
- *   dvl-bench train --device cuda [--seq L] [--steps S] [--tf32] [...]
+ *   dvl-bench train --device cuda [--seq L] [--steps S] [--tf32 | --bf16] [...]
  * runs the same step on the GPU (default L 2048): parameters, gradients and
  * AdamW moments on the device, forward + backward + clip + AdamW there. It
  * reports tokens/s, the model FLOP rate
@@ -28,9 +28,11 @@
  * (P all parameters, 2L positions per sequence of [x_t ; x_0]; attention
  * forward 4 D Hq per allowed pair, x 3 with backward) and the MFU against
  * cuBLAS f32, TF32 and bf16 GEMM rates measured at 4096^3 in the same run.
- * If the step does not fit in GPU memory at L (attention materialises
- * [N, Hq, 2L, 2L] scores), L is halved until it does. --tf32 switches the
- * context's cuBLAS handle to TF32 products. */
+ * If the step does not fit in GPU memory at L, L is halved until it does.
+ * --tf32 switches the context's cuBLAS handle to TF32 products, --bf16 to
+ * bf16 products with f32 accumulation (DVL_MATH_BF16: f32 master weights,
+ * activations and gradients; each product rounds its operands to bf16),
+ * whose MFU is the one to read against the bf16 peak. */
 #include <cblas.h>
 #include <inttypes.h>
 #include <math.h>
@@ -101,7 +103,7 @@ int bench_train(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
-                   "[--steps S] [--block B] [--vocab V] [--tf32 (cuda)]\n");
+                   "[--steps S] [--block B] [--vocab V] [--tf32 | --bf16 (cuda)]\n");
             return 0;
         }
     int L = arg_int(argc, argv, "--seq", 512), N = arg_int(argc, argv, "--batch", 1);
@@ -339,7 +341,7 @@ typedef struct cuda_run {
     dvl_adamw *opt;
     const dvl_diff_cfg *dc;
     int N, layers, steps, B, V;
-    bool tf32;
+    dvl_cuda_math math; /* of the context's products */
     double peak[3];
 } cuda_run;
 
@@ -365,7 +367,7 @@ static int run_cuda(const cuda_run *r, int L)
         fprintf(stderr, "dvl-bench train: %s\n", err.code ? err.msg : "out of host memory");
         goto done;
     }
-    if (r->tf32 && dvl_cublas_set_tf32(dvl_ctx_cublas(ctx), true, &err)) {
+    if (dvl_cublas_set_math(dvl_ctx_cublas(ctx), r->math, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         goto done;
     }
@@ -456,9 +458,10 @@ static int run_cuda(const cuda_run *r, int L)
     printf("  useful FLOPs (CPU bench count, LM head on the noisy half) %.1f TFLOP per step: "
            "%.2f TFLOP/s\n",
            useful / 1e12, useful / best / 1e12);
+    static const char *math_names[3] = {"f32", "TF32", "bf16"};
     printf("  MFU (model FLOPs, cuBLAS %s products) vs measured 4096^3 peaks: f32 %.1f TFLOP/s "
            "-> %.1f%%, tf32 %.1f -> %.1f%%, bf16 %.1f -> %.1f%%\n",
-           r->tf32 ? "TF32" : "f32", r->peak[0], 100.0 * tf / r->peak[0], r->peak[1],
+           math_names[r->math], r->peak[0], 100.0 * tf / r->peak[0], r->peak[1],
            100.0 * tf / r->peak[1], r->peak[2], 100.0 * tf / r->peak[2]);
     rc = 0;
 done:
@@ -474,7 +477,11 @@ static int train_cuda(int argc, char **argv)
     int L = arg_int(argc, argv, "--seq", 2048), N = arg_int(argc, argv, "--batch", 1);
     int layers = arg_int(argc, argv, "--layers", 24), steps = arg_int(argc, argv, "--steps", 3);
     int B = arg_int(argc, argv, "--block", 8), V = arg_int(argc, argv, "--vocab", 151936);
-    bool tf32 = has_flag(argc, argv, "--tf32");
+    bool tf32 = has_flag(argc, argv, "--tf32"), bf16 = has_flag(argc, argv, "--bf16");
+    if (tf32 && bf16) {
+        fprintf(stderr, "dvl-bench train: --tf32 and --bf16 exclude each other\n");
+        return 2;
+    }
     if (L < B || L % B || N < 1 || layers < 1 || steps < 1 || B < 1 || V < 16) {
         fprintf(stderr, "dvl-bench train: --seq must be a positive multiple of --block; "
                         "--batch, --layers, --steps >= 1; --vocab >= 16\n");
@@ -491,12 +498,14 @@ static int train_cuda(int argc, char **argv)
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         return 1;
     }
-    cuda_run r = {.N = N, .layers = layers, .steps = steps, .B = B, .V = V, .tf32 = tf32};
+    cuda_run r = {.N = N, .layers = layers, .steps = steps, .B = B, .V = V,
+                  .math = bf16 ? DVL_MATH_BF16 : tf32 ? DVL_MATH_TF32 : DVL_MATH_F32};
     if (gemm_peaks(r.peak, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         return 1;
     }
-    printf("dvl-bench train --device cuda on %s%s\n", desc, tf32 ? ", cuBLAS TF32" : "");
+    printf("dvl-bench train --device cuda on %s%s\n", desc,
+           bf16 ? ", bf16 products (f32 accumulation)" : tf32 ? ", cuBLAS TF32" : "");
     printf("  cuBLAS 4096^3 peaks (same run): f32 %.1f TFLOP/s, tf32 %.1f, bf16 %.1f\n", r.peak[0],
            r.peak[1], r.peak[2]);
     dvl_model_config mc;

@@ -416,6 +416,115 @@ START_TEST(matmul_bf16_within_tolerance)
 END_TEST
 
 #ifdef DVL_HAVE_CUDA
+/* A host copy of x rounded to bf16 and back (what a bf16 product sees). */
+static float *bf16_round(const float *x, int64_t n)
+{
+    uint16_t *b = to_bf16(x, n);
+    float *r = malloc((size_t)n * sizeof(float));
+    ck_assert_ptr_nonnull(r);
+    dvl_to_f32(r, b, DVL_BF16, n);
+    free(b);
+    return r;
+}
+
+/* dvl_cuda_linear_fwd_bf16 / _bwd_bf16 on one shape against the double
+ * reference of check_linear, computed twice: from the bf16-rounded
+ * operands (x, W, dy), where only f32 accumulation error remains:
+ * scale_err <= 1e-4 for y, dx, dW; and from the f32 operands, the error a
+ * caller sees: <= 1e-2. db (an f32 column sum of the unrounded dy): 1e-5.
+ * Gradients start random (accumulation checked). */
+static void check_linear_bf16(dvl_cublas *h, int64_t rows, int64_t in, int64_t out, bool bias)
+{
+    char what[128];
+    float *x = host_randn(rows * in, 1, 1.0f), *w = host_randn(out * in, 2, 0.5f);
+    float *b = host_randn(out, 3, 1.0f), *dy = host_randn(rows * out, 4, 1.0f);
+    float *dx0 = host_randn(rows * in, 5, 1.0f), *dw0 = host_randn(out * in, 6, 1.0f);
+    float *db0 = host_randn(out, 7, 1.0f);
+    float *xr = bf16_round(x, rows * in), *wr = bf16_round(w, out * in);
+    float *dyr = bf16_round(dy, rows * out);
+    float *d_x = upload(x, rows * in), *d_w = upload(w, out * in), *d_b = upload(b, out);
+    float *d_dy = upload(dy, rows * out), *d_dx = upload(dx0, rows * in);
+    float *d_dw = upload(dw0, out * in), *d_db = upload(db0, out);
+    float *d_y = dev_alloc((size_t)(rows * out) * sizeof(float));
+    float *d_cs = dev_alloc((size_t)dvl_cuda_colsum_scratch(rows, out) * sizeof(float));
+    void *d_f = dev_alloc(dvl_cuda_linear_bf16_scratch(rows, in, out, false));
+    void *d_s = dev_alloc(dvl_cuda_linear_bf16_scratch(rows, in, out, true));
+    dvl_err err = {0, ""};
+    ck_assert_msg(dvl_cuda_linear_fwd_bf16(h, d_y, d_x, d_w, bias ? d_b : NULL, d_f, rows, in,
+                                           out, &err) == DVL_OK,
+                  "%s", err.msg);
+    ck_assert_msg(dvl_cuda_linear_bwd_bf16(h, d_dx, d_dw, d_db, d_cs, d_s, d_dy, d_x, d_w, rows,
+                                           in, out, &err) == DVL_OK,
+                  "%s", err.msg);
+    float *y = download(d_y, rows * out), *gx = download(d_dx, rows * in);
+    float *gw = download(d_dw, out * in), *gb = download(d_db, out);
+    for (int exact = 0; exact < 2; exact++) {
+        double *ry = dzeros(rows * out), *rdx = dzeros(rows * in), *rdw = dzeros(out * in);
+        double *rdb = dzeros(out), *rdb_f32 = dzeros(out);
+        double *tdx = dzeros(rows * in), *tdw = dzeros(out * in);
+        ref_linear_fwd(ry, exact ? x : xr, exact ? w : wr, bias ? b : NULL, rows, in, out);
+        /* dx, dW from this pass's operands; db from the unrounded dy. */
+        ref_linear_bwd(rdx, rdw, rdb, dx0, dw0, db0, exact ? dy : dyr, exact ? x : xr,
+                       exact ? w : wr, rows, in, out);
+        ref_linear_bwd(tdx, tdw, rdb_f32, dx0, dw0, db0, dy, x, w, rows, in, out);
+        const double tol = exact ? 1e-2 : 1e-4;
+        const char *vs = exact ? "vs f32 operands" : "vs bf16-rounded operands";
+        snprintf(what, sizeof what, "linear bf16 [%lld,%lld]x[%lld,%lld]^T y %s", (long long)rows,
+                 (long long)in, (long long)out, (long long)in, vs);
+        CHECK_ERR(what, scale_err(y, ry, rows * out), tol);
+        snprintf(what, sizeof what, "linear bf16 rows=%lld dx %s", (long long)rows, vs);
+        CHECK_ERR(what, scale_err(gx, rdx, rows * in), tol);
+        snprintf(what, sizeof what, "linear bf16 rows=%lld dW %s", (long long)rows, vs);
+        CHECK_ERR(what, scale_err(gw, rdw, out * in), tol);
+        snprintf(what, sizeof what, "linear bf16 rows=%lld db", (long long)rows);
+        CHECK_ERR(what, scale_err(gb, rdb_f32, out), 1e-5);
+        free(ry), free(rdx), free(rdw), free(rdb), free(rdb_f32), free(tdx), free(tdw);
+    }
+    /* Not vacuous: the products really were bf16 (f32 would be ~1e-7
+     * from the f32 reference, bf16 is ~1e-3). */
+    double *ry = dzeros(rows * out);
+    ref_linear_fwd(ry, x, w, bias ? b : NULL, rows, in, out);
+    const double e32 = scale_err(y, ry, rows * out);
+    ck_assert_msg(e32 > 1e-5, "bf16 linear is %.2e from the f32 reference: not bf16?", e32);
+    free(ry);
+    free(x), free(w), free(b), free(dy), free(dx0), free(dw0), free(db0), free(xr), free(wr);
+    free(dyr), free(y), free(gx), free(gw), free(gb);
+    dvl_cuda_free(d_x), dvl_cuda_free(d_w), dvl_cuda_free(d_b), dvl_cuda_free(d_dy);
+    dvl_cuda_free(d_dx), dvl_cuda_free(d_dw), dvl_cuda_free(d_db), dvl_cuda_free(d_y);
+    dvl_cuda_free(d_cs), dvl_cuda_free(d_f), dvl_cuda_free(d_s);
+}
+#endif
+
+/* The bf16 linear layer (DVL_MATH_BF16) on odd shapes, with and without
+ * bias, rows = 600 (three column-sum chunks for db); tolerances in
+ * check_linear_bf16. The handle's math mode round trip. */
+START_TEST(linear_bf16_matches_reference)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_cublas *h = dvl_cublas_new(false, &err);
+    ck_assert_msg(h != NULL, "%s", err.msg);
+    ck_assert_int_eq(dvl_cublas_math(h), DVL_MATH_F32);
+    ck_assert_msg(dvl_cublas_set_math(h, DVL_MATH_BF16, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_int_eq(dvl_cublas_math(h), DVL_MATH_BF16);
+    ck_assert(!dvl_cublas_tf32(h));
+    check_linear_bf16(h, 37, 61, 29, true);
+    check_linear_bf16(h, 600, 45, 33, false);
+    check_linear_bf16(h, 1, 7, 3, true);
+    check_linear_bf16(h, 256, 896, 128, true); /* tensor-core-friendly sizes */
+    ck_assert_int_eq(dvl_cublas_set_math(h, (dvl_cuda_math)7, &err), DVL_EINVAL);
+    ck_assert_msg(dvl_cublas_set_math(h, DVL_MATH_F32, &err) == DVL_OK, "%s", err.msg);
+    check_linear(h, 37, 61, 29, true, 1e-5, "f32 after bf16");
+    dvl_cublas_free(h);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+#ifdef DVL_HAVE_CUDA
 /* RMSNorm forward and accumulating backward on one shape. */
 static void check_rmsnorm(int64_t rows, int64_t cols)
 {
@@ -701,6 +810,7 @@ struct op_case {
     dvl_mask mask;
     float f;
     int kind;
+    dvl_cuda_math math; /* of the CUDA context's products (default f32) */
     double fwd_tol, grad_tol;
 };
 
@@ -740,6 +850,9 @@ static void run_on(const op_case *c, dvl_device dev, float *const *host_in, dev_
     dvl_err err = {0, ""};
     dvl_ctx *ctx = dvl_ctx_new_err(dev, &err);
     ck_assert_msg(ctx != NULL, "%s: context on %s: %s", c->name, dn, err.msg);
+    if (dev == DVL_CUDA)
+        ck_assert_msg(dvl_cublas_set_math(dvl_ctx_cublas(ctx), c->math, &err) == DVL_OK, "%s",
+                      err.msg);
     dvl_tensor *in[MAX_IN] = {0};
     bool any_grad = false;
     for (int k = 0; k < c->n_in; k++) {
@@ -1052,6 +1165,40 @@ START_TEST(cross_entropy_matches_cpu)
         {.name = "linear_cross_entropy, W frozen", .n_in = 2, .ndim = {2, 2},
          .shape = {S2(9, 16), S2(13, 16)}, .grad = {true, false}, .run = r_lxent,
          .idx = labels, .fwd_tol = 1e-4, .grad_tol = 1e-4},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        check_case(&cases[i]);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* The linear op and the LM-head product of linear_cross_entropy on a
+ * context in DVL_MATH_BF16 against the f32 CPU ops. Operands rounded to
+ * bf16 (relative error 2^-9 each) with f32 accumulation: the linear
+ * output and gradients within rel_err 1e-2 (db is an f32 column sum). The
+ * cross-entropy loss within 1e-2 and its gradients within 2e-2 (the
+ * logits' rounding error passes through softmax before the backward
+ * products round again); W of std 0.25 keeps the logits O(1). */
+START_TEST(bf16_ops_match_cpu)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    static const int32_t labels[9] = {3, DVL_IGNORE_INDEX, 12, 0, 7, 7, DVL_IGNORE_INDEX, 1, 5};
+    static const float wts[9] = {0.5f, 1, 0.25f, 1, 2, 0.125f, 1, 1, 0.75f};
+    const op_case cases[] = {
+        {.name = "bf16 linear [2,7,13]x[9,13]^T + b", .n_in = 3, .ndim = {3, 2, 1},
+         .shape = {{2, 7, 13}, S2(9, 13), S1(9)}, .grad = {true, true, true}, .run = r_linear,
+         .math = DVL_MATH_BF16, .fwd_tol = 1e-2, .grad_tol = 1e-2},
+        {.name = "bf16 linear [300,96]x[40,96]^T, W frozen", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(300, 96), S2(40, 96)}, .grad = {true, false}, .run = r_linear,
+         .math = DVL_MATH_BF16, .fwd_tol = 1e-2, .grad_tol = 1e-2},
+        {.name = "bf16 linear_cross_entropy h[9,16] W[13,16]", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(9, 16), S2(13, 16)}, .grad = {true, true}, .std = {1, 0.25f},
+         .run = r_lxent, .idx = labels, .wts = wts, .math = DVL_MATH_BF16, .fwd_tol = 1e-2,
+         .grad_tol = 2e-2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         check_case(&cases[i]);
@@ -1785,6 +1932,54 @@ START_TEST(toy_model_step_matches_cpu)
 }
 END_TEST
 
+/* The toy model's training step on a context in DVL_MATH_BF16 (every
+ * linear layer and the LM head with bf16 products) against the f32 CPU
+ * step: loss within 1e-2 relative, every parameter's gradient within
+ * rel_err 1e-1 (bf16 rounding, ~4e-3 per product, compounded through two
+ * layers, attention and the loss); a wrong layout would be O(1) off. */
+START_TEST(toy_model_step_bf16_close_to_cpu)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_params *pc = toy_params(&TOY, 7);
+    dvl_params *pg = dvl_params_to_device(pc, DVL_CUDA, &err);
+    ck_assert_msg(pg != NULL, "%s", err.msg);
+    toy_batch b = toy_batch_new(&TOY, 8);
+    dvl_ctx *cc = dvl_ctx_new(DVL_CPU), *cg = dvl_ctx_new_err(DVL_CUDA, &err);
+    ck_assert_msg(cg != NULL, "%s", err.msg);
+    ck_assert_msg(dvl_cublas_set_math(dvl_ctx_cublas(cg), DVL_MATH_BF16, &err) == DVL_OK, "%s",
+                  err.msg);
+    float *gc = malloc((size_t)pc->numel_grad * sizeof(float));
+    float *gg = malloc((size_t)pg->numel_grad * sizeof(float));
+    ck_assert(gc && gg);
+    float lc = toy_step(cc, pc, &b, gc);
+    float lg = toy_step(cg, pg, &b, gg);
+    double e = fabs((double)lg - lc) / fabs((double)lc), worst = 0;
+    printf("test_cuda: toy model bf16 loss cpu %.7f cuda %.7f rel_err %.2e (tol 1e-2)\n", lc, lg,
+           e);
+    CHECK_ERR("toy model bf16 loss", e, 1e-2);
+    for (int i = 0; i < pc->n; i++) {
+        if (pc->grad_off[i] < 0)
+            continue;
+        double ei = rel_err(gg + pg->grad_off[i], gc + pc->grad_off[i], dvl_numel(pc->t[i]));
+        char what[96];
+        snprintf(what, sizeof what, "toy model bf16 gradient of %s", pc->t[i]->name);
+        CHECK_ERR(what, ei, 1e-1);
+        worst = fmax(worst, ei);
+    }
+    printf("test_cuda: toy model bf16 worst parameter gradient rel_err %.2e (tol 1e-1)\n", worst);
+    free(gc), free(gg);
+    dvl_ctx_free(cc), dvl_ctx_free(cg);
+    toy_batch_free(&b);
+    dvl_params_free(pc), dvl_params_free(pg);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
 /* Not an assertion: one toy-model training step (forward + backward) on
  * the CPU and on the GPU, mean of 10 after 2 warm-ups, for the record. The
  * toy model is tiny, so the GPU time is launch latency, not throughput. */
@@ -1917,6 +2112,7 @@ static Suite *suite(void)
     tcase_add_test(tc, linear_f32_matches_reference);
     tcase_add_test(tc, linear_tf32_within_1e_2);
     tcase_add_test(tc, matmul_bf16_within_tolerance);
+    tcase_add_test(tc, linear_bf16_matches_reference);
     tcase_add_test(tc, rmsnorm_matches_reference);
     tcase_add_test(tc, silu_swiglu_match_reference);
     tcase_add_test(tc, adamw_matches_torch_formula);
@@ -1925,12 +2121,14 @@ static Suite *suite(void)
     tcase_add_test(tc, norm_linear_ops_match_cpu);
     tcase_add_test(tc, index_ops_match_cpu);
     tcase_add_test(tc, cross_entropy_matches_cpu);
+    tcase_add_test(tc, bf16_ops_match_cpu);
     tcase_add_test(tc, attention_matches_cpu_all_masks);
     tcase_add_test(tc, attention_tiled_matches_cpu_sizes);
     tcase_add_test(tc, attention_tiled_masked_rows_are_zero);
     tcase_add_test(tc, attention_tiled_matches_reference_kernel);
     tcase_add_test(tc, attention_tiled_long_sequence_bounded_memory);
     tcase_add_test(tc, toy_model_step_matches_cpu);
+    tcase_add_test(tc, toy_model_step_bf16_close_to_cpu);
     tcase_add_test(tc, adamw_device_store_matches_cpu);
     /* Each test creates CUDA contexts and cuBLAS handles in a fresh child
      * process (seconds on a cold GPU): more than Check's 4 s default when

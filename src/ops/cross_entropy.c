@@ -185,12 +185,8 @@ static void linear_cross_entropy_backward(dvl_ctx *ctx, dvl_node *node)
         if (!dz || (dh && !dhs))
             return;
         dvl_cuda_cross_entropy_bwd(dz, xd->z, rowmax, logsum, xd->labels, xd->wt, g, n_sup, V);
-        dvl_err e = {0, ""};
-        if (dvl_cuda_linear_bwd(dvl_ctx_cublas(ctx), dhs, dw, NULL, NULL, dz, xd->hs, dvl_f32(w),
-                                n_sup, d, V, &e) != DVL_OK) {
-            dvl_ctx_set_err(ctx, &e);
+        if (!dvl_dev_linear_bwd(ctx, dhs, dw, NULL, dz, xd->hs, dvl_f32(w), n_sup, d, V))
             return;
-        }
         if (dh)
             dvl_cuda_scatter_add_rows(dh, dhs, xd->rows, n_sup, d);
         dvl_ctx_check(ctx, "linear_cross_entropy backward");
@@ -283,12 +279,8 @@ dvl_tensor *dvl_linear_cross_entropy(dvl_ctx *ctx, dvl_tensor *h, dvl_tensor *w,
         if (!xd->rows || (weight && !xd->wt) || !xd->hs || !xd->z || !rowloss)
             return NULL;
         dvl_cuda_embedding_fwd(xd->hs, dvl_f32(h), xd->rows, n_sup, d);
-        dvl_err e = {0, ""};
-        if (dvl_cuda_linear_fwd(dvl_ctx_cublas(ctx), xd->z, xd->hs, dvl_f32(w), NULL, n_sup, d, V,
-                                &e) != DVL_OK) {
-            dvl_ctx_set_err(ctx, &e);
+        if (!dvl_dev_linear_fwd(ctx, xd->z, xd->hs, dvl_f32(w), NULL, n_sup, d, V))
             return NULL;
-        }
         dvl_cuda_cross_entropy_fwd(dvl_f32(out), rowloss, rowmax, logsum, xd->z, xd->labels,
                                    xd->wt, n_sup, V);
         if (!dvl_ctx_check(ctx, "linear_cross_entropy"))

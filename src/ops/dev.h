@@ -24,6 +24,61 @@ static inline void *dvl_dev_copy(dvl_ctx *ctx, const void *host, size_t bytes)
     return d;
 }
 
+/* The linear layer's products y = x W^T (+ b) and its backward (dx += dy W,
+ * dW += dy^T x, db += colsum dy; each may be NULL) on the context's cuBLAS
+ * handle, in the handle's math mode: f32 or TF32 products, or bf16 ones
+ * whose operand copies and column-sum scratch come from the device arena.
+ * False with the context's error set on failure. Shared by the linear op
+ * and the LM-head product of linear_cross_entropy. */
+static inline bool dvl_dev_linear_fwd(dvl_ctx *ctx, float *y, const float *x, const float *w,
+                                      const float *b, int64_t rows, int64_t in, int64_t out)
+{
+    struct dvl_cublas *h = dvl_ctx_cublas(ctx);
+    dvl_err e = {0, ""};
+    int rc;
+    if (dvl_cublas_math(h) == DVL_MATH_BF16) {
+        void *scratch = dvl_alloc_dev(ctx, dvl_cuda_linear_bf16_scratch(rows, in, out, false));
+        if (!scratch)
+            return false;
+        rc = dvl_cuda_linear_fwd_bf16(h, y, x, w, b, scratch, rows, in, out, &e);
+    } else {
+        rc = dvl_cuda_linear_fwd(h, y, x, w, b, rows, in, out, &e);
+    }
+    if (rc != DVL_OK) {
+        dvl_ctx_set_err(ctx, &e);
+        return false;
+    }
+    return true;
+}
+
+static inline bool dvl_dev_linear_bwd(dvl_ctx *ctx, float *dx, float *dw, float *db,
+                                      const float *dy, const float *x, const float *w,
+                                      int64_t rows, int64_t in, int64_t out)
+{
+    struct dvl_cublas *h = dvl_ctx_cublas(ctx);
+    float *colsum = NULL;
+    if (db &&
+        !(colsum = dvl_alloc_dev(ctx, (size_t)dvl_cuda_colsum_scratch(rows, out) * sizeof(float))))
+        return false;
+    dvl_err e = {0, ""};
+    int rc;
+    if (dvl_cublas_math(h) == DVL_MATH_BF16) {
+        void *scratch = NULL;
+        if ((dx || dw) &&
+            !(scratch = dvl_alloc_dev(ctx, dvl_cuda_linear_bf16_scratch(rows, in, out, true))))
+            return false;
+        rc = dvl_cuda_linear_bwd_bf16(h, dx, dw, db, colsum, scratch, dy, x, w, rows, in, out,
+                                      &e);
+    } else {
+        rc = dvl_cuda_linear_bwd(h, dx, dw, db, colsum, dy, x, w, rows, in, out, &e);
+    }
+    if (rc != DVL_OK) {
+        dvl_ctx_set_err(ctx, &e);
+        return false;
+    }
+    return true;
+}
+
 /* One float of device memory read back (a scalar upstream gradient). */
 static inline bool dvl_dev_scalar(dvl_ctx *ctx, const float *d, float *out)
 {

@@ -27,18 +27,9 @@ static void linear_backward(dvl_ctx *ctx, dvl_node *node)
         dvl_cpu_linear_bwd(dx, dw, db, dy, dvl_f32(x), dvl_f32(w), rows, in, out);
         break;
 #ifdef DVL_HAVE_CUDA
-    case DVL_CUDA: {
-        float *scratch =
-            db ? dvl_alloc_dev(ctx, (size_t)dvl_cuda_colsum_scratch(rows, out) * sizeof(float))
-               : NULL;
-        if (db && !scratch)
-            return;
-        dvl_err e = {0, ""};
-        if (dvl_cuda_linear_bwd(dvl_ctx_cublas(ctx), dx, dw, db, scratch, dy, dvl_f32(x),
-                                dvl_f32(w), rows, in, out, &e) != DVL_OK)
-            dvl_ctx_set_err(ctx, &e);
+    case DVL_CUDA: /* f32, TF32 or bf16 products: the context's math mode */
+        dvl_dev_linear_bwd(ctx, dx, dw, db, dy, dvl_f32(x), dvl_f32(w), rows, in, out);
         break;
-    }
 #endif
     default:
         dvl_fail(ctx, "linear: device not supported");
@@ -90,15 +81,11 @@ dvl_tensor *dvl_linear(dvl_ctx *ctx, dvl_tensor *x, dvl_tensor *w, dvl_tensor *b
                            out);
         break;
 #ifdef DVL_HAVE_CUDA
-    case DVL_CUDA: {
-        dvl_err e = {0, ""};
-        if (dvl_cuda_linear_fwd(dvl_ctx_cublas(ctx), dvl_f32(y), dvl_f32(x), dvl_f32(w),
-                                b ? dvl_f32(b) : NULL, rows, in, out, &e) != DVL_OK) {
-            dvl_ctx_set_err(ctx, &e);
+    case DVL_CUDA:
+        if (!dvl_dev_linear_fwd(ctx, dvl_f32(y), dvl_f32(x), dvl_f32(w), b ? dvl_f32(b) : NULL,
+                                rows, in, out))
             return NULL;
-        }
         break;
-    }
 #endif
     default:
         return dvl_fail(ctx, "linear: device not supported");

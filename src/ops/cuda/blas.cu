@@ -10,12 +10,13 @@
 #include <limits.h>
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 
 #include "ops/cuda/common.cuh"
 
 struct dvl_cublas {
     cublasHandle_t h;
-    bool tf32;
+    dvl_cuda_math math;
 };
 
 __attribute__((format(printf, 3, 4))) static int blas_fail(dvl_err *err, cublasStatus_t s,
@@ -30,17 +31,34 @@ __attribute__((format(printf, 3, 4))) static int blas_fail(dvl_err *err, cublasS
                     cublasGetStatusName(s));
 }
 
-static int set_math(dvl_cublas *h, bool tf32, dvl_err *err)
+static const char *math_name(dvl_cuda_math m)
 {
+    switch (m) {
+    case DVL_MATH_F32: return "f32";
+    case DVL_MATH_TF32: return "tf32";
+    case DVL_MATH_BF16: return "bf16";
+    }
+    return "unknown";
+}
+
+extern "C" int dvl_cublas_set_math(dvl_cublas *h, dvl_cuda_math math, dvl_err *err)
+{
+    if (math != DVL_MATH_F32 && math != DVL_MATH_TF32 && math != DVL_MATH_BF16)
+        return dvl_errf(err, DVL_EINVAL, "cublas: unknown math mode %d", (int)math);
     /* DEFAULT keeps f32 products in f32 (unless NVIDIA_TF32_OVERRIDE says
-     * otherwise); TF32_TENSOR_OP lets cublasSgemm round inputs to TF32. */
+     * otherwise); TF32_TENSOR_OP lets cublasSgemm round inputs to TF32. The
+     * bf16 mode's products are cublasGemmEx calls on bf16 copies, which use
+     * the tensor cores under DEFAULT; any sgemm left stays f32. */
+    const bool tf32 = math == DVL_MATH_TF32;
     cublasStatus_t s =
         cublasSetMathMode(h->h, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
     if (s != CUBLAS_STATUS_SUCCESS)
-        return blas_fail(err, s, "cublasSetMathMode(%s)", tf32 ? "TF32" : "default");
-    h->tf32 = tf32;
+        return blas_fail(err, s, "cublasSetMathMode(%s)", math_name(math));
+    h->math = math;
     return DVL_OK;
 }
+
+extern "C" dvl_cuda_math dvl_cublas_math(const dvl_cublas *h) { return h->math; }
 
 extern "C" dvl_cublas *dvl_cublas_new(bool tf32, dvl_err *err)
 {
@@ -55,7 +73,7 @@ extern "C" dvl_cublas *dvl_cublas_new(bool tf32, dvl_err *err)
         free(h);
         return NULL;
     }
-    if (set_math(h, tf32, err) != DVL_OK) {
+    if (dvl_cublas_set_math(h, tf32 ? DVL_MATH_TF32 : DVL_MATH_F32, err) != DVL_OK) {
         dvl_cublas_free(h);
         return NULL;
     }
@@ -72,10 +90,10 @@ extern "C" void dvl_cublas_free(dvl_cublas *h)
 
 extern "C" int dvl_cublas_set_tf32(dvl_cublas *h, bool tf32, dvl_err *err)
 {
-    return set_math(h, tf32, err);
+    return dvl_cublas_set_math(h, tf32 ? DVL_MATH_TF32 : DVL_MATH_F32, err);
 }
 
-extern "C" bool dvl_cublas_tf32(const dvl_cublas *h) { return h->tf32; }
+extern "C" bool dvl_cublas_tf32(const dvl_cublas *h) { return h->math == DVL_MATH_TF32; }
 
 /* cuBLAS sizes are int. */
 static int check_dims(const char *fn, int64_t rows, int64_t in, int64_t out, dvl_err *err)
@@ -185,4 +203,137 @@ extern "C" int dvl_cuda_matmul_bf16(dvl_cublas *h, void *y, dvl_dtype ytype, con
         return blas_fail(err, s, "bf16 gemm rows=%lld in=%lld out=%lld", (long long)rows,
                          (long long)in, (long long)out);
     return DVL_OK;
+}
+
+/* ------------------------------------------------------ bf16 mixed precision
+ * The linear layer with bf16 products (torch.autocast's recipe, with f32
+ * results): f32 master weights and activations stay as they are; each call
+ * rounds its operands to bf16 copies in caller scratch (round to nearest
+ * even), multiplies them with f32 accumulation (cublasGemmEx, compute
+ * 32F) and writes or accumulates f32 results:
+ *   forward   y = bf16(x) bf16(W)^T (+ b)
+ *   backward  dx += bf16(dy) bf16(W),  dW += bf16(dy)^T bf16(x),  db += colsum(dy)
+ * Casting per call, rather than keeping a bf16 shadow of each weight that
+ * the optimiser refreshes, needs no state tied to the parameter store and
+ * cannot go stale; it costs one pass over W per product (memory-bound,
+ * ~1/100 of the product's time at these shapes). */
+
+#define GRID_STRIDE(i, n)                                                                     \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                 \
+         i += (int64_t)gridDim.x * blockDim.x)
+
+__global__ static void to_bf16_k(__nv_bfloat16 *y, const float *x, int64_t n)
+{
+    GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+/* Bytes of a bf16 copy of n values, rounded up to 256 (the arena's device
+ * alignment, so copies laid end to end stay aligned). */
+static size_t bf16_bytes(int64_t n) { return ((size_t)n * 2 + 255) / 256 * 256; }
+
+extern "C" size_t dvl_cuda_linear_bf16_scratch(int64_t rows, int64_t in, int64_t out,
+                                               bool backward)
+{
+    if (rows < 0 || in < 0 || out < 0)
+        return 0;
+    return bf16_bytes(rows * in) + bf16_bytes(out * in) + (backward ? bf16_bytes(rows * out) : 0);
+}
+
+/* bf16 copy of x [n] into dst (device), launch checked. */
+static int cast(__nv_bfloat16 *dst, const float *x, int64_t n, const char *what, dvl_err *err)
+{
+    if (n <= 0)
+        return DVL_OK;
+    to_bf16_k<<<dvl_cu_blocks(n), DVL_CU_THREADS>>>(dst, x, n);
+    return dvl_cuda_check(what, err);
+}
+
+/* C (f32, column-major m x n, ldc) = A B + beta C with bf16 A, B (column-
+ * major views as in the f32 products above), f32 accumulation. */
+static cublasStatus_t gemm_bf16(dvl_cublas *h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                                int n, int k, const __nv_bfloat16 *A, int lda,
+                                const __nv_bfloat16 *B, int ldb, float beta, float *C, int ldc)
+{
+    const float one = 1.0f;
+    return cublasGemmEx(h->h, ta, tb, m, n, k, &one, A, CUDA_R_16BF, lda, B, CUDA_R_16BF, ldb,
+                        &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
+extern "C" int dvl_cuda_linear_fwd_bf16(dvl_cublas *h, float *y, const float *x, const float *w,
+                                        const float *b, void *scratch, int64_t rows, int64_t in,
+                                        int64_t out, dvl_err *err)
+{
+    if (check_dims("dvl_cuda_linear_fwd_bf16", rows, in, out, err))
+        return err ? err->code : DVL_EINVAL;
+    if (rows == 0 || out == 0)
+        return DVL_OK;
+    if (in == 0) /* y = b, or 0: the f32 path's handling */
+        return dvl_cuda_linear_fwd(h, y, x, w, b, rows, in, out, err);
+    if (!scratch)
+        return dvl_errf(err, DVL_EINVAL,
+                        "dvl_cuda_linear_fwd_bf16: needs %zu bytes of scratch, got NULL",
+                        dvl_cuda_linear_bf16_scratch(rows, in, out, false));
+    __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch;
+    __nv_bfloat16 *wb = (__nv_bfloat16 *)((char *)scratch + bf16_bytes(rows * in));
+    int rc;
+    if ((rc = cast(xb, x, rows * in, "linear bf16: cast x", err)) ||
+        (rc = cast(wb, w, out * in, "linear bf16: cast W", err)))
+        return rc;
+    float beta = 0.0f;
+    if (b) {
+        fill_rows_k<<<dvl_cu_blocks(rows * out), DVL_CU_THREADS>>>(y, b, rows, out);
+        if (dvl_cuda_check("dvl_cuda_linear_fwd_bf16 bias", err))
+            return DVL_EDEVICE;
+        beta = 1.0f;
+    }
+    /* y^T = W x^T as the f32 forward. */
+    cublasStatus_t s = gemm_bf16(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)rows, (int)in, wb,
+                                 (int)in, xb, (int)in, beta, y, (int)out);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return blas_fail(err, s, "linear forward bf16 gemm rows=%lld in=%lld out=%lld",
+                         (long long)rows, (long long)in, (long long)out);
+    return DVL_OK;
+}
+
+extern "C" int dvl_cuda_linear_bwd_bf16(dvl_cublas *h, float *dx, float *dw, float *db,
+                                        float *colsum_scratch, void *scratch, const float *dy,
+                                        const float *x, const float *w, int64_t rows, int64_t in,
+                                        int64_t out, dvl_err *err)
+{
+    if (check_dims("dvl_cuda_linear_bwd_bf16", rows, in, out, err))
+        return err ? err->code : DVL_EINVAL;
+    if (rows == 0 || out == 0)
+        return DVL_OK;
+    if ((dx || dw) && in > 0) {
+        if (!scratch)
+            return dvl_errf(err, DVL_EINVAL,
+                            "dvl_cuda_linear_bwd_bf16: needs %zu bytes of scratch, got NULL",
+                            dvl_cuda_linear_bf16_scratch(rows, in, out, true));
+        __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch;
+        __nv_bfloat16 *wb = (__nv_bfloat16 *)((char *)scratch + bf16_bytes(rows * in));
+        __nv_bfloat16 *dyb = (__nv_bfloat16 *)((char *)wb + bf16_bytes(out * in));
+        int rc = cast(dyb, dy, rows * out, "linear bf16 backward: cast dy", err);
+        if (rc)
+            return rc;
+        if (dx) { /* dx^T += W^T dy^T */
+            if ((rc = cast(wb, w, out * in, "linear bf16 backward: cast W", err)))
+                return rc;
+            cublasStatus_t s = gemm_bf16(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)in, (int)rows,
+                                         (int)out, wb, (int)in, dyb, (int)out, 1.0f, dx, (int)in);
+            if (s != CUBLAS_STATUS_SUCCESS)
+                return blas_fail(err, s, "linear backward dx bf16 gemm rows=%lld in=%lld out=%lld",
+                                 (long long)rows, (long long)in, (long long)out);
+        }
+        if (dw) { /* dW^T += x^T dy */
+            if ((rc = cast(xb, x, rows * in, "linear bf16 backward: cast x", err)))
+                return rc;
+            cublasStatus_t s = gemm_bf16(h, CUBLAS_OP_N, CUBLAS_OP_T, (int)in, (int)out,
+                                         (int)rows, xb, (int)in, dyb, (int)out, 1.0f, dw, (int)in);
+            if (s != CUBLAS_STATUS_SUCCESS)
+                return blas_fail(err, s, "linear backward dW bf16 gemm rows=%lld in=%lld out=%lld",
+                                 (long long)rows, (long long)in, (long long)out);
+        }
+    }
+    /* db from the f32 dy, as the f32 path. */
+    return dvl_cuda_linear_bwd(h, NULL, NULL, db, colsum_scratch, dy, x, w, rows, in, out, err);
 }

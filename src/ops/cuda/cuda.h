@@ -64,12 +64,21 @@ int dvl_cuda_sync(const char *what, dvl_err *err);
 int dvl_cuda_check(const char *what, dvl_err *err);
 
 /* ------------------------------------------------------------------ blas */
-/* A cuBLAS handle on the default stream. With tf32, f32 products use the
- * tensor cores' TF32 inputs (10-bit mantissa, f32 accumulation: about 1e-3
- * relative error) instead of full f32 FMAs. */
+/* A cuBLAS handle on the default stream, with the math mode of the linear
+ * layer's products (the context's handle carries it for every op):
+ *   DVL_MATH_F32   full f32 FMAs (the default)
+ *   DVL_MATH_TF32  f32 products on the tensor cores' TF32 inputs (10-bit
+ *                  mantissa, f32 accumulation: about 1e-3 relative error)
+ *   DVL_MATH_BF16  the ops call the *_bf16 products below: operands
+ *                  rounded to bf16 (8-bit mantissa), f32 accumulation and
+ *                  f32 results and gradients (about 4e-3 relative error). */
+typedef enum dvl_cuda_math { DVL_MATH_F32 = 0, DVL_MATH_TF32, DVL_MATH_BF16 } dvl_cuda_math;
 typedef struct dvl_cublas dvl_cublas;
 dvl_cublas *dvl_cublas_new(bool tf32, dvl_err *err);
 void dvl_cublas_free(dvl_cublas *h);
+int dvl_cublas_set_math(dvl_cublas *h, dvl_cuda_math math, dvl_err *err);
+dvl_cuda_math dvl_cublas_math(const dvl_cublas *h);
+/* set_math(TF32 or F32); whether the mode is TF32. */
 int dvl_cublas_set_tf32(dvl_cublas *h, bool tf32, dvl_err *err);
 bool dvl_cublas_tf32(const dvl_cublas *h);
 
@@ -82,6 +91,20 @@ int dvl_cuda_linear_fwd(dvl_cublas *h, float *y, const float *x, const float *w,
 int dvl_cuda_linear_bwd(dvl_cublas *h, float *dx, float *dw, float *db, float *scratch,
                         const float *dy, const float *x, const float *w, int64_t rows,
                         int64_t in, int64_t out, dvl_err *err);
+/* The same two calls with bf16 products (DVL_MATH_BF16): the f32 operands
+ * are rounded to bf16 copies in `scratch` (device memory of
+ * dvl_cuda_linear_bf16_scratch bytes, forward or backward), multiplied with
+ * f32 accumulation by cublasGemmEx, and the f32 results written (y) or
+ * accumulated (dx, dW). db is the f32 column sum of dy as above, with
+ * colsum_scratch as its scratch. Whatever the handle's mode. */
+size_t dvl_cuda_linear_bf16_scratch(int64_t rows, int64_t in, int64_t out, bool backward);
+int dvl_cuda_linear_fwd_bf16(dvl_cublas *h, float *y, const float *x, const float *w,
+                             const float *b, void *scratch, int64_t rows, int64_t in, int64_t out,
+                             dvl_err *err);
+int dvl_cuda_linear_bwd_bf16(dvl_cublas *h, float *dx, float *dw, float *db,
+                             float *colsum_scratch, void *scratch, const float *dy,
+                             const float *x, const float *w, int64_t rows, int64_t in,
+                             int64_t out, dvl_err *err);
 /* y = x W^T with bf16 x [rows, in] and W [out, in] (raw bf16 bits), f32
  * accumulation, y [rows, out] of ytype DVL_F32 or DVL_BF16. */
 int dvl_cuda_matmul_bf16(dvl_cublas *h, void *y, dvl_dtype ytype, const uint16_t *x,
