@@ -157,7 +157,9 @@ int bench_train(int argc, char **argv)
            kvd = (double)(c->kv_heads * c->head_dim), ff = (double)c->intermediate;
     double rows = 2.0 * L * N;
     double lin = 2.0 * rows * (d * qd + 2 * d * kvd + qd * d + 3 * d * ff) * (double)layers;
-    if (dvl_diff_make_batch(db, &dc, &rng, seqs, N, L, &err)) {
+    /* One rank, global batch N; each step below draws its own noise. */
+    dvl_diff_draw draw = {.seed = 7};
+    if (dvl_diff_make_batch(db, &dc, &draw, seqs, N, L, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         return 1;
     }
@@ -185,7 +187,8 @@ int bench_train(int argc, char **argv)
         double t0 = bench_now();
         dvl_params_zero_grad(m.params);
         dvl_ctx_reset(ctx);
-        if (dvl_diff_make_batch(db, &dc, &rng, seqs, N, L, &err)) {
+        draw.seed = (uint64_t)k;
+        if (dvl_diff_make_batch(db, &dc, &draw, seqs, N, L, &err)) {
             fprintf(stderr, "dvl-bench train: %s\n", err.msg);
             return 1;
         }
@@ -377,7 +380,8 @@ static int run_cuda(const cuda_run *r, int L)
         ids[i] = (int32_t)(dvl_rng_u64(&rng) % (uint64_t)(r->V - 2));
     for (int s = 0; s < N; s++)
         seqs[s] = (dvl_diff_seq){ids + (int64_t)s * L, ids + (int64_t)s * L, L};
-    if (dvl_diff_make_batch(db, r->dc, &rng, seqs, N, L, &err)) {
+    dvl_diff_draw draw = {.seed = 7};
+    if (dvl_diff_make_batch(db, r->dc, &draw, seqs, N, L, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         goto done;
     }
@@ -400,7 +404,8 @@ static int run_cuda(const cuda_run *r, int L)
         double t0 = bench_now();
         dvl_params_zero_grad(r->pd);
         dvl_ctx_reset(ctx);
-        if (dvl_diff_make_batch(db, r->dc, &rng, seqs, N, L, &err)) {
+        draw.seed = (uint64_t)k;
+        if (dvl_diff_make_batch(db, r->dc, &draw, seqs, N, L, &err)) {
             fprintf(stderr, "dvl-bench train: %s\n", err.msg);
             goto done;
         }

@@ -21,44 +21,60 @@ static int cmp_double(const void *a, const void *b)
 
 START_TEST(antithetic_t_is_stratified_and_in_range)
 {
-    enum { N = 37 };
+    /* G rows of nb cells drawn one after another from one stream are the
+     * bd3lms grid of n = G nb cells; shapes with one row, one column and
+     * both. */
+    enum { N = 35 };
+    const int64_t shapes[3][2] = {{1, 35}, {5, 7}, {35, 1}};
     dvl_rng rng;
     dvl_rng_seed(&rng, 7);
-    for (int rep = 0; rep < 20; rep++) {
-        double u[N];
-        dvl_diff_sample_u(&rng, N, true, u);
-        /* Cell i holds u in [i/n, (i+1)/n) ... */
-        for (int i = 0; i < N; i++)
-            ck_assert_msg(u[i] >= (double)i / N && u[i] < (double)(i + 1) / N,
-                          "u[%d] = %.17g outside its stratum", i, u[i]);
-        /* ... so, sorted, exactly one u per interval of width 1/n. */
-        qsort(u, N, sizeof u[0], cmp_double);
-        for (int i = 0; i < N; i++)
-            ck_assert_int_eq((int)floor(u[i] * N), i);
+    for (int sh = 0; sh < 3; sh++) {
+        const int64_t G = shapes[sh][0], nb = shapes[sh][1];
+        for (int rep = 0; rep < 20; rep++) {
+            double u[N];
+            for (int64_t g = 0; g < G; g++)
+                dvl_diff_sample_u(&rng, g, G, nb, true, u + g * nb);
+            /* Cell i holds u in [i/n, (i+1)/n) ... */
+            for (int i = 0; i < N; i++)
+                ck_assert_msg(u[i] >= (double)i / N && u[i] < (double)(i + 1) / N,
+                              "%lld x %lld: u[%d] = %.17g outside its stratum", (long long)G,
+                              (long long)nb, i, u[i]);
+            /* ... so, sorted, exactly one u per interval of width 1/n. */
+            qsort(u, N, sizeof u[0], cmp_double);
+            for (int i = 0; i < N; i++)
+                ck_assert_int_eq((int)floor(u[i] * N), i);
+        }
     }
-    /* t = eps_min + (eps_max - eps_min) u, inside [eps_min, eps_max]. */
-    float t[N];
+    /* t = eps_min + (eps_max - eps_min) u, inside [eps_min, eps_max]; row 2
+     * of 5 alone draws the same as in the grid. */
+    float t[7];
     dvl_rng_seed(&rng, 8);
-    dvl_diff_sample_t(&rng, N, true, 1e-3, 1.0, t);
+    dvl_diff_sample_t(&rng, 2, 5, 7, true, 1e-3, 1.0, t);
     dvl_rng r2;
     dvl_rng_seed(&r2, 8);
-    double u[N];
-    dvl_diff_sample_u(&r2, N, true, u);
-    for (int i = 0; i < N; i++) {
+    double u[7];
+    dvl_diff_sample_u(&r2, 2, 5, 7, true, u);
+    for (int i = 0; i < 7; i++) {
+        ck_assert(u[i] >= (14.0 + i) / 35 && u[i] < (15.0 + i) / 35);
         ck_assert(t[i] >= 1e-3f && t[i] <= 1.0f);
         ck_assert_float_eq(t[i], (float)(1e-3 + (1.0 - 1e-3) * u[i]));
     }
-    dvl_diff_sample_t(&rng, N, true, 0.25, 0.5, t);
-    for (int i = 0; i < N; i++)
+    dvl_diff_sample_t(&rng, 0, 1, 7, true, 0.25, 0.5, t);
+    for (int i = 0; i < 7; i++)
         ck_assert(t[i] >= 0.25f && t[i] <= 0.5f);
-    /* Without antithetic sampling: plain U[0,1) draws. */
-    dvl_diff_sample_u(&rng, N, false, u);
+    /* Without antithetic sampling: plain U[0,1) draws, whatever the row. */
+    double v[N];
+    dvl_diff_sample_u(&rng, 3, 5, N, false, v);
     int low = 0;
     for (int i = 0; i < N; i++) {
-        ck_assert(u[i] >= 0.0 && u[i] < 1.0);
-        low += u[i] < (double)(N / 2) / N;
+        ck_assert(v[i] >= 0.0 && v[i] < 1.0);
+        low += v[i] < (double)(N / 2) / N;
     }
     ck_assert(low > 0 && low < N); /* not stratified by index: both halves visited */
+    /* Sample seeds: a function of (step seed, g), different for neighbours. */
+    ck_assert_uint_eq(dvl_diff_sample_seed(5, 3), dvl_diff_sample_seed(5, 3));
+    ck_assert_uint_ne(dvl_diff_sample_seed(5, 3), dvl_diff_sample_seed(5, 4));
+    ck_assert_uint_ne(dvl_diff_sample_seed(5, 3), dvl_diff_sample_seed(6, 3));
 }
 END_TEST
 
@@ -149,6 +165,13 @@ END_TEST
 
 /* ------------------------------------------------------------------ batches */
 
+/* The next step's noise: a fresh seed each call (one global batch). */
+static const dvl_diff_draw *next_draw(dvl_diff_draw *d)
+{
+    d->seed++;
+    return d;
+}
+
 static void cfg_test(dvl_diff_cfg *c, int B)
 {
     dvl_diff_cfg_qwen(c);
@@ -171,11 +194,10 @@ START_TEST(batch_layout_positions_and_padding)
     dvl_err err = {0};
     dvl_diff_batch *b = dvl_diff_batch_new(4, 32, &err);
     ck_assert_ptr_nonnull(b);
-    dvl_rng rng;
-    dvl_rng_seed(&rng, 3);
+    dvl_diff_draw draw = {.seed = 3};
     /* Several draws: the layout rules hold whatever gets masked. */
     for (int rep = 0; rep < 50; rep++) {
-        ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 2, 0, &err), 0);
+        ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 2, 0, &err), 0);
         ck_assert_int_eq(b->n, 2);
         ck_assert_int_eq(b->L, 12);
         ck_assert_int_eq(b->nblocks, 3);
@@ -212,22 +234,22 @@ START_TEST(batch_layout_positions_and_padding)
         ck_assert_int_eq(b->n_labelled, masked);
     }
     /* A fixed L: 16 is accepted, 14 (not a multiple) and 8 (too short) are not. */
-    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 2, 16, &err), 0);
+    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 2, 16, &err), 0);
     ck_assert_int_eq(b->L, 16);
     ck_assert_int_eq(b->key_valid[15], 0);
-    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 2, 14, &err), DVL_EINVAL);
+    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 2, 14, &err), DVL_EINVAL);
     ck_assert_ptr_nonnull(strstr(err.msg, "L 14"));
-    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 2, 8, &err), DVL_EINVAL);
-    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 2, 64, &err), DVL_EINVAL);
+    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 2, 8, &err), DVL_EINVAL);
+    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 2, 64, &err), DVL_EINVAL);
     ck_assert_ptr_nonnull(strstr(err.msg, "capacity 32"));
-    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 5, 0, &err), DVL_EINVAL);
+    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 5, 0, &err), DVL_EINVAL);
     /* Shifted (AR-style) labels are refused, naming sample and position. */
     const int32_t bad[5] = {-100, 12, 13, 14, -100};
     dvl_diff_seq badq[1] = {{ids0, bad, 5}};
-    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, badq, 1, 0, &err), DVL_EINVAL);
+    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), badq, 1, 0, &err), DVL_EINVAL);
     ck_assert_ptr_nonnull(strstr(err.msg, "sequence 0 position 1: label 12 differs"));
     cfg.eps_min = 0.0;
-    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 2, 0, &err), DVL_EINVAL);
+    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 2, 0, &err), DVL_EINVAL);
     ck_assert_ptr_nonnull(strstr(err.msg, "eps_min"));
     dvl_diff_batch_free(b);
 }
@@ -246,9 +268,8 @@ START_TEST(batch_block_aligned_eos)
     cfg.eps_min = cfg.eps_max = 1.0; /* t = 1: every supervised token masked */
     dvl_err err = {0};
     dvl_diff_batch *b = dvl_diff_batch_new(2, 16, &err);
-    dvl_rng rng;
-    dvl_rng_seed(&rng, 5);
-    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 2, 0, &err), 0);
+    dvl_diff_draw draw = {.seed = 5};
+    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 2, 0, &err), 0);
     ck_assert_int_eq(b->L, 12);
     const int32_t x0_0[12] = {10, 11, 12, 13, 14, 3000, 3000, 3000, 2000, 2000, 2000, 2000};
     const int32_t xt_0[12] = {10, 11, 1000, 1000, 1000, 1000, 1000, 1000, 2000, 2000, 2000, 2000};
@@ -283,11 +304,10 @@ START_TEST(loss_weights_hand_example)
     cfg.eps_min = cfg.eps_max = 0.5;
     dvl_err err = {0};
     dvl_diff_batch *b = dvl_diff_batch_new(2, 8, &err);
-    dvl_rng rng;
-    dvl_rng_seed(&rng, 9);
+    dvl_diff_draw draw = {.seed = 9};
     int seen0 = 0, seen1 = 0;
     for (int rep = 0; rep < 20; rep++) {
-        ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 2, 0, &err), 0);
+        ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 2, 0, &err), 0);
         for (int j = 0; j < 8; j++) {
             if (b->masked[j]) {
                 ck_assert_float_eq_tol(b->weight[j], 1.0f / 3.0f, 1e-7f);
@@ -319,14 +339,13 @@ START_TEST(loss_weights_give_the_diffusionvl_loss)
     cfg.eos_id = 15;
     dvl_err err = {0};
     dvl_diff_batch *b = dvl_diff_batch_new(3, 16, &err);
-    dvl_rng rng;
-    dvl_rng_seed(&rng, 21);
+    dvl_diff_draw draw = {.seed = 21};
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     for (int shift = 0; shift < 2; shift++) {
         cfg.shift_logits = shift;
         for (int rep = 0; rep < 10; rep++) {
             dvl_ctx_reset(ctx);
-            ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 3, 0, &err), 0);
+            ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 3, 0, &err), 0);
             const int64_t n = b->n, L = b->L, rows = n * L;
             dvl_tensor *logits = dvl_new2(ctx, rows, V);
             tu_randn(logits, 100 + (uint64_t)rep, 2.0f);
@@ -374,13 +393,12 @@ START_TEST(shift_logits_labels)
     cfg.eps_min = cfg.eps_max = 1.0;
     dvl_err err = {0};
     dvl_diff_batch *b = dvl_diff_batch_new(1, 8, &err);
-    dvl_rng rng;
-    dvl_rng_seed(&rng, 1);
-    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 1, 0, &err), 0);
+    dvl_diff_draw draw = {.seed = 1};
+    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 1, 0, &err), 0);
     const int32_t plain[8] = {-100, -100, 3, 4, 5, 6, -100, -100};
     ck_assert_mem_eq(b->labels, plain, sizeof plain);
     cfg.shift_logits = true;
-    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 1, 0, &err), 0);
+    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 1, 0, &err), 0);
     /* Row i carries the token of position i + 1 when that one is masked. */
     const int32_t shifted[8] = {-100, 3, 4, 5, 6, -100, -100, -100};
     ck_assert_mem_eq(b->labels, shifted, sizeof shifted);
@@ -393,7 +411,7 @@ START_TEST(shift_logits_labels)
     cfg.eps_min = 0.2;
     cfg.eps_max = 0.9;
     for (int rep = 0; rep < 30; rep++) {
-        ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 1, 0, &err), 0);
+        ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 1, 0, &err), 0);
         for (int i = 0; i + 1 < 8; i++)
             if (b->masked[i + 1])
                 ck_assert_float_eq_tol(b->weight[i], 1.0f / (b->t[(i + 1) / 4] * 4.0f), 1e-6f);
@@ -423,9 +441,8 @@ START_TEST(attention_mask_matches_bd3lm)
     cfg.block_align_eos = false;
     dvl_err err = {0};
     dvl_diff_batch *b = dvl_diff_batch_new(1, 12, &err);
-    dvl_rng rng;
-    dvl_rng_seed(&rng, 1);
-    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &rng, seqs, 1, 0, &err), 0);
+    dvl_diff_draw draw = {.seed = 1};
+    ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, next_draw(&draw), seqs, 1, 0, &err), 0);
     dvl_mask m = dvl_diff_attn_mask(b, 4);
     ck_assert_int_eq(m.kind, DVL_MASK_BLOCK_DIFF);
     ck_assert_int_eq(m.half, 12);
@@ -447,36 +464,149 @@ START_TEST(batch_is_deterministic_and_resumable)
     cfg_test(&cfg, 4);
     dvl_err err = {0};
     dvl_diff_batch *a = dvl_diff_batch_new(2, 16, &err), *b = dvl_diff_batch_new(2, 16, &err);
-    dvl_rng r1, r2, saved;
-    dvl_rng_seed(&r1, 42);
-    dvl_rng_seed(&r2, 42);
-    float t_late[2][2 * 4];
-    for (int step = 0; step < 5; step++) {
-        if (step == 3)
-            saved = r1; /* the state a checkpoint stores */
-        ck_assert_int_eq(dvl_diff_make_batch(a, &cfg, &r1, seqs, 2, 0, &err), 0);
-        ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &r2, seqs, 2, 0, &err), 0);
+    /* The noise is a function of the draw's seed (dvl-train: of train.seed
+     * and the step): two builds from the same seed agree, and a resumed
+     * run, which only knows the step, redraws it exactly. */
+    for (uint64_t step = 0; step < 5; step++) {
+        dvl_diff_draw d1 = {.seed = 42 + step}, d2 = d1;
+        ck_assert_int_eq(dvl_diff_make_batch(a, &cfg, &d1, seqs, 2, 0, &err), 0);
+        ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &d2, seqs, 2, 0, &err), 0);
         const size_t nl = (size_t)(a->n * a->L);
         ck_assert_mem_eq(a->ids, b->ids, 2 * nl * sizeof *a->ids);
         ck_assert_mem_eq(a->labels, b->labels, nl * sizeof *a->labels);
         ck_assert_mem_eq(a->weight, b->weight, nl * sizeof *a->weight);
         ck_assert_mem_eq(a->t, b->t, (size_t)(a->n * a->nblocks) * sizeof *a->t);
         ck_assert_int_eq(a->n * a->nblocks, 8);
-        if (step >= 3)
-            memcpy(t_late[step - 3], a->t, sizeof t_late[0]);
-    }
-    /* Resuming from the saved state redraws steps 3 and 4 exactly. */
-    for (int step = 3; step < 5; step++) {
-        ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &saved, seqs, 2, 0, &err), 0);
-        ck_assert_mem_eq(b->t, t_late[step - 3], sizeof t_late[0]);
     }
     /* Another seed gives other noise. */
-    dvl_rng_seed(&r2, 43);
-    dvl_rng_seed(&r1, 42);
-    dvl_diff_make_batch(a, &cfg, &r1, seqs, 2, 0, &err);
-    dvl_diff_make_batch(b, &cfg, &r2, seqs, 2, 0, &err);
+    dvl_diff_draw d1 = {.seed = 42}, d2 = {.seed = 43};
+    dvl_diff_make_batch(a, &cfg, &d1, seqs, 2, 0, &err);
+    dvl_diff_make_batch(b, &cfg, &d2, seqs, 2, 0, &err);
     ck_assert(memcmp(a->t, b->t, (size_t)(a->n * a->nblocks) * sizeof *a->t) != 0);
     dvl_diff_batch_free(a);
+    dvl_diff_batch_free(b);
+}
+END_TEST
+
+/* A global batch of 6 built whole, and cut into micro batches as 2 ranks
+ * (samples 0 2 4 | 1 3 5) and 3 ranks x 2 micro batches (0 | 3 | 1 | 4 |
+ * 2 | 5, one sample each, padded to its own L) would: every sample gets the
+ * same t on its real blocks, the same masks and the same x_t, and weights
+ * that differ only by the batch-size factor. */
+START_TEST(noise_depends_on_the_global_index_only)
+{
+    enum { G = 6, B = 4, CAP = 32 };
+    int32_t ids[G][CAP], lab[G][CAP];
+    const int64_t lens[G] = {5, 13, 9, 22, 1, 17};
+    dvl_diff_seq seqs[G];
+    for (int s = 0; s < G; s++) {
+        for (int j = 0; j < lens[s]; j++) {
+            ids[s][j] = 10 + (s * 7 + j) % 50;
+            lab[s][j] = j < 2 ? DVL_IGNORE_INDEX : ids[s][j];
+        }
+        seqs[s] = (dvl_diff_seq){ids[s], lab[s], lens[s]};
+    }
+    dvl_diff_cfg cfg;
+    cfg_test(&cfg, B);
+    dvl_err err = {0};
+    dvl_diff_batch *whole = dvl_diff_batch_new(G, CAP, &err), *part = dvl_diff_batch_new(G, CAP, &err);
+    const int64_t cuts[2][G] = {{0, 2, 4, 1, 3, 5}, {0, 3, 1, 4, 2, 5}};
+    const int64_t per[2] = {3, 1};
+    for (uint64_t seed = 1; seed <= 10; seed++) {
+        dvl_diff_draw dw = {.seed = seed};
+        ck_assert_int_eq(dvl_diff_make_batch(whole, &cfg, &dw, seqs, G, 0, &err), 0);
+        const int64_t Lw = whole->L;
+        for (int c = 0; c < 2; c++) {
+            for (int64_t m0 = 0; m0 < G; m0 += per[c]) {
+                const int64_t *index = cuts[c] + m0, n = per[c];
+                dvl_diff_seq sub[G];
+                for (int64_t k = 0; k < n; k++)
+                    sub[k] = seqs[index[k]];
+                dvl_diff_draw dp = {.seed = seed, .global_n = G, .index = index};
+                ck_assert_int_eq(dvl_diff_make_batch(part, &cfg, &dp, sub, n, 0, &err), 0);
+                const int64_t Lp = part->L;
+                for (int64_t k = 0; k < n; k++) {
+                    const int64_t g = index[k], len = part->len[k], nb = (len + B - 1) / B;
+                    ck_assert_int_eq(len, whole->len[g]);
+                    ck_assert_mem_eq(part->t + k * part->nblocks, whole->t + g * whole->nblocks,
+                                     (size_t)nb * sizeof(float));
+                    for (int64_t q = nb; q < whole->nblocks; q++)
+                        ck_assert_float_eq(whole->t[g * whole->nblocks + q], 0.0f);
+                    ck_assert_mem_eq(part->masked + k * Lp, whole->masked + g * Lw, (size_t)len);
+                    ck_assert_mem_eq(part->ids + k * 2 * Lp, whole->ids + g * 2 * Lw,
+                                     (size_t)len * sizeof(int32_t));
+                    for (int64_t j = 0; j < len; j++) {
+                        const float wp = part->weight[k * Lp + j] * (float)n;
+                        const float ww = whole->weight[g * Lw + j] * (float)G;
+                        ck_assert_msg(fabsf(wp - ww) <= 1e-6f * ww, "sample %lld row %lld: "
+                                      "weight x n %.9g vs %.9g", (long long)g, (long long)j,
+                                      wp, ww);
+                    }
+                }
+            }
+        }
+    }
+    /* The index must lie in the global batch. */
+    const int64_t bad[1] = {6};
+    dvl_diff_draw db = {.seed = 1, .global_n = G, .index = bad};
+    ck_assert_int_eq(dvl_diff_make_batch(part, &cfg, &db, seqs, 1, 0, &err), DVL_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "global index 6 outside the global batch [0, 6)"));
+    dvl_diff_draw small = {.seed = 1, .global_n = 2};
+    ck_assert_int_eq(dvl_diff_make_batch(part, &cfg, &small, seqs, 3, 0, &err), DVL_EINVAL);
+    dvl_diff_batch_free(whole);
+    dvl_diff_batch_free(part);
+}
+END_TEST
+
+/* With antithetic sampling, sample g of G draws its blocks' t from the
+ * stratum [g/G, (g+1)/G) of u, cut into its own real blocks; and over many
+ * steps the masked count of every sample matches the sum of its t's over
+ * its supervised positions (what dvl_diff_mask promises, through the
+ * batch). */
+START_TEST(batch_t_strata_and_mask_rate)
+{
+    enum { G = 4, B = 8, CAP = 64, STEPS = 400 };
+    int32_t ids[G][CAP], lab[G][CAP];
+    const int64_t lens[G] = {64, 40, 17, 56};
+    dvl_diff_seq seqs[G];
+    for (int s = 0; s < G; s++) {
+        for (int j = 0; j < lens[s]; j++) {
+            ids[s][j] = 10 + j;
+            lab[s][j] = j % 5 == 0 ? DVL_IGNORE_INDEX : ids[s][j];
+        }
+        seqs[s] = (dvl_diff_seq){ids[s], lab[s], lens[s]};
+    }
+    dvl_diff_cfg cfg;
+    cfg_test(&cfg, B);
+    cfg.block_align_eos = false;
+    dvl_err err = {0};
+    dvl_diff_batch *b = dvl_diff_batch_new(G, CAP, &err);
+    double hits[G] = {0}, want[G] = {0}, var[G] = {0};
+    for (uint64_t step = 0; step < STEPS; step++) {
+        dvl_diff_draw d = {.seed = 1000 + step};
+        ck_assert_int_eq(dvl_diff_make_batch(b, &cfg, &d, seqs, G, 0, &err), 0);
+        for (int s = 0; s < G; s++) {
+            const int64_t nb = (lens[s] + B - 1) / B;
+            for (int64_t q = 0; q < nb; q++) {
+                const double t = b->t[s * b->nblocks + q];
+                const double u = (t - cfg.eps_min) / (cfg.eps_max - cfg.eps_min);
+                ck_assert_msg(u >= (double)s / G - 1e-6 && u < (double)(s + 1) / G + 1e-6,
+                              "sample %d block %lld: t %.7g outside its stratum", s,
+                              (long long)q, t);
+            }
+            for (int64_t j = 0; j < b->L; j++) {
+                const bool sup = j < lens[s] && lab[s][j] != DVL_IGNORE_INDEX;
+                const double t = b->t[s * b->nblocks + j / B];
+                hits[s] += b->masked[s * b->L + j];
+                want[s] += sup ? t : 0.0;
+                var[s] += sup ? t * (1.0 - t) : 0.0;
+            }
+        }
+    }
+    for (int s = 0; s < G; s++)
+        ck_assert_msg(fabs(hits[s] - want[s]) < 5.0 * sqrt(var[s]),
+                      "sample %d: %.0f masked, expected %.1f (sd %.1f)", s, hits[s], want[s],
+                      sqrt(var[s]));
     dvl_diff_batch_free(b);
 }
 END_TEST
@@ -777,6 +907,8 @@ static Suite *suite(void)
     tcase_add_test(tr, shift_logits_labels);
     tcase_add_test(tr, attention_mask_matches_bd3lm);
     tcase_add_test(tr, batch_is_deterministic_and_resumable);
+    tcase_add_test(tr, noise_depends_on_the_global_index_only);
+    tcase_add_test(tr, batch_t_strata_and_mask_rate);
     suite_add_tcase(s, tr);
     TCase *de = tcase_create("decoding");
     tcase_add_test(de, transfer_schedule_table);

@@ -15,11 +15,16 @@
  * the end TRAIN.OUT/final (config.json + model.safetensors, Hugging Face
  * names: dvl-generate and transformers load it).
  *
- * Exact resume: the diffusion noise of each micro batch is drawn from an RNG
- * seeded by (train.seed, step, micro batch, rank), the learning rate is a
- * function of the step, and the checkpoint holds weights, AdamW moments and
- * every rank's loader position, so a resumed run repeats the uninterrupted
- * one bit for bit.
+ * Stage 2 noise: every sample draws from its own stream, seeded by
+ * (train.seed, step, its index in the step's global batch), and its noise
+ * levels are its row of the antithetic grid over the global batch
+ * (diffusion/batch.h dvl_diff_draw), so the noise does not depend on the
+ * number of ranks or on the micro batch that holds the sample.
+ *
+ * Exact resume: the noise is a function of the step, the learning rate
+ * too, and the checkpoint holds weights, AdamW moments and every rank's
+ * loader position, so a resumed run repeats the uninterrupted one bit for
+ * bit.
  *
  * Errors: one line on stderr, exit 1 (2 for bad usage). */
 #include <errno.h>
@@ -34,6 +39,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "diffusion/noise.h"
 #include "dist/dist.h"
 #include "io/checkpoint.h"
 #include "io/dataset.h"
@@ -422,6 +428,35 @@ static void on_grad_ready(void *user, dvl_tensor *param)
         dvl_dist_grad_sync_ready(rc->gs, &param, 1, &rc->err);
 }
 
+/* Where micro batch b's samples sit in the step's global batch. The loader
+ * deals the epoch's permutation out round robin (rank r of R takes
+ * positions r, r + R, ...), and the step's G = R x accumulation x micro
+ * batch samples are permutation positions [k G, (k+1) G), k the step within
+ * the epoch; the sample at offset j of this rank's share of the step is
+ * position k G + r + R j. Its global index g = r + R j is thus the same for
+ * every rank count: the permutation does not depend on R. */
+static int noise_draw(run *r, const dvl_batch *b, dvl_diff_draw *draw, dvl_err *err)
+{
+    const int64_t R = r->d.world, m = r->c.micro_batch, per_rank = r->accum * m;
+    const int64_t k = r->step - b->epoch * r->steps_per_epoch;
+    const int64_t j0 = b->position - k * per_rank;
+    if (k < 0 || j0 < 0 || j0 + b->n > per_rank)
+        return dvl_errf(err, DVL_EINVAL,
+                        "step %" PRId64 ": batch at epoch %" PRId64 " position %" PRId64
+                        " is not in the step's share (%" PRId64 " samples per rank)",
+                        r->step + 1, b->epoch, b->position, per_rank);
+    int64_t *index = dvl_alloc(r->ctx, (size_t)b->n * sizeof *index);
+    if (!index)
+        return dvl_errf(err, DVL_ENOMEM, "noise: out of memory for %" PRId64 " indices", b->n);
+    for (int64_t s = 0; s < b->n; s++)
+        index[s] = r->d.rank + R * (j0 + s);
+    /* The step's seed, mixed from train.seed and the step like a sample's
+     * from the step's. */
+    uint64_t sd = dvl_diff_sample_seed((uint64_t)r->c.seed, r->step);
+    *draw = (dvl_diff_draw){.seed = sd, .global_n = r->c.global_batch, .index = index};
+    return DVL_OK;
+}
+
 static int train(run *r, dvl_err *err)
 {
     const train_cfg *c = &r->c;
@@ -446,13 +481,10 @@ static int train(run *r, dvl_err *err)
             if (dvl_loader_next(r->loader, &b, err))
                 return err->code;
             dvl_ctx_reset(r->ctx);
-            dvl_rng rng;
-            uint64_t sd = (uint64_t)c->seed;
-            sd = sd * 0x9e3779b97f4a7c15ull + (uint64_t)r->step;
-            sd = sd * 0xbf58476d1ce4e5b9ull + (uint64_t)a;
-            sd = sd * 0x94d049bb133111ebull + (uint64_t)r->d.rank;
-            dvl_rng_seed(&rng, sd);
-            dvl_tensor *loss = train_forward(r->ctx, &r->tm, c, b, scale, &rng, err);
+            dvl_diff_draw draw;
+            if (noise_draw(r, b, &draw, err))
+                return err->code;
+            dvl_tensor *loss = train_forward(r->ctx, &r->tm, c, b, scale, &draw, err);
             if (!loss)
                 return err->code;
             sums[0] += dvl_f32(loss)[0];

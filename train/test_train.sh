@@ -2,8 +2,8 @@
 # dvl-train end to end on a tiny random VLM and a small synthetic dataset made
 # here: loss falls in each stage; stage 1 leaves the LM and the vision tower
 # bit-identical; a resumed run reaches bit-identical weights; 1 rank = 2 and
-# 3 ranks at the same global batch (float tolerance); config errors name the
-# key.
+# 3 ranks at the same global batch (float tolerance; ar, stage 1 and stage
+# 2); config errors name the key.
 #
 #   test_train.sh DVL_TRAIN DVL_PREP DVL_CONVERT SOURCE_ROOT
 set -u
@@ -173,7 +173,9 @@ else
     bad "nonfinite_abort_keeps_checkpoint: rc $rc: $(tail -2 nan2.log)"
 fi
 
-# ---- 1 rank = 2 ranks = 3 ranks at global batch 12 (stage ar and stage 1)
+# ---- 1 rank = 2 ranks = 3 ranks at global batch 12 (stages ar, 1 and 2;
+# stage 2 draws each sample's noise from its index in the global batch, so
+# its masks and t's are the same whatever the rank count)
 # compare_runs A B: every step's loss within 1e-5 relative, final weights
 # within 1e-5 absolute.
 compare_runs() {
@@ -192,10 +194,10 @@ for k in a:
 print('   $1 vs $2: %d steps, max weight difference %.3g' % (len(la), m))
 sys.exit(0 if m <= 1e-5 else 1)"
 }
-# (ar: 10 steps, across the epoch boundary at step 8 of 96 / 12.)
-for stage in ar s1; do
+# (ar and stage 2: 10 steps, across the epoch boundary at step 8 of 96 / 12.)
+for stage in ar s1 s2; do
     steps=4
-    [ $stage = ar ] && steps=10
+    [ $stage != s1 ] && steps=10
     S="--set train.micro_batch=2 --set train.global_batch=12 --set train.max_steps=$steps --set dist.check_every=1"
     "$TRAIN" --config $stage.json --set train.out=${stage}_n1 $S >n1.log 2>&1
     for np in 2 3; do
@@ -207,9 +209,6 @@ for stage in ar s1; do
         fi
     done
 done
-# Stage 2 on 2 ranks: runs, ranks stay bit-identical (checked every step).
-if $MPIRUN -np 2 "$TRAIN" --config s2.json --set train.out=s2_n2 --set train.max_steps=3 \
-    --set dist.check_every=1 >s2n2.log 2>&1; then ok stage2_2_ranks; else bad "stage2_2_ranks: $(tail -2 s2n2.log)"; fi
 
 # ---- config errors: exit 1, one line naming the key
 reject() {

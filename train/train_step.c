@@ -100,7 +100,7 @@ static dvl_tensor *forward_ar(dvl_ctx *ctx, train_model *tm, const dvl_batch *b,
 
 /* Stage 2: the BD3-LM objective on [x_t ; x_0] (diffusion/batch.h). */
 static dvl_tensor *forward_diff(dvl_ctx *ctx, train_model *tm, const dvl_batch *b, float scale,
-                                dvl_rng *rng, dvl_err *err)
+                                const dvl_diff_draw *draw, dvl_err *err)
 {
     int64_t n = b->n, T = b->len, B = tm->diff.block_size;
     int64_t capL = dvl_diff_aligned_len(T, (int)B);
@@ -118,7 +118,7 @@ static dvl_tensor *forward_diff(dvl_ctx *ctx, train_model *tm, const dvl_batch *
     for (int64_t s = 0; s < n; s++)
         seqs[s] = (dvl_diff_seq){b->ids + s * T, b->labels + s * T, b->seq_len[s]};
     dvl_diff_batch *db = tm->db;
-    if (dvl_diff_make_batch(db, &tm->diff, rng, seqs, n, 0, err))
+    if (dvl_diff_make_batch(db, &tm->diff, draw, seqs, n, 0, err))
         return NULL;
     int64_t L = db->L;
     dvl_tensor *x = embed(ctx, tm, db->ids, n, 2 * L, L, b, err);
@@ -137,10 +137,11 @@ static dvl_tensor *forward_diff(dvl_ctx *ctx, train_model *tm, const dvl_batch *
 }
 
 dvl_tensor *train_forward(dvl_ctx *ctx, train_model *tm, const train_cfg *cfg,
-                          const dvl_batch *b, float scale, dvl_rng *rng, dvl_err *err)
+                          const dvl_batch *b, float scale, const dvl_diff_draw *draw,
+                          dvl_err *err)
 {
     err->code = DVL_OK;
-    dvl_tensor *loss = cfg->stage == STAGE_2 ? forward_diff(ctx, tm, b, scale, rng, err)
+    dvl_tensor *loss = cfg->stage == STAGE_2 ? forward_diff(ctx, tm, b, scale, draw, err)
                                              : forward_ar(ctx, tm, b, scale, err);
     if (!loss && err->code == DVL_OK) {
         const dvl_err *e = dvl_ctx_err(ctx);

@@ -33,9 +33,11 @@ typedef struct train_model {
 } train_model;
 
 /* The loss tensor (scalar) of batch b under stage cfg->stage, with grad mode
- * as set by the caller; rng drives the diffusion noise. *tokens gets the
- * real tokens of the batch. NULL on error (message in ctx). */
+ * as set by the caller; draw says where the diffusion noise of b's samples
+ * comes from (stage 2; diffusion/batch.h). NULL on error (message in
+ * err). */
 dvl_tensor *train_forward(dvl_ctx *ctx, train_model *tm, const train_cfg *cfg,
-                          const dvl_batch *b, float scale, dvl_rng *rng, dvl_err *err);
+                          const dvl_batch *b, float scale, const dvl_diff_draw *draw,
+                          dvl_err *err);
 
 #endif

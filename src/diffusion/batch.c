@@ -135,7 +135,7 @@ static int32_t label_at(const dvl_diff_seq *q, const dvl_diff_cfg *c, int64_t j)
     return j < q->len ? q->labels[j] : c->eos_id;
 }
 
-int dvl_diff_make_batch(dvl_diff_batch *b, const dvl_diff_cfg *cfg, dvl_rng *rng,
+int dvl_diff_make_batch(dvl_diff_batch *b, const dvl_diff_cfg *cfg, const dvl_diff_draw *draw,
                         const dvl_diff_seq *seqs, int64_t n, int64_t L, dvl_err *err)
 {
     int rc = check_cfg(cfg, err);
@@ -145,9 +145,22 @@ int dvl_diff_make_batch(dvl_diff_batch *b, const dvl_diff_cfg *cfg, dvl_rng *rng
     if (n < 1 || n > b->cap_n)
         return dvl_errf(err, DVL_EINVAL, "diffusion: batch of %lld sequences, capacity %lld",
                         (long long)n, (long long)b->cap_n);
+    static const dvl_diff_draw whole = {0};
+    if (!draw)
+        draw = &whole;
+    const int64_t G = draw->global_n ? draw->global_n : n;
+    if (!draw->index && G < n)
+        return dvl_errf(err, DVL_EINVAL, "diffusion: global batch of %lld samples, this batch "
+                        "has %lld", (long long)G, (long long)n);
     int64_t need = 0;
     for (int64_t s = 0; s < n; s++) {
         const dvl_diff_seq *q = &seqs[s];
+        const int64_t g = draw->index ? draw->index[s] : s;
+        if (g < 0 || g >= G)
+            return dvl_errf(err, DVL_EINVAL,
+                            "diffusion: sequence %lld: global index %lld outside the global "
+                            "batch [0, %lld)",
+                            (long long)s, (long long)g, (long long)G);
         if (q->len < 0 || (q->len > 0 && (!q->ids || !q->labels)))
             return dvl_errf(err, DVL_EINVAL, "diffusion: sequence %lld: bad length %lld or "
                             "missing ids/labels", (long long)s, (long long)q->len);
@@ -182,22 +195,30 @@ int dvl_diff_make_batch(dvl_diff_batch *b, const dvl_diff_cfg *cfg, dvl_rng *rng
     b->L = L;
     b->nblocks = L / B;
 
-    /* All t first, then all masks: the order bd3lms and DiffusionVL draw in
-     * (torch.rand((batch, blocks)) before torch.rand(batch, L)). */
-    dvl_diff_sample_t(rng, n * b->nblocks, cfg->antithetic, cfg->eps_min, cfg->eps_max, b->t);
-
     b->n_masked = 0;
     b->n_labelled = 0;
     for (int64_t s = 0; s < n; s++) {
         const dvl_diff_seq *q = &seqs[s];
-        const int64_t len = b->len[s];
+        const int64_t len = b->len[s], g = draw->index ? draw->index[s] : s;
         int32_t *xt = b->ids + s * 2 * L, *x0 = xt + L;
         int32_t *pos = b->pos + s * 2 * L;
         uint8_t *kv = b->key_valid + s * 2 * L;
         int32_t *lab = b->labels + s * L;
         float *w = b->weight + s * L;
         uint8_t *msk = b->masked + s * L;
-        const float *ts = b->t + s * b->nblocks;
+        float *ts = b->t + s * b->nblocks;
+
+        /* The sample's own stream: t of its real blocks first, then its
+         * masks (the order bd3lms and DiffusionVL draw in, torch.rand((batch,
+         * blocks)) before torch.rand(batch, L), restricted to one sample).
+         * Padding blocks get no draw, so the same sample padded to another
+         * L, in another micro batch or on another rank, draws the same. */
+        dvl_rng rng;
+        dvl_rng_seed(&rng, dvl_diff_sample_seed(draw->seed, g));
+        const int64_t nb = (len + B - 1) / B;
+        dvl_diff_sample_t(&rng, g, G, nb, cfg->antithetic, cfg->eps_min, cfg->eps_max, ts);
+        for (int64_t k = nb; k < b->nblocks; k++)
+            ts[k] = 0.0f;
 
         /* The clean half, with labels staged in lab (overwritten below). */
         int64_t n_sup = 0;
@@ -211,7 +232,7 @@ int dvl_diff_make_batch(dvl_diff_batch *b, const dvl_diff_cfg *cfg, dvl_rng *rng
         }
         b->n_sup[s] = n_sup;
         /* The noisy half: padding is unsupervised, so never masked. */
-        b->n_masked += dvl_diff_mask(rng, x0, lab, L, ts, B, cfg->mask_id, xt, msk);
+        b->n_masked += dvl_diff_mask(&rng, x0, lab, L, ts, B, cfg->mask_id, xt, msk);
 
         /* Weight 1/(t n_sup N): the 1/t of LogLinearNoise's loss scale, the
          * per-sample mean over supervised tokens (n_sup clamped to 1, as

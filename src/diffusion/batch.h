@@ -7,8 +7,9 @@
  *
  *   loss = 1/N sum_s 1/n_sup(s) sum_{i masked in s} CE(logits[s,i], x0[s,i]) / t(s, i/B)
  *
- * N the batch size, n_sup(s) the number of supervised tokens of sample s
- * (at least 1), t(s, b) the noise level of block b of sample s. The batch
+ * N the batch size (of this batch; the caller scales a micro batch's loss
+ * to the global batch's mean), n_sup(s) the number of supervised tokens of
+ * sample s (at least 1), t(s, b) the noise level of block b of sample s. The batch
  * carries it as per-row labels and weights for a weighted cross-entropy
  * (dvl_cross_entropy / dvl_linear_cross_entropy): at masked rows
  * label = x0[s,i], weight = 1 / (t * n_sup(s) * N); elsewhere label =
@@ -98,7 +99,7 @@ typedef struct dvl_diff_batch {
     float *weight;         /* [n, L]  1 / (t * n_sup * n) at labelled rows, else 0 */
     int32_t *noisy_rows;   /* [n * L] s*2L + i: the model rows the labels belong to */
     uint8_t *masked;       /* [n, L]  1 where x_t holds mask_id */
-    float *t;              /* [n, nblocks] noise level per (sample, block) */
+    float *t;              /* [n, nblocks] noise level per (sample, block); 0 at padding blocks */
     int64_t *len;          /* [n] real length (after block alignment) */
     int64_t *n_sup;        /* [n] supervised tokens (after block alignment) */
     int64_t n_masked;      /* masked positions in the batch */
@@ -108,13 +109,32 @@ typedef struct dvl_diff_batch {
 dvl_diff_batch *dvl_diff_batch_new(int64_t cap_n, int64_t cap_L, dvl_err *err);
 void dvl_diff_batch_free(dvl_diff_batch *b);
 
+/* Where a batch's noise comes from. A training step's global batch of G
+ * samples may be cut into micro batches and ranks in any way; every sample
+ * draws its t's and masks from its own stream, seeded by
+ * dvl_diff_sample_seed(seed, g) with g its index in the global batch, and
+ * its t's are row g of the G-row antithetic grid. A sample's noise is then
+ * a function of (seed, g, G, the sample) alone, so 1 rank and N ranks at
+ * the same global batch train on the same noisy inputs. A NULL draw is
+ * {0}: seed 0, the batch is the whole global batch. */
+typedef struct dvl_diff_draw {
+    uint64_t seed;        /* the step's noise seed (dvl-train: train.seed and the step) */
+    int64_t global_n;     /* G, samples in the global batch; 0: this batch's n */
+    const int64_t *index; /* [n] sample s's g, 0 <= g < G; NULL: g = s */
+} dvl_diff_draw;
+
 /* Fills b from n sequences. L = 0 chooses the smallest multiple of B that
  * holds every (aligned) sequence; a nonzero L must be such a multiple and at
- * least that. Draws, in this order: the n * nblocks t values
- * (dvl_diff_sample_t), then the masks sample by sample (dvl_diff_mask).
+ * least that. Sample s (g = draw->index[s]) has nb_s = ceil(len_s / B)
+ * blocks of its own (len_s after block alignment); from its stream it draws,
+ * in this order, its nb_s t values (dvl_diff_sample_t, row g of G with nb_s
+ * cells) and its masks (dvl_diff_mask). Blocks of the batch beyond nb_s are
+ * padding: t = 0 there (no token in them is masked or scored), and the
+ * padding draws nothing, so a sample's noise does not depend on L.
  * Errors (code returned, message in err): capacities exceeded, bad config,
- * or a supervised label that differs from its token. */
-int dvl_diff_make_batch(dvl_diff_batch *b, const dvl_diff_cfg *cfg, dvl_rng *rng,
+ * an index outside [0, G), or a supervised label that differs from its
+ * token. */
+int dvl_diff_make_batch(dvl_diff_batch *b, const dvl_diff_cfg *cfg, const dvl_diff_draw *draw,
                         const dvl_diff_seq *seqs, int64_t n, int64_t L, dvl_err *err);
 
 /* The attention rule for the batch: DVL_MASK_BLOCK_DIFF over [x_t ; x_0]

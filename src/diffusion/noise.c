@@ -11,21 +11,33 @@ static double stratify(double v, int64_t i, int64_t n)
     return u >= 1.0 ? u - 1.0 : u;
 }
 
-void dvl_diff_sample_u(dvl_rng *rng, int64_t n, bool antithetic, double *u)
+uint64_t dvl_diff_sample_seed(uint64_t step_seed, int64_t g)
 {
-    for (int64_t i = 0; i < n; i++) {
+    /* splitmix64's finaliser over the step seed offset by g golden-ratio
+     * increments (dvl_rng_seed then expands the result through splitmix64
+     * again). */
+    uint64_t z = step_seed + 0x9e3779b97f4a7c15ULL * ((uint64_t)g + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+void dvl_diff_sample_u(dvl_rng *rng, int64_t g, int64_t G, int64_t nb, bool antithetic,
+                       double *u)
+{
+    for (int64_t b = 0; b < nb; b++) {
         double v = dvl_rng_uniform_f64(rng);
-        u[i] = antithetic ? stratify(v, i, n) : v;
+        u[b] = antithetic ? stratify(v, g * nb + b, G * nb) : v;
     }
 }
 
-void dvl_diff_sample_t(dvl_rng *rng, int64_t n, bool antithetic, double eps_min, double eps_max,
-                       float *t)
+void dvl_diff_sample_t(dvl_rng *rng, int64_t g, int64_t G, int64_t nb, bool antithetic,
+                       double eps_min, double eps_max, float *t)
 {
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t b = 0; b < nb; b++) {
         double v = dvl_rng_uniform_f64(rng);
-        double u = antithetic ? stratify(v, i, n) : v;
-        t[i] = (float)(eps_min + (eps_max - eps_min) * u);
+        double u = antithetic ? stratify(v, g * nb + b, G * nb) : v;
+        t[b] = (float)(eps_min + (eps_max - eps_min) * u);
     }
 }
 

@@ -10,9 +10,11 @@
  *   DiffusionVL bd3lm_utils.py LogLinearNoise: move chance p = t, loss
  *     scale -1/t.
  *
- * Random numbers come from a dvl_rng in a fixed order, so a run is
- * deterministic and a resumed one (state restored from the checkpoint) draws
- * what the uninterrupted run would. */
+ * Random numbers come from a dvl_rng in a fixed order. dvl_diff_make_batch
+ * gives each sample its own stream, seeded by (the step's seed, the sample's
+ * index in the global batch) through dvl_diff_sample_seed, so a sample's
+ * noise does not depend on which rank or micro batch holds it, and a
+ * resumed run draws what the uninterrupted run would. */
 #ifndef DVL_DIFFUSION_NOISE_H
 #define DVL_DIFFUSION_NOISE_H
 
@@ -21,18 +23,26 @@
 
 #include "core/rng.h"
 
-/* n stratified uniforms: v_i ~ U[0,1) one per cell, drawn in order i = 0..n-1
- * (one dvl_rng_uniform_f64 each), then u_i = (v_i / n + i / n) mod 1, so u_i
- * lies in [i/n, (i+1)/n): every interval of width 1/n holds exactly one u.
- * Without antithetic sampling u_i = v_i. (bd3lms Diffusion._sample_t;
- * DiffusionVL _apply_bd3lm_noise_embedding, `_eps_b`.) */
-void dvl_diff_sample_u(dvl_rng *rng, int64_t n, bool antithetic, double *u);
+/* The seed of the stream of sample g (its index in the step's global batch)
+ * when the step's noise seed is step_seed: a 64-bit mix of both, so nearby
+ * steps and samples get unrelated streams. */
+uint64_t dvl_diff_sample_seed(uint64_t step_seed, int64_t g);
 
-/* t_i = eps_min + (eps_max - eps_min) * u_i over n cells (u as above),
- * rounded once to f32. For block diffusion the cells are the batch x blocks
- * grid in row-major order (cell s * nblocks + b). */
-void dvl_diff_sample_t(dvl_rng *rng, int64_t n, bool antithetic, double eps_min, double eps_max,
-                       float *t);
+/* Row g of the antithetic grid of G rows (samples) by nb cells (blocks):
+ * v_b ~ U[0,1) one per cell, drawn in order b = 0..nb-1 (one
+ * dvl_rng_uniform_f64 each), then with n = G * nb and i = g * nb + b,
+ * u_b = (v_b / n + i / n) mod 1, so u_b lies in [i/n, (i+1)/n): the row
+ * holds the stratum [g/G, (g+1)/G) cut into nb equal cells. Drawing rows
+ * g = 0..G-1 of equal nb from one stream is exactly the grid of bd3lms
+ * Diffusion._sample_t / DiffusionVL _apply_bd3lm_noise_embedding (`_eps_b`,
+ * row-major flat index i). Without antithetic sampling u_b = v_b. */
+void dvl_diff_sample_u(dvl_rng *rng, int64_t g, int64_t G, int64_t nb, bool antithetic,
+                       double *u);
+
+/* t_b = eps_min + (eps_max - eps_min) * u_b over row g's nb cells (u as
+ * above), rounded once to f32. */
+void dvl_diff_sample_t(dvl_rng *rng, int64_t g, int64_t G, int64_t nb, bool antithetic,
+                       double eps_min, double eps_max, float *t);
 
 /* q(x_t | x_0) for one sequence of len tokens: each supervised position
  * (labels[i] != DVL_IGNORE_INDEX) draws r ~ U[0,1) (dvl_rng_uniform, in
