@@ -8,6 +8,12 @@
 
 #include "core/hash.h"
 #include "ops/cpu/par.h"
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
+#ifdef DVL_HAVE_NCCL
+#include "dist/nccl.h"
+#endif
 
 /* MPI counts are int: anything larger goes in pieces of this many elements. */
 #define PIECE ((int64_t)1 << 30)
@@ -60,6 +66,10 @@ int dvl_dist_init(int *argc, char ***argv, dvl_dist *d, dvl_err *err)
 
 int dvl_dist_finalize(dvl_dist *d, dvl_err *err)
 {
+#ifdef DVL_HAVE_NCCL
+    dvl_nccl_free(d->nccl);
+#endif
+    d->nccl = NULL;
     if (d->comm != MPI_COMM_NULL)
         MPI_Comm_free(&d->comm);
     d->comm = MPI_COMM_NULL;
@@ -72,7 +82,79 @@ int dvl_dist_finalize(dvl_dist *d, dvl_err *err)
     return DVL_OK;
 }
 
+int dvl_dist_nccl_init(dvl_dist *d, bool want, bool *using, dvl_err *err)
+{
+    *using = d->nccl != NULL;
+    if (d->nccl || d->world < 2)
+        return DVL_OK;
+#if defined(DVL_HAVE_CUDA) && defined(DVL_HAVE_NCCL)
+    /* NCCL refuses two ranks on one GPU ("Duplicate GPU detected"): every
+     * rank must agree, so one node short of GPUs turns it off for all. */
+    bool short_of_gpus;
+    int rc = dvl_dist_any(d, !want || d->local_world > dvl_cuda_device_count(), &short_of_gpus, err);
+    if (rc || short_of_gpus)
+        return rc;
+    /* Rank 0's id (or its failure) to everyone: byte 0 says which. */
+    unsigned char msg[1 + DVL_NCCL_ID_BYTES] = {0};
+    dvl_err e0 = {0, ""};
+    if (d->rank == 0)
+        msg[0] = dvl_nccl_unique_id(msg + 1, &e0) == DVL_OK;
+    if ((rc = dvl_dist_bcast(d, msg, sizeof msg, 0, err)))
+        return rc;
+    if (!msg[0])
+        return d->rank == 0 ? dvl_errf(err, e0.code, "%s", e0.msg)
+                            : dvl_errf(err, DVL_EDEVICE, "nccl: rank 0 could not make an id");
+    dvl_err e = {0, ""};
+    d->nccl = dvl_nccl_new(msg + 1, d->world, d->rank, &e);
+    bool failed;
+    if ((rc = dvl_dist_any(d, d->nccl == NULL, &failed, err)))
+        return rc;
+    if (failed) {
+        dvl_nccl_free(d->nccl);
+        d->nccl = NULL;
+        return e.code ? dvl_errf(err, e.code, "%s", e.msg)
+                      : dvl_errf(err, DVL_EDEVICE, "nccl: another rank failed to join");
+    }
+    *using = true;
+    return DVL_OK;
+#else
+    (void)want, (void)err;
+    return DVL_OK;
+#endif
+}
+
 /* ------------------------------------------------- broadcast, checks */
+
+/* A malloc'd host buffer for a device store's data, holding a copy of it
+ * when `download`. Collective: when any rank fails, every rank returns NULL
+ * with err set (so none is left waiting in the collective that follows). */
+static float *host_params(const dvl_dist *d, const dvl_params *p, bool download, const char *what,
+                          dvl_err *err)
+{
+    dvl_err e = {0, ""};
+    float *h = malloc((size_t)(p->numel ? p->numel : 1) * sizeof(float));
+    if (!h)
+        dvl_errf(&e, DVL_ENOMEM, "%s: out of memory for %lld parameters", what,
+                 (long long)p->numel);
+    else if (download && dvl_params_data_to_host(p, h, &e) != DVL_OK) {
+        free(h);
+        h = NULL;
+    }
+    bool any = false;
+    if (dvl_dist_any(d, h == NULL, &any, err) != DVL_OK) {
+        free(h);
+        return NULL;
+    }
+    if (any) {
+        if (e.code)
+            dvl_errf(err, e.code, "%s", e.msg);
+        else
+            dvl_errf(err, DVL_EDEVICE, "%s: another rank could not copy its parameters", what);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
 
 int dvl_dist_bcast(const dvl_dist *d, void *buf, size_t n, int root, dvl_err *err)
 {
@@ -90,7 +172,20 @@ int dvl_dist_bcast_params(const dvl_dist *d, dvl_params *p, dvl_err *err)
 {
     if (!p->allocated)
         return dvl_errf(err, DVL_EINVAL, "dvl_dist_bcast_params: the store is not allocated");
-    return dvl_dist_bcast(d, p->data, (size_t)p->numel * sizeof(float), 0, err);
+    size_t bytes = (size_t)p->numel * sizeof(float);
+    if (p->device == DVL_CPU)
+        return dvl_dist_bcast(d, p->data, bytes, 0, err);
+    if (d->world == 1)
+        return DVL_OK;
+    /* Device store: through host memory, rank 0's copy to the others. */
+    float *h = host_params(d, p, d->rank == 0, "dvl_dist_bcast_params", err);
+    if (!h)
+        return err ? err->code : DVL_EDEVICE;
+    int rc = dvl_dist_bcast(d, h, bytes, 0, err);
+    if (!rc && d->rank != 0)
+        rc = dvl_params_data_from_host(p, h, err);
+    free(h);
+    return rc;
 }
 
 int dvl_dist_check_same(const dvl_dist *d, const void *buf, size_t n, const char *what,
@@ -136,7 +231,15 @@ int dvl_dist_check_params(const dvl_dist *d, const dvl_params *p, dvl_err *err)
 {
     if (!p->allocated)
         return dvl_errf(err, DVL_EINVAL, "dvl_dist_check_params: the store is not allocated");
-    return dvl_dist_check_same(d, p->data, (size_t)p->numel * sizeof(float), "parameters", err);
+    size_t bytes = (size_t)p->numel * sizeof(float);
+    if (p->device == DVL_CPU)
+        return dvl_dist_check_same(d, p->data, bytes, "parameters", err);
+    float *h = host_params(d, p, true, "dvl_dist_check_params", err);
+    if (!h)
+        return err ? err->code : DVL_EDEVICE;
+    int rc = dvl_dist_check_same(d, h, bytes, "parameters", err);
+    free(h);
+    return rc;
 }
 
 /* --------------------------------------------------------- scalars */
@@ -199,6 +302,8 @@ struct dvl_dist_grad_sync {
     int *by_off;    /* trainable parameter indices in gradient order (= declaration) */
     int n_train;
     int next;       /* next bucket to start */
+    /* Device store without NCCL: the host copy MPI reduces (numel_grad). */
+    float *host;
 };
 
 void dvl_dist_grad_sync_free(dvl_dist_grad_sync *s)
@@ -212,6 +317,7 @@ void dvl_dist_grad_sync_free(dvl_dist_grad_sync *s)
     free(s->bucket_of);
     free(s->done);
     free(s->by_off);
+    free(s->host);
     free(s);
 }
 
@@ -235,6 +341,9 @@ dvl_dist_grad_sync *dvl_dist_grad_sync_new(const dvl_dist *d, dvl_params *p, siz
         goto oom;
     s->d = d;
     s->p = p;
+    if (p->device != DVL_CPU && !d->nccl &&
+        !(s->host = malloc((size_t)(p->numel_grad ? p->numel_grad : 1) * sizeof(float))))
+        goto oom;
     /* A parameter's slot in the gradient buffer runs to the next trainable
      * parameter's offset (numel rounded up for alignment), the last one's
      * to numel_grad. */
@@ -303,10 +412,31 @@ int dvl_dist_grad_sync_start(dvl_dist_grad_sync *s, int b, dvl_err *err)
                         "dvl_dist_grad_sync_start: bucket %d started out of order (next is %d of %d)",
                         b, s->next, s->nb);
     bucket *k = &s->b[b];
+    float *buf = s->p->grad;
+#ifdef DVL_HAVE_CUDA
+    if (s->p->device != DVL_CPU) {
+#ifdef DVL_HAVE_NCCL
+        if (s->d->nccl) {
+            int rc = dvl_nccl_allreduce_sum(s->d->nccl, s->p->grad + k->off, k->count, err);
+            if (rc)
+                return rc;
+            s->next++;
+            return DVL_OK;
+        }
+#endif
+        /* Through the host: this copy waits for the kernels that wrote
+         * the bucket (the default stream's order). */
+        int rc = dvl_cuda_memcpy_d2h(s->host + k->off, s->p->grad + k->off,
+                                     (size_t)k->count * sizeof(float), err);
+        if (rc)
+            return rc;
+        buf = s->host;
+    }
+#endif
     for (int r = 0; r < k->n_req; r++) {
         int64_t off = k->off + (int64_t)r * PIECE;
         int64_t cnt = k->count - (int64_t)r * PIECE < PIECE ? k->count - (int64_t)r * PIECE : PIECE;
-        int rc = MPI_Iallreduce(MPI_IN_PLACE, s->p->grad + off, (int)cnt, MPI_FLOAT, MPI_SUM,
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)cnt, MPI_FLOAT, MPI_SUM,
                                 s->d->comm, &k->req[r]);
         if (rc != MPI_SUCCESS) {
             char what[96];
@@ -400,13 +530,30 @@ int dvl_dist_grad_sync_finish(dvl_dist_grad_sync *s, dvl_err *err)
     /* Sum -> mean. A division (not a multiplication by 1/world) so the mean
      * is the correctly rounded quotient. */
     int world = s->d->world;
-    if (world > 1) {
-        float *g = s->p->grad;
-        float w = (float)world;
-        int64_t n = s->p->numel_grad;
+    if (world == 1)
+        return DVL_OK;
+    float w = (float)world;
+    int64_t n = s->p->numel_grad;
+#ifdef DVL_HAVE_CUDA
+#ifdef DVL_HAVE_NCCL
+    if (s->p->device != DVL_CPU && s->d->nccl) {
+        if ((rc = dvl_nccl_join(s->d->nccl, err)))
+            return rc;
+        dvl_cuda_div_scalar(s->p->grad, w, n);
+        return dvl_cuda_check("gradient mean over the ranks", err);
+    }
+#endif
+    if (s->p->device != DVL_CPU) {
+        float *h = s->host;
         #pragma omp parallel for schedule(static) if (dvl_par(n))
         for (int64_t i = 0; i < n; i++)
-            g[i] /= w;
+            h[i] /= w;
+        return dvl_cuda_memcpy_h2d(s->p->grad, h, (size_t)n * sizeof(float), err);
     }
+#endif
+    float *g = s->p->grad;
+    #pragma omp parallel for schedule(static) if (dvl_par(n))
+    for (int64_t i = 0; i < n; i++)
+        g[i] /= w;
     return DVL_OK;
 }
