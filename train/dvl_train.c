@@ -45,13 +45,13 @@
 
 #include "dist/dist.h"
 #include "io/checkpoint.h"
-#ifdef DVL_HAVE_CUDA
-#include "ops/cuda/cuda.h"
-#endif
 #include "io/dataset.h"
 #include "optim/adamw.h"
 #include "train_cfg.h"
 #include "train_step.h"
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
 
 #define PROG "dvl-train"
 #define MAX_SETS 256
@@ -153,6 +153,7 @@ typedef struct run {
     int gpu;
     char gpu_name[160];
     bool nccl;
+    char no_nccl[300]; /* why not, when the ranks reduce through host memory */
     dvl_params *host_p;
     dvl_adamw *host_opt;
 } run;
@@ -586,7 +587,7 @@ static int train(run *r, dvl_err *err)
                 *err = rc.err;
                 return err->code;
             }
-            /* After backward is queued, so on the GPU the wait overlaps it. */
+            /* Read once backward is queued: on the GPU this waits for it. */
             double l = 0;
             if (read_loss(r, loss, &l, err))
                 return err->code;
@@ -681,7 +682,8 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                 r->opt->lr_mult[i] = mult;
     }
     if (r->d.world > 1) {
-        if (on_gpu(r) && dvl_dist_nccl_init(&r->d, c->nccl, &r->nccl, err))
+        if (on_gpu(r) &&
+            dvl_dist_nccl_init(&r->d, c->nccl, &r->nccl, r->no_nccl, sizeof r->no_nccl, err))
             return err->code;
         r->gs = dvl_dist_grad_sync_new(&r->d, p, (size_t)c->bucket_mb << 20, err);
         if (!r->gs)
@@ -769,10 +771,12 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                c->micro_batch, r->accum, c->global_batch, r->total, r->steps_per_epoch,
                ckpt[0] ? ", resumed" : "");
         if (on_gpu(r))
-            printf(PROG ": device cuda:%d %s%s\n", r->gpu, r->gpu_name,
+            printf(PROG ": device cuda:%d %s%s%s%s\n", r->gpu, r->gpu_name,
                    r->d.world == 1 ? ""
                    : r->nccl     ? ", gradients all-reduced with NCCL"
-                                 : ", gradients all-reduced with MPI through host memory");
+                                 : ", gradients all-reduced with MPI through host memory (NCCL: ",
+                   r->d.world > 1 && !r->nccl ? r->no_nccl : "",
+                   r->d.world > 1 && !r->nccl ? ")" : "");
         if (ckpt[0])
             printf(PROG ": resumed from %s at step %" PRId64 "\n", ckpt, r->step);
         fflush(stdout);

@@ -82,18 +82,41 @@ int dvl_dist_finalize(dvl_dist *d, dvl_err *err)
     return DVL_OK;
 }
 
-int dvl_dist_nccl_init(dvl_dist *d, bool want, bool *using, dvl_err *err)
+int dvl_dist_nccl_init(dvl_dist *d, bool want, bool *using, char *why, size_t n, dvl_err *err)
 {
+    char none[1];
+    if (!why || n == 0) {
+        why = none;
+        n = sizeof none;
+    }
+    why[0] = 0;
     *using = d->nccl != NULL;
-    if (d->nccl || d->world < 2)
+    if (d->nccl)
         return DVL_OK;
+    if (d->world < 2) {
+        snprintf(why, n, "one rank");
+        return DVL_OK;
+    }
 #if defined(DVL_HAVE_CUDA) && defined(DVL_HAVE_NCCL)
-    /* NCCL refuses two ranks on one GPU ("Duplicate GPU detected"): every
-     * rank must agree, so one node short of GPUs turns it off for all. */
-    bool short_of_gpus;
-    int rc = dvl_dist_any(d, !want || d->local_world > dvl_cuda_device_count(), &short_of_gpus, err);
-    if (rc || short_of_gpus)
+    /* Every rank must agree: one rank's reason turns NCCL off for all. NCCL
+     * refuses two ranks on one GPU ("Duplicate GPU detected"). */
+    dvl_err e = {0, ""};
+    if (!want)
+        snprintf(why, n, "turned off by the caller");
+    else if (d->local_world > dvl_cuda_device_count())
+        snprintf(why, n, "%d ranks share %d GPU(s) on a node", d->local_world,
+                 dvl_cuda_device_count());
+    else if (dvl_nccl_probe(&e) != DVL_OK)
+        snprintf(why, n, "%s", e.msg);
+    bool off;
+    int rc = dvl_dist_any(d, why[0] != 0, &off, err);
+    if (rc)
         return rc;
+    if (off) {
+        if (!why[0])
+            snprintf(why, n, "not usable on another rank");
+        return DVL_OK;
+    }
     /* Rank 0's id (or its failure) to everyone: byte 0 says which. */
     unsigned char msg[1 + DVL_NCCL_ID_BYTES] = {0};
     dvl_err e0 = {0, ""};
@@ -104,7 +127,6 @@ int dvl_dist_nccl_init(dvl_dist *d, bool want, bool *using, dvl_err *err)
     if (!msg[0])
         return d->rank == 0 ? dvl_errf(err, e0.code, "%s", e0.msg)
                             : dvl_errf(err, DVL_EDEVICE, "nccl: rank 0 could not make an id");
-    dvl_err e = {0, ""};
     d->nccl = dvl_nccl_new(msg + 1, d->world, d->rank, &e);
     bool failed;
     if ((rc = dvl_dist_any(d, d->nccl == NULL, &failed, err)))
@@ -119,6 +141,7 @@ int dvl_dist_nccl_init(dvl_dist *d, bool want, bool *using, dvl_err *err)
     return DVL_OK;
 #else
     (void)want, (void)err;
+    snprintf(why, n, "dvl was built without NCCL");
     return DVL_OK;
 #endif
 }

@@ -72,11 +72,12 @@ int dvl_dist_finalize(dvl_dist *d, dvl_err *err);
 
 /* For device gradients: an NCCL communicator over the ranks, each on the
  * CUDA device its thread uses (dvl_cuda_init first). NCCL needs a GPU of
- * its own per rank, so when any node has more ranks than GPUs, when the
- * build has no NCCL, or when `want` is false, none is made and device
- * gradients go through host memory. *using tells which (the same on every
- * rank). Collective; a world of one makes none. */
-int dvl_dist_nccl_init(dvl_dist *d, bool want, bool *using, dvl_err *err);
+ * its own per rank, so when any node has more ranks than GPUs, when some
+ * rank cannot load libnccl.so.2, when the build has no NCCL, or when `want`
+ * is false, none is made and device gradients go through host memory.
+ * *using tells which (the same on every rank); when false, why (size n,
+ * may be NULL) says for what reason. Collective; a world of one makes none. */
+int dvl_dist_nccl_init(dvl_dist *d, bool want, bool *using, char *why, size_t n, dvl_err *err);
 
 /* Rank 0's parameter buffer (all p->numel floats, frozen ones too) to every
  * rank. */

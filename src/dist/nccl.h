@@ -2,8 +2,12 @@
  * communicator per rank over the rank's own GPU, all-reduces on a stream of
  * their own so they run beside the backward kernels, ordered with the
  * default stream (where every kernel of the CUDA backend runs) by events.
- * Built only with NCCL (DVL_HAVE_NCCL); the .cu file implements it with C
- * linkage. Errors: DVL_EDEVICE, the message naming the NCCL or CUDA call. */
+ * Built only where nccl.h was found (DVL_HAVE_NCCL); the .cu file
+ * implements it with C linkage. The library itself (libnccl.so.2, some
+ * hundred MB) is loaded at run time with dlopen, the usual search path
+ * (LD_LIBRARY_PATH, the program's run path): programs start without it and
+ * fall back to MPI through host memory. Errors: DVL_EDEVICE, the message
+ * naming the NCCL or CUDA call. */
 #ifndef DVL_DIST_NCCL_H
 #define DVL_DIST_NCCL_H
 
@@ -20,6 +24,8 @@ extern "C" {
 
 typedef struct dvl_nccl dvl_nccl;
 
+/* Whether libnccl.so.2 loads and has what dvl calls; why not in err. */
+int dvl_nccl_probe(dvl_err *err);
 /* A new communicator id (ncclGetUniqueId): rank 0 makes it, the others get
  * it by broadcast. */
 int dvl_nccl_unique_id(unsigned char id[DVL_NCCL_ID_BYTES], dvl_err *err);
