@@ -1446,8 +1446,9 @@ END_TEST
 /* SigLIP's patch extraction on the device against the layout written out
  * here (exact: a gather), on an image side that is not a multiple of the
  * patch (the last pixels are dropped); then a 1-layer tower's forward on a
- * CUDA context against the CPU's (scale_err <= 1e-5), its store moved to
- * the device in place with dvl_params_move (the tower's tensors follow). */
+ * CUDA context against the CPU's (scale_err <= 1e-4: f32 on both, only the
+ * summation orders differ; a layout error would be O(1)), its store moved
+ * to the device in place with dvl_params_move (the tower's tensors follow). */
 START_TEST(siglip_on_device_matches_cpu)
 {
 #ifdef DVL_HAVE_CUDA
@@ -1509,8 +1510,8 @@ START_TEST(siglip_on_device_matches_cpu)
     ck_assert_ptr_nonnull(hg);
     ck_assert_int_eq(dvl_tensor_to_host(cg, fg, hg), DVL_OK);
     double e = scale_err(hg, fref, dvl_numel(fg));
-    printf("test_cuda: siglip forward cuda vs cpu scale_err %.2e (tol 1e-5)\n", e);
-    CHECK_ERR("siglip forward on the device", e, 1e-5);
+    printf("test_cuda: siglip forward cuda vs cpu scale_err %.2e (tol 1e-4)\n", e);
+    CHECK_ERR("siglip forward on the device", e, 1e-4);
     free(hg), free(fref), free(px);
     dvl_ctx_free(cc), dvl_ctx_free(cg);
     dvl_siglip_free(&m);
