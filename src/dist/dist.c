@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/hash.h"
 #include "ops/cpu/par.h"
@@ -82,6 +83,40 @@ int dvl_dist_finalize(dvl_dist *d, dvl_err *err)
     return DVL_OK;
 }
 
+#if defined(DVL_HAVE_CUDA) && defined(DVL_HAVE_NCCL)
+/* Whether this rank's GPU is also another rank's: the ranks compare
+ * (host name, PCI bus id), as NCCL does, so CUDA_VISIBLE_DEVICES set per
+ * rank is seen through. A rank that cannot tell counts as sharing (the
+ * host-memory path always works). Collective. */
+static int gpu_shared(const dvl_dist *d, bool *shared, dvl_err *err)
+{
+    char key[384] = "", bus[64] = "";
+    int dev = 0;
+    size_t len = 0;
+    if (gethostname(key, 255) == 0)
+        key[255] = 0;
+    len = strlen(key);
+    bool known = dvl_cuda_get_device(&dev, NULL) == DVL_OK &&
+                 dvl_cuda_pci_bus_id(dev, bus, sizeof bus, NULL) == DVL_OK;
+    snprintf(key + len, sizeof key - len, "/%s", known ? bus : "?");
+    uint64_t mine = dvl_hash64(key, strlen(key));
+    uint64_t *all = malloc((size_t)d->world * sizeof *all);
+    if (!all)
+        return dvl_errf(err, DVL_ENOMEM, "nccl: out of memory for %d GPU ids", d->world);
+    int rc = MPI_Allgather(&mine, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, d->comm);
+    if (rc != MPI_SUCCESS) {
+        free(all);
+        return mpi_fail(err, rc, "nccl: comparing the ranks' GPUs");
+    }
+    *shared = !known;
+    for (int r = 0; r < d->world; r++)
+        if (r != d->rank && all[r] == mine)
+            *shared = true;
+    free(all);
+    return DVL_OK;
+}
+#endif
+
 int dvl_dist_nccl_init(dvl_dist *d, bool want, bool *using, char *why, size_t n, dvl_err *err)
 {
     char none[1];
@@ -101,15 +136,19 @@ int dvl_dist_nccl_init(dvl_dist *d, bool want, bool *using, char *why, size_t n,
     /* Every rank must agree: one rank's reason turns NCCL off for all. NCCL
      * refuses two ranks on one GPU ("Duplicate GPU detected"). */
     dvl_err e = {0, ""};
+    bool shared = false;
+    int rc = gpu_shared(d, &shared, err);
+    if (rc)
+        return rc;
     if (!want)
         snprintf(why, n, "turned off by the caller");
-    else if (d->local_world > dvl_cuda_device_count())
-        snprintf(why, n, "%d ranks share %d GPU(s) on a node", d->local_world,
-                 dvl_cuda_device_count());
+    else if (shared)
+        snprintf(why, n, "ranks share a GPU (%d ranks, %d GPU(s) visible on this node)",
+                 d->local_world, dvl_cuda_device_count());
     else if (dvl_nccl_probe(&e) != DVL_OK)
         snprintf(why, n, "%s", e.msg);
     bool off;
-    int rc = dvl_dist_any(d, why[0] != 0, &off, err);
+    rc = dvl_dist_any(d, why[0] != 0, &off, err);
     if (rc)
         return rc;
     if (off) {

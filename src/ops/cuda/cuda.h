@@ -46,6 +46,9 @@ int dvl_cuda_init(int device, dvl_err *err);
 int dvl_cuda_get_device(int *device, dvl_err *err);
 /* "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)" into buf. */
 int dvl_cuda_describe(int device, char *buf, size_t n, dvl_err *err);
+/* The device's PCI bus id ("0000:65:00.0"): the same GPU seen by two
+ * processes, whatever CUDA_VISIBLE_DEVICES numbers it. */
+int dvl_cuda_pci_bus_id(int device, char *buf, size_t n, dvl_err *err);
 
 /* ---------------------------------------------------------------- memory */
 /* Device memory (256-byte aligned); NULL with err set on failure. */

@@ -56,6 +56,14 @@ extern "C" int dvl_cuda_describe(int device, char *buf, size_t n, dvl_err *err)
     return DVL_OK;
 }
 
+extern "C" int dvl_cuda_pci_bus_id(int device, char *buf, size_t n, dvl_err *err)
+{
+    cudaError_t e = cudaDeviceGetPCIBusId(buf, n > 64 ? 64 : (int)n, device);
+    if (e != cudaSuccess)
+        return dvl_cu_fail(err, e, "cudaDeviceGetPCIBusId(%d)", device);
+    return DVL_OK;
+}
+
 extern "C" void *dvl_cuda_malloc(size_t bytes, dvl_err *err)
 {
     void *p = NULL;
