@@ -4,7 +4,12 @@
  * the op layer on a CUDA context against the same ops on a CPU context
  * (every op, forward and input gradients, every attention mask with GQA and
  * key padding), the CUDA context itself, and the toy 2-layer model's
- * training step on both devices (plus its timing).
+ * training step on both devices (plus its timing). Then what dvl-train's
+ * device runs rest on: SigLIP patch extraction and a tower's forward on
+ * the device, moving a parameter store in place, the context's pinned
+ * staging uploads, copying AdamW state between devices (checkpoints), and
+ * NCCL on a communicator of one rank (train/test_train_cuda.sh runs
+ * dvl-train itself).
  *
  * Without a CUDA build or without a device every GPU test prints
  * "test_cuda: no CUDA device, skipped" and passes; set DVL_REQUIRE_CUDA=1 to
@@ -27,12 +32,16 @@
 #include <string.h>
 #include <time.h>
 
+#include "models/siglip.h"
 #include "optim/adamw.h"
 #include "toy.h"
 #include "util.h"
 
 #ifdef DVL_HAVE_CUDA
 #include "ops/cuda/cuda.h"
+#endif
+#ifdef DVL_HAVE_NCCL
+#include "dist/nccl.h"
 #endif
 
 #define SKIP_MSG "test_cuda: no CUDA device, skipped"
@@ -2104,6 +2113,316 @@ START_TEST(adamw_device_store_matches_cpu)
 }
 END_TEST
 
+
+/* SigLIP's patch extraction on the device against the layout written out
+ * here (exact: a gather), on an image side that is not a multiple of the
+ * patch (the last pixels are dropped); then a 1-layer tower's forward on a
+ * CUDA context against the CPU's (scale_err <= 1e-4: f32 on both, only the
+ * summation orders differ; a layout error would be O(1)), its store moved
+ * to the device in place with dvl_params_move (the tower's tensors follow). */
+START_TEST(siglip_on_device_matches_cpu)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    const int64_t n = 2, C = 3, S = 11, P = 4, G = 2, K = C * P * P, rows = n * G * G;
+    float *px = host_randn(n * C * S * S, 91, 1.0f);
+    float *ref = malloc((size_t)(rows * K) * sizeof(float));
+    ck_assert_ptr_nonnull(ref);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t gy = 0; gy < G; gy++)
+            for (int64_t gx = 0; gx < G; gx++)
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t ky = 0; ky < P; ky++)
+                        for (int64_t kx = 0; kx < P; kx++)
+                            ref[((i * G + gy) * G + gx) * K + (c * P + ky) * P + kx] =
+                                px[((i * C + c) * S + gy * P + ky) * S + gx * P + kx];
+    float *pd = upload(px, n * C * S * S), *cols = dev_alloc((size_t)(rows * K) * sizeof(float));
+    dvl_cuda_patchify(cols, pd, n, C, S, P);
+    float *got = download(cols, rows * K);
+    ck_assert_mem_eq(got, ref, (size_t)(rows * K) * sizeof(float));
+    free(got);
+    dvl_cuda_free(cols);
+    dvl_cuda_free(pd);
+    free(ref);
+
+    dvl_siglip_config c = {.hidden = 8, .intermediate = 12, .layers = 1, .heads = 2,
+                           .head_dim = 4, .image_size = S, .patch_size = P, .channels = C,
+                           .ln_eps = 1e-6f, .act = DVL_GELU_TANH, .select_layer = -1};
+    dvl_params *p = dvl_params_new();
+    dvl_siglip m;
+    ck_assert_msg(dvl_siglip_declare(&m, &c, p, "v.", &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(m.n_layers, 1);
+    ck_assert_int_eq(dvl_params_alloc(p, &err), DVL_OK);
+    for (int i = 0; i < p->n; i++)
+        tu_randn(p->t[i], 100 + (uint64_t)i, 0.3f);
+    int64_t s4[4] = {n, C, S, S};
+    dvl_ctx *cc = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *fc = dvl_siglip_forward(cc, &m, dvl_from_host(cc, DVL_F32, 4, s4, px));
+    ck_assert_msg(fc != NULL, "%s", dvl_ctx_err(cc)->msg);
+    double *fref = dzeros(dvl_numel(fc));
+    for (int64_t i = 0; i < dvl_numel(fc); i++)
+        fref[i] = dvl_f32(fc)[i];
+    ck_assert_msg(dvl_params_move(p, DVL_CUDA, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_int_eq(m.patch_w->device, DVL_CUDA);
+    dvl_ctx *cg = dvl_ctx_new_err(DVL_CUDA, &err);
+    ck_assert_msg(cg != NULL, "%s", err.msg);
+    /* Host pixels on a CUDA context: refused, naming the tensor. */
+    dvl_tensor *hpx = dvl_from_host(cc, DVL_F32, 4, s4, px);
+    hpx->name = "host_pixels";
+    ck_assert_ptr_null(dvl_siglip_forward(cg, &m, hpx));
+    ck_assert_msg(strstr(dvl_ctx_err(cg)->msg, "host_pixels"), "%s", dvl_ctx_err(cg)->msg);
+    dvl_ctx_clear_error(cg);
+    dvl_tensor *fg = dvl_siglip_forward(cg, &m, dvl_from_host(cg, DVL_F32, 4, s4, px));
+    ck_assert_msg(fg != NULL, "%s", dvl_ctx_err(cg)->msg);
+    ck_assert_int_eq(dvl_numel(fg), dvl_numel(fc));
+    float *hg = malloc((size_t)dvl_numel(fg) * sizeof(float));
+    ck_assert_ptr_nonnull(hg);
+    ck_assert_int_eq(dvl_tensor_to_host(cg, fg, hg), DVL_OK);
+    double e = scale_err(hg, fref, dvl_numel(fg));
+    printf("test_cuda: siglip forward cuda vs cpu scale_err %.2e (tol 1e-4)\n", e);
+    CHECK_ERR("siglip forward on the device", e, 1e-4);
+    free(hg), free(fref), free(px);
+    dvl_ctx_free(cc), dvl_ctx_free(cg);
+    dvl_siglip_free(&m);
+    dvl_params_free(p);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* dvl_params_move: host -> device -> host in place, data and gradients
+ * bit for bit, frozen tensors without a gradient, the device grad norm
+ * against the host's (rel <= 1e-12: double sums split differently) and
+ * the same bits when asked again (its scratch is preallocated); data
+ * written with dvl_params_data_from_host comes back. */
+START_TEST(params_move_round_trip)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_params *p = dvl_params_new();
+    int64_t sa[2] = {5, 7}, sf[1] = {3}, sb[1] = {13};
+    dvl_tensor *a = dvl_params_add(p, "a", 2, sa, true, &err);
+    dvl_tensor *f = dvl_params_add(p, "f", 1, sf, false, &err);
+    dvl_tensor *b = dvl_params_add(p, "b", 1, sb, true, &err);
+    ck_assert(a && f && b);
+    ck_assert_int_eq(dvl_params_alloc(p, &err), DVL_OK);
+    float *d0 = host_randn(p->numel, 5, 1.0f), *g0 = host_randn(p->numel_grad, 6, 1.0f);
+    memcpy(p->data, d0, (size_t)p->numel * sizeof(float));
+    memcpy(p->grad, g0, (size_t)p->numel_grad * sizeof(float));
+    const double nc = dvl_grad_norm(p);
+    const int64_t off_b = dvl_f32(b) - p->data;
+    ck_assert_int_eq(dvl_params_move(p, DVL_CUDA, &err), DVL_OK);
+    ck_assert_int_eq(dvl_params_move(p, DVL_CUDA, &err), DVL_OK); /* already there */
+    ck_assert_int_eq(p->device, DVL_CUDA);
+    ck_assert(a->device == DVL_CUDA && f->device == DVL_CUDA && b->device == DVL_CUDA);
+    ck_assert_ptr_eq(dvl_params_find(p, "a"), a);
+    ck_assert_ptr_null(f->grad);
+    ck_assert_int_eq(dvl_f32(b) - p->data, off_b);
+    float *h = malloc((size_t)p->numel * sizeof(float));
+    ck_assert_ptr_nonnull(h);
+    ck_assert_int_eq(dvl_params_data_to_host(p, h, &err), DVL_OK);
+    ck_assert_mem_eq(h, d0, (size_t)p->numel * sizeof(float));
+    ck_assert_int_eq(dvl_params_grad_to_host(p, h, &err), DVL_OK);
+    ck_assert_mem_eq(h, g0, (size_t)p->numel_grad * sizeof(float));
+    const double ng1 = dvl_grad_norm(p), ng2 = dvl_grad_norm(p);
+    printf("test_cuda: moved store grad norm cpu %.17g cuda %.17g (tol 1e-12)\n", nc, ng1);
+    CHECK_ERR("grad norm after the move", fabs(ng1 - nc) / nc, 1e-12);
+    ck_assert_msg(memcmp(&ng1, &ng2, sizeof ng1) == 0, "grad norm differs between calls");
+    for (int64_t i = 0; i < p->numel; i++)
+        d0[i] = 0.5f * d0[i] + 1.0f;
+    ck_assert_int_eq(dvl_params_data_from_host(p, d0, &err), DVL_OK);
+    ck_assert_int_eq(dvl_params_move(p, DVL_CPU, &err), DVL_OK);
+    ck_assert(p->device == DVL_CPU && a->device == DVL_CPU && p->norm_scratch == NULL);
+    ck_assert_mem_eq(p->data, d0, (size_t)p->numel * sizeof(float));
+    ck_assert_mem_eq(p->grad, g0, (size_t)p->numel_grad * sizeof(float));
+    ck_assert_ptr_eq(dvl_f32(b), p->data + off_b);
+    free(h), free(d0), free(g0);
+    dvl_params_free(p);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* The CUDA context's h2d copies go through pinned staging: the source may
+ * be overwritten as soon as the call returns (each of 40 copies of 64 KiB
+ * reuses one host buffer, 2.5 MiB in all, so the staging arena grows past
+ * its first chunk), every destination holds what was copied; after a reset
+ * the same step allocates nothing (staging consolidated like the arenas). */
+START_TEST(staged_uploads_survive_source_reuse)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_ctx *ctx = dvl_ctx_new_err(DVL_CUDA, &err);
+    ck_assert_msg(ctx != NULL, "%s", err.msg);
+    enum { N = 40, E = 16384 };
+    int32_t *src = malloc(E * sizeof(int32_t)), *back = malloc(E * sizeof(int32_t));
+    ck_assert(src && back);
+    int32_t *dst[N];
+    for (int step = 0; step < 3; step++) {
+        dvl_ctx_reset(ctx);
+        int64_t before = dvl_arena_mallocs(ctx);
+        for (int k = 0; k < N; k++) {
+            for (int i = 0; i < E; i++)
+                src[i] = step * 1000003 + k * 65537 + i;
+            dst[k] = dvl_alloc_dev(ctx, E * sizeof(int32_t));
+            ck_assert_ptr_nonnull(dst[k]);
+            ck_assert_int_eq(dvl_ctx_memcpy_h2d(ctx, dst[k], src, E * sizeof(int32_t)), DVL_OK);
+            memset(src, 0xab, E * sizeof(int32_t)); /* the copy must not see this */
+        }
+        for (int k = 0; k < N; k++) {
+            ck_assert_int_eq(dvl_ctx_memcpy_d2h(ctx, back, dst[k], E * sizeof(int32_t)), DVL_OK);
+            for (int i = 0; i < E; i++)
+                ck_assert_msg(back[i] == step * 1000003 + k * 65537 + i,
+                              "step %d copy %d element %d: %d", step, k, i, (int)back[i]);
+        }
+        if (step == 2)
+            ck_assert_int_eq(dvl_arena_mallocs(ctx), before);
+    }
+    ck_assert_msg(dvl_ctx_ok(ctx), "%s", dvl_ctx_err(ctx)->msg);
+    free(src), free(back);
+    dvl_ctx_free(ctx);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* A device run's checkpoint path: AdamW state copied from a device
+ * optimizer to a host twin (dvl_params_to_device(.., DVL_CPU)) and from
+ * there into a fresh device optimizer over a fresh device store; one more
+ * step on the original and on the restored pair gives the same bits (what
+ * makes a resumed GPU run repeat the uninterrupted one). */
+START_TEST(adamw_state_copy_resumes_exactly)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_params *pc = dvl_params_new();
+    int64_t s2[2] = {17, 9}, s1[1] = {5};
+    ck_assert_ptr_nonnull(dvl_params_add(pc, "w", 2, s2, true, &err));
+    ck_assert_ptr_nonnull(dvl_params_add(pc, "frozen", 1, s1, false, &err));
+    ck_assert_ptr_nonnull(dvl_params_add(pc, "n", 1, s1, true, &err));
+    ck_assert_int_eq(dvl_params_alloc(pc, &err), DVL_OK);
+    float *init = host_randn(pc->numel, 31, 1.0f);
+    memcpy(pc->data, init, (size_t)pc->numel * sizeof(float));
+    dvl_params *pg = dvl_params_to_device(pc, DVL_CUDA, &err);
+    ck_assert_msg(pg != NULL, "%s", err.msg);
+    dvl_adamw *og = dvl_adamw_new(pg, 0.9f, 0.95f, 1e-8f, 0.1f, &err);
+    ck_assert_msg(og != NULL, "%s", err.msg);
+    const int64_t ng = pc->numel_grad;
+    float *g[3];
+    for (int t = 0; t < 3; t++)
+        g[t] = host_randn(ng, 40 + (uint64_t)t, 0.1f);
+    for (int t = 0; t < 2; t++) {
+        ck_assert_int_eq(dvl_cuda_memcpy_h2d(pg->grad, g[t], (size_t)ng * 4, &err), DVL_OK);
+        dvl_adamw_step(og, 1e-2f);
+    }
+    /* Save: device -> host twin. */
+    dvl_params *ph = dvl_params_to_device(pg, DVL_CPU, &err);
+    ck_assert_msg(ph != NULL, "%s", err.msg);
+    dvl_adamw *oh = dvl_adamw_new(ph, 0.9f, 0.95f, 1e-8f, 0.1f, &err);
+    ck_assert_msg(oh != NULL, "%s", err.msg);
+    ck_assert_int_eq(dvl_adamw_copy_state(oh, og, &err), DVL_OK);
+    ck_assert_int_eq(oh->step, 2);
+    float *hm = malloc((size_t)ng * 4);
+    ck_assert_ptr_nonnull(hm);
+    ck_assert_int_eq(dvl_cuda_memcpy_d2h(hm, og->m, (size_t)ng * 4, &err), DVL_OK);
+    ck_assert_mem_eq(hm, oh->m, (size_t)ng * 4);
+    ck_assert_int_eq(dvl_cuda_memcpy_d2h(hm, og->v, (size_t)ng * 4, &err), DVL_OK);
+    ck_assert_mem_eq(hm, oh->v, (size_t)ng * 4);
+    /* Load: host twin -> a fresh device store and optimizer. */
+    dvl_params *pg2 = dvl_params_to_device(ph, DVL_CUDA, &err);
+    ck_assert_msg(pg2 != NULL, "%s", err.msg);
+    dvl_adamw *og2 = dvl_adamw_new(pg2, 0.9f, 0.95f, 1e-8f, 0.1f, &err);
+    ck_assert_msg(og2 != NULL, "%s", err.msg);
+    ck_assert_int_eq(dvl_adamw_copy_state(og2, oh, &err), DVL_OK);
+    ck_assert_int_eq(og2->step, 2);
+    ck_assert_int_eq(dvl_cuda_memcpy_h2d(pg->grad, g[2], (size_t)ng * 4, &err), DVL_OK);
+    ck_assert_int_eq(dvl_cuda_memcpy_h2d(pg2->grad, g[2], (size_t)ng * 4, &err), DVL_OK);
+    dvl_adamw_step(og, 1e-2f);
+    dvl_adamw_step(og2, 1e-2f);
+    float *h1 = malloc((size_t)pc->numel * 4), *h2 = malloc((size_t)pc->numel * 4);
+    ck_assert(h1 && h2);
+    ck_assert_int_eq(dvl_params_data_to_host(pg, h1, &err), DVL_OK);
+    ck_assert_int_eq(dvl_params_data_to_host(pg2, h2, &err), DVL_OK);
+    ck_assert_mem_eq(h1, h2, (size_t)pc->numel * 4);
+    ck_assert_msg(fabs((double)h1[0] - init[0]) > 1e-3, "adamw moved w[0] by only %g",
+                  fabs((double)h1[0] - init[0]));
+    /* Another layout: refused. */
+    dvl_params *other = dvl_params_new();
+    ck_assert_ptr_nonnull(dvl_params_add(other, "x", 1, s1, true, &err));
+    ck_assert_int_eq(dvl_params_alloc(other, &err), DVL_OK);
+    dvl_adamw *oo = dvl_adamw_new(other, 0.9f, 0.95f, 1e-8f, 0.1f, &err);
+    ck_assert_ptr_nonnull(oo);
+    ck_assert_int_eq(dvl_adamw_copy_state(oo, og, &err), DVL_EINVAL);
+    dvl_adamw_free(oo), dvl_adamw_free(og), dvl_adamw_free(oh), dvl_adamw_free(og2);
+    dvl_params_free(other), dvl_params_free(pc), dvl_params_free(pg), dvl_params_free(ph),
+        dvl_params_free(pg2);
+    for (int t = 0; t < 3; t++)
+        free(g[t]);
+    free(init), free(hm), free(h1), free(h2);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* NCCL on a communicator of one rank (all a one-GPU machine can make: NCCL
+ * refuses two ranks on one GPU): the id, the communicator, two bucket
+ * all-reduces on its stream ordered after the kernel that wrote the buffer,
+ * the join and the division, as dist.c uses them. A sum over one rank is
+ * the identity, so the result is exact; the division by 3 matches the
+ * host's correctly rounded quotient bit for bit. libnccl.so.2 is loaded at
+ * run time: where it cannot be, the test says so and passes, unless
+ * DVL_REQUIRE_NCCL=1. */
+START_TEST(nccl_one_rank_allreduce)
+{
+#if defined(DVL_HAVE_CUDA) && defined(DVL_HAVE_NCCL)
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    if (dvl_nccl_probe(&err) != DVL_OK) {
+        const char *req = getenv("DVL_REQUIRE_NCCL");
+        ck_assert_msg(!(req && req[0] && strcmp(req, "0") != 0),
+                      "DVL_REQUIRE_NCCL is set: %s", err.msg);
+        printf("test_cuda: NCCL test skipped: %s\n", err.msg);
+        return;
+    }
+    unsigned char id[DVL_NCCL_ID_BYTES];
+    ck_assert_msg(dvl_nccl_unique_id(id, &err) == DVL_OK, "%s", err.msg);
+    dvl_nccl *c = dvl_nccl_new(id, 1, 0, &err);
+    ck_assert_msg(c != NULL, "%s", err.msg);
+    const int64_t n = 1000;
+    float *h = host_randn(n, 77, 1.0f), *x = upload(h, n);
+    dvl_cuda_scale_fwd(x, x, 2.0f, n); /* queued on the default stream first */
+    ck_assert_int_eq(dvl_nccl_allreduce_sum(c, x, 600, &err), DVL_OK);
+    ck_assert_int_eq(dvl_nccl_allreduce_sum(c, x + 600, n - 600, &err), DVL_OK);
+    ck_assert_int_eq(dvl_nccl_join(c, &err), DVL_OK);
+    dvl_cuda_div_scalar(x, 3.0f, n);
+    float *got = download(x, n);
+    for (int64_t i = 0; i < n; i++) {
+        float want = (h[i] * 2.0f) / 3.0f;
+        ck_assert_msg(memcmp(&got[i], &want, sizeof want) == 0, "element %lld: %.9g, want %.9g",
+                      (long long)i, (double)got[i], (double)want);
+    }
+    free(got), free(h);
+    dvl_cuda_free(x);
+    dvl_nccl_free(c);
+#else
+    printf(SKIP_MSG " (no NCCL in this build)\n");
+#endif
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("cuda");
@@ -2130,6 +2449,11 @@ static Suite *suite(void)
     tcase_add_test(tc, toy_model_step_matches_cpu);
     tcase_add_test(tc, toy_model_step_bf16_close_to_cpu);
     tcase_add_test(tc, adamw_device_store_matches_cpu);
+    tcase_add_test(tc, siglip_on_device_matches_cpu);
+    tcase_add_test(tc, params_move_round_trip);
+    tcase_add_test(tc, staged_uploads_survive_source_reuse);
+    tcase_add_test(tc, adamw_state_copy_resumes_exactly);
+    tcase_add_test(tc, nccl_one_rank_allreduce);
     /* Each test creates CUDA contexts and cuBLAS handles in a fresh child
      * process (seconds on a cold GPU): more than Check's 4 s default when
      * the binary is run outside meson (which sets CK_DEFAULT_TIMEOUT). */

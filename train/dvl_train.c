@@ -26,6 +26,15 @@
  * loader position, so a resumed run repeats the uninterrupted one bit for
  * bit.
  *
+ * train.device = cuda: each rank takes GPU (local rank mod GPUs on its
+ * node); the parameter store moves there in place (the model's tensors
+ * follow), with the gradients, the AdamW moments and the step's context;
+ * the batch's pixels are uploaded through the context's pinned staging
+ * (ids, labels and masks stay host arrays that the ops upload the same
+ * way); gradients are averaged with NCCL (or, ranks sharing a GPU, MPI
+ * through host memory). Checkpoints and the final export go through a
+ * host twin of the store and optimizer (made on first use, then reused).
+ *
  * Errors: one line on stderr, exit 1 (2 for bad usage). */
 #include <errno.h>
 #include <inttypes.h>
@@ -46,6 +55,9 @@
 #include "optim/adamw.h"
 #include "train_cfg.h"
 #include "train_step.h"
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
 
 #define PROG "dvl-train"
 #define MAX_SETS 256
@@ -142,6 +154,14 @@ typedef struct run {
     int64_t accum, steps_per_epoch, total, step;
     FILE *metrics;
     bool tty;
+    /* train.device = cuda: the GPU, and host twins of the device store and
+     * optimizer for checkpoints and the export (NULL until needed). */
+    int gpu;
+    char gpu_name[160];
+    bool nccl;
+    char no_nccl[300]; /* why not, when the ranks reduce through host memory */
+    dvl_params *host_p;
+    dvl_adamw *host_opt;
 } run;
 
 static const char *stage_name(train_stage s)
@@ -185,6 +205,49 @@ static int load_config(run *r, const char *config, const char *resume, const cha
         return err->code ? err->code : DVL_EINVAL;
     r->cfg_json = dvl_cfg_dump(r->cfgv);
     return r->cfg_json ? DVL_OK : dvl_errf(err, DVL_ENOMEM, "config dump: out of memory");
+}
+
+/* train.device = cuda: this rank's GPU, chosen from its place on the node
+ * (ranks sharing a GPU when there are fewer GPUs than ranks). Before
+ * anything is loaded or written. */
+static int open_device(run *r, dvl_err *err)
+{
+    if (r->c.device == TRAIN_CPU)
+        return DVL_OK;
+#ifdef DVL_HAVE_CUDA
+    dvl_err why = {0, ""};
+    int n = dvl_cuda_probe(&why);
+    if (n == 0)
+        return dvl_errf(err, DVL_EDEVICE, "train.device: cuda, but no CUDA device is usable (%s)",
+                        why.code ? why.msg : "no devices");
+    r->gpu = r->d.local_rank % n;
+    if (dvl_cuda_init(r->gpu, &why) || dvl_cuda_describe(r->gpu, r->gpu_name,
+                                                          sizeof r->gpu_name, &why))
+        return dvl_errf(err, DVL_EDEVICE, "train.device: %s", why.msg);
+    return DVL_OK;
+#else
+    return dvl_errf(err, DVL_EDEVICE,
+                    "train.device: cuda, but dvl-train was built without CUDA (nvcc not found at "
+                    "configure time, or -Dcuda=disabled)");
+#endif
+}
+
+static bool on_gpu(const run *r) { return r->c.device == TRAIN_CUDA; }
+
+/* The host twins of a device run's store and optimizer (same layout),
+ * made on first use and kept: checkpoints are written from them and read
+ * into them. */
+static int host_twin(run *r, dvl_err *err)
+{
+    if (r->host_p)
+        return DVL_OK;
+    const train_cfg *c = &r->c;
+    r->host_p = dvl_params_to_device(r->tm.m.params, DVL_CPU, err);
+    if (!r->host_p)
+        return err->code;
+    r->host_opt = dvl_adamw_new(r->host_p, (float)c->beta1, (float)c->beta2, (float)c->eps,
+                                (float)c->weight_decay, err);
+    return r->host_opt ? DVL_OK : err->code;
 }
 
 /* The model with each stage's trainable set, weights loaded. */
@@ -288,6 +351,11 @@ static int check_data(run *r, dvl_err *err)
             rc = dvl_errf(err, DVL_EINVAL,
                           "data.path: %s holds %d-pixel images, the vision tower takes %lld",
                           r->c.data_path, man.image_size, (long long)v->vision.image_size);
+        else if (v->vision.channels != 3)
+            rc = dvl_errf(err, DVL_EINVAL,
+                          "model.path: the vision tower of %s takes %lld channels, the loader's "
+                          "images have 3",
+                          r->c.model_path, (long long)v->vision.channels);
     } else if (!tm->is_vlm && man.images > 0) {
         rc = dvl_errf(err, DVL_EINVAL, "data.path: %s has %lld images but %s is a language model",
                       r->c.data_path, (long long)man.images, r->c.model_path);
@@ -385,9 +453,20 @@ static int save_ckpt(run *r, dvl_err *err)
     if (!ls)
         return err->code;
     int rc = DVL_OK;
-    if (r->d.rank == 0)
-        rc = dvl_ckpt_save(root, r->step, r->tm.m.params, r->opt, NULL, 0, ls, r->cfg_json,
-                           (int)r->c.keep_last, DVL_F32, err);
+    if (r->d.rank == 0) {
+        const dvl_params *p = r->tm.m.params;
+        const dvl_adamw *o = r->opt;
+        if (on_gpu(r)) { /* the device state into the host twins */
+            if (!(rc = host_twin(r, err)) &&
+                !(rc = dvl_params_data_to_host(r->tm.m.params, r->host_p->data, err)))
+                rc = dvl_adamw_copy_state(r->host_opt, r->opt, err);
+            p = r->host_p;
+            o = r->host_opt;
+        }
+        if (!rc)
+            rc = dvl_ckpt_save(root, r->step, p, o, NULL, 0, ls, r->cfg_json, (int)r->c.keep_last,
+                               DVL_F32, err);
+    }
     free(ls);
     bool any;
     if (dvl_dist_any(&r->d, rc != DVL_OK, &any, err))
@@ -457,6 +536,39 @@ static int noise_draw(run *r, const dvl_batch *b, dvl_diff_draw *draw, dvl_err *
     return DVL_OK;
 }
 
+/* The batch as the step's context needs it: on the GPU the pixels in
+ * device memory, copied through the context's pinned staging (the ids,
+ * labels and masks stay host arrays: the step reads them on the host and
+ * the ops upload them the same way). *tmp holds the device view. */
+static const dvl_batch *batch_for_ctx(run *r, const dvl_batch *b, dvl_batch *tmp, dvl_err *err)
+{
+    if (dvl_ctx_device(r->ctx) == DVL_CPU || b->n_images == 0)
+        return b;
+    size_t bytes = (size_t)b->n_images * 3 * (size_t)b->image_size * (size_t)b->image_size *
+                   sizeof(float);
+    float *px = dvl_alloc_dev(r->ctx, bytes);
+    if (!px || dvl_ctx_memcpy_h2d(r->ctx, px, b->images, bytes)) {
+        const dvl_err *e = dvl_ctx_err(r->ctx);
+        dvl_errf(err, e->code ? e->code : DVL_EDEVICE, "uploading the batch: %s", e->msg);
+        return NULL;
+    }
+    *tmp = *b;
+    tmp->images = px;
+    return tmp;
+}
+
+/* The loss value (a device tensor on the GPU: this waits for it). */
+static int read_loss(run *r, const dvl_tensor *loss, double *out, dvl_err *err)
+{
+    float v = 0;
+    if (dvl_tensor_to_host(r->ctx, loss, &v)) {
+        const dvl_err *e = dvl_ctx_err(r->ctx);
+        return dvl_errf(err, e->code ? e->code : DVL_EDEVICE, "reading the loss: %s", e->msg);
+    }
+    *out = v;
+    return DVL_OK;
+}
+
 static int train(run *r, dvl_err *err)
 {
     const train_cfg *c = &r->c;
@@ -478,16 +590,18 @@ static int train(run *r, dvl_err *err)
         double sums[2] = {0, 0}; /* loss, tokens */
         for (int64_t a = 0; a < r->accum; a++) {
             const dvl_batch *b;
+            dvl_batch bdev;
             if (dvl_loader_next(r->loader, &b, err))
                 return err->code;
             dvl_ctx_reset(r->ctx);
+            if (!(b = batch_for_ctx(r, b, &bdev, err)))
+                return err->code;
             dvl_diff_draw draw;
             if (noise_draw(r, b, &draw, err))
                 return err->code;
             dvl_tensor *loss = train_forward(r->ctx, &r->tm, c, b, scale, &draw, err);
             if (!loss)
                 return err->code;
-            sums[0] += dvl_f32(loss)[0];
             for (int64_t s = 0; s < b->n; s++)
                 sums[1] += (double)b->seq_len[s];
             ready_ctx rc = {.gs = r->gs};
@@ -505,6 +619,11 @@ static int train(run *r, dvl_err *err)
                 *err = rc.err;
                 return err->code;
             }
+            /* Read once backward is queued: on the GPU this waits for it. */
+            double l = 0;
+            if (read_loss(r, loss, &l, err))
+                return err->code;
+            sums[0] += l;
         }
         /* Mean gradient over the ranks: the buckets not started during the
          * last backward (parameters this batch did not use) start now. */
@@ -515,8 +634,11 @@ static int train(run *r, dvl_err *err)
             sums[0] /= r->d.world;
         }
         if (c->nonfinite_from >= 0 && r->step + 1 >= c->nonfinite_from &&
-            r->step + 1 < c->nonfinite_from + c->nonfinite_steps)
-            p->grad[0] = NAN;
+            r->step + 1 < c->nonfinite_from + c->nonfinite_steps) {
+            const float nan = NAN; /* p->grad may be device memory */
+            if (dvl_ctx_memcpy_h2d(r->ctx, p->grad, &nan, sizeof nan))
+                return dvl_errf(err, DVL_EDEVICE, "%s", dvl_ctx_err(r->ctx)->msg);
+        }
         double loss = sums[0], gnorm = dvl_grad_norm(p), lr = lr_at(c, r->step, r->total);
         /* Every rank holds the same averaged gradient and loss, so every
          * rank takes the same decision. */
@@ -567,11 +689,17 @@ static int train(run *r, dvl_err *err)
 static int setup(run *r, const char *ckpt, dvl_err *err)
 {
     const train_cfg *c = &r->c;
-    if (load_model(r, err) || check_data(r, err))
+    if (open_device(r, err) || load_model(r, err) || check_data(r, err))
         return err->code;
     dvl_params *p = r->tm.m.params;
     if (p->numel_grad == 0)
         return dvl_errf(err, DVL_EINVAL, "train.stage %s: nothing to train", stage_name(c->stage));
+    /* Rank 0's weights everywhere (a freshly initialised connector, say,
+     * is the same on every rank only by construction; this makes sure). */
+    if (dvl_dist_bcast_params(&r->d, p, err))
+        return err->code;
+    if (on_gpu(r) && dvl_params_move(p, DVL_CUDA, err))
+        return err->code;
     r->opt = dvl_adamw_new(p, (float)c->beta1, (float)c->beta2, (float)c->eps,
                            (float)c->weight_decay, err);
     if (!r->opt)
@@ -585,11 +713,10 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
             if (strncmp(p->t[i]->name, DVL_VLM_VISION_PREFIX, n) == 0)
                 r->opt->lr_mult[i] = mult;
     }
-    /* Rank 0's weights everywhere (a freshly initialised connector, say,
-     * is the same on every rank only by construction; this makes sure). */
-    if (dvl_dist_bcast_params(&r->d, p, err))
-        return err->code;
     if (r->d.world > 1) {
+        if (on_gpu(r) &&
+            dvl_dist_nccl_init(&r->d, c->nccl, &r->nccl, r->no_nccl, sizeof r->no_nccl, err))
+            return err->code;
         r->gs = dvl_dist_grad_sync_new(&r->d, p, (size_t)c->bucket_mb << 20, err);
         if (!r->gs)
             return err->code;
@@ -606,8 +733,23 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
     char *ls = NULL;
     if (ckpt[0]) {
         int64_t step = 0;
-        if (dvl_ckpt_load(ckpt, p, r->opt, &step, NULL, 0, &ls, err))
+        if (on_gpu(r)) { /* into the host twins, then up */
+            if (host_twin(r, err) ||
+                dvl_ckpt_load(ckpt, r->host_p, r->host_opt, &step, NULL, 0, &ls, err) ||
+                dvl_params_data_from_host(p, r->host_p->data, err) ||
+                dvl_adamw_copy_state(r->opt, r->host_opt, err)) {
+                free(ls);
+                return err->code;
+            }
+            if (r->d.rank != 0) { /* only rank 0 writes checkpoints */
+                dvl_adamw_free(r->host_opt);
+                dvl_params_free(r->host_p);
+                r->host_opt = NULL;
+                r->host_p = NULL;
+            }
+        } else if (dvl_ckpt_load(ckpt, p, r->opt, &step, NULL, 0, &ls, err)) {
             return err->code;
+        }
         r->step = step;
         int rc = parse_loader_state(ls, r->d.rank, r->d.world, &start, err);
         free(ls);
@@ -639,9 +781,9 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                         "train.global_batch: %lld is more than the %lld samples of %s",
                         (long long)c->global_batch, (long long)N, c->data_path);
     r->total = c->max_steps > 0 ? c->max_steps : c->epochs * r->steps_per_epoch;
-    r->ctx = dvl_ctx_new(DVL_CPU);
+    r->ctx = dvl_ctx_new_err(on_gpu(r) ? DVL_CUDA : DVL_CPU, err);
     if (!r->ctx)
-        return dvl_errf(err, DVL_ENOMEM, "context: out of memory");
+        return err->code ? err->code : dvl_errf(err, DVL_ENOMEM, "context: out of memory");
     if (r->d.rank == 0) {
         if (make_dirs(c->out, err))
             return err->code;
@@ -660,6 +802,13 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                stage_name(c->stage), c->model_path, p->numel, p->numel_grad, N, r->d.world,
                c->micro_batch, r->accum, c->global_batch, r->total, r->steps_per_epoch,
                ckpt[0] ? ", resumed" : "");
+        if (on_gpu(r))
+            printf(PROG ": device cuda:%d %s%s%s%s\n", r->gpu, r->gpu_name,
+                   r->d.world == 1 ? ""
+                   : r->nccl     ? ", gradients all-reduced with NCCL"
+                                 : ", gradients all-reduced with MPI through host memory (NCCL: ",
+                   r->d.world > 1 && !r->nccl ? r->no_nccl : "",
+                   r->d.world > 1 && !r->nccl ? ")" : "");
         if (ckpt[0])
             printf(PROG ": resumed from %s at step %" PRId64 "\n", ckpt, r->step);
         fflush(stdout);
@@ -674,8 +823,16 @@ static int export_final(run *r, dvl_err *err)
         return DVL_OK;
     char dir[4200];
     snprintf(dir, sizeof dir, "%s/final", r->c.out);
-    if (dvl_model_save(&r->tm.m, dir, r->model_json, DVL_F32, 0, err))
-        return err->code;
+    dvl_params *p = r->tm.m.params;
+    if (on_gpu(r)) { /* saved from the host twin, the model's store lent to it */
+        if (host_twin(r, err) || dvl_params_data_to_host(p, r->host_p->data, err))
+            return err->code;
+        r->tm.m.params = r->host_p;
+    }
+    int rc = dvl_model_save(&r->tm.m, dir, r->model_json, DVL_F32, 0, err);
+    r->tm.m.params = p;
+    if (rc)
+        return rc;
     printf(PROG ": wrote %s\n", dir);
     return DVL_OK;
 }
@@ -684,6 +841,8 @@ static void run_free(run *r)
 {
     dvl_loader_free(r->loader);
     dvl_dist_grad_sync_free(r->gs);
+    dvl_adamw_free(r->host_opt);
+    dvl_params_free(r->host_p);
     dvl_adamw_free(r->opt);
     dvl_diff_batch_free(r->tm.db);
     if (r->tm.m.params)

@@ -3,9 +3,11 @@
 # here: loss falls in each stage; stage 1 leaves the LM and the vision tower
 # bit-identical; a resumed run reaches bit-identical weights; 1 rank = 2 and
 # 3 ranks at the same global batch (float tolerance; ar, stage 1 and stage
-# 2); config errors name the key.
+# 2); config errors name the key; train.device=cuda fails cleanly where it
+# cannot run (GPU runs: train/test_train_cuda.sh).
 #
-#   test_train.sh DVL_TRAIN DVL_PREP DVL_CONVERT SOURCE_ROOT
+#   test_train.sh DVL_TRAIN DVL_PREP DVL_CONVERT SOURCE_ROOT [cuda|cpu]
+# (the last: whether dvl-train was built with CUDA; default cpu)
 set -u
 # Absolute paths: the script works in a temporary folder.
 abs() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
@@ -13,6 +15,7 @@ TRAIN=$(abs "$1")
 PREP=$(abs "$2")
 CONVERT=$(abs "$3")
 SRC=$(cd "$4" && pwd)
+BUILT=${5:-cpu}
 T=$(mktemp -d /tmp/dvl-test-train-XXXXXX)
 trap 'rm -rf "$T"' EXIT
 fails=0
@@ -237,6 +240,22 @@ reject eps_order diffusion.eps_min --config s2.json --set diffusion.eps_min=0.5 
 reject mask_id diffusion.mask_token_id --config s2.json --set diffusion.mask_token_id=151671
 reject no_config "--config is required"
 reject resume_missing "nowhere" --resume nowhere
+reject bad_device train.device --config s2.json --set train.device=gpu
+
+# ---- train.device=cuda where it cannot run: one line naming the key and the
+# reason, exit 1, nothing written. (With a GPU present it just runs.)
+"$TRAIN" --config s2.json --set train.device=cuda --set train.out=cu0 --set train.max_steps=2 \
+    >out.txt 2>err.txt
+rc=$?
+if [ $BUILT = cuda ]; then want="no CUDA device is usable"; else want="built without CUDA"; fi
+if [ $rc -eq 0 ] && [ $BUILT = cuda ] && [ -f cu0/final/model.safetensors ]; then
+    ok "device_cuda_unavailable (skipped: a GPU is present, the run worked)"
+elif [ $rc -eq 1 ] && [ "$(wc -l <err.txt)" -eq 1 ] && grep -qF "train.device: cuda" err.txt &&
+    grep -qF "$want" err.txt && [ ! -e cu0 ]; then
+    ok device_cuda_unavailable
+else
+    bad "device_cuda_unavailable ($BUILT build): rc $rc: $(cat err.txt)"
+fi
 
 echo
 if [ $fails -ne 0 ]; then

@@ -35,6 +35,8 @@ const dvl_cfg_key TRAIN_KEYS[] = {
      .help = "samples per optimizer step over all ranks (= ranks x micro_batch x accumulation)"},
     {"train.seed", DVL_CFG_INT, .def = "0", .ranged = true, .min = 0, .max = BIG,
      .help = "seed of the diffusion noise (t and masks)"},
+    {"train.device", DVL_CFG_ENUM, .def = "cpu", .choices = "cpu|cuda",
+     .help = "where the step runs; cuda: one GPU per rank (local rank mod GPUs on the node)"},
     {"optim.lr", DVL_CFG_FLOAT, .def = "1e-5", .ranged = true, .min = 0, .max = 10,
      .help = "peak learning rate (LM and connector)"},
     {"optim.vision_lr", DVL_CFG_FLOAT, .def = "2e-6", .ranged = true, .min = 0, .max = 10,
@@ -86,6 +88,9 @@ const dvl_cfg_key TRAIN_KEYS[] = {
      .help = "gradient all-reduce bucket size in MiB"},
     {"dist.check_every", DVL_CFG_INT, .def = "100", .ranged = true, .min = 0, .max = BIG,
      .help = "compare the ranks' weights (checksum) every N steps (0: never)"},
+    {"dist.nccl", DVL_CFG_BOOL, .def = "true",
+     .help = "cuda: all-reduce gradients with NCCL when every rank has a GPU of its own "
+             "(false, or ranks sharing a GPU: MPI through host memory)"},
     {"debug.nonfinite_from", DVL_CFG_INT, .def = "-1", .ranged = true, .min = -1, .max = BIG,
      .help = "testing: poison the gradient with NaN from this step (1-based; -1: never)"},
     {"debug.nonfinite_steps", DVL_CFG_INT, .def = "0", .ranged = true, .min = 0, .max = BIG,
@@ -109,6 +114,7 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
     o->micro_batch = dvl_cfg_int(c, "train.micro_batch");
     o->global_batch = dvl_cfg_int(c, "train.global_batch");
     o->seed = dvl_cfg_int(c, "train.seed");
+    o->device = (train_device)dvl_cfg_enum(c, "train.device");
     o->lr = dvl_cfg_float(c, "optim.lr");
     o->vision_lr = dvl_cfg_float(c, "optim.vision_lr");
     o->weight_decay = dvl_cfg_float(c, "optim.weight_decay");
@@ -135,6 +141,7 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
     o->log_every = dvl_cfg_int(c, "log.every");
     o->bucket_mb = dvl_cfg_int(c, "dist.bucket_mb");
     o->check_every = dvl_cfg_int(c, "dist.check_every");
+    o->nccl = dvl_cfg_bool(c, "dist.nccl");
     o->nonfinite_from = dvl_cfg_int(c, "debug.nonfinite_from");
     o->nonfinite_steps = dvl_cfg_int(c, "debug.nonfinite_steps");
     if (dvl_cfg_check(c, err))

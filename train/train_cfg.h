@@ -17,6 +17,7 @@
 
 typedef enum train_stage { STAGE_AR = 0, STAGE_1, STAGE_2 } train_stage;
 typedef enum train_sched { SCHED_COSINE = 0, SCHED_LINEAR, SCHED_CONSTANT } train_sched;
+typedef enum train_device { TRAIN_CPU = 0, TRAIN_CUDA } train_device;
 
 typedef struct train_cfg {
     /* model */
@@ -34,6 +35,7 @@ typedef struct train_cfg {
     int64_t epochs, max_steps;
     int64_t micro_batch, global_batch;
     int64_t seed;
+    train_device device; /* cuda: one GPU per rank, chosen by the rank's place on its node */
     /* optimiser and schedule */
     double lr, vision_lr, weight_decay, beta1, beta2, eps;
     double warmup_ratio;
@@ -54,6 +56,7 @@ typedef struct train_cfg {
     int64_t log_every;
     int64_t bucket_mb;
     int64_t check_every;
+    bool nccl; /* cuda, several ranks: NCCL all-reduce when every rank has a GPU of its own */
     /* testing the NaN path: steps [from, from + steps) get a NaN gradient */
     int64_t nonfinite_from, nonfinite_steps;
 } train_cfg;

@@ -5,9 +5,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/hash.h"
 #include "ops/cpu/par.h"
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
+#ifdef DVL_HAVE_NCCL
+#include "dist/nccl.h"
+#endif
 
 /* MPI counts are int: anything larger goes in pieces of this many elements. */
 #define PIECE ((int64_t)1 << 30)
@@ -60,6 +67,10 @@ int dvl_dist_init(int *argc, char ***argv, dvl_dist *d, dvl_err *err)
 
 int dvl_dist_finalize(dvl_dist *d, dvl_err *err)
 {
+#ifdef DVL_HAVE_NCCL
+    dvl_nccl_free(d->nccl);
+#endif
+    d->nccl = NULL;
     if (d->comm != MPI_COMM_NULL)
         MPI_Comm_free(&d->comm);
     d->comm = MPI_COMM_NULL;
@@ -72,7 +83,140 @@ int dvl_dist_finalize(dvl_dist *d, dvl_err *err)
     return DVL_OK;
 }
 
+#if defined(DVL_HAVE_CUDA) && defined(DVL_HAVE_NCCL)
+/* Whether this rank's GPU is also another rank's: the ranks compare
+ * (host name, PCI bus id), as NCCL does, so CUDA_VISIBLE_DEVICES set per
+ * rank is seen through. A rank that cannot tell counts as sharing (the
+ * host-memory path always works). Collective. */
+static int gpu_shared(const dvl_dist *d, bool *shared, dvl_err *err)
+{
+    char key[384] = "", bus[64] = "";
+    int dev = 0;
+    size_t len = 0;
+    if (gethostname(key, 255) == 0)
+        key[255] = 0;
+    len = strlen(key);
+    bool known = dvl_cuda_get_device(&dev, NULL) == DVL_OK &&
+                 dvl_cuda_pci_bus_id(dev, bus, sizeof bus, NULL) == DVL_OK;
+    snprintf(key + len, sizeof key - len, "/%s", known ? bus : "?");
+    uint64_t mine = dvl_hash64(key, strlen(key));
+    uint64_t *all = malloc((size_t)d->world * sizeof *all);
+    if (!all)
+        return dvl_errf(err, DVL_ENOMEM, "nccl: out of memory for %d GPU ids", d->world);
+    int rc = MPI_Allgather(&mine, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, d->comm);
+    if (rc != MPI_SUCCESS) {
+        free(all);
+        return mpi_fail(err, rc, "nccl: comparing the ranks' GPUs");
+    }
+    *shared = !known;
+    for (int r = 0; r < d->world; r++)
+        if (r != d->rank && all[r] == mine)
+            *shared = true;
+    free(all);
+    return DVL_OK;
+}
+#endif
+
+int dvl_dist_nccl_init(dvl_dist *d, bool want, bool *using, char *why, size_t n, dvl_err *err)
+{
+    char none[1];
+    if (!why || n == 0) {
+        why = none;
+        n = sizeof none;
+    }
+    why[0] = 0;
+    *using = d->nccl != NULL;
+    if (d->nccl)
+        return DVL_OK;
+    if (d->world < 2) {
+        snprintf(why, n, "one rank");
+        return DVL_OK;
+    }
+#if defined(DVL_HAVE_CUDA) && defined(DVL_HAVE_NCCL)
+    /* Every rank must agree: one rank's reason turns NCCL off for all. NCCL
+     * refuses two ranks on one GPU ("Duplicate GPU detected"). */
+    dvl_err e = {0, ""};
+    bool shared = false;
+    int rc = gpu_shared(d, &shared, err);
+    if (rc)
+        return rc;
+    if (!want)
+        snprintf(why, n, "turned off by the caller");
+    else if (shared)
+        snprintf(why, n, "ranks share a GPU (%d ranks, %d GPU(s) visible on this node)",
+                 d->local_world, dvl_cuda_device_count());
+    else if (dvl_nccl_probe(&e) != DVL_OK)
+        snprintf(why, n, "%s", e.msg);
+    bool off;
+    rc = dvl_dist_any(d, why[0] != 0, &off, err);
+    if (rc)
+        return rc;
+    if (off) {
+        if (!why[0])
+            snprintf(why, n, "not usable on another rank");
+        return DVL_OK;
+    }
+    /* Rank 0's id (or its failure) to everyone: byte 0 says which. */
+    unsigned char msg[1 + DVL_NCCL_ID_BYTES] = {0};
+    dvl_err e0 = {0, ""};
+    if (d->rank == 0)
+        msg[0] = dvl_nccl_unique_id(msg + 1, &e0) == DVL_OK;
+    if ((rc = dvl_dist_bcast(d, msg, sizeof msg, 0, err)))
+        return rc;
+    if (!msg[0])
+        return d->rank == 0 ? dvl_errf(err, e0.code, "%s", e0.msg)
+                            : dvl_errf(err, DVL_EDEVICE, "nccl: rank 0 could not make an id");
+    d->nccl = dvl_nccl_new(msg + 1, d->world, d->rank, &e);
+    bool failed;
+    if ((rc = dvl_dist_any(d, d->nccl == NULL, &failed, err)))
+        return rc;
+    if (failed) {
+        dvl_nccl_free(d->nccl);
+        d->nccl = NULL;
+        return e.code ? dvl_errf(err, e.code, "%s", e.msg)
+                      : dvl_errf(err, DVL_EDEVICE, "nccl: another rank failed to join");
+    }
+    *using = true;
+    return DVL_OK;
+#else
+    (void)want, (void)err;
+    snprintf(why, n, "dvl was built without NCCL");
+    return DVL_OK;
+#endif
+}
+
 /* ------------------------------------------------- broadcast, checks */
+
+/* A malloc'd host buffer for a device store's data, holding a copy of it
+ * when `download`. Collective: when any rank fails, every rank returns NULL
+ * with err set (so none is left waiting in the collective that follows). */
+static float *host_params(const dvl_dist *d, const dvl_params *p, bool download, const char *what,
+                          dvl_err *err)
+{
+    dvl_err e = {0, ""};
+    float *h = malloc((size_t)(p->numel ? p->numel : 1) * sizeof(float));
+    if (!h)
+        dvl_errf(&e, DVL_ENOMEM, "%s: out of memory for %lld parameters", what,
+                 (long long)p->numel);
+    else if (download && dvl_params_data_to_host(p, h, &e) != DVL_OK) {
+        free(h);
+        h = NULL;
+    }
+    bool any = false;
+    if (dvl_dist_any(d, h == NULL, &any, err) != DVL_OK) {
+        free(h);
+        return NULL;
+    }
+    if (any) {
+        if (e.code)
+            dvl_errf(err, e.code, "%s", e.msg);
+        else
+            dvl_errf(err, DVL_EDEVICE, "%s: another rank could not copy its parameters", what);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
 
 int dvl_dist_bcast(const dvl_dist *d, void *buf, size_t n, int root, dvl_err *err)
 {
@@ -90,7 +234,20 @@ int dvl_dist_bcast_params(const dvl_dist *d, dvl_params *p, dvl_err *err)
 {
     if (!p->allocated)
         return dvl_errf(err, DVL_EINVAL, "dvl_dist_bcast_params: the store is not allocated");
-    return dvl_dist_bcast(d, p->data, (size_t)p->numel * sizeof(float), 0, err);
+    size_t bytes = (size_t)p->numel * sizeof(float);
+    if (p->device == DVL_CPU)
+        return dvl_dist_bcast(d, p->data, bytes, 0, err);
+    if (d->world == 1)
+        return DVL_OK;
+    /* Device store: through host memory, rank 0's copy to the others. */
+    float *h = host_params(d, p, d->rank == 0, "dvl_dist_bcast_params", err);
+    if (!h)
+        return err ? err->code : DVL_EDEVICE;
+    int rc = dvl_dist_bcast(d, h, bytes, 0, err);
+    if (!rc && d->rank != 0)
+        rc = dvl_params_data_from_host(p, h, err);
+    free(h);
+    return rc;
 }
 
 int dvl_dist_check_same(const dvl_dist *d, const void *buf, size_t n, const char *what,
@@ -136,7 +293,15 @@ int dvl_dist_check_params(const dvl_dist *d, const dvl_params *p, dvl_err *err)
 {
     if (!p->allocated)
         return dvl_errf(err, DVL_EINVAL, "dvl_dist_check_params: the store is not allocated");
-    return dvl_dist_check_same(d, p->data, (size_t)p->numel * sizeof(float), "parameters", err);
+    size_t bytes = (size_t)p->numel * sizeof(float);
+    if (p->device == DVL_CPU)
+        return dvl_dist_check_same(d, p->data, bytes, "parameters", err);
+    float *h = host_params(d, p, true, "dvl_dist_check_params", err);
+    if (!h)
+        return err ? err->code : DVL_EDEVICE;
+    int rc = dvl_dist_check_same(d, h, bytes, "parameters", err);
+    free(h);
+    return rc;
 }
 
 /* --------------------------------------------------------- scalars */
@@ -199,6 +364,8 @@ struct dvl_dist_grad_sync {
     int *by_off;    /* trainable parameter indices in gradient order (= declaration) */
     int n_train;
     int next;       /* next bucket to start */
+    /* Device store without NCCL: the host copy MPI reduces (numel_grad). */
+    float *host;
 };
 
 void dvl_dist_grad_sync_free(dvl_dist_grad_sync *s)
@@ -212,6 +379,7 @@ void dvl_dist_grad_sync_free(dvl_dist_grad_sync *s)
     free(s->bucket_of);
     free(s->done);
     free(s->by_off);
+    free(s->host);
     free(s);
 }
 
@@ -235,6 +403,9 @@ dvl_dist_grad_sync *dvl_dist_grad_sync_new(const dvl_dist *d, dvl_params *p, siz
         goto oom;
     s->d = d;
     s->p = p;
+    if (p->device != DVL_CPU && !d->nccl &&
+        !(s->host = malloc((size_t)(p->numel_grad ? p->numel_grad : 1) * sizeof(float))))
+        goto oom;
     /* A parameter's slot in the gradient buffer runs to the next trainable
      * parameter's offset (numel rounded up for alignment), the last one's
      * to numel_grad. */
@@ -303,10 +474,31 @@ int dvl_dist_grad_sync_start(dvl_dist_grad_sync *s, int b, dvl_err *err)
                         "dvl_dist_grad_sync_start: bucket %d started out of order (next is %d of %d)",
                         b, s->next, s->nb);
     bucket *k = &s->b[b];
+    float *buf = s->p->grad;
+#ifdef DVL_HAVE_CUDA
+    if (s->p->device != DVL_CPU) {
+#ifdef DVL_HAVE_NCCL
+        if (s->d->nccl) {
+            int rc = dvl_nccl_allreduce_sum(s->d->nccl, s->p->grad + k->off, k->count, err);
+            if (rc)
+                return rc;
+            s->next++;
+            return DVL_OK;
+        }
+#endif
+        /* Through the host: this copy waits for the kernels that wrote
+         * the bucket (the default stream's order). */
+        int rc = dvl_cuda_memcpy_d2h(s->host + k->off, s->p->grad + k->off,
+                                     (size_t)k->count * sizeof(float), err);
+        if (rc)
+            return rc;
+        buf = s->host;
+    }
+#endif
     for (int r = 0; r < k->n_req; r++) {
         int64_t off = k->off + (int64_t)r * PIECE;
         int64_t cnt = k->count - (int64_t)r * PIECE < PIECE ? k->count - (int64_t)r * PIECE : PIECE;
-        int rc = MPI_Iallreduce(MPI_IN_PLACE, s->p->grad + off, (int)cnt, MPI_FLOAT, MPI_SUM,
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)cnt, MPI_FLOAT, MPI_SUM,
                                 s->d->comm, &k->req[r]);
         if (rc != MPI_SUCCESS) {
             char what[96];
@@ -400,13 +592,30 @@ int dvl_dist_grad_sync_finish(dvl_dist_grad_sync *s, dvl_err *err)
     /* Sum -> mean. A division (not a multiplication by 1/world) so the mean
      * is the correctly rounded quotient. */
     int world = s->d->world;
-    if (world > 1) {
-        float *g = s->p->grad;
-        float w = (float)world;
-        int64_t n = s->p->numel_grad;
+    if (world == 1)
+        return DVL_OK;
+    float w = (float)world;
+    int64_t n = s->p->numel_grad;
+#ifdef DVL_HAVE_CUDA
+#ifdef DVL_HAVE_NCCL
+    if (s->p->device != DVL_CPU && s->d->nccl) {
+        if ((rc = dvl_nccl_join(s->d->nccl, err)))
+            return rc;
+        dvl_cuda_div_scalar(s->p->grad, w, n);
+        return dvl_cuda_check("gradient mean over the ranks", err);
+    }
+#endif
+    if (s->p->device != DVL_CPU) {
+        float *h = s->host;
         #pragma omp parallel for schedule(static) if (dvl_par(n))
         for (int64_t i = 0; i < n; i++)
-            g[i] /= w;
+            h[i] /= w;
+        return dvl_cuda_memcpy_h2d(s->p->grad, h, (size_t)n * sizeof(float), err);
     }
+#endif
+    float *g = s->p->grad;
+    #pragma omp parallel for schedule(static) if (dvl_par(n))
+    for (int64_t i = 0; i < n; i++)
+        g[i] /= w;
     return DVL_OK;
 }

@@ -29,6 +29,16 @@
  * whatever order their parameters were reported in: a covered bucket waits
  * until every earlier bucket has started.
  *
+ * A store on the GPU (dvl_params_to_device / dvl_params_move, one GPU per
+ * rank chosen from local_rank) is reduced the same way, bucket by bucket:
+ * with NCCL when dvl_dist_nccl_init made a communicator (the all-reduce of
+ * a bucket queued on NCCL's stream after the kernels that wrote it, the
+ * default stream waiting for all of them at finish, then a division by the
+ * world size on the device), otherwise through host memory (each bucket
+ * copied to a host buffer when it starts, MPI as above, the mean copied
+ * back at finish). Parameter broadcasts and checks copy device stores
+ * through host memory.
+ *
  * All calls are collective unless stated otherwise: every rank must make
  * them, in the same order. They return DVL_OK or an error code with a
  * message (MPI failures are returned, not fatal: the communicator uses
@@ -51,6 +61,7 @@ typedef struct dvl_dist {
     int local_rank, local_world; /* among the ranks on this node (GPU choice) */
     MPI_Comm comm;               /* a duplicate of MPI_COMM_WORLD: dvl's traffic only */
     bool owns_mpi;               /* dvl_dist_init called MPI_Init, finalize ends it */
+    struct dvl_nccl *nccl;       /* device gradients' communicator (dvl_dist_nccl_init) */
 } dvl_dist;
 
 /* Initialise MPI (unless the program already did) and fill d. Run without
@@ -58,6 +69,15 @@ typedef struct dvl_dist {
 int dvl_dist_init(int *argc, char ***argv, dvl_dist *d, dvl_err *err);
 /* Free the communicator and, if dvl_dist_init started MPI, finalize it. */
 int dvl_dist_finalize(dvl_dist *d, dvl_err *err);
+
+/* For device gradients: an NCCL communicator over the ranks, each on the
+ * CUDA device its thread uses (dvl_cuda_init first). NCCL needs a GPU of
+ * its own per rank, so when any node has more ranks than GPUs, when some
+ * rank cannot load libnccl.so.2, when the build has no NCCL, or when `want`
+ * is false, none is made and device gradients go through host memory.
+ * *using tells which (the same on every rank); when false, why (size n,
+ * may be NULL) says for what reason. Collective; a world of one makes none. */
+int dvl_dist_nccl_init(dvl_dist *d, bool want, bool *using, char *why, size_t n, dvl_err *err);
 
 /* Rank 0's parameter buffer (all p->numel floats, frozen ones too) to every
  * rank. */

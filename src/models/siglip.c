@@ -6,6 +6,9 @@
 
 #include "models/init.h"
 #include "models/siglip.h"
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
 
 static dvl_tensor *add(dvl_params *p, int *rc, dvl_err *err, const char *name, int nd,
                        const int64_t *shape)
@@ -173,8 +176,9 @@ dvl_tensor *dvl_siglip_forward(dvl_ctx *ctx, const dvl_siglip *m, dvl_tensor *pi
         return dvl_fail(ctx, "siglip: pixels %s %s must be f32 [n, %lld, %lld, %lld]",
                         dvl_tname(pixels), dvl_shape_str(pixels, s, sizeof s), (long long)C,
                         (long long)S, (long long)S);
-    if (pixels->device != DVL_CPU)
-        return dvl_fail(ctx, "siglip: patch extraction: device not supported");
+    if (pixels->device != dvl_ctx_device(ctx))
+        return dvl_fail(ctx, "siglip: pixels %s are on device %d, the context on %d",
+                        dvl_tname(pixels), (int)pixels->device, (int)dvl_ctx_device(ctx));
     int64_t n = nd == 4 ? pixels->shape[0] : 1;
     if (n < 1)
         return dvl_fail(ctx, "siglip: no images in %s", dvl_tname(pixels));
@@ -183,8 +187,19 @@ dvl_tensor *dvl_siglip_forward(dvl_ctx *ctx, const dvl_siglip *m, dvl_tensor *pi
     if (!dvl_siglip_trainable(m))
         dvl_set_grad_enabled(ctx, false);
     dvl_tensor *x = dvl_new2(ctx, n * T, C * P * P);
-    if (x)
-        patchify(dvl_f32(x), dvl_f32(pixels), n, C, S, P);
+    if (x) {
+        switch (pixels->device) {
+        case DVL_CPU: patchify(dvl_f32(x), dvl_f32(pixels), n, C, S, P); break;
+#ifdef DVL_HAVE_CUDA
+        case DVL_CUDA:
+            dvl_cuda_patchify(dvl_f32(x), dvl_f32(pixels), n, C, S, P);
+            if (!dvl_ctx_check(ctx, "siglip: patch extraction"))
+                x = NULL;
+            break;
+#endif
+        default: x = dvl_fail(ctx, "siglip: patch extraction: device not supported");
+        }
+    }
     int64_t ws[2] = {c->hidden, C * P * P};
     x = dvl_linear(ctx, x, dvl_reshape(ctx, m->patch_w, 2, ws), m->patch_b);
     /* Position index of every row: its patch index within its image. */

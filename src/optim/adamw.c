@@ -99,6 +99,47 @@ void dvl_adamw_free(dvl_adamw *o)
     free(o);
 }
 
+#ifdef DVL_HAVE_CUDA
+static int copy_any(float *dst, bool dst_dev, const float *src, bool src_dev, size_t bytes,
+                    dvl_err *err)
+{
+    if (dst_dev && src_dev)
+        return dvl_cuda_memcpy_d2d(dst, src, bytes, err);
+    if (dst_dev)
+        return dvl_cuda_memcpy_h2d(dst, src, bytes, err);
+    if (src_dev)
+        return dvl_cuda_memcpy_d2h(dst, src, bytes, err);
+    memcpy(dst, src, bytes);
+    return DVL_OK;
+}
+#endif
+
+int dvl_adamw_copy_state(dvl_adamw *dst, const dvl_adamw *src, dvl_err *err)
+{
+    if (dst->p->numel_grad != src->p->numel_grad || dst->p->n != src->p->n)
+        return dvl_errf(err, DVL_EINVAL,
+                        "adamw: copying moments between stores of %lld and %lld trainable "
+                        "parameters",
+                        (long long)src->p->numel_grad, (long long)dst->p->numel_grad);
+    size_t bytes = (size_t)src->p->numel_grad * sizeof(float);
+    const bool dd = on_device(dst->p), sd = on_device(src->p);
+    int rc = DVL_OK;
+    if (bytes) {
+#ifdef DVL_HAVE_CUDA
+        if ((rc = copy_any(dst->m, dd, src->m, sd, bytes, err)) ||
+            (rc = copy_any(dst->v, dd, src->v, sd, bytes, err)))
+            return rc;
+#else
+        if (dd || sd)
+            return dvl_errf(err, DVL_EINVAL, "adamw: device moments in a build without CUDA");
+        memcpy(dst->m, src->m, bytes);
+        memcpy(dst->v, src->v, bytes);
+#endif
+    }
+    dst->step = src->step;
+    return rc;
+}
+
 int dvl_adamw_set_group(dvl_adamw *o, const char *prefix, float lr_mult, bool decay)
 {
     int k = 0;
@@ -163,21 +204,21 @@ void dvl_adamw_step(dvl_adamw *o, float lr)
 
 #ifdef DVL_HAVE_CUDA
 /* Sum of squares of the device gradient in double: per-block partial sums
- * on the GPU (a split fixed by n), added in order here, so the result does
- * not depend on scheduling either. Device errors give NaN (a caller that
- * clips or checks finiteness then skips the step rather than using junk). */
+ * on the GPU (a split fixed by n) into the store's preallocated scratch,
+ * added in order here, so the result does not depend on scheduling either.
+ * Device errors give NaN (a caller that clips or checks finiteness then
+ * skips the step rather than using junk); so does a device store without
+ * scratch, which dvl_params_to_device and dvl_params_move never make. */
 static double dev_sumsq(const dvl_params *p)
 {
     dvl_err err = {0};
     int64_t parts = dvl_cuda_sumsq_parts(p->numel_grad);
     double host[DVL_CUDA_SUMSQ_MAX_PARTS];
-    double *part = dvl_cuda_malloc((size_t)parts * sizeof(double), &err);
+    double *part = p->norm_scratch;
     if (!part)
         return NAN;
     dvl_cuda_sumsq_partial(part, p->grad, p->numel_grad);
-    int rc = dvl_cuda_memcpy_d2h(host, part, (size_t)parts * sizeof(double), &err);
-    dvl_cuda_free(part);
-    if (rc)
+    if (dvl_cuda_memcpy_d2h(host, part, (size_t)parts * sizeof(double), &err))
         return NAN;
     double total = 0;
     for (int64_t b = 0; b < parts; b++)

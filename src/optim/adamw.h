@@ -28,6 +28,12 @@ void dvl_adamw_free(dvl_adamw *o);
 /* Set lr multiplier and decay for parameters whose name starts with prefix;
  * returns how many matched. */
 int dvl_adamw_set_group(dvl_adamw *o, const char *prefix, float lr_mult, bool decay);
+/* The state of src (step count, m and v) into dst, an optimizer over a
+ * store of the same layout (e.g. a host copy of a device store made by
+ * dvl_params_to_device), whatever the devices of the two: checkpoints of a
+ * device run are written from and read into host twins this way. The
+ * hyperparameters and groups of dst stay as they are. */
+int dvl_adamw_copy_state(dvl_adamw *dst, const dvl_adamw *src, dvl_err *err);
 /* One update with learning rate lr using p->grad. */
 void dvl_adamw_step(dvl_adamw *o, float lr);
 

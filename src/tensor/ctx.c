@@ -20,7 +20,8 @@ typedef struct chunk {
     struct chunk *next;
     size_t size, used;
     char *mem;
-    bool dev; /* mem is device memory (cudaMalloc) */
+    bool dev;    /* mem is device memory (cudaMalloc) */
+    bool pinned; /* mem is page-locked host memory (cudaMallocHost) */
 } chunk;
 
 struct dvl_ctx {
@@ -41,6 +42,12 @@ struct dvl_ctx {
     chunk *dchunks;
     size_t dused_total;
     struct dvl_cublas *blas;
+    /* CUDA contexts only: the pinned staging arena of dvl_ctx_memcpy_h2d
+     * (same policy again, made on first use) and an event recorded after
+     * each copy from it, so reset knows when the copies have read it. */
+    chunk *pchunks;
+    struct dvl_cuda_event *staged;
+    bool staged_pending;
     /* Gradient-ready hook and the generation counter that marks which
      * parameters a backward pass has already seen. */
     dvl_grad_ready_fn ready_fn;
@@ -63,6 +70,7 @@ static chunk *chunk_new(dvl_ctx *ctx, size_t size)
     c->used = 0;
     c->next = NULL;
     c->dev = false;
+    c->pinned = false;
     ctx->mallocs++;
     return c;
 }
@@ -84,8 +92,42 @@ static chunk *dchunk_new(dvl_ctx *ctx, size_t size, dvl_err *err)
     c->used = 0;
     c->next = NULL;
     c->dev = true;
+    c->pinned = false;
     ctx->mallocs++;
     return c;
+}
+
+/* A staging chunk: page-locked host memory, the source of asynchronous
+ * host-to-device copies. */
+static chunk *pchunk_new(dvl_ctx *ctx, size_t size, dvl_err *err)
+{
+    chunk *c = malloc(sizeof *c);
+    if (!c)
+        return NULL;
+    size = (size + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+    c->mem = dvl_cuda_malloc_host(size, err);
+    if (!c->mem) {
+        free(c);
+        return NULL;
+    }
+    c->size = size;
+    c->used = 0;
+    c->next = NULL;
+    c->dev = false;
+    c->pinned = true;
+    ctx->mallocs++;
+    return c;
+}
+
+/* Wait until every staged copy queued so far has read its source, so the
+ * staging arena can be rewritten or freed. */
+static void staged_wait(dvl_ctx *ctx)
+{
+    if (ctx->staged_pending) {
+        if (dvl_cuda_event_sync(ctx->staged, NULL) != DVL_OK)
+            dvl_cuda_sync(NULL, NULL); /* the whole device, then */
+        ctx->staged_pending = false;
+    }
 }
 #endif
 
@@ -96,6 +138,8 @@ static void chunks_free(chunk *c)
 #ifdef DVL_HAVE_CUDA
         if (c->dev)
             dvl_cuda_free(c->mem);
+        else if (c->pinned)
+            dvl_cuda_free_host(c->mem);
         else
 #endif
             free(c->mem);
@@ -139,7 +183,8 @@ dvl_ctx *dvl_ctx_new_err(dvl_device device, dvl_err *err)
             dev = 0; /* no usable driver: dvl_cuda_init says why */
         if (dvl_cuda_init(dev, err) != DVL_OK ||
             !(ctx->dchunks = dchunk_new(ctx, ARENA_MIN_CHUNK, err)) ||
-            !(ctx->blas = dvl_cublas_new(false, err))) {
+            !(ctx->blas = dvl_cublas_new(false, err)) ||
+            !(ctx->staged = dvl_cuda_event_new(err))) {
             dvl_ctx_free(ctx);
             return NULL;
         }
@@ -154,9 +199,14 @@ void dvl_ctx_free(dvl_ctx *ctx)
 {
     if (!ctx)
         return;
+#ifdef DVL_HAVE_CUDA
+    staged_wait(ctx);
+#endif
     chunks_free(ctx->chunks);
     chunks_free(ctx->dchunks);
 #ifdef DVL_HAVE_CUDA
+    chunks_free(ctx->pchunks);
+    dvl_cuda_event_free(ctx->staged);
     dvl_cublas_free(ctx->blas);
 #endif
     free(ctx->tape);
@@ -194,6 +244,18 @@ void dvl_ctx_reset(dvl_ctx *ctx)
     if (ctx->dchunks)
         ctx->dchunks->used = 0;
     ctx->dused_total = 0;
+    /* The staging arena: once its copies have run, the same again (its
+     * first chunk is made by the first copy). */
+    staged_wait(ctx);
+    if (ctx->pchunks && ctx->pchunks->next) {
+        size_t total = 0;
+        for (chunk *c = ctx->pchunks; c; c = c->next)
+            total += c->size;
+        chunks_free(ctx->pchunks);
+        ctx->pchunks = pchunk_new(ctx, total, NULL); /* NULL: the next copy makes one */
+    }
+    if (ctx->pchunks)
+        ctx->pchunks->used = 0;
 #endif
 }
 
@@ -348,6 +410,31 @@ bool dvl_ctx_check(dvl_ctx *ctx, const char *what)
     return ctx->err.code == DVL_OK;
 }
 
+#ifdef DVL_HAVE_CUDA
+/* `bytes` of the staging arena (bump allocation as dvl_alloc). */
+static void *staging_alloc(dvl_ctx *ctx, size_t bytes, dvl_err *e)
+{
+    bytes = (bytes + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+    chunk *c = ctx->pchunks;
+    if (!c || c->size - c->used < bytes) {
+        size_t size = c ? c->size * 2 : ARENA_MIN_CHUNK;
+        if (size < bytes)
+            size = bytes;
+        chunk *n = pchunk_new(ctx, size, e);
+        if (!n) {
+            if (!e->code)
+                dvl_errf(e, DVL_ENOMEM, "out of memory for %zu bytes of pinned staging", bytes);
+            return NULL;
+        }
+        n->next = c;
+        ctx->pchunks = c = n;
+    }
+    void *p = c->mem + c->used;
+    c->used += bytes;
+    return p;
+}
+#endif
+
 int dvl_ctx_memcpy_h2d(dvl_ctx *ctx, void *dst, const void *src, size_t bytes)
 {
     if (ctx->device == DVL_CPU) {
@@ -356,9 +443,25 @@ int dvl_ctx_memcpy_h2d(dvl_ctx *ctx, void *dst, const void *src, size_t bytes)
         return DVL_OK;
     }
 #ifdef DVL_HAVE_CUDA
+    /* Through pinned staging, asynchronously: the caller's memory is copied
+     * into the staging arena now (so it may change at once, as with a
+     * plain copy) and the DMA runs in stream order, before any kernel
+     * launched later, while the host goes on queueing work. The staging
+     * memory stays untouched until reset has waited for the event. */
+    if (bytes == 0)
+        return DVL_OK;
     dvl_err e = {0, ""};
-    if (dvl_cuda_memcpy_h2d(dst, src, bytes, &e) != DVL_OK)
+    void *s = staging_alloc(ctx, bytes, &e);
+    if (!s)
         return dvl_ctx_set_err(ctx, &e);
+    memcpy(s, src, bytes);
+    if (dvl_cuda_memcpy_h2d_async(dst, s, bytes, &e) != DVL_OK)
+        return dvl_ctx_set_err(ctx, &e);
+    ctx->staged_pending = true;
+    if (dvl_cuda_event_record(ctx->staged, &e) != DVL_OK) {
+        dvl_cuda_sync(NULL, NULL); /* no event to wait on: the copy must be done now */
+        return dvl_ctx_set_err(ctx, &e);
+    }
 #endif
     return DVL_OK;
 }

@@ -27,6 +27,7 @@ void dvl_params_free(dvl_params *p)
     if (p->device == DVL_CUDA) {
         dvl_cuda_free(p->data);
         dvl_cuda_free(p->grad);
+        dvl_cuda_free(p->norm_scratch);
         free(p);
         return;
     }
@@ -110,6 +111,19 @@ int dvl_params_set_trainable(dvl_params *p, const char *prefix, bool trainable)
  * SIMD kernels and device copies see aligned rows. */
 static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
+/* Point every tensor into the store's buffers (offsets as laid out by
+ * dvl_params_alloc), on the store's device. */
+static void bind_tensors(dvl_params *p)
+{
+    int64_t off = 0;
+    for (int i = 0; i < p->n; i++) {
+        p->t[i]->device = p->device;
+        p->t[i]->data = p->data + off;
+        p->t[i]->grad = p->grad_off[i] >= 0 ? p->grad + p->grad_off[i] : NULL;
+        off += round16(dvl_numel(p->t[i]));
+    }
+}
+
 int dvl_params_alloc(dvl_params *p, dvl_err *err)
 {
     if (p->allocated)
@@ -132,12 +146,7 @@ int dvl_params_alloc(dvl_params *p, dvl_err *err)
     memset(p->data, 0, (size_t)(total ? total : 16) * sizeof(float));
     if (p->grad)
         memset(p->grad, 0, (size_t)total_grad * sizeof(float));
-    int64_t off = 0;
-    for (int i = 0; i < p->n; i++) {
-        p->t[i]->data = p->data + off;
-        p->t[i]->grad = p->grad_off[i] >= 0 ? p->grad + p->grad_off[i] : NULL;
-        off += round16(dvl_numel(p->t[i]));
-    }
+    bind_tensors(p);
     p->numel = total;
     p->numel_grad = total_grad;
     p->allocated = true;
@@ -208,7 +217,8 @@ dvl_params *dvl_params_to_device(const dvl_params *src, dvl_device device, dvl_e
     p->device = DVL_CUDA;
     p->data = dvl_cuda_malloc((size_t)(total ? total : 16) * sizeof(float), err);
     p->grad = total_grad ? dvl_cuda_malloc((size_t)total_grad * sizeof(float), err) : NULL;
-    if (!p->data || (total_grad && !p->grad)) {
+    p->norm_scratch = dvl_cuda_malloc(DVL_CUDA_SUMSQ_MAX_PARTS * sizeof(double), err);
+    if (!p->data || (total_grad && !p->grad) || !p->norm_scratch) {
         dvl_params_free(p);
         return NULL;
     }
@@ -229,13 +239,7 @@ dvl_params *dvl_params_to_device(const dvl_params *src, dvl_device device, dvl_e
         return NULL;
     }
     free(hd);
-    int64_t off = 0;
-    for (int i = 0; i < p->n; i++) {
-        p->t[i]->device = DVL_CUDA;
-        p->t[i]->data = p->data + off;
-        p->t[i]->grad = p->grad_off[i] >= 0 ? p->grad + p->grad_off[i] : NULL;
-        off += round16(dvl_numel(p->t[i]));
-    }
+    bind_tensors(p);
     p->numel = total;
     p->numel_grad = total_grad;
     p->allocated = true;
@@ -244,6 +248,66 @@ dvl_params *dvl_params_to_device(const dvl_params *src, dvl_device device, dvl_e
     dvl_errf(err, DVL_EDEVICE, "params_to_device: dvl was built without CUDA");
     dvl_params_free(p);
     return NULL;
+#endif
+}
+
+int dvl_params_move(dvl_params *p, dvl_device device, dvl_err *err)
+{
+    if (!p->allocated)
+        return dvl_errf(err, DVL_EINVAL, "params_move: the store is not allocated");
+    if (device != DVL_CPU && device != DVL_CUDA)
+        return dvl_errf(err, DVL_EINVAL, "params_move: unknown device %d", (int)device);
+    if (device == p->device)
+        return DVL_OK;
+#ifdef DVL_HAVE_CUDA
+    /* Sizes as dvl_params_alloc made them (multiples of 16 floats, so also
+     * of aligned_alloc's 64 bytes). New buffers first: on failure the store
+     * is as it was. */
+    const size_t nd = (size_t)(p->numel ? p->numel : 16) * sizeof(float);
+    const size_t ng = (size_t)p->numel_grad * sizeof(float);
+    float *data = NULL, *grad = NULL;
+    void *scratch = NULL;
+    int rc = DVL_OK;
+    if (device == DVL_CUDA) {
+        if (!(data = dvl_cuda_malloc(nd, err)) || (ng && !(grad = dvl_cuda_malloc(ng, err))) ||
+            !(scratch = dvl_cuda_malloc(DVL_CUDA_SUMSQ_MAX_PARTS * sizeof(double), err)) ||
+            (rc = dvl_cuda_memcpy_h2d(data, p->data, nd, err)) ||
+            (ng && (rc = dvl_cuda_memcpy_h2d(grad, p->grad, ng, err)))) {
+            dvl_cuda_free(data);
+            dvl_cuda_free(grad);
+            dvl_cuda_free(scratch);
+            return rc ? rc : err ? err->code : DVL_EDEVICE;
+        }
+        free(p->data);
+        free(p->grad);
+    } else {
+        data = aligned_alloc(PARAM_ALIGN, nd);
+        grad = ng ? aligned_alloc(PARAM_ALIGN, ng) : NULL;
+        if (!data || (ng && !grad)) {
+            free(data);
+            free(grad);
+            return dvl_errf(err, DVL_ENOMEM, "params_move: out of memory for %lld parameters",
+                            (long long)p->numel);
+        }
+        if ((rc = dvl_cuda_memcpy_d2h(data, p->data, nd, err)) ||
+            (ng && (rc = dvl_cuda_memcpy_d2h(grad, p->grad, ng, err)))) {
+            free(data);
+            free(grad);
+            return rc;
+        }
+        dvl_cuda_free(p->data);
+        dvl_cuda_free(p->grad);
+        dvl_cuda_free(p->norm_scratch);
+    }
+    p->data = data;
+    p->grad = grad;
+    p->norm_scratch = scratch;
+    p->device = device;
+    bind_tensors(p);
+    return DVL_OK;
+#else
+    return dvl_errf(err, DVL_EDEVICE, "params_move: dvl was built without CUDA (nvcc not found "
+                                      "at configure time, or -Dcuda=disabled)");
 #endif
 }
 
@@ -267,4 +331,17 @@ int dvl_params_data_to_host(const dvl_params *p, float *host, dvl_err *err)
 int dvl_params_grad_to_host(const dvl_params *p, float *host, dvl_err *err)
 {
     return to_host(p, host, p->grad, p->numel_grad, err);
+}
+
+int dvl_params_data_from_host(dvl_params *p, const float *host, dvl_err *err)
+{
+    if (p->numel == 0)
+        return DVL_OK;
+#ifdef DVL_HAVE_CUDA
+    if (p->device == DVL_CUDA)
+        return dvl_cuda_memcpy_h2d(p->data, host, (size_t)p->numel * sizeof(float), err);
+#endif
+    (void)err;
+    memcpy(p->data, host, (size_t)p->numel * sizeof(float));
+    return DVL_OK;
 }

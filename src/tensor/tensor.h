@@ -164,8 +164,12 @@ typedef struct dvl_params {
     float *data;        /* numel floats, 64-byte aligned */
     float *grad;        /* numel_grad floats, 64-byte aligned (NULL if none) */
     bool allocated;
-    /* Where data and grad live (DVL_CPU unless made by dvl_params_to_device). */
+    /* Where data and grad live (DVL_CPU unless made by dvl_params_to_device
+     * or moved by dvl_params_move). */
     dvl_device device;
+    /* Device stores: DVL_CUDA_SUMSQ_MAX_PARTS doubles of device memory for
+     * dvl_grad_norm's partial sums, so the norm allocates nothing. */
+    void *norm_scratch;
 } dvl_params;
 
 dvl_params *dvl_params_new(void);
@@ -217,7 +221,11 @@ int dvl_tensor_grad_to_host(dvl_ctx *ctx, const dvl_tensor *t, float *host);
 dvl_tensor *dvl_from_host(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape,
                           const void *host);
 /* Host/device copies of raw arrays on the context's device (for index and
- * weight arrays the ops take as host pointers). */
+ * weight arrays the ops take as host pointers). On a CUDA context h2d copies
+ * src into a pinned staging arena at once (src may change as soon as it
+ * returns) and queues an asynchronous copy on the default stream, ahead of
+ * any kernel launched later; the staging is reused after dvl_ctx_reset has
+ * waited for those copies. d2h waits for the GPU. */
 int dvl_ctx_memcpy_h2d(dvl_ctx *ctx, void *dst, const void *src, size_t bytes);
 int dvl_ctx_memcpy_d2h(dvl_ctx *ctx, void *dst, const void *src, size_t bytes);
 
@@ -225,9 +233,17 @@ int dvl_ctx_memcpy_d2h(dvl_ctx *ctx, void *dst, const void *src, size_t bytes);
  * layout) with its buffers on `device`, the data copied; gradients zero.
  * NULL with err set on failure. */
 dvl_params *dvl_params_to_device(const dvl_params *src, dvl_device device, dvl_err *err);
+/* Move an allocated store's buffers to `device` in place: the same tensor
+ * objects (so a model holding them follows), data and gradients copied,
+ * the old buffers freed. On failure the store is unchanged. Anything made
+ * over the store's buffers before (an optimizer's moments, a gradient sync)
+ * must be made again after. */
+int dvl_params_move(dvl_params *p, dvl_device device, dvl_err *err);
 /* The store's flat data (numel floats) / gradient (numel_grad floats) into
  * host memory, whatever its device. */
 int dvl_params_data_to_host(const dvl_params *p, float *host, dvl_err *err);
 int dvl_params_grad_to_host(const dvl_params *p, float *host, dvl_err *err);
+/* numel floats of host memory into the store's data, whatever its device. */
+int dvl_params_data_from_host(dvl_params *p, const float *host, dvl_err *err);
 
 #endif

@@ -46,6 +46,9 @@ int dvl_cuda_init(int device, dvl_err *err);
 int dvl_cuda_get_device(int *device, dvl_err *err);
 /* "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)" into buf. */
 int dvl_cuda_describe(int device, char *buf, size_t n, dvl_err *err);
+/* The device's PCI bus id ("0000:65:00.0"): the same GPU seen by two
+ * processes, whatever CUDA_VISIBLE_DEVICES numbers it. */
+int dvl_cuda_pci_bus_id(int device, char *buf, size_t n, dvl_err *err);
 
 /* ---------------------------------------------------------------- memory */
 /* Device memory (256-byte aligned); NULL with err set on failure. */
@@ -62,6 +65,25 @@ int dvl_cuda_memset_zero(void *p, size_t bytes, dvl_err *err);
 int dvl_cuda_sync(const char *what, dvl_err *err);
 /* Report (and clear) an error from the last launches without waiting. */
 int dvl_cuda_check(const char *what, dvl_err *err);
+
+/* Page-locked (pinned) host memory, the source of asynchronous copies;
+ * NULL with err set on failure. */
+void *dvl_cuda_malloc_host(size_t bytes, dvl_err *err);
+void dvl_cuda_free_host(void *p); /* NULL is fine */
+/* Queue a host-to-device copy on the default stream and return at once:
+ * src must be pinned (dvl_cuda_malloc_host) and must not change until the
+ * copy has run (an event recorded after it has completed, or a sync).
+ * Kernels launched later on the default stream see the data. */
+int dvl_cuda_memcpy_h2d_async(void *dst, const void *src, size_t bytes, dvl_err *err);
+/* Events (cudaEvent_t, timing disabled) for "the default stream has done
+ * everything queued up to here". */
+typedef struct dvl_cuda_event dvl_cuda_event;
+dvl_cuda_event *dvl_cuda_event_new(dvl_err *err);
+void dvl_cuda_event_free(dvl_cuda_event *ev); /* NULL is fine */
+/* Mark the point in the default stream's queue reached now. */
+int dvl_cuda_event_record(dvl_cuda_event *ev, dvl_err *err);
+/* Wait until the work queued before the last record has run. */
+int dvl_cuda_event_sync(dvl_cuda_event *ev, dvl_err *err);
 
 /* ------------------------------------------------------------------ blas */
 /* A cuBLAS handle on the default stream, with the math mode of the linear
@@ -153,6 +175,15 @@ void dvl_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, flo
 #define DVL_CUDA_SUMSQ_MAX_PARTS 1024
 int64_t dvl_cuda_sumsq_parts(int64_t n);
 void dvl_cuda_sumsq_partial(double *part, const float *x, int64_t n);
+
+/* x[i] /= d (a division, as the CPU's mean over ranks, not a product with
+ * 1/d, so the result is the correctly rounded quotient). */
+void dvl_cuda_div_scalar(float *x, float d, int64_t n);
+
+/* SigLIP's patch extraction (models/siglip.c patchify): pixels
+ * [n, C, S, S] -> cols [n G G, C P P] with G = S / P; row (i, gy, gx) holds
+ * patch (gy, gx) of image i, channel-major, then ky, then kx. */
+void dvl_cuda_patchify(float *cols, const float *px, int64_t n, int64_t C, int64_t S, int64_t P);
 
 /* ------------------------------------------- op kernels (ops.cu, attention.cu)
  * The CUDA side of the CPU kernels in ops/cpu/, same arguments, all device

@@ -56,6 +56,14 @@ extern "C" int dvl_cuda_describe(int device, char *buf, size_t n, dvl_err *err)
     return DVL_OK;
 }
 
+extern "C" int dvl_cuda_pci_bus_id(int device, char *buf, size_t n, dvl_err *err)
+{
+    cudaError_t e = cudaDeviceGetPCIBusId(buf, n > 64 ? 64 : (int)n, device);
+    if (e != cudaSuccess)
+        return dvl_cu_fail(err, e, "cudaDeviceGetPCIBusId(%d)", device);
+    return DVL_OK;
+}
+
 extern "C" void *dvl_cuda_malloc(size_t bytes, dvl_err *err)
 {
     void *p = NULL;
@@ -134,5 +142,69 @@ extern "C" int dvl_cuda_sync(const char *what, dvl_err *err)
         e = cudaDeviceSynchronize();
     if (e != cudaSuccess)
         return dvl_cu_fail(err, e, "%s", what ? what : "cudaDeviceSynchronize");
+    return DVL_OK;
+}
+
+/* ------------------------------------------------ pinned memory, events */
+
+extern "C" void *dvl_cuda_malloc_host(size_t bytes, dvl_err *err)
+{
+    void *p = NULL;
+    cudaError_t e = cudaMallocHost(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        dvl_cu_fail(err, e, "cudaMallocHost of %zu bytes", bytes);
+        return NULL;
+    }
+    return p;
+}
+
+extern "C" void dvl_cuda_free_host(void *p)
+{
+    if (p)
+        cudaFreeHost(p);
+}
+
+extern "C" int dvl_cuda_memcpy_h2d_async(void *dst, const void *src, size_t bytes, dvl_err *err)
+{
+    if (bytes == 0)
+        return DVL_OK;
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cudaStreamLegacy);
+    if (e != cudaSuccess)
+        return dvl_cu_fail(err, e, "cudaMemcpyAsync host to device of %zu bytes", bytes);
+    return DVL_OK;
+}
+
+/* dvl_cuda_event is cudaEvent_t (a pointer to the runtime's event struct)
+ * under another name, so C code can hold one. */
+extern "C" dvl_cuda_event *dvl_cuda_event_new(dvl_err *err)
+{
+    cudaEvent_t ev = NULL;
+    cudaError_t e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+        dvl_cu_fail(err, e, "cudaEventCreateWithFlags");
+        return NULL;
+    }
+    return (dvl_cuda_event *)ev;
+}
+
+extern "C" void dvl_cuda_event_free(dvl_cuda_event *ev)
+{
+    if (ev)
+        cudaEventDestroy((cudaEvent_t)ev);
+}
+
+extern "C" int dvl_cuda_event_record(dvl_cuda_event *ev, dvl_err *err)
+{
+    cudaError_t e = cudaEventRecord((cudaEvent_t)ev, cudaStreamLegacy);
+    if (e != cudaSuccess)
+        return dvl_cu_fail(err, e, "cudaEventRecord");
+    return DVL_OK;
+}
+
+extern "C" int dvl_cuda_event_sync(dvl_cuda_event *ev, dvl_err *err)
+{
+    cudaError_t e = cudaEventSynchronize((cudaEvent_t)ev);
+    if (e != cudaSuccess)
+        return dvl_cu_fail(err, e, "cudaEventSynchronize");
     return DVL_OK;
 }

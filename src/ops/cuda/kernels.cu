@@ -326,3 +326,39 @@ extern "C" void dvl_cuda_sumsq_partial(double *part, const float *x, int64_t n)
     const int64_t range = (n + parts - 1) / parts;
     sumsq_k<<<(unsigned)parts, SUMSQ_THREADS>>>(part, x, n < 0 ? 0 : n, range);
 }
+
+/* ------------------------------------------------------- mean over ranks */
+__global__ static void div_scalar_k(float *x, float d, int64_t n)
+{
+    GRID_STRIDE(i, n) x[i] = x[i] / d;
+}
+
+extern "C" void dvl_cuda_div_scalar(float *x, float d, int64_t n)
+{
+    if (n > 0)
+        div_scalar_k<<<dvl_cu_blocks(n), DVL_CU_THREADS>>>(x, d, n);
+}
+
+/* --------------------------------------------------------------- patchify */
+/* One thread per element of cols [n G G, K], K = C P P: a gather, so each
+ * element is written once and the result is the CPU's bit for bit. */
+__global__ static void patchify_k(float *cols, const float *px, int64_t n, int64_t C, int64_t S,
+                                  int64_t P)
+{
+    const int64_t G = S / P, K = C * P * P, total = n * G * G * K;
+    GRID_STRIDE(e, total)
+    {
+        const int64_t row = e / K, k = e % K;
+        const int64_t i = row / (G * G), gy = (row / G) % G, gx = row % G;
+        const int64_t c = k / (P * P), ky = (k / P) % P, kx = k % P;
+        cols[e] = px[((i * C + c) * S + gy * P + ky) * S + gx * P + kx];
+    }
+}
+
+extern "C" void dvl_cuda_patchify(float *cols, const float *px, int64_t n, int64_t C, int64_t S,
+                                  int64_t P)
+{
+    const int64_t G = P > 0 ? S / P : 0, total = n * G * G * C * P * P;
+    if (total > 0)
+        patchify_k<<<dvl_cu_blocks(total), DVL_CU_THREADS>>>(cols, px, n, C, S, P);
+}
