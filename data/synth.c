@@ -144,6 +144,29 @@ static int place(dvl_rng *r, shape *s, int i, int size)
     return 0;
 }
 
+/* Place shape i in a free cell of a grid x grid lattice, centred on the
+ * cell (jitter of one pixel), radius 30-40% of the cell: with the model's
+ * patch grid equal to the lattice each shape sits inside one patch, which a
+ * tiny vision tower learns to read in minutes (free placement cuts shapes
+ * across patches at every offset). *used marks the cells taken. */
+static int place_grid(dvl_rng *r, shape *s, int i, int size, int grid, unsigned *used)
+{
+    int free_cells[64], nf = 0;
+    for (int c = 0; c < grid * grid; c++)
+        if (!(*used >> c & 1u))
+            free_cells[nf++] = c;
+    if (nf == 0)
+        return 0;
+    int c = free_cells[rand_int(r, nf)];
+    double cell = (double)size / grid;
+    int rmin = (int)(cell * 0.30), rmax = (int)(cell * 0.40);
+    s[i].r = rmin + rand_int(r, rmax - rmin + 1);
+    s[i].cx = (int)((c % grid + 0.5) * cell) + rand_int(r, 3) - 1;
+    s[i].cy = (int)((c / grid + 0.5) * cell) + rand_int(r, 3) - 1;
+    *used |= 1u << c;
+    return 1;
+}
+
 static void caption(const scene *sc, char *buf, size_t cap)
 {
     /* Groups of equal (kind, colour) are adjacent in canonical order. */
@@ -170,34 +193,48 @@ static void caption(const scene *sc, char *buf, size_t cap)
     snprintf(buf + len, cap - len, ".");
 }
 
-static void sample_scene(uint64_t seed, int split, int64_t index, int size, scene *sc)
+static void sample_scene(const synth_opts *o, int split, int64_t index, scene *sc)
 {
     dvl_rng r;
-    dvl_rng_seed(&r, sample_seed(seed, split, index));
+    int size = o->size;
+    dvl_rng_seed(&r, sample_seed(o->seed, split, index));
     memset(sc, 0, sizeof *sc);
-    int base = 232 + rand_int(&r, 17);
+    /* Light (232-248) or mid-grey (119-135) backgrounds: on grey, SigLIP's
+     * normalisation maps the background near 0, so the shapes are most of
+     * a patch's signal (a light background is a large common component
+     * every image shares, which a tiny model takes long to see past). */
+    int base = (o->grey ? 119 : 232) + rand_int(&r, 17);
     for (int c = 0; c < 3; c++) {
         int v = base + rand_int(&r, 11) - 5;
         sc->bg[c] = (uint8_t)(v > 255 ? 255 : v);
     }
-    int want = 1 + rand_int(&r, MAX_SHAPES);
+    int want = 1 + rand_int(&r, o->max_shapes), groups = 0;
+    unsigned used = 0;
     for (int i = 0; i < want; i++) {
         shape *s = &sc->s[sc->n];
         /* Half the time repeat an earlier shape's kind and colour, so
-         * plurals and counts above one are common. */
-        if (i > 0 && rand_int(&r, 2)) {
-            const shape *o = &sc->s[rand_int(&r, sc->n)];
-            s->kind = o->kind;
-            s->color = o->color;
+         * plurals and counts above one are common; always once max_groups
+         * distinct (kind, colour) pairs are drawn. With the defaults
+         * (groups <= i < 4) the draws are those of the full grammar. */
+        if (i > 0 && (groups >= o->max_groups || rand_int(&r, 2))) {
+            const shape *prev = &sc->s[rand_int(&r, sc->n)];
+            s->kind = prev->kind;
+            s->color = prev->color;
         } else {
             s->kind = rand_int(&r, N_KINDS);
             s->color = rand_int(&r, N_COLORS);
+            /* a fresh draw may repeat an earlier pair by chance */
+            int fresh = 1;
+            for (int j = 0; j < sc->n; j++)
+                fresh &= sc->s[j].kind != s->kind || sc->s[j].color != s->color;
+            groups += fresh;
         }
         for (int c = 0; c < 3; c++) {
             int v = color_rgb[s->color][c] + rand_int(&r, 25) - 12;
             s->rgb[c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
         }
-        if (place(&r, sc->s, sc->n, size))
+        if (o->grid ? place_grid(&r, sc->s, sc->n, size, o->grid, &used)
+                    : place(&r, sc->s, sc->n, size))
             sc->n++;
     }
     qsort(sc->s, (size_t)sc->n, sizeof(shape), shape_cmp);
@@ -504,7 +541,7 @@ static int write_split(const synth_opts *o, int split, int64_t n, dvl_err *err)
     for (int64_t c0 = 0; c0 < n; c0 += CHUNK) {
         int m = (int)(n - c0 < CHUNK ? n - c0 : CHUNK);
         for (int i = 0; i < m; i++)
-            sample_scene(o->seed, split, c0 + i, o->size, &sc[i]);
+            sample_scene(o, split, c0 + i, &sc[i]);
         int bad = -1;
         dvl_err first = {0};
 #pragma omp parallel for schedule(dynamic, 1)
@@ -921,11 +958,18 @@ static int write_tokenizer(const char *out, dvl_err *err)
 
 static const char usage[] =
     "usage: dvl-prep synth --out DIR --n N [--seed S] [--size PX] [--heldout N]\n"
+    "           [--max-shapes K] [--max-groups G] [--grid G] [--background light|grey]\n"
     "  --out DIR     output directory (created)\n"
     "  --n N         training samples (>= 1)\n"
     "  --seed S      random seed (default 0)\n"
     "  --size PX     image side, 64..4096 (default 384)\n"
-    "  --heldout N   held-out samples (default N / 10)\n";
+    "  --heldout N   held-out samples (default N / 10)\n"
+    "  --max-shapes K  at most K shapes an image, 1..4 (default 4)\n"
+    "  --max-groups G  at most G distinct (kind, colour) pairs an image, 1..4\n"
+    "                (default 4; 1: every shape of an image alike, \"two red circles.\")\n"
+    "  --grid G      shapes centred in the cells of a G x G lattice, 2..8 (default 0:\n"
+    "                anywhere); G = the model's patches per side puts one shape in a patch\n"
+    "  --background light|grey  (default light)\n";
 
 static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *v,
                      dvl_err *err)
@@ -944,11 +988,13 @@ static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int
 
 int synth_parse_args(int argc, char **argv, synth_opts *o, dvl_err *err)
 {
-    *o = (synth_opts){.out = NULL, .n = -1, .heldout = -1, .seed = 0, .size = 384};
+    *o = (synth_opts){.out = NULL, .n = -1, .heldout = -1, .seed = 0, .size = 384,
+                      .max_shapes = MAX_SHAPES, .max_groups = MAX_SHAPES};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--out") && strcmp(a, "--n") && strcmp(a, "--seed") &&
-            strcmp(a, "--size") && strcmp(a, "--heldout"))
+            strcmp(a, "--size") && strcmp(a, "--heldout") && strcmp(a, "--max-shapes") &&
+            strcmp(a, "--max-groups") && strcmp(a, "--grid") && strcmp(a, "--background"))
             return dvl_errf(err, DVL_EINVAL, "synth: unknown argument '%s'", a);
         if (i + 1 >= argc)
             return dvl_errf(err, DVL_EINVAL, "synth: %s needs a value", a);
@@ -963,6 +1009,16 @@ int synth_parse_args(int argc, char **argv, synth_opts *o, dvl_err *err)
             rc = parse_i64(a, v, 1, 100000000, &o->n, err);
         } else if (!strcmp(a, "--heldout")) {
             rc = parse_i64(a, v, 0, 100000000, &o->heldout, err);
+        } else if (!strcmp(a, "--max-shapes") || !strcmp(a, "--max-groups")) {
+            if (!(rc = parse_i64(a, v, 1, MAX_SHAPES, &x, err)))
+                *(a[6] == 's' ? &o->max_shapes : &o->max_groups) = (int)x;
+        } else if (!strcmp(a, "--grid")) {
+            if (!(rc = parse_i64(a, v, 2, 8, &x, err)))
+                o->grid = (int)x;
+        } else if (!strcmp(a, "--background")) {
+            if (strcmp(v, "light") && strcmp(v, "grey"))
+                return dvl_errf(err, DVL_EINVAL, "synth: --background '%s' is not light or grey", v);
+            o->grey = !strcmp(v, "grey");
         } else if (!strcmp(a, "--size")) {
             if (!(rc = parse_i64(a, v, 64, 4096, &x, err)))
                 o->size = (int)x;
@@ -987,13 +1043,22 @@ int synth_parse_args(int argc, char **argv, synth_opts *o, dvl_err *err)
     return DVL_OK;
 }
 
-int synth_generate(const synth_opts *o, dvl_err *err)
+int synth_generate(const synth_opts *given, dvl_err *err)
 {
-    if (!o->out || o->n < 1 || o->heldout < 0 || o->size < 64 || o->size > 4096)
+    synth_opts d = *given, *o = &d;
+    if (!o->max_shapes)
+        o->max_shapes = MAX_SHAPES;
+    if (!o->max_groups)
+        o->max_groups = MAX_SHAPES;
+    if (!o->out || o->n < 1 || o->heldout < 0 || o->size < 64 || o->size > 4096 ||
+        o->max_shapes < 1 || o->max_shapes > MAX_SHAPES || o->max_groups < 1 ||
+        o->max_groups > MAX_SHAPES || (o->grid && (o->grid < 2 || o->grid > 8)) ||
+        (o->grid && o->grid * o->grid < o->max_shapes) || (o->grid && o->size / o->grid < 12))
         return dvl_errf(err, DVL_EINVAL,
-                        "synth: bad options (out %s, n %lld, heldout %lld, size %d)",
+                        "synth: bad options (out %s, n %lld, heldout %lld, size %d, max shapes %d, "
+                        "max groups %d, grid %d)",
                         o->out ? o->out : "(none)", (long long)o->n, (long long)o->heldout,
-                        o->size);
+                        o->size, o->max_shapes, o->max_groups, o->grid);
     char images[4200];
     snprintf(images, sizeof images, "%s/images", o->out);
     int rc;

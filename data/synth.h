@@ -14,6 +14,7 @@
 #ifndef DVL_DATA_SYNTH_H
 #define DVL_DATA_SYNTH_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/err.h"
@@ -24,11 +25,17 @@ typedef struct synth_opts {
     int64_t heldout;   /* held-out samples, >= 0 */
     uint64_t seed;
     int size;          /* image side in pixels */
+    int max_shapes;    /* 1..4 shapes an image at most */
+    int max_groups;    /* 1..4 distinct (kind, colour) pairs an image at most */
+    /* (0 in either: 4, the full grammar) */
+    int grid;          /* 0: shapes anywhere; 2..8: centred in cells of a grid x grid lattice */
+    bool grey;         /* mid-grey backgrounds instead of light ones */
 } synth_opts;
 
-/* Parse `synth --out DIR --n N [--seed S] [--size PX] [--heldout N]`;
+/* Parse `synth --out DIR --n N [--seed S] [--size PX] [--heldout N]
+ * [--max-shapes K] [--max-groups G] [--grid G] [--background light|grey]`;
  * argv[0] is the subcommand name. Defaults: seed 0, size 384, heldout
- * n / 10. Errors name the option and the bad value. */
+ * n / 10, 4 shapes, 4 groups, no grid, light. Errors name the option and the bad value. */
 int synth_parse_args(int argc, char **argv, synth_opts *o, dvl_err *err);
 
 /* Write the dataset described by o. */

@@ -4,6 +4,7 @@
 #include <cJSON.h>
 #include <ctype.h>
 #include <ftw.h>
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -516,6 +517,62 @@ START_TEST(tokenizer_words_are_single_tokens)
 }
 END_TEST
 
+
+/* --max-shapes, --max-groups, --grid, --background: every image of the
+ * simple world has 1..K shapes of one kind and colour, centred (within a
+ * pixel) in distinct cells of the lattice, on a mid-grey background; the
+ * default options still draw up to four shapes of several kinds. */
+START_TEST(simple_world_options)
+{
+    char *d = make_dir();
+    synth_opts o = {.out = d, .n = 60, .heldout = 0, .seed = 5, .size = SIZE,
+                    .max_shapes = 3, .max_groups = 1, .grid = 4, .grey = true};
+    dvl_err err = {0};
+    ck_assert_msg(synth_generate(&o, &err) == 0, "synth_generate: %s", err.msg);
+    char *meta = read_in(d, "train_meta.jsonl", NULL);
+    int counts[4] = {0};
+    double cell = (double)SIZE / 4;
+    for (char *line = meta, *next; *line; line = next) {
+        next = strchr(line, '\n');
+        ck_assert_ptr_nonnull(next);
+        *next++ = '\0';
+        cJSON *m = cJSON_Parse(line);
+        ck_assert_ptr_nonnull(m);
+        const cJSON *bg = cJSON_GetObjectItemCaseSensitive(m, "background"), *sh;
+        for (int c = 0; c < 3; c++) {
+            int v = cJSON_GetArrayItem(bg, c)->valueint;
+            ck_assert_msg(v >= 114 && v <= 140, "grey background channel %d = %d", c, v);
+        }
+        const cJSON *shapes = cJSON_GetObjectItemCaseSensitive(m, "shapes");
+        int n = cJSON_GetArraySize(shapes), cells = 0;
+        ck_assert_int_ge(n, 1);
+        ck_assert_int_le(n, 3);
+        counts[n]++;
+        const char *kind0 = str_of(cJSON_GetArrayItem(shapes, 0), "kind");
+        const char *color0 = str_of(cJSON_GetArrayItem(shapes, 0), "color");
+        cJSON_ArrayForEach(sh, shapes)
+        {
+            ck_assert_str_eq(str_of(sh, "kind"), kind0);
+            ck_assert_str_eq(str_of(sh, "color"), color0);
+            int x = cJSON_GetObjectItemCaseSensitive(sh, "x")->valueint;
+            int y = cJSON_GetObjectItemCaseSensitive(sh, "y")->valueint;
+            int r = cJSON_GetObjectItemCaseSensitive(sh, "r")->valueint;
+            int cx = (int)(x / cell), cy = (int)(y / cell);
+            ck_assert_msg(fabs(x - (cx + 0.5) * cell) <= 1.5 && fabs(y - (cy + 0.5) * cell) <= 1.5,
+                          "shape at (%d, %d) is not centred in its cell", x, y);
+            ck_assert_msg(1.1 * r + 1 <= cell / 2, "radius %d overflows a %.0f px cell", r, cell);
+            ck_assert_msg(!(cells >> (cy * 4 + cx) & 1), "two shapes in cell (%d, %d)", cx, cy);
+            cells |= 1 << (cy * 4 + cx);
+        }
+        cJSON_Delete(m);
+    }
+    for (int k = 1; k <= 3; k++)
+        ck_assert_msg(counts[k] > 0, "no image with %d shapes in 60", k);
+    free(meta);
+    remove_dir(d);
+}
+END_TEST
+
 /* --- arguments -------------------------------------------------------- */
 
 /* synth_parse_args on {"synth", ...} must fail with want in the message. */
@@ -544,6 +601,10 @@ START_TEST(arguments)
     char *defaults[] = {"synth", "--n", "3", "--out", "y"};
     ck_assert_int_eq(synth_parse_args(5, defaults, &o, &err), 0);
     ck_assert_int_eq(o.size, 384);
+    ck_assert_int_eq(o.max_shapes, 4);
+    ck_assert_int_eq(o.max_groups, 4);
+    ck_assert_int_eq(o.grid, 0);
+    ck_assert(!o.grey);
     ck_assert_int_eq(o.heldout, 0);
 
     BAD_ARGS("--n 0 out of range", "--out", "x", "--n", "0");
@@ -556,6 +617,22 @@ START_TEST(arguments)
     BAD_ARGS("--size 32 out of range", "--out", "x", "--n", "4", "--size", "32");
     BAD_ARGS("--heldout -2 out of range", "--out", "x", "--n", "4", "--heldout", "-2");
     BAD_ARGS("--out is empty", "--out", "", "--n", "4");
+    BAD_ARGS("--max-shapes 5 out of range", "--out", "x", "--n", "4", "--max-shapes", "5");
+    BAD_ARGS("--max-groups 0 out of range", "--out", "x", "--n", "4", "--max-groups", "0");
+    BAD_ARGS("--grid 1 out of range", "--out", "x", "--n", "4", "--grid", "1");
+    BAD_ARGS("--background 'dark' is not light or grey", "--out", "x", "--n", "4",
+             "--background", "dark");
+    char *simple[] = {"synth", "--out", "x", "--n", "4", "--max-shapes", "2", "--max-groups", "1",
+                      "--grid", "3", "--background", "grey"};
+    ck_assert_int_eq(synth_parse_args(13, simple, &o, &err), 0);
+    ck_assert_int_eq(o.max_shapes, 2);
+    ck_assert_int_eq(o.max_groups, 1);
+    ck_assert_int_eq(o.grid, 3);
+    ck_assert(o.grey);
+    /* a lattice with fewer cells than shapes, or cells too small */
+    synth_opts crowded = {.out = "x", .n = 1, .size = 64, .grid = 8};
+    ck_assert_int_eq(synth_generate(&crowded, &err), DVL_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "grid 8"));
 
     /* n = 0 passed straight to the generator, and an unwritable output. */
     synth_opts zero = {.out = "x", .n = 0, .size = 64};
@@ -577,6 +654,7 @@ static Suite *suite(void)
     tcase_add_test(tc, llava_format_and_images);
     tcase_add_test(tc, meta_matches_text_and_pixels);
     tcase_add_test(tc, tokenizer_words_are_single_tokens);
+    tcase_add_test(tc, simple_world_options);
     tcase_add_test(tc, arguments);
     suite_add_tcase(s, tc);
     return s;

@@ -1,0 +1,34 @@
+// Minimal CUDA block emulator: each thread of a block is a ucontext fiber;
+// barriers and shuffles are block-wide rendezvous points. Dev-only tool.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <climits>
+struct emu_dim3 { unsigned x = 0, y = 0, z = 0; };
+extern emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
+extern float *emu_smem;
+int emu_barrier(int kind, int pred, const void *val, void *out, int xor_off, size_t sz);
+static inline void emu_sync() { emu_barrier(1, 0, nullptr, nullptr, 0, 0); }
+static inline int emu_sync_or(int p) { return emu_barrier(2, p != 0, nullptr, nullptr, 0, 0); }
+template <class T> static inline T emu_shfl(unsigned mask, T v, int o)
+{
+    if (mask != 0xffffffffu) { fprintf(stderr, "partial shuffle mask\n"); abort(); }
+    T out;
+    emu_barrier(3, 0, &v, &out, o, sizeof(T));
+    return out;
+}
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __launch_bounds__(x)
+#define __syncthreads() emu_sync()
+#define __syncthreads_or(x) emu_sync_or(x)
+#define __shfl_xor_sync(m, v, o) emu_shfl(m, v, o)
+#define __fmul_rn(a, b) ((a) * (b))
+// Run fn as `threads` fibers for one block.
+void emu_run_block(unsigned block, unsigned threads, const std::function<void()> &fn);
