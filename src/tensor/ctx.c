@@ -76,14 +76,17 @@ static chunk *chunk_new(dvl_ctx *ctx, size_t size)
 }
 
 #ifdef DVL_HAVE_CUDA
-/* A device chunk: one cudaMalloc'd block (256-byte aligned). */
-static chunk *dchunk_new(dvl_ctx *ctx, size_t size, dvl_err *err)
+/* A chunk of CUDA-allocated memory: device memory (one cudaMalloc'd block,
+ * 256-byte aligned) or, pinned, page-locked host memory, the source of
+ * asynchronous host-to-device copies. */
+static chunk *cuda_chunk_new(dvl_ctx *ctx, size_t size, bool pinned, dvl_err *err)
 {
     chunk *c = malloc(sizeof *c);
     if (!c)
         return NULL;
-    size = (size + DEV_ALIGN - 1) / DEV_ALIGN * DEV_ALIGN;
-    c->mem = dvl_cuda_malloc(size, err);
+    size_t align = pinned ? ARENA_ALIGN : DEV_ALIGN;
+    size = (size + align - 1) / align * align;
+    c->mem = pinned ? dvl_cuda_malloc_host(size, err) : dvl_cuda_malloc(size, err);
     if (!c->mem) {
         free(c);
         return NULL;
@@ -91,32 +94,20 @@ static chunk *dchunk_new(dvl_ctx *ctx, size_t size, dvl_err *err)
     c->size = size;
     c->used = 0;
     c->next = NULL;
-    c->dev = true;
-    c->pinned = false;
+    c->dev = !pinned;
+    c->pinned = pinned;
     ctx->mallocs++;
     return c;
 }
 
-/* A staging chunk: page-locked host memory, the source of asynchronous
- * host-to-device copies. */
+static chunk *dchunk_new(dvl_ctx *ctx, size_t size, dvl_err *err)
+{
+    return cuda_chunk_new(ctx, size, false, err);
+}
+
 static chunk *pchunk_new(dvl_ctx *ctx, size_t size, dvl_err *err)
 {
-    chunk *c = malloc(sizeof *c);
-    if (!c)
-        return NULL;
-    size = (size + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
-    c->mem = dvl_cuda_malloc_host(size, err);
-    if (!c->mem) {
-        free(c);
-        return NULL;
-    }
-    c->size = size;
-    c->used = 0;
-    c->next = NULL;
-    c->dev = false;
-    c->pinned = true;
-    ctx->mallocs++;
-    return c;
+    return cuda_chunk_new(ctx, size, true, err);
 }
 
 /* Wait until every staged copy queued so far has read its source, so the
