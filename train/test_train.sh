@@ -18,24 +18,8 @@ SRC=$(cd "$4" && pwd)
 BUILT=${5:-cpu}
 T=$(mktemp -d /tmp/dvl-test-train-XXXXXX)
 trap 'rm -rf "$T"' EXIT
-fails=0
-ok() { echo "ok   $1"; }
-bad() { echo "FAIL $1"; fails=$((fails + 1)); }
 MPIRUN="mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1"
-
-# py SCRIPT ARGS...: python3 with the standard library only (meson needs it).
-py() { python3 -c "$@"; }
-
-# Safetensors reader (stdlib): name -> raw bytes.
-ST='
-import json, struct, sys
-def load(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    h.pop("__metadata__", None)
-    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items()}
-'
+. "$SRC/train/test_lib.sh"
 
 # loss_falls RUN_DIR K [F]: mean loss of the last K steps below F (0.8) x the
 # first K.

@@ -25,19 +25,9 @@ SRC=$(cd "$4" && pwd)
 MPI=${5:-mpirun}
 T=$(mktemp -d /tmp/dvl-test-train-cuda-XXXXXX)
 trap 'rm -rf "$T"' EXIT
-fails=0
-ok() { echo "ok   $1"; }
-bad() { echo "FAIL $1"; fails=$((fails + 1)); }
 MPIRUN="$MPI --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1"
-py() { python3 -c "$@"; }
-ST='
-import json, struct, sys
-def load(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    h.pop("__metadata__", None)
-    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items()}
+. "$SRC/train/test_lib.sh"
+ST="$ST"'
 def losses(d): return [json.loads(l)["loss"] for l in open(d + "/metrics.jsonl")]
 '
 
