@@ -145,12 +145,13 @@ static int place(dvl_rng *r, shape *s, int i, int size)
 }
 
 /* Place shape i in a free cell of a grid x grid lattice, centred on the
- * cell (jitter of one pixel), radius 30-40% of the cell: with the model's
+ * cell (jitter of one pixel), radius 30-40% of the cell (--radius): with the model's
  * patch grid equal to the lattice each shape sits inside one patch, which a
  * tiny vision tower learns to read in minutes (free placement cuts shapes
  * across patches at every offset). *used marks the cells taken. */
-static int place_grid(dvl_rng *r, shape *s, int i, int size, int grid, unsigned *used)
+static int place_grid(dvl_rng *r, shape *s, int i, int size, const synth_opts *o, unsigned *used)
 {
+    int grid = o->grid;
     int free_cells[64], nf = 0;
     for (int c = 0; c < grid * grid; c++)
         if (!(*used >> c & 1u))
@@ -159,7 +160,13 @@ static int place_grid(dvl_rng *r, shape *s, int i, int size, int grid, unsigned 
         return 0;
     int c = free_cells[rand_int(r, nf)];
     double cell = (double)size / grid;
-    int rmin = (int)(cell * 0.30), rmax = (int)(cell * 0.40);
+    /* (lo / 100.0 is the double nearest lo%, the same as the literal 0.30) */
+    int rmin = (int)(cell * ((o->radius_lo ? o->radius_lo : 30) / 100.0));
+    int rmax = (int)(cell * ((o->radius_hi ? o->radius_hi : 40) / 100.0));
+    /* The drawn shape (BOUND r) plus the jitter stays inside its cell. */
+    int fit = (int)((cell / 2 - 1) / BOUND);
+    rmax = rmax < fit ? rmax : fit;
+    rmin = rmin < rmax ? rmin : rmax;
     s[i].r = rmin + rand_int(r, rmax - rmin + 1);
     s[i].cx = (int)((c % grid + 0.5) * cell) + rand_int(r, 3) - 1;
     s[i].cy = (int)((c / grid + 0.5) * cell) + rand_int(r, 3) - 1;
@@ -233,7 +240,7 @@ static void sample_scene(const synth_opts *o, int split, int64_t index, scene *s
             int v = color_rgb[s->color][c] + rand_int(&r, 25) - 12;
             s->rgb[c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
         }
-        if (o->grid ? place_grid(&r, sc->s, sc->n, size, o->grid, &used)
+        if (o->grid ? place_grid(&r, sc->s, sc->n, size, o, &used)
                     : place(&r, sc->s, sc->n, size))
             sc->n++;
     }
@@ -958,7 +965,8 @@ static int write_tokenizer(const char *out, dvl_err *err)
 
 static const char usage[] =
     "usage: dvl-prep synth --out DIR --n N [--seed S] [--size PX] [--heldout N]\n"
-    "           [--max-shapes K] [--max-groups G] [--grid G] [--background light|grey]\n"
+    "           [--max-shapes K] [--max-groups G] [--grid G [--radius LO:HI]]\n"
+    "           [--background light|grey]\n"
     "  --out DIR     output directory (created)\n"
     "  --n N         training samples (>= 1)\n"
     "  --seed S      random seed (default 0)\n"
@@ -969,6 +977,8 @@ static const char usage[] =
     "                (default 4; 1: every shape of an image alike, \"two red circles.\")\n"
     "  --grid G      shapes centred in the cells of a G x G lattice, 2..8 (default 0:\n"
     "                anywhere); G = the model's patches per side puts one shape in a patch\n"
+    "  --radius LO:HI  with --grid: shape radius LO..HI % of the cell, 10..50, at most\n"
+    "                what fits inside the cell (default 30:40)\n"
     "  --background light|grey  (default light)\n";
 
 static int parse_i64(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *v,
@@ -994,7 +1004,8 @@ int synth_parse_args(int argc, char **argv, synth_opts *o, dvl_err *err)
         const char *a = argv[i];
         if (strcmp(a, "--out") && strcmp(a, "--n") && strcmp(a, "--seed") &&
             strcmp(a, "--size") && strcmp(a, "--heldout") && strcmp(a, "--max-shapes") &&
-            strcmp(a, "--max-groups") && strcmp(a, "--grid") && strcmp(a, "--background"))
+            strcmp(a, "--max-groups") && strcmp(a, "--grid") && strcmp(a, "--background") &&
+            strcmp(a, "--radius"))
             return dvl_errf(err, DVL_EINVAL, "synth: unknown argument '%s'", a);
         if (i + 1 >= argc)
             return dvl_errf(err, DVL_EINVAL, "synth: %s needs a value", a);
@@ -1015,6 +1026,12 @@ int synth_parse_args(int argc, char **argv, synth_opts *o, dvl_err *err)
         } else if (!strcmp(a, "--grid")) {
             if (!(rc = parse_i64(a, v, 2, 8, &x, err)))
                 o->grid = (int)x;
+        } else if (!strcmp(a, "--radius")) {
+            int lo, hi, k = 0;
+            if (sscanf(v, "%d:%d%n", &lo, &hi, &k) != 2 || v[k] || lo < 10 || hi > 50 || lo > hi)
+                return dvl_errf(err, DVL_EINVAL,
+                                "synth: --radius '%s' is not LO:HI with 10 <= LO <= HI <= 50", v);
+            o->radius_lo = lo, o->radius_hi = hi;
         } else if (!strcmp(a, "--background")) {
             if (strcmp(v, "light") && strcmp(v, "grey"))
                 return dvl_errf(err, DVL_EINVAL, "synth: --background '%s' is not light or grey", v);
@@ -1053,12 +1070,14 @@ int synth_generate(const synth_opts *given, dvl_err *err)
     if (!o->out || o->n < 1 || o->heldout < 0 || o->size < 64 || o->size > 4096 ||
         o->max_shapes < 1 || o->max_shapes > MAX_SHAPES || o->max_groups < 1 ||
         o->max_groups > MAX_SHAPES || (o->grid && (o->grid < 2 || o->grid > 8)) ||
-        (o->grid && o->grid * o->grid < o->max_shapes) || (o->grid && o->size / o->grid < 12))
+        (o->grid && o->grid * o->grid < o->max_shapes) || (o->grid && o->size / o->grid < 12) ||
+        ((o->radius_lo || o->radius_hi) &&
+         (!o->grid || o->radius_lo < 10 || o->radius_hi > 50 || o->radius_lo > o->radius_hi)))
         return dvl_errf(err, DVL_EINVAL,
                         "synth: bad options (out %s, n %lld, heldout %lld, size %d, max shapes %d, "
-                        "max groups %d, grid %d)",
+                        "max groups %d, grid %d, radius %d:%d)",
                         o->out ? o->out : "(none)", (long long)o->n, (long long)o->heldout,
-                        o->size, o->max_shapes, o->max_groups, o->grid);
+                        o->size, o->max_shapes, o->max_groups, o->grid, o->radius_lo, o->radius_hi);
     char images[4200];
     snprintf(images, sizeof images, "%s/images", o->out);
     int rc;

@@ -29,11 +29,12 @@ typedef struct synth_opts {
     int max_groups;    /* 1..4 distinct (kind, colour) pairs an image at most */
     /* (0 in either: 4, the full grammar) */
     int grid;          /* 0: shapes anywhere; 2..8: centred in cells of a grid x grid lattice */
+    int radius_lo, radius_hi; /* grid only: shape radius, % of the cell (0: 30 and 40) */
     bool grey;         /* mid-grey backgrounds instead of light ones */
 } synth_opts;
 
 /* Parse `synth --out DIR --n N [--seed S] [--size PX] [--heldout N]
- * [--max-shapes K] [--max-groups G] [--grid G] [--background light|grey]`;
+ * [--max-shapes K] [--max-groups G] [--grid G [--radius LO:HI]] [--background light|grey]`;
  * argv[0] is the subcommand name. Defaults: seed 0, size 384, heldout
  * n / 10, 4 shapes, 4 groups, no grid, light. Errors name the option and the bad value. */
 int synth_parse_args(int argc, char **argv, synth_opts *o, dvl_err *err);

@@ -573,6 +573,43 @@ START_TEST(simple_world_options)
 }
 END_TEST
 
+/* --radius LO:HI sets the radius range in % of the cell, clamped to what
+ * fits inside the cell. */
+START_TEST(grid_radius)
+{
+    const int range[3][2] = {{20, 20}, {35, 45}, {50, 50}};
+    for (int t = 0; t < 3; t++) {
+        char *d = make_dir();
+        synth_opts o = {.out = d, .n = 20, .heldout = 0, .seed = 5, .size = SIZE, .grid = 4,
+                        .radius_lo = range[t][0], .radius_hi = range[t][1]};
+        dvl_err err = {0};
+        ck_assert_msg(synth_generate(&o, &err) == 0, "synth_generate: %s", err.msg);
+        char *meta = read_in(d, "train_meta.jsonl", NULL);
+        double cell = (double)SIZE / 4;
+        int fit = (int)((cell / 2 - 1) / 1.1), lo = (int)(cell * range[t][0] / 100.0);
+        int hi = (int)(cell * range[t][1] / 100.0);
+        hi = hi < fit ? hi : fit, lo = lo < hi ? lo : hi;
+        int seen_lo = 1 << 30, seen_hi = 0;
+        for (char *line = meta, *next; *line; line = next) {
+            next = strchr(line, '\n');
+            *next++ = '\0';
+            cJSON *m = cJSON_Parse(line), *sh;
+            cJSON_ArrayForEach(sh, cJSON_GetObjectItemCaseSensitive(m, "shapes"))
+            {
+                int r = cJSON_GetObjectItemCaseSensitive(sh, "r")->valueint;
+                ck_assert_msg(r >= lo && r <= hi, "radius %d outside %d..%d", r, lo, hi);
+                seen_lo = r < seen_lo ? r : seen_lo, seen_hi = r > seen_hi ? r : seen_hi;
+            }
+            cJSON_Delete(m);
+        }
+        ck_assert_int_eq(seen_lo, lo);
+        ck_assert_int_eq(seen_hi, hi);
+        free(meta);
+        remove_dir(d);
+    }
+}
+END_TEST
+
 /* --- arguments -------------------------------------------------------- */
 
 /* synth_parse_args on {"synth", ...} must fail with want in the message. */
@@ -622,9 +659,16 @@ START_TEST(arguments)
     BAD_ARGS("--grid 1 out of range", "--out", "x", "--n", "4", "--grid", "1");
     BAD_ARGS("--background 'dark' is not light or grey", "--out", "x", "--n", "4",
              "--background", "dark");
+    BAD_ARGS("--radius '30' is not LO:HI", "--out", "x", "--n", "4", "--radius", "30");
+    BAD_ARGS("--radius '40:30' is not LO:HI", "--out", "x", "--n", "4", "--radius", "40:30");
+    BAD_ARGS("--radius '5:30' is not LO:HI", "--out", "x", "--n", "4", "--radius", "5:30");
+    BAD_ARGS("--radius '30:51' is not LO:HI", "--out", "x", "--n", "4", "--radius", "30:51");
+    BAD_ARGS("--radius '30:40x' is not LO:HI", "--out", "x", "--n", "4", "--radius", "30:40x");
     char *simple[] = {"synth", "--out", "x", "--n", "4", "--max-shapes", "2", "--max-groups", "1",
-                      "--grid", "3", "--background", "grey"};
-    ck_assert_int_eq(synth_parse_args(13, simple, &o, &err), 0);
+                      "--grid", "3", "--background", "grey", "--radius", "35:45"};
+    ck_assert_int_eq(synth_parse_args(15, simple, &o, &err), 0);
+    ck_assert_int_eq(o.radius_lo, 35);
+    ck_assert_int_eq(o.radius_hi, 45);
     ck_assert_int_eq(o.max_shapes, 2);
     ck_assert_int_eq(o.max_groups, 1);
     ck_assert_int_eq(o.grid, 3);
@@ -633,6 +677,10 @@ START_TEST(arguments)
     synth_opts crowded = {.out = "x", .n = 1, .size = 64, .grid = 8};
     ck_assert_int_eq(synth_generate(&crowded, &err), DVL_EINVAL);
     ck_assert_ptr_nonnull(strstr(err.msg, "grid 8"));
+    /* a radius without a lattice */
+    synth_opts loose = {.out = "x", .n = 1, .size = 64, .radius_lo = 30, .radius_hi = 30};
+    ck_assert_int_eq(synth_generate(&loose, &err), DVL_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "radius 30:30"));
 
     /* n = 0 passed straight to the generator, and an unwritable output. */
     synth_opts zero = {.out = "x", .n = 0, .size = 64};
@@ -655,6 +703,7 @@ static Suite *suite(void)
     tcase_add_test(tc, meta_matches_text_and_pixels);
     tcase_add_test(tc, tokenizer_words_are_single_tokens);
     tcase_add_test(tc, simple_world_options);
+    tcase_add_test(tc, grid_radius);
     tcase_add_test(tc, arguments);
     suite_add_tcase(s, tc);
     return s;

@@ -3,6 +3,8 @@
  *
  *   init --out DIR (--lm DIR [--vision DIR] [--connector FILE | --connector-seed S]
  *                   [--image-token-id N] | --random CONFIG.json [--seed S])
+ *       (--image-token-id default: dvl-prep build's choice with the LM's
+ *       tokenizer, so the dataset and the model agree)
  *        [--dtype f32|bf16]
  *       --lm alone: the LM (Qwen2 or LLaDA) re-saved (dtype conversion).
  *       --lm + --vision: a LLaVA-OneVision style VLM (Qwen2 LM, SigLIP tower
@@ -25,6 +27,8 @@
 #include <cjson/cJSON.h>
 
 #include "models/model.h"
+#include "text/chat.h"
+#include "text/tokenizer.h"
 
 #define PROG "dvl-convert"
 
@@ -42,8 +46,10 @@ static int usage(FILE *f)
             "                   --random CONFIG.json [--seed S]) [--dtype f32|bf16]\n"
             "       " PROG " info --model DIR\n"
             "  init   build a model directory from Hugging Face parts or randomly\n"
-            "         (--dtype default f32; --image-token-id default -200, LLaVA's\n"
-            "         IMAGE_TOKEN_INDEX; --seed / --connector-seed default 0)\n"
+            "         (--dtype default f32; --image-token-id default: the id dvl-prep\n"
+            "         build gives <image> with the LM's tokenizer (its <image>, else its\n"
+            "         vocabulary size), -200 (LLaVA's IMAGE_TOKEN_INDEX) when the LM\n"
+            "         directory has no tokenizer.json; --seed / --connector-seed default 0)\n"
             "  info   load a model directory, print architecture and parameter count\n");
     return f == stderr ? 2 : 0;
 }
@@ -266,6 +272,21 @@ static int cmd_init(int argc, char **argv)
         return fprintf(stderr, PROG " init: %s\n", msg), 2;
 
     dvl_err err = {0};
+    if (o.vision && !o.image_token) {
+        /* The slot id dvl-prep build writes with this LM's tokenizer, so
+         * that the pair agrees without flags. */
+        char tj[4200];
+        snprintf(tj, sizeof tj, "%s/tokenizer.json", o.lm);
+        FILE *f = fopen(tj, "rb");
+        if (f) {
+            fclose(f);
+            dvl_tokenizer *tok = dvl_tokenizer_load(o.lm, &err);
+            if (!tok)
+                return fprintf(stderr, PROG " init: %s\n", err.msg), 1;
+            image_token = dvl_chat_default_image_id(tok);
+            dvl_tokenizer_free(tok);
+        }
+    }
     dvl_model m;
     memset(&m, 0, sizeof m);
     cJSON *cfg = NULL;

@@ -39,8 +39,10 @@
  *       --ids: token ids used as given (no template; VLM placeholders as in
  *       --score); the generated ids go to stdout as a JSON array.
  *       Tokenizer: --tokenizer DIR, else MODEL/tokenizer, else MODEL. Mask
- *       id: --mask-id, else config mask_token_id (LLaDA), else the
- *       tokenizer's <|mask|>.
+ *       id: --mask-id, else config mask_token_id (LLaDA's, or the one a
+ *       dvl-train stage-2 export records), else the tokenizer's <|mask|>.
+ *       Block size: --block-size, else the export's diffusion_block_size,
+ *       else 8.
  *
  * Each program mode is a row in MODES (generation when none is given) and
  * its options are the rows of OPTS whose mask includes it.
@@ -1119,6 +1121,17 @@ static int generate(const args *a, dvl_err *err)
     const dvl_lm_config *lc = g.m.cfg.arch == DVL_ARCH_VLM ? &g.m.cfg.vlm.lm : &g.m.cfg.lm;
     if (g.o.mask_id < 0 && lc->mask_token_id >= 0)
         g.o.mask_id = lc->mask_token_id;
+    /* A stage-2 export names its block size: the default when none is given. */
+    if (!a->block_size && lc->block_size > 0) {
+        g.o.block_size = (int)lc->block_size;
+        if (!a->steps)
+            g.o.steps = g.o.block_size;
+        else if (g.o.steps > g.o.block_size) {
+            rc = dvl_errf(err, DVL_EINVAL, "--steps %d exceeds the model's block size %d",
+                          g.o.steps, g.o.block_size);
+            goto done;
+        }
+    }
     if (g.o.mask_id < 0 && g.tok)
         g.o.mask_id = dvl_tokenizer_token_id(g.tok, "<|mask|>");
     if (g.o.mode != DVL_GEN_AR && g.o.mask_id < 0) {

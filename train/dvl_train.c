@@ -321,6 +321,13 @@ static int load_model(run *r, dvl_err *err)
                             "diffusion.eos_token_id: %d is not a row of the model's %lld-row "
                             "embedding (set it to the tokenizer's end-of-turn token)",
                             tm->diff.eos_id, (long long)tm->lm->cfg.vocab);
+        /* The exported model names the mask token and block size it was
+         * trained with, so dvl-generate needs neither flag. */
+        cJSON_DeleteItemFromObjectCaseSensitive(r->model_json, "mask_token_id");
+        cJSON_DeleteItemFromObjectCaseSensitive(r->model_json, "diffusion_block_size");
+        if (!cJSON_AddNumberToObject(r->model_json, "mask_token_id", tm->diff.mask_id) ||
+            !cJSON_AddNumberToObject(r->model_json, "diffusion_block_size", tm->diff.block_size))
+            return dvl_errf(err, DVL_ENOMEM, "model config: out of memory");
     }
     return DVL_OK;
 }

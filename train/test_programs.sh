@@ -72,6 +72,26 @@ run score_vlm_image "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" \
 # 10 ids with one placeholder -> 25 positions.
 head -c 128 "$T/d.npy" | grep -aq "'shape': (25, 128)" && ok vlm_expanded_rows || bad vlm_expanded_rows
 
+# Without --image-token-id the slot id is dvl-prep build's with the LM's own
+# tokenizer (this one has no <image>: its vocabulary size, counted here from
+# tokenizer.json), -200 with no tokenizer.json in the LM directory.
+mkdir -p "$T/lmtok"
+cp "$REF/qwen2_tied/config.json" "$REF/qwen2_tied/model.safetensors" "$DATA/qwen-tokenizer/tokenizer.json" \
+    "$DATA/qwen-tokenizer/tokenizer_config.json" "$T/lmtok/"
+run convert_vlm_tok "$CONVERT" init --lm "$T/lmtok" --vision "$REF/siglip" --out "$T/vt"
+run convert_vlm_notok "$CONVERT" init --lm "$REF/qwen2_tied" --vision "$REF/siglip" --out "$T/vn"
+want=$(python3 -c "
+import json
+t = json.load(open('$T/lmtok/tokenizer.json'))
+ids = list(t['model']['vocab'].values()) + [a['id'] for a in t['added_tokens']]
+print(max(ids) + 1)")
+if grep -q "\"image_token_index\":[[:space:]]*$want," "$T/vt/config.json" &&
+    grep -q '"image_token_index":[[:space:]]*-200' "$T/vn/config.json"; then
+    ok convert_image_id_default
+else
+    bad convert_image_id_default
+fi
+
 # --random is deterministic in the seed; bf16 halves the file.
 run random_a "$CONVERT" init --random "$REF/qwen2_untied/config.json" --seed 4 --dtype bf16 --out "$T/r1"
 run random_b "$CONVERT" init --random "$REF/qwen2_untied/config.json" --seed 4 --dtype bf16 --out "$T/r2"
@@ -164,6 +184,22 @@ QTOK="$DATA/qwen-tokenizer"
 run gen_prompt "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --image "$DATA/images/rgb8.png" \
     --prompt "What is this?" --mask-id 151660 --max-new-tokens 10 --timing
 [ "$(wc -l <"$T/out")" -eq 1 ] && grep -q "forwards" "$T/err" && ok gen_prompt_output || bad gen_prompt_output
+# A stage-2 export's mask_token_id and diffusion_block_size are the defaults
+# of --mask-id and --block-size: the same text as giving them.
+mkdir -p "$T/qv2"
+cp "$T/qv/model.safetensors" "$T/qv2/"
+python3 -c "
+import json
+c = json.load(open('$T/qv/config.json'))
+c['mask_token_id'], c['diffusion_block_size'] = 151660, 4
+json.dump(c, open('$T/qv2/config.json', 'w'))"
+run gen_flags "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --prompt "Say hi." --mask-id 151660 \
+    --block-size 4 --max-new-tokens 9
+cp "$T/out" "$T/flags.txt"
+run gen_config "$GENERATE" --model "$T/qv2" --tokenizer "$QTOK" --prompt "Say hi." --max-new-tokens 9
+cmp -s "$T/out" "$T/flags.txt" && ok gen_mask_and_block_from_config || bad gen_mask_and_block_from_config
+reject gen_steps_over_config_block "exceeds the model's block size 4" "$GENERATE" --model "$T/qv2" \
+    --tokenizer "$QTOK" --prompt "Say hi." --steps 6
 printf '{"prompt": "Describe the image.", "image": "%s"}\n{"prompt": "Say hi."}\n\n{"prompt": "Count.", "image": "%s"}\n' \
     "$DATA/images/rgb8.png" "$DATA/images/gray.jpg" >"$T/p.jsonl"
 for m in block ar; do

@@ -78,6 +78,17 @@ else
     bad "stage1_loss_falls: $(tail -2 s1.log)"
 fi
 if "$TRAIN" --config s2.json >s2.log 2>&1 && loss_falls s2 5; then ok stage2_loss_falls; else bad "stage2_loss_falls: $(tail -2 s2.log)"; fi
+# The export names the mask token and block size it was trained with (what
+# dvl-generate then uses by default); the AR export names neither.
+if py "
+import json, sys
+c, a = json.load(open('s2/final/config.json')), json.load(open('ar/final/config.json'))
+sys.exit(0 if c.get('mask_token_id') == 412 and c.get('diffusion_block_size') == 8
+         and 'mask_token_id' not in a else 1)"; then
+    ok stage2_export_names_mask_and_block
+else
+    bad stage2_export_names_mask_and_block
+fi
 
 # Stage 2 from a LLaDA language model on text-only data (the LM-only path).
 py "

@@ -272,7 +272,6 @@ static int qwen2_parse(const jsrc *s, dvl_lm_config *c)
 {
     c->arch = DVL_ARCH_QWEN2;
     c->qkv_bias = true;
-    c->mask_token_id = -1;
     double eps;
     TRY(get_int(s, "hidden_size", true, 0, 1, BIG, &c->hidden));
     TRY(get_int(s, "num_hidden_layers", true, 0, 1, 100000, &c->layers));
@@ -286,6 +285,11 @@ static int qwen2_parse(const jsrc *s, dvl_lm_config *c)
     TRY(rope_theta(s, &c->rope_theta));
     TRY(get_bool(s, "tie_word_embeddings", false, &c->tied));
     TRY(get_int(s, "max_position_embeddings", false, 32768, 1, BIG, &c->max_positions));
+    /* Not Qwen2's: dvl-train's stage 2 writes it (-1: none). */
+    int64_t mask_id;
+    TRY(get_int(s, "mask_token_id", false, -1, -1, INT32_MAX, &mask_id));
+    c->mask_token_id = (int32_t)mask_id;
+    TRY(get_int(s, "diffusion_block_size", false, 0, 0, 4096, &c->block_size));
     TRY(want_str(s, "hidden_act", "silu"));
     TRY(want_bool(s, "use_sliding_window", false));
     /* transformers 5.x lists each layer's attention kind. */
@@ -343,6 +347,7 @@ static int llada_parse(const jsrc *s, dvl_lm_config *c)
     int64_t mask_id;
     TRY(get_int(s, "mask_token_id", false, 126336, 0, INT32_MAX, &mask_id));
     c->mask_token_id = (int32_t)mask_id;
+    TRY(get_int(s, "diffusion_block_size", false, 0, 0, 4096, &c->block_size));
     /* Variants of the OLMo block that LLaDA does not use. */
     TRY(want_str(s, "block_type", "llama"));
     TRY(want_str(s, "activation_type", "silu"));

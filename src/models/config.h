@@ -49,7 +49,9 @@ typedef struct dvl_lm_config {
     bool tied;             /* tie_word_embeddings | weight_tying */
     bool qkv_bias;         /* Qwen2: q/k/v projections have biases */
     int64_t max_positions; /* max_position_embeddings | max_sequence_length */
-    int32_t mask_token_id; /* LLaDA's [MASK] (default 126336); -1 for Qwen2 */
+    int32_t mask_token_id; /* LLaDA's [MASK] (default 126336); Qwen2: -1 unless a
+                            * dvl stage-2 export wrote it */
+    int64_t block_size;    /* "diffusion_block_size" of a stage-2 export; 0: none */
 } dvl_lm_config;
 
 typedef struct dvl_siglip_config {

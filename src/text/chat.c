@@ -140,14 +140,7 @@ dvl_chat *dvl_chat_new(const dvl_tokenizer *tok, const dvl_chat_opts *o, dvl_err
             c->unmask[c->n_unmask++] = nn;
     }
 
-    if (o->image_token_id >= 0) {
-        c->image_id = o->image_token_id;
-    } else {
-        int32_t id = dvl_tokenizer_token_id(tok, IMAGE_TAG);
-        /* Hugging Face's add_tokens(["<image>"]) would give the next free
-         * id, which is the vocabulary size. */
-        c->image_id = id >= 0 ? id : (int32_t)dvl_tokenizer_vocab_size(tok);
-    }
+    c->image_id = o->image_token_id >= 0 ? o->image_token_id : dvl_chat_default_image_id(tok);
     return c;
 fail:
     dvl_chat_free(c);
@@ -160,6 +153,14 @@ void dvl_chat_free(dvl_chat *c)
         return;
     free(c->system);
     free(c);
+}
+
+int32_t dvl_chat_default_image_id(const dvl_tokenizer *tok)
+{
+    int32_t id = dvl_tokenizer_token_id(tok, IMAGE_TAG);
+    /* Hugging Face's add_tokens(["<image>"]) would give the next free id,
+     * which is the vocabulary size. */
+    return id >= 0 ? id : (int32_t)dvl_tokenizer_vocab_size(tok);
 }
 
 int32_t dvl_chat_image_id(const dvl_chat *c)

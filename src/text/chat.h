@@ -119,6 +119,9 @@ void dvl_chat_free(dvl_chat *c);
 
 /* The id written for an image slot. */
 int32_t dvl_chat_image_id(const dvl_chat *c);
+/* The slot id when none is given: tok's "<image>", else its vocabulary
+ * size (dvl-prep build and dvl-convert init agree through this). */
+int32_t dvl_chat_default_image_id(const dvl_tokenizer *tok);
 /* The system message used when a conversation has none (NULL: none). */
 const char *dvl_chat_system(const dvl_chat *c);
 const char *dvl_chat_template_name(dvl_chat_template t);
