@@ -476,14 +476,15 @@ static int save_ckpt(run *r, dvl_err *err)
     dvl_adamw *full = NULL, *tmp = NULL;
     if (r->zero1) {
         const train_cfg *c = &r->c;
-        if (r->d.rank == 0 && on_gpu(r))
-            rc = host_twin(r, err);
-        else if (r->d.rank == 0)
-            rc = (tmp = dvl_adamw_new(r->tm.m.params, (float)c->beta1, (float)c->beta2,
-                                      (float)c->eps, (float)c->weight_decay, err))
-                     ? DVL_OK
-                     : err->code;
-        full = rc ? NULL : on_gpu(r) ? r->host_opt : tmp;
+        if (r->d.rank == 0 && on_gpu(r)) {
+            if (!(rc = host_twin(r, err)))
+                full = r->host_opt;
+        } else if (r->d.rank == 0) {
+            full = tmp = dvl_adamw_new(r->tm.m.params, (float)c->beta1, (float)c->beta2,
+                                       (float)c->eps, (float)c->weight_decay, err);
+            if (!full)
+                rc = err->code;
+        }
         /* Collective: rank 0 without `full` fails it everywhere (keeping
          * its own message). */
         dvl_err gerr = {0, ""};
@@ -770,8 +771,8 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
     int64_t shard_lo = 0, shard_hi = p->numel_grad;
     if (r->zero1)
         dvl_adamw_shard(p->numel_grad, r->d.world, r->d.rank, &shard_lo, &shard_hi);
-    r->opt = dvl_adamw_new_shard(p, shard_lo, shard_hi, (float)c->beta1, (float)c->beta2, (float)c->eps,
-                                 (float)c->weight_decay, err);
+    r->opt = dvl_adamw_new_shard(p, shard_lo, shard_hi, (float)c->beta1, (float)c->beta2,
+                                 (float)c->eps, (float)c->weight_decay, err);
     if (!r->opt)
         return err->code;
     /* The tower's own learning rate as a multiplier of the peak; its decay
@@ -821,10 +822,9 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
         } else if (r->zero1) { /* the whole moments, then this rank's shard of them */
             dvl_adamw *full = dvl_adamw_new(p, (float)c->beta1, (float)c->beta2, (float)c->eps,
                                             (float)c->weight_decay, err);
-            int rc = !full ? err->code
-                     : dvl_ckpt_load(ckpt, p, full, &step, NULL, 0, &ls, err)
-                         ? err->code
-                         : dvl_adamw_copy_state(r->opt, full, err);
+            int rc = full ? dvl_ckpt_load(ckpt, p, full, &step, NULL, 0, &ls, err) : err->code;
+            if (!rc)
+                rc = dvl_adamw_copy_state(r->opt, full, err);
             dvl_adamw_free(full);
             if (rc) {
                 free(ls);

@@ -200,6 +200,16 @@ for stage in ar s1 s2; do
     [ $stage != s1 ] && steps=10
     S="--set train.micro_batch=2 --set train.global_batch=12 --set train.max_steps=$steps --set dist.check_every=1"
     "$TRAIN" --config $stage.json --set train.out=${stage}_n1 $S >n1.log 2>&1
+    # ZeRO-1 on one rank is off: the same run, bit for bit.
+    if [ $stage = s2 ]; then
+        if "$TRAIN" --config $stage.json --set train.out=${stage}_z1 $S --set dist.zero1=true \
+            >z1.log 2>&1 && grep -q "ZeRO-1 off (one rank)" z1.log &&
+            cmp -s ${stage}_n1/final/model.safetensors ${stage}_z1/final/model.safetensors; then
+            ok "${stage}_zero1_1_rank_bit_identical"
+        else
+            bad "${stage}_zero1_1_rank_bit_identical: $(tail -2 z1.log)"
+        fi
+    fi
     for np in 2 3; do
         if $MPIRUN -np $np "$TRAIN" --config $stage.json --set train.out=${stage}_n$np $S >n$np.log 2>&1 &&
             compare_runs ${stage}_n1 ${stage}_n$np; then

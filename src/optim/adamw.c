@@ -354,4 +354,7 @@ bool dvl_grad_nonfinite_range(const dvl_params *p, int64_t lo, int64_t hi)
     return bad != 0;
 }
 
-bool dvl_grad_nonfinite(const dvl_params *p) { return dvl_grad_nonfinite_range(p, 0, p->numel_grad); }
+bool dvl_grad_nonfinite(const dvl_params *p)
+{
+    return dvl_grad_nonfinite_range(p, 0, p->numel_grad);
+}
