@@ -1,7 +1,8 @@
 /* dist on several ranks (test dist_mpi: mpirun -np 3 mpi_dist): broadcast,
- * the bucketed gradient all-reduce against the exact mean, parameter
- * checksums (equal, and a planted difference named), scalar reductions and
- * the any-rank flag.
+ * the bucketed gradient all-reduce against the exact mean, the same for
+ * ZeRO-1's reduce to the shard owners, its all-gather of updated weights
+ * and its gather of the optimizer shards, parameter checksums (equal, and a
+ * planted difference named), scalar reductions and the any-rank flag.
  *
  * Gradients are small integers, so their float sums are exact whatever
  * order MPI adds them in, and the mean must equal sum / world (one correctly
@@ -99,13 +100,23 @@ static void test_bcast_and_checksum(dvl_params *p)
     CHECK(rc == DVL_OK && strcmp(buf, "from rank 1") == 0, "bcast from rank 1: %s", buf);
 }
 
-static void test_grad_sync(dvl_params *p, size_t bucket_bytes)
+/* zero1: the buckets are reduced to the shard owners, and each rank must
+ * hold the exact mean of its own shard [lo, hi) (the rest is undefined). */
+static void test_grad_sync(dvl_params *p, size_t bucket_bytes, bool zero1)
 {
     dvl_err err = {0};
-    dvl_dist_grad_sync *s = dvl_dist_grad_sync_new(&D, p, bucket_bytes, &err);
+    dvl_dist_grad_sync *s = zero1 ? dvl_dist_grad_sync_new_zero1(&D, p, bucket_bytes, &err)
+                                  : dvl_dist_grad_sync_new(&D, p, bucket_bytes, &err);
     CHECK(s != NULL, "grad_sync_new: %s", err.msg);
     if (!s)
         return;
+    int64_t slo, shi, want_lo, want_hi;
+    CHECK(dvl_dist_grad_sync_shard(s, &slo, &shi) == zero1, "zero1 flag");
+    if (zero1)
+        dvl_adamw_shard(p->numel_grad, D.world, D.rank, &want_lo, &want_hi);
+    else
+        want_lo = 0, want_hi = p->numel_grad;
+    CHECK(slo == want_lo && shi == want_hi, "shard [%lld, %lld)", (long long)slo, (long long)shi);
     int nb = dvl_dist_grad_sync_buckets(s);
     /* Bucket boundaries are the same on every rank. */
     uint64_t h = 0;
@@ -163,6 +174,8 @@ static void test_grad_sync(dvl_params *p, size_t bucket_bytes)
             int64_t n = dvl_numel(p->t[i]);
             for (int64_t k = 0; k < n; k++) {
                 int64_t g = p->grad_off[i] + k;
+                if (g < slo || g >= shi)
+                    continue;
                 float sum = 0;
                 for (int r = 0; r < D.world; r++)
                     sum += grad_value(r, g, step);
@@ -173,13 +186,112 @@ static void test_grad_sync(dvl_params *p, size_t bucket_bytes)
                 }
             }
         }
-        CHECK(bad == 0, "step %d, buckets of %zu bytes: %lld gradients differ from sum/world "
-              "(first at %lld)", step, bucket_bytes, (long long)bad, (long long)first_bad);
-        rc = dvl_dist_check_same(&D, p->grad, (size_t)p->numel_grad * sizeof(float), "gradients",
-                                 &err);
-        CHECK(rc == DVL_OK, "%s", err.msg);
+        CHECK(bad == 0, "step %d, buckets of %zu bytes%s: %lld gradients differ from "
+              "sum/world (first at %lld)", step, bucket_bytes, zero1 ? ", ZeRO-1" : "",
+              (long long)bad, (long long)first_bad);
+        if (!zero1) {
+            rc = dvl_dist_check_same(&D, p->grad, (size_t)p->numel_grad * sizeof(float),
+                                     "gradients", &err);
+            CHECK(rc == DVL_OK, "%s", err.msg);
+        }
     }
     dvl_dist_grad_sync_free(s);
+}
+
+/* A trainable parameter element's value after a step, by its gradient
+ * offset (what the owner of that offset writes). */
+static float updated_value(int64_t g) { return (float)(g % 8191) * 0.25f + 1.0f; }
+
+/* ZeRO-1's all-gather: each rank writes new values into the parameter
+ * elements of its shard only (stale, rank-dependent junk elsewhere, as
+ * after a sharded step); after the gather every rank holds every owner's
+ * values, the frozen parameter is untouched, and the checksums agree. */
+static void test_zero1_gather_params(dvl_params *p)
+{
+    dvl_err err = {0};
+    dvl_dist_grad_sync *s = dvl_dist_grad_sync_new_zero1(&D, p, 1024, &err);
+    CHECK(s != NULL, "grad_sync_new_zero1: %s", err.msg);
+    if (!s)
+        return;
+    int64_t lo, hi;
+    dvl_dist_grad_sync_shard(s, &lo, &hi);
+    for (int64_t i = 0; i < p->numel; i++)
+        p->data[i] = -1.0f - (float)D.rank; /* frozen too: must stay as it is */
+    for (int i = 0; i < p->n; i++) {
+        int64_t off = p->grad_off[i];
+        for (int64_t k = 0; off >= 0 && k < dvl_numel(p->t[i]); k++)
+            if (off + k >= lo && off + k < hi)
+                dvl_f32(p->t[i])[k] = updated_value(off + k);
+    }
+    int rc = dvl_dist_grad_sync_gather_params(s, &err);
+    CHECK(rc == DVL_OK, "gather_params: %s", err.msg);
+    int64_t bad = 0, bad_frozen = 0;
+    for (int i = 0; i < p->n; i++) {
+        int64_t off = p->grad_off[i];
+        for (int64_t k = 0; k < dvl_numel(p->t[i]); k++) {
+            float x = dvl_f32(p->t[i])[k];
+            if (off < 0)
+                bad_frozen += x != -1.0f - (float)D.rank;
+            else
+                bad += x != updated_value(off + k);
+        }
+    }
+    CHECK(bad == 0 && bad_frozen == 0, "after the gather: %lld trainable, %lld frozen elements "
+          "wrong", (long long)bad, (long long)bad_frozen);
+    /* The frozen parameter and the padding differ by design: zero all but
+     * the trainable parameters, then every rank's buffer is the same. */
+    for (int i = 0; i < p->n; i++) {
+        float *x = dvl_f32(p->t[i]);
+        int64_t n = dvl_numel(p->t[i]), end = i + 1 < p->n ? dvl_f32(p->t[i + 1]) - p->data
+                                                          : p->numel;
+        memset(x + (p->grad_off[i] < 0 ? 0 : n), 0,
+               (size_t)(end - (x - p->data) - (p->grad_off[i] < 0 ? 0 : n)) * sizeof(float));
+    }
+    rc = dvl_dist_check_params(&D, p, &err);
+    CHECK(rc == DVL_OK, "check after the gather: %s", err.msg);
+    /* A plain sync has nothing to gather. */
+    dvl_dist_grad_sync *plain = dvl_dist_grad_sync_new(&D, p, 1024, &err);
+    rc = plain ? dvl_dist_grad_sync_gather_params(plain, &err) : -1;
+    CHECK(rc == DVL_EINVAL && strstr(err.msg, "not ZeRO-1"), "plain gather: %d %s", rc, err.msg);
+    dvl_dist_grad_sync_free(plain);
+    dvl_dist_grad_sync_free(s);
+}
+
+/* The optimizer shards gathered into a whole optimizer on rank 1 (a root
+ * other than 0), and a rank holding the wrong range failing everywhere. */
+static void test_zero1_gather_adamw(dvl_params *p)
+{
+    dvl_err err = {0};
+    int64_t lo, hi;
+    dvl_adamw_shard(p->numel_grad, D.world, D.rank, &lo, &hi);
+    dvl_adamw *shard = dvl_adamw_new_shard(p, lo, hi, 0.9f, 0.999f, 1e-8f, 0, &err);
+    dvl_adamw *full = D.rank == 1 ? dvl_adamw_new(p, 0.9f, 0.999f, 1e-8f, 0, &err) : NULL;
+    CHECK(shard && (D.rank != 1 || full), "optimizers: %s", err.msg);
+    if (!shard || (D.rank == 1 && !full))
+        return;
+    for (int64_t j = lo; j < hi; j++) {
+        shard->m[j - lo] = (float)(j % 10007);
+        shard->v[j - lo] = (float)(j % 10009) + 0.5f;
+    }
+    shard->step = 42;
+    int rc = dvl_dist_gather_adamw(&D, shard, full, 1, &err);
+    CHECK(rc == DVL_OK, "gather_adamw: %s", err.msg);
+    if (D.rank == 1 && rc == DVL_OK) {
+        int64_t bad = 0;
+        for (int64_t j = 0; j < p->numel_grad; j++)
+            bad += full->m[j] != (float)(j % 10007) || full->v[j] != (float)(j % 10009) + 0.5f;
+        CHECK(bad == 0 && full->step == 42, "gathered moments: %lld wrong, step %lld",
+              (long long)bad, (long long)full->step);
+    }
+    /* Rank 2 passes a whole optimizer as its shard: every rank fails. */
+    dvl_adamw *wrong = D.rank == 2 ? dvl_adamw_new(p, 0.9f, 0.999f, 1e-8f, 0, &err) : shard;
+    rc = dvl_dist_gather_adamw(&D, wrong, full, 1, &err);
+    CHECK(rc == DVL_EINVAL, "wrong shard on rank 2: rc %d", rc);
+    CHECK(D.rank != 2 || strstr(err.msg, "rank 2's optimizer holds [0, "), "%s", err.msg);
+    if (wrong != shard)
+        dvl_adamw_free(wrong);
+    dvl_adamw_free(shard);
+    dvl_adamw_free(full);
 }
 
 static void test_scalars(void)
@@ -222,9 +334,13 @@ int main(int argc, char **argv)
         CHECK(p != NULL, "store");
         if (p) {
             test_bcast_and_checksum(p);
-            test_grad_sync(p, 1024);           /* many buckets, l1.w alone */
-            test_grad_sync(p, (size_t)25 << 20); /* one bucket of 8 MiB */
-            test_grad_sync(p, 4);              /* one parameter a bucket */
+            for (int z = 0; z < 2; z++) {
+                test_grad_sync(p, 1024, z);              /* many buckets, l1.w alone */
+                test_grad_sync(p, (size_t)25 << 20, z);  /* one bucket of 8 MiB */
+                test_grad_sync(p, 4, z);                 /* one parameter a bucket */
+            }
+            test_zero1_gather_params(p);
+            test_zero1_gather_adamw(p);
             dvl_params_free(p);
         }
         test_scalars();

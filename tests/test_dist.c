@@ -255,6 +255,47 @@ START_TEST(collectives_world_of_one)
 }
 END_TEST
 
+/* ZeRO-1 on one rank: one shard, the whole buffer; the sync leaves the
+ * gradient as it is (the mean of one), the gather leaves the weights, and
+ * the optimizer gather copies the one shard. */
+START_TEST(zero1_world_of_one)
+{
+    dvl_params *p = tu_make_params(SPEC, NSPEC, 6, 1.0f);
+    dvl_err err = {0};
+    dvl_dist_grad_sync *s = dvl_dist_grad_sync_new_zero1(&D, p, 64, &err);
+    ck_assert_ptr_nonnull(s);
+    int64_t lo, hi;
+    ck_assert(dvl_dist_grad_sync_shard(s, &lo, &hi));
+    ck_assert(lo == 0 && hi == p->numel_grad);
+    for (int64_t j = 0; j < p->numel_grad; j++)
+        p->grad[j] = (float)j - 7.5f;
+    ck_assert_int_eq(dvl_dist_grad_sync_finish(s, &err), DVL_OK);
+    for (int64_t j = 0; j < p->numel_grad; j++)
+        ck_assert(p->grad[j] == (float)j - 7.5f);
+    float *copy = malloc((size_t)p->numel * sizeof(float));
+    memcpy(copy, p->data, (size_t)p->numel * sizeof(float));
+    ck_assert_int_eq(dvl_dist_grad_sync_gather_params(s, &err), DVL_OK);
+    ck_assert(memcmp(copy, p->data, (size_t)p->numel * sizeof(float)) == 0);
+    free(copy);
+    dvl_adamw *shard = dvl_adamw_new_shard(p, lo, hi, 0.9f, 0.999f, 1e-8f, 0, &err);
+    dvl_adamw *full = dvl_adamw_new(p, 0.9f, 0.999f, 1e-8f, 0, &err);
+    for (int64_t j = 0; j < p->numel_grad; j++)
+        shard->m[j] = (float)j, shard->v[j] = (float)-j;
+    shard->step = 3;
+    ck_assert_int_eq(dvl_dist_gather_adamw(&D, shard, full, 0, &err), DVL_OK);
+    ck_assert(memcmp(full->m, shard->m, (size_t)p->numel_grad * sizeof(float)) == 0);
+    ck_assert(memcmp(full->v, shard->v, (size_t)p->numel_grad * sizeof(float)) == 0);
+    ck_assert_int_eq(full->step, 3);
+    /* The root must bring a whole host optimizer. */
+    ck_assert_int_eq(dvl_dist_gather_adamw(&D, shard, NULL, 0, &err), DVL_EINVAL);
+    ck_assert_msg(strstr(err.msg, "whole host optimizer"), "%s", err.msg);
+    dvl_adamw_free(shard);
+    dvl_adamw_free(full);
+    dvl_dist_grad_sync_free(s);
+    dvl_params_free(p);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("dist");
@@ -266,6 +307,7 @@ static Suite *suite(void)
     tcase_add_test(tc, buckets_start_in_order);
     tcase_add_test(tc, grad_sync_errors);
     tcase_add_test(tc, collectives_world_of_one);
+    tcase_add_test(tc, zero1_world_of_one);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -26,6 +26,15 @@
  * loader position, so a resumed run repeats the uninterrupted one bit for
  * bit.
  *
+ * dist.zero1 (ZeRO-1, several ranks): each rank holds the AdamW moments of
+ * one contiguous shard of the gradient buffer only (optim/adamw.h
+ * dvl_adamw_shard); the buckets are reduced to the shard owners during
+ * backward as above, the global grad norm is the sum of the shards' sums
+ * of squares, each rank clips and steps its shard, and the updated weights
+ * are gathered to every rank (dist/dist.h). Checkpoints keep the same
+ * format: rank 0 gathers the whole moments to write them, and a resumed
+ * rank takes its shard of them, so a run resumes with or without ZeRO-1.
+ *
  * train.device = cuda: each rank takes GPU (local rank mod GPUs on its
  * node); the parameter store moves there in place (the model's tensors
  * follow), with the gradients, the AdamW moments and the step's context;
@@ -151,6 +160,7 @@ typedef struct run {
     dvl_loader *loader;
     dvl_ctx *ctx;
     dvl_dist_grad_sync *gs;
+    bool zero1; /* dist.zero1 on several ranks: r->opt is this rank's shard */
     int64_t accum, steps_per_epoch, total, step;
     FILE *metrics;
     bool tty;
@@ -460,12 +470,35 @@ static int save_ckpt(run *r, dvl_err *err)
     if (!ls)
         return err->code;
     int rc = DVL_OK;
-    if (r->d.rank == 0) {
+    /* ZeRO-1: the whole moments on rank 0, gathered from the shards into
+     * the host twin's optimizer (GPU) or a whole optimizer over the store
+     * made for the save (CPU), so the file is the same as without. */
+    dvl_adamw *full = NULL, *tmp = NULL;
+    if (r->zero1) {
+        const train_cfg *c = &r->c;
+        if (r->d.rank == 0 && on_gpu(r)) {
+            if (!(rc = host_twin(r, err)))
+                full = r->host_opt;
+        } else if (r->d.rank == 0) {
+            full = tmp = dvl_adamw_new(r->tm.m.params, (float)c->beta1, (float)c->beta2,
+                                       (float)c->eps, (float)c->weight_decay, err);
+            if (!full)
+                rc = err->code;
+        }
+        /* Collective: rank 0 without `full` fails it everywhere (keeping
+         * its own message). */
+        dvl_err gerr = {0, ""};
+        int grc = dvl_dist_gather_adamw(&r->d, r->opt, full, 0, rc ? &gerr : err);
+        if (!rc)
+            rc = grc;
+    }
+    if (r->d.rank == 0 && !rc) {
         const dvl_params *p = r->tm.m.params;
-        const dvl_adamw *o = r->opt;
+        const dvl_adamw *o = r->zero1 ? full : r->opt;
         if (on_gpu(r)) { /* the device state into the host twins */
             if (!(rc = host_twin(r, err)) &&
-                !(rc = dvl_params_data_to_host(r->tm.m.params, r->host_p->data, err)))
+                !(rc = dvl_params_data_to_host(r->tm.m.params, r->host_p->data, err)) &&
+                !r->zero1)
                 rc = dvl_adamw_copy_state(r->host_opt, r->opt, err);
             p = r->host_p;
             o = r->host_opt;
@@ -474,6 +507,7 @@ static int save_ckpt(run *r, dvl_err *err)
             rc = dvl_ckpt_save(root, r->step, p, o, NULL, 0, ls, r->cfg_json, (int)r->c.keep_last,
                                DVL_F32, err);
     }
+    dvl_adamw_free(tmp);
     free(ls);
     bool any;
     if (dvl_dist_any(&r->d, rc != DVL_OK, &any, err))
@@ -583,6 +617,11 @@ static int train(run *r, dvl_err *err)
     double t0 = now_s(), tokens_total = 0;
     int64_t bad_run = 0, first = r->step;
     float scale = 1.0f / (float)r->accum;
+    /* The gradient elements this rank holds the mean of after the sync:
+     * all of them, or its ZeRO-1 shard. */
+    int64_t lo = 0, hi = p->numel_grad;
+    if (r->zero1)
+        dvl_dist_grad_sync_shard(r->gs, &lo, &hi);
     while (r->step < r->total) {
         double ts = now_s();
         /* Epoch e is steps [e S, (e + 1) S): leave the previous epoch's
@@ -642,14 +681,31 @@ static int train(run *r, dvl_err *err)
         }
         if (c->nonfinite_from >= 0 && r->step + 1 >= c->nonfinite_from &&
             r->step + 1 < c->nonfinite_from + c->nonfinite_steps) {
-            const float nan = NAN; /* p->grad may be device memory */
+            /* Element 0: in rank 0's shard under ZeRO-1. p->grad may be
+             * device memory. */
+            const float nan = NAN;
             if (dvl_ctx_memcpy_h2d(r->ctx, p->grad, &nan, sizeof nan))
                 return dvl_errf(err, DVL_EDEVICE, "%s", dvl_ctx_err(r->ctx)->msg);
         }
-        double loss = sums[0], gnorm = dvl_grad_norm(p), lr = lr_at(c, r->step, r->total);
-        /* Every rank holds the same averaged gradient and loss, so every
-         * rank takes the same decision. */
-        bool bad = !isfinite(loss) || !isfinite(gnorm) || dvl_grad_nonfinite(p);
+        double loss = sums[0], gnorm, lr = lr_at(c, r->step, r->total);
+        bool bad;
+        if (r->zero1) {
+            /* The global norm from the shards' sums of squares (each in
+             * double, fixed order), NaN/Inf from any shard: every rank gets
+             * the same sums, so every rank takes the same decision. */
+            double ss = dvl_grad_sumsq_range(p, lo, hi);
+            bool nonfinite = false;
+            if (dvl_dist_allreduce_f64(&r->d, &ss, 1, DVL_DIST_SUM, err) ||
+                dvl_dist_any(&r->d, dvl_grad_nonfinite_range(p, lo, hi), &nonfinite, err))
+                return err->code;
+            gnorm = sqrt(ss);
+            bad = !isfinite(loss) || !isfinite(gnorm) || nonfinite;
+        } else {
+            /* Every rank holds the same averaged gradient and loss, so
+             * every rank takes the same decision. */
+            gnorm = dvl_grad_norm(p);
+            bad = !isfinite(loss) || !isfinite(gnorm) || dvl_grad_nonfinite(p);
+        }
         if (bad) {
             bad_run++;
             if (r->d.rank == 0)
@@ -663,9 +719,11 @@ static int train(run *r, dvl_err *err)
                                 r->step + 1, bad_run, c->max_bad_steps);
         } else {
             bad_run = 0;
-            if (c->clip > 0 && gnorm > c->clip)
-                dvl_grad_scale(p, (float)(c->clip / (gnorm + 1e-6))); /* torch clip_grad_norm_ */
-            dvl_adamw_step(r->opt, (float)lr);
+            if (c->clip > 0 && gnorm > c->clip) /* torch clip_grad_norm_ */
+                dvl_grad_scale_range(p, lo, hi, (float)(c->clip / (gnorm + 1e-6)));
+            dvl_adamw_step(r->opt, (float)lr); /* this rank's shard under ZeRO-1 */
+            if (r->zero1 && dvl_dist_grad_sync_gather_params(r->gs, err))
+                return err->code;
         }
         r->step++;
         double te = now_s();
@@ -707,8 +765,14 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
         return err->code;
     if (on_gpu(r) && dvl_params_move(p, DVL_CUDA, err))
         return err->code;
-    r->opt = dvl_adamw_new(p, (float)c->beta1, (float)c->beta2, (float)c->eps,
-                           (float)c->weight_decay, err);
+    /* ZeRO-1 only pays with several ranks; on one it would be the plain
+     * optimizer with extra copies. */
+    r->zero1 = c->zero1 && r->d.world > 1;
+    int64_t shard_lo = 0, shard_hi = p->numel_grad;
+    if (r->zero1)
+        dvl_adamw_shard(p->numel_grad, r->d.world, r->d.rank, &shard_lo, &shard_hi);
+    r->opt = dvl_adamw_new_shard(p, shard_lo, shard_hi, (float)c->beta1, (float)c->beta2,
+                                 (float)c->eps, (float)c->weight_decay, err);
     if (!r->opt)
         return err->code;
     /* The tower's own learning rate as a multiplier of the peak; its decay
@@ -724,7 +788,8 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
         if (on_gpu(r) &&
             dvl_dist_nccl_init(&r->d, c->nccl, &r->nccl, r->no_nccl, sizeof r->no_nccl, err))
             return err->code;
-        r->gs = dvl_dist_grad_sync_new(&r->d, p, (size_t)c->bucket_mb << 20, err);
+        r->gs = r->zero1 ? dvl_dist_grad_sync_new_zero1(&r->d, p, (size_t)c->bucket_mb << 20, err)
+                         : dvl_dist_grad_sync_new(&r->d, p, (size_t)c->bucket_mb << 20, err);
         if (!r->gs)
             return err->code;
     }
@@ -753,6 +818,17 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                 dvl_params_free(r->host_p);
                 r->host_opt = NULL;
                 r->host_p = NULL;
+            }
+        } else if (r->zero1) { /* the whole moments, then this rank's shard of them */
+            dvl_adamw *full = dvl_adamw_new(p, (float)c->beta1, (float)c->beta2, (float)c->eps,
+                                            (float)c->weight_decay, err);
+            int rc = full ? dvl_ckpt_load(ckpt, p, full, &step, NULL, 0, &ls, err) : err->code;
+            if (!rc)
+                rc = dvl_adamw_copy_state(r->opt, full, err);
+            dvl_adamw_free(full);
+            if (rc) {
+                free(ls);
+                return rc;
             }
         } else if (dvl_ckpt_load(ckpt, p, r->opt, &step, NULL, 0, &ls, err)) {
             return err->code;
@@ -816,6 +892,16 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                                  : ", gradients all-reduced with MPI through host memory (NCCL: ",
                    r->d.world > 1 && !r->nccl ? r->no_nccl : "",
                    r->d.world > 1 && !r->nccl ? ")" : "");
+        /* The optimizer state of one rank (rank 0's shard is the largest). */
+        double mib = (double)dvl_adamw_state_bytes(r->opt) / (1 << 20);
+        double full_mib = 2.0 * (double)p->numel_grad * sizeof(float) / (1 << 20);
+        if (r->zero1)
+            printf(PROG ": ZeRO-1 on: AdamW moments of %" PRId64 " of %" PRId64
+                   " trainable elements per rank, %.2f MiB (unsharded %.2f MiB)\n",
+                   r->opt->hi - r->opt->lo, p->numel_grad, mib, full_mib);
+        else
+            printf(PROG ": ZeRO-1 off%s: AdamW moments %.2f MiB per rank\n",
+                   c->zero1 ? " (one rank)" : "", mib);
         if (ckpt[0])
             printf(PROG ": resumed from %s at step %" PRId64 "\n", ckpt, r->step);
         fflush(stdout);

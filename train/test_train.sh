@@ -3,7 +3,9 @@
 # here: loss falls in each stage; stage 1 leaves the LM and the vision tower
 # bit-identical; a resumed run reaches bit-identical weights; 1 rank = 2 and
 # 3 ranks at the same global batch (float tolerance; ar, stage 1 and stage
-# 2); config errors name the key; train.device=cuda fails cleanly where it
+# 2), also with ZeRO-1 (dist.zero1; ar and stage 2), whose checkpoints resume
+# bit-exactly and also without ZeRO-1 (and the other way); config errors
+# name the key; train.device=cuda fails cleanly where it
 # cannot run (GPU runs: train/test_train_cuda.sh).
 #
 #   test_train.sh DVL_TRAIN DVL_PREP DVL_CONVERT SOURCE_ROOT [cuda|cpu]
@@ -198,6 +200,16 @@ for stage in ar s1 s2; do
     [ $stage != s1 ] && steps=10
     S="--set train.micro_batch=2 --set train.global_batch=12 --set train.max_steps=$steps --set dist.check_every=1"
     "$TRAIN" --config $stage.json --set train.out=${stage}_n1 $S >n1.log 2>&1
+    # ZeRO-1 on one rank is off: the same run, bit for bit.
+    if [ $stage = s2 ]; then
+        if "$TRAIN" --config $stage.json --set train.out=${stage}_z1 $S --set dist.zero1=true \
+            >z1.log 2>&1 && grep -q "ZeRO-1 off (one rank)" z1.log &&
+            cmp -s ${stage}_n1/final/model.safetensors ${stage}_z1/final/model.safetensors; then
+            ok "${stage}_zero1_1_rank_bit_identical"
+        else
+            bad "${stage}_zero1_1_rank_bit_identical: $(tail -2 z1.log)"
+        fi
+    fi
     for np in 2 3; do
         if $MPIRUN -np $np "$TRAIN" --config $stage.json --set train.out=${stage}_n$np $S >n$np.log 2>&1 &&
             compare_runs ${stage}_n1 ${stage}_n$np; then
@@ -205,8 +217,85 @@ for stage in ar s1 s2; do
         else
             bad "${stage}_1_rank_equals_${np}_ranks: $(tail -2 n$np.log)"
         fi
+        # ZeRO-1: the same against the plain runs on 1 and on np ranks; each
+        # rank holds the moments of 143264 / np elements (rounded up to 16).
+        [ $stage = s1 ] && continue
+        shard=71632
+        [ $np = 3 ] && shard=47760
+        if $MPIRUN -np $np "$TRAIN" --config $stage.json --set train.out=${stage}_z$np $S \
+            --set dist.zero1=true >z$np.log 2>&1 &&
+            grep -q "ZeRO-1 on: AdamW moments of $shard of 143264 trainable elements" z$np.log &&
+            compare_runs ${stage}_n1 ${stage}_z$np && compare_runs ${stage}_n$np ${stage}_z$np; then
+            ok "${stage}_zero1_${np}_ranks_equals_plain"
+        else
+            bad "${stage}_zero1_${np}_ranks_equals_plain: $(tail -2 z$np.log)"
+        fi
     done
 done
+
+# ---- ZeRO-1 checkpoints (2 ranks, stage 2): the same format as without
+# (optimizer.safetensors holds the whole moments, gathered on rank 0), exact
+# resume (8 steps straight vs 4 + 4), and resumes across the switch: a ZeRO-1
+# checkpoint without ZeRO-1 and a plain one with it (float tolerance against
+# the straight runs; the global norm's sums run in another order).
+# weights_close A B: final weights within 1e-5.
+weights_close() {
+    py "$ST
+a, b = load('$1/final/model.safetensors'), load('$2/final/model.safetensors')
+assert a.keys() == b.keys()
+m = 0.0
+for k in a:
+    fa = struct.unpack('<%df' % (len(a[k]) // 4), a[k]); fb = struct.unpack('<%df' % (len(b[k]) // 4), b[k])
+    m = max(m, max(abs(x - y) for x, y in zip(fa, fb)))
+print('   $1 vs $2: max weight difference %.3g' % m)
+sys.exit(0 if m <= 1e-5 else 1)"
+}
+Z="--config s2.json --set train.max_steps=8 --set ckpt.every=4 --set ckpt.keep_last=0"
+$MPIRUN -np 2 "$TRAIN" $Z --set train.out=zp >zp.log 2>&1
+$MPIRUN -np 2 "$TRAIN" $Z --set train.out=za --set dist.zero1=true >za.log 2>&1 &&
+    $MPIRUN -np 2 "$TRAIN" --resume za/ckpt/step-000004 --set train.out=zb >zb.log 2>&1
+if grep -q "ZeRO-1 on" zb.log && cmp -s za/final/model.safetensors zb/final/model.safetensors &&
+    cmp -s za/ckpt/step-000008/optimizer.safetensors zb/ckpt/step-000008/optimizer.safetensors; then
+    ok zero1_resume_bit_identical
+else
+    bad "zero1_resume_bit_identical: $(tail -1 zb.log)"
+fi
+if py "$ST
+a = load('zp/ckpt/step-000008/optimizer.safetensors')
+b = load('za/ckpt/step-000008/optimizer.safetensors')
+assert a.keys() == b.keys() and all(len(a[k]) == len(b[k]) for k in a), 'format'
+m = 0.0
+for k in a:
+    fa = struct.unpack('<%df' % (len(a[k]) // 4), a[k]); fb = struct.unpack('<%df' % (len(b[k]) // 4), b[k])
+    m = max(m, max(abs(x - y) for x, y in zip(fa, fb)))
+print('   %d moment tensors, max difference from the plain run %.3g' % (len(a), m))
+sys.exit(0 if m <= 1e-5 else 1)"; then
+    ok zero1_checkpoint_format
+else
+    bad zero1_checkpoint_format
+fi
+if $MPIRUN -np 2 "$TRAIN" --resume za/ckpt/step-000004 --set train.out=zc \
+    --set dist.zero1=false >zc.log 2>&1 && grep -q "ZeRO-1 off" zc.log && weights_close zp zc; then
+    ok zero1_checkpoint_resumes_without_zero1
+else
+    bad "zero1_checkpoint_resumes_without_zero1: $(tail -1 zc.log)"
+fi
+if $MPIRUN -np 2 "$TRAIN" --resume zp/ckpt/step-000004 --set train.out=zd \
+    --set dist.zero1=true >zd.log 2>&1 && grep -q "ZeRO-1 on" zd.log && weights_close zp zd; then
+    ok plain_checkpoint_resumes_with_zero1
+else
+    bad "plain_checkpoint_resumes_with_zero1: $(tail -1 zd.log)"
+fi
+# A NaN in rank 0's shard only (element 0 of the gradient): every rank skips
+# the step, so the weights stay identical (checked every step).
+if $MPIRUN -np 2 "$TRAIN" --config ar.json --set train.out=znan --set train.max_steps=6 \
+    --set dist.zero1=true --set dist.check_every=1 --set debug.nonfinite_from=3 \
+    --set debug.nonfinite_steps=2 >znan.log 2>&1 &&
+    [ "$(grep -c '"skipped": true' znan/metrics.jsonl)" -eq 2 ]; then
+    ok zero1_nonfinite_skipped_on_every_rank
+else
+    bad "zero1_nonfinite_skipped_on_every_rank: $(tail -2 znan.log)"
+fi
 
 # ---- config errors: exit 1, one line naming the key
 reject() {
@@ -236,6 +325,7 @@ reject mask_id diffusion.mask_token_id --config s2.json --set diffusion.mask_tok
 reject no_config "--config is required"
 reject resume_missing "nowhere" --resume nowhere
 reject bad_device train.device --config s2.json --set train.device=gpu
+reject zero1_type dist.zero1 --config s2.json --set dist.zero1=maybe
 
 # ---- train.device=cuda where it cannot run: one line naming the key and the
 # reason, exit 1, nothing written. (With a GPU present it just runs.)

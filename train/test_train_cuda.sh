@@ -12,7 +12,10 @@
 #     step's loss within 1e-5 relative, final weights within 1e-5, as the CPU
 #     test), the ranks' weights compared every step: ranks sharing one GPU
 #     reduce through host memory (NCCL refuses two ranks on one GPU); with
-#     2+ GPUs a second run takes the NCCL path.
+#     2+ GPUs a second run takes the NCCL path;
+#   the same with ZeRO-1 (dist.zero1: moments sharded, gradients reduced to
+#     the shard owners, weights gathered; on 2+ GPUs both the NCCL and the
+#     host-memory path), and a ZeRO-1 GPU checkpoint resumes bit-exactly.
 # Without a usable GPU it skips (exit 77), unless DVL_REQUIRE_CUDA=1.
 #
 #   test_train_cuda.sh DVL_TRAIN DVL_PREP DVL_CONVERT SOURCE_ROOT [MPIRUN]
@@ -136,6 +139,35 @@ if [ "$gpus" -ge 2 ]; then
     fi
 else
     echo "skip ar_cuda_2_ranks_nccl: one GPU (NCCL needs a GPU per rank)"
+fi
+
+# ---- ZeRO-1 on the GPU(s): 2 ranks = 1 rank on the path above (and, with a
+# GPU per rank, on the host-memory path too); exact resume of its checkpoint.
+if $MPIRUN -np 2 "$TRAIN" --config ar.json --set train.out=arz --set dist.zero1=true >arz.log 2>&1 &&
+    grep -q "ZeRO-1 on" arz.log && grep -q "$path" arz.log && compare_runs ar1 arz; then
+    ok "ar_cuda_zero1_2_ranks_equals_1_rank ($gpus GPU(s))"
+else
+    bad "ar_cuda_zero1_2_ranks_equals_1_rank: $(tail -3 arz.log)"
+fi
+if [ "$gpus" -ge 2 ]; then
+    if $MPIRUN -np 2 "$TRAIN" --config ar.json --set train.out=arzh --set dist.zero1=true \
+        --set dist.nccl=false >arzh.log 2>&1 && grep -q "MPI through host memory" arzh.log &&
+        compare_runs ar1 arzh; then
+        ok ar_cuda_zero1_2_ranks_host_reduce
+    else
+        bad "ar_cuda_zero1_2_ranks_host_reduce: $(tail -3 arzh.log)"
+    fi
+fi
+Z="--config ar.json --set dist.zero1=true --set ckpt.every=3 --set ckpt.keep_last=0"
+if $MPIRUN -np 2 "$TRAIN" $Z --set train.out=arza >arza.log 2>&1 &&
+    $MPIRUN -np 2 "$TRAIN" --resume arza/ckpt/step-000003 --set train.out=arzb >arzb.log 2>&1 &&
+    grep -q "ZeRO-1 on" arzb.log &&
+    cmp -s arza/final/model.safetensors arzb/final/model.safetensors &&
+    cmp -s arza/ckpt/step-000006/optimizer.safetensors arzb/ckpt/step-000006/optimizer.safetensors
+then
+    ok cuda_zero1_resume_bit_identical
+else
+    bad "cuda_zero1_resume_bit_identical: $(tail -2 arza.log) $(tail -2 arzb.log)"
 fi
 
 echo

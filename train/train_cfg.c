@@ -91,6 +91,10 @@ const dvl_cfg_key TRAIN_KEYS[] = {
     {"dist.nccl", DVL_CFG_BOOL, .def = "true",
      .help = "cuda: all-reduce gradients with NCCL when every rank has a GPU of its own "
              "(false, or ranks sharing a GPU: MPI through host memory)"},
+    {"dist.zero1", DVL_CFG_BOOL, .def = "false",
+     .help = "ZeRO-1: each rank keeps the AdamW moments of a 1/ranks shard of the trainable "
+             "parameters only (gradients reduced to the shard owners, updated weights "
+             "gathered); no effect on one rank"},
     {"debug.nonfinite_from", DVL_CFG_INT, .def = "-1", .ranged = true, .min = -1, .max = BIG,
      .help = "testing: poison the gradient with NaN from this step (1-based; -1: never)"},
     {"debug.nonfinite_steps", DVL_CFG_INT, .def = "0", .ranged = true, .min = 0, .max = BIG,
@@ -142,6 +146,7 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
     o->bucket_mb = dvl_cfg_int(c, "dist.bucket_mb");
     o->check_every = dvl_cfg_int(c, "dist.check_every");
     o->nccl = dvl_cfg_bool(c, "dist.nccl");
+    o->zero1 = dvl_cfg_bool(c, "dist.zero1");
     o->nonfinite_from = dvl_cfg_int(c, "debug.nonfinite_from");
     o->nonfinite_steps = dvl_cfg_int(c, "debug.nonfinite_steps");
     if (dvl_cfg_check(c, err))

@@ -57,6 +57,7 @@ typedef struct train_cfg {
     int64_t bucket_mb;
     int64_t check_every;
     bool nccl; /* cuda, several ranks: NCCL all-reduce when every rank has a GPU of its own */
+    bool zero1; /* several ranks: optimizer state partitioned over the ranks (ZeRO-1) */
     /* testing the NaN path: steps [from, from + steps) get a NaN gradient */
     int64_t nonfinite_from, nonfinite_steps;
 } train_cfg;

@@ -1,5 +1,6 @@
 /* MPI for data-parallel training: setup, broadcasts, bucketed gradient
- * all-reduce, cross-rank consistency checks, scalar reductions. */
+ * all-reduce (or ZeRO-1's reduce to the shard owners and the all-gather of
+ * the updated weights), cross-rank consistency checks, scalar reductions. */
 #include "dist/dist.h"
 
 #include <stdio.h>
@@ -350,7 +351,9 @@ typedef struct bucket {
     int64_t off, count;  /* elements of p->grad */
     int n_params;        /* trainable parameters in it */
     int remaining;       /* of those, not yet reported this step */
-    int n_req;           /* pieces of at most PIECE elements */
+    /* Pieces of at most PIECE elements: of the bucket (all-reduce), or of
+     * each owner's part of it (ZeRO-1). */
+    int n_req;
     MPI_Request *req;
 } bucket;
 
@@ -366,6 +369,12 @@ struct dvl_dist_grad_sync {
     int next;       /* next bucket to start */
     /* Device store without NCCL: the host copy MPI reduces (numel_grad). */
     float *host;
+    /* ZeRO-1: every rank's shard [own_lo[r], own_hi[r]) of p->grad, and
+     * scratch for one bucket's part per owner (NCCL). Plain: lo, hi span
+     * the whole buffer. */
+    bool zero1;
+    int64_t lo, hi;
+    int64_t *own_lo, *own_hi, *part_lo, *part_hi;
 };
 
 void dvl_dist_grad_sync_free(dvl_dist_grad_sync *s)
@@ -380,11 +389,24 @@ void dvl_dist_grad_sync_free(dvl_dist_grad_sync *s)
     free(s->done);
     free(s->by_off);
     free(s->host);
+    free(s->own_lo);
+    free(s->own_hi);
+    free(s->part_lo);
+    free(s->part_hi);
     free(s);
 }
 
-dvl_dist_grad_sync *dvl_dist_grad_sync_new(const dvl_dist *d, dvl_params *p, size_t bucket_bytes,
-                                           dvl_err *err)
+/* ZeRO-1: the elements of bucket k that rank q owns, [*a, *a + return). */
+static int64_t owned(const dvl_dist_grad_sync *s, const bucket *k, int q, int64_t *a)
+{
+    int64_t lo = k->off > s->own_lo[q] ? k->off : s->own_lo[q];
+    int64_t hi = k->off + k->count < s->own_hi[q] ? k->off + k->count : s->own_hi[q];
+    *a = lo;
+    return hi > lo ? hi - lo : 0;
+}
+
+static dvl_dist_grad_sync *sync_new(const dvl_dist *d, dvl_params *p, size_t bucket_bytes,
+                                    bool zero1, dvl_err *err)
 {
     if (!p->allocated) {
         dvl_errf(err, DVL_EINVAL, "dvl_dist_grad_sync_new: the store is not allocated");
@@ -403,6 +425,21 @@ dvl_dist_grad_sync *dvl_dist_grad_sync_new(const dvl_dist *d, dvl_params *p, siz
         goto oom;
     s->d = d;
     s->p = p;
+    s->zero1 = zero1;
+    s->lo = 0;
+    s->hi = p->numel_grad;
+    if (zero1) {
+        size_t w = (size_t)d->world;
+        if (!(s->own_lo = malloc(w * sizeof *s->own_lo)) ||
+            !(s->own_hi = malloc(w * sizeof *s->own_hi)) ||
+            !(s->part_lo = malloc(w * sizeof *s->part_lo)) ||
+            !(s->part_hi = malloc(w * sizeof *s->part_hi)))
+            goto oom;
+        for (int q = 0; q < d->world; q++)
+            dvl_adamw_shard(p->numel_grad, d->world, q, &s->own_lo[q], &s->own_hi[q]);
+        s->lo = s->own_lo[d->rank];
+        s->hi = s->own_hi[d->rank];
+    }
     if (p->device != DVL_CPU && !d->nccl &&
         !(s->host = malloc((size_t)(p->numel_grad ? p->numel_grad : 1) * sizeof(float))))
         goto oom;
@@ -438,7 +475,14 @@ dvl_dist_grad_sync *dvl_dist_grad_sync_new(const dvl_dist *d, dvl_params *p, siz
     for (int b = 0; b < s->nb; b++) {
         bucket *k = &s->b[b];
         k->remaining = k->n_params;
-        k->n_req = (int)((k->count + PIECE - 1) / PIECE);
+        if (zero1) {
+            int64_t a, req = 0;
+            for (int q = 0; q < d->world; q++)
+                req += (owned(s, k, q, &a) + PIECE - 1) / PIECE;
+            k->n_req = (int)req;
+        } else {
+            k->n_req = (int)((k->count + PIECE - 1) / PIECE);
+        }
         if (!(k->req = malloc((size_t)(k->n_req ? k->n_req : 1) * sizeof *k->req)))
             goto oom;
         for (int r = 0; r < k->n_req; r++)
@@ -449,6 +493,27 @@ oom:
     dvl_dist_grad_sync_free(s);
     dvl_errf(err, DVL_ENOMEM, "dvl_dist_grad_sync_new: out of memory for %d parameters", p->n);
     return NULL;
+}
+
+dvl_dist_grad_sync *dvl_dist_grad_sync_new(const dvl_dist *d, dvl_params *p, size_t bucket_bytes,
+                                           dvl_err *err)
+{
+    return sync_new(d, p, bucket_bytes, false, err);
+}
+
+dvl_dist_grad_sync *dvl_dist_grad_sync_new_zero1(const dvl_dist *d, dvl_params *p,
+                                                 size_t bucket_bytes, dvl_err *err)
+{
+    return sync_new(d, p, bucket_bytes, true, err);
+}
+
+bool dvl_dist_grad_sync_shard(const dvl_dist_grad_sync *s, int64_t *lo, int64_t *hi)
+{
+    if (lo)
+        *lo = s->lo;
+    if (hi)
+        *hi = s->hi;
+    return s->zero1;
 }
 
 int dvl_dist_grad_sync_buckets(const dvl_dist_grad_sync *s) { return s->nb; }
@@ -467,6 +532,30 @@ void dvl_dist_grad_sync_bucket(const dvl_dist_grad_sync *s, int b, int *first, i
         *count = k->count;
 }
 
+/* ZeRO-1: bucket k reduced to its owners, one MPI_Ireduce per owner and
+ * piece, in place on the owner (the others only send), into k->req. */
+static int reduce_to_owners(dvl_dist_grad_sync *s, int b, float *buf, dvl_err *err)
+{
+    bucket *k = &s->b[b];
+    int r = 0;
+    for (int q = 0; q < s->d->world; q++) {
+        int64_t a, n = owned(s, k, q, &a);
+        for (int64_t o = 0; o < n; o += PIECE) {
+            int cnt = (int)(n - o < PIECE ? n - o : PIECE);
+            float *x = buf + a + o;
+            bool root = q == s->d->rank;
+            int rc = MPI_Ireduce(root ? MPI_IN_PLACE : x, root ? x : NULL, cnt, MPI_FLOAT, MPI_SUM,
+                                 q, s->d->comm, &k->req[r++]);
+            if (rc != MPI_SUCCESS) {
+                char what[96];
+                snprintf(what, sizeof what, "gradient reduce of bucket %d to rank %d", b, q);
+                return mpi_fail(err, rc, what);
+            }
+        }
+    }
+    return DVL_OK;
+}
+
 int dvl_dist_grad_sync_start(dvl_dist_grad_sync *s, int b, dvl_err *err)
 {
     if (b != s->next)
@@ -479,7 +568,17 @@ int dvl_dist_grad_sync_start(dvl_dist_grad_sync *s, int b, dvl_err *err)
     if (s->p->device != DVL_CPU) {
 #ifdef DVL_HAVE_NCCL
         if (s->d->nccl) {
-            int rc = dvl_nccl_allreduce_sum(s->d->nccl, s->p->grad + k->off, k->count, err);
+            int rc;
+            if (s->zero1) {
+                for (int q = 0; q < s->d->world; q++) {
+                    int64_t n = owned(s, k, q, &s->part_lo[q]);
+                    s->part_hi[q] = s->part_lo[q] + n;
+                }
+                rc = dvl_nccl_reduce_ranges(s->d->nccl, s->p->grad, s->part_lo, s->part_hi,
+                                            s->d->world, err);
+            } else {
+                rc = dvl_nccl_allreduce_sum(s->d->nccl, s->p->grad + k->off, k->count, err);
+            }
             if (rc)
                 return rc;
             s->next++;
@@ -495,6 +594,13 @@ int dvl_dist_grad_sync_start(dvl_dist_grad_sync *s, int b, dvl_err *err)
         buf = s->host;
     }
 #endif
+    if (s->zero1) {
+        int rc = reduce_to_owners(s, b, buf, err);
+        if (rc)
+            return rc;
+        s->next++;
+        return DVL_OK;
+    }
     for (int r = 0; r < k->n_req; r++) {
         int64_t off = k->off + (int64_t)r * PIECE;
         int64_t cnt = k->count - (int64_t)r * PIECE < PIECE ? k->count - (int64_t)r * PIECE : PIECE;
@@ -589,33 +695,184 @@ int dvl_dist_grad_sync_finish(dvl_dist_grad_sync *s, dvl_err *err)
         s->b[b].remaining = s->b[b].n_params;
     if (rc)
         return rc;
-    /* Sum -> mean. A division (not a multiplication by 1/world) so the mean
-     * is the correctly rounded quotient. */
+    /* Sum -> mean, over the elements this rank holds the sum of (all of
+     * them, or its ZeRO-1 shard). A division (not a multiplication by
+     * 1/world) so the mean is the correctly rounded quotient. */
     int world = s->d->world;
     if (world == 1)
         return DVL_OK;
     float w = (float)world;
-    int64_t n = s->p->numel_grad;
+    int64_t lo = s->lo, n = s->hi - s->lo;
 #ifdef DVL_HAVE_CUDA
 #ifdef DVL_HAVE_NCCL
     if (s->p->device != DVL_CPU && s->d->nccl) {
         if ((rc = dvl_nccl_join(s->d->nccl, err)))
             return rc;
-        dvl_cuda_div_scalar(s->p->grad, w, n);
+        dvl_cuda_div_scalar(s->p->grad + lo, w, n);
         return dvl_cuda_check("gradient mean over the ranks", err);
     }
 #endif
     if (s->p->device != DVL_CPU) {
-        float *h = s->host;
+        float *h = s->host + lo;
         #pragma omp parallel for schedule(static) if (dvl_par(n))
         for (int64_t i = 0; i < n; i++)
             h[i] /= w;
-        return dvl_cuda_memcpy_h2d(s->p->grad, h, (size_t)n * sizeof(float), err);
+        return n ? dvl_cuda_memcpy_h2d(s->p->grad + lo, h, (size_t)n * sizeof(float), err)
+                 : DVL_OK;
     }
 #endif
-    float *g = s->p->grad;
+    float *g = s->p->grad + lo;
     #pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t i = 0; i < n; i++)
         g[i] /= w;
     return DVL_OK;
+}
+
+/* ------------------------------------------------------------ ZeRO-1 */
+
+/* n floats between host and/or device memory. */
+static int move(float *dst, bool dst_dev, const float *src, bool src_dev, int64_t n,
+                dvl_err *err)
+{
+    if (n <= 0)
+        return DVL_OK;
+    size_t bytes = (size_t)n * sizeof(float);
+#ifdef DVL_HAVE_CUDA
+    if (dst_dev && src_dev)
+        return dvl_cuda_memcpy_d2d(dst, src, bytes, err);
+    if (dst_dev)
+        return dvl_cuda_memcpy_h2d(dst, src, bytes, err);
+    if (src_dev)
+        return dvl_cuda_memcpy_d2h(dst, src, bytes, err);
+#else
+    if (dst_dev || src_dev)
+        return dvl_errf(err, DVL_EDEVICE, "dist: device memory in a build without CUDA");
+#endif
+    memcpy(dst, src, bytes);
+    return DVL_OK;
+}
+
+int dvl_dist_grad_sync_gather_params(dvl_dist_grad_sync *s, dvl_err *err)
+{
+    if (!s->zero1)
+        return dvl_errf(err, DVL_EINVAL,
+                        "dvl_dist_grad_sync_gather_params: the sync is not ZeRO-1");
+    dvl_params *p = s->p;
+    const dvl_dist *d = s->d;
+    const bool dev = p->device != DVL_CPU;
+    /* The buffer in gradient layout the weights travel through: p->grad
+     * itself (CPU, NCCL), or its host copy (a device store without NCCL). */
+    const bool via_host = dev && !d->nccl;
+    float *buf = via_host ? s->host : p->grad;
+    const bool buf_dev = dev && !via_host;
+    int rc = DVL_OK;
+    /* This rank's updated weights into its shard of the buffer: element j
+     * of a parameter's gradient slot is element j - off of its data. */
+    for (int i = 0; i < p->n && !rc; i++) {
+        int64_t off = p->grad_off[i];
+        if (off < 0)
+            continue;
+        int64_t a = off > s->lo ? off : s->lo;
+        int64_t b = off + dvl_numel(p->t[i]) < s->hi ? off + dvl_numel(p->t[i]) : s->hi;
+        if (a < b)
+            rc = move(buf + a, buf_dev, dvl_f32(p->t[i]) + (a - off), dev, b - a, err);
+    }
+    if (rc)
+        return rc;
+    /* Each owner's piece to every rank, in place. */
+#if defined(DVL_HAVE_CUDA) && defined(DVL_HAVE_NCCL)
+    if (buf_dev) {
+        if ((rc = dvl_nccl_bcast_ranges(d->nccl, buf, s->own_lo, s->own_hi, d->world, err)) ||
+            (rc = dvl_nccl_join(d->nccl, err)))
+            return rc;
+    } else
+#endif
+    {
+        for (int q = 0; q < d->world && !rc; q++)
+            rc = dvl_dist_bcast(d, buf + s->own_lo[q],
+                                (size_t)(s->own_hi[q] - s->own_lo[q]) * sizeof(float), q, err);
+    }
+    if (rc)
+        return rc;
+    /* Every trainable parameter back from the buffer (this rank's own too:
+     * the same bytes). */
+    for (int i = 0; i < p->n && !rc; i++) {
+        int64_t off = p->grad_off[i];
+        if (off >= 0)
+            rc = move(dvl_f32(p->t[i]), dev, buf + off, buf_dev, dvl_numel(p->t[i]), err);
+    }
+    return rc;
+}
+
+#define GATHER_TAG 7301 /* point-to-point traffic of dvl_dist_gather_adamw */
+
+int dvl_dist_gather_adamw(const dvl_dist *d, const dvl_adamw *shard, dvl_adamw *full, int root,
+                          dvl_err *err)
+{
+    const dvl_params *p = shard->p;
+    const int64_t n = p->numel_grad;
+    int64_t lo, hi;
+    dvl_adamw_shard(n, d->world, d->rank, &lo, &hi);
+    dvl_err e = {0, ""};
+    if (shard->lo != lo || shard->hi != hi)
+        dvl_errf(&e, DVL_EINVAL,
+                 "dvl_dist_gather_adamw: rank %d's optimizer holds [%lld, %lld), its shard of "
+                 "%lld is [%lld, %lld)",
+                 d->rank, (long long)shard->lo, (long long)shard->hi, (long long)n,
+                 (long long)lo, (long long)hi);
+    else if (d->rank == root &&
+             (!full || full->p->device != DVL_CPU || full->lo != 0 || full->hi != n ||
+              full->p->numel_grad != n))
+        dvl_errf(&e, DVL_EINVAL,
+                 "dvl_dist_gather_adamw: the root needs a whole host optimizer over %lld "
+                 "gradient elements",
+                 (long long)n);
+    /* The shard in host memory. */
+    const float *m = shard->m, *v = shard->v;
+    float *tmp = NULL;
+    if (!e.code && p->device != DVL_CPU && hi > lo) {
+        if (!(tmp = malloc(2 * (size_t)(hi - lo) * sizeof(float))))
+            dvl_errf(&e, DVL_ENOMEM, "dvl_dist_gather_adamw: out of memory for %lld moments",
+                     (long long)(2 * (hi - lo)));
+        else if (!move(tmp, false, shard->m, true, hi - lo, &e))
+            move(tmp + (hi - lo), false, shard->v, true, hi - lo, &e);
+        m = tmp;
+        v = tmp + (hi - lo);
+    }
+    /* Collective verdict first, so no rank is left waiting for a message. */
+    bool any = false;
+    int rc = dvl_dist_any(d, e.code != 0, &any, err);
+    if (!rc && any)
+        rc = e.code ? dvl_errf(err, e.code, "%s", e.msg)
+                    : dvl_errf(err, DVL_EINVAL,
+                               "dvl_dist_gather_adamw: another rank could not send its shard");
+    /* The root receives rank q's m then v, q = 0, 1, ...; rank q sends
+     * them in that order (messages between two ranks arrive in order). */
+    for (int q = 0; q < d->world && !rc; q++) {
+        if (d->rank != root && d->rank != q)
+            continue;
+        int64_t qlo, qhi;
+        dvl_adamw_shard(n, d->world, q, &qlo, &qhi);
+        for (int mv = 0; mv < 2 && !rc; mv++) {
+            float *dst = d->rank == root ? (mv ? full->v : full->m) + qlo : NULL;
+            const float *src = mv ? v : m;
+            if (q == root) { /* the root's own shard */
+                memcpy(dst, src, (size_t)(qhi - qlo) * sizeof(float));
+                continue;
+            }
+            for (int64_t o = 0; o < qhi - qlo && !rc; o += PIECE) {
+                int cnt = (int)(qhi - qlo - o < PIECE ? qhi - qlo - o : PIECE);
+                int r = d->rank == root ? MPI_Recv(dst + o, cnt, MPI_FLOAT, q, GATHER_TAG, d->comm,
+                                                   MPI_STATUS_IGNORE)
+                                        : MPI_Send(src + o, cnt, MPI_FLOAT, root, GATHER_TAG,
+                                                   d->comm);
+                if (r != MPI_SUCCESS)
+                    rc = mpi_fail(err, r, "dvl_dist_gather_adamw");
+            }
+        }
+    }
+    if (!rc && d->rank == root)
+        full->step = shard->step;
+    free(tmp);
+    return rc;
 }

@@ -39,6 +39,26 @@
  * back at finish). Parameter broadcasts and checks copy device stores
  * through host memory.
  *
+ * ZeRO-1 (dvl_dist_grad_sync_new_zero1; optim/adamw.h for the partition):
+ * the same buckets, but each is reduced only to the ranks that own its
+ * elements, rank r owning the contiguous shard [lo_r, hi_r) =
+ * dvl_adamw_shard(numel_grad, world, r) of the gradient buffer, in place:
+ * after finish, p->grad[lo, hi) holds the mean gradient of this rank's
+ * shard and the rest of p->grad is undefined (partial sums). A bucket cut
+ * by shard boundaries becomes one reduce per owner of a piece of it (MPI:
+ * MPI_Ireduce to root r, in place there; NCCL: ncclReduce to root r in one
+ * group), still started during backward: the overlap is kept. The rank's
+ * optimizer shard (dvl_adamw_new_shard over [lo, hi)) steps its elements,
+ * then dvl_dist_grad_sync_gather_params brings every rank's updated weights
+ * to every rank (each owner broadcasts its piece, through p->grad, in
+ * place), so the ranks again hold identical full weights. Owner reduces
+ * and broadcasts rather than reduce-scatter / all-gather because the
+ * pieces are uneven (MPI_Reduce_scatter_block and ncclReduceScatter need
+ * equal counts, i.e. a padded buffer larger than p->grad) and MPI's
+ * all-gather displacements are int (too small for a 7B buffer); the bytes
+ * moved are the same. A device store without NCCL goes through host
+ * memory as above.
+ *
  * All calls are collective unless stated otherwise: every rank must make
  * them, in the same order. They return DVL_OK or an error code with a
  * message (MPI failures are returned, not fatal: the communicator uses
@@ -54,6 +74,7 @@
 #include <mpi.h>
 
 #include "core/err.h"
+#include "optim/adamw.h"
 #include "tensor/tensor.h"
 
 typedef struct dvl_dist {
@@ -138,5 +159,29 @@ int dvl_dist_grad_sync_progress(dvl_dist_grad_sync *s, dvl_err *err);
  * gradient by the world size, then reset for the next step. After it every
  * rank holds the mean gradient. */
 int dvl_dist_grad_sync_finish(dvl_dist_grad_sync *s, dvl_err *err);
+
+/* ------------------------------------------------------------ ZeRO-1 */
+/* A ZeRO-1 sync (see the top): the buckets of dvl_dist_grad_sync_new, each
+ * reduced to the owners of its pieces; every call above works the same,
+ * finish leaving the mean gradient of this rank's shard in p->grad[lo, hi)
+ * (only). */
+dvl_dist_grad_sync *dvl_dist_grad_sync_new_zero1(const dvl_dist *d, dvl_params *p,
+                                                 size_t bucket_bytes, dvl_err *err);
+/* Whether s is ZeRO-1, and the gradient elements [*lo, *hi) this rank
+ * holds the mean of after finish ([0, numel_grad) for a plain sync). Not
+ * collective; lo, hi may be NULL. */
+bool dvl_dist_grad_sync_shard(const dvl_dist_grad_sync *s, int64_t *lo, int64_t *hi);
+/* ZeRO-1, after this rank's optimizer shard has stepped: every rank's
+ * updated weights (the trainable elements of its shard) to every rank, so
+ * all hold identical full weights again. Uses p->grad as the buffer (the
+ * gradient is spent: the next step zeroes it). DVL_EINVAL on a plain sync. */
+int dvl_dist_grad_sync_gather_params(dvl_dist_grad_sync *s, dvl_err *err);
+/* ZeRO-1 checkpoints: every rank's optimizer shard (rank r's over
+ * dvl_adamw_shard(numel_grad, world, r) of stores of one layout) into
+ * `full` on rank `root`: a whole optimizer ([0, numel_grad)) in host memory,
+ * which gets the moments and the step count (NULL on the other ranks).
+ * Shards in device memory go through host memory. */
+int dvl_dist_gather_adamw(const dvl_dist *d, const dvl_adamw *shard, dvl_adamw *full, int root,
+                          dvl_err *err);
 
 #endif

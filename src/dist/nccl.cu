@@ -1,5 +1,6 @@
 /* NCCL communicator, stream and events for the device gradient all-reduce
- * (nccl.h), with libnccl.so.2 loaded at run time. */
+ * and ZeRO-1's reduce to the shard owners and broadcast from them (nccl.h),
+ * with libnccl.so.2 loaded at run time. */
 #include "dist/nccl.h"
 
 #include <dlfcn.h>
@@ -22,6 +23,10 @@ typedef struct nccl_api {
     decltype(&::ncclCommInitRank) comm_init_rank;
     decltype(&::ncclCommDestroy) comm_destroy;
     decltype(&::ncclAllReduce) all_reduce;
+    decltype(&::ncclReduce) reduce;
+    decltype(&::ncclBroadcast) broadcast;
+    decltype(&::ncclGroupStart) group_start;
+    decltype(&::ncclGroupEnd) group_end;
     decltype(&::ncclGetErrorString) error_string;
     decltype(&::ncclGetLastError) last_error;
 } nccl_api;
@@ -49,6 +54,10 @@ static int api_open(nccl_api *a, dvl_err *err)
                 {"ncclCommInitRank", (void **)&a->comm_init_rank},
                 {"ncclCommDestroy", (void **)&a->comm_destroy},
                 {"ncclAllReduce", (void **)&a->all_reduce},
+                {"ncclReduce", (void **)&a->reduce},
+                {"ncclBroadcast", (void **)&a->broadcast},
+                {"ncclGroupStart", (void **)&a->group_start},
+                {"ncclGroupEnd", (void **)&a->group_end},
                 {"ncclGetErrorString", (void **)&a->error_string},
                 {"ncclGetLastError", (void **)&a->last_error}};
     for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
@@ -161,22 +170,83 @@ extern "C" dvl_nccl *dvl_nccl_new(const unsigned char id[DVL_NCCL_ID_BYTES], int
     return c;
 }
 
-extern "C" int dvl_nccl_allreduce_sum(dvl_nccl *c, float *x, int64_t n, dvl_err *err)
+/* The communicator's stream waits for everything queued on the default
+ * stream so far (the kernels that wrote the buffer). Waiting on an event
+ * waits for its latest record, so one event serves every call in turn. */
+static int after_default_stream(dvl_nccl *c, dvl_err *err)
 {
-    if (n <= 0)
-        return DVL_OK;
-    /* Waiting on an event waits for its latest record, so one event serves
-     * every bucket in turn. */
     cudaError_t e = cudaEventRecord(c->ready, cudaStreamLegacy);
     if (e == cudaSuccess)
         e = cudaStreamWaitEvent(c->stream, c->ready, 0);
     if (e != cudaSuccess)
-        return dvl_cu_fail(err, e, "ordering the all-reduce after the gradient");
+        return dvl_cu_fail(err, e, "ordering the collective after the default stream");
+    return DVL_OK;
+}
+
+extern "C" int dvl_nccl_allreduce_sum(dvl_nccl *c, float *x, int64_t n, dvl_err *err)
+{
+    if (n <= 0)
+        return DVL_OK;
+    int rc = after_default_stream(c, err);
+    if (rc)
+        return rc;
     ncclResult_t r =
         c->api.all_reduce(x, x, (size_t)n, ncclFloat32, ncclSum, c->comm, c->stream);
     if (r != ncclSuccess)
         return nccl_fail(&c->api, err, r, c->comm, "ncclAllReduce");
     return DVL_OK;
+}
+
+/* One group of per-root operations over the ranges (ZeRO-1): a reduce to,
+ * or a broadcast from, each rank owning a non-empty range. Every rank
+ * issues the same calls in the same order (the ranges are the same
+ * everywhere), as NCCL requires. */
+static int ranges_group(dvl_nccl *c, float *x, const int64_t *lo, const int64_t *hi, int world,
+                        bool reduce, dvl_err *err)
+{
+    bool any = false;
+    for (int q = 0; q < world; q++)
+        any = any || hi[q] > lo[q];
+    if (!any)
+        return DVL_OK;
+    int rc = after_default_stream(c, err);
+    if (rc)
+        return rc;
+    const char *what = reduce ? "ncclReduce" : "ncclBroadcast";
+    ncclResult_t r = c->api.group_start();
+    if (r != ncclSuccess)
+        return nccl_fail(&c->api, err, r, c->comm, "ncclGroupStart");
+    ncclResult_t first = ncclSuccess;
+    for (int q = 0; q < world && first == ncclSuccess; q++) {
+        if (hi[q] <= lo[q])
+            continue;
+        float *y = x + lo[q];
+        const size_t n = (size_t)(hi[q] - lo[q]);
+        /* In place on the root; other ranks only send (reduce) or receive
+         * (broadcast) there. */
+        first = reduce ? c->api.reduce(y, y, n, ncclFloat32, ncclSum, q, c->comm, c->stream)
+                       : c->api.broadcast(y, y, n, ncclFloat32, q, c->comm, c->stream);
+    }
+    /* The group is closed even after a failed call, so NCCL is left in a
+     * sane state. */
+    r = c->api.group_end();
+    if (first != ncclSuccess)
+        return nccl_fail(&c->api, err, first, c->comm, what);
+    if (r != ncclSuccess)
+        return nccl_fail(&c->api, err, r, c->comm, "ncclGroupEnd");
+    return DVL_OK;
+}
+
+extern "C" int dvl_nccl_reduce_ranges(dvl_nccl *c, float *x, const int64_t *lo, const int64_t *hi,
+                                      int world, dvl_err *err)
+{
+    return ranges_group(c, x, lo, hi, world, true, err);
+}
+
+extern "C" int dvl_nccl_bcast_ranges(dvl_nccl *c, float *x, const int64_t *lo, const int64_t *hi,
+                                     int world, dvl_err *err)
+{
+    return ranges_group(c, x, lo, hi, world, false, err);
 }
 
 extern "C" int dvl_nccl_join(dvl_nccl *c, dvl_err *err)
@@ -185,6 +255,6 @@ extern "C" int dvl_nccl_join(dvl_nccl *c, dvl_err *err)
     if (e == cudaSuccess)
         e = cudaStreamWaitEvent(cudaStreamLegacy, c->done, 0);
     if (e != cudaSuccess)
-        return dvl_cu_fail(err, e, "waiting for the all-reduces");
+        return dvl_cu_fail(err, e, "waiting for the collectives");
     return DVL_OK;
 }

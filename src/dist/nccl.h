@@ -38,7 +38,22 @@ void dvl_nccl_free(dvl_nccl *c); /* NULL is fine */
  * communicator's stream after everything queued on the default stream so
  * far (so the caller's kernels that wrote x come first). Returns at once. */
 int dvl_nccl_allreduce_sum(dvl_nccl *c, float *x, int64_t n, dvl_err *err);
-/* Make the default stream wait for every all-reduce queued so far: kernels
+/* ZeRO-1 (dist.h): queue, as one NCCL group, for every rank q < world with
+ * a non-empty range [lo[q], hi[q]) (element offsets into x, device
+ * memory): the sum over the ranks of x[lo[q], hi[q]) into rank q's own
+ * x[lo[q], hi[q]) (ncclReduce to root q, in place); on the other ranks x is
+ * only read. The ranges are uneven (contiguous shards cut buckets anywhere),
+ * which ncclReduceScatter's equal counts cannot express without padding
+ * x. Ordered like dvl_nccl_allreduce_sum; returns at once. */
+int dvl_nccl_reduce_ranges(dvl_nccl *c, float *x, const int64_t *lo, const int64_t *hi, int world,
+                           dvl_err *err);
+/* ZeRO-1: queue, as one NCCL group, rank q's x[lo[q], hi[q]) to every rank
+ * (ncclBroadcast from root q, in place) for every q < world with a
+ * non-empty range: an all-gather of uneven contiguous pieces. Ordered like
+ * dvl_nccl_allreduce_sum; returns at once. */
+int dvl_nccl_bcast_ranges(dvl_nccl *c, float *x, const int64_t *lo, const int64_t *hi, int world,
+                          dvl_err *err);
+/* Make the default stream wait for every collective queued so far: kernels
  * and copies queued after this call see the sums. Returns at once. */
 int dvl_nccl_join(dvl_nccl *c, dvl_err *err);
 

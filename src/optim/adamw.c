@@ -38,15 +38,20 @@ static float *dev_zeros(size_t n, dvl_err *err)
 }
 #endif
 
-dvl_adamw *dvl_adamw_new(dvl_params *p, float beta1, float beta2, float eps, float weight_decay,
-                         dvl_err *err)
+dvl_adamw *dvl_adamw_new_shard(dvl_params *p, int64_t lo, int64_t hi, float beta1, float beta2,
+                               float eps, float weight_decay, dvl_err *err)
 {
     if (!p->allocated) {
         dvl_errf(err, DVL_EINVAL, "adamw: parameter store not allocated");
         return NULL;
     }
+    if (lo < 0 || lo > hi || hi > p->numel_grad) {
+        dvl_errf(err, DVL_EINVAL, "adamw: shard [%lld, %lld) outside the %lld gradient elements",
+                 (long long)lo, (long long)hi, (long long)p->numel_grad);
+        return NULL;
+    }
     dvl_adamw *o = calloc(1, sizeof *o);
-    size_t n = (size_t)(p->numel_grad ? p->numel_grad : 1);
+    size_t n = (size_t)(hi > lo ? hi - lo : 1);
     if (o && on_device(p)) {
 #ifdef DVL_HAVE_CUDA
         o->p = p; /* so dvl_adamw_free knows where m and v live */
@@ -80,11 +85,39 @@ dvl_adamw *dvl_adamw_new(dvl_params *p, float beta1, float beta2, float eps, flo
     o->beta2 = beta2;
     o->eps = eps;
     o->weight_decay = weight_decay;
+    o->lo = lo;
+    o->hi = hi;
     for (int i = 0; i < p->n; i++) {
         o->lr_mult[i] = 1.0f;
         o->decay[i] = p->t[i]->ndim >= 2;
     }
     return o;
+}
+
+dvl_adamw *dvl_adamw_new(dvl_params *p, float beta1, float beta2, float eps, float weight_decay,
+                         dvl_err *err)
+{
+    if (!p->allocated) {
+        dvl_errf(err, DVL_EINVAL, "adamw: parameter store not allocated");
+        return NULL;
+    }
+    return dvl_adamw_new_shard(p, 0, p->numel_grad, beta1, beta2, eps, weight_decay, err);
+}
+
+void dvl_adamw_shard(int64_t n, int world, int rank, int64_t *lo, int64_t *hi)
+{
+    if (world < 1)
+        world = 1;
+    int64_t s = (n + world - 1) / world;
+    s = (s + 15) / 16 * 16;
+    int64_t a = (int64_t)rank * s;
+    *lo = a < n ? a : n;
+    *hi = a + s < n ? a + s : n;
+}
+
+size_t dvl_adamw_state_bytes(const dvl_adamw *o)
+{
+    return 2 * (size_t)(o->hi - o->lo) * sizeof(float);
 }
 
 void dvl_adamw_free(dvl_adamw *o)
@@ -121,19 +154,26 @@ int dvl_adamw_copy_state(dvl_adamw *dst, const dvl_adamw *src, dvl_err *err)
                         "adamw: copying moments between stores of %lld and %lld trainable "
                         "parameters",
                         (long long)src->p->numel_grad, (long long)dst->p->numel_grad);
-    size_t bytes = (size_t)src->p->numel_grad * sizeof(float);
+    if (dst->lo < src->lo || dst->hi > src->hi)
+        return dvl_errf(err, DVL_EINVAL,
+                        "adamw: copying the moments of gradient elements [%lld, %lld) from an "
+                        "optimizer holding [%lld, %lld)",
+                        (long long)dst->lo, (long long)dst->hi, (long long)src->lo,
+                        (long long)src->hi);
+    size_t bytes = (size_t)(dst->hi - dst->lo) * sizeof(float);
+    const float *sm = src->m + (dst->lo - src->lo), *sv = src->v + (dst->lo - src->lo);
     const bool dd = on_device(dst->p), sd = on_device(src->p);
     int rc = DVL_OK;
     if (bytes) {
 #ifdef DVL_HAVE_CUDA
-        if ((rc = copy_any(dst->m, dd, src->m, sd, bytes, err)) ||
-            (rc = copy_any(dst->v, dd, src->v, sd, bytes, err)))
+        if ((rc = copy_any(dst->m, dd, sm, sd, bytes, err)) ||
+            (rc = copy_any(dst->v, dd, sv, sd, bytes, err)))
             return rc;
 #else
         if (dd || sd)
             return dvl_errf(err, DVL_EINVAL, "adamw: device moments in a build without CUDA");
-        memcpy(dst->m, src->m, bytes);
-        memcpy(dst->v, src->v, bytes);
+        memcpy(dst->m, sm, bytes);
+        memcpy(dst->v, sv, bytes);
 #endif
     }
     dst->step = src->step;
@@ -153,23 +193,42 @@ int dvl_adamw_set_group(dvl_adamw *o, const char *prefix, float lr_mult, bool de
     return k;
 }
 
+/* The part [*a, *b) of trainable parameter i's gradient slot that lies in
+ * the optimizer's range; false when none does. Unsharded, the whole
+ * parameter. */
+static bool in_range(const dvl_adamw *o, int i, int64_t *a, int64_t *b)
+{
+    const int64_t off = o->p->grad_off[i];
+    if (off < 0)
+        return false;
+    const int64_t end = off + dvl_numel(o->p->t[i]);
+    *a = off > o->lo ? off : o->lo;
+    *b = end < o->hi ? end : o->hi;
+    return *a < *b;
+}
+
 void dvl_adamw_step(dvl_adamw *o, float lr)
 {
     dvl_params *p = o->p;
     o->step++;
+    /* Per parameter (its own lr multiplier and decay switch), over the
+     * elements [a, b) of its slot in the range: the whole parameter unless
+     * a ZeRO-1 shard boundary cuts it. A parameter's data and gradient have
+     * the same layout, so element j of the slot is element j - off of the
+     * tensor (data offsets differ from gradient offsets: frozen parameters
+     * sit between trainable ones in p->data only). */
 #ifdef DVL_HAVE_CUDA
     if (on_device(p)) {
-        /* Per parameter: its own lr multiplier and decay switch (wd 0 for
-         * the undecayed ones), the kernel asynchronous on the default
-         * stream like the ops that produced p->grad. */
+        /* wd 0 for the undecayed parameters, the kernel asynchronous on the
+         * default stream like the ops that produced p->grad. */
         for (int i = 0; i < p->n; i++) {
-            int64_t off = p->grad_off[i];
-            if (off < 0)
+            int64_t a, b;
+            if (!in_range(o, i, &a, &b))
                 continue;
-            dvl_tensor *t = p->t[i];
-            dvl_cuda_adamw(dvl_f32(t), p->grad + off, o->m + off, o->v + off, dvl_numel(t),
-                           lr * o->lr_mult[i], o->beta1, o->beta2, o->eps,
-                           o->decay[i] ? o->weight_decay : 0.0f, o->step);
+            const int64_t off = p->grad_off[i];
+            dvl_cuda_adamw(dvl_f32(p->t[i]) + (a - off), p->grad + a, o->m + (a - o->lo),
+                           o->v + (a - o->lo), b - a, lr * o->lr_mult[i], o->beta1, o->beta2,
+                           o->eps, o->decay[i] ? o->weight_decay : 0.0f, o->step);
         }
         return;
     }
@@ -179,15 +238,16 @@ void dvl_adamw_step(dvl_adamw *o, float lr)
     const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
     const float sqrt_bc2 = (float)sqrt(bc2);
     for (int i = 0; i < p->n; i++) {
-        int64_t off = p->grad_off[i];
-        if (off < 0)
+        int64_t a, b;
+        if (!in_range(o, i, &a, &b))
             continue;
-        dvl_tensor *t = p->t[i];
+        const int64_t off = p->grad_off[i];
         const float plr = lr * o->lr_mult[i];
         const float decay = o->decay[i] ? 1.0f - plr * o->weight_decay : 1.0f;
         const float step_size = (float)(plr / bc1);
-        float *w = dvl_f32(t), *g = p->grad + off, *m = o->m + off, *v = o->v + off;
-        int64_t n = dvl_numel(t);
+        float *w = dvl_f32(p->t[i]) + (a - off), *g = p->grad + a;
+        float *m = o->m + (a - o->lo), *v = o->v + (a - o->lo);
+        int64_t n = b - a;
 #pragma omp parallel for schedule(static) if (dvl_par(n))
         for (int64_t j = 0; j < n; j++) {
             w[j] *= decay;
@@ -203,21 +263,22 @@ void dvl_adamw_step(dvl_adamw *o, float lr)
 #define NORM_CHUNK 4096
 
 #ifdef DVL_HAVE_CUDA
-/* Sum of squares of the device gradient in double: per-block partial sums
- * on the GPU (a split fixed by n) into the store's preallocated scratch,
- * added in order here, so the result does not depend on scheduling either.
- * Device errors give NaN (a caller that clips or checks finiteness then
- * skips the step rather than using junk); so does a device store without
- * scratch, which dvl_params_to_device and dvl_params_move never make. */
-static double dev_sumsq(const dvl_params *p)
+/* Sum of squares of the device gradient elements [lo, hi) in double:
+ * per-block partial sums on the GPU (a split fixed by hi - lo) into the
+ * store's preallocated scratch, added in order here, so the result does not
+ * depend on scheduling either. Device errors give NaN (a caller that clips
+ * or checks finiteness then skips the step rather than using junk); so does
+ * a device store without scratch, which dvl_params_to_device and
+ * dvl_params_move never make. */
+static double dev_sumsq(const dvl_params *p, int64_t lo, int64_t hi)
 {
     dvl_err err = {0};
-    int64_t parts = dvl_cuda_sumsq_parts(p->numel_grad);
+    int64_t parts = dvl_cuda_sumsq_parts(hi - lo);
     double host[DVL_CUDA_SUMSQ_MAX_PARTS];
     double *part = p->norm_scratch;
     if (!part)
         return NAN;
-    dvl_cuda_sumsq_partial(part, p->grad, p->numel_grad);
+    dvl_cuda_sumsq_partial(part, p->grad + lo, hi - lo);
     if (dvl_cuda_memcpy_d2h(host, part, (size_t)parts * sizeof(double), &err))
         return NAN;
     double total = 0;
@@ -227,17 +288,19 @@ static double dev_sumsq(const dvl_params *p)
 }
 #endif
 
-double dvl_grad_norm(const dvl_params *p)
+double dvl_grad_sumsq_range(const dvl_params *p, int64_t lo, int64_t hi)
 {
+    if (hi <= lo)
+        return 0.0;
 #ifdef DVL_HAVE_CUDA
     if (on_device(p))
-        return p->numel_grad > 0 ? sqrt(dev_sumsq(p)) : 0.0;
+        return dev_sumsq(p, lo, hi);
 #endif
-    int64_t n = p->numel_grad, nc = (n + NORM_CHUNK - 1) / NORM_CHUNK;
+    int64_t n = hi - lo, nc = (n + NORM_CHUNK - 1) / NORM_CHUNK;
     double total = 0;
 #pragma omp parallel for ordered schedule(static) if (dvl_par(n))
     for (int64_t c = 0; c < nc; c++) {
-        const float *g = p->grad + c * NORM_CHUNK;
+        const float *g = p->grad + lo + c * NORM_CHUNK;
         int64_t len = (c == nc - 1) ? n - c * NORM_CHUNK : NORM_CHUNK;
         double s = 0;
         for (int64_t j = 0; j < len; j++)
@@ -245,35 +308,53 @@ double dvl_grad_norm(const dvl_params *p)
 #pragma omp ordered
         total += s;
     }
-    return sqrt(total);
+    return total;
 }
 
-void dvl_grad_scale(dvl_params *p, float s)
+double dvl_grad_norm(const dvl_params *p)
 {
-    int64_t n = p->numel_grad;
+    return sqrt(dvl_grad_sumsq_range(p, 0, p->numel_grad));
+}
+
+void dvl_grad_scale_range(dvl_params *p, int64_t lo, int64_t hi, float s)
+{
+    if (hi <= lo)
+        return;
+    int64_t n = hi - lo;
+    float *g = p->grad + lo;
 #ifdef DVL_HAVE_CUDA
     if (on_device(p)) {
-        dvl_cuda_scale_fwd(p->grad, p->grad, s, n); /* elementwise, in place */
+        dvl_cuda_scale_fwd(g, g, s, n); /* elementwise, in place */
         return;
     }
 #endif
 #pragma omp parallel for schedule(static) if (dvl_par(n))
     for (int64_t j = 0; j < n; j++)
-        p->grad[j] *= s;
+        g[j] *= s;
 }
 
-bool dvl_grad_nonfinite(const dvl_params *p)
+void dvl_grad_scale(dvl_params *p, float s) { dvl_grad_scale_range(p, 0, p->numel_grad, s); }
+
+bool dvl_grad_nonfinite_range(const dvl_params *p, int64_t lo, int64_t hi)
 {
+    if (hi <= lo)
+        return false;
 #ifdef DVL_HAVE_CUDA
     /* A double sum of float squares overflows only through an Inf or NaN
      * element (at most ~1.2e77 per term), so non-finite sum <=> bad grad. */
     if (on_device(p))
-        return p->numel_grad > 0 && !isfinite(dev_sumsq(p));
+        return !isfinite(dev_sumsq(p, lo, hi));
 #endif
     int bad = 0;
-    int64_t n = p->numel_grad;
+    int64_t n = hi - lo;
+    const float *g = p->grad + lo;
 #pragma omp parallel for reduction(| : bad) schedule(static) if (dvl_par(n))
     for (int64_t j = 0; j < n; j++)
-        bad |= !isfinite(p->grad[j]);
+        bad |= !isfinite(g[j]);
     return bad != 0;
+}
+
+bool dvl_grad_nonfinite(const dvl_params *p)
+{
+    return dvl_grad_nonfinite_range(p, 0, p->numel_grad);
 }
