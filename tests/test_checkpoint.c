@@ -534,6 +534,23 @@ START_TEST(load_errors)
 
     run b = make_run(30, SPEC, NSPEC);
     char want[700];
+    /* A ZeRO-1 shard of the optimizer (its moments cover part of the
+     * gradient buffer only): neither saved nor loaded, nothing touched. */
+    {
+        dvl_adamw *shard = dvl_adamw_new_shard(b.p, 16, b.p->numel_grad, 0.9f, 0.95f, 1e-8f, 0.1f,
+                                               &err);
+        ck_assert_ptr_nonnull(shard);
+        run before = make_run(30, SPEC, NSPEC);
+        ck_assert_int_eq(dvl_ckpt_load(root, b.p, shard, NULL, b.rng, 3, NULL, &err), DVL_EINVAL);
+        ck_assert_ptr_nonnull(strstr(err.msg, "the optimizer is a ZeRO-1 shard [16, "));
+        assert_same(&before, &b);
+        ck_assert_int_eq(dvl_ckpt_save(root, 9, b.p, shard, b.rng, 3, NULL, "{}", 0, DVL_F32, &err),
+                         DVL_EINVAL);
+        ck_assert_ptr_nonnull(strstr(err.msg, "(gather it first)"));
+        ck_assert(!exists("%s/%s", root, "step-000009"));
+        dvl_adamw_free(shard);
+        free_run(&before);
+    }
     /* The RNG count (another world size). */
     ck_assert_int_eq(dvl_ckpt_load(root, b.p, b.o, NULL, b.rng, 2, NULL, &err), DVL_EINVAL);
     snprintf(want, sizeof want, "%s/state.json: rng: 3 states saved, 2 expected (another world size?)",

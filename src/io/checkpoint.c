@@ -350,6 +350,10 @@ int dvl_ckpt_save(const char *root, int64_t step, const dvl_params *p, const dvl
     if (opt && opt->p != p)
         return dvl_errf(err, DVL_EINVAL, "%s: the optimizer belongs to another parameter store",
                         root);
+    if (opt && (opt->lo != 0 || opt->hi != p->numel_grad))
+        return dvl_errf(err, DVL_EINVAL,
+                        "%s: the optimizer is a ZeRO-1 shard [%lld, %lld) (gather it first)", root,
+                        (long long)opt->lo, (long long)opt->hi);
     if (step < 0 || n_rng < 0 || (n_rng > 0 && !rng) || keep_last < 0)
         return dvl_errf(err, DVL_EINVAL, "%s: bad checkpoint arguments (step %" PRId64
                         ", %d rng states, keep %d)", root, step, n_rng, keep_last);
@@ -633,6 +637,10 @@ int dvl_ckpt_load(const char *path, dvl_params *p, dvl_adamw *opt, int64_t *step
     if (opt && opt->p != p)
         return dvl_errf(err, DVL_EINVAL, "%s: the optimizer belongs to another parameter store",
                         path);
+    if (opt && (opt->lo != 0 || opt->hi != p->numel_grad))
+        return dvl_errf(err, DVL_EINVAL,
+                        "%s: the optimizer is a ZeRO-1 shard [%lld, %lld) (gather it first)", path,
+                        (long long)opt->lo, (long long)opt->hi);
     char dir[PATH_MAX_LEN], file[PATH_MAX_LEN + 32];
     int rc = dvl_ckpt_resolve(path, dir, sizeof dir, err);
     if (rc)
