@@ -3,13 +3,14 @@
  * SiLU/SwiGLU and AdamW, on odd sizes, plus a GEMM throughput print. Then
  * the op layer on a CUDA context against the same ops on a CPU context
  * (every op, forward and input gradients, every attention mask with GQA and
- * key padding), the CUDA context itself, and the toy 2-layer model's
- * training step on both devices (plus its timing). Then what dvl-train's
- * device runs rest on: SigLIP patch extraction and a tower's forward on
- * the device, moving a parameter store in place, the context's pinned
- * staging uploads, copying AdamW state between devices (checkpoints), and
- * NCCL on a communicator of one rank (train/test_train_cuda.sh runs
- * dvl-train itself).
+ * key padding; the fused LM-head loss chunked over the vocabulary, also at
+ * V = 151936 with its arena use bounded), the CUDA context itself, and the
+ * toy 2-layer model's training step on both devices (plus its timing).
+ * Then what dvl-train's device runs rest on: SigLIP patch extraction and a
+ * tower's forward on the device, moving a parameter store in place, the
+ * context's pinned staging uploads, copying AdamW state between devices
+ * (checkpoints), and NCCL on a communicator of one rank
+ * (train/test_train_cuda.sh runs dvl-train itself).
  *
  * Without a CUDA build or without a device every GPU test prints
  * "test_cuda: no CUDA device, skipped" and passes; set DVL_REQUIRE_CUDA=1 to
