@@ -3,13 +3,14 @@
  * SiLU/SwiGLU and AdamW, on odd sizes, plus a GEMM throughput print. Then
  * the op layer on a CUDA context against the same ops on a CPU context
  * (every op, forward and input gradients, every attention mask with GQA and
- * key padding), the CUDA context itself, and the toy 2-layer model's
- * training step on both devices (plus its timing). Then what dvl-train's
- * device runs rest on: SigLIP patch extraction and a tower's forward on
- * the device, moving a parameter store in place, the context's pinned
- * staging uploads, copying AdamW state between devices (checkpoints), and
- * NCCL on a communicator of one rank (train/test_train_cuda.sh runs
- * dvl-train itself).
+ * key padding; the fused LM-head loss chunked over the vocabulary, also at
+ * V = 151936 with its arena use bounded), the CUDA context itself, and the
+ * toy 2-layer model's training step on both devices (plus its timing).
+ * Then what dvl-train's device runs rest on: SigLIP patch extraction and a
+ * tower's forward on the device, moving a parameter store in place, the
+ * context's pinned staging uploads, copying AdamW state between devices
+ * (checkpoints), and NCCL on a communicator of one rank
+ * (train/test_train_cuda.sh runs dvl-train itself).
  *
  * Without a CUDA build or without a device every GPU test prints
  * "test_cuda: no CUDA device, skipped" and passes; set DVL_REQUIRE_CUDA=1 to
@@ -1028,6 +1029,12 @@ static dvl_tensor *r_lxent(dvl_ctx *x, dvl_tensor **in, const op_case *c)
 {
     return dvl_linear_cross_entropy(x, in[0], in[1], c->idx, c->wts, 5);
 }
+/* The fused op with chunk c->kind (0: DVL_XENT_CHUNK, which is >= V here,
+ * so one chunk of the whole vocabulary). */
+static dvl_tensor *r_lxent_chunk(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_linear_cross_entropy(x, in[0], in[1], c->idx, c->wts, c->kind);
+}
 static dvl_tensor *r_attention(dvl_ctx *x, dvl_tensor **in, const op_case *c)
 {
     return dvl_attention(x, in[0], in[1], in[2], &c->mask, c->f);
@@ -1151,6 +1158,65 @@ START_TEST(index_ops_match_cpu)
 }
 END_TEST
 
+#ifdef DVL_HAVE_CUDA
+/* The fused op's chunked CUDA path (vocabulary chunks of C logits, online
+ * log-sum-exp, backward recomputing each chunk) against the CPU op at odd
+ * sizes: 1, 7 and 33 supervised rows among ignored ones, V not a multiple
+ * of C, C = V, C = 1, labels all in the first or all in the last chunk,
+ * weighted and not, h or W frozen. Tolerances: the loss within rel_err
+ * 1e-5 and dh, dW within 1e-4 (f32 products in another order: cuBLAS
+ * against OpenBLAS; the chunk kernels follow the CPU's formulas, which
+ * tools/cuda-emu checks to float rounding). */
+static void lxent_chunked_cases(void)
+{
+    enum { N = 40 };
+    int32_t one[3] = {DVL_IGNORE_INDEX, 12, DVL_IGNORE_INDEX}; /* in the last chunk of C=5 */
+    int32_t seven[N], first[N], last[N], many[N];
+    float wts[N];
+    for (int i = 0; i < N; i++) {
+        seven[i] = i < 7 ? (int32_t)((i * 37 + 11) % 100) : DVL_IGNORE_INDEX;
+        /* 33 of 40 rows supervised, every 6th ignored. */
+        const bool sup = i % 6 != 5;
+        first[i] = sup ? (int32_t)((i * 53) % 256) : DVL_IGNORE_INDEX;       /* [0, 256) */
+        last[i] = sup ? (int32_t)(768 + (i * 29) % 232) : DVL_IGNORE_INDEX;  /* [768, 1000) */
+        many[i] = sup ? (int32_t)((i * 7919) % 1000) : DVL_IGNORE_INDEX;
+        wts[i] = 0.25f + (float)(i % 5) * 0.375f;
+    }
+    seven[0] = 0, seven[6] = 99; /* the first and the last column */
+    const op_case cases[] = {
+        {.name = "lxent n_sup 1 V 13 C 5", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(3, 16), S2(13, 16)}, .grad = {true, true}, .run = r_lxent_chunk,
+         .idx = one, .wts = wts, .kind = 5, .fwd_tol = 1e-5, .grad_tol = 1e-4},
+        {.name = "lxent n_sup 7 V 100 C = V", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(N, 8), S2(100, 8)}, .grad = {true, true}, .run = r_lxent_chunk,
+         .idx = seven, .kind = 0, .fwd_tol = 1e-5, .grad_tol = 1e-4},
+        {.name = "lxent n_sup 7 V 100 C 1", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(N, 8), S2(100, 8)}, .grad = {true, true}, .run = r_lxent_chunk,
+         .idx = seven, .wts = wts, .kind = 1, .fwd_tol = 1e-5, .grad_tol = 1e-4},
+        {.name = "lxent n_sup 33 V 1000 C 256 weighted", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(N, 24), S2(1000, 24)}, .grad = {true, true}, .std = {1, 0.5f},
+         .run = r_lxent_chunk, .idx = many, .wts = wts, .kind = 256, .fwd_tol = 1e-5,
+         .grad_tol = 1e-4},
+        {.name = "lxent n_sup 33 labels first chunk", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(N, 24), S2(1000, 24)}, .grad = {true, true}, .std = {1, 0.5f},
+         .run = r_lxent_chunk, .idx = first, .kind = 256, .fwd_tol = 1e-5, .grad_tol = 1e-4},
+        {.name = "lxent n_sup 33 labels last chunk", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(N, 24), S2(1000, 24)}, .grad = {true, true}, .std = {1, 0.5f},
+         .run = r_lxent_chunk, .idx = last, .wts = wts, .kind = 300, .fwd_tol = 1e-5,
+         .grad_tol = 1e-4},
+        {.name = "lxent n_sup 33, h frozen", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(N, 24), S2(1000, 24)}, .grad = {false, true}, .std = {1, 0.5f},
+         .run = r_lxent_chunk, .idx = many, .wts = wts, .kind = 300, .fwd_tol = 1e-5,
+         .grad_tol = 1e-4},
+        {.name = "lxent n_sup 33, W frozen", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(N, 24), S2(1000, 24)}, .grad = {true, false}, .std = {1, 0.5f},
+         .run = r_lxent_chunk, .idx = many, .kind = 300, .fwd_tol = 1e-5, .grad_tol = 1e-4},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        check_case(&cases[i]);
+}
+#endif
+
 START_TEST(cross_entropy_matches_cpu)
 {
 #ifdef DVL_HAVE_CUDA
@@ -1177,6 +1243,7 @@ START_TEST(cross_entropy_matches_cpu)
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         check_case(&cases[i]);
+    lxent_chunked_cases();
 #else
     printf(SKIP_MSG "\n");
 #endif
@@ -1676,6 +1743,119 @@ START_TEST(attention_tiled_long_sequence_bounded_memory)
     }
     fflush(stdout);
     free(hin[0]), free(hin[1]), free(hin[2]), free(seed);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* The fused LM-head loss at Qwen2's vocabulary, V = 151936, d = 64, 512 of
+ * 640 rows supervised (every 5th ignored), weighted, labels including the
+ * first and the last column, the default chunk (4096: 38 chunks, the last
+ * of 384 columns). Materialised, the [n_sup, V] logits alone would take
+ * 297 MiB; the chunked path holds one [n_sup, C] chunk (8 MiB) plus h_s and
+ * dh_s (128 KiB each). The arena has no high-water accessor, but it only
+ * grows within a step (nothing is freed before dvl_ctx_reset), so
+ * dvl_arena_used after the backward pass is the step's high-water mark; h's
+ * and W's gradient buffers are made before the first reading, so the growth
+ * is the op's own: below 16 MiB in f32, below 24 MiB in bf16 (adds the
+ * operand copies, 2 (n_sup d + C d + n_sup C) bytes = 4.6 MiB).
+ * Against the CPU op: f32 loss within rel_err 1e-5, dh and dW within 1e-4
+ * (products over d = 64 and sums over 151936 columns in another order);
+ * bf16 (DVL_MATH_BF16) loss within 1e-2, dh and dW within 2e-2, as
+ * bf16_ops_match_cpu. A second f32 run gives the same bits (no atomics). */
+START_TEST(linear_cross_entropy_large_vocab_bounded_memory)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    enum { CPU = 0, F32, F32_AGAIN, BF16, RUNS };
+    static const char *run_name[RUNS] = {"cpu", "cuda f32", "cuda f32 rerun", "cuda bf16"};
+    const int64_t n = 640, d = 64, V = 151936;
+    const int64_t sh[2] = {n, d}, sw[2] = {V, d};
+    int32_t *labels = malloc((size_t)n * sizeof *labels);
+    float *wts = malloc((size_t)n * sizeof *wts);
+    ck_assert(labels && wts);
+    int64_t n_sup = 0;
+    for (int64_t i = 0; i < n; i++) {
+        labels[i] = i % 5 == 2 ? DVL_IGNORE_INDEX : (int32_t)((i * 104729 + 17) % V);
+        wts[i] = 0.5f + (float)(i % 4) * 0.25f;
+    }
+    labels[0] = 0, labels[1] = (int32_t)(V - 1);
+    for (int64_t i = 0; i < n; i++)
+        n_sup += labels[i] != DVL_IGNORE_INDEX;
+    ck_assert_int_eq(n_sup, 512);
+    float *hh = host_randn(n * d, 81, 1.0f), *hw = host_randn(V * d, 82, 0.125f);
+    const float seed = 0.5f;
+    float loss[RUNS], *gh[RUNS], *gw[RUNS];
+    double grew[RUNS], ms[RUNS];
+    for (int run = 0; run < RUNS; run++) {
+        const bool dev = run != CPU;
+        dvl_err err = {0, ""};
+        dvl_ctx *ctx = dvl_ctx_new_err(dev ? DVL_CUDA : DVL_CPU, &err);
+        ck_assert_msg(ctx != NULL, "%s", err.msg);
+        if (run == BF16)
+            ck_assert_msg(dvl_cublas_set_math(dvl_ctx_cublas(ctx), DVL_MATH_BF16, &err) == DVL_OK,
+                          "%s", err.msg);
+        dvl_tensor *h = dvl_from_host(ctx, DVL_F32, 2, sh, hh);
+        dvl_tensor *w = dvl_from_host(ctx, DVL_F32, 2, sw, hw);
+        ck_assert_msg(h && w, "%s", dvl_ctx_err(ctx)->msg);
+        h->requires_grad = w->requires_grad = true;
+        ck_assert_msg(dvl_grad(ctx, h) && dvl_grad(ctx, w), "%s", dvl_ctx_err(ctx)->msg);
+        if (dev)
+            ck_assert_msg(dvl_cuda_sync("lxent inputs", &err) == DVL_OK, "%s", err.msg);
+        const size_t used0 = dvl_arena_used(ctx);
+        const double t0 = now_s();
+        dvl_tensor *l = dvl_linear_cross_entropy(ctx, h, w, labels, wts, 0);
+        ck_assert_msg(l != NULL, "%s: %s", run_name[run], dvl_ctx_err(ctx)->msg);
+        ck_assert_msg(dvl_backward_seed(ctx, l, &seed) == DVL_OK, "%s: %s", run_name[run],
+                      dvl_ctx_err(ctx)->msg);
+        if (dev)
+            ck_assert_msg(dvl_cuda_sync("lxent", &err) == DVL_OK, "%s", err.msg);
+        ms[run] = (now_s() - t0) * 1e3;
+        grew[run] = (double)(dvl_arena_used(ctx) - used0);
+        float *lh = tensor_host(ctx, l, false);
+        loss[run] = lh[0];
+        free(lh);
+        gh[run] = tensor_host(ctx, h, true);
+        gw[run] = tensor_host(ctx, w, true);
+        ck_assert_msg(dvl_ctx_ok(ctx), "%s: %s", run_name[run], dvl_ctx_err(ctx)->msg);
+        dvl_ctx_free(ctx);
+    }
+    const double logits = (double)n_sup * (double)V * sizeof(float);
+    for (int run = 0; run < RUNS; run++)
+        printf("test_cuda: lxent n_sup 512 V 151936 d 64 on %s: loss %.6f, forward + backward "
+               "%.1f ms (first call), arena +%.2f MiB (logits would be %.1f MiB)\n",
+               run_name[run], (double)loss[run], ms[run], grew[run] / 1048576.0,
+               logits / 1048576.0);
+    ck_assert_msg(grew[F32] < 16.0 * 1048576.0, "f32: arena grew by %.2f MiB",
+                  grew[F32] / 1048576.0);
+    ck_assert_msg(grew[BF16] < 24.0 * 1048576.0, "bf16: arena grew by %.2f MiB",
+                  grew[BF16] / 1048576.0);
+    ck_assert_msg(loss[F32] == loss[F32_AGAIN] &&
+                      memcmp(gh[F32], gh[F32_AGAIN], (size_t)(n * d) * sizeof(float)) == 0 &&
+                      memcmp(gw[F32], gw[F32_AGAIN], (size_t)(V * d) * sizeof(float)) == 0,
+                  "two f32 runs on the GPU differ");
+    const double tol[RUNS][3] = {{0}, {1e-5, 1e-4, 1e-4}, {1e-5, 1e-4, 1e-4}, {1e-2, 2e-2, 2e-2}};
+    for (int run = F32; run < RUNS; run++) {
+        const double el = fabs((double)loss[run] - loss[CPU]) / fabs((double)loss[CPU]);
+        const double eh = rel_err(gh[run], gh[CPU], n * d);
+        const double ew = rel_err(gw[run], gw[CPU], V * d);
+        printf("test_cuda: lxent large vocab %s vs cpu: loss %.2e (tol %.0e), dh %.2e, dW %.2e "
+               "(tol %.0e)\n",
+               run_name[run], el, tol[run][0], eh, ew, tol[run][1]);
+        char what[96];
+        snprintf(what, sizeof what, "lxent large vocab %s loss", run_name[run]);
+        CHECK_ERR(what, el, tol[run][0]);
+        snprintf(what, sizeof what, "lxent large vocab %s dh", run_name[run]);
+        CHECK_ERR(what, eh, tol[run][1]);
+        snprintf(what, sizeof what, "lxent large vocab %s dW", run_name[run]);
+        CHECK_ERR(what, ew, tol[run][2]);
+    }
+    fflush(stdout);
+    for (int run = 0; run < RUNS; run++)
+        free(gh[run]), free(gw[run]);
+    free(hh), free(hw), free(labels), free(wts);
 #else
     printf(SKIP_MSG "\n");
 #endif
@@ -2446,6 +2626,7 @@ static Suite *suite(void)
     tcase_add_test(tc, attention_tiled_masked_rows_are_zero);
     tcase_add_test(tc, attention_tiled_matches_reference_kernel);
     tcase_add_test(tc, attention_tiled_long_sequence_bounded_memory);
+    tcase_add_test(tc, linear_cross_entropy_large_vocab_bounded_memory);
     tcase_add_test(tc, toy_model_step_matches_cpu);
     tcase_add_test(tc, toy_model_step_bf16_close_to_cpu);
     tcase_add_test(tc, adamw_device_store_matches_cpu);

@@ -135,13 +135,129 @@ dvl_tensor *dvl_cross_entropy(dvl_ctx *ctx, dvl_tensor *logits, const int32_t *l
 /* ------------------------------------------------------------------- fused */
 
 #ifdef DVL_HAVE_CUDA
-/* What the CUDA forward keeps for backward (in node->p[3]): device copies
- * of the supervised row indices, their labels and weights, the gathered
- * rows h_s [n_sup, d] and their logits Z [n_sup, V]. */
+/* The CUDA path: the CPU algorithm with cuBLAS products and the chunk
+ * kernels of ops/cuda/ops.cu (dvl_cuda_lxent_*), over all n_sup rows at once
+ * (no row tiles: the GPU wants the tall products). Device memory from the
+ * step arena, with C = chunk:
+ *   forward   4 n_sup C (one chunk of logits Z) + 4 n_sup d (h_s)
+ *             + 32 n_sup (row indices, labels, weights, running sums, label
+ *             logits, maxima and log-sums)
+ *             [+ 2 (n_sup d + C d + n_sup C) for the bf16 operand copies]
+ *   backward  the same Z and bf16 copies again (kept here, in node->p[3])
+ *             + 4 n_sup d (dh_s, when h needs a gradient)
+ * e.g. n_sup = 4096, C = 4096, d = 896: 64 MiB + 14 MiB (+ 46 MiB bf16)
+ * against 2.5 GB for the [n_sup, V] logits at V = 151936; nothing n_sup x V
+ * exists. */
 typedef struct xent_dev {
-    int32_t *rows, *labels;
-    float *wt, *hs, *z;
+    int32_t *rows, *labels; /* [n_sup] each, device copies */
+    float *wt;              /* [n_sup] or NULL */
+    float *hs;              /* the supervised rows of h [n_sup, d] */
+    float *z;               /* one chunk of logits [n_sup, C]; dZ in backward */
+    void *bf16;             /* bf16 operand copies (DVL_MATH_BF16) or NULL */
+    size_t bf16_bytes;
 } xent_dev;
+
+/* Operand copies for the chunk products of the handle's mode: none for f32
+ * and TF32 (cublasSgemm), bf16 copies of h_s, W_c and (backward) dZ for
+ * DVL_MATH_BF16, sized for the backward pass when one follows and made once
+ * for all chunks (dvl_dev_linear_fwd would take new ones from the arena at
+ * every chunk). */
+static bool xent_bf16_scratch(dvl_ctx *ctx, xent_dev *xd, int64_t n_sup, int64_t d, int64_t C,
+                              bool backward)
+{
+    if (dvl_cublas_math(dvl_ctx_cublas(ctx)) != DVL_MATH_BF16)
+        return true;
+    const size_t need = dvl_cuda_linear_bf16_scratch(n_sup, d, C, backward);
+    if (xd->bf16 && xd->bf16_bytes >= need)
+        return true;
+    xd->bf16 = dvl_alloc_dev(ctx, need);
+    xd->bf16_bytes = need;
+    return xd->bf16 != NULL;
+}
+
+/* xd->z [n_sup, C] = h_s W_c^T, W_c = rows c0 .. c0+C of W (contiguous). */
+static bool xent_chunk_logits(dvl_ctx *ctx, const xent_dev *xd, const float *wc, int64_t n_sup,
+                              int64_t d, int64_t C)
+{
+    struct dvl_cublas *hb = dvl_ctx_cublas(ctx);
+    dvl_err e = {0, ""};
+    const int rc =
+        dvl_cublas_math(hb) == DVL_MATH_BF16
+            ? dvl_cuda_linear_fwd_bf16(hb, xd->z, xd->hs, wc, NULL, xd->bf16, n_sup, d, C, &e)
+            : dvl_cuda_linear_fwd(hb, xd->z, xd->hs, wc, NULL, n_sup, d, C, &e);
+    if (rc != DVL_OK)
+        dvl_ctx_set_err(ctx, &e);
+    return rc == DVL_OK;
+}
+
+/* dhs += dZ W_c and dW_c += dZ^T h_s (beta = 1; either may be NULL), dZ in
+ * xd->z. */
+static bool xent_chunk_grads(dvl_ctx *ctx, const xent_dev *xd, float *dhs, float *dwc,
+                             const float *wc, int64_t n_sup, int64_t d, int64_t C)
+{
+    struct dvl_cublas *hb = dvl_ctx_cublas(ctx);
+    dvl_err e = {0, ""};
+    const int rc = dvl_cublas_math(hb) == DVL_MATH_BF16
+                       ? dvl_cuda_linear_bwd_bf16(hb, dhs, dwc, NULL, NULL, xd->bf16, xd->z,
+                                                  xd->hs, wc, n_sup, d, C, &e)
+                       : dvl_cuda_linear_bwd(hb, dhs, dwc, NULL, NULL, xd->z, xd->hs, wc, n_sup,
+                                             d, C, &e);
+    if (rc != DVL_OK)
+        dvl_ctx_set_err(ctx, &e);
+    return rc == DVL_OK;
+}
+
+/* Forward: per chunk Z = h_s W_c^T, then fold it into the rows' online
+ * log-sum-exp; after the last chunk the loss. */
+static bool xent_dev_fwd(dvl_ctx *ctx, xent_dev *xd, float *loss, float *rowmax, float *logsum,
+                         const float *h, const float *w, const int32_t *rows, const float *wt,
+                         int64_t n_sup, int64_t d, int64_t V, int64_t chunk, bool backward)
+{
+    memset(xd, 0, sizeof *xd);
+    xd->rows = dvl_dev_copy(ctx, rows, 2 * (size_t)n_sup * sizeof *rows);
+    xd->labels = xd->rows ? xd->rows + n_sup : NULL;
+    xd->wt = wt ? dvl_dev_copy(ctx, wt, (size_t)n_sup * sizeof *wt) : NULL;
+    xd->hs = dvl_alloc_dev(ctx, (size_t)(n_sup * d) * sizeof(float));
+    xd->z = dvl_alloc_dev(ctx, (size_t)(n_sup * chunk) * sizeof(float));
+    double *sum = dvl_alloc_dev(ctx, (size_t)n_sup * sizeof *sum);
+    float *zy = dvl_alloc_dev(ctx, (size_t)n_sup * sizeof *zy);
+    if (!xd->rows || (wt && !xd->wt) || !xd->hs || !xd->z || !sum || !zy ||
+        !xent_bf16_scratch(ctx, xd, n_sup, d, chunk, backward))
+        return false;
+    if (n_sup > 0) {
+        dvl_cuda_embedding_fwd(xd->hs, h, xd->rows, n_sup, d);
+        for (int64_t c0 = 0; c0 < V; c0 += chunk) {
+            const int64_t C = V - c0 < chunk ? V - c0 : chunk;
+            if (!xent_chunk_logits(ctx, xd, w + c0 * d, n_sup, d, C))
+                return false;
+            dvl_cuda_lxent_chunk_lse(rowmax, sum, zy, xd->z, xd->labels, n_sup, C, c0);
+        }
+    }
+    dvl_cuda_lxent_finish(loss, logsum, rowmax, sum, zy, xd->wt, n_sup);
+    return dvl_ctx_check(ctx, "linear_cross_entropy");
+}
+
+/* Backward: per chunk recompute Z, turn it into dZ in place, dh_s += dZ W_c
+ * (first chunk onto zeros), dW_c += dZ^T h_s; then dh[rows] += dh_s. */
+static void xent_dev_bwd(dvl_ctx *ctx, xent_dev *xd, float *dh, float *dw, const float *w,
+                         const float *rowmax, const float *logsum, float g, int64_t n_sup,
+                         int64_t d, int64_t V, int64_t chunk)
+{
+    float *dhs = dh ? dvl_calloc_dev(ctx, (size_t)(n_sup * d) * sizeof(float)) : NULL;
+    if ((dh && !dhs) || !xent_bf16_scratch(ctx, xd, n_sup, d, chunk, true))
+        return;
+    for (int64_t c0 = 0; c0 < V; c0 += chunk) {
+        const int64_t C = V - c0 < chunk ? V - c0 : chunk;
+        if (!xent_chunk_logits(ctx, xd, w + c0 * d, n_sup, d, C))
+            return;
+        dvl_cuda_lxent_chunk_dz(xd->z, rowmax, logsum, xd->labels, xd->wt, g, n_sup, C, c0);
+        if (!xent_chunk_grads(ctx, xd, dhs, dw ? dw + c0 * d : NULL, w + c0 * d, n_sup, d, C))
+            return;
+    }
+    if (dh)
+        dvl_cuda_scatter_add_rows(dh, dhs, xd->rows, n_sup, d);
+    dvl_ctx_check(ctx, "linear_cross_entropy backward");
+}
 #endif
 
 /* Saved: p[0] int32 [2 n_sup] = supervised row indices then their labels,
@@ -174,22 +290,10 @@ static void linear_cross_entropy_backward(dvl_ctx *ctx, dvl_node *node)
         break;
 #ifdef DVL_HAVE_CUDA
     case DVL_CUDA: {
-        /* dZ = g w (softmax(Z) - onehot) over the saved logits, then
-         * dh_s = dZ W (scattered to the supervised rows), dW += dZ^T h_s. */
-        const xent_dev *xd = node->p[3];
         float g;
-        if (!dvl_dev_scalar(ctx, gout, &g))
-            return;
-        float *dz = dvl_calloc_dev(ctx, (size_t)(n_sup * V) * sizeof(float));
-        float *dhs = dh ? dvl_calloc_dev(ctx, (size_t)(n_sup * d) * sizeof(float)) : NULL;
-        if (!dz || (dh && !dhs))
-            return;
-        dvl_cuda_cross_entropy_bwd(dz, xd->z, rowmax, logsum, xd->labels, xd->wt, g, n_sup, V);
-        if (!dvl_dev_linear_bwd(ctx, dhs, dw, NULL, dz, xd->hs, dvl_f32(w), n_sup, d, V))
-            return;
-        if (dh)
-            dvl_cuda_scatter_add_rows(dh, dhs, xd->rows, n_sup, d);
-        dvl_ctx_check(ctx, "linear_cross_entropy backward");
+        if (dvl_dev_scalar(ctx, gout, &g))
+            xent_dev_bwd(ctx, node->p[3], dh, dw, dvl_f32(w), rowmax, logsum, g, n_sup, d, V,
+                         chunk);
         break;
     }
 #endif
@@ -238,6 +342,8 @@ dvl_tensor *dvl_linear_cross_entropy(dvl_ctx *ctx, dvl_tensor *h, dvl_tensor *w,
     int32_t *rows = dvl_alloc(ctx, 2 * (size_t)n_sup * sizeof *rows);
     float *wt = weight ? dvl_alloc(ctx, (size_t)n_sup * sizeof *wt) : NULL;
     float *stats = dvl_alloc_dev(ctx, 2 * (size_t)n_sup * sizeof *stats);
+    dvl_tensor *in[2] = {h, w};
+    const bool grad = dvl_needs_grad(ctx, in, 2);
     const bool cpu = h->device == DVL_CPU;
     void *scratch = n_sup && cpu
                         ? dvl_alloc(ctx, dvl_cpu_linear_cross_entropy_scratch(n_sup, d, chunk))
@@ -262,28 +368,9 @@ dvl_tensor *dvl_linear_cross_entropy(dvl_ctx *ctx, dvl_tensor *h, dvl_tensor *w,
         break;
 #ifdef DVL_HAVE_CUDA
     case DVL_CUDA: {
-        /* Straightforward first version: the supervised rows of h gathered,
-         * their [n_sup, V] logits materialised by one cuBLAS product (the
-         * chunked, fused kernel is remaining work; chunk is not used), the
-         * loss by the plain cross-entropy kernel. Kept for backward in
-         * p[3]. */
         xent_dev *xd = dvl_alloc(ctx, sizeof *xd);
-        if (!xd)
-            return NULL;
-        xd->rows = dvl_dev_copy(ctx, rows, 2 * (size_t)n_sup * sizeof *rows);
-        xd->labels = xd->rows ? xd->rows + n_sup : NULL;
-        xd->wt = weight ? dvl_dev_copy(ctx, wt, (size_t)n_sup * sizeof *wt) : NULL;
-        xd->hs = dvl_alloc_dev(ctx, (size_t)(n_sup * d) * sizeof(float));
-        xd->z = dvl_alloc_dev(ctx, (size_t)(n_sup * V) * sizeof(float));
-        float *rowloss = dvl_alloc_dev(ctx, (size_t)n_sup * sizeof(float));
-        if (!xd->rows || (weight && !xd->wt) || !xd->hs || !xd->z || !rowloss)
-            return NULL;
-        dvl_cuda_embedding_fwd(xd->hs, dvl_f32(h), xd->rows, n_sup, d);
-        if (!dvl_dev_linear_fwd(ctx, xd->z, xd->hs, dvl_f32(w), NULL, n_sup, d, V))
-            return NULL;
-        dvl_cuda_cross_entropy_fwd(dvl_f32(out), rowloss, rowmax, logsum, xd->z, xd->labels,
-                                   xd->wt, n_sup, V);
-        if (!dvl_ctx_check(ctx, "linear_cross_entropy"))
+        if (!xd || !xent_dev_fwd(ctx, xd, dvl_f32(out), rowmax, logsum, dvl_f32(h), dvl_f32(w),
+                                 rows, wt, n_sup, d, V, chunk, grad))
             return NULL;
         scratch = xd;
         break;
@@ -292,8 +379,7 @@ dvl_tensor *dvl_linear_cross_entropy(dvl_ctx *ctx, dvl_tensor *h, dvl_tensor *w,
     default:
         return dvl_fail(ctx, "linear_cross_entropy: device not supported");
     }
-    dvl_tensor *in[2] = {h, w};
-    if (dvl_needs_grad(ctx, in, 2)) {
+    if (grad) {
         dvl_node *node =
             dvl_record(ctx, "linear_cross_entropy", linear_cross_entropy_backward, out, in, 2);
         if (!node)

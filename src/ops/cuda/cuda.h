@@ -259,6 +259,27 @@ void dvl_cuda_cross_entropy_bwd(float *dz, const float *z, const float *rowmax,
                                 const float *logsum, const int32_t *labels, const float *weight,
                                 float g, int64_t n, int64_t V);
 
+/* The fused LM-head cross-entropy, chunked over the vocabulary (the CUDA
+ * side of dvl_cpu_linear_cross_entropy_*; the op computes each chunk's
+ * logits z [n, C] = columns c0 .. c0+C of h_s W^T by cuBLAS and calls
+ * these). Row r of the n supervised rows has label labels[r] in [0, V).
+ *   chunk_lse: fold the chunk into the running maximum rowmax [n] and sum
+ *              [n] (double) of exp(z - rowmax), online; chunk c0 == 0
+ *              starts them afresh. A row whose label is in the chunk keeps
+ *              its logit in zy [n].
+ *   finish:    after the last chunk, logsum [n] = log(sum) and loss[0] =
+ *              sum_r w_r (rowmax_r + log sum_r - zy_r) in double, one
+ *              block's fixed tree (weight NULL: 1).
+ *   chunk_dz:  z becomes dZ = g w_r (softmax - onehot) in place, from the
+ *              rowmax and logsum of the forward pass. */
+void dvl_cuda_lxent_chunk_lse(float *rowmax, double *sum, float *zy, const float *z,
+                              const int32_t *labels, int64_t n, int64_t C, int64_t c0);
+void dvl_cuda_lxent_finish(float *loss, float *logsum, const float *rowmax, const double *sum,
+                           const float *zy, const float *weight, int64_t n);
+void dvl_cuda_lxent_chunk_dz(float *z, const float *rowmax, const float *logsum,
+                             const int32_t *labels, const float *weight, float g, int64_t n,
+                             int64_t C, int64_t c0);
+
 /* Attention (layouts of ops/cpu/attention.h), tiled flash-attention
  * kernels (ops/cuda/attention.cu): the score matrix never exists in
  * memory, key tiles that the mask rule hides from a whole query tile are

@@ -615,3 +615,164 @@ extern "C" void dvl_cuda_cross_entropy_bwd(float *dz, const float *z, const floa
         ce_bwd_k<<<dvl_cu_blocks(n * V), DVL_CU_THREADS>>>(dz, z, rowmax, logsum, labels, weight,
                                                            g, n, V);
 }
+
+/* ------------------------------------------- fused cross-entropy: kernels
+ * The CUDA side of dvl_cpu_linear_cross_entropy_fwd/bwd (ops/cpu/
+ * cross_entropy.c). The op (ops/cross_entropy.c) computes the logits of one
+ * vocabulary chunk, z [n, C] = columns c0 .. c0+C of h_s W^T, by cuBLAS; the
+ * kernels below fold it into each row's online log-sum-exp (forward) or turn
+ * it into dZ in place (backward), with the CPU kernel's formulas so that the
+ * two agree to float rounding. tools/cuda-emu runs this part of the file on
+ * the CPU (everything from the heading above to the launchers' heading), so
+ * it uses nothing defined elsewhere in this file but GRID_STRIDE. */
+
+/* Threads of the per-row blocks (one block per supervised row: a chunk is
+ * thousands of logits, a warp per row would leave most of the GPU idle at a
+ * few hundred rows). */
+#define XENT_THREADS 256
+
+__device__ static inline float xent_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        const float u = __shfl_xor_sync(0xffffffffu, v, o);
+        v = u > v ? u : v;
+    }
+    return v;
+}
+
+__device__ static inline double xent_warp_sum(double v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Block-wide max and double sum of a fixed shape: a warp butterfly, then
+ * every warp reduces the warps' results the same way (so all threads hold
+ * the same bits; addition is commutative, so the butterfly's partners agree).
+ * sh: XENT_THREADS / 32 values of shared memory, free again on return. */
+__device__ static float xent_block_max(float v, float *sh)
+{
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    v = xent_warp_max(v);
+    if (lane == 0)
+        sh[warp] = v;
+    __syncthreads();
+    v = xent_warp_max(lane < XENT_THREADS / 32 ? sh[lane] : -INFINITY);
+    __syncthreads();
+    return v;
+}
+
+__device__ static double xent_block_sum(double v, double *sh)
+{
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    v = xent_warp_sum(v);
+    if (lane == 0)
+        sh[warp] = v;
+    __syncthreads();
+    v = xent_warp_sum(lane < XENT_THREADS / 32 ? sh[lane] : 0.0);
+    __syncthreads();
+    return v;
+}
+
+/* Block r folds row r of the chunk z [n, C] (vocabulary c0 .. c0+C) into the
+ * row's running maximum m[r] and sum s[r] = sum exp(z - m[r]) (Milakov &
+ * Gimelshein 2018), as the CPU's lse_update: the chunk's maximum first (a NaN
+ * logit is skipped there and poisons the sum), then the chunk's terms
+ * expf(z - m_new) summed in double, the old sum rescaled by exp(m_old -
+ * m_new). The first chunk (c0 == 0) starts from m = -inf, s = 0. The row
+ * whose label falls in the chunk keeps its logit in zy[r]. */
+__global__ static void __launch_bounds__(XENT_THREADS)
+    xent_lse_chunk_k(float *m, double *s, float *zy, const float *z, const int32_t *labels,
+                     int64_t n, int64_t C, int64_t c0)
+{
+    __shared__ float shm[XENT_THREADS / 32];
+    __shared__ double shs[XENT_THREADS / 32];
+    for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+        const float *zr = z + r * C;
+        float mc = -INFINITY;
+        for (int64_t j = threadIdx.x; j < C; j += XENT_THREADS)
+            mc = zr[j] > mc ? zr[j] : mc;
+        mc = xent_block_max(mc, shm);
+        const float mo = c0 == 0 ? -INFINITY : m[r];
+        const float mn = mc > mo ? mc : mo;
+        double sc = 0.0;
+        for (int64_t j = threadIdx.x; j < C; j += XENT_THREADS)
+            sc += expf(zr[j] - mn);
+        sc = xent_block_sum(sc, shs);
+        if (threadIdx.x == 0) {
+            s[r] = (mo == -INFINITY ? 0.0 : s[r] * exp((double)mo - (double)mn)) + sc;
+            m[r] = mn;
+            const int64_t y = labels[r];
+            if (y >= c0 && y < c0 + C)
+                zy[r] = zr[y - c0];
+        }
+    }
+}
+
+/* After the last chunk, one block: logsum[r] = log s[r] and the loss
+ * sum_r w_r ((m_r - zy_r) + log s_r) (the CPU's row_loss: m - zy exact in
+ * double), each thread summing its rows r = t, t + XENT_THREADS, ... in
+ * double, then the block's fixed tree: no atomics, the same bits every run. */
+__global__ static void __launch_bounds__(XENT_THREADS)
+    xent_finish_k(float *loss, float *logsum, const float *m, const double *s, const float *zy,
+                  const float *weight, int64_t n)
+{
+    __shared__ double sh[XENT_THREADS / 32];
+    double t = 0.0;
+    for (int64_t r = threadIdx.x; r < n; r += XENT_THREADS) {
+        const double log_s = log(s[r]);
+        logsum[r] = (float)log_s;
+        const double w = weight ? (double)weight[r] : 1.0;
+        t += w * (((double)m[r] - (double)zy[r]) + log_s);
+    }
+    t = xent_block_sum(t, sh);
+    if (threadIdx.x == 0)
+        loss[0] = (float)t;
+}
+
+/* z [n, C] (chunk c0 of the logits) becomes dZ = g w_r (p - [c0 + j == y_r])
+ * in place, p = exp((z - m_r) - logsum_r); the label's entry as c (p - 1),
+ * not c p - c, as the CPU kernel. */
+__global__ static void xent_dz_chunk_k(float *z, const float *m, const float *logsum,
+                                       const int32_t *labels, const float *weight, float g,
+                                       int64_t n, int64_t C, int64_t c0)
+{
+    GRID_STRIDE(e, n * C)
+    {
+        const int64_t r = e / C, j = e % C;
+        const float c = g * (weight ? weight[r] : 1.0f);
+        const float p = expf((z[e] - m[r]) - logsum[r]);
+        z[e] = (int64_t)labels[r] - c0 == j ? c * (p - 1.0f) : c * p;
+    }
+}
+
+/* ----------------------------------------- fused cross-entropy: launchers */
+
+/* Grid of the per-row kernels: one block per row up to the grid cap, then
+ * the blocks loop over rows. */
+static unsigned xent_row_blocks(int64_t n) { return (unsigned)(n < 65536 * 16 ? n : 65536 * 16); }
+
+extern "C" void dvl_cuda_lxent_chunk_lse(float *rowmax, double *sum, float *zy, const float *z,
+                                         const int32_t *labels, int64_t n, int64_t C, int64_t c0)
+{
+    if (n > 0 && C > 0)
+        xent_lse_chunk_k<<<xent_row_blocks(n), XENT_THREADS>>>(rowmax, sum, zy, z, labels, n, C,
+                                                               c0);
+}
+
+extern "C" void dvl_cuda_lxent_finish(float *loss, float *logsum, const float *rowmax,
+                                      const double *sum, const float *zy, const float *weight,
+                                      int64_t n)
+{
+    xent_finish_k<<<1, XENT_THREADS>>>(loss, logsum, rowmax, sum, zy, weight, n > 0 ? n : 0);
+}
+
+extern "C" void dvl_cuda_lxent_chunk_dz(float *z, const float *rowmax, const float *logsum,
+                                        const int32_t *labels, const float *weight, float g,
+                                        int64_t n, int64_t C, int64_t c0)
+{
+    if (n * C > 0)
+        xent_dz_chunk_k<<<dvl_cu_blocks(n * C), DVL_CU_THREADS>>>(z, rowmax, logsum, labels,
+                                                                   weight, g, n, C, c0);
+}
