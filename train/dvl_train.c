@@ -867,6 +867,14 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
     r->ctx = dvl_ctx_new_err(on_gpu(r) ? DVL_CUDA : DVL_CPU, err);
     if (!r->ctx)
         return err->code ? err->code : dvl_errf(err, DVL_ENOMEM, "context: out of memory");
+#ifdef DVL_HAVE_CUDA
+    /* train.precision: the math mode of every product on the context's
+     * cuBLAS handle (the config allows non-f32 on cuda only). */
+    if (on_gpu(r) && c->precision != PREC_F32 &&
+        dvl_cublas_set_math(dvl_ctx_cublas(r->ctx),
+                            c->precision == PREC_BF16 ? DVL_MATH_BF16 : DVL_MATH_TF32, err))
+        return err->code;
+#endif
     if (r->d.rank == 0) {
         if (make_dirs(c->out, err))
             return err->code;
@@ -886,7 +894,10 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                c->micro_batch, r->accum, c->global_batch, r->total, r->steps_per_epoch,
                ckpt[0] ? ", resumed" : "");
         if (on_gpu(r))
-            printf(PROG ": device cuda:%d %s%s%s%s\n", r->gpu, r->gpu_name,
+            printf(PROG ": device cuda:%d %s, %s products%s%s%s\n", r->gpu, r->gpu_name,
+                   c->precision == PREC_BF16   ? "bf16 (f32 accumulation)"
+                   : c->precision == PREC_TF32 ? "TF32"
+                                               : "f32",
                    r->d.world == 1 ? ""
                    : r->nccl     ? ", gradients all-reduced with NCCL"
                                  : ", gradients all-reduced with MPI through host memory (NCCL: ",

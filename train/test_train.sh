@@ -325,6 +325,8 @@ reject mask_id diffusion.mask_token_id --config s2.json --set diffusion.mask_tok
 reject no_config "--config is required"
 reject resume_missing "nowhere" --resume nowhere
 reject bad_device train.device --config s2.json --set train.device=gpu
+reject precision_on_cpu "train.precision: bf16 needs train.device cuda" --config s2.json --set train.precision=bf16
+reject bad_precision train.precision --config s2.json --set train.precision=fp8
 reject zero1_type dist.zero1 --config s2.json --set dist.zero1=maybe
 
 # ---- train.device=cuda where it cannot run: one line naming the key and the

@@ -82,6 +82,28 @@ else
     bad "stage2_cuda_loss_matches_cpu: rc $rc: $(tail -2 gpu.log) $(tail -1 cpu.log 2>/dev/null)"
 fi
 
+# ---- train.precision: bf16 and TF32 products follow the f32 run within
+# their rounding (bf16 operands: ~4e-3 relative a product; tolerance 5e-2 on
+# the loss over 8 steps, TF32 1e-2) and the header names the mode
+for prec in bf16 tf32; do
+    if "$TRAIN" --config s2.json --set train.device=cuda --set train.precision=$prec \
+        --set train.out=gpu_$prec >gpu_$prec.log 2>&1 &&
+        grep -q "device cuda.*$( [ $prec = bf16 ] && echo bf16 || echo TF32) products" gpu_$prec.log &&
+        py "$ST
+lg, lp = losses('gpu'), losses('gpu_$prec')
+tol = 5e-2 if '$prec' == 'bf16' else 1e-2
+for i, (a, b) in enumerate(zip(lg, lp)):
+    e = abs(a - b) / abs(a)
+    print('   step %d: f32 %.7f $prec %.7f rel %.2e' % (i + 1, a, b, e))
+    assert e <= tol, 'step %d: rel %.3g > %g' % (i + 1, e, tol)
+assert sum(lp[-3:]) < 0.9 * sum(lp[:3]), 'loss did not fall: %s' % lp
+"; then
+        ok "stage2_cuda_${prec}_follows_f32"
+    else
+        bad "stage2_cuda_${prec}_follows_f32: $(tail -2 gpu_$prec.log)"
+    fi
+done
+
 # ---- exact resume on the GPU, from the checkpoint at step 4
 if "$TRAIN" --resume gpu/ckpt/step-000004 --set train.out=gpu_r >gpu_r.log 2>&1 &&
     grep -q "device cuda" gpu_r.log &&

@@ -37,6 +37,9 @@ const dvl_cfg_key TRAIN_KEYS[] = {
      .help = "seed of the diffusion noise (t and masks)"},
     {"train.device", DVL_CFG_ENUM, .def = "cpu", .choices = "cpu|cuda",
      .help = "where the step runs; cuda: one GPU per rank (local rank mod GPUs on the node)"},
+    {"train.precision", DVL_CFG_ENUM, .def = "f32", .choices = "f32|tf32|bf16",
+     .help = "GPU matrix products: f32, TF32 tensor cores, or bf16 operands with f32 "
+             "accumulation (f32 master weights, moments and gradients); cpu: f32 only"},
     {"optim.lr", DVL_CFG_FLOAT, .def = "1e-5", .ranged = true, .min = 0, .max = 10,
      .help = "peak learning rate (LM and connector)"},
     {"optim.vision_lr", DVL_CFG_FLOAT, .def = "2e-6", .ranged = true, .min = 0, .max = 10,
@@ -119,6 +122,7 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
     o->global_batch = dvl_cfg_int(c, "train.global_batch");
     o->seed = dvl_cfg_int(c, "train.seed");
     o->device = (train_device)dvl_cfg_enum(c, "train.device");
+    o->precision = (train_precision)dvl_cfg_enum(c, "train.precision");
     o->lr = dvl_cfg_float(c, "optim.lr");
     o->vision_lr = dvl_cfg_float(c, "optim.vision_lr");
     o->weight_decay = dvl_cfg_float(c, "optim.weight_decay");
@@ -156,6 +160,10 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
         return dvl_errf(err, DVL_EINVAL,
                         "diffusion.eps_min: %g is above diffusion.eps_max %g", o->eps_min,
                         o->eps_max);
+    if (o->precision != PREC_F32 && o->device != TRAIN_CUDA)
+        return dvl_errf(err, DVL_EINVAL,
+                        "train.precision: %s needs train.device cuda (the CPU computes in f32)",
+                        o->precision == PREC_TF32 ? "tf32" : "bf16");
     if (o->global_batch % o->micro_batch)
         return dvl_errf(err, DVL_EINVAL,
                         "train.global_batch: %lld is not a multiple of train.micro_batch %lld",

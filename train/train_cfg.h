@@ -18,6 +18,7 @@
 typedef enum train_stage { STAGE_AR = 0, STAGE_1, STAGE_2 } train_stage;
 typedef enum train_sched { SCHED_COSINE = 0, SCHED_LINEAR, SCHED_CONSTANT } train_sched;
 typedef enum train_device { TRAIN_CPU = 0, TRAIN_CUDA } train_device;
+typedef enum train_precision { PREC_F32 = 0, PREC_TF32, PREC_BF16 } train_precision;
 
 typedef struct train_cfg {
     /* model */
@@ -36,6 +37,7 @@ typedef struct train_cfg {
     int64_t micro_batch, global_batch;
     int64_t seed;
     train_device device; /* cuda: one GPU per rank, chosen by the rank's place on its node */
+    train_precision precision; /* of the GPU's matrix products (dvl_cuda_math) */
     /* optimiser and schedule */
     double lr, vision_lr, weight_decay, beta1, beta2, eps;
     double warmup_ratio;
