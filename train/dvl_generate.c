@@ -18,7 +18,7 @@
  *           [--steps S] [--remasking static|dynamic] [--threshold T]
  *           [--temperature T] [--top-k K] [--top-p P] [--max-new-tokens N]
  *           [--seed S] [--mask-id ID] [--tokenizer DIR] [--system TEXT]
- *           [--timing]
+ *           [--timing] [--device cpu|cuda]
  *       Generation (diffusion/generate.h): block diffusion with KV cache
  *       (default), diffusion recomputing the whole sequence (full, the
  *       LLaDA-style baseline), or autoregressive with KV cache (ar). A
@@ -42,7 +42,10 @@
  *       id: --mask-id, else config mask_token_id (LLaDA's, or the one a
  *       dvl-train stage-2 export records), else the tokenizer's <|mask|>.
  *       Block size: --block-size, else the export's diffusion_block_size,
- *       else 8.
+ *       else 8. --device cuda: the model is loaded on the host and its
+ *       store moved to GPU 0, where generation runs (the same tokens as
+ *       the CPU's up to float rounding: f32 on both); a build without CUDA
+ *       or a machine without a usable GPU is an error naming --device.
  *
  * Each program mode is a row in MODES (generation when none is given) and
  * its options are the rows of OPTS whose mask includes it.
@@ -64,6 +67,10 @@
 #include "text/chat.h"
 #include "text/tokenizer.h"
 
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
+
 #define PROG "dvl-generate"
 #define MAX_IMAGES 64
 
@@ -76,7 +83,7 @@ typedef struct args {
     const char *model, *ids, *pixels, *logits_out;
     const char *prompt, *prompts, *eval, *meta, *limit, *batch, *tokenizer, *system, *gen_mode, *remasking;
     const char *block_size, *steps, *threshold, *temperature, *top_k, *top_p, *max_new, *seed,
-        *mask_id;
+        *mask_id, *device;
     const char *images[MAX_IMAGES];
     int n_images;
     bool timing;
@@ -120,6 +127,7 @@ static const struct {
     {"--max-new-tokens", OPT_STR, offsetof(args, max_new), 1u << MODE_GEN},
     {"--seed", OPT_STR, offsetof(args, seed), 1u << MODE_GEN},
     {"--mask-id", OPT_STR, offsetof(args, mask_id), 1u << MODE_GEN},
+    {"--device", OPT_STR, offsetof(args, device), 1u << MODE_GEN},
 };
 #define N_OPTS (sizeof OPTS / sizeof *OPTS)
 
@@ -135,7 +143,7 @@ static int usage(FILE *f)
                "           [--remasking static|dynamic] [--threshold T] [--temperature T]\n"
                "           [--top-k K] [--top-p P] [--max-new-tokens N] [--seed S]\n"
                "           [--mask-id ID] [--tokenizer DIR] [--system TEXT] [--timing]\n"
-               "           [--batch N (with --prompts)]\n"
+               "           [--batch N (with --prompts)] [--device cpu|cuda]\n"
                "       " PROG " --model DIR --eval DIR/heldout.json --meta DIR/heldout_meta.jsonl\n"
                "           [--limit N] [decoding options]\n"
                "  generate: block diffusion with KV cache (default), full recompute, or AR\n");
@@ -1081,17 +1089,46 @@ static int gen_eval(genrun *g, dvl_err *err)
     return DVL_OK;
 }
 
+/* --device: cpu (the default) or cuda, whose GPU 0 is made ready here,
+ * before the model is read. */
+static int open_device(const char *name, bool *cuda, dvl_err *err)
+{
+    *cuda = name && !strcmp(name, "cuda");
+    if (!name || !strcmp(name, "cpu"))
+        return DVL_OK;
+    if (!*cuda)
+        return dvl_errf(err, DVL_EINVAL, "--device must be cpu or cuda (got %s)", name);
+#ifdef DVL_HAVE_CUDA
+    dvl_err why = {0, ""};
+    if (dvl_cuda_probe(&why) == 0)
+        return dvl_errf(err, DVL_EDEVICE, "--device cuda: no CUDA device is usable (%s)",
+                        why.code ? why.msg : "no devices");
+    if (dvl_cuda_init(0, &why))
+        return dvl_errf(err, DVL_EDEVICE, "--device cuda: %s", why.msg);
+    return DVL_OK;
+#else
+    return dvl_errf(err, DVL_EDEVICE,
+                    "--device cuda: " PROG " was built without CUDA (nvcc not found at configure "
+                    "time, or -Dcuda=disabled)");
+#endif
+}
+
 static int generate(const args *a, dvl_err *err)
 {
     genrun g = {.a = a};
+    bool cuda = false;
     int rc = gen_opts(a, &g.o, err);
-    if (rc)
+    if (rc || (rc = open_device(a->device, &cuda, err)))
         return rc;
     if ((rc = dvl_model_open(&g.m, a->model, false, NULL, err)))
         return rc;
     g.m_open = true;
     int32_t *given = NULL;
     int64_t n_given = 0;
+    /* Loaded on the host, then moved as a whole (as dvl-train does): the
+     * model's tensors follow, and generation runs on their device. */
+    if (cuda && (rc = dvl_params_move(g.m.params, DVL_CUDA, err)))
+        goto done;
     if (g.m.cfg.arch == DVL_ARCH_SIGLIP) {
         rc = dvl_errf(err, DVL_EINVAL, "%s is a vision tower (siglip); generation needs a language model",
                       a->model);

@@ -38,7 +38,16 @@ static double now(void)
 /* State of one generation over N sequences. Row r of sequence i holds
  * absolute position r - off[i] (rows before off[i] are padding: key
  * invalid, never read); off[i] is a multiple of B in the diffusion modes,
- * so row blocks are position blocks. */
+ * so row blocks are position blocks.
+ *
+ * The device is the model's (its store moved with dvl_params_move): the
+ * context, the KV cache and every activation live there, while the prompt
+ * embeddings, the token/position/mask arrays (the ops upload them) and the
+ * logits the sampler reads are host memory. On the GPU that costs one d2h
+ * copy per prompt (its embeddings, once), one h2d copy per sequence and
+ * forward (the prompt rows of that pass, only in passes that hold any)
+ * and one d2h copy of the wanted logit rows per forward; on the CPU every
+ * copy is the memcpy it always was. */
 typedef struct gen {
     const dvl_lm *lm;
     const dvl_gen_opts *o;
@@ -47,7 +56,7 @@ typedef struct gen {
     int64_t d, V;
     const int64_t *P;   /* [N] prompt lengths */
     int64_t *off;       /* [N] */
-    float **pe;         /* [N] prompt embeddings [P_i, d] (image rows spliced in) */
+    float **pe;         /* [N] prompt embeddings [P_i, d] (image rows spliced in), host */
     dvl_kv_cache kv;
     dvl_gen_result *r;  /* [N] */
     bool *done;         /* [N] */
@@ -71,11 +80,14 @@ static int embed_prompt(gen *g, const dvl_model *m, int i, const int32_t *prompt
     if (m->cfg.arch == DVL_ARCH_VLM) {
         const dvl_siglip_config *vc = &m->cfg.vision;
         int64_t s4[4] = {1, vc->channels, vc->image_size, vc->image_size};
-        dvl_vlm_input in = {.batch = 1,
-                            .seq = g->P[i],
-                            .ids = prompt,
-                            .pixels = pixels ? dvl_wrap(g->ctx, DVL_F32, 4, s4, (void *)pixels)
-                                             : NULL};
+        dvl_tensor *px = NULL;
+        if (pixels) /* the host image, uploaded on a GPU context */
+            px = dvl_ctx_device(g->ctx) == DVL_CPU
+                     ? dvl_wrap(g->ctx, DVL_F32, 4, s4, (void *)pixels)
+                     : dvl_from_host(g->ctx, DVL_F32, 4, s4, pixels);
+        if (pixels && !px)
+            return ctx_fail(g);
+        dvl_vlm_input in = {.batch = 1, .seq = g->P[i], .ids = prompt, .pixels = px};
         x = dvl_vlm_embed(g->ctx, &m->vlm, &in);
     } else {
         x = dvl_lm_embed(g->ctx, g->lm, prompt, g->P[i]);
@@ -85,18 +97,20 @@ static int embed_prompt(gen *g, const dvl_model *m, int i, const int32_t *prompt
     size_t bytes = (size_t)(g->P[i] * g->d) * sizeof(float);
     if (!(g->pe[i] = malloc(bytes)))
         return dvl_errf(g->err, DVL_ENOMEM, "generate: out of memory for the prompt");
-    memcpy(g->pe[i], dvl_f32(x), bytes);
+    if (dvl_tensor_to_host(g->ctx, x, g->pe[i]))
+        return ctx_fail(g);
     dvl_ctx_reset(g->ctx);
     return DVL_OK;
 }
 
-/* Logits [N * n_out, V] (sequence-major) of rows [out0, out0 + n_out) of
- * one forward pass over rows [row0, row0 + T) of every sequence, ids[i*ld +
- * t] the token of sequence i at row row0 + t. Prompt rows take the saved
- * prompt embeddings, padding rows are masked out as keys. With a cache,
- * row0 must be its len. n_out 0: no logits (a pass that only fills the
- * cache); a non-NULL dummy is returned then. NULL on error (err set). Valid
- * until the context is reset. */
+/* Logits [N * n_out, V] (sequence-major, host memory, the sampler may
+ * write them) of rows [out0, out0 + n_out) of one forward pass over rows
+ * [row0, row0 + T) of every sequence, ids[i*ld + t] the token of sequence i
+ * at row row0 + t. Prompt rows take the saved prompt embeddings, padding
+ * rows are masked out as keys. With a cache, row0 must be its len. n_out
+ * 0: no logits (a pass that only fills the cache); a non-NULL dummy is
+ * returned then. NULL on error (err set). Valid until the context is
+ * reset. */
 static float *forward(gen *g, const int32_t *ids, int64_t ld, int64_t row0, int64_t T,
                       dvl_mask_kind kind, bool cached, bool store, int64_t out0, int64_t n_out)
 {
@@ -126,14 +140,17 @@ static float *forward(gen *g, const int32_t *ids, int64_t ld, int64_t row0, int6
         }
     }
     dvl_tensor *x = dvl_lm_embed(ctx, g->lm, tok, N * T);
-    if (x)
-        for (int i = 0; i < N; i++)
-            for (int64_t t = 0; t < T; t++) {
-                int64_t p = row0 + t - g->off[i];
-                if (p >= 0 && p < g->P[i])
-                    memcpy(dvl_f32(x) + (i * T + t) * g->d, g->pe[i] + p * g->d,
-                           (size_t)g->d * sizeof(float));
-            }
+    for (int i = 0; x && i < N; i++) {
+        /* Sequence i's prompt rows in this pass, positions [p0, p1): one
+         * contiguous run (a memcpy, or an h2d copy on the GPU). */
+        int64_t p0 = row0 - g->off[i], p1 = row0 + T - g->off[i];
+        p0 = p0 < 0 ? 0 : p0;
+        p1 = p1 > g->P[i] ? g->P[i] : p1;
+        if (p0 < p1 &&
+            dvl_ctx_memcpy_h2d(ctx, dvl_f32(x) + (i * T + p0 + g->off[i] - row0) * g->d,
+                               g->pe[i] + p0 * g->d, (size_t)((p1 - p0) * g->d) * sizeof(float)))
+            x = NULL;
+    }
     dvl_mask mask = {.kind = kind, .block_size = g->o->block_size, .key_valid = padded ? kv_ok : NULL};
     dvl_lm_input in = {.batch = N,
                        .seq = T,
@@ -166,7 +183,16 @@ static float *forward(gen *g, const int32_t *ids, int64_t ld, int64_t row0, int6
         ctx_fail(g);
         return NULL;
     }
-    return dvl_f32(z);
+    if (dvl_ctx_device(ctx) == DVL_CPU)
+        return dvl_f32(z);
+    /* The wanted rows only (gathered above) into the host arena. */
+    size_t bytes = (size_t)dvl_numel(z) * sizeof(float);
+    float *zh = dvl_alloc(ctx, bytes);
+    if (!zh || dvl_ctx_memcpy_d2h(ctx, zh, dvl_f32(z), bytes)) {
+        ctx_fail(g);
+        return NULL;
+    }
+    return zh;
 }
 
 /* Append new final tokens of sequence i: cut at the first stop id (which
@@ -240,7 +266,8 @@ static int run_blocks(gen *g, const int32_t *const *prompts, bool cached)
      * step's count clamped to the masks left (docs/diffusion.md). */
     dvl_transfer_schedule((int)B, S, sched);
     int64_t b0 = Kmax * B;
-    if (cached && (rc = dvl_kv_cache_init(&g->kv, &g->lm->cfg, N, R, g->err)))
+    if (cached && (rc = dvl_kv_cache_init_on(&g->kv, &g->lm->cfg, N, R, dvl_ctx_device(g->ctx),
+                                             g->err)))
         goto done;
     if (cached && b0 > 0) {
         /* Prefill: the complete prompt blocks under the block-causal rule. */
@@ -319,8 +346,9 @@ static int run_ar(gen *g, const int32_t *const *prompts)
     dvl_rng *rng = malloc((size_t)N * sizeof *rng);
     void *scratch = malloc(dvl_sample_scratch_bytes(g->V));
     int rc = !x || !rng || !scratch ? dvl_errf(g->err, DVL_ENOMEM, "generate: out of memory")
-                                    : dvl_kv_cache_init(&g->kv, &g->lm->cfg, N, Pmax + o->max_new,
-                                                        g->err);
+                                    : dvl_kv_cache_init_on(&g->kv, &g->lm->cfg, N,
+                                                           Pmax + o->max_new,
+                                                           dvl_ctx_device(g->ctx), g->err);
     if (rc)
         goto done;
     for (int i = 0; i < N; i++) {
@@ -396,8 +424,14 @@ int dvl_generate_batch(const dvl_model *m, int n, const int32_t *const *prompts,
     g.off = calloc((size_t)n, sizeof *g.off);
     g.pe = calloc((size_t)n, sizeof *g.pe);
     g.done = calloc((size_t)n, sizeof *g.done);
-    g.ctx = dvl_ctx_new(DVL_CPU);
-    bool ok = g.off && g.pe && g.done && g.ctx;
+    /* The model's device: where its store was put (dvl_params_move). */
+    g.ctx = dvl_ctx_new_err(lm->embed->device, err);
+    if (!g.ctx) {
+        int e = err && err->code ? err->code : dvl_errf(err, DVL_ENOMEM, "generate: out of memory");
+        free(g.off), free(g.pe), free(g.done);
+        return e;
+    }
+    bool ok = g.off && g.pe && g.done;
     for (int i = 0; i < n && ok; i++)
         ok = (out[i].ids = malloc((size_t)(o->max_new + 1) * sizeof *out[i].ids)) != NULL;
     int rc = ok ? DVL_OK : dvl_errf(err, DVL_ENOMEM, "generate: out of memory");

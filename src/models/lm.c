@@ -7,6 +7,10 @@
 #include "models/init.h"
 #include "models/lm.h"
 
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
+
 /* Checkpoint names per architecture. Projections get ".weight" / ".bias"
  * appended; layer names are prefixed by layer_fmt with the layer index. */
 typedef struct lm_names {
@@ -149,6 +153,12 @@ dvl_tensor *dvl_lm_embed(dvl_ctx *ctx, const dvl_lm *m, const int32_t *ids, int6
 int dvl_kv_cache_init(dvl_kv_cache *c, const dvl_lm_config *cfg, int64_t batch, int64_t cap,
                       dvl_err *err)
 {
+    return dvl_kv_cache_init_on(c, cfg, batch, cap, DVL_CPU, err);
+}
+
+int dvl_kv_cache_init_on(dvl_kv_cache *c, const dvl_lm_config *cfg, int64_t batch, int64_t cap,
+                         dvl_device device, dvl_err *err)
+{
     memset(c, 0, sizeof *c);
     if (batch < 1 || cap < 1)
         return dvl_errf(err, DVL_EINVAL, "kv cache: batch %lld and capacity %lld must be >= 1",
@@ -158,33 +168,82 @@ int dvl_kv_cache_init(dvl_kv_cache *c, const dvl_lm_config *cfg, int64_t batch, 
     c->cap = cap;
     c->kv_heads = cfg->kv_heads;
     c->head_dim = cfg->head_dim;
+    c->device = device;
     size_t n = (size_t)(c->layers * batch * cap * c->kv_heads * c->head_dim);
-    c->k = malloc(n * sizeof *c->k);
-    c->v = malloc(n * sizeof *c->v);
-    if (!c->k || !c->v) {
-        dvl_kv_cache_free(c);
-        return dvl_errf(err, DVL_ENOMEM, "kv cache: out of memory for %zu floats x 2", n);
+    if (device == DVL_CPU) {
+        c->k = malloc(n * sizeof *c->k);
+        c->v = malloc(n * sizeof *c->v);
+        if (!c->k || !c->v) {
+            dvl_kv_cache_free(c);
+            return dvl_errf(err, DVL_ENOMEM, "kv cache: out of memory for %zu floats x 2", n);
+        }
+        return DVL_OK;
     }
-    return DVL_OK;
+#ifdef DVL_HAVE_CUDA
+    if (device == DVL_CUDA) {
+        if (!(c->k = dvl_cuda_malloc(n * sizeof *c->k, err)) ||
+            !(c->v = dvl_cuda_malloc(n * sizeof *c->v, err))) {
+            dvl_kv_cache_free(c);
+            return err ? err->code : DVL_EDEVICE;
+        }
+        return DVL_OK;
+    }
+#endif
+    return dvl_errf(err, DVL_EUNSUP, "kv cache: device %d not supported in this build", (int)device);
 }
 
 void dvl_kv_cache_free(dvl_kv_cache *c)
 {
     if (!c)
         return;
-    free(c->k);
-    free(c->v);
+    if (c->device == DVL_CPU) {
+        free(c->k);
+        free(c->v);
+    }
+#ifdef DVL_HAVE_CUDA
+    else {
+        dvl_cuda_free(c->k);
+        dvl_cuda_free(c->v);
+    }
+#endif
     c->k = c->v = NULL;
+}
+
+/* Copy bytes within the context's device (host memcpy on the CPU); a
+ * device error goes into the context. */
+static bool copy_same_device(dvl_ctx *ctx, float *dst, const float *src, int64_t floats)
+{
+    if (floats <= 0)
+        return true;
+    size_t bytes = (size_t)floats * sizeof(float);
+    if (dvl_ctx_device(ctx) == DVL_CPU) {
+        memcpy(dst, src, bytes);
+        return true;
+    }
+#ifdef DVL_HAVE_CUDA
+    /* cudaMemcpy device to device: queued on the default stream, after the
+     * kernels that wrote src and before those that read dst. */
+    dvl_err e = {0, ""};
+    if (dvl_cuda_memcpy_d2d(dst, src, bytes, &e) == DVL_OK)
+        return true;
+    dvl_ctx_set_err(ctx, &e);
+#endif
+    return false;
 }
 
 /* Keys (or values) over the cache: [N, len + T, Hkv, D] = per sequence the
  * len cached rows of layer l, then the T new rows x; with store the new rows
- * are also written into the cache at [len, len + T). */
+ * are also written into the cache at [len, len + T). The cache lives on the
+ * context's device: one copy per sequence and piece (a strided 2-D copy
+ * done as N contiguous ones: N is a handful of sequences). */
 static dvl_tensor *with_cache(dvl_ctx *ctx, dvl_tensor *x, float *cache, const dvl_kv_cache *c,
                               int l, int64_t N, int64_t T, bool store)
 {
     if (!x)
         return NULL;
+    if (c->device != dvl_ctx_device(ctx))
+        return dvl_fail(ctx, "lm: the KV cache is on device %d but the context on %d",
+                        (int)c->device, (int)dvl_ctx_device(ctx));
     const int64_t row = c->kv_heads * c->head_dim, len = c->len;
     int64_t s[4] = {N, len + T, c->kv_heads, c->head_dim};
     dvl_tensor *all = dvl_new(ctx, DVL_F32, 4, s);
@@ -195,10 +254,10 @@ static dvl_tensor *with_cache(dvl_ctx *ctx, dvl_tensor *x, float *cache, const d
     for (int64_t n = 0; n < N; n++) {
         float *cn = cache + ((int64_t)l * c->batch + n) * c->cap * row;
         float *dn = dst + n * (len + T) * row;
-        memcpy(dn, cn, (size_t)(len * row) * sizeof *dn);
-        memcpy(dn + len * row, src + n * T * row, (size_t)(T * row) * sizeof *dn);
-        if (store)
-            memcpy(cn + len * row, src + n * T * row, (size_t)(T * row) * sizeof *cn);
+        if (!copy_same_device(ctx, dn, cn, len * row) ||
+            !copy_same_device(ctx, dn + len * row, src + n * T * row, T * row) ||
+            (store && !copy_same_device(ctx, cn + len * row, src + n * T * row, T * row)))
+            return NULL;
     }
     return all;
 }

@@ -75,11 +75,16 @@ typedef struct dvl_kv_cache {
     int64_t layers, batch, cap, kv_heads, head_dim;
     int64_t len;    /* rows filled, the same for every sequence */
     float *k, *v;   /* [layers, N, cap, Hkv, D] (post-rope keys) */
+    dvl_device device; /* where k and v live: the model's and the context's device */
 } dvl_kv_cache;
 
-/* Allocate a cache for batch sequences of up to cap tokens (len 0). */
+/* Allocate a host cache for batch sequences of up to cap tokens (len 0). */
 int dvl_kv_cache_init(dvl_kv_cache *c, const dvl_lm_config *cfg, int64_t batch, int64_t cap,
                       dvl_err *err);
+/* The same on `device` (DVL_CUDA: device memory, cudaMalloc'd once; the
+ * forward pass then copies rows device to device). */
+int dvl_kv_cache_init_on(dvl_kv_cache *c, const dvl_lm_config *cfg, int64_t batch, int64_t cap,
+                         dvl_device device, dvl_err *err);
 void dvl_kv_cache_free(dvl_kv_cache *c);
 
 typedef struct dvl_lm_input {
