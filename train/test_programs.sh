@@ -163,6 +163,25 @@ for m in block full ar; do
 done
 run gen_vlm_image "$GENERATE" --model "$T/v" --ids "$T/vlm_ids.json" --image "$DATA/images/gray.jpg" \
     --mask-id 126 --max-new-tokens 8 --remasking dynamic --threshold 0.5
+# --device: cpu is the default (the same ids); a bad name is one line.
+run gen_device_cpu "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 126 \
+    --max-new-tokens 13 --mode block --block-size 4 --steps 2 --temperature 0.7 --seed 3 --device cpu
+cmp -s "$T/out" "$T/gen_block.1" && ok gen_device_cpu_is_default || bad gen_device_cpu_is_default
+reject gen_device_bad "--device must be cpu or cuda (got tpu)" "$GENERATE" --model "$REF/qwen2_tied" \
+    --ids "$T/ids.json" --mask-id 126 --device tpu
+# --device cuda without a CUDA build or without a usable GPU: one line
+# naming --device, non-zero exit. Where a GPU answers it must generate
+# (scripts/gpu-check compares its ids with the CPU's).
+"$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 126 --max-new-tokens 13 \
+    --device cuda >"$T/out" 2>"$T/err"
+rc=$?
+if [ $rc -eq 0 ]; then
+    [ "$(tr -cd , <"$T/out" | wc -c)" -eq 12 ] && ok gen_device_cuda_ran || bad "gen_device_cuda_ran: $(cat "$T/out")"
+elif [ "$(wc -l <"$T/err")" -eq 1 ] && grep -qF -- "--device cuda" "$T/err"; then
+    ok gen_device_cuda_unavailable
+else
+    bad "gen_device_cuda_unavailable: rc $rc: $(cat "$T/err")"
+fi
 reject gen_missing_model "$T/nope/config.json" "$GENERATE" --model "$T/nope" --ids "$T/ids.json"
 reject gen_steps_gt_block "--steps 9 exceeds the block size 8" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --steps 9
 reject gen_block_zero "--block-size must be an integer >= 1 (got 0)" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --block-size 0
