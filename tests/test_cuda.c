@@ -10,7 +10,10 @@
  * tower's forward on the device, moving a parameter store in place, the
  * context's pinned staging uploads, copying AdamW state between devices
  * (checkpoints), and NCCL on a communicator of one rank
- * (train/test_train_cuda.sh runs dvl-train itself).
+ * (train/test_train_cuda.sh runs dvl-train itself). Last, generation on
+ * the device (dvl-generate --device cuda): the KV cache in device memory
+ * against the forward without it, and greedy decoding in every mode giving
+ * the CPU's tokens, batch = singles, cache = recompute, a VLM included.
  *
  * Without a CUDA build or without a device every GPU test prints
  * "test_cuda: no CUDA device, skipped" and passes; set DVL_REQUIRE_CUDA=1 to
@@ -33,6 +36,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "diffusion/generate.h"
 #include "models/siglip.h"
 #include "optim/adamw.h"
 #include "toy.h"
@@ -2556,6 +2560,329 @@ START_TEST(adamw_state_copy_resumes_exactly)
 }
 END_TEST
 
+#ifdef DVL_HAVE_CUDA
+/* ------------------------------------------------- generation on the GPU */
+
+#define GV 64    /* vocabulary of the tiny generation model */
+#define GMASK 63 /* its mask token */
+
+/* test_generate.c's tiny Qwen2 (2 layers, GQA, q/k/v biases). Its weights
+ * (std 0.3) make the logits peaked: greedy decoding compares tokens, and
+ * two f32 computations that differ only in summation order (cuBLAS and the
+ * device attention against OpenBLAS and the CPU kernels) can pick different
+ * tokens only where the top two logits are tied to within rounding, which
+ * on these seeds does not happen (a failure names the step; try the seed's
+ * neighbours before suspecting the code). */
+static void gen_model(dvl_model *m, uint64_t seed)
+{
+    dvl_model_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.arch = DVL_ARCH_QWEN2;
+    cfg.lm = (dvl_lm_config){.arch = DVL_ARCH_QWEN2, .hidden = 32, .layers = 2, .heads = 4,
+                             .kv_heads = 2, .head_dim = 8, .intermediate = 48, .vocab = GV,
+                             .rms_eps = 1e-6f, .rope_theta = 10000.0f, .tied = false,
+                             .qkv_bias = true, .max_positions = 512, .mask_token_id = GMASK};
+    dvl_err err = {0, ""};
+    ck_assert_msg(dvl_model_init(m, &cfg, &err) == 0, "%s", err.msg);
+    ck_assert_msg(dvl_params_alloc(m->params, &err) == 0, "%s", err.msg);
+    dvl_lm_init_random(&m->lm, seed, 0.3f);
+}
+
+static int32_t *gen_prompt(int64_t P, uint64_t seed)
+{
+    dvl_rng r;
+    dvl_rng_seed(&r, seed);
+    int32_t *p = malloc((size_t)P * sizeof *p);
+    ck_assert_ptr_nonnull(p);
+    for (int64_t i = 0; i < P; i++)
+        p[i] = (int32_t)(dvl_rng_u64(&r) % (GV - 1)); /* never the mask */
+    return p;
+}
+
+/* The decoding modes compared, greedy throughout. */
+typedef struct gen_case {
+    const char *name;
+    dvl_gen_mode mode;
+    dvl_remask remask;
+    dvl_mask_kind full;
+    int steps;
+} gen_case;
+
+static const gen_case GEN_CASES[] = {
+    {"block static", DVL_GEN_BLOCK, DVL_REMASK_STATIC, DVL_MASK_BIDIR, 4},
+    {"block dynamic", DVL_GEN_BLOCK, DVL_REMASK_DYNAMIC, DVL_MASK_BIDIR, 2},
+    {"full bidir", DVL_GEN_FULL, DVL_REMASK_STATIC, DVL_MASK_BIDIR, 4},
+    {"full block-causal", DVL_GEN_FULL, DVL_REMASK_STATIC, DVL_MASK_BLOCK_CAUSAL, 4},
+    {"ar", DVL_GEN_AR, DVL_REMASK_STATIC, DVL_MASK_BIDIR, 4}};
+#define N_GEN_CASES ((int)(sizeof GEN_CASES / sizeof *GEN_CASES))
+
+static void gen_case_opts(dvl_gen_opts *o, const gen_case *c, int64_t max_new)
+{
+    dvl_gen_opts_default(o);
+    o->mode = c->mode;
+    o->full_mask = c->full;
+    o->block_size = 4;
+    o->steps = c->steps;
+    o->sampler.remask = c->remask;
+    o->sampler.tau = 0.5f;
+    o->max_new = max_new;
+    o->mask_id = GMASK;
+}
+
+/* n prompts in one dvl_generate_batch (n 1: what dvl_generate runs). */
+static void gen_run(const dvl_model *m, int n, const int32_t *const *p, const int64_t *lens,
+                    const float *const *px, const dvl_gen_opts *o, dvl_gen_result *out)
+{
+    dvl_err err = {0, ""};
+    ck_assert_msg(dvl_generate_batch(m, n, p, lens, px, o, out, &err) == DVL_OK, "%s", err.msg);
+}
+
+static void gen_same(const char *what, const char *mode, int seq, const dvl_gen_result *a,
+                     const dvl_gen_result *b)
+{
+    ck_assert_msg(a->n == b->n && a->stopped == b->stopped, "%s, %s, seq %d: %lld vs %lld tokens",
+                  what, mode, seq, (long long)a->n, (long long)b->n);
+    for (int64_t t = 0; t < a->n; t++)
+        ck_assert_msg(a->ids[t] == b->ids[t], "%s, %s, seq %d token %lld: %d vs %d", what, mode,
+                      seq, (long long)t, a->ids[t], b->ids[t]);
+}
+
+/* max |got - ref| / max |ref| over n floats (f32 both). */
+static double gen_scale_err(const float *got, const float *ref, int64_t n)
+{
+    double md = 0, mr = 0;
+    for (int64_t i = 0; i < n; i++) {
+        md = fmax(md, fabs((double)got[i] - (double)ref[i]));
+        mr = fmax(mr, fabs((double)ref[i]));
+    }
+    ck_assert_msg(mr > 0, "reference is all zeros: the check would be vacuous");
+    return md / mr;
+}
+
+static float *gen_logits_host(dvl_ctx *ctx, const dvl_tensor *z)
+{
+    ck_assert_msg(z != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    float *h = malloc((size_t)dvl_numel(z) * sizeof *h);
+    ck_assert_ptr_nonnull(h);
+    ck_assert_int_eq(dvl_tensor_to_host(ctx, z, h), DVL_OK);
+    return h;
+}
+#endif
+
+/* The KV cache in device memory, at the LM level on a CUDA context (the
+ * rows copied device to device): two sequences prefilled with rows [0, 8),
+ * then a block's rows [8, 12) without storing (twice: the cache is left as
+ * it was) give the logits of one forward over [0, 12) without cache under
+ * the block-causal rule; one token at a time with storing gives the causal
+ * forward's. scale_err <= 1e-5 (the same f32 sums split into cached and new
+ * keys; differences are rounding). A host cache on a CUDA context is an
+ * error naming the devices. */
+START_TEST(kv_cache_on_device_matches_forward)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_model m;
+    gen_model(&m, 1);
+    ck_assert_msg(dvl_params_move(m.params, DVL_CUDA, &err) == DVL_OK, "%s", err.msg);
+    const int64_t N = 2, B = 4, c = 8, T = c + B;
+    int32_t *ids = gen_prompt(N * T, 2);
+    int32_t pre_ids[2 * 8], blk_ids[2 * 4];
+    for (int64_t n = 0; n < N; n++) {
+        memcpy(pre_ids + n * c, ids + n * T, (size_t)c * sizeof *ids);
+        memcpy(blk_ids + n * B, ids + n * T + c, (size_t)B * sizeof *ids);
+    }
+    dvl_ctx *ctx = dvl_ctx_new_err(DVL_CUDA, &err);
+    ck_assert_msg(ctx != NULL, "%s", err.msg);
+    dvl_set_grad_enabled(ctx, false);
+    dvl_mask bc = {.kind = DVL_MASK_BLOCK_CAUSAL, .block_size = (int)B};
+    dvl_lm_input full = {.batch = N, .seq = T, .ids = ids, .mask = &bc};
+    float *zf = gen_logits_host(ctx, dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &full)));
+    dvl_kv_cache kv;
+    ck_assert_msg(dvl_kv_cache_init_on(&kv, &m.lm.cfg, N, T, DVL_CUDA, &err) == DVL_OK, "%s",
+                  err.msg);
+    ck_assert_int_eq(kv.device, DVL_CUDA);
+    dvl_lm_input pre = {.batch = N, .seq = c, .ids = pre_ids, .mask = &bc, .cache = &kv,
+                        .cache_store = true};
+    ck_assert_msg(dvl_lm_forward(ctx, &m.lm, &pre) != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_int_eq(kv.len, c);
+    for (int rep = 0; rep < 2; rep++) {
+        dvl_lm_input blk = {.batch = N, .seq = B, .ids = blk_ids, .mask = &bc, .cache = &kv};
+        float *zb = gen_logits_host(ctx, dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &blk)));
+        ck_assert_int_eq(kv.len, c);
+        for (int64_t n = 0; n < N; n++) {
+            double e = gen_scale_err(zb + n * B * GV, zf + (n * T + c) * GV, B * GV);
+            CHECK_ERR("cached block logits on the device", e, 1e-5);
+        }
+        free(zb);
+    }
+    free(zf);
+    dvl_ctx_reset(ctx);
+    /* Causal AR steps against the causal forward. */
+    dvl_mask causal = {.kind = DVL_MASK_CAUSAL};
+    full.mask = &causal;
+    zf = gen_logits_host(ctx, dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &full)));
+    kv.len = 0;
+    for (int64_t t = 0; t < T; t++) {
+        int32_t one_ids[2] = {ids[t], ids[T + t]};
+        dvl_lm_input one = {.batch = N, .seq = 1, .ids = one_ids, .mask = &causal, .cache = &kv,
+                            .cache_store = true};
+        float *z = gen_logits_host(ctx, dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &one)));
+        for (int64_t n = 0; n < N; n++) {
+            double e = gen_scale_err(z + n * GV, zf + (n * T + t) * GV, GV);
+            CHECK_ERR("AR step logits on the device", e, 1e-5);
+        }
+        free(z);
+        dvl_ctx_reset(ctx);
+    }
+    free(zf);
+    ck_assert_int_eq(kv.len, T);
+    /* A host cache on a CUDA context. */
+    dvl_kv_cache hk;
+    ck_assert_int_eq(dvl_kv_cache_init(&hk, &m.lm.cfg, N, T, &err), DVL_OK);
+    dvl_lm_input wrong = {.batch = N, .seq = 1, .ids = ids, .mask = &causal, .cache = &hk};
+    ck_assert_ptr_null(dvl_lm_forward(ctx, &m.lm, &wrong));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "KV cache is on device"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    dvl_kv_cache_free(&hk);
+    dvl_kv_cache_free(&kv);
+    dvl_ctx_free(ctx);
+    free(ids);
+    dvl_model_free(&m);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* Generation on the GPU (the model's store moved with dvl_params_move, as
+ * dvl-generate --device cuda does) against the CPU: three prompts (lengths
+ * 5, 13, 8: block multiples and not) through block static / dynamic
+ * remasking with the KV cache, full recompute (bidirectional and
+ * block-causal) and AR, greedy: the same tokens, forwards included. Then
+ * on the GPU: block decoding with the cache equals the block-causal
+ * recompute without it, and the three prompts as one batch equal each run
+ * alone. (Tokens, not logits: see gen_model on ties.) */
+START_TEST(generate_cuda_matches_cpu)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    /* test_generate.c's batch_equals_singles model and prompts, whose CPU
+     * runs already agree across cache and recompute. */
+    dvl_model m;
+    gen_model(&m, 23);
+    enum { NP = 3 };
+    const int64_t lens[NP] = {5, 13, 8}, G = 17;
+    int32_t *p[NP];
+    for (int i = 0; i < NP; i++)
+        p[i] = gen_prompt(lens[i], 30 + (uint64_t)i);
+    dvl_gen_result cpu[N_GEN_CASES][NP], gpu[N_GEN_CASES][NP];
+    for (int c = 0; c < N_GEN_CASES; c++)
+        for (int i = 0; i < NP; i++) {
+            dvl_gen_opts o;
+            gen_case_opts(&o, &GEN_CASES[c], G);
+            const int32_t *pi = p[i];
+            gen_run(&m, 1, &pi, &lens[i], NULL, &o, &cpu[c][i]);
+            ck_assert_int_eq(cpu[c][i].n, G);
+        }
+    ck_assert_msg(dvl_params_move(m.params, DVL_CUDA, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_int_eq(m.lm.embed->device, DVL_CUDA);
+    for (int c = 0; c < N_GEN_CASES; c++) {
+        dvl_gen_opts o;
+        gen_case_opts(&o, &GEN_CASES[c], G);
+        for (int i = 0; i < NP; i++) {
+            const int32_t *pi = p[i];
+            gen_run(&m, 1, &pi, &lens[i], NULL, &o, &gpu[c][i]);
+            gen_same("cuda vs cpu", GEN_CASES[c].name, i, &gpu[c][i], &cpu[c][i]);
+            ck_assert_int_eq(gpu[c][i].forwards, cpu[c][i].forwards);
+        }
+        dvl_gen_result all[NP];
+        const int32_t *pp[NP] = {p[0], p[1], p[2]};
+        gen_run(&m, NP, pp, lens, NULL, &o, all);
+        for (int i = 0; i < NP; i++) {
+            gen_same("cuda batch vs cuda single", GEN_CASES[c].name, i, &all[i], &gpu[c][i]);
+            dvl_gen_result_free(&all[i]);
+        }
+    }
+    /* GEN_CASES[0] (block, cache) against [3] (full block-causal, none). */
+    for (int i = 0; i < NP; i++)
+        gen_same("cuda cache vs recompute", "block static", i, &gpu[0][i], &gpu[3][i]);
+    for (int c = 0; c < N_GEN_CASES; c++)
+        for (int i = 0; i < NP; i++) {
+            dvl_gen_result_free(&cpu[c][i]);
+            dvl_gen_result_free(&gpu[c][i]);
+        }
+    for (int i = 0; i < NP; i++)
+        free(p[i]);
+    dvl_model_free(&m);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+/* A VLM on the GPU: the host image uploaded, the tower and connector run
+ * there, the prompt embeddings (image rows spliced in) brought back once
+ * and their rows uploaded into each pass. The tests/data/ref/vlm fixture
+ * with peaked random LM weights, prompt and image as in test_generate's
+ * VLM test (B 4, 11 tokens, whose CPU cache = recompute holds): block
+ * decoding on the GPU gives the CPU's tokens, and the block-causal
+ * recompute's. */
+START_TEST(generate_vlm_cuda_matches_cpu)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    const char *data = getenv("DVL_TEST_DATA");
+    ck_assert_msg(data != NULL, "DVL_TEST_DATA is not set");
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/ref/vlm", data);
+    dvl_model m;
+    dvl_err err = {0, ""};
+    ck_assert_msg(dvl_model_open(&m, dir, false, NULL, &err) == 0, "%s", err.msg);
+    dvl_lm_init_random(&m.vlm.lm, 17, 0.3f);
+    const dvl_vlm_config *vc = &m.cfg.vlm;
+    int64_t G2 = dvl_siglip_patches(&vc->vision), P = 3 + G2 + 2;
+    int64_t per = vc->vision.channels * vc->vision.image_size * vc->vision.image_size;
+    int32_t *p = gen_prompt(P, 18);
+    for (int64_t i = 0; i < P; i++) {
+        if (p[i] == vc->image_token_index)
+            p[i] = 1;
+        if (i >= 3 && i < 3 + G2)
+            p[i] = vc->image_token_index;
+    }
+    float *px = malloc((size_t)per * sizeof *px); /* test_generate.c's image */
+    ck_assert_ptr_nonnull(px);
+    dvl_rng rng;
+    dvl_rng_seed(&rng, 19);
+    dvl_rng_fill_uniform(&rng, px, per, -1.0f, 1.0f);
+    dvl_gen_opts o;
+    dvl_gen_opts_default(&o);
+    o.block_size = 4;
+    o.steps = 4;
+    o.max_new = 11;
+    o.mask_id = (int32_t)vc->lm.vocab - 1;
+    dvl_gen_result a, b, r;
+    ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &a, &err) == 0, "%s", err.msg);
+    ck_assert_msg(dvl_params_move(m.params, DVL_CUDA, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &b, &err) == 0, "%s", err.msg);
+    gen_same("cuda vs cpu", "vlm block", 0, &b, &a);
+    o.mode = DVL_GEN_FULL;
+    o.full_mask = DVL_MASK_BLOCK_CAUSAL;
+    ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &r, &err) == 0, "%s", err.msg);
+    gen_same("cuda cache vs recompute", "vlm block", 0, &b, &r);
+    dvl_gen_result_free(&a), dvl_gen_result_free(&b), dvl_gen_result_free(&r);
+    free(px), free(p);
+    dvl_model_free(&m);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
 /* NCCL on a communicator of one rank (all a one-GPU machine can make: NCCL
  * refuses two ranks on one GPU): the id, the communicator, two bucket
  * all-reduces on its stream ordered after the kernel that wrote the buffer,
@@ -2635,6 +2962,9 @@ static Suite *suite(void)
     tcase_add_test(tc, staged_uploads_survive_source_reuse);
     tcase_add_test(tc, adamw_state_copy_resumes_exactly);
     tcase_add_test(tc, nccl_one_rank_allreduce);
+    tcase_add_test(tc, kv_cache_on_device_matches_forward);
+    tcase_add_test(tc, generate_cuda_matches_cpu);
+    tcase_add_test(tc, generate_vlm_cuda_matches_cpu);
     /* Each test creates CUDA contexts and cuBLAS handles in a fresh child
      * process (seconds on a cold GPU): more than Check's 4 s default when
      * the binary is run outside meson (which sets CK_DEFAULT_TIMEOUT). */
