@@ -2674,8 +2674,9 @@ static float *gen_logits_host(dvl_ctx *ctx, const dvl_tensor *z)
  * then a block's rows [8, 12) without storing (twice: the cache is left as
  * it was) give the logits of one forward over [0, 12) without cache under
  * the block-causal rule; one token at a time with storing gives the causal
- * forward's. scale_err <= 1e-5 (the same f32 sums split into cached and new
- * keys; differences are rounding). A host cache on a CUDA context is an
+ * forward's. scale_err <= 1e-4 (the same f32 sums split into cached and new
+ * keys, maybe through another attention kernel: rounding, ~1e-6 on the
+ * CPU; a row or layout error in the cache copies is O(1)). A host cache on a CUDA context is an
  * error naming the devices. */
 START_TEST(kv_cache_on_device_matches_forward)
 {
@@ -2713,7 +2714,7 @@ START_TEST(kv_cache_on_device_matches_forward)
         ck_assert_int_eq(kv.len, c);
         for (int64_t n = 0; n < N; n++) {
             double e = gen_scale_err(zb + n * B * GV, zf + (n * T + c) * GV, B * GV);
-            CHECK_ERR("cached block logits on the device", e, 1e-5);
+            CHECK_ERR("cached block logits on the device", e, 1e-4);
         }
         free(zb);
     }
@@ -2731,7 +2732,7 @@ START_TEST(kv_cache_on_device_matches_forward)
         float *z = gen_logits_host(ctx, dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &one)));
         for (int64_t n = 0; n < N; n++) {
             double e = gen_scale_err(z + n * GV, zf + (n * T + t) * GV, GV);
-            CHECK_ERR("AR step logits on the device", e, 1e-5);
+            CHECK_ERR("AR step logits on the device", e, 1e-4);
         }
         free(z);
         dvl_ctx_reset(ctx);
