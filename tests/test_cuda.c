@@ -2676,8 +2676,8 @@ static float *gen_logits_host(dvl_ctx *ctx, const dvl_tensor *z)
  * the block-causal rule; one token at a time with storing gives the causal
  * forward's. scale_err <= 1e-4 (the same f32 sums split into cached and new
  * keys, maybe through another attention kernel: rounding, ~1e-6 on the
- * CPU; a row or layout error in the cache copies is O(1)). A host cache on a CUDA context is an
- * error naming the devices. */
+ * CPU; a row or layout error in the cache copies is O(1)). A host cache
+ * on a CUDA context is an error naming the devices. */
 START_TEST(kv_cache_on_device_matches_forward)
 {
 #ifdef DVL_HAVE_CUDA
