@@ -734,22 +734,8 @@ int dvl_dist_grad_sync_finish(dvl_dist_grad_sync *s, dvl_err *err)
 static int move(float *dst, bool dst_dev, const float *src, bool src_dev, int64_t n,
                 dvl_err *err)
 {
-    if (n <= 0)
-        return DVL_OK;
-    size_t bytes = (size_t)n * sizeof(float);
-#ifdef DVL_HAVE_CUDA
-    if (dst_dev && src_dev)
-        return dvl_cuda_memcpy_d2d(dst, src, bytes, err);
-    if (dst_dev)
-        return dvl_cuda_memcpy_h2d(dst, src, bytes, err);
-    if (src_dev)
-        return dvl_cuda_memcpy_d2h(dst, src, bytes, err);
-#else
-    if (dst_dev || src_dev)
-        return dvl_errf(err, DVL_EDEVICE, "dist: device memory in a build without CUDA");
-#endif
-    memcpy(dst, src, bytes);
-    return DVL_OK;
+    return n <= 0 ? DVL_OK
+                  : dvl_memcpy_any(dst, dst_dev, src, src_dev, (size_t)n * sizeof(float), err);
 }
 
 int dvl_dist_grad_sync_gather_params(dvl_dist_grad_sync *s, dvl_err *err)

@@ -132,21 +132,6 @@ void dvl_adamw_free(dvl_adamw *o)
     free(o);
 }
 
-#ifdef DVL_HAVE_CUDA
-static int copy_any(float *dst, bool dst_dev, const float *src, bool src_dev, size_t bytes,
-                    dvl_err *err)
-{
-    if (dst_dev && src_dev)
-        return dvl_cuda_memcpy_d2d(dst, src, bytes, err);
-    if (dst_dev)
-        return dvl_cuda_memcpy_h2d(dst, src, bytes, err);
-    if (src_dev)
-        return dvl_cuda_memcpy_d2h(dst, src, bytes, err);
-    memcpy(dst, src, bytes);
-    return DVL_OK;
-}
-#endif
-
 int dvl_adamw_copy_state(dvl_adamw *dst, const dvl_adamw *src, dvl_err *err)
 {
     if (dst->p->numel_grad != src->p->numel_grad || dst->p->n != src->p->n)
@@ -164,18 +149,9 @@ int dvl_adamw_copy_state(dvl_adamw *dst, const dvl_adamw *src, dvl_err *err)
     const float *sm = src->m + (dst->lo - src->lo), *sv = src->v + (dst->lo - src->lo);
     const bool dd = on_device(dst->p), sd = on_device(src->p);
     int rc = DVL_OK;
-    if (bytes) {
-#ifdef DVL_HAVE_CUDA
-        if ((rc = copy_any(dst->m, dd, sm, sd, bytes, err)) ||
-            (rc = copy_any(dst->v, dd, sv, sd, bytes, err)))
-            return rc;
-#else
-        if (dd || sd)
-            return dvl_errf(err, DVL_EINVAL, "adamw: device moments in a build without CUDA");
-        memcpy(dst->m, sm, bytes);
-        memcpy(dst->v, sv, bytes);
-#endif
-    }
+    if ((rc = dvl_memcpy_any(dst->m, dd, sm, sd, bytes, err)) ||
+        (rc = dvl_memcpy_any(dst->v, dd, sv, sd, bytes, err)))
+        return rc;
     dst->step = src->step;
     return rc;
 }

@@ -472,6 +472,26 @@ int dvl_ctx_memcpy_d2h(dvl_ctx *ctx, void *dst, const void *src, size_t bytes)
     return DVL_OK;
 }
 
+int dvl_memcpy_any(void *dst, bool dst_dev, const void *src, bool src_dev, size_t bytes,
+                   dvl_err *err)
+{
+    if (!bytes)
+        return DVL_OK;
+#ifdef DVL_HAVE_CUDA
+    if (dst_dev && src_dev)
+        return dvl_cuda_memcpy_d2d(dst, src, bytes, err);
+    if (dst_dev)
+        return dvl_cuda_memcpy_h2d(dst, src, bytes, err);
+    if (src_dev)
+        return dvl_cuda_memcpy_d2h(dst, src, bytes, err);
+#else
+    if (dst_dev || src_dev)
+        return dvl_errf(err, DVL_EDEVICE, "copy of device memory in a build without CUDA");
+#endif
+    memcpy(dst, src, bytes);
+    return DVL_OK;
+}
+
 int64_t dvl_arena_mallocs(const dvl_ctx *ctx) { return ctx->mallocs; }
 
 /* ------------------------------------------------------------------ tape */

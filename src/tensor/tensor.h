@@ -228,6 +228,11 @@ dvl_tensor *dvl_from_host(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t
  * waited for those copies. d2h waits for the GPU. */
 int dvl_ctx_memcpy_h2d(dvl_ctx *ctx, void *dst, const void *src, size_t bytes);
 int dvl_ctx_memcpy_d2h(dvl_ctx *ctx, void *dst, const void *src, size_t bytes);
+/* bytes between host and/or device memory, each side's place given (no
+ * context: stores' flat buffers, optimizer moments). Synchronous. Device
+ * memory in a build without CUDA is DVL_EDEVICE. */
+int dvl_memcpy_any(void *dst, bool dst_dev, const void *src, bool src_dev, size_t bytes,
+                   dvl_err *err);
 
 /* A parameter store like src (same names, shapes, order, trainability and
  * layout) with its buffers on `device`, the data copied; gradients zero.
