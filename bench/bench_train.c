@@ -399,8 +399,9 @@ static int run_cuda(const cuda_run *r, int L)
     double lin = 2.0 * pos * (d * qd + 2 * d * kvd + qd * d + 3 * d * ff) * r->layers;
     double useful = 3.0 * (lin + 2.0 * d * r->V * (double)L * N) + attn;
 
-    double best = 1e30, total = 0;
+    double best = 1e30, total = 0, phase[3] = {0}; /* of the best step */
     for (int k = 0; k <= r->steps; k++) {
+        double tp[4]; /* phase boundaries: forward, backward, clip + AdamW */
         double t0 = bench_now();
         dvl_params_zero_grad(r->pd);
         dvl_ctx_reset(ctx);
@@ -414,8 +415,13 @@ static int run_cuda(const cuda_run *r, int L)
         dvl_tensor *h = dvl_lm_forward(ctx, &r->m->lm, &li);
         dvl_tensor *hn = dvl_gather_rows(ctx, h, db->noisy_rows, (int64_t)N * L);
         dvl_tensor *loss = dvl_lm_loss(ctx, &r->m->lm, hn, N, L, db->labels, db->weight, false);
-        if (!loss || dvl_backward(ctx, loss)) {
-            const dvl_err *e = dvl_ctx_err(ctx);
+        /* The syncs that split the step into phases cost a few launches'
+         * latency; the queue is empty at each anyway (the host waits for the
+         * grad norm at the end). */
+        dvl_cuda_sync("forward", &err);
+        tp[1] = bench_now();
+        if (!loss || dvl_backward(ctx, loss) || dvl_cuda_sync("backward", &err)) {
+            const dvl_err *e = err.code ? &err : dvl_ctx_err(ctx);
             if (k == 0 && is_oom(e)) {
                 printf("  seq %d: does not fit in device memory (%s)\n", L, e->msg);
                 rc = TRAIN_OOM;
@@ -424,6 +430,7 @@ static int run_cuda(const cuda_run *r, int L)
             }
             goto done;
         }
+        tp[2] = bench_now();
         double gn = dvl_grad_norm(r->pd);
         if (!isfinite(gn)) {
             fprintf(stderr, "dvl-bench train: gradient norm %g (non-finite or device error)\n",
@@ -439,24 +446,31 @@ static int run_cuda(const cuda_run *r, int L)
                     err.code ? err.msg : dvl_ctx_err(ctx)->msg);
             goto done;
         }
-        double t = bench_now() - t0;
+        tp[0] = t0, tp[3] = bench_now();
+        double t = tp[3] - t0;
         if (k == 0)
             printf("  seq %d: stage 2 step: batch %d x [x_t ; x_0] of 2 x %d = %d positions, "
                    "block %d, %.0f allowed pairs per sequence\n",
                    L, N, L, 2 * L, B, pairs);
-        printf("  step %d%s: %.3f s, loss %.4f, grad norm %.3f\n", k, k == 0 ? " (warm-up)" : "",
-               t, l, gn);
+        printf("  step %d%s: %.3f s (forward + loss %.3f, backward %.3f, clip + AdamW %.3f), "
+               "loss %.4f, grad norm %.3f\n",
+               k, k == 0 ? " (warm-up)" : "", t, tp[1] - tp[0], tp[2] - tp[1], tp[3] - tp[2], l,
+               gn);
         fflush(stdout);
         if (k > 0) {
             total += t;
-            if (t < best)
+            if (t < best) {
                 best = t;
+                for (int p = 0; p < 3; p++)
+                    phase[p] = tp[p + 1] - tp[p];
+            }
         }
     }
     double tokens = (double)N * L, tf = model_flops / best / 1e12;
     printf("  best step %.3f s (mean %.3f s): %.0f tokens/s (seq tokens; %.0f positions/s over "
-           "2 x %d)\n",
-           best, total / r->steps, tokens / best, pos / best, L);
+           "2 x %d); forward + loss %.0f%%, backward %.0f%%, clip + AdamW %.0f%%\n",
+           best, total / r->steps, tokens / best, pos / best, L, 100 * phase[0] / best,
+           100 * phase[1] / best, 100 * phase[2] / best);
     printf("  model FLOPs = 6 P (2L N) + 12 layers Hq D pairs N = %.1f TFLOP per step "
            "(P %.0f, attention %.1f%%): %.2f TFLOP/s\n",
            model_flops / 1e12, P, 100.0 * attn / model_flops, tf);

@@ -1,7 +1,7 @@
 /* dvl-generate: score token ids with a model directory, or generate text.
  *
  *   --score --model DIR --ids FILE.json [--image FILE ... | --pixels FILE.safetensors]
- *           --logits-out FILE.npy [--timing]
+ *           --logits-out FILE.npy [--timing] [--device cpu|cuda]
  *       One forward pass in the model's native attention (causal for Qwen2
  *       and the VLM, bidirectional for LLaDA); the float32 logits [T, V] go
  *       to FILE.npy (NumPy format 1.0, written atomically). FILE.json holds
@@ -12,6 +12,8 @@
  *       ("pixel_values" or the file's only tensor); the ids hold the image
  *       placeholder (config image_token_index) once per image, or already
  *       expanded to one per patch. T counts the expanded sequence.
+ *       --device cuda: the forward pass on GPU 0 (as for generation below),
+ *       the logits copied back.
  *
  *   --model DIR [--image FILE] (--prompt TEXT | --prompts FILE.jsonl |
  *           --ids FILE.json) [--mode block|full|ar] [--block-size B]
@@ -127,7 +129,7 @@ static const struct {
     {"--max-new-tokens", OPT_STR, offsetof(args, max_new), 1u << MODE_GEN},
     {"--seed", OPT_STR, offsetof(args, seed), 1u << MODE_GEN},
     {"--mask-id", OPT_STR, offsetof(args, mask_id), 1u << MODE_GEN},
-    {"--device", OPT_STR, offsetof(args, device), 1u << MODE_GEN},
+    {"--device", OPT_STR, offsetof(args, device), (1u << MODE_GEN) | (1u << MODE_SCORE)},
 };
 #define N_OPTS (sizeof OPTS / sizeof *OPTS)
 
@@ -135,7 +137,7 @@ static int usage(FILE *f)
 {
     fprintf(f, "usage: " PROG " --score --model DIR --ids FILE.json\n"
                "           [--image FILE ... | --pixels FILE.safetensors]\n"
-               "           --logits-out FILE.npy [--timing]\n"
+               "           --logits-out FILE.npy [--timing] [--device cpu|cuda]\n"
                "  --score  one forward pass in the model's native attention; float32 logits\n"
                "           [T, V] to FILE.npy (--timing: forward time on stderr)\n"
                "       " PROG " --model DIR [--image FILE] (--prompt TEXT | --prompts FILE.jsonl |\n"
@@ -406,14 +408,17 @@ static double now(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+static int open_device(const char *name, bool *cuda, dvl_err *err);
+
 static int score(const args *a, dvl_err *err)
 {
     dvl_model m;
-    int rc = dvl_model_open(&m, a->model, false, NULL, err);
-    if (rc)
+    bool cuda = false;
+    int rc = open_device(a->device, &cuda, err);
+    if (rc || (rc = dvl_model_open(&m, a->model, false, NULL, err)))
         return rc;
     int32_t *ids = NULL, *expanded = NULL;
-    float *px = NULL;
+    float *px = NULL, *host_logits = NULL;
     dvl_ctx *ctx = NULL;
     int64_t n = 0, n_img = 0;
     if (m.cfg.arch == DVL_ARCH_SIGLIP) {
@@ -459,9 +464,11 @@ static int score(const args *a, dvl_err *err)
             n = ne;
         }
     }
-    ctx = dvl_ctx_new(DVL_CPU);
-    if (!ctx) {
-        rc = dvl_errf(err, DVL_ENOMEM, "out of memory");
+    /* --device cuda: loaded on the host, moved as a whole (as generation). */
+    if (cuda && (rc = dvl_params_move(m.params, DVL_CUDA, err)))
+        goto done;
+    if (!(ctx = dvl_ctx_new_err(cuda ? DVL_CUDA : DVL_CPU, err))) {
+        rc = err->code;
         goto done;
     }
     dvl_set_grad_enabled(ctx, false);
@@ -473,7 +480,9 @@ static int score(const args *a, dvl_err *err)
         dvl_vlm_input in = {.batch = 1,
                             .seq = n,
                             .ids = ids,
-                            .pixels = n_img ? dvl_wrap(ctx, DVL_F32, 4, s4, px) : NULL};
+                            .pixels = !n_img ? NULL
+                                      : cuda ? dvl_from_host(ctx, DVL_F32, 4, s4, px)
+                                             : dvl_wrap(ctx, DVL_F32, 4, s4, px)};
         h = dvl_vlm_forward(ctx, &m.vlm, &in);
         logits = dvl_lm_logits(ctx, &m.vlm.lm, h);
     } else {
@@ -486,12 +495,26 @@ static int score(const args *a, dvl_err *err)
                       dvl_ctx_err(ctx)->msg);
         goto done;
     }
+    const float *out = dvl_f32(logits);
+    if (cuda) { /* to the host (waits for the GPU, so before the clock stops) */
+        host_logits = malloc((size_t)dvl_numel(logits) * sizeof(float));
+        if (!host_logits) {
+            rc = dvl_errf(err, DVL_ENOMEM, "out of memory");
+            goto done;
+        }
+        if ((rc = dvl_tensor_to_host(ctx, logits, host_logits))) {
+            rc = dvl_errf(err, rc, "%s", dvl_ctx_err(ctx)->msg);
+            goto done;
+        }
+        out = host_logits;
+    }
     double dt = now() - t0;
     if (a->timing)
         fprintf(stderr, "forward: %lld tokens in %.3f s (%.1f tokens/s)\n", (long long)n, dt,
                 (double)n / dt);
-    rc = write_npy(a->logits_out, dvl_f32(logits), logits->shape[0], logits->shape[1], err);
+    rc = write_npy(a->logits_out, out, logits->shape[0], logits->shape[1], err);
 done:
+    free(host_logits);
     dvl_ctx_free(ctx);
     free(ids);
     free(expanded);

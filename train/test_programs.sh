@@ -71,6 +71,36 @@ run score_vlm_image "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" \
     --image "$DATA/images/gray.jpg" --logits-out "$T/d.npy"
 # 10 ids with one placeholder -> 25 positions.
 head -c 128 "$T/d.npy" | grep -aq "'shape': (25, 128)" && ok vlm_expanded_rows || bad vlm_expanded_rows
+# --score --device: cpu is the default (the same bytes); cuda, where a GPU
+# answers, gives the CPU's logits within f32 rounding (LM and VLM with an
+# image), else one line naming --device.
+run score_device_cpu "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" \
+    --image "$DATA/images/gray.jpg" --logits-out "$T/d_cpu.npy" --device cpu
+cmp -s "$T/d.npy" "$T/d_cpu.npy" && ok score_device_cpu_is_default || bad score_device_cpu_is_default
+reject score_device_bad "--device must be cpu or cuda (got tpu)" "$GENERATE" --score \
+    --model "$REF/qwen2_tied" --ids "$T/ids.json" --logits-out "$T/x.npy" --device tpu
+"$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" --image "$DATA/images/gray.jpg" \
+    --logits-out "$T/d_cuda.npy" --device cuda >"$T/out" 2>"$T/err"
+rc=$?
+if [ $rc -eq 0 ]; then
+    if "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" --logits-out "$T/a_cuda.npy" \
+        --device cuda >"$T/out" 2>"$T/err" && python3 -c "
+import struct
+def npy(p):
+    b = open(p, 'rb').read()
+    return struct.unpack('<%df' % ((len(b) - 128) // 4), b[128:])
+for a, b in (('$T/a.npy', '$T/a_cuda.npy'), ('$T/d.npy', '$T/d_cuda.npy')):
+    x, y = npy(a), npy(b)
+    assert len(x) == len(y) > 0
+    e = max(abs(p - q) for p, q in zip(x, y)) / max(abs(p) for p in x)
+    print('   %s: cuda vs cpu logits rel %.2e' % (b.split('/')[-1], e))
+    assert e <= 1e-4, e
+"; then ok score_device_cuda_matches_cpu; else bad "score_device_cuda_matches_cpu: $(cat "$T/err")"; fi
+elif [ "$(wc -l <"$T/err")" -eq 1 ] && grep -qF -- "--device cuda" "$T/err" && [ ! -e "$T/d_cuda.npy" ]; then
+    ok score_device_cuda_unavailable
+else
+    bad "score_device_cuda_unavailable: rc $rc: $(cat "$T/err")"
+fi
 
 # Without --image-token-id the slot id is dvl-prep build's with the LM's own
 # tokenizer (this one has no <image>: its vocabulary size, counted here from

@@ -27,7 +27,9 @@ CONVERT=$(abs "$3")
 SRC=$(cd "$4" && pwd)
 MPI=${5:-mpirun}
 T=$(mktemp -d /tmp/dvl-test-train-cuda-XXXXXX)
-trap 'rm -rf "$T"' EXIT
+# DVL_TEST_LOGS=FILE.tar.gz keeps the runs' logs and metrics (not their weights).
+trap '[ -n "${DVL_TEST_LOGS:-}" ] && tar -C "$T" -czf "$DVL_TEST_LOGS" --exclude="*.safetensors" \
+    --exclude=ds --exclude=syn . 2>/dev/null; rm -rf "$T"' EXIT
 MPIRUN="$MPI --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1"
 . "$SRC/train/test_lib.sh"
 ST="$ST"'
@@ -88,7 +90,8 @@ fi
 for prec in bf16 tf32; do
     if "$TRAIN" --config s2.json --set train.device=cuda --set train.precision=$prec \
         --set train.out=gpu_$prec >gpu_$prec.log 2>&1 &&
-        grep -q "device cuda.*$( [ $prec = bf16 ] && echo bf16 || echo TF32) products" gpu_$prec.log &&
+        grep -q "device cuda.*$( [ $prec = bf16 ] && echo 'bf16 (f32 accumulation)' || echo TF32) products" \
+            gpu_$prec.log &&
         py "$ST
 lg, lp = losses('gpu'), losses('gpu_$prec')
 tol = 5e-2 if '$prec' == 'bf16' else 1e-2

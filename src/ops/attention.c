@@ -57,7 +57,7 @@ static void attention_backward(dvl_ctx *ctx, dvl_node *node)
 #ifdef DVL_HAVE_CUDA
     case DVL_CUDA: {
         /* p[2]: the device copy of key_valid (NULL without padding). */
-        const int64_t floats = dvl_cuda_attention_scratch(N, Tq, Tk, Hq, D, true);
+        const int64_t floats = dvl_cuda_attention_scratch(N, Tq, Tk, Hq, Hkv, D, true);
         float *scratch = floats ? dvl_alloc_dev(ctx, (size_t)floats * sizeof(float)) : NULL;
         if (floats && !scratch)
             return;
@@ -65,7 +65,8 @@ static void attention_backward(dvl_ctx *ctx, dvl_node *node)
         if (dvl_cuda_attention_bwd(dq, dk, dv, scratch, dout, dvl_f32(out), lse, dvl_f32(q),
                                    dvl_f32(k), dvl_f32(v), N, Tq, Tk, Hq, Hkv, D,
                                    (int)mask->kind, mask->block_size, mask->half,
-                                   mask->q_offset, node->p[2], node->f[0], &e) != DVL_OK)
+                                   mask->q_offset, node->p[2], node->f[0], dvl_dev_attention_tc(ctx),
+                                   &e) != DVL_OK)
             dvl_ctx_set_err(ctx, &e);
         break;
     }
@@ -212,7 +213,7 @@ dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor
     case DVL_CUDA: {
         /* No scratch for the tiled kernel; [N, Hq, Tq, Tk] scores for the
          * reference kernel that takes heads longer than it supports. */
-        const int64_t floats = dvl_cuda_attention_scratch(N, Tq, Tk, Hq, D, false);
+        const int64_t floats = dvl_cuda_attention_scratch(N, Tq, Tk, Hq, Hkv, D, false);
         float *scratch = floats ? dvl_alloc_dev(ctx, (size_t)floats * sizeof(float)) : NULL;
         if (floats && !scratch)
             return NULL;
@@ -223,7 +224,7 @@ dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor
         if (dvl_cuda_attention_fwd(dvl_f32(out), lse, scratch, dvl_f32(q), dvl_f32(k),
                                    dvl_f32(v), N, Tq, Tk, Hq, Hkv, D, (int)mask->kind,
                                    mask->block_size, mask->half, mask->q_offset, key_valid_d,
-                                   scale, &e) != DVL_OK) {
+                                   scale, dvl_dev_attention_tc(ctx), &e) != DVL_OK) {
             dvl_ctx_set_err(ctx, &e);
             return NULL;
         }

@@ -24,6 +24,13 @@ static inline void *dvl_dev_copy(dvl_ctx *ctx, const void *host, size_t bytes)
     return d;
 }
 
+/* Attention's products on tensor cores (TF32) where the context's products
+ * are not f32: the precision the user chose for the matrix work. */
+static inline bool dvl_dev_attention_tc(dvl_ctx *ctx)
+{
+    return dvl_cublas_math(dvl_ctx_cublas(ctx)) != DVL_MATH_F32;
+}
+
 /* The linear layer's products y = x W^T (+ b) and its backward (dx += dy W,
  * dW += dy^T x, db += colsum dy; each may be NULL) on the context's cuBLAS
  * handle, in the handle's math mode: f32 or TF32 products, or bf16 ones

@@ -26,6 +26,7 @@ template <class T> static inline T emu_shfl(unsigned mask, T v, int o)
 #define __host__
 #define __shared__ static
 #define __launch_bounds__(x)
+#define __align__(x)
 #define __syncthreads() emu_sync()
 #define __syncthreads_or(x) emu_sync_or(x)
 #define __shfl_xor_sync(m, v, o) emu_shfl(m, v, o)

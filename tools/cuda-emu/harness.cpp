@@ -2,6 +2,7 @@
 #include "kern.inc"
 #include <vector>
 #include <random>
+#include <string>
 
 static float *dup(const std::vector<float> &v) { float *p = (float *)malloc(v.size() * 4 + (v.empty() ? 4 : 0)); memcpy(p, v.data(), v.size() * 4); return p; }
 
@@ -29,7 +30,7 @@ static double rel(const float *g, const std::vector<double> &r, const char *what
 }
 
 extern long emu_or_true, emu_or_false;
-static int run(const cfg &c)
+static int run(const cfg &c, bool tc)
 {
     emu_or_true = emu_or_false = 0;
     const int64_t N = c.N, Tq = c.Tq, Tk = c.Tk, Hq = c.Hq, Hkv = c.Hkv, D = c.D, G = Hq / Hkv;
@@ -88,20 +89,33 @@ static int run(const cfg &c)
     uint8_t *kvp = nullptr;
     if (c.pad) { kvp = (uint8_t *)malloc(N * Tk); memcpy(kvp, kv.data(), N * Tk); }
     fa_args a{N, Tq, Tk, Hq, Hkv, D, c.kind, c.B, c.L, c.qoff, kvp, scale};
-    auto go = [&](auto dpc) {
+    auto go = [&](auto dpc, auto tcc) {
         constexpr int DP = decltype(dpc)::value;
+        constexpr bool TC = decltype(tcc)::value;
         int64_t qt = (Tq + FWD_BQ - 1) / FWD_BQ;
-        launch(qt * Hq * N, fwd_smem<DP>(), FA_THREADS, [&] { fa_fwd_k<DP>(out, lse, dq_, dk_, dv_, a, qt); });
+        launch(qt * Hq * N, fwd_smem<DP, TC>(), FA_THREADS, [&] { fa_fwd_k<DP, TC>(out, lse, dq_, dk_, dv_, a, qt); });
         int64_t rows = N * Hq * Tq;
         launch((rows + 7) / 8, 0, FA_THREADS, [&] { fa_dot_k(Dv, ddO, out, a); });
         int64_t kt = (Tk + KV_BK - 1) / KV_BK;
-        launch(kt * Hkv * N, kv_smem<DP>(), FA_THREADS, [&] { fa_bwd_kv_k<DP>(gk, gv, ddO, dq_, dk_, dv_, lse, Dv, a, kt); });
+        // grouped heads: per-head parts, then the group sum (as bwd_dp)
+        const bool grouped = Hq != Hkv;
+        std::vector<float> pk(grouped ? N * Tk * Hq * D : 0, NAN), pv(pk.size(), NAN);
+        launch(kt * Hq * N, kv_smem<DP, TC>(), FA_THREADS, [&] { fa_bwd_kv_k<DP, TC>(gk, gv, grouped ? pk.data() : nullptr, grouped ? pv.data() : nullptr, ddO, dq_, dk_, dv_, lse, Dv, a, kt); });
+        if (grouped) {
+            const int64_t nb = (N * Tk * Hkv * D + FA_THREADS - 1) / FA_THREADS;
+            launch(nb, 0, FA_THREADS, [&] { fa_kv_sum_k(gk, pk.data(), a); });
+            launch(nb, 0, FA_THREADS, [&] { fa_kv_sum_k(gv, pv.data(), a); });
+        }
         int64_t qt2 = (Tq + BQ_BQ - 1) / BQ_BQ;
-        launch(qt2 * Hq * N, q_smem<DP>(), FA_THREADS, [&] { fa_bwd_q_k<DP>(gq, ddO, dq_, dk_, dv_, lse, Dv, a, qt2); });
+        launch(qt2 * Hq * N, q_smem<DP, TC>(), FA_THREADS, [&] { fa_bwd_q_k<DP, TC>(gq, ddO, dq_, dk_, dv_, lse, Dv, a, qt2); });
     };
-    if (D <= 32) go(std::integral_constant<int, 32>());
-    else if (D <= 64) go(std::integral_constant<int, 64>());
-    else go(std::integral_constant<int, 128>());
+    auto go_tc = [&](auto dpc) {
+        if (tc) go(dpc, std::true_type());
+        else go(dpc, std::false_type());
+    };
+    if (D <= 32) go_tc(std::integral_constant<int, 32>());
+    else if (D <= 64) go_tc(std::integral_constant<int, 64>());
+    else go_tc(std::integral_constant<int, 128>());
     double eo = rel(out, O, "out", c.name), eq = rel(gq, dQ, "dq", c.name), ek = rel(gk, dK, "dk", c.name), ev = rel(gv, dV, "dv", c.name);
     double el = 0; int badzero = 0;
     for (int64_t r = 0; r < N * Hq * Tq; r++) {
@@ -114,10 +128,11 @@ static int run(const cfg &c)
         const int64_t o = ((n * Tq + i) * Hq + h) * D;
         for (int64_t e = 0; e < D; e++) if (out[o + e] != 0.0f || gq[o + e] != dq0[o + e]) badzero++;
     }
-    double tol = 1e-4;
-    bool ok = eo <= tol && eq <= tol && ek <= tol && ev <= tol && el <= 1e-5 && !badzero;
+    // TF32 products: operands rounded to 10 mantissa bits (5e-4 relative)
+    double tol = tc ? 1e-2 : 1e-4;
+    bool ok = eo <= tol && eq <= tol && ek <= tol && ev <= tol && el <= (tc ? 1e-3 : 1e-5) && !badzero;
     printf("tiles visited %ld skipped %ld\n", emu_or_true, emu_or_false);
-    printf("%-4s %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e empty rows %d%s\n", ok ? "ok" : "FAIL", c.name, eo, el, eq, ek, ev, nempty, badzero ? " BAD ZERO ROWS" : "");
+    printf("%-4s %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e empty rows %d%s\n", ok ? "ok" : "FAIL", tc ? (std::string(c.name) + " TC").c_str() : c.name, eo, el, eq, ek, ev, nempty, badzero ? " BAD ZERO ROWS" : "");
     free(dq_); free(dk_); free(dv_); free(ddO); free(out); free(lse); free(Dv); free(gq); free(gk); free(gv); free(kvp);
     return ok ? 0 : 1;
 }
@@ -126,8 +141,8 @@ int main(int argc, char **argv)
 {
     int quick = argc > 1;
     if (quick && argv[1][0] == 's') {
-        int f = run({"BLOCK_DIFF L=512 B=8 D=64 (skip count)", 1, 1024, 1024, 2, 1, 64, 2, 8, 512, 0, 0});
-        f += run({"CAUSAL T=1024 D=64 (skip count)", 1, 1024, 1024, 2, 1, 64, 1, 0, 0, 0, 0});
+        int f = run({"BLOCK_DIFF L=512 B=8 D=64 (skip count)", 1, 1024, 1024, 2, 1, 64, 2, 8, 512, 0, 0}, false);
+        f += run({"CAUSAL T=1024 D=64 (skip count)", 1, 1024, 1024, 2, 1, 64, 1, 0, 0, 0, 0}, false);
         return f;
     }
     std::vector<cfg> cs;
@@ -148,8 +163,13 @@ int main(int argc, char **argv)
         add("CAUSAL cache Tq=%lld Tk=%lld D=%lld", {nullptr, 1, tq, T + tq, 4, 4, D, 1, 0, 0, T, 0}, (long long)tq, (long long)(T + tq), (long long)D);
     }
     int fails = 0;
-    for (auto &c : cs) fails += run(c);
-    printf("%d of %zu failed\n", fails, cs.size());
+    int runs = 0;
+    const bool tc_only = quick && argv[1][0] == 't'; // harness t: the TC runs alone
+    for (auto &c : cs) if (!tc_only) fails += run(c, false), runs++;
+    // The tensor-core variant on the cases up to T = 33 (each emulated
+    // thread does its warp's whole wmma product: slow).
+    for (auto &c : cs) if (c.Tk <= 40) fails += run(c, true), runs++;
+    printf("%d of %d failed\n", fails, runs);
     free(names);
     return fails != 0;
 }

@@ -17,9 +17,13 @@
  *     at the end O / l and lse = m + log l (zeros and +inf when l = 0)
  *   backward, with D_i = dO_i . O_i (FlashAttention-2, sec. 3.1.2) first:
  *     P = exp(S - lse),  dP = dO V^T,  dS = P (dP - D)
- *     kernel kv (one block per (n, kv head, tile of KV_BK keys), looping
- *       over the group's query heads and the query tiles that see it):
- *       dV += P^T dO,  dK += scale dS^T Q
+ *     kernel kv (one block per (n, query head, tile of KV_BK keys), looping
+ *       over the query tiles that see it):  dV_h = P^T dO,  dK_h = scale dS^T Q;
+ *       with grouped heads (Hq > Hkv) each head's dK_h, dV_h go to scratch
+ *       and kernel kv_sum adds the group's heads in order into dK, dV
+ *       (a block per kv head instead would leave N Hkv Tk / KV_BK blocks,
+ *       128 for 2 x 2048 positions and 2 kv heads: a third of the
+ *       occupancy of 132 SMs, which made this kernel most of a step)
  *     kernel q (one block per (n, h, tile of BQ_BQ query rows), looping
  *       over the key tiles it sees):  dQ += scale dS K
  * Splitting dQ from dK/dV recomputes S and dP once more than FA-2's single
@@ -40,17 +44,29 @@
  *
  * The head size D is padded with zeros to DP in {32, 64, 128} (a template
  * parameter, so per-thread arrays stay in registers); longer heads use the
- * reference kernel (ops/cuda/attention_ref.cu). */
+ * reference kernel (ops/cuda/attention_ref.cu).
+ *
+ * Each kernel comes in two variants (template parameter TC): CUDA-core
+ * products in f32 (contexts with f32 products, the default: the CPU's
+ * arithmetic up to summation order), or the products on tensor cores with
+ * TF32 inputs (contexts whose products are TF32 or bf16: dvl_dev_attention_tc),
+ * which pass the product tiles through shared memory (tc_abt, tc_ab below);
+ * the softmax, masking and all sums outside the products are the same code. */
 #include <limits.h>
 #include <math.h>
+
+#include <mma.h>
 
 #include "ops/cuda/common.cuh"
 #include "ops/mask_spans.h"
 
+namespace wmma = nvcuda::wmma;
+
 #define FA_THREADS 256
 /* Tile sizes (multiples of 16). Shared memory at DP = 128: forward
- * 115.7 KB, kv 116.0 KB, q 107.5 KB of floats, plus the row spans: within
- * the 163 KB a block may opt into on sm_80 and 227 KB on sm_90. */
+ * 115.7 KB, kv 116.0 KB, q 107.5 KB of floats (TC: 118.8, 153.6, 153.6 KB),
+ * plus the row spans: within the 163 KB a block may opt into on sm_80 and
+ * 227 KB on sm_90. */
 #define FWD_BQ 64 /* forward: query rows per block */
 #define FWD_BK 64 /* forward: keys per tile */
 #define KV_BK 64  /* backward kv: keys per block */
@@ -118,21 +134,21 @@ __device__ static inline unsigned char key_ok(const fa_args &a, int64_t n, int64
     return j < a.Tk && (!a.key_valid || a.key_valid[n * a.Tk + j]);
 }
 
-/* dst[r][d] (row stride DP + 1) = src[(row0 + r) * stride + d] for the
- * ROWS x DP tile, zero past the last row (nvalid rows exist) and past D. */
-template <int ROWS, int DP>
+/* dst[r][d] (row stride SP) = src[(row0 + r) * stride + d] for the ROWS x
+ * DP tile, zero past the last row (nvalid rows exist) and past D. */
+template <int ROWS, int DP, int SP>
 __device__ static inline void load_rows(float *dst, const float *src, int64_t row0,
                                         int64_t nvalid, int64_t stride, int64_t D)
 {
     for (int e = threadIdx.x; e < ROWS * DP; e += FA_THREADS) {
         const int r = e / DP, d = e % DP;
-        dst[r * (DP + 1) + d] = (r < nvalid && d < D) ? src[(row0 + r) * stride + d] : 0.0f;
+        dst[r * SP + d] = (r < nvalid && d < D) ? src[(row0 + r) * stride + d] : 0.0f;
     }
 }
 
 /* acc[i][j] = A[ty + 16 i] . B[tx + 16 j] over DP: A [R][DP], B [C][DP]
- * in shared memory with row stride DP + 1. */
-template <int R, int C, int DP>
+ * in shared memory with row stride SP. */
+template <int R, int C, int DP, int SP>
 __device__ static inline void mm_abt(float (&acc)[R / 16][C / 16], const float *A,
                                      const float *B, int ty, int tx)
 {
@@ -146,10 +162,10 @@ __device__ static inline void mm_abt(float (&acc)[R / 16][C / 16], const float *
         float x[R / 16], y[C / 16];
 #pragma unroll
         for (int i = 0; i < R / 16; i++)
-            x[i] = A[(ty + 16 * i) * (DP + 1) + d];
+            x[i] = A[(ty + 16 * i) * SP + d];
 #pragma unroll
         for (int j = 0; j < C / 16; j++)
-            y[j] = B[(tx + 16 * j) * (DP + 1) + d];
+            y[j] = B[(tx + 16 * j) * SP + d];
 #pragma unroll
         for (int i = 0; i < R / 16; i++)
 #pragma unroll
@@ -159,8 +175,8 @@ __device__ static inline void mm_abt(float (&acc)[R / 16][C / 16], const float *
 }
 
 /* acc[i][j] += sum_c P[ty + 16 i][c] V[c][tx + 16 j]: P [R][KC] with row
- * stride KC + 1, V [KC][DP] with row stride DP + 1, in shared memory. */
-template <int R, int KC, int DP>
+ * stride LP, V [KC][DP] with row stride SP, in shared memory. */
+template <int R, int KC, int DP, int LP, int SP>
 __device__ static inline void mm_ab(float (&acc)[R / 16][DP / 16], const float *P, const float *V,
                                     int ty, int tx)
 {
@@ -169,10 +185,10 @@ __device__ static inline void mm_ab(float (&acc)[R / 16][DP / 16], const float *
         float x[R / 16], y[DP / 16];
 #pragma unroll
         for (int i = 0; i < R / 16; i++)
-            x[i] = P[(ty + 16 * i) * (KC + 1) + c];
+            x[i] = P[(ty + 16 * i) * LP + c];
 #pragma unroll
         for (int j = 0; j < DP / 16; j++)
-            y[j] = V[c * (DP + 1) + tx + 16 * j];
+            y[j] = V[c * SP + tx + 16 * j];
 #pragma unroll
         for (int i = 0; i < R / 16; i++)
 #pragma unroll
@@ -181,35 +197,142 @@ __device__ static inline void mm_ab(float (&acc)[R / 16][DP / 16], const float *
     }
 }
 
-/* Dynamic shared memory of each kernel, in bytes. */
-template <int DP> static size_t fwd_smem()
+/* The tensor-core variant (TC) of the two products: TF32 inputs (10-bit
+ * mantissa, rounded to nearest) with f32 accumulation, on wmma's 16 x 16 x 8
+ * tiles. The block's 8 warps share the [R, C] output's 16 x 16 tiles and
+ * store them to out (row stride ldo) in shared memory; each thread then takes
+ * its elements (ty + 16 i, tx + 16 j), which is where the CUDA-core products
+ * leave theirs in registers, so the softmax code is the same for both.
+ * wmma needs row strides that are multiples of 4 floats and tile pointers
+ * aligned to 32 bytes: the TC variant pads rows to DP + 4 and BK + 4 (not
+ * + 1) and every shared array starts at a multiple of 8 floats. */
+template <typename Frag> __device__ static inline void to_tf32(Frag &f)
 {
-    return (size_t)(FWD_BQ * (DP + 1) + 2 * FWD_BK * (DP + 1) + FWD_BQ * (FWD_BK + 1)) *
+    for (int t = 0; t < f.num_elements; t++)
+        f.x[t] = wmma::__float_to_tf32(f.x[t]);
+}
+
+/* out = A B^T: A [R][K] (row stride lda), B [C][K] (row stride ldb). */
+template <int R, int C, int K>
+__device__ static inline void tc_abt(float *out, int ldo, const float *A, int lda, const float *B,
+                                     int ldb)
+{
+    for (int t = threadIdx.x / 32; t < (R / 16) * (C / 16); t += FA_THREADS / 32) {
+        const int ti = t / (C / 16), tj = t % (C / 16);
+        wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+        wmma::fill_fragment(acc, 0.0f);
+        for (int k = 0; k < K; k += 8) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b;
+            wmma::load_matrix_sync(a, A + ti * 16 * lda + k, lda);
+            wmma::load_matrix_sync(b, B + tj * 16 * ldb + k, ldb); /* B^T, column-major */
+            to_tf32(a);
+            to_tf32(b);
+            wmma::mma_sync(acc, a, b, acc);
+        }
+        wmma::store_matrix_sync(out + ti * 16 * ldo + tj * 16, acc, ldo, wmma::mem_row_major);
+    }
+}
+
+/* out = P V: P [R][K] (row stride ldp), V [K][C] (row stride ldv). */
+template <int R, int C, int K>
+__device__ static inline void tc_ab(float *out, int ldo, const float *P, int ldp, const float *V,
+                                    int ldv)
+{
+    for (int t = threadIdx.x / 32; t < (R / 16) * (C / 16); t += FA_THREADS / 32) {
+        const int ti = t / (C / 16), tj = t % (C / 16);
+        wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+        wmma::fill_fragment(acc, 0.0f);
+        for (int k = 0; k < K; k += 8) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
+            wmma::load_matrix_sync(a, P + ti * 16 * ldp + k, ldp);
+            wmma::load_matrix_sync(b, V + k * ldv + tj * 16, ldv);
+            to_tf32(a);
+            to_tf32(b);
+            wmma::mma_sync(acc, a, b, acc);
+        }
+        wmma::store_matrix_sync(out + ti * 16 * ldo + tj * 16, acc, ldo, wmma::mem_row_major);
+    }
+}
+
+/* acc = A B^T as mm_abt. TC: through `tmp` ([R][LT] floats of shared
+ * memory), with a barrier before the threads read it. */
+template <bool TC, int R, int C, int DP, int SP, int LT>
+__device__ static inline void prod_abt(float (&acc)[R / 16][C / 16], const float *A,
+                                       const float *B, float *tmp, int ty, int tx)
+{
+    if constexpr (TC) {
+        tc_abt<R, C, DP>(tmp, LT, A, SP, B, SP);
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < R / 16; i++)
+#pragma unroll
+            for (int j = 0; j < C / 16; j++)
+                acc[i][j] = tmp[(ty + 16 * i) * LT + tx + 16 * j];
+    } else {
+        mm_abt<R, C, DP, SP>(acc, A, B, ty, tx);
+    }
+}
+
+/* acc += P V as mm_ab. TC: through `tmp` ([R][SP] floats of shared memory
+ * that no thread reads meanwhile), with a barrier before the threads read
+ * it and one after (tmp is free again on return). */
+template <bool TC, int R, int KC, int DP, int LP, int SP>
+__device__ static inline void prod_ab(float (&acc)[R / 16][DP / 16], const float *P,
+                                      const float *V, float *tmp, int ty, int tx)
+{
+    if constexpr (TC) {
+        tc_ab<R, DP, KC>(tmp, SP, P, LP, V, SP);
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < R / 16; i++)
+#pragma unroll
+            for (int j = 0; j < DP / 16; j++)
+                acc[i][j] += tmp[(ty + 16 * i) * SP + tx + 16 * j];
+        __syncthreads();
+    } else {
+        mm_ab<R, KC, DP, LP, SP>(acc, P, V, ty, tx);
+    }
+}
+
+/* Row strides of the shared tiles: + 1 float against bank conflicts for the
+ * CUDA-core products, + 4 for wmma (see above). */
+template <bool TC> __host__ __device__ constexpr int pad() { return TC ? 4 : 1; }
+
+/* Dynamic shared memory of each kernel, in bytes. TC adds a [64][DP]
+ * product buffer to the backward kernels and a second score tile to q. */
+template <int DP, bool TC> static size_t fwd_smem()
+{
+    constexpr int SP = DP + pad<TC>(), LP = FWD_BK + pad<TC>();
+    return (size_t)(FWD_BQ * SP + 2 * FWD_BK * SP + FWD_BQ * LP) * sizeof(float);
+}
+template <int DP, bool TC> static size_t kv_smem()
+{
+    constexpr int SP = DP + pad<TC>(), LP = KV_BQ + pad<TC>();
+    return (size_t)(2 * KV_BK * SP + 2 * KV_BQ * SP + 2 * KV_BK * LP + (TC ? KV_BK * SP : 0)) *
            sizeof(float);
 }
-template <int DP> static size_t kv_smem()
+template <int DP, bool TC> static size_t q_smem()
 {
-    return (size_t)(2 * KV_BK * (DP + 1) + 2 * KV_BQ * (DP + 1) + 2 * KV_BK * (KV_BQ + 1)) *
-           sizeof(float);
-}
-template <int DP> static size_t q_smem()
-{
-    return (size_t)(2 * BQ_BQ * (DP + 1) + 2 * BQ_BK * (DP + 1) + BQ_BQ * (BQ_BK + 1)) *
+    constexpr int SP = DP + pad<TC>(), LP = BQ_BK + pad<TC>();
+    return (size_t)(2 * BQ_BQ * SP + 2 * BQ_BK * SP + (TC ? 2 : 1) * BQ_BQ * LP +
+                    (TC ? BQ_BQ * SP : 0)) *
            sizeof(float);
 }
 
 /* -------------------------------------------------------------- forward */
 
 /* blockIdx.x = (n * Hq + h) * qtiles + query tile. */
-template <int DP>
+template <int DP, bool TC>
 __global__ static void __launch_bounds__(FA_THREADS)
     fa_fwd_k(float *out, float *lse, const float *q, const float *k, const float *v, fa_args a,
              int64_t qtiles)
 {
-    constexpr int BQ = FWD_BQ, BK = FWD_BK, LP = BK + 1;
+    constexpr int BQ = FWD_BQ, BK = FWD_BK, SP = DP + pad<TC>(), LP = BK + pad<TC>();
     constexpr int RM = BQ / 16, CN = BK / 16, DN = DP / 16;
-    extern __shared__ float smem[];
-    float *Qs = smem, *Ks = Qs + BQ * (DP + 1), *Vs = Ks + BK * (DP + 1), *Ps = Vs + BK * (DP + 1);
+    extern __shared__ __align__(128) float smem[];
+    float *Qs = smem, *Ks = Qs + BQ * SP, *Vs = Ks + BK * SP, *Ps = Vs + BK * SP;
     __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -219,7 +342,7 @@ __global__ static void __launch_bounds__(FA_THREADS)
     const float *qb = q + (n * a.Tq * a.Hq + h) * D; /* row i at qb + i qs */
     const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
-    load_rows<BQ, DP>(Qs, qb, i0, a.Tq - i0, qs, D);
+    load_rows<BQ, DP, SP>(Qs, qb, i0, a.Tq - i0, qs, D);
     if (tid < BQ)
         row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
     __syncthreads();
@@ -238,13 +361,15 @@ __global__ static void __launch_bounds__(FA_THREADS)
         const int need = tid < BQ && spans_meet(s_lo[tid], s_hi[tid], k0, k0 + BK);
         if (!__syncthreads_or(need))
             continue;
-        load_rows<BK, DP>(Ks, kb, k0, a.Tk - k0, ks, D);
-        load_rows<BK, DP>(Vs, vb, k0, a.Tk - k0, ks, D);
+        load_rows<BK, DP, SP>(Ks, kb, k0, a.Tk - k0, ks, D);
+        load_rows<BK, DP, SP>(Vs, vb, k0, a.Tk - k0, ks, D);
         if (tid < BK)
             s_kv[tid] = key_ok(a, n, k0 + tid);
         __syncthreads();
         float s[RM][CN];
-        mm_abt<BQ, BK, DP>(s, Qs, Ks, ty, tx);
+        /* TC: the scores pass through Ps; each thread reads back only the
+         * elements it then overwrites with P. */
+        prod_abt<TC, BQ, BK, DP, SP, LP>(s, Qs, Ks, Ps, ty, tx);
 #pragma unroll
         for (int i = 0; i < RM; i++) {
             const int r = ty + 16 * i;
@@ -279,7 +404,8 @@ __global__ static void __launch_bounds__(FA_THREADS)
                 Ps[r * LP + tx + 16 * j] = s[i][j];
         }
         __syncthreads();
-        mm_ab<BQ, BK, DP>(o, Ps, Vs, ty, tx);
+        /* TC: P V lands in Ks, read by nobody after the scores. */
+        prod_ab<TC, BQ, BK, DP, LP, SP>(o, Ps, Vs, Ks, ty, tx);
         __syncthreads(); /* Ks, Vs, Ps are overwritten by the next tile */
     }
 
@@ -324,30 +450,34 @@ __global__ static void fa_dot_k(float *Dv, const float *dout, const float *out, 
         Dv[row] = (float)s;
 }
 
-/* dK and dV of one tile of keys; blockIdx.x = (n * Hkv + hk) * ktiles +
- * key tile. Rows of the product tiles are keys, columns queries. */
-template <int DP>
+/* Query head h's part of dK and dV for one tile of keys; blockIdx.x =
+ * (n * Hq + h) * ktiles + key tile. Rows of the product tiles are keys,
+ * columns queries. With pk (pv) given, the part is stored there as [N, Tk,
+ * Hq, D] (kernel kv_sum adds the heads of a group); else (one query head per
+ * kv head) it is added into dk (dv) [N, Tk, Hkv, D] directly. */
+template <int DP, bool TC>
 __global__ static void __launch_bounds__(FA_THREADS) fa_bwd_kv_k(
-    float *dk, float *dv, const float *dout, const float *q, const float *k, const float *v,
-    const float *lse, const float *Dv, fa_args a, int64_t ktiles)
+    float *dk, float *dv, float *pk, float *pv, const float *dout, const float *q, const float *k,
+    const float *v, const float *lse, const float *Dv, fa_args a, int64_t ktiles)
 {
-    constexpr int BK = KV_BK, BQ = KV_BQ, LP = BQ + 1;
+    constexpr int BK = KV_BK, BQ = KV_BQ, SP = DP + pad<TC>(), LP = BQ + pad<TC>();
     constexpr int RM = BK / 16, CN = BQ / 16, DN = DP / 16;
-    extern __shared__ float smem[];
-    float *Ks = smem, *Vs = Ks + BK * (DP + 1), *Qs = Vs + BK * (DP + 1);
-    float *dOs = Qs + BQ * (DP + 1), *PT = dOs + BQ * (DP + 1), *dST = PT + BK * LP;
+    extern __shared__ __align__(128) float smem[];
+    float *Ks = smem, *Vs = Ks + BK * SP, *Qs = Vs + BK * SP;
+    float *dOs = Qs + BQ * SP, *PT = dOs + BQ * SP, *dST = PT + BK * LP;
+    float *Xs = dST + BK * LP; /* TC: [BK][SP], the dV and dK products */
     __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
     __shared__ float s_lse[BQ], s_D[BQ];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int64_t blk = blockIdx.x;
-    const int64_t j0 = (blk % ktiles) * BK, hk = (blk / ktiles) % a.Hkv,
-                  n = blk / (ktiles * a.Hkv);
-    const int64_t G = a.Hq / a.Hkv, D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
+    const int64_t j0 = (blk % ktiles) * BK, h = (blk / ktiles) % a.Hq,
+                  n = blk / (ktiles * a.Hq);
+    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
     const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
-    load_rows<BK, DP>(Ks, kb, j0, a.Tk - j0, ks, D);
-    load_rows<BK, DP>(Vs, vb, j0, a.Tk - j0, ks, D);
+    load_rows<BK, DP, SP>(Ks, kb, j0, a.Tk - j0, ks, D);
+    load_rows<BK, DP, SP>(Vs, vb, j0, a.Tk - j0, ks, D);
     if (tid < BK)
         s_kv[tid] = key_ok(a, n, j0 + tid);
     /* The first barrier below also publishes these. */
@@ -359,52 +489,50 @@ __global__ static void __launch_bounds__(FA_THREADS) fa_bwd_kv_k(
         for (int j = 0; j < DN; j++)
             adk[i][j] = adv[i][j] = 0.0f;
 
-    /* Query heads of the group, then query tiles, in order. */
-    for (int64_t h = hk * G; h < (hk + 1) * G; h++) {
-        const float *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
-        const float *lb = lse + (n * a.Hq + h) * a.Tq, *db = Dv + (n * a.Hq + h) * a.Tq;
-        for (int64_t i0 = 0; i0 < a.Tq; i0 += BQ) {
-            /* Safe to overwrite: the previous tile's readers passed its
-             * closing barrier (or, when it was skipped, read nothing). */
-            int need = 0;
-            if (tid < BQ) {
-                row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
-                need = spans_meet(s_lo[tid], s_hi[tid], j0, j0 + BK);
-            }
-            if (!__syncthreads_or(need))
-                continue;
-            load_rows<BQ, DP>(Qs, qb, i0, a.Tq - i0, qs, D);
-            load_rows<BQ, DP>(dOs, ob, i0, a.Tq - i0, qs, D);
-            if (tid < BQ) {
-                const int64_t gi = i0 + tid;
-                s_lse[tid] = gi < a.Tq ? lb[gi] : INFINITY;
-                s_D[tid] = gi < a.Tq ? db[gi] : 0.0f;
-            }
-            __syncthreads();
-            float s[RM][CN], dp[RM][CN];
-            mm_abt<BK, BQ, DP>(s, Ks, Qs, ty, tx);
-            mm_abt<BK, BQ, DP>(dp, Vs, dOs, ty, tx);
-#pragma unroll
-            for (int i = 0; i < RM; i++)
-#pragma unroll
-                for (int j = 0; j < CN; j++) {
-                    const int r = ty + 16 * i, c = tx + 16 * j; /* key r, query c */
-                    const float L = s_lse[c];
-                    /* lse = +inf: the row saw no key, P = 0 (no NaN from
-                     * exp(s - inf) on the way). */
-                    const bool vis =
-                        s_kv[r] && L < INFINITY && in_spans(s_lo[c], s_hi[c], j0 + r);
-                    /* The scaled score rounded as in the forward pass (no
-                     * fma with the subtraction): P is exp of the same value. */
-                    const float p = vis ? expf(__fmul_rn(a.scale, s[i][j]) - L) : 0.0f;
-                    PT[r * LP + c] = p;
-                    dST[r * LP + c] = p * (dp[i][j] - s_D[c]);
-                }
-            __syncthreads();
-            mm_ab<BK, BQ, DP>(adv, PT, dOs, ty, tx);
-            mm_ab<BK, BQ, DP>(adk, dST, Qs, ty, tx);
-            __syncthreads();
+    const float *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
+    const float *lb = lse + (n * a.Hq + h) * a.Tq, *db = Dv + (n * a.Hq + h) * a.Tq;
+    for (int64_t i0 = 0; i0 < a.Tq; i0 += BQ) {
+        /* Safe to overwrite: the previous tile's readers passed its
+         * closing barrier (or, when it was skipped, read nothing). */
+        int need = 0;
+        if (tid < BQ) {
+            row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
+            need = spans_meet(s_lo[tid], s_hi[tid], j0, j0 + BK);
         }
+        if (!__syncthreads_or(need))
+            continue;
+        load_rows<BQ, DP, SP>(Qs, qb, i0, a.Tq - i0, qs, D);
+        load_rows<BQ, DP, SP>(dOs, ob, i0, a.Tq - i0, qs, D);
+        if (tid < BQ) {
+            const int64_t gi = i0 + tid;
+            s_lse[tid] = gi < a.Tq ? lb[gi] : INFINITY;
+            s_D[tid] = gi < a.Tq ? db[gi] : 0.0f;
+        }
+        __syncthreads();
+        float s[RM][CN], dp[RM][CN];
+        /* TC: S^T and dP^T pass through PT and dST, which each thread then
+         * overwrites at the elements it read. */
+        prod_abt<TC, BK, BQ, DP, SP, LP>(s, Ks, Qs, PT, ty, tx);
+        prod_abt<TC, BK, BQ, DP, SP, LP>(dp, Vs, dOs, dST, ty, tx);
+#pragma unroll
+        for (int i = 0; i < RM; i++)
+#pragma unroll
+            for (int j = 0; j < CN; j++) {
+                const int r = ty + 16 * i, c = tx + 16 * j; /* key r, query c */
+                const float L = s_lse[c];
+                /* lse = +inf: the row saw no key, P = 0 (no NaN from
+                 * exp(s - inf) on the way). */
+                const bool vis = s_kv[r] && L < INFINITY && in_spans(s_lo[c], s_hi[c], j0 + r);
+                /* The scaled score rounded as in the forward pass (no
+                 * fma with the subtraction): P is exp of the same value. */
+                const float p = vis ? expf(__fmul_rn(a.scale, s[i][j]) - L) : 0.0f;
+                PT[r * LP + c] = p;
+                dST[r * LP + c] = p * (dp[i][j] - s_D[c]);
+            }
+        __syncthreads();
+        prod_ab<TC, BK, BQ, DP, LP, SP>(adv, PT, dOs, Xs, ty, tx);
+        prod_ab<TC, BK, BQ, DP, LP, SP>(adk, dST, Qs, Xs, ty, tx);
+        __syncthreads();
     }
 
 #pragma unroll
@@ -413,30 +541,52 @@ __global__ static void __launch_bounds__(FA_THREADS) fa_bwd_kv_k(
         if (gj >= a.Tk)
             continue;
         const int64_t off = ((n * a.Tk + gj) * a.Hkv + hk) * D;
+        const int64_t poff = ((n * a.Tk + gj) * a.Hq + h) * D;
 #pragma unroll
         for (int j = 0; j < DN; j++) {
             const int col = tx + 16 * j;
             if (col >= D)
                 continue;
-            if (dk)
+            if (pk)
+                pk[poff + col] = a.scale * adk[i][j];
+            else if (dk)
                 dk[off + col] += a.scale * adk[i][j];
-            if (dv)
+            if (pv)
+                pv[poff + col] = adv[i][j];
+            else if (dv)
                 dv[off + col] += adv[i][j];
         }
     }
 }
 
+/* dst[n, j, hk, d] += sum over the group's query heads g (in order) of
+ * part[n, j, hk G + g, d]: dst [N, Tk, Hkv, D], part [N, Tk, Hq, D]. One
+ * thread per element of dst. */
+__global__ static void fa_kv_sum_k(float *dst, const float *part, fa_args a)
+{
+    const int64_t e = (int64_t)blockIdx.x * FA_THREADS + threadIdx.x;
+    if (e >= a.N * a.Tk * a.Hkv * a.D)
+        return;
+    const int64_t G = a.Hq / a.Hkv, d = e % a.D, row = e / a.D; /* row = (n Tk + j) Hkv + hk */
+    const float *p = part + (row * G) * a.D + d;
+    float s = 0.0f;
+    for (int64_t g = 0; g < G; g++)
+        s += p[g * a.D];
+    dst[e] += s;
+}
+
 /* dQ of one tile of query rows; blockIdx.x as fa_fwd_k. */
-template <int DP>
+template <int DP, bool TC>
 __global__ static void __launch_bounds__(FA_THREADS) fa_bwd_q_k(
     float *dq, const float *dout, const float *q, const float *k, const float *v,
     const float *lse, const float *Dv, fa_args a, int64_t qtiles)
 {
-    constexpr int BQ = BQ_BQ, BK = BQ_BK, LP = BK + 1;
+    constexpr int BQ = BQ_BQ, BK = BQ_BK, SP = DP + pad<TC>(), LP = BK + pad<TC>();
     constexpr int RM = BQ / 16, CN = BK / 16, DN = DP / 16;
-    extern __shared__ float smem[];
-    float *Qs = smem, *dOs = Qs + BQ * (DP + 1), *Ks = dOs + BQ * (DP + 1);
-    float *Vs = Ks + BK * (DP + 1), *dSs = Vs + BK * (DP + 1);
+    extern __shared__ __align__(128) float smem[];
+    float *Qs = smem, *dOs = Qs + BQ * SP, *Ks = dOs + BQ * SP;
+    float *Vs = Ks + BK * SP, *dSs = Vs + BK * SP;
+    float *dPs = dSs + BQ * LP, *Ys = dPs + BQ * LP; /* TC: dP tile, [BQ][SP] dS K product */
     __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -446,8 +596,8 @@ __global__ static void __launch_bounds__(FA_THREADS) fa_bwd_q_k(
     const float *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
     const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
-    load_rows<BQ, DP>(Qs, qb, i0, a.Tq - i0, qs, D);
-    load_rows<BQ, DP>(dOs, ob, i0, a.Tq - i0, qs, D);
+    load_rows<BQ, DP, SP>(Qs, qb, i0, a.Tq - i0, qs, D);
+    load_rows<BQ, DP, SP>(dOs, ob, i0, a.Tq - i0, qs, D);
     if (tid < BQ)
         row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
     float L[RM], Di[RM], acc[RM][DN];
@@ -466,14 +616,16 @@ __global__ static void __launch_bounds__(FA_THREADS) fa_bwd_q_k(
         const int need = tid < BQ && spans_meet(s_lo[tid], s_hi[tid], k0, k0 + BK);
         if (!__syncthreads_or(need))
             continue;
-        load_rows<BK, DP>(Ks, kb, k0, a.Tk - k0, ks, D);
-        load_rows<BK, DP>(Vs, vb, k0, a.Tk - k0, ks, D);
+        load_rows<BK, DP, SP>(Ks, kb, k0, a.Tk - k0, ks, D);
+        load_rows<BK, DP, SP>(Vs, vb, k0, a.Tk - k0, ks, D);
         if (tid < BK)
             s_kv[tid] = key_ok(a, n, k0 + tid);
         __syncthreads();
         float s[RM][CN], dp[RM][CN];
-        mm_abt<BQ, BK, DP>(s, Qs, Ks, ty, tx);
-        mm_abt<BQ, BK, DP>(dp, dOs, Vs, ty, tx);
+        /* TC: S passes through dSs (overwritten below by each thread at
+         * the elements it read), dP through dPs. */
+        prod_abt<TC, BQ, BK, DP, SP, LP>(s, Qs, Ks, dSs, ty, tx);
+        prod_abt<TC, BQ, BK, DP, SP, LP>(dp, dOs, Vs, dPs, ty, tx);
 #pragma unroll
         for (int i = 0; i < RM; i++)
 #pragma unroll
@@ -484,7 +636,7 @@ __global__ static void __launch_bounds__(FA_THREADS) fa_bwd_q_k(
                 dSs[r * LP + c] = p * (dp[i][j] - Di[i]);
             }
         __syncthreads();
-        mm_ab<BQ, BK, DP>(acc, dSs, Ks, ty, tx);
+        prod_ab<TC, BQ, BK, DP, LP, SP>(acc, dSs, Ks, Ys, ty, tx);
         __syncthreads();
     }
 
@@ -525,30 +677,44 @@ static int launch(K kernel, int64_t blocks, size_t bytes, const char *what, dvl_
     return dvl_cuda_check(what, err);
 }
 
-template <int DP>
+template <int DP, bool TC>
 static int fwd_dp(float *out, float *lse, const float *q, const float *k, const float *v,
                   const fa_args &a, dvl_err *err)
 {
     const int64_t qtiles = cdiv(a.Tq, FWD_BQ);
-    return launch(fa_fwd_k<DP>, qtiles * a.Hq * a.N, fwd_smem<DP>(), "attention forward", err,
-                  out, lse, q, k, v, a, qtiles);
+    return launch(fa_fwd_k<DP, TC>, qtiles * a.Hq * a.N, fwd_smem<DP, TC>(), "attention forward",
+                  err, out, lse, q, k, v, a, qtiles);
 }
 
-template <int DP>
-static int bwd_dp(float *dq, float *dk, float *dv, float *Dv, const float *dout, const float *q,
-                  const float *k, const float *v, const float *lse, const fa_args &a,
-                  dvl_err *err)
+/* pk, pv: scratch for the per-head parts of dK, dV (grouped heads only). */
+template <int DP, bool TC>
+static int bwd_dp(float *dq, float *dk, float *dv, float *Dv, float *pk, float *pv,
+                  const float *dout, const float *q, const float *k, const float *v,
+                  const float *lse, const fa_args &a, dvl_err *err)
 {
     int rc = DVL_OK;
     if (dk || dv) {
         const int64_t ktiles = cdiv(a.Tk, KV_BK);
-        rc = launch(fa_bwd_kv_k<DP>, ktiles * a.Hkv * a.N, kv_smem<DP>(),
-                    "attention backward dK dV", err, dk, dv, dout, q, k, v, lse,
-                    (const float *)Dv, a, ktiles);
+        const bool grouped = a.Hq != a.Hkv;
+        rc = launch(fa_bwd_kv_k<DP, TC>, ktiles * a.Hq * a.N, kv_smem<DP, TC>(),
+                    "attention backward dK dV", err, dk, dv, grouped && dk ? pk : (float *)NULL,
+                    grouped && dv ? pv : (float *)NULL, dout, q, k, v, lse, (const float *)Dv, a,
+                    ktiles);
+        const int64_t sum_blocks = cdiv(a.N * a.Tk * a.Hkv * a.D, FA_THREADS);
+        if (rc == DVL_OK && grouped && sum_blocks > INT_MAX)
+            rc = dvl_errf(err, DVL_EINVAL, "attention backward: %lld kv gradient blocks exceed "
+                          "the grid limit", (long long)sum_blocks);
+        for (int t = 0; rc == DVL_OK && grouped && t < 2; t++) {
+            float *dst = t ? dv : dk;
+            if (!dst)
+                continue;
+            fa_kv_sum_k<<<(unsigned)sum_blocks, FA_THREADS>>>(dst, t ? pv : pk, a);
+            rc = dvl_cuda_check("attention backward: dK dV over the group's heads", err);
+        }
     }
     if (rc == DVL_OK && dq) {
         const int64_t qtiles = cdiv(a.Tq, BQ_BQ);
-        rc = launch(fa_bwd_q_k<DP>, qtiles * a.Hq * a.N, q_smem<DP>(), "attention backward dQ",
+        rc = launch(fa_bwd_q_k<DP, TC>, qtiles * a.Hq * a.N, q_smem<DP, TC>(), "attention backward dQ",
                     err, dq, dout, q, k, v, lse, (const float *)Dv, a, qtiles);
     }
     return rc;
@@ -568,11 +734,14 @@ static fa_args args_of(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hk
 extern "C" bool dvl_cuda_attention_tiled(int64_t D) { return D >= 1 && D <= DVL_CUDA_ATTN_MAX_D; }
 
 extern "C" int64_t dvl_cuda_attention_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq,
-                                              int64_t D, bool backward)
+                                              int64_t Hkv, int64_t D, bool backward)
 {
     if (!dvl_cuda_attention_tiled(D))
         return (backward ? 2 : 1) * dvl_cuda_attention_ref_scratch(N, Tq, Tk, Hq);
-    return backward ? N * Hq * Tq : 0; /* D_i per query row */
+    if (!backward)
+        return 0;
+    /* D_i per query row; with grouped heads each head's dK and dV parts */
+    return N * Hq * Tq + (Hq != Hkv ? 2 * N * Tk * Hq * D : 0);
 }
 
 extern "C" int dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, const float *q,
@@ -580,7 +749,7 @@ extern "C" int dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, co
                                       int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D,
                                       int mask_kind, int64_t block, int64_t half,
                                       int64_t q_offset, const uint8_t *key_valid, float scale,
-                                      dvl_err *err)
+                                      bool tc, dvl_err *err)
 {
     if (N <= 0 || Tq <= 0 || Hq <= 0 || D <= 0)
         return DVL_OK; /* empty output */
@@ -595,10 +764,13 @@ extern "C" int dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, co
     const fa_args a = args_of(N, Tq, Tk, Hq, Hkv, D, mask_kind, block, half, q_offset, key_valid,
                               scale);
     if (D <= 32)
-        return fwd_dp<32>(out, lse, q, k, v, a, err);
+        return tc ? fwd_dp<32, true>(out, lse, q, k, v, a, err)
+                  : fwd_dp<32, false>(out, lse, q, k, v, a, err);
     if (D <= 64)
-        return fwd_dp<64>(out, lse, q, k, v, a, err);
-    return fwd_dp<128>(out, lse, q, k, v, a, err);
+        return tc ? fwd_dp<64, true>(out, lse, q, k, v, a, err)
+                  : fwd_dp<64, false>(out, lse, q, k, v, a, err);
+    return tc ? fwd_dp<128, true>(out, lse, q, k, v, a, err)
+              : fwd_dp<128, false>(out, lse, q, k, v, a, err);
 }
 
 extern "C" int dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *scratch,
@@ -607,7 +779,7 @@ extern "C" int dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *sc
                                       int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D,
                                       int mask_kind, int64_t block, int64_t half,
                                       int64_t q_offset, const uint8_t *key_valid, float scale,
-                                      dvl_err *err)
+                                      bool tc, dvl_err *err)
 {
     if (N <= 0 || Tq <= 0 || Tk <= 0 || Hq <= 0 || D <= 0 || (!dq && !dk && !dv))
         return DVL_OK; /* every gradient term is an empty sum */
@@ -621,8 +793,8 @@ extern "C" int dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *sc
     }
     const fa_args a = args_of(N, Tq, Tk, Hq, Hkv, D, mask_kind, block, half, q_offset, key_valid,
                               scale);
-    float *Dv = scratch;
     const int64_t rows = N * Hq * Tq;
+    float *Dv = scratch, *pk = scratch + rows, *pv = pk + N * Tk * Hq * D;
     if (cdiv(rows, FA_THREADS / 32) > INT_MAX)
         return dvl_errf(err, DVL_EINVAL,
                         "attention backward: %lld query rows exceed the grid limit",
@@ -631,9 +803,11 @@ extern "C" int dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *sc
     int rc = dvl_cuda_check("attention backward D = rowsum(dO O)", err);
     if (rc != DVL_OK)
         return rc;
+#define BWD(DP, TC) bwd_dp<DP, TC>(dq, dk, dv, Dv, pk, pv, dout, q, k, v, lse, a, err)
     if (D <= 32)
-        return bwd_dp<32>(dq, dk, dv, Dv, dout, q, k, v, lse, a, err);
+        return tc ? BWD(32, true) : BWD(32, false);
     if (D <= 64)
-        return bwd_dp<64>(dq, dk, dv, Dv, dout, q, k, v, lse, a, err);
-    return bwd_dp<128>(dq, dk, dv, Dv, dout, q, k, v, lse, a, err);
+        return tc ? BWD(64, true) : BWD(64, false);
+    return tc ? BWD(128, true) : BWD(128, false);
+#undef BWD
 }
