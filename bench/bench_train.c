@@ -4,7 +4,7 @@
  * measured in the same run.
  *
  *   dvl-bench train [--seq L] [--batch N] [--layers K] [--steps S] [--block B]
- *                   [--vocab V]
+ *                   [--vocab V] [--profile]
  *   defaults: L 512 (so 2L = 1024 positions with [x_t ; x_0]), N 1, K 24
  *   (the full 0.5B depth), S 3 timed steps after one warm-up, B 8, V 151936.
  *
@@ -19,6 +19,8 @@
  *   and PV), pairs counted with dvl_mask_allows;
  *   LM head: 2 x d x V per noisy row (fused linear + cross-entropy).
  * The whole sequence is supervised (every token may be masked).
+ * --profile adds one step with the context's op profile on (tensor.h:
+ * dvl_ctx_profile) and prints the time per op, forward and backward.
  *
  *   dvl-bench train --device cuda [--seq L] [--steps S] [--tf32 | --bf16] [...]
  * runs the same step on the GPU (default L 2048): parameters, gradients and
@@ -89,7 +91,43 @@ static const char *arg_str(int argc, char **argv, const char *name, const char *
     return def;
 }
 
+static bool has_flag(int argc, char **argv, const char *name)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], name) == 0)
+            return true;
+    return false;
+}
+
 static int train_cuda(int argc, char **argv);
+
+static int by_time(const void *a, const void *b)
+{
+    const dvl_op_time *x = a, *y = b;
+    double tx = x->fwd_s + x->bwd_s, ty = y->fwd_s + y->bwd_s;
+    return tx < ty ? 1 : tx > ty ? -1 : 0;
+}
+
+/* --profile: the op table of the profiled step (dvl_ctx_profile), the ops
+ * by forward + backward time. */
+static void print_profile(const dvl_ctx *ctx, double best)
+{
+    const dvl_op_time *rows;
+    int n = dvl_ctx_profile_rows(ctx, &rows);
+    dvl_op_time sorted[DVL_PROF_OPS];
+    double sum = 0;
+    for (int i = 0; i < n; i++)
+        sorted[i] = rows[i], sum += rows[i].fwd_s + rows[i].bwd_s;
+    qsort(sorted, (size_t)n, sizeof *sorted, by_time);
+    printf("  op profile (one more step, waiting for the device after every op): %.3f s in ops "
+           "vs best step %.3f s\n",
+           sum, best);
+    for (int i = 0; i < n; i++)
+        printf("    %-22s forward %9.2f ms (%4" PRId64 " calls)  backward %9.2f ms (%4" PRId64
+               ")  %5.1f%%\n",
+               sorted[i].op, sorted[i].fwd_s * 1e3, sorted[i].fwd_n, sorted[i].bwd_s * 1e3,
+               sorted[i].bwd_n, 100.0 * (sorted[i].fwd_s + sorted[i].bwd_s) / sum);
+}
 
 int bench_train(int argc, char **argv)
 {
@@ -103,7 +141,8 @@ int bench_train(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
-                   "[--steps S] [--block B] [--vocab V] [--tf32 | --bf16 (cuda)]\n");
+                   "[--steps S] [--block B] [--vocab V] [--profile] [--tf32 | --bf16 (cuda)]\n"
+                   "  --profile: one more step with the op profile on: time per op\n");
             return 0;
         }
     int L = arg_int(argc, argv, "--seq", 512), N = arg_int(argc, argv, "--batch", 1);
@@ -183,7 +222,8 @@ int bench_train(int argc, char **argv)
 
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     double best = 1e30, total = 0;
-    for (int k = 0; k <= steps; k++) {
+    const bool prof = has_flag(argc, argv, "--profile");
+    for (int k = 0; k <= steps + prof; k++) {
         double t0 = bench_now();
         dvl_params_zero_grad(m.params);
         dvl_ctx_reset(ctx);
@@ -193,6 +233,7 @@ int bench_train(int argc, char **argv)
             return 1;
         }
         mask = dvl_diff_attn_mask(db, B);
+        dvl_ctx_profile(ctx, k > steps); /* the extra step of --profile */
         dvl_lm_input li = {.batch = N, .seq = 2 * L, .ids = db->ids, .pos = db->pos, .mask = &mask};
         dvl_tensor *h = dvl_lm_forward(ctx, &m.lm, &li);
         dvl_tensor *hn = dvl_gather_rows(ctx, h, db->noisy_rows, (int64_t)N * L);
@@ -206,6 +247,8 @@ int bench_train(int argc, char **argv)
             dvl_grad_scale(m.params, (float)(1.0 / (gn + 1e-6)));
         dvl_adamw_step(opt, 1e-5f);
         double t = bench_now() - t0;
+        if (k > steps)
+            break;
         printf("  step %d%s: %.2f s, loss %.4f\n", k, k == 0 ? " (warm-up)" : "", t,
                dvl_f32(loss)[0]);
         fflush(stdout);
@@ -220,6 +263,8 @@ int bench_train(int argc, char **argv)
            best, total / steps, tokens / best, 2 * tokens / best, flops / best / 1e9);
     printf("  machine sgemm peak (2048^3, same run): %.1f GFLOP/s -> %.0f%% of peak\n", peak,
            100.0 * flops / best / 1e9 / peak);
+    if (prof)
+        print_profile(ctx, best);
     dvl_ctx_free(ctx);
     dvl_adamw_free(opt);
     dvl_diff_batch_free(db);
@@ -239,14 +284,6 @@ static int train_cuda(int argc, char **argv)
     return 1;
 }
 #else
-
-static bool has_flag(int argc, char **argv, const char *name)
-{
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], name) == 0)
-            return true;
-    return false;
-}
 
 #define TRAIN_OOM 3 /* run_cuda: the step did not fit in device memory */
 
@@ -346,6 +383,7 @@ typedef struct cuda_run {
     int N, layers, steps, B, V;
     dvl_cuda_math math; /* of the context's products */
     double peak[3];
+    bool profile; /* --profile */
 } cuda_run;
 
 static bool is_oom(const dvl_err *e)
@@ -400,7 +438,7 @@ static int run_cuda(const cuda_run *r, int L)
     double useful = 3.0 * (lin + 2.0 * d * r->V * (double)L * N) + attn;
 
     double best = 1e30, total = 0, phase[3] = {0}; /* of the best step */
-    for (int k = 0; k <= r->steps; k++) {
+    for (int k = 0; k <= r->steps + r->profile; k++) {
         double tp[4]; /* phase boundaries: forward, backward, clip + AdamW */
         double t0 = bench_now();
         dvl_params_zero_grad(r->pd);
@@ -411,6 +449,7 @@ static int run_cuda(const cuda_run *r, int L)
             goto done;
         }
         mask = dvl_diff_attn_mask(db, B);
+        dvl_ctx_profile(ctx, k > r->steps); /* the extra step of --profile */
         dvl_lm_input li = {.batch = N, .seq = 2 * L, .ids = db->ids, .pos = db->pos, .mask = &mask};
         dvl_tensor *h = dvl_lm_forward(ctx, &r->m->lm, &li);
         dvl_tensor *hn = dvl_gather_rows(ctx, h, db->noisy_rows, (int64_t)N * L);
@@ -448,6 +487,8 @@ static int run_cuda(const cuda_run *r, int L)
         }
         tp[0] = t0, tp[3] = bench_now();
         double t = tp[3] - t0;
+        if (k > r->steps)
+            break;
         if (k == 0)
             printf("  seq %d: stage 2 step: batch %d x [x_t ; x_0] of 2 x %d = %d positions, "
                    "block %d, %.0f allowed pairs per sequence\n",
@@ -482,6 +523,8 @@ static int run_cuda(const cuda_run *r, int L)
            "-> %.1f%%, tf32 %.1f -> %.1f%%, bf16 %.1f -> %.1f%%\n",
            math_names[r->math], r->peak[0], 100.0 * tf / r->peak[0], r->peak[1],
            100.0 * tf / r->peak[1], r->peak[2], 100.0 * tf / r->peak[2]);
+    if (r->profile)
+        print_profile(ctx, best);
     rc = 0;
 done:
     dvl_ctx_free(ctx);
@@ -518,6 +561,7 @@ static int train_cuda(int argc, char **argv)
         return 1;
     }
     cuda_run r = {.N = N, .layers = layers, .steps = steps, .B = B, .V = V,
+                  .profile = has_flag(argc, argv, "--profile"),
                   .math = bf16 ? DVL_MATH_BF16 : tf32 ? DVL_MATH_TF32 : DVL_MATH_F32};
     if (gemm_peaks(r.peak, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);

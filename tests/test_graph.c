@@ -117,12 +117,61 @@ START_TEST(frozen_parameters_get_no_gradient)
 }
 END_TEST
 
+/* The op profile counts every node of the tape once forward and once
+ * backward (each node here has a gradient to pass on), under the name the
+ * op recorded, with finite non-negative times; off, it counts nothing; on
+ * again, it starts from an empty table. */
+START_TEST(op_profile_counts_each_node)
+{
+    dvl_params *p = toy_params(&CFG, 31);
+    toy_batch b = toy_batch_new(&CFG, 32);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    const dvl_op_time *rows;
+    dvl_ctx_profile(ctx, true);
+    dvl_tensor *l = toy_loss(ctx, &CFG, p, &b);
+    ck_assert_ptr_nonnull(l);
+    const int nodes = dvl_tape_len(ctx);
+    ck_assert_int_eq(dvl_backward(ctx, l), 0);
+    int n = dvl_ctx_profile_rows(ctx, &rows);
+    ck_assert_int_ge(n, 4); /* embedding, rmsnorm, linear, attention, ... */
+    int64_t fwd = 0, bwd = 0;
+    bool saw_attention = false;
+    for (int i = 0; i < n; i++) {
+        ck_assert(isfinite(rows[i].fwd_s) && rows[i].fwd_s >= 0);
+        ck_assert(isfinite(rows[i].bwd_s) && rows[i].bwd_s >= 0);
+        ck_assert_int_eq(rows[i].fwd_n, rows[i].bwd_n);
+        for (int j = 0; j < i; j++)
+            ck_assert_str_ne(rows[i].op, rows[j].op);
+        saw_attention |= !strcmp(rows[i].op, "attention");
+        fwd += rows[i].fwd_n, bwd += rows[i].bwd_n;
+    }
+    ck_assert(saw_attention);
+    ck_assert_int_eq(fwd, nodes);
+    ck_assert_int_eq(bwd, nodes);
+
+    dvl_ctx_profile(ctx, false);
+    dvl_ctx_reset(ctx);
+    l = toy_loss(ctx, &CFG, p, &b);
+    ck_assert_int_eq(dvl_backward(ctx, l), 0);
+    int64_t again = 0;
+    for (int i = 0; i < dvl_ctx_profile_rows(ctx, &rows); i++)
+        again += rows[i].fwd_n;
+    ck_assert_int_eq(again, nodes); /* unchanged while off */
+    dvl_ctx_profile(ctx, true);
+    ck_assert_int_eq(dvl_ctx_profile_rows(ctx, &rows), 0);
+    dvl_ctx_free(ctx);
+    toy_batch_free(&b);
+    dvl_params_free(p);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("graph");
     TCase *tc = tcase_create("graph");
     tcase_add_test(tc, directional_derivative_matches_finite_difference);
     tcase_add_test(tc, frozen_parameters_get_no_gradient);
+    tcase_add_test(tc, op_profile_counts_each_node);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tensor/tensor.h"
 
@@ -53,6 +54,12 @@ struct dvl_ctx {
     dvl_grad_ready_fn ready_fn;
     void *ready_user;
     uint64_t mark_gen;
+    /* Op profile (dvl_ctx_profile): on or off, the clock's last point, the
+     * rows. */
+    bool prof;
+    double prof_t;
+    int prof_n;
+    dvl_op_time prof_rows[DVL_PROF_OPS];
 };
 
 static chunk *chunk_new(dvl_ctx *ctx, size_t size)
@@ -506,9 +513,73 @@ bool dvl_needs_grad(const dvl_ctx *ctx, dvl_tensor *const *in, int n)
     return false;
 }
 
+/* ----------------------------------------------------------- profile */
+
+static double prof_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Waits for the context's device; the time since the last point. */
+static double prof_lap(dvl_ctx *ctx)
+{
+#ifdef DVL_HAVE_CUDA
+    if (ctx->device == DVL_CUDA) {
+        dvl_err e = {0, ""};
+        if (dvl_cuda_sync("op profile", &e) != DVL_OK && ctx->err.code == DVL_OK)
+            ctx->err = e;
+    }
+#endif
+    double t = prof_now(), dt = t - ctx->prof_t;
+    ctx->prof_t = t;
+    return dt;
+}
+
+static dvl_op_time *prof_row(dvl_ctx *ctx, const char *op)
+{
+    for (int i = 0; i < ctx->prof_n; i++)
+        if (!strcmp(ctx->prof_rows[i].op, op))
+            return &ctx->prof_rows[i];
+    if (ctx->prof_n == DVL_PROF_OPS - 1 && strcmp(op, "other"))
+        return prof_row(ctx, "other");
+    dvl_op_time *r = &ctx->prof_rows[ctx->prof_n++];
+    *r = (dvl_op_time){.op = op};
+    return r;
+}
+
+void dvl_ctx_profile(dvl_ctx *ctx, bool on)
+{
+    ctx->prof = on;
+    if (on) {
+        ctx->prof_n = 0;
+        dvl_ctx_profile_mark(ctx);
+    }
+}
+
+void dvl_ctx_profile_mark(dvl_ctx *ctx)
+{
+    if (ctx->prof)
+        prof_lap(ctx);
+}
+
+int dvl_ctx_profile_rows(const dvl_ctx *ctx, const dvl_op_time **rows)
+{
+    *rows = ctx->prof_rows;
+    return ctx->prof_n;
+}
+
+/* ------------------------------------------------------------- tape */
+
 dvl_node *dvl_record(dvl_ctx *ctx, const char *op, dvl_backward_fn backward, dvl_tensor *out,
                      dvl_tensor *const *in, int n_in)
 {
+    if (ctx->prof) {
+        dvl_op_time *r = prof_row(ctx, op);
+        r->fwd_s += prof_lap(ctx);
+        r->fwd_n++;
+    }
     if (ctx->tape_len == ctx->tape_cap) {
         int cap = ctx->tape_cap ? ctx->tape_cap * 2 : 256;
         dvl_node *t = realloc(ctx->tape, (size_t)cap * sizeof *t);
@@ -601,8 +672,16 @@ static int run_tape(dvl_ctx *ctx)
     int next = n_first - 1; /* the latest first use not yet reported */
     for (int i = ctx->tape_len - 1; i >= 0 && !ctx->err.code; i--) {
         dvl_node *node = &ctx->tape[i];
-        if (dvl_has_grad(node->out))
+        if (dvl_has_grad(node->out)) {
+            if (ctx->prof)
+                prof_lap(ctx); /* the work between nodes is no node's */
             node->backward(ctx, node);
+            if (ctx->prof) {
+                dvl_op_time *r = prof_row(ctx, node->op);
+                r->bwd_s += prof_lap(ctx);
+                r->bwd_n++;
+            }
+        }
         for (; next >= 0 && first[next].node == i; next--)
             ctx->ready_fn(ctx->ready_user, first[next].param);
     }

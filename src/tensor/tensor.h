@@ -150,6 +150,26 @@ int dvl_tape_len(const dvl_ctx *ctx);
 typedef void (*dvl_grad_ready_fn)(void *user, dvl_tensor *param);
 void dvl_set_grad_ready_hook(dvl_ctx *ctx, dvl_grad_ready_fn fn, void *user);
 
+/* Op profile, a developer's tool (dvl-bench train --profile): while on, the
+ * context waits for its device at each op it records on the tape and after
+ * each backward node, and adds the wall time since the previous such point
+ * to the op's row (forward: the time up to the op's recording, so the host
+ * work before an op counts to it; dvl_ctx_profile_mark restarts the clock
+ * after work that is no op's). Waiting serialises host and device: the
+ * times add up to more than an unprofiled step. Turning it on clears the
+ * table; at most DVL_PROF_OPS distinct op names (more go to the last row,
+ * "other"). */
+#define DVL_PROF_OPS 48
+typedef struct dvl_op_time {
+    const char *op;       /* the name ops record under ("linear", "attention", ...) */
+    double fwd_s, bwd_s;  /* summed wall time */
+    int64_t fwd_n, bwd_n; /* calls */
+} dvl_op_time;
+void dvl_ctx_profile(dvl_ctx *ctx, bool on);
+void dvl_ctx_profile_mark(dvl_ctx *ctx);
+/* The table (rows in order of first appearance); returns the row count. */
+int dvl_ctx_profile_rows(const dvl_ctx *ctx, const dvl_op_time **rows);
+
 /* ------------------------------------------------------------ parameters */
 /* All parameters in one contiguous f32 buffer, the gradients of the
  * trainable ones in another (only trainable parameters get a gradient
