@@ -50,12 +50,13 @@
  * products in f32 (contexts with f32 products, the default: the CPU's
  * arithmetic up to summation order), or the products on tensor cores with
  * TF32 inputs (contexts whose products are TF32 or bf16: dvl_dev_attention_tc),
- * which pass the product tiles through shared memory (tc_abt, tc_ab below);
+ * which pass the product tiles through shared memory (tc_mm below);
  * the softmax, masking and all sums outside the products are the same code. */
 #include <limits.h>
 #include <math.h>
 
 #include <mma.h>
+#include <type_traits>
 
 #include "ops/cuda/common.cuh"
 #include "ops/mask_spans.h"
@@ -212,42 +213,22 @@ template <typename Frag> __device__ static inline void to_tf32(Frag &f)
         f.x[t] = wmma::__float_to_tf32(f.x[t]);
 }
 
-/* out = A B^T: A [R][K] (row stride lda), B [C][K] (row stride ldb). */
-template <int R, int C, int K>
-__device__ static inline void tc_abt(float *out, int ldo, const float *A, int lda, const float *B,
-                                     int ldb)
+/* out = A B^T (BT; B given as [C][K], row stride ldb, read column-major as
+ * B^T) or out = A B (B given as [K][C]): A [R][K] (row stride lda). */
+template <int R, int C, int K, bool BT>
+__device__ static inline void tc_mm(float *out, int ldo, const float *A, int lda, const float *B,
+                                    int ldb)
 {
+    using BL = typename std::conditional<BT, wmma::col_major, wmma::row_major>::type;
     for (int t = threadIdx.x / 32; t < (R / 16) * (C / 16); t += FA_THREADS / 32) {
         const int ti = t / (C / 16), tj = t % (C / 16);
         wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
         wmma::fill_fragment(acc, 0.0f);
         for (int k = 0; k < K; k += 8) {
             wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
-            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b;
+            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, BL> b;
             wmma::load_matrix_sync(a, A + ti * 16 * lda + k, lda);
-            wmma::load_matrix_sync(b, B + tj * 16 * ldb + k, ldb); /* B^T, column-major */
-            to_tf32(a);
-            to_tf32(b);
-            wmma::mma_sync(acc, a, b, acc);
-        }
-        wmma::store_matrix_sync(out + ti * 16 * ldo + tj * 16, acc, ldo, wmma::mem_row_major);
-    }
-}
-
-/* out = P V: P [R][K] (row stride ldp), V [K][C] (row stride ldv). */
-template <int R, int C, int K>
-__device__ static inline void tc_ab(float *out, int ldo, const float *P, int ldp, const float *V,
-                                    int ldv)
-{
-    for (int t = threadIdx.x / 32; t < (R / 16) * (C / 16); t += FA_THREADS / 32) {
-        const int ti = t / (C / 16), tj = t % (C / 16);
-        wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
-        wmma::fill_fragment(acc, 0.0f);
-        for (int k = 0; k < K; k += 8) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
-            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
-            wmma::load_matrix_sync(a, P + ti * 16 * ldp + k, ldp);
-            wmma::load_matrix_sync(b, V + k * ldv + tj * 16, ldv);
+            wmma::load_matrix_sync(b, BT ? B + tj * 16 * ldb + k : B + k * ldb + tj * 16, ldb);
             to_tf32(a);
             to_tf32(b);
             wmma::mma_sync(acc, a, b, acc);
@@ -263,7 +244,7 @@ __device__ static inline void prod_abt(float (&acc)[R / 16][C / 16], const float
                                        const float *B, float *tmp, int ty, int tx)
 {
     if constexpr (TC) {
-        tc_abt<R, C, DP>(tmp, LT, A, SP, B, SP);
+        tc_mm<R, C, DP, true>(tmp, LT, A, SP, B, SP);
         __syncthreads();
 #pragma unroll
         for (int i = 0; i < R / 16; i++)
@@ -283,7 +264,7 @@ __device__ static inline void prod_ab(float (&acc)[R / 16][DP / 16], const float
                                       const float *V, float *tmp, int ty, int tx)
 {
     if constexpr (TC) {
-        tc_ab<R, DP, KC>(tmp, SP, P, LP, V, SP);
+        tc_mm<R, DP, KC, false>(tmp, SP, P, LP, V, SP);
         __syncthreads();
 #pragma unroll
         for (int i = 0; i < R / 16; i++)
