@@ -2173,7 +2173,7 @@ static float toy_step(dvl_ctx *ctx, dvl_params *p, const toy_batch *b, float *gr
  * SwiGLU, fused LM-head cross-entropy) on both devices: loss within 1e-5
  * relative, every parameter's gradient within 1e-4 (rel_err per tensor);
  * a second GPU step gives the same bits (determinism) and allocates
- * nothing (steady-state arena). */
+ * nothing (steady-state arena); the op profile records the CPU's ops. */
 START_TEST(toy_model_step_matches_cpu)
 {
 #ifdef DVL_HAVE_CUDA
@@ -2219,6 +2219,20 @@ START_TEST(toy_model_step_matches_cpu)
                   "a steady-state GPU step allocated (%lld mallocs after step 2, %lld after 3; "
                   "%lld after step 1)",
                   (long long)m1, (long long)dvl_arena_mallocs(cg), (long long)m0);
+    /* The op profile (dvl_ctx_profile) on the device: the CPU's ops, in the
+     * same order, with the same calls forward and backward. */
+    dvl_ctx_profile(cc, true), dvl_ctx_profile(cg, true);
+    toy_step(cc, pc, &b, gc), toy_step(cg, pg, &b, gg2);
+    const dvl_op_time *rc, *rg;
+    const int nc = dvl_ctx_profile_rows(cc, &rc), ng = dvl_ctx_profile_rows(cg, &rg);
+    ck_assert_int_eq(nc, ng);
+    ck_assert_int_ge(nc, 4);
+    for (int i = 0; i < nc; i++) {
+        ck_assert_str_eq(rc[i].op, rg[i].op);
+        ck_assert(rc[i].fwd_n == rg[i].fwd_n && rc[i].bwd_n == rg[i].bwd_n);
+        ck_assert(isfinite(rg[i].fwd_s) && rg[i].fwd_s >= 0 && isfinite(rg[i].bwd_s) &&
+                  rg[i].bwd_s >= 0);
+    }
     free(gc), free(gg), free(gg2);
     dvl_ctx_free(cc), dvl_ctx_free(cg);
     toy_batch_free(&b);
