@@ -65,8 +65,8 @@ static void attention_backward(dvl_ctx *ctx, dvl_node *node)
         if (dvl_cuda_attention_bwd(dq, dk, dv, scratch, dout, dvl_f32(out), lse, dvl_f32(q),
                                    dvl_f32(k), dvl_f32(v), N, Tq, Tk, Hq, Hkv, D,
                                    (int)mask->kind, mask->block_size, mask->half,
-                                   mask->q_offset, node->p[2], node->f[0], dvl_dev_attention_tc(ctx),
-                                   &e) != DVL_OK)
+                                   mask->q_offset, node->p[2], node->f[0],
+                                   dvl_dev_attention_tc(ctx), &e) != DVL_OK)
             dvl_ctx_set_err(ctx, &e);
         break;
     }

@@ -695,8 +695,9 @@ static int bwd_dp(float *dq, float *dk, float *dv, float *Dv, float *pk, float *
     }
     if (rc == DVL_OK && dq) {
         const int64_t qtiles = cdiv(a.Tq, BQ_BQ);
-        rc = launch(fa_bwd_q_k<DP, TC>, qtiles * a.Hq * a.N, q_smem<DP, TC>(), "attention backward dQ",
-                    err, dq, dout, q, k, v, lse, (const float *)Dv, a, qtiles);
+        rc = launch(fa_bwd_q_k<DP, TC>, qtiles * a.Hq * a.N, q_smem<DP, TC>(),
+                    "attention backward dQ", err, dq, dout, q, k, v, lse, (const float *)Dv, a,
+                    qtiles);
     }
     return rc;
 }
