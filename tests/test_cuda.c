@@ -2007,6 +2007,30 @@ START_TEST(attention_timing_print)
             const float *dev[4] = {b.out, b.dq, b.dk, b.dv};
             for (int x = 0; x < 4; x++)
                 res[tc][x] = download(dev[x], x < 2 ? nq : nk);
+            /* The backward's two kernels apart (after the copies above: the
+             * gradients accumulate): dK dV alone (dq NULL), dQ alone (dk, dv
+             * NULL); each call also runs the D = rowsum(dO O) kernel. */
+            double part_s[2] = {0, 0};
+            for (int it = 0; it < 4; it++)
+                for (int part = 0; part < 2; part++) {
+                    ck_assert_msg(dvl_cuda_sync("attention timing", &err) == DVL_OK, "%s",
+                                  err.msg);
+                    const double t2 = now_s();
+                    ck_assert_msg(dvl_cuda_attention_bwd(part ? b.dq : NULL, part ? NULL : b.dk,
+                                                         part ? NULL : b.dv, b.scratch, b.dout,
+                                                         b.out, b.lse, b.q, b.k, b.v, 1, T, T, HQ,
+                                                         HKV, D, (int)m->kind, m->block_size,
+                                                         m->half, 0, NULL, 0.125f, tc,
+                                                         &err) == DVL_OK,
+                                  "%s", err.msg);
+                    ck_assert_msg(dvl_cuda_sync("attention timing", &err) == DVL_OK, "%s",
+                                  err.msg);
+                    if (it > 0)
+                        part_s[part] += (now_s() - t2) / 3;
+                }
+            printf("test_cuda: tiled attention%s %s backward alone: dK dV %.2f ms, dQ %.2f ms\n",
+                   tc ? " (TF32 tensor cores)" : "", mi ? "CAUSAL" : "BLOCK_DIFF",
+                   part_s[0] * 1e3, part_s[1] * 1e3);
             att_bufs_free(&b);
         }
         /* The tensor-core variant at this size: within TF32 rounding of f32. */
