@@ -39,6 +39,7 @@
 #include "diffusion/generate.h"
 #include "models/siglip.h"
 #include "optim/adamw.h"
+#include "gen_fixture.h"
 #include "toy.h"
 #include "util.h"
 
@@ -2705,41 +2706,7 @@ END_TEST
 #ifdef DVL_HAVE_CUDA
 /* ------------------------------------------------- generation on the GPU */
 
-#define GV 64    /* vocabulary of the tiny generation model */
-#define GMASK 63 /* its mask token */
-
-/* test_generate.c's tiny Qwen2 (2 layers, GQA, q/k/v biases). Its weights
- * (std 0.3) make the logits peaked: greedy decoding compares tokens, and
- * two f32 computations that differ only in summation order (cuBLAS and the
- * device attention against OpenBLAS and the CPU kernels) can pick different
- * tokens only where the top two logits are tied to within rounding, which
- * on these seeds does not happen (a failure names the step; try the seed's
- * neighbours before suspecting the code). */
-static void gen_model(dvl_model *m, uint64_t seed)
-{
-    dvl_model_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.arch = DVL_ARCH_QWEN2;
-    cfg.lm = (dvl_lm_config){.arch = DVL_ARCH_QWEN2, .hidden = 32, .layers = 2, .heads = 4,
-                             .kv_heads = 2, .head_dim = 8, .intermediate = 48, .vocab = GV,
-                             .rms_eps = 1e-6f, .rope_theta = 10000.0f, .tied = false,
-                             .qkv_bias = true, .max_positions = 512, .mask_token_id = GMASK};
-    dvl_err err = {0, ""};
-    ck_assert_msg(dvl_model_init(m, &cfg, &err) == 0, "%s", err.msg);
-    ck_assert_msg(dvl_params_alloc(m->params, &err) == 0, "%s", err.msg);
-    dvl_lm_init_random(&m->lm, seed, 0.3f);
-}
-
-static int32_t *gen_prompt(int64_t P, uint64_t seed)
-{
-    dvl_rng r;
-    dvl_rng_seed(&r, seed);
-    int32_t *p = malloc((size_t)P * sizeof *p);
-    ck_assert_ptr_nonnull(p);
-    for (int64_t i = 0; i < P; i++)
-        p[i] = (int32_t)(dvl_rng_u64(&r) % (GV - 1)); /* never the mask */
-    return p;
-}
+/* The models and prompts are test_generate.c's (gen_fixture.h). */
 
 /* The decoding modes compared, greedy throughout. */
 typedef struct gen_case {
@@ -2768,7 +2735,7 @@ static void gen_case_opts(dvl_gen_opts *o, const gen_case *c, int64_t max_new)
     o->sampler.remask = c->remask;
     o->sampler.tau = 0.5f;
     o->max_new = max_new;
-    o->mask_id = GMASK;
+    o->mask_id = TG_MASK;
 }
 
 /* n prompts in one dvl_generate_batch (n 1: what dvl_generate runs). */
@@ -2827,10 +2794,10 @@ START_TEST(kv_cache_on_device_matches_forward)
         return;
     dvl_err err = {0, ""};
     dvl_model m;
-    gen_model(&m, 1);
+    tg_tiny_model(&m, 1);
     ck_assert_msg(dvl_params_move(m.params, DVL_CUDA, &err) == DVL_OK, "%s", err.msg);
     const int64_t N = 2, B = 4, c = 8, T = c + B;
-    int32_t *ids = gen_prompt(N * T, 2);
+    int32_t *ids = tg_prompt(N * T, 2);
     int32_t pre_ids[2 * 8], blk_ids[2 * 4];
     for (int64_t n = 0; n < N; n++) {
         memcpy(pre_ids + n * c, ids + n * T, (size_t)c * sizeof *ids);
@@ -2855,7 +2822,7 @@ START_TEST(kv_cache_on_device_matches_forward)
         float *zb = gen_logits_host(ctx, dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &blk)));
         ck_assert_int_eq(kv.len, c);
         for (int64_t n = 0; n < N; n++) {
-            double e = gen_scale_err(zb + n * B * GV, zf + (n * T + c) * GV, B * GV);
+            double e = gen_scale_err(zb + n * B * TG_VOCAB, zf + (n * T + c) * TG_VOCAB, B * TG_VOCAB);
             CHECK_ERR("cached block logits on the device", e, 1e-4);
         }
         free(zb);
@@ -2873,7 +2840,7 @@ START_TEST(kv_cache_on_device_matches_forward)
                             .cache_store = true};
         float *z = gen_logits_host(ctx, dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &one)));
         for (int64_t n = 0; n < N; n++) {
-            double e = gen_scale_err(z + n * GV, zf + (n * T + t) * GV, GV);
+            double e = gen_scale_err(z + n * TG_VOCAB, zf + (n * T + t) * TG_VOCAB, TG_VOCAB);
             CHECK_ERR("AR step logits on the device", e, 1e-4);
         }
         free(z);
@@ -2916,12 +2883,12 @@ START_TEST(generate_cuda_matches_cpu)
     /* test_generate.c's batch_equals_singles model and prompts, whose CPU
      * runs already agree across cache and recompute. */
     dvl_model m;
-    gen_model(&m, 23);
+    tg_tiny_model(&m, 23);
     enum { NP = 3 };
     const int64_t lens[NP] = {5, 13, 8}, G = 17;
     int32_t *p[NP];
     for (int i = 0; i < NP; i++)
-        p[i] = gen_prompt(lens[i], 30 + (uint64_t)i);
+        p[i] = tg_prompt(lens[i], 30 + (uint64_t)i);
     dvl_gen_result cpu[N_GEN_CASES][NP], gpu[N_GEN_CASES][NP];
     for (int c = 0; c < N_GEN_CASES; c++)
         for (int i = 0; i < NP; i++) {
@@ -2979,47 +2946,27 @@ START_TEST(generate_vlm_cuda_matches_cpu)
 #ifdef DVL_HAVE_CUDA
     if (!gpu_or_skip())
         return;
-    const char *data = getenv("DVL_TEST_DATA");
-    ck_assert_msg(data != NULL, "DVL_TEST_DATA is not set");
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/ref/vlm", data);
-    dvl_model m;
+    tg_vlm f;
+    tg_vlm_open(&f);
+    dvl_model *m = &f.m;
     dvl_err err = {0, ""};
-    ck_assert_msg(dvl_model_open(&m, dir, false, NULL, &err) == 0, "%s", err.msg);
-    dvl_lm_init_random(&m.vlm.lm, 17, 0.3f);
-    const dvl_vlm_config *vc = &m.cfg.vlm;
-    int64_t G2 = dvl_siglip_patches(&vc->vision), P = 3 + G2 + 2;
-    int64_t per = vc->vision.channels * vc->vision.image_size * vc->vision.image_size;
-    int32_t *p = gen_prompt(P, 18);
-    for (int64_t i = 0; i < P; i++) {
-        if (p[i] == vc->image_token_index)
-            p[i] = 1;
-        if (i >= 3 && i < 3 + G2)
-            p[i] = vc->image_token_index;
-    }
-    float *px = malloc((size_t)per * sizeof *px); /* test_generate.c's image */
-    ck_assert_ptr_nonnull(px);
-    dvl_rng rng;
-    dvl_rng_seed(&rng, 19);
-    dvl_rng_fill_uniform(&rng, px, per, -1.0f, 1.0f);
     dvl_gen_opts o;
     dvl_gen_opts_default(&o);
     o.block_size = 4;
     o.steps = 4;
     o.max_new = 11;
-    o.mask_id = (int32_t)vc->lm.vocab - 1;
+    o.mask_id = (int32_t)m->cfg.vlm.lm.vocab - 1;
     dvl_gen_result a, b, r;
-    ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &a, &err) == 0, "%s", err.msg);
-    ck_assert_msg(dvl_params_move(m.params, DVL_CUDA, &err) == DVL_OK, "%s", err.msg);
-    ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &b, &err) == 0, "%s", err.msg);
+    ck_assert_msg(dvl_generate(m, f.prompt, f.P, f.px, 1, &o, &a, &err) == 0, "%s", err.msg);
+    ck_assert_msg(dvl_params_move(m->params, DVL_CUDA, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_msg(dvl_generate(m, f.prompt, f.P, f.px, 1, &o, &b, &err) == 0, "%s", err.msg);
     gen_same("cuda vs cpu", "vlm block", 0, &b, &a);
     o.mode = DVL_GEN_FULL;
     o.full_mask = DVL_MASK_BLOCK_CAUSAL;
-    ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &r, &err) == 0, "%s", err.msg);
+    ck_assert_msg(dvl_generate(m, f.prompt, f.P, f.px, 1, &o, &r, &err) == 0, "%s", err.msg);
     gen_same("cuda cache vs recompute", "vlm block", 0, &b, &r);
     dvl_gen_result_free(&a), dvl_gen_result_free(&b), dvl_gen_result_free(&r);
-    free(px), free(p);
-    dvl_model_free(&m);
+    tg_vlm_free(&f);
 #else
     printf(SKIP_MSG "\n");
 #endif

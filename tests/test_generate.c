@@ -8,35 +8,8 @@
 #include <string.h>
 
 #include "diffusion/generate.h"
+#include "gen_fixture.h"
 #include "util.h"
-
-#define V 64
-#define MASK 63
-
-static void tiny_model(dvl_model *m, uint64_t seed)
-{
-    dvl_model_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.arch = DVL_ARCH_QWEN2;
-    cfg.lm = (dvl_lm_config){.arch = DVL_ARCH_QWEN2, .hidden = 32, .layers = 2, .heads = 4,
-                             .kv_heads = 2, .head_dim = 8, .intermediate = 48, .vocab = V,
-                             .rms_eps = 1e-6f, .rope_theta = 10000.0f, .tied = false,
-                             .qkv_bias = true, .max_positions = 512, .mask_token_id = MASK};
-    dvl_err err = {0};
-    ck_assert_msg(dvl_model_init(m, &cfg, &err) == 0, "%s", err.msg);
-    ck_assert_msg(dvl_params_alloc(m->params, &err) == 0, "%s", err.msg);
-    dvl_lm_init_random(&m->lm, seed, 0.3f);
-}
-
-static int32_t *prompt_ids(int64_t P, uint64_t seed)
-{
-    dvl_rng r;
-    dvl_rng_seed(&r, seed);
-    int32_t *p = malloc((size_t)P * sizeof *p);
-    for (int64_t i = 0; i < P; i++)
-        p[i] = (int32_t)(dvl_rng_u64(&r) % (V - 1)); /* never the mask */
-    return p;
-}
 
 static dvl_gen_result gen(const dvl_model *m, const int32_t *p, int64_t P, const dvl_gen_opts *o)
 {
@@ -52,9 +25,9 @@ static dvl_gen_result gen(const dvl_model *m, const int32_t *p, int64_t P, const
 START_TEST(kv_cache_logits)
 {
     dvl_model m;
-    tiny_model(&m, 1);
+    tg_tiny_model(&m, 1);
     const int64_t B = 4, c = 8, T = c + B;
-    int32_t *ids = prompt_ids(T, 2);
+    int32_t *ids = tg_prompt(T, 2);
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     dvl_set_grad_enabled(ctx, false);
     dvl_mask bc = {.kind = DVL_MASK_BLOCK_CAUSAL, .block_size = (int)B};
@@ -73,7 +46,7 @@ START_TEST(kv_cache_logits)
         dvl_tensor *zb = dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &blk));
         ck_assert_msg(zb != NULL, "%s", dvl_ctx_err(ctx)->msg);
         ck_assert_int_eq(kv.len, c);
-        double d = tu_max_abs_diff(dvl_f32(zb), dvl_f32(zf) + c * V, B * V);
+        double d = tu_max_abs_diff(dvl_f32(zb), dvl_f32(zf) + c * TG_VOCAB, B * TG_VOCAB);
         ck_assert_msg(d < 1e-5, "cached block logits off by %g", d);
     }
     /* Causal AR steps: one token at a time equals the causal forward. */
@@ -86,7 +59,7 @@ START_TEST(kv_cache_logits)
                             .cache_store = true};
         dvl_tensor *z = dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &one));
         ck_assert(z != NULL);
-        double d = tu_max_abs_diff(dvl_f32(z), dvl_f32(zf) + t * V, V);
+        double d = tu_max_abs_diff(dvl_f32(z), dvl_f32(zf) + t * TG_VOCAB, TG_VOCAB);
         ck_assert_msg(d < 1e-5, "AR step %lld off by %g", (long long)t, d);
     }
     /* Overflow and grad mode are errors naming the cause. */
@@ -114,14 +87,14 @@ END_TEST
 START_TEST(block_cache_equals_recompute)
 {
     dvl_model m;
-    tiny_model(&m, 3);
+    tg_tiny_model(&m, 3);
     const int Bs[] = {4, 8}, Ps[] = {5, 8, 13};
     int cases = 0;
     for (int bi = 0; bi < 2; bi++)
         for (int pi = 0; pi < 3; pi++)
             for (int mode = 0; mode < 4; mode++) {
                 int B = Bs[bi];
-                int32_t *p = prompt_ids(Ps[pi], 10 + pi);
+                int32_t *p = tg_prompt(Ps[pi], 10 + pi);
                 dvl_gen_opts o;
                 dvl_gen_opts_default(&o);
                 o.block_size = B;
@@ -131,7 +104,7 @@ START_TEST(block_cache_equals_recompute)
                 o.sampler.temperature = pi == 1 ? 0.8f : 0.0f;
                 o.sampler.top_k = pi == 1 ? 10 : 0;
                 o.max_new = 19;
-                o.mask_id = MASK;
+                o.mask_id = TG_MASK;
                 o.seed = 5;
                 dvl_gen_result a = gen(&m, p, Ps[pi], &o);
                 o.mode = DVL_GEN_FULL;
@@ -159,28 +132,15 @@ END_TEST
  * LM gets peaked random weights (std 0.3) over the loaded ones. */
 START_TEST(vlm_cache_equals_recompute)
 {
-    const char *data = getenv("DVL_TEST_DATA");
-    ck_assert_msg(data != NULL, "DVL_TEST_DATA is not set");
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/ref/vlm", data);
-    dvl_model m;
+    tg_vlm f;
+    tg_vlm_open(&f);
+    dvl_model *m = &f.m;
+    const int32_t *p = f.prompt;
+    const int64_t P = f.P;
+    const dvl_vlm_config *vc = &m->cfg.vlm;
+    const int64_t per = vc->vision.channels * vc->vision.image_size * vc->vision.image_size;
+    float *px = f.px;
     dvl_err err = {0};
-    ck_assert_msg(dvl_model_open(&m, dir, false, NULL, &err) == 0, "%s", err.msg);
-    dvl_lm_init_random(&m.vlm.lm, 17, 0.3f);
-    const dvl_vlm_config *vc = &m.cfg.vlm;
-    int64_t G2 = dvl_siglip_patches(&vc->vision), P = 3 + G2 + 2;
-    int64_t per = vc->vision.channels * vc->vision.image_size * vc->vision.image_size;
-    int32_t *p = prompt_ids(P, 18);
-    for (int64_t i = 0; i < P; i++) {
-        if (p[i] == vc->image_token_index)
-            p[i] = 1;
-        if (i >= 3 && i < 3 + G2)
-            p[i] = vc->image_token_index;
-    }
-    float *px = malloc((size_t)per * sizeof *px);
-    dvl_rng r;
-    dvl_rng_seed(&r, 19);
-    dvl_rng_fill_uniform(&r, px, per, -1.0f, 1.0f);
     for (int B = 4; B <= 8; B += 4) {
         dvl_gen_opts o;
         dvl_gen_opts_default(&o);
@@ -189,10 +149,10 @@ START_TEST(vlm_cache_equals_recompute)
         o.max_new = 11;
         o.mask_id = 127;
         dvl_gen_result a, b;
-        ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &a, &err) == 0, "%s", err.msg);
+        ck_assert_msg(dvl_generate(m, p, P, px, 1, &o, &a, &err) == 0, "%s", err.msg);
         o.mode = DVL_GEN_FULL;
         o.full_mask = DVL_MASK_BLOCK_CAUSAL;
-        ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &b, &err) == 0, "%s", err.msg);
+        ck_assert_msg(dvl_generate(m, p, P, px, 1, &o, &b, &err) == 0, "%s", err.msg);
         ck_assert_int_eq(a.n, 11);
         ck_assert_int_eq(b.n, 11);
         for (int64_t i = 0; i < a.n; i++)
@@ -203,14 +163,12 @@ START_TEST(vlm_cache_equals_recompute)
             px[i] = -px[i];
         o.mode = DVL_GEN_BLOCK;
         dvl_gen_result_free(&b);
-        ck_assert_msg(dvl_generate(&m, p, P, px, 1, &o, &b, &err) == 0, "%s", err.msg);
+        ck_assert_msg(dvl_generate(m, p, P, px, 1, &o, &b, &err) == 0, "%s", err.msg);
         ck_assert(memcmp(a.ids, b.ids, (size_t)a.n * sizeof *a.ids) != 0);
         dvl_gen_result_free(&a);
         dvl_gen_result_free(&b);
     }
-    free(px);
-    free(p);
-    dvl_model_free(&m);
+    tg_vlm_free(&f);
 }
 END_TEST
 
@@ -219,9 +177,9 @@ END_TEST
 START_TEST(ar_equals_full_argmax)
 {
     dvl_model m;
-    tiny_model(&m, 4);
+    tg_tiny_model(&m, 4);
     const int64_t P = 7, G = 12;
-    int32_t *seq = prompt_ids(P + G, 6);
+    int32_t *seq = tg_prompt(P + G, 6);
     dvl_gen_opts o;
     dvl_gen_opts_default(&o);
     o.mode = DVL_GEN_AR;
@@ -235,9 +193,9 @@ START_TEST(ar_equals_full_argmax)
         dvl_lm_input in = {.batch = 1, .seq = P + t, .ids = seq};
         dvl_tensor *z = dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &in));
         ck_assert(z != NULL);
-        const float *row = dvl_f32(z) + (P + t - 1) * V;
+        const float *row = dvl_f32(z) + (P + t - 1) * TG_VOCAB;
         int32_t best = 0;
-        for (int32_t v = 1; v < V; v++)
+        for (int32_t v = 1; v < TG_VOCAB; v++)
             if (row[v] > row[best])
                 best = v;
         ck_assert_msg(r.ids[t] == best, "token %lld: %d, argmax %d", (long long)t, r.ids[t], best);
@@ -257,18 +215,18 @@ END_TEST
 START_TEST(remask_counts)
 {
     dvl_model m;
-    tiny_model(&m, 7);
+    tg_tiny_model(&m, 7);
     const int B = 8, S = 3;
     int sched[S];
     dvl_transfer_schedule(B, S, sched); /* 3 3 2 */
-    int32_t *p = prompt_ids(11, 8);     /* 8 prefilled, 3 in the first block */
+    int32_t *p = tg_prompt(11, 8);     /* 8 prefilled, 3 in the first block */
     for (int dyn = 0; dyn < 2; dyn++) {
         dvl_sampler s;
         dvl_sampler_default(&s);
         s.remask = dyn ? DVL_REMASK_DYNAMIC : DVL_REMASK_STATIC;
         s.tau = 0.3f;
         dvl_err err = {0};
-        dvl_decoder *d = dvl_decoder_new(&s, V, B, &err);
+        dvl_decoder *d = dvl_decoder_new(&s, TG_VOCAB, B, &err);
         dvl_kv_cache kv;
         ck_assert_int_eq(dvl_kv_cache_init(&kv, &m.lm.cfg, 1, 32, &err), 0);
         dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
@@ -283,20 +241,20 @@ START_TEST(remask_counts)
         int above_k = 0;
         for (int blk = 0; blk < 2; blk++) {
             for (int j = 0; j < B; j++)
-                x[j] = blk == 0 && j < 3 ? p[8 + j] : MASK;
+                x[j] = blk == 0 && j < 3 ? p[8 + j] : TG_MASK;
             for (int st = 0; st < S; st++) {
                 int masks = 0;
                 for (int j = 0; j < B; j++)
-                    masks += x[j] == MASK;
+                    masks += x[j] == TG_MASK;
                 if (!masks)
                     break;
                 dvl_lm_input in = {.batch = 1, .seq = B, .ids = x, .mask = &bc, .cache = &kv};
                 dvl_tensor *z = dvl_lm_logits(ctx, &m.lm, dvl_lm_forward(ctx, &m.lm, &in));
                 ck_assert(z != NULL);
                 for (int j = 0; j < B; j++) /* as generate does */
-                    dvl_f32(z)[j * V + MASK] = -INFINITY;
+                    dvl_f32(z)[j * TG_VOCAB + TG_MASK] = -INFINITY;
                 int want = sched[st] < masks ? sched[st] : masks;
-                int c = dvl_decode_step(d, x, B, MASK, dvl_f32(z), sched[st], &rng);
+                int c = dvl_decode_step(d, x, B, TG_MASK, dvl_f32(z), sched[st], &rng);
                 if (dyn) {
                     ck_assert_int_ge(c, want);
                     above_k += c > want;
@@ -305,12 +263,12 @@ START_TEST(remask_counts)
                 }
                 int left = 0;
                 for (int j = 0; j < B; j++)
-                    left += x[j] == MASK;
+                    left += x[j] == TG_MASK;
                 ck_assert_int_eq(left, masks - c);
                 dvl_ctx_reset(ctx);
             }
             for (int j = 0; j < B; j++)
-                ck_assert_int_ne(x[j], MASK);
+                ck_assert_int_ne(x[j], TG_MASK);
             dvl_lm_input st = {.batch = 1, .seq = B, .ids = x, .mask = &bc, .cache = &kv,
                                .cache_store = true};
             ck_assert(dvl_lm_forward(ctx, &m.lm, &st) != NULL);
@@ -340,8 +298,8 @@ static void count_cb(void *user, int seq, const int32_t *ids, int64_t n)
 START_TEST(stop_rule)
 {
     dvl_model m;
-    tiny_model(&m, 9);
-    int32_t *p = prompt_ids(6, 12);
+    tg_tiny_model(&m, 9);
+    int32_t *p = tg_prompt(6, 12);
     for (int ar = 0; ar < 2; ar++) {
         dvl_gen_opts o;
         dvl_gen_opts_default(&o);
@@ -349,7 +307,7 @@ START_TEST(stop_rule)
         o.block_size = 4;
         o.steps = 4;
         o.max_new = 24;
-        o.mask_id = MASK;
+        o.mask_id = TG_MASK;
         dvl_gen_result a = gen(&m, p, 6, &o);
         ck_assert_int_eq(a.n, 24);
         ck_assert(!a.stopped);
@@ -395,12 +353,12 @@ END_TEST
 START_TEST(batch_equals_singles)
 {
     dvl_model m;
-    tiny_model(&m, 23);
+    tg_tiny_model(&m, 23);
     const int n = 3;
     const int64_t lens[3] = {5, 13, 8};
     int32_t *p[3];
     for (int i = 0; i < n; i++)
-        p[i] = prompt_ids(lens[i], 30 + i);
+        p[i] = tg_prompt(lens[i], 30 + i);
     for (int c = 0; c < 6; c++) {
         dvl_gen_opts o;
         dvl_gen_opts_default(&o);
@@ -412,7 +370,7 @@ START_TEST(batch_equals_singles)
         o.sampler.tau = 0.5f;
         o.sampler.temperature = c >= 3 ? 0.9f : 0.0f;
         o.max_new = 17;
-        o.mask_id = MASK;
+        o.mask_id = TG_MASK;
         o.seed = 77;
         dvl_gen_result one[3];
         for (int i = 0; i < n; i++)
@@ -453,8 +411,8 @@ END_TEST
 START_TEST(seed_determinism)
 {
     dvl_model m;
-    tiny_model(&m, 13);
-    int32_t *p = prompt_ids(9, 14);
+    tg_tiny_model(&m, 13);
+    int32_t *p = tg_prompt(9, 14);
     for (int mode = 0; mode < 3; mode++) {
         dvl_gen_opts o;
         dvl_gen_opts_default(&o);
@@ -462,7 +420,7 @@ START_TEST(seed_determinism)
         o.block_size = 4;
         o.steps = 2;
         o.max_new = 32;
-        o.mask_id = MASK;
+        o.mask_id = TG_MASK;
         o.sampler.temperature = 1.5f;
         o.sampler.top_p = 0.95f;
         o.seed = 21;
@@ -486,15 +444,15 @@ END_TEST
 START_TEST(bad_options)
 {
     dvl_model m;
-    tiny_model(&m, 15);
+    tg_tiny_model(&m, 15);
     int32_t p[3] = {1, 2, 3};
     struct {
         int B, S, mask;
         const char *want;
-    } cases[] = {{0, 1, MASK, "block size 0"},
-                 {4, 5, MASK, "steps 5 must be in 1..block size 4"},
-                 {4, 0, MASK, "steps 0"},
-                 {4, 4, V, "mask token id 64"},
+    } cases[] = {{0, 1, TG_MASK, "block size 0"},
+                 {4, 5, TG_MASK, "steps 5 must be in 1..block size 4"},
+                 {4, 0, TG_MASK, "steps 0"},
+                 {4, 4, TG_VOCAB, "mask token id 64"},
                  {4, 4, -1, "mask token id -1"}};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         dvl_gen_opts o;
