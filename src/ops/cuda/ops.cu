@@ -631,46 +631,35 @@ extern "C" void dvl_cuda_cross_entropy_bwd(float *dz, const float *z, const floa
  * few hundred rows). */
 #define XENT_THREADS 256
 
-__device__ static inline float xent_warp_max(float v)
-{
-    for (int o = 16; o > 0; o >>= 1) {
-        const float u = __shfl_xor_sync(0xffffffffu, v, o);
-        v = u > v ? u : v;
-    }
-    return v;
-}
+/* The kernels' two reductions: a float max and a double sum. */
+struct xent_max {
+    __device__ float operator()(float v, float u) const { return u > v ? u : v; }
+};
+struct xent_add {
+    __device__ double operator()(double v, double u) const { return v + u; }
+};
 
-__device__ static inline double xent_warp_sum(double v)
+template <typename T, typename Op> __device__ static inline T xent_warp(T v, Op op)
 {
     for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
-/* Block-wide max and double sum of a fixed shape: a warp butterfly, then
- * every warp reduces the warps' results the same way (so all threads hold
- * the same bits; addition is commutative, so the butterfly's partners agree).
- * sh: XENT_THREADS / 32 values of shared memory, free again on return. */
-__device__ static float xent_block_max(float v, float *sh)
+/* Block-wide reduction of a fixed shape: a warp butterfly, then every warp
+ * reduces the warps' results the same way (so all threads hold the same
+ * bits; max and addition are commutative, so the butterfly's partners
+ * agree). sh: XENT_THREADS / 32 values of shared memory, free again on
+ * return; none: the identity (-inf for the max, 0 for the sum). */
+template <typename T, typename Op>
+__device__ static T xent_block(T v, T *sh, T none, Op op)
 {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    v = xent_warp_max(v);
+    v = xent_warp(v, op);
     if (lane == 0)
         sh[warp] = v;
     __syncthreads();
-    v = xent_warp_max(lane < XENT_THREADS / 32 ? sh[lane] : -INFINITY);
-    __syncthreads();
-    return v;
-}
-
-__device__ static double xent_block_sum(double v, double *sh)
-{
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    v = xent_warp_sum(v);
-    if (lane == 0)
-        sh[warp] = v;
-    __syncthreads();
-    v = xent_warp_sum(lane < XENT_THREADS / 32 ? sh[lane] : 0.0);
+    v = xent_warp(lane < XENT_THREADS / 32 ? sh[lane] : none, op);
     __syncthreads();
     return v;
 }
@@ -693,13 +682,13 @@ __global__ static void __launch_bounds__(XENT_THREADS)
         float mc = -INFINITY;
         for (int64_t j = threadIdx.x; j < C; j += XENT_THREADS)
             mc = zr[j] > mc ? zr[j] : mc;
-        mc = xent_block_max(mc, shm);
+        mc = xent_block(mc, shm, -INFINITY, xent_max());
         const float mo = c0 == 0 ? -INFINITY : m[r];
         const float mn = mc > mo ? mc : mo;
         double sc = 0.0;
         for (int64_t j = threadIdx.x; j < C; j += XENT_THREADS)
             sc += expf(zr[j] - mn);
-        sc = xent_block_sum(sc, shs);
+        sc = xent_block(sc, shs, 0.0, xent_add());
         if (threadIdx.x == 0) {
             s[r] = (mo == -INFINITY ? 0.0 : s[r] * exp((double)mo - (double)mn)) + sc;
             m[r] = mn;
@@ -726,7 +715,7 @@ __global__ static void __launch_bounds__(XENT_THREADS)
         const double w = weight ? (double)weight[r] : 1.0;
         t += w * (((double)m[r] - (double)zy[r]) + log_s);
     }
-    t = xent_block_sum(t, sh);
+    t = xent_block(t, sh, 0.0, xent_add());
     if (threadIdx.x == 0)
         loss[0] = (float)t;
 }
