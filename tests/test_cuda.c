@@ -1422,6 +1422,12 @@ static bool one_key_per_row(const dvl_mask *m, int64_t N, int64_t tq, int64_t tk
     return true;
 }
 
+/* rel_err bounds of the tiled attention against an f32 reference, by the
+ * products' arithmetic (dvl_cuda_math): f32; TF32 (operands rounded to 10
+ * mantissa bits, 5e-4 relative); bf16 (Q, K, V, dO, P, dS rounded to 7
+ * mantissa bits, 4e-3 relative each). */
+static const double att_tol[3] = {1e-4, 1e-2, 3e-2};
+
 /* The sizes x rules table below, with the context's products in `math`
  * (TF32 and bf16 put attention's products on tensor cores) and relative
  * tolerance tol; `zero_tol` bounds the rounding noise of gradients that are
@@ -1545,6 +1551,24 @@ START_TEST(attention_tc_matches_cpu_sizes)
 }
 END_TEST
 
+/* The bf16 tensor-core kernels (ops/cuda/attention_bf16.cu, the op's path
+ * in contexts whose products are bf16) against the CPU op on the same
+ * table. Q, K, V, dO, P and dS are rounded to bf16 (8 significant bits,
+ * 4e-3 relative) before they multiply: rel_err <= 3e-2; the gradients that
+ * are zero in exact arithmetic (one key per query) hold the difference of
+ * dP in bf16 and D = dO . O in f32, |.| <= 2e-1. */
+START_TEST(attention_bf16_matches_cpu_sizes)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    attention_sizes(DVL_MATH_BF16, att_tol[DVL_MATH_BF16], 2e-1);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
 #ifdef DVL_HAVE_CUDA
 /* A device tensor's data or gradient into a new host array. */
 static float *tensor_host(dvl_ctx *ctx, const dvl_tensor *t, bool grad)
@@ -1658,12 +1682,21 @@ static void att_bufs_free(att_bufs *b)
         dvl_cuda_free(p[i]);
 }
 
-/* The tiled kernels (tc: their tensor-core variant) against the reference
+/* Which products an attention run used, for the printed lines. */
+static const char *math_label(dvl_cuda_math math)
+{
+    return math == DVL_MATH_BF16   ? " (bf16 tensor cores)"
+           : math == DVL_MATH_TF32 ? " (TF32 tensor cores)"
+                                   : "";
+}
+
+/* The tiled kernels (math: their products' arithmetic) against the reference
  * kernel on the same device buffers (out, lse, dq, dk, dv: rel_err <= tol;
  * lse +inf in the same places), and a second tiled run bitwise equal to the
  * first (sums in an order fixed by the sizes). */
 static void check_tiled_vs_ref(const char *name, int64_t N, int64_t Tq, int64_t Tk, int64_t Hq,
-                               int64_t Hkv, int64_t D, const dvl_mask *m, bool tc, double tol)
+                               int64_t Hkv, int64_t D, const dvl_mask *m, dvl_cuda_math math,
+                               double tol)
 {
     const int64_t nq = N * Tq * Hq * D, nk = N * Tk * Hkv * D, rows = N * Hq * Tq;
     const float scale = 1.0f / sqrtf((float)D);
@@ -1683,13 +1716,13 @@ static void check_tiled_vs_ref(const char *name, int64_t N, int64_t Tq, int64_t 
         ck_assert_msg(dvl_cuda_attention_fwd(t[run].out, t[run].lse, NULL, t[run].q, t[run].k,
                                              t[run].v, N, Tq, Tk, Hq, Hkv, D, (int)m->kind,
                                              m->block_size, m->half, m->q_offset, kv, scale,
-                                             tc, &err) == DVL_OK,
+                                             math, &err) == DVL_OK,
                       "%s forward: %s", name, err.msg);
         ck_assert_msg(dvl_cuda_attention_bwd(t[run].dq, t[run].dk, t[run].dv, t[run].scratch,
                                              t[run].dout, t[run].out, t[run].lse, t[run].q,
                                              t[run].k, t[run].v, N, Tq, Tk, Hq, Hkv, D,
                                              (int)m->kind, m->block_size, m->half, m->q_offset,
-                                             kv, scale, tc, &err) == DVL_OK,
+                                             kv, scale, math, &err) == DVL_OK,
                       "%s backward: %s", name, err.msg);
     }
     att_bufs_new(&r, hq, hk, hv, hdo, nq, nk, rows,
@@ -1702,7 +1735,7 @@ static void check_tiled_vs_ref(const char *name, int64_t N, int64_t Tq, int64_t 
     ck_assert_msg(dvl_cuda_check(name, &err) == DVL_OK, "%s", err.msg);
     const char *what[5] = {"out", "lse", "dq", "dk", "dv"};
     const int64_t len[5] = {nq, rows, nq, nk, nk};
-    printf("test_cuda: %-44s tiled%s vs reference kernel:", name, tc ? " (TF32 tensor cores)" : "");
+    printf("test_cuda: %-44s tiled%s vs reference kernel:", name, math_label(math));
     float *dev[3][5] = {{t[0].out, t[0].lse, t[0].dq, t[0].dk, t[0].dv},
                         {t[1].out, t[1].lse, t[1].dq, t[1].dk, t[1].dv},
                         {r.out, r.lse, r.dq, r.dk, r.dv}};
@@ -1741,8 +1774,9 @@ START_TEST(attention_tiled_matches_reference_kernel)
         return;
     static uint8_t pad[2 * 300];
     const dvl_mask bd = {.kind = DVL_MASK_BLOCK_DIFF, .block_size = 8, .half = 96};
-    for (int tc = 0; tc < 2; tc++) { /* f32, then TF32 tensor cores */
-        const double tol = tc ? 1e-2 : 1e-4;
+    for (int mi = 0; mi < 3; mi++) { /* f32, TF32 tensor cores, bf16 tensor cores */
+        const dvl_cuda_math tc = (dvl_cuda_math)mi;
+        const double tol = att_tol[mi];
         check_tiled_vs_ref("BLOCK_DIFF L=96 B=8 14/2 heads D=64", 1, 192, 192, 14, 2, 64, &bd, tc,
                            tol);
         pad_pattern(pad, 2, 257);
@@ -1977,8 +2011,8 @@ START_TEST(attention_timing_print)
             for (int64_t j = 0; j < T; j++)
                 pairs += dvl_mask_allows(m, i, j);
         const double fwd_flops = 4.0 * D * HQ * pairs;
-        float *res[2][4]; /* [f32, tc][out, dq, dk, dv] after the 6 runs (grads summed) */
-        for (int tc = 0; tc < 2; tc++) {
+        float *res[3][4]; /* [math][out, dq, dk, dv] after the 6 runs (grads summed) */
+        for (int tc = 0; tc < 3; tc++) { /* dvl_cuda_math: f32, TF32, bf16 */
             att_bufs b;
             att_bufs_new(&b, hq, hk, hv, hdo, nq, nk, HQ * T,
                          dvl_cuda_attention_scratch(1, T, T, HQ, HKV, D, true));
@@ -1988,14 +2022,16 @@ START_TEST(attention_timing_print)
                 const double t0 = now_s();
                 ck_assert_msg(dvl_cuda_attention_fwd(b.out, b.lse, NULL, b.q, b.k, b.v, 1, T, T, HQ,
                                                      HKV, D, (int)m->kind, m->block_size, m->half,
-                                                     0, NULL, 0.125f, tc, &err) == DVL_OK,
+                                                     0, NULL, 0.125f, (dvl_cuda_math)tc,
+                                                     &err) == DVL_OK,
                               "%s", err.msg);
                 ck_assert_msg(dvl_cuda_sync("attention timing", &err) == DVL_OK, "%s", err.msg);
                 const double t1 = now_s();
                 ck_assert_msg(dvl_cuda_attention_bwd(b.dq, b.dk, b.dv, b.scratch, b.dout, b.out,
                                                      b.lse, b.q, b.k, b.v, 1, T, T, HQ, HKV, D,
                                                      (int)m->kind, m->block_size, m->half, 0, NULL,
-                                                     0.125f, tc, &err) == DVL_OK,
+                                                     0.125f, (dvl_cuda_math)tc,
+                                                     &err) == DVL_OK,
                               "%s", err.msg);
                 ck_assert_msg(dvl_cuda_sync("attention timing", &err) == DVL_OK, "%s", err.msg);
                 if (it > 0)
@@ -2003,7 +2039,7 @@ START_TEST(attention_timing_print)
             }
             printf("test_cuda: tiled attention%s %s T=4096 14/2 heads D=64: forward %.2f ms (%.1f "
                    "TFLOP/s), backward %.2f ms (%.1f TFLOP/s)\n",
-                   tc ? " (TF32 tensor cores)" : "", mi ? "CAUSAL" : "BLOCK_DIFF", tf * 1e3,
+                   math_label((dvl_cuda_math)tc), mi ? "CAUSAL" : "BLOCK_DIFF", tf * 1e3,
                    fwd_flops / tf * 1e-12, tb * 1e3, 2.5 * fwd_flops / tb * 1e-12);
             const float *dev[4] = {b.out, b.dq, b.dk, b.dv};
             for (int x = 0; x < 4; x++)
@@ -2021,8 +2057,8 @@ START_TEST(attention_timing_print)
                                                          part ? NULL : b.dv, b.scratch, b.dout,
                                                          b.out, b.lse, b.q, b.k, b.v, 1, T, T, HQ,
                                                          HKV, D, (int)m->kind, m->block_size,
-                                                         m->half, 0, NULL, 0.125f, tc,
-                                                         &err) == DVL_OK,
+                                                         m->half, 0, NULL, 0.125f,
+                                                         (dvl_cuda_math)tc, &err) == DVL_OK,
                                   "%s", err.msg);
                     ck_assert_msg(dvl_cuda_sync("attention timing", &err) == DVL_OK, "%s",
                                   err.msg);
@@ -2030,21 +2066,25 @@ START_TEST(attention_timing_print)
                         part_s[part] += (now_s() - t2) / 3;
                 }
             printf("test_cuda: tiled attention%s %s backward alone: dK dV %.2f ms, dQ %.2f ms\n",
-                   tc ? " (TF32 tensor cores)" : "", mi ? "CAUSAL" : "BLOCK_DIFF",
+                   math_label((dvl_cuda_math)tc), mi ? "CAUSAL" : "BLOCK_DIFF",
                    part_s[0] * 1e3, part_s[1] * 1e3);
             att_bufs_free(&b);
         }
-        /* The tensor-core variant at this size: within TF32 rounding of f32. */
+        /* The tensor-core variants at this size: within their rounding of f32. */
         static const char *what[4] = {"out", "dq", "dk", "dv"};
-        printf("test_cuda: tiled attention %s T=4096, TF32 tensor cores vs f32:",
-               mi ? "CAUSAL" : "BLOCK_DIFF");
-        for (int x = 0; x < 4; x++) {
-            const double e = rel_err(res[1][x], res[0][x], x < 2 ? nq : nk);
-            printf(" %s %.2e", what[x], e);
-            CHECK_ERR(what[x], e, 1e-2);
-            free(res[0][x]), free(res[1][x]);
+        for (int tc = 1; tc < 3; tc++) {
+            printf("test_cuda: tiled attention %s T=4096,%s vs f32:",
+                   mi ? "CAUSAL" : "BLOCK_DIFF", math_label((dvl_cuda_math)tc));
+            for (int x = 0; x < 4; x++) {
+                const double e = rel_err(res[tc][x], res[0][x], x < 2 ? nq : nk);
+                printf(" %s %.2e", what[x], e);
+                CHECK_ERR(what[x], e, att_tol[tc]);
+            }
+            printf(" (tol %.0e)\n", att_tol[tc]);
         }
-        printf(" (tol 1e-2)\n");
+        for (int tc = 0; tc < 3; tc++)
+            for (int x = 0; x < 4; x++)
+                free(res[tc][x]);
         if (mi == 0) { /* the reference kernel, once after a warm-up */
             att_bufs r;
             att_bufs_new(&r, hq, hk, hv, hdo, nq, nk, HQ * T,
@@ -3041,6 +3081,7 @@ static Suite *suite(void)
     tcase_add_test(tc, attention_matches_cpu_all_masks);
     tcase_add_test(tc, attention_tiled_matches_cpu_sizes);
     tcase_add_test(tc, attention_tc_matches_cpu_sizes);
+    tcase_add_test(tc, attention_bf16_matches_cpu_sizes);
     tcase_add_test(tc, attention_tiled_masked_rows_are_zero);
     tcase_add_test(tc, attention_tiled_matches_reference_kernel);
     tcase_add_test(tc, attention_tiled_long_sequence_bounded_memory);

@@ -66,7 +66,7 @@ static void attention_backward(dvl_ctx *ctx, dvl_node *node)
                                    dvl_f32(k), dvl_f32(v), N, Tq, Tk, Hq, Hkv, D,
                                    (int)mask->kind, mask->block_size, mask->half,
                                    mask->q_offset, node->p[2], node->f[0],
-                                   dvl_dev_attention_tc(ctx), &e) != DVL_OK)
+                                   dvl_dev_attention_math(ctx), &e) != DVL_OK)
             dvl_ctx_set_err(ctx, &e);
         break;
     }
@@ -224,7 +224,7 @@ dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor
         if (dvl_cuda_attention_fwd(dvl_f32(out), lse, scratch, dvl_f32(q), dvl_f32(k),
                                    dvl_f32(v), N, Tq, Tk, Hq, Hkv, D, (int)mask->kind,
                                    mask->block_size, mask->half, mask->q_offset, key_valid_d,
-                                   scale, dvl_dev_attention_tc(ctx), &e) != DVL_OK) {
+                                   scale, dvl_dev_attention_math(ctx), &e) != DVL_OK) {
             dvl_ctx_set_err(ctx, &e);
             return NULL;
         }

@@ -24,11 +24,11 @@ static inline void *dvl_dev_copy(dvl_ctx *ctx, const void *host, size_t bytes)
     return d;
 }
 
-/* Attention's products on tensor cores (TF32) where the context's products
- * are not f32: the precision the user chose for the matrix work. */
-static inline bool dvl_dev_attention_tc(dvl_ctx *ctx)
+/* Attention's products in the arithmetic of the context's other products
+ * (f32, TF32 or bf16): the precision the user chose for the matrix work. */
+static inline dvl_cuda_math dvl_dev_attention_math(dvl_ctx *ctx)
 {
-    return dvl_cublas_math(dvl_ctx_cublas(ctx)) != DVL_MATH_F32;
+    return dvl_cublas_math(dvl_ctx_cublas(ctx));
 }
 
 /* The linear layer's products y = x W^T (+ b) and its backward (dx += dy W,

@@ -10,7 +10,7 @@ struct fiber {
     char *stack;
     int state; // 0 runnable, 1 waiting, 2 done
     int kind, pred, xo;
-    unsigned char val[8], out[8];
+    unsigned char val[64], out[32 * 64];
     size_t sz;
 };
 std::vector<fiber> fibers;
@@ -27,6 +27,7 @@ int emu_barrier(int kind, int pred, const void *val, void *out, int xo, size_t s
     swapcontext(&f.ctx, &sched);
     if (kind == 2) return fibers[cur].pred;
     if (kind == 3) memcpy(out, fibers[cur].out, sz);
+    if (kind == 4) memcpy(out, fibers[cur].out, 32 * sz);
     return 0;
 }
 void emu_run_block(unsigned block, unsigned threads, const std::function<void()> &fn)
@@ -50,11 +51,12 @@ void emu_run_block(unsigned block, unsigned threads, const std::function<void()>
                 swapcontext(&sched, &fibers[t].ctx);
             }
         int waiting = 0, done = 0, kind = -1, xo = -1;
+        size_t sz0 = 0;
         for (auto &f : fibers) {
             if (f.state == 2) { done++; continue; }
             waiting++;
-            if (kind < 0) kind = f.kind, xo = f.xo;
-            if (f.kind != kind || (kind == 3 && f.xo != xo)) {
+            if (kind < 0) kind = f.kind, xo = f.xo, sz0 = f.sz;
+            if (f.kind != kind || (kind == 3 && f.xo != xo) || ((kind == 3 || kind == 4) && f.sz != sz0)) {
                 fprintf(stderr, "EMU: divergent barrier in block %u (kinds %d/%d)\n", block, kind, f.kind);
                 abort();
             }
@@ -74,6 +76,16 @@ void emu_run_block(unsigned block, unsigned threads, const std::function<void()>
                 unsigned p = (t & ~31u) | ((t & 31u) ^ (unsigned)xo);
                 if (p >= threads || fibers[p].state != 1) { fprintf(stderr, "EMU: shuffle partner %u gone\n", p); abort(); }
                 memcpy(fibers[t].out, fibers[p].val, fibers[t].sz);
+            }
+        }
+        if (kind == 4) {
+            for (unsigned t = 0; t < threads; t++) {
+                if (fibers[t].state == 2) continue;
+                for (unsigned l = 0; l < 32; l++) {
+                    unsigned p = (t & ~31u) | l;
+                    if (p >= threads || fibers[p].state != 1) { fprintf(stderr, "EMU: warp gather: lane %u gone\n", p); abort(); }
+                    memcpy(fibers[t].out + l * fibers[t].sz, fibers[p].val, fibers[t].sz);
+                }
             }
         }
         for (auto &f : fibers) if (f.state == 1) f.state = 0;

@@ -14,6 +14,13 @@ extern float *emu_smem;
 int emu_barrier(int kind, int pred, const void *val, void *out, int xor_off, size_t sz);
 static inline void emu_sync() { emu_barrier(1, 0, nullptr, nullptr, 0, 0); }
 static inline int emu_sync_or(int p) { return emu_barrier(2, p != 0, nullptr, nullptr, 0, 0); }
+// Every lane of the warp hands in sz bytes (at most 64); each gets all 32
+// lanes' in lane order (all: 32 sz bytes). The warp-wide step of mma.sync.
+static inline void emu_warp_gather(const void *mine, void *all, size_t sz)
+{
+    if (sz > 64) { fprintf(stderr, "warp gather of %zu bytes\n", sz); abort(); }
+    emu_barrier(4, 0, mine, all, 0, sz);
+}
 template <class T> static inline T emu_shfl(unsigned mask, T v, int o)
 {
     if (mask != 0xffffffffu) { fprintf(stderr, "partial shuffle mask\n"); abort(); }
@@ -21,6 +28,7 @@ template <class T> static inline T emu_shfl(unsigned mask, T v, int o)
     emu_barrier(3, 0, &v, &out, o, sizeof(T));
     return out;
 }
+#define DVL_CUDA_EMU 1
 #define __global__
 #define __device__
 #define __host__

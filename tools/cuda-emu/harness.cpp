@@ -1,5 +1,6 @@
 #include "emu.h"
-#include "kern.inc"
+#include "attention.inc"
+#include "attention_bf16.inc"
 #include <vector>
 #include <random>
 #include <string>
@@ -30,8 +31,10 @@ static double rel(const float *g, const std::vector<double> &r, const char *what
 }
 
 extern long emu_or_true, emu_or_false;
-static int run(const cfg &c, bool tc)
+// mode: 0 the f32 kernels, 1 their TF32 wmma variant, 2 the bf16 mma kernels.
+static int run(const cfg &c, int mode)
 {
+    const bool tc = mode == 1;
     emu_or_true = emu_or_false = 0;
     const int64_t N = c.N, Tq = c.Tq, Tk = c.Tk, Hq = c.Hq, Hkv = c.Hkv, D = c.D, G = Hq / Hkv;
     std::mt19937 rng(1234 + (unsigned)(Tq * 7 + D));
@@ -39,6 +42,11 @@ static int run(const cfg &c, bool tc)
     auto randv = [&](int64_t n) { std::vector<float> v(n); for (auto &x : v) x = nd(rng); return v; };
     auto q = randv(N * Tq * Hq * D), k = randv(N * Tk * Hkv * D), v = randv(N * Tk * Hkv * D);
     auto dO = randv(N * Tq * Hq * D), dq0 = randv(N * Tq * Hq * D), dk0 = randv(N * Tk * Hkv * D), dv0 = randv(N * Tk * Hkv * D);
+    // bf16 kernels: inputs that bf16 holds exactly, so that the reference
+    // sees what the kernels multiply and only P and dS are rounded inside.
+    if (mode == 2)
+        for (auto *x : {&q, &k, &v, &dO})
+            for (auto &e : *x) e = emu_bf16_float(bf16_bits(e));
     std::vector<uint8_t> kv(N * Tk, 1);
     if (c.pad == 1) for (int64_t i = 0; i < N * Tk; i++) kv[i] = !(i % 11 == 3 || i == Tk); // seq 1 loses key 0
     if (c.pad == 2) { for (int64_t j = 0; j < Tk; j++) kv[j] = 0; for (int64_t j = 0; j < Tk; j++) kv[Tk + j] = j % 5 != 0; } // seq 0 fully padded
@@ -109,8 +117,25 @@ static int run(const cfg &c, bool tc)
         int64_t qt2 = (Tq + BQ_BQ - 1) / BQ_BQ;
         launch(qt2 * Hq * N, q_smem<DP, TC>(), FA_THREADS, [&] { fa_bwd_q_k<DP, TC>(gq, ddO, dq_, dk_, dv_, lse, Dv, a, qt2); });
     };
+    auto go16 = [&](auto dpc) { // as attention.cu's launchers drive attention_bf16.cu
+        constexpr int DP = decltype(dpc)::value;
+        int64_t qt = (Tq + MMA_ROWS - 1) / MMA_ROWS, kt = (Tk + MMA_ROWS - 1) / MMA_ROWS;
+        launch(qt * Hq * N, fwd16_smem<DP>(), MMA_THREADS, [&] { fa16_fwd_k<DP>(out, lse, dq_, dk_, dv_, a, qt); });
+        int64_t rows = N * Hq * Tq;
+        launch((rows + 7) / 8, 0, FA_THREADS, [&] { fa_dot_k(Dv, ddO, out, a); });
+        const bool grouped = Hq != Hkv;
+        std::vector<float> pk(grouped ? N * Tk * Hq * D : 0, NAN), pv(pk.size(), NAN);
+        launch(kt * Hq * N, kv16_smem<DP>(), MMA_THREADS, [&] { fa16_bwd_kv_k<DP>(gk, gv, grouped ? pk.data() : nullptr, grouped ? pv.data() : nullptr, ddO, dq_, dk_, dv_, lse, Dv, a, kt); });
+        if (grouped) {
+            const int64_t nb = (N * Tk * Hkv * D + FA_THREADS - 1) / FA_THREADS;
+            launch(nb, 0, FA_THREADS, [&] { fa_kv_sum_k(gk, pk.data(), a); });
+            launch(nb, 0, FA_THREADS, [&] { fa_kv_sum_k(gv, pv.data(), a); });
+        }
+        launch(qt * Hq * N, q16_smem<DP>(), MMA_THREADS, [&] { fa16_bwd_q_k<DP>(gq, ddO, dq_, dk_, dv_, lse, Dv, a, qt); });
+    };
     auto go_tc = [&](auto dpc) {
-        if (tc) go(dpc, std::true_type());
+        if (mode == 2) go16(dpc);
+        else if (tc) go(dpc, std::true_type());
         else go(dpc, std::false_type());
     };
     if (D <= 32) go_tc(std::integral_constant<int, 32>());
@@ -128,21 +153,24 @@ static int run(const cfg &c, bool tc)
         const int64_t o = ((n * Tq + i) * Hq + h) * D;
         for (int64_t e = 0; e < D; e++) if (out[o + e] != 0.0f || gq[o + e] != dq0[o + e]) badzero++;
     }
-    // TF32 products: operands rounded to 10 mantissa bits (5e-4 relative)
-    double tol = tc ? 1e-2 : 1e-4;
-    bool ok = eo <= tol && eq <= tol && ek <= tol && ev <= tol && el <= (tc ? 1e-3 : 1e-5) && !badzero;
+    // TF32 products: operands rounded to 10 mantissa bits (5e-4 relative);
+    // bf16: P and dS rounded to 7 bits (4e-3 relative) before they multiply.
+    const double tol = mode == 2 ? 2e-2 : tc ? 1e-2 : 1e-4;
+    const double ltol = mode == 2 ? 1e-3 : tc ? 1e-3 : 1e-5;
+    bool ok = eo <= tol && eq <= tol && ek <= tol && ev <= tol && el <= ltol && !badzero;
     printf("tiles visited %ld skipped %ld\n", emu_or_true, emu_or_false);
-    printf("%-4s %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e empty rows %d%s\n", ok ? "ok" : "FAIL", tc ? (std::string(c.name) + " TC").c_str() : c.name, eo, el, eq, ek, ev, nempty, badzero ? " BAD ZERO ROWS" : "");
+    printf("%-4s %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e empty rows %d%s\n", ok ? "ok" : "FAIL", mode ? (std::string(c.name) + (mode == 2 ? " bf16" : " TC")).c_str() : c.name, eo, el, eq, ek, ev, nempty, badzero ? " BAD ZERO ROWS" : "");
     free(dq_); free(dk_); free(dv_); free(ddO); free(out); free(lse); free(Dv); free(gq); free(gk); free(gv); free(kvp);
     return ok ? 0 : 1;
 }
 
 int main(int argc, char **argv)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); // progress as it goes, also into a pipe
     int quick = argc > 1;
     if (quick && argv[1][0] == 's') {
-        int f = run({"BLOCK_DIFF L=512 B=8 D=64 (skip count)", 1, 1024, 1024, 2, 1, 64, 2, 8, 512, 0, 0}, false);
-        f += run({"CAUSAL T=1024 D=64 (skip count)", 1, 1024, 1024, 2, 1, 64, 1, 0, 0, 0, 0}, false);
+        int f = run({"BLOCK_DIFF L=512 B=8 D=64 (skip count)", 1, 1024, 1024, 2, 1, 64, 2, 8, 512, 0, 0}, 0);
+        f += run({"CAUSAL T=1024 D=64 (skip count)", 1, 1024, 1024, 2, 1, 64, 1, 0, 0, 0, 0}, 0);
         return f;
     }
     std::vector<cfg> cs;
@@ -164,11 +192,19 @@ int main(int argc, char **argv)
     }
     int fails = 0;
     int runs = 0;
-    const bool tc_only = quick && argv[1][0] == 't'; // harness t: the TC runs alone
-    for (auto &c : cs) if (!tc_only) fails += run(c, false), runs++;
-    // The tensor-core variant on the cases up to T = 33 (each emulated
-    // thread does its warp's whole wmma product: slow).
-    for (auto &c : cs) if (c.Tk <= 40) fails += run(c, true), runs++;
+    // harness t / b: the TF32 / bf16 runs alone
+    const char only = quick && (argv[1][0] == 't' || argv[1][0] == 'b') ? argv[1][0] : 0;
+    // harness MODE FILTER: only the cases whose name contains FILTER
+    if (argc > 2) {
+        std::vector<cfg> keep;
+        for (auto &c : cs) if (strstr(c.name, argv[2])) keep.push_back(c);
+        cs = keep;
+    }
+    for (auto &c : cs) if (!only) fails += run(c, 0), runs++;
+    for (auto &c : cs) if (only != 't') fails += run(c, 2), runs++;
+    // The TF32 variant on the cases up to T = 33 (each emulated thread does
+    // its warp's whole wmma product: slow).
+    for (auto &c : cs) if (only != 'b' && c.Tk <= 40) fails += run(c, 1), runs++;
     printf("%d of %d failed\n", fails, runs);
     free(names);
     return fails != 0;

@@ -50,17 +50,19 @@
  * Each kernel comes in two variants (template parameter TC): CUDA-core
  * products in f32 (contexts with f32 products, the default: the CPU's
  * arithmetic up to summation order), or the products on tensor cores with
- * TF32 inputs (contexts whose products are TF32 or bf16: dvl_dev_attention_tc),
- * which pass the product tiles through shared memory (tc_mm below);
- * the softmax, masking and all sums outside the products are the same code. */
+ * TF32 inputs (contexts whose products are TF32), which pass the product
+ * tiles through shared memory (tc_mm below); the softmax, masking and all
+ * sums outside the products are the same code. Contexts whose products are
+ * bf16 run the kernels of ops/cuda/attention_bf16.cu instead (mma.sync,
+ * scores in registers), through the same launchers and D = dO . O and
+ * kv_sum kernels as here. */
 #include <limits.h>
 #include <math.h>
 
 #include <mma.h>
 #include <type_traits>
 
-#include "ops/cuda/common.cuh"
-#include "ops/mask_spans.h"
+#include "ops/cuda/attention_tiles.cuh"
 
 namespace wmma = nvcuda::wmma;
 
@@ -76,13 +78,6 @@ namespace wmma = nvcuda::wmma;
 #define BQ_BQ 64  /* backward q: query rows per block */
 #define BQ_BK 32  /* backward q: keys per tile */
 
-struct fa_args {
-    int64_t N, Tq, Tk, Hq, Hkv, D;
-    int kind;
-    int64_t block, half, q_offset;
-    const uint8_t *key_valid; /* [N, Tk] device bytes or NULL */
-    float scale;
-};
 
 /* ------------------------------------------------------------- helpers */
 
@@ -101,39 +96,6 @@ __device__ static inline float half_sum(float v)
     for (int o = 8; o > 0; o >>= 1)
         v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
-}
-
-/* Query row i's mask spans into lo/hi, empty ([0, 0)) where the rule gives
- * fewer than two or the row is past the end (a partial last tile). */
-__device__ static inline void row_spans(const fa_args &a, int64_t i, int64_t *lo, int64_t *hi)
-{
-    int64_t l[2] = {0, 0}, h[2] = {0, 0};
-    int n = 0;
-    if (i < a.Tq)
-        n = dvl_spans(a.kind, a.block, a.half, a.q_offset, i, a.Tk, l, h);
-    for (int r = 0; r < 2; r++) {
-        lo[r] = r < n ? l[r] : 0;
-        hi[r] = r < n ? h[r] : 0;
-    }
-}
-
-__device__ static inline bool in_spans(const int64_t *lo, const int64_t *hi, int64_t j)
-{
-    return (j >= lo[0] && j < hi[0]) || (j >= lo[1] && j < hi[1]);
-}
-
-/* Whether a row's spans meet keys [k0, k1). */
-__device__ static inline bool spans_meet(const int64_t *lo, const int64_t *hi, int64_t k0,
-                                         int64_t k1)
-{
-    return (lo[0] < hi[0] && lo[0] < k1 && hi[0] > k0) ||
-           (lo[1] < hi[1] && lo[1] < k1 && hi[1] > k0);
-}
-
-/* Key j of sequence n exists and is not padding. */
-__device__ static inline unsigned char key_ok(const fa_args &a, int64_t n, int64_t j)
-{
-    return j < a.Tk && (!a.key_valid || a.key_valid[n * a.Tk + j]);
 }
 
 /* dst[r][d] (row stride SP) = src[(row0 + r) * stride + d] for the ROWS x
@@ -639,50 +601,68 @@ __global__ static void __launch_bounds__(FA_THREADS) fa_bwd_q_k(
 
 /* ------------------------------------------------------------ launchers */
 
-static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-/* Opt the kernel into `bytes` of dynamic shared memory (past the default
- * 48 KB), then launch it with `blocks` blocks; errors into err. */
-template <typename K, typename... Args>
-static int launch(K kernel, int64_t blocks, size_t bytes, const char *what, dvl_err *err,
-                  Args... args)
+template <int DP>
+static int fwd_dp(dvl_cuda_math math, float *out, float *lse, const float *q, const float *k,
+                  const float *v, const fa_args &a, dvl_err *err)
 {
-    if (blocks > INT_MAX)
-        return dvl_errf(err, DVL_EINVAL, "attention %s: %lld thread blocks exceed the grid limit",
-                        what, (long long)blocks);
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)bytes);
-    if (e != cudaSuccess)
-        return dvl_cu_fail(err, e, "attention %s: opting into %zu bytes of shared memory", what,
-                           bytes);
-    kernel<<<(unsigned)blocks, FA_THREADS, bytes>>>(args...);
-    return dvl_cuda_check(what, err);
+    if (math == DVL_MATH_BF16)
+        return fa_bf16_fwd(out, lse, q, k, v, a, err);
+    const int64_t qtiles = fa_cdiv(a.Tq, FWD_BQ);
+    if (math == DVL_MATH_TF32)
+        return fa_launch(fa_fwd_k<DP, true>, qtiles * a.Hq * a.N, FA_THREADS,
+                         fwd_smem<DP, true>(), "attention forward", err, out, lse, q, k, v, a,
+                         qtiles);
+    return fa_launch(fa_fwd_k<DP, false>, qtiles * a.Hq * a.N, FA_THREADS, fwd_smem<DP, false>(),
+                     "attention forward", err, out, lse, q, k, v, a, qtiles);
 }
 
-template <int DP, bool TC>
-static int fwd_dp(float *out, float *lse, const float *q, const float *k, const float *v,
-                  const fa_args &a, dvl_err *err)
-{
-    const int64_t qtiles = cdiv(a.Tq, FWD_BQ);
-    return launch(fa_fwd_k<DP, TC>, qtiles * a.Hq * a.N, fwd_smem<DP, TC>(), "attention forward",
-                  err, out, lse, q, k, v, a, qtiles);
-}
-
-/* pk, pv: scratch for the per-head parts of dK, dV (grouped heads only). */
-template <int DP, bool TC>
-static int bwd_dp(float *dq, float *dk, float *dv, float *Dv, float *pk, float *pv,
+/* The dK dV kernel of the chosen arithmetic: f32 CUDA cores, TF32 wmma (TC)
+ * or bf16 mma (ops/cuda/attention_bf16.cu). pk, pv: scratch for the
+ * per-head parts of dK, dV (grouped heads only). */
+template <int DP>
+static int bwd_kv(dvl_cuda_math math, float *dk, float *dv, float *pk, float *pv,
                   const float *dout, const float *q, const float *k, const float *v,
+                  const float *lse, const float *Dv, const fa_args &a, dvl_err *err)
+{
+    if (math == DVL_MATH_BF16)
+        return fa_bf16_bwd_kv(dk, dv, pk, pv, dout, q, k, v, lse, Dv, a, err);
+    const int64_t blocks = fa_cdiv(a.Tk, KV_BK) * a.Hq * a.N;
+    if (math == DVL_MATH_TF32)
+        return fa_launch(fa_bwd_kv_k<DP, true>, blocks, FA_THREADS, kv_smem<DP, true>(),
+                         "attention backward dK dV", err, dk, dv, pk, pv, dout, q, k, v, lse, Dv,
+                         a, fa_cdiv(a.Tk, KV_BK));
+    return fa_launch(fa_bwd_kv_k<DP, false>, blocks, FA_THREADS, kv_smem<DP, false>(),
+                     "attention backward dK dV", err, dk, dv, pk, pv, dout, q, k, v, lse, Dv, a,
+                     fa_cdiv(a.Tk, KV_BK));
+}
+
+template <int DP>
+static int bwd_q(dvl_cuda_math math, float *dq, const float *dout, const float *q,
+                 const float *k, const float *v, const float *lse, const float *Dv,
+                 const fa_args &a, dvl_err *err)
+{
+    if (math == DVL_MATH_BF16)
+        return fa_bf16_bwd_q(dq, dout, q, k, v, lse, Dv, a, err);
+    const int64_t qtiles = fa_cdiv(a.Tq, BQ_BQ);
+    if (math == DVL_MATH_TF32)
+        return fa_launch(fa_bwd_q_k<DP, true>, qtiles * a.Hq * a.N, FA_THREADS,
+                         q_smem<DP, true>(), "attention backward dQ", err, dq, dout, q, k, v,
+                         lse, Dv, a, qtiles);
+    return fa_launch(fa_bwd_q_k<DP, false>, qtiles * a.Hq * a.N, FA_THREADS, q_smem<DP, false>(),
+                     "attention backward dQ", err, dq, dout, q, k, v, lse, Dv, a, qtiles);
+}
+
+template <int DP>
+static int bwd_dp(dvl_cuda_math math, float *dq, float *dk, float *dv, float *Dv, float *pk,
+                  float *pv, const float *dout, const float *q, const float *k, const float *v,
                   const float *lse, const fa_args &a, dvl_err *err)
 {
     int rc = DVL_OK;
     if (dk || dv) {
-        const int64_t ktiles = cdiv(a.Tk, KV_BK);
         const bool grouped = a.Hq != a.Hkv;
-        rc = launch(fa_bwd_kv_k<DP, TC>, ktiles * a.Hq * a.N, kv_smem<DP, TC>(),
-                    "attention backward dK dV", err, dk, dv, grouped && dk ? pk : (float *)NULL,
-                    grouped && dv ? pv : (float *)NULL, dout, q, k, v, lse, (const float *)Dv, a,
-                    ktiles);
-        const int64_t sum_blocks = cdiv(a.N * a.Tk * a.Hkv * a.D, FA_THREADS);
+        rc = bwd_kv<DP>(math, dk, dv, grouped && dk ? pk : (float *)NULL,
+                        grouped && dv ? pv : (float *)NULL, dout, q, k, v, lse, Dv, a, err);
+        const int64_t sum_blocks = fa_cdiv(a.N * a.Tk * a.Hkv * a.D, FA_THREADS);
         if (rc == DVL_OK && grouped && sum_blocks > INT_MAX)
             rc = dvl_errf(err, DVL_EINVAL, "attention backward: %lld kv gradient blocks exceed "
                           "the grid limit", (long long)sum_blocks);
@@ -694,12 +674,8 @@ static int bwd_dp(float *dq, float *dk, float *dv, float *Dv, float *pk, float *
             rc = dvl_cuda_check("attention backward: dK dV over the group's heads", err);
         }
     }
-    if (rc == DVL_OK && dq) {
-        const int64_t qtiles = cdiv(a.Tq, BQ_BQ);
-        rc = launch(fa_bwd_q_k<DP, TC>, qtiles * a.Hq * a.N, q_smem<DP, TC>(),
-                    "attention backward dQ", err, dq, dout, q, k, v, lse, (const float *)Dv, a,
-                    qtiles);
-    }
+    if (rc == DVL_OK && dq)
+        rc = bwd_q<DP>(math, dq, dout, q, k, v, lse, Dv, a, err);
     return rc;
 }
 
@@ -732,7 +708,7 @@ extern "C" int dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, co
                                       int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D,
                                       int mask_kind, int64_t block, int64_t half,
                                       int64_t q_offset, const uint8_t *key_valid, float scale,
-                                      bool tc, dvl_err *err)
+                                      dvl_cuda_math math, dvl_err *err)
 {
     if (N <= 0 || Tq <= 0 || Hq <= 0 || D <= 0)
         return DVL_OK; /* empty output */
@@ -747,13 +723,10 @@ extern "C" int dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, co
     const fa_args a = args_of(N, Tq, Tk, Hq, Hkv, D, mask_kind, block, half, q_offset, key_valid,
                               scale);
     if (D <= 32)
-        return tc ? fwd_dp<32, true>(out, lse, q, k, v, a, err)
-                  : fwd_dp<32, false>(out, lse, q, k, v, a, err);
+        return fwd_dp<32>(math, out, lse, q, k, v, a, err);
     if (D <= 64)
-        return tc ? fwd_dp<64, true>(out, lse, q, k, v, a, err)
-                  : fwd_dp<64, false>(out, lse, q, k, v, a, err);
-    return tc ? fwd_dp<128, true>(out, lse, q, k, v, a, err)
-              : fwd_dp<128, false>(out, lse, q, k, v, a, err);
+        return fwd_dp<64>(math, out, lse, q, k, v, a, err);
+    return fwd_dp<128>(math, out, lse, q, k, v, a, err);
 }
 
 extern "C" int dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *scratch,
@@ -762,7 +735,7 @@ extern "C" int dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *sc
                                       int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t D,
                                       int mask_kind, int64_t block, int64_t half,
                                       int64_t q_offset, const uint8_t *key_valid, float scale,
-                                      bool tc, dvl_err *err)
+                                      dvl_cuda_math math, dvl_err *err)
 {
     if (N <= 0 || Tq <= 0 || Tk <= 0 || Hq <= 0 || D <= 0 || (!dq && !dk && !dv))
         return DVL_OK; /* every gradient term is an empty sum */
@@ -778,19 +751,19 @@ extern "C" int dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *sc
                               scale);
     const int64_t rows = N * Hq * Tq;
     float *Dv = scratch, *pk = scratch + rows, *pv = pk + N * Tk * Hq * D;
-    if (cdiv(rows, FA_THREADS / 32) > INT_MAX)
+    if (fa_cdiv(rows, FA_THREADS / 32) > INT_MAX)
         return dvl_errf(err, DVL_EINVAL,
                         "attention backward: %lld query rows exceed the grid limit",
                         (long long)rows);
-    fa_dot_k<<<(unsigned)cdiv(rows, FA_THREADS / 32), FA_THREADS>>>(Dv, dout, out, a);
+    fa_dot_k<<<(unsigned)fa_cdiv(rows, FA_THREADS / 32), FA_THREADS>>>(Dv, dout, out, a);
     int rc = dvl_cuda_check("attention backward D = rowsum(dO O)", err);
     if (rc != DVL_OK)
         return rc;
-#define BWD(DP, TC) bwd_dp<DP, TC>(dq, dk, dv, Dv, pk, pv, dout, q, k, v, lse, a, err)
+#define BWD(DP) bwd_dp<DP>(math, dq, dk, dv, Dv, pk, pv, dout, q, k, v, lse, a, err)
     if (D <= 32)
-        return tc ? BWD(32, true) : BWD(32, false);
+        return BWD(32);
     if (D <= 64)
-        return tc ? BWD(64, true) : BWD(64, false);
-    return tc ? BWD(128, true) : BWD(128, false);
+        return BWD(64);
+    return BWD(128);
 #undef BWD
 }

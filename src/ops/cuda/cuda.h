@@ -291,10 +291,12 @@ void dvl_cuda_lxent_chunk_dz(float *z, const float *rowmax, const float *logsum,
  * output and gradient are zero); lse may be NULL in the forward pass when
  * no backward follows. scratch: dvl_cuda_attention_scratch floats of device
  * memory (none for the tiled forward pass; N Hq Tq for its backward pass,
- * plus 2 N Tk Hq D with grouped heads, Hq > Hkv). tc: the products of
- * the tiled kernels on tensor cores with TF32 inputs (f32 accumulation;
- * ~1e-3 relative error, as TF32 GEMMs), for contexts whose products are
- * TF32 or bf16; false keeps every product in f32.
+ * plus 2 N Tk Hq D with grouped heads, Hq > Hkv). math: the arithmetic
+ * of the tiled kernels' products, the context's (dvl_dev_attention_math):
+ * F32 on CUDA cores; TF32 on tensor cores (wmma, TF32 inputs, f32
+ * accumulation; ~1e-3 relative error, as TF32 GEMMs); BF16 on tensor cores
+ * (mma.sync with bf16 Q, K, V, dO, P and dS, f32 accumulation, softmax and
+ * sums in f32, as FlashAttention-2 in bf16; ~1e-2 relative error).
  * Errors (launch, shared-memory opt-in, grid size) go into err. */
 #define DVL_CUDA_ATTN_MAX_D 128
 bool dvl_cuda_attention_tiled(int64_t D);
@@ -303,16 +305,16 @@ int64_t dvl_cuda_attention_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq
 int dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, const float *q, const float *k,
                            const float *v, int64_t N, int64_t Tq, int64_t Tk, int64_t Hq,
                            int64_t Hkv, int64_t D, int mask_kind, int64_t block, int64_t half,
-                           int64_t q_offset, const uint8_t *key_valid, float scale, bool tc,
-                           dvl_err *err);
+                           int64_t q_offset, const uint8_t *key_valid, float scale,
+                           dvl_cuda_math math, dvl_err *err);
 /* Accumulates into dq, dk, dv (each may be NULL). dK and dV are summed per
  * key over each query head's rows, then over the group's heads, in order. */
 int dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *scratch, const float *dout,
                            const float *out, const float *lse, const float *q, const float *k,
                            const float *v, int64_t N, int64_t Tq, int64_t Tk, int64_t Hq,
                            int64_t Hkv, int64_t D, int mask_kind, int64_t block, int64_t half,
-                           int64_t q_offset, const uint8_t *key_valid, float scale, bool tc,
-                           dvl_err *err);
+                           int64_t q_offset, const uint8_t *key_valid, float scale,
+                           dvl_cuda_math math, dvl_err *err);
 
 /* The reference kernel (ops/cuda/attention_ref.cu), same arguments: one
  * block per (n, h, query row) with its scores in global scratch of

@@ -1,0 +1,530 @@
+/* Attention on bf16 tensor cores, for contexts whose products are bf16
+ * (train.precision bf16): FlashAttention-2 (Dao 2023, alg. 1 and 2) with
+ * every product a warp-level mma.sync (ops/cuda/mma.cuh) on bf16 operands
+ * with f32 accumulation, and the softmax, masking and row sums in f32 on
+ * the accumulators themselves: the scores S and probabilities P never leave
+ * registers. Same tiling, skipping, mask rule and sum order as the f32
+ * kernels of ops/cuda/attention.cu (read that file's comment first):
+ *   forward   one block per (n, h, tile of 64 query rows), a loop over key
+ *             tiles: S = scale Q K^T, online softmax, O += P V;
+ *   backward  kernel kv, one block per (n, query head, tile of 64 keys), a
+ *             loop over query tiles: dV_h += P^T dO, dK_h += dS^T Q;
+ *             kernel q, one block per (n, h, tile of 64 query rows), a
+ *             loop over key tiles: dQ += dS K;
+ *   with P = exp(S - lse), dP = dO V^T, dS = P (dP - D), D = dO . O.
+ * Rounded to bf16 (nearest even): the tiles of Q, K, V, dO as they enter
+ * shared memory, and P and dS before they multiply (FlashAttention-2's
+ * bf16 recipe); everything else is f32.
+ *
+ * Threads: 4 warps; warp w owns rows 16 w .. 16 w + 15 of the block's 64
+ * (query rows, or keys in kernel kv): the m of its m16n8k16 products.
+ * A product with C columns leaves C / 8 accumulator tiles c[j][4] per
+ * lane; with g = lane / 4, t = lane % 4, c[j][e] is row 16 w + g + 8 (e / 2),
+ * column 8 j + 2 t + e % 2 (mma.cuh). A row's values are spread over the 4
+ * lanes of a quad (same g): row max and row sum are two shuffles.
+ * Two accumulator tiles are exactly the A operand of the next product
+ * (acc_to_a), so P and dS go from one product into the next in registers.
+ *
+ * Shared memory holds bf16 tiles with rows padded by 8 values (16 bytes):
+ * a fragment load reads 8 rows g at 4 words t each, which then fall in 32
+ * different banks. A product's B operand is read from a tile that stores B
+ * transposed ([n][k], k along the row); where a tile is B with k along the
+ * rows (V in O += P V, dO and Q in kernel kv, K in kernel q), a transposed
+ * copy is written as the tile is loaded. */
+#include <math.h>
+
+#include "ops/cuda/attention_tiles.cuh"
+#include "ops/cuda/mma.cuh"
+
+#define MMA_THREADS 128
+#define MMA_ROWS 64 /* rows of a block's tile: 16 per warp */
+
+/* Tile of the loop's other side: 64 wide, 32 at D = 128, which keeps kernel
+ * kv's and q's accumulators (dK, dV, or dQ with Q, dO, at D x 16 floats per
+ * warp each) within the registers. */
+template <int DP> __host__ __device__ constexpr int loop_tile() { return DP > 64 ? 32 : 64; }
+
+/* ------------------------------------------------------------- helpers */
+
+/* f32 rows [row0, row0 + ROWS) of src (row stride `stride`, D values) into
+ * bf16 tiles: dst [ROWS][DP + 8] and dstT [DP][ROWS + 8] (transposed),
+ * either may be NULL; zero past nvalid rows and past D. */
+template <int ROWS, int DP>
+__device__ static inline void load_tile(uint16_t *dst, uint16_t *dstT, const float *src,
+                                        int64_t row0, int64_t nvalid, int64_t stride, int64_t D)
+{
+    for (int e = threadIdx.x; e < ROWS * DP; e += MMA_THREADS) {
+        const int r = e / DP, d = e % DP;
+        const uint16_t x = bf16_bits((r < nvalid && d < D) ? src[(row0 + r) * stride + d] : 0.0f);
+        if (dst)
+            dst[r * (DP + 8) + d] = x;
+        if (dstT)
+            dstT[d * (ROWS + 8) + r] = x;
+    }
+}
+
+__device__ static inline uint32_t word(const uint16_t *p) { return *(const uint32_t *)p; }
+
+/* A operand of the 16 x 16 tile at rows r0, columns k0 of S [.][ld]. */
+__device__ static inline void frag_a(uint32_t (&a)[4], const uint16_t *S, int ld, int r0, int k0)
+{
+    const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    const uint16_t *p = S + (r0 + g) * ld + k0 + 2 * t;
+    a[0] = word(p);
+    a[1] = word(p + 8 * ld);
+    a[2] = word(p + 8);
+    a[3] = word(p + 8 * ld + 8);
+}
+
+/* B operand (16 x 8, k x n) at k0, n0 from S [n][k] (row stride ld). */
+__device__ static inline void frag_b(uint32_t (&b)[2], const uint16_t *S, int ld, int n0, int k0)
+{
+    const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
+    const uint16_t *p = S + (n0 + g) * ld + k0 + 2 * t;
+    b[0] = word(p);
+    b[1] = word(p + 8);
+}
+
+/* The A operand of columns [16 kk, 16 kk + 16) of a product held in
+ * accumulator tiles c (tiles 2 kk and 2 kk + 1), rounded to bf16. */
+template <int NT>
+__device__ static inline void acc_to_a(uint32_t (&a)[4], const float (&c)[NT][4], int kk)
+{
+    a[0] = pack_bf16(c[2 * kk][0], c[2 * kk][1]);
+    a[1] = pack_bf16(c[2 * kk][2], c[2 * kk][3]);
+    a[2] = pack_bf16(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+    a[3] = pack_bf16(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+}
+
+/* c = A B^T over the tile's DP columns: A rows 16 w.. of As, B^T given as
+ * Bs [C][DP] (both row stride DP + 8), C / 8 accumulator tiles. */
+template <int C, int DP>
+__device__ static inline void mm_abt16(float (&c)[C / 8][4], const uint16_t *As,
+                                       const uint16_t *Bs, int w)
+{
+#pragma unroll
+    for (int j = 0; j < C / 8; j++)
+        c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; kk++) {
+        uint32_t a[4];
+        frag_a(a, As, DP + 8, 16 * w, 16 * kk);
+#pragma unroll
+        for (int j = 0; j < C / 8; j++) {
+            uint32_t b[2];
+            frag_b(b, Bs, DP + 8, 8 * j, 16 * kk);
+            mma_bf16(c[j], a, b);
+        }
+    }
+}
+
+/* acc += X Y: X [16 x K] in accumulator tiles x (rounded to bf16 here),
+ * Y given transposed as Yt [DP][K + 8]. */
+template <int K, int DP>
+__device__ static inline void mm_acc_b16(float (&acc)[DP / 8][4], const float (&x)[K / 8][4],
+                                         const uint16_t *Yt)
+{
+#pragma unroll
+    for (int kk = 0; kk < K / 16; kk++) {
+        uint32_t a[4];
+        acc_to_a(a, x, kk);
+#pragma unroll
+        for (int j = 0; j < DP / 8; j++) {
+            uint32_t b[2];
+            frag_b(b, Yt, K + 8, 8 * j, 16 * kk);
+            mma_bf16(acc[j], a, b);
+        }
+    }
+}
+
+/* Max and sum over the 4 lanes of a quad (one row's owners). */
+__device__ static inline float quad_max(float v)
+{
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ static inline float quad_sum(float v)
+{
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+/* Dynamic shared memory of each kernel, in bytes. */
+template <int DP> static size_t fwd16_smem()
+{
+    constexpr int BK = 64;
+    return (size_t)(MMA_ROWS * (DP + 8) + BK * (DP + 8) + DP * (BK + 8)) * sizeof(uint16_t);
+}
+template <int DP> static size_t kv16_smem()
+{
+    constexpr int BQ = loop_tile<DP>();
+    return (size_t)(2 * MMA_ROWS * (DP + 8) + 2 * BQ * (DP + 8) + 2 * DP * (BQ + 8)) *
+           sizeof(uint16_t);
+}
+template <int DP> static size_t q16_smem()
+{
+    constexpr int BK = loop_tile<DP>();
+    return (size_t)(2 * MMA_ROWS * (DP + 8) + 2 * BK * (DP + 8) + DP * (BK + 8)) *
+           sizeof(uint16_t);
+}
+
+/* -------------------------------------------------------------- forward */
+
+/* blockIdx.x = (n * Hq + h) * qtiles + query tile. */
+template <int DP>
+__global__ static void __launch_bounds__(MMA_THREADS)
+    fa16_fwd_k(float *out, float *lse, const float *q, const float *k, const float *v,
+               fa_args a, int64_t qtiles)
+{
+    constexpr int BQ = MMA_ROWS, BK = 64, LD = DP + 8, NT = BK / 8, DT = DP / 8;
+    extern __shared__ __align__(128) float smem[];
+    uint16_t *Qs = (uint16_t *)smem, *Ks = Qs + BQ * LD, *Vt = Ks + BK * LD;
+    __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
+    __shared__ unsigned char s_kv[BK];
+    const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+    const int64_t blk = blockIdx.x;
+    const int64_t i0 = (blk % qtiles) * BQ, h = (blk / qtiles) % a.Hq, n = blk / (qtiles * a.Hq);
+    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
+    const float *qb = q + (n * a.Tq * a.Hq + h) * D;
+    const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
+
+    load_tile<BQ, DP>(Qs, NULL, qb, i0, a.Tq - i0, qs, D);
+    if (tid < BQ)
+        row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
+    __syncthreads();
+    uint32_t qa[DP / 16][4]; /* the warp's rows of Q, for every key tile */
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; kk++)
+        frag_a(qa[kk], Qs, LD, 16 * w, 16 * kk);
+
+    /* Rows 16 w + g (index 0) and 16 w + g + 8 (index 1) of the tile. */
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, o[DT][4];
+#pragma unroll
+    for (int j = 0; j < DT; j++)
+        o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    for (int64_t k0 = 0; k0 < a.Tk; k0 += BK) {
+        const int need = tid < BQ && spans_meet(s_lo[tid], s_hi[tid], k0, k0 + BK);
+        if (!__syncthreads_or(need))
+            continue;
+        load_tile<BK, DP>(Ks, NULL, kb, k0, a.Tk - k0, ks, D);
+        load_tile<BK, DP>(NULL, Vt, vb, k0, a.Tk - k0, ks, D);
+        if (tid < BK)
+            s_kv[tid] = key_ok(a, n, k0 + tid);
+        __syncthreads();
+        float s[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < DP / 16; kk++)
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                uint32_t b[2];
+                frag_b(b, Ks, LD, 8 * j, 16 * kk);
+                mma_bf16(s[j], qa[kk], b);
+            }
+        float mt[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = 16 * w + g + 8 * (e / 2), c = 8 * j + 2 * t + e % 2;
+                const bool vis = s_kv[c] && in_spans(s_lo[r], s_hi[r], k0 + c);
+                s[j][e] = vis ? __fmul_rn(a.scale, s[j][e]) : -INFINITY;
+                mt[e / 2] = fmaxf(mt[e / 2], s[j][e]);
+            }
+        float mn[2], alpha[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            mn[x] = fmaxf(m[x], quad_max(mt[x]));
+            /* mn = -inf: the row has seen no key yet (P = 0, nothing to
+             * rescale), as the f32 kernel. */
+            alpha[x] = mn[x] == -INFINITY ? 1.0f : expf(m[x] - mn[x]);
+        }
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float mx = mn[e / 2];
+                s[j][e] = mx == -INFINITY ? 0.0f : expf(s[j][e] - mx);
+                rs[e / 2] += s[j][e];
+            }
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            l[x] = l[x] * alpha[x] + quad_sum(rs[x]);
+            m[x] = mn[x];
+        }
+#pragma unroll
+        for (int j = 0; j < DT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                o[j][e] *= alpha[e / 2];
+        mm_acc_b16<BK, DP>(o, s, Vt);
+        __syncthreads(); /* Ks, Vt are overwritten by the next tile */
+    }
+
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        const int64_t gi = i0 + 16 * w + g + 8 * x;
+        if (gi >= a.Tq)
+            continue;
+        /* l >= 1 once any key was seen (the max contributes exp(0)). */
+        const bool any = l[x] > 0.0f;
+        const float inv = any ? 1.0f / l[x] : 0.0f;
+        float *orow = out + ((n * a.Tq + gi) * a.Hq + h) * D;
+#pragma unroll
+        for (int j = 0; j < DT; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int col = 8 * j + 2 * t + e;
+                if (col < D)
+                    orow[col] = any ? o[j][2 * x + e] * inv : 0.0f;
+            }
+        if (t == 0 && lse)
+            lse[(n * a.Hq + h) * a.Tq + gi] = any ? m[x] + logf(l[x]) : INFINITY;
+    }
+}
+
+/* ------------------------------------------------------------- backward */
+
+/* Query head h's part of dK and dV for one tile of 64 keys; blockIdx.x =
+ * (n * Hq + h) * ktiles + key tile. pk, pv, dk, dv as fa_bf16_bwd_kv. */
+template <int DP>
+__global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
+    float *dk, float *dv, float *pk, float *pv, const float *dout, const float *q, const float *k,
+    const float *v, const float *lse, const float *Dv, fa_args a, int64_t ktiles)
+{
+    constexpr int BK = MMA_ROWS, BQ = loop_tile<DP>(), LD = DP + 8, LQ = BQ + 8;
+    constexpr int NT = BQ / 8, DT = DP / 8;
+    extern __shared__ __align__(128) float smem[];
+    uint16_t *Ks = (uint16_t *)smem, *Vs = Ks + BK * LD, *Qs = Vs + BK * LD, *dOs = Qs + BQ * LD;
+    uint16_t *Qt = dOs + BQ * LD, *dOt = Qt + DP * LQ;
+    __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
+    __shared__ float s_lse[BQ], s_D[BQ];
+    __shared__ unsigned char s_kv[BK];
+    const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+    const int64_t blk = blockIdx.x;
+    const int64_t j0 = (blk % ktiles) * BK, h = (blk / ktiles) % a.Hq,
+                  n = blk / (ktiles * a.Hq);
+    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
+    const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
+
+    load_tile<BK, DP>(Ks, NULL, kb, j0, a.Tk - j0, ks, D);
+    load_tile<BK, DP>(Vs, NULL, vb, j0, a.Tk - j0, ks, D);
+    if (tid < BK)
+        s_kv[tid] = key_ok(a, n, j0 + tid);
+    /* The first barrier below also publishes these. */
+
+    float adk[DT][4], adv[DT][4];
+#pragma unroll
+    for (int j = 0; j < DT; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            adk[j][e] = adv[j][e] = 0.0f;
+
+    const float *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
+    const float *lb = lse + (n * a.Hq + h) * a.Tq, *db = Dv + (n * a.Hq + h) * a.Tq;
+    for (int64_t i0 = 0; i0 < a.Tq; i0 += BQ) {
+        int need = 0;
+        if (tid < BQ) {
+            row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
+            need = spans_meet(s_lo[tid], s_hi[tid], j0, j0 + BK);
+        }
+        if (!__syncthreads_or(need))
+            continue;
+        load_tile<BQ, DP>(Qs, Qt, qb, i0, a.Tq - i0, qs, D);
+        load_tile<BQ, DP>(dOs, dOt, ob, i0, a.Tq - i0, qs, D);
+        if (tid < BQ) {
+            const int64_t gi = i0 + tid;
+            s_lse[tid] = gi < a.Tq ? lb[gi] : INFINITY;
+            s_D[tid] = gi < a.Tq ? db[gi] : 0.0f;
+        }
+        __syncthreads();
+        /* S^T = K Q^T and dP^T = V dO^T: rows keys, columns queries. */
+        float st[NT][4], dpt[NT][4];
+        mm_abt16<BQ, DP>(st, Ks, Qs, w);
+        mm_abt16<BQ, DP>(dpt, Vs, dOs, w);
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = 16 * w + g + 8 * (e / 2), c = 8 * j + 2 * t + e % 2;
+                const float L = s_lse[c];
+                /* lse = +inf: the row saw no key, P = 0. The scaled score
+                 * rounded as in the forward pass before the subtraction. */
+                const bool vis = s_kv[r] && L < INFINITY && in_spans(s_lo[c], s_hi[c], j0 + r);
+                const float p = vis ? expf(__fmul_rn(a.scale, st[j][e]) - L) : 0.0f;
+                st[j][e] = p;
+                dpt[j][e] = p * (dpt[j][e] - s_D[c]);
+            }
+        mm_acc_b16<BQ, DP>(adv, st, dOt);  /* dV += P^T dO */
+        mm_acc_b16<BQ, DP>(adk, dpt, Qt);  /* dK += dS^T Q (scaled at the end) */
+        __syncthreads(); /* the tiles are overwritten by the next query tile */
+    }
+
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        const int64_t gj = j0 + 16 * w + g + 8 * x;
+        if (gj >= a.Tk)
+            continue;
+        const int64_t off = ((n * a.Tk + gj) * a.Hkv + hk) * D;
+        const int64_t poff = ((n * a.Tk + gj) * a.Hq + h) * D;
+#pragma unroll
+        for (int j = 0; j < DT; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int col = 8 * j + 2 * t + e;
+                if (col >= D)
+                    continue;
+                const float gk = a.scale * adk[j][2 * x + e], gv = adv[j][2 * x + e];
+                if (pk)
+                    pk[poff + col] = gk;
+                else if (dk)
+                    dk[off + col] += gk;
+                if (pv)
+                    pv[poff + col] = gv;
+                else if (dv)
+                    dv[off + col] += gv;
+            }
+    }
+}
+
+/* dQ of one tile of 64 query rows; blockIdx.x as fa16_fwd_k. */
+template <int DP>
+__global__ static void __launch_bounds__(MMA_THREADS)
+    fa16_bwd_q_k(float *dq, const float *dout, const float *q, const float *k, const float *v,
+                 const float *lse, const float *Dv, fa_args a, int64_t qtiles)
+{
+    constexpr int BQ = MMA_ROWS, BK = loop_tile<DP>(), LD = DP + 8, NT = BK / 8, DT = DP / 8;
+    extern __shared__ __align__(128) float smem[];
+    uint16_t *Qs = (uint16_t *)smem, *dOs = Qs + BQ * LD, *Ks = dOs + BQ * LD, *Vs = Ks + BK * LD;
+    uint16_t *Kt = Vs + BK * LD;
+    __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
+    __shared__ unsigned char s_kv[BK];
+    const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
+    const int64_t blk = blockIdx.x;
+    const int64_t i0 = (blk % qtiles) * BQ, h = (blk / qtiles) % a.Hq, n = blk / (qtiles * a.Hq);
+    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
+    const float *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
+    const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
+
+    load_tile<BQ, DP>(Qs, NULL, qb, i0, a.Tq - i0, qs, D);
+    load_tile<BQ, DP>(dOs, NULL, ob, i0, a.Tq - i0, qs, D);
+    if (tid < BQ)
+        row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
+    float L[2], Di[2], acc[DT][4];
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        const int64_t gi = i0 + 16 * w + g + 8 * x;
+        L[x] = gi < a.Tq ? lse[(n * a.Hq + h) * a.Tq + gi] : INFINITY;
+        Di[x] = gi < a.Tq ? Dv[(n * a.Hq + h) * a.Tq + gi] : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < DT; j++)
+        acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    __syncthreads();
+
+    for (int64_t k0 = 0; k0 < a.Tk; k0 += BK) {
+        const int need = tid < BQ && spans_meet(s_lo[tid], s_hi[tid], k0, k0 + BK);
+        if (!__syncthreads_or(need))
+            continue;
+        load_tile<BK, DP>(Ks, Kt, kb, k0, a.Tk - k0, ks, D);
+        load_tile<BK, DP>(Vs, NULL, vb, k0, a.Tk - k0, ks, D);
+        if (tid < BK)
+            s_kv[tid] = key_ok(a, n, k0 + tid);
+        __syncthreads();
+        float s[NT][4], dp[NT][4];
+        mm_abt16<BK, DP>(s, Qs, Ks, w);
+        mm_abt16<BK, DP>(dp, dOs, Vs, w);
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = 16 * w + g + 8 * (e / 2), c = 8 * j + 2 * t + e % 2, x = e / 2;
+                const bool vis = s_kv[c] && L[x] < INFINITY && in_spans(s_lo[r], s_hi[r], k0 + c);
+                const float p = vis ? expf(__fmul_rn(a.scale, s[j][e]) - L[x]) : 0.0f;
+                s[j][e] = p * (dp[j][e] - Di[x]); /* dS */
+            }
+        mm_acc_b16<BK, DP>(acc, s, Kt); /* dQ += dS K (scaled at the end) */
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int x = 0; x < 2; x++) {
+        const int64_t gi = i0 + 16 * w + g + 8 * x;
+        if (gi >= a.Tq)
+            continue;
+        float *row = dq + ((n * a.Tq + gi) * a.Hq + h) * D;
+#pragma unroll
+        for (int j = 0; j < DT; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int col = 8 * j + 2 * t + e;
+                if (col < D)
+                    row[col] += a.scale * acc[j][2 * x + e];
+            }
+    }
+}
+
+/* ------------------------------------------------------------ launchers */
+
+template <int DP>
+static int fwd16(float *out, float *lse, const float *q, const float *k, const float *v,
+                 const fa_args &a, dvl_err *err)
+{
+    const int64_t qtiles = fa_cdiv(a.Tq, MMA_ROWS);
+    return fa_launch(fa16_fwd_k<DP>, qtiles * a.Hq * a.N, MMA_THREADS, fwd16_smem<DP>(),
+                     "attention forward (bf16)", err, out, lse, q, k, v, a, qtiles);
+}
+
+template <int DP>
+static int kv16(float *dk, float *dv, float *pk, float *pv, const float *dout, const float *q,
+                const float *k, const float *v, const float *lse, const float *Dv,
+                const fa_args &a, dvl_err *err)
+{
+    const int64_t ktiles = fa_cdiv(a.Tk, MMA_ROWS);
+    return fa_launch(fa16_bwd_kv_k<DP>, ktiles * a.Hq * a.N, MMA_THREADS, kv16_smem<DP>(),
+                     "attention backward dK dV (bf16)", err, dk, dv, pk, pv, dout, q, k, v, lse,
+                     Dv, a, ktiles);
+}
+
+template <int DP>
+static int q16(float *dq, const float *dout, const float *q, const float *k, const float *v,
+               const float *lse, const float *Dv, const fa_args &a, dvl_err *err)
+{
+    const int64_t qtiles = fa_cdiv(a.Tq, MMA_ROWS);
+    return fa_launch(fa16_bwd_q_k<DP>, qtiles * a.Hq * a.N, MMA_THREADS, q16_smem<DP>(),
+                     "attention backward dQ (bf16)", err, dq, dout, q, k, v, lse, Dv, a, qtiles);
+}
+
+int fa_bf16_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+                const fa_args &a, dvl_err *err)
+{
+    if (a.D <= 32)
+        return fwd16<32>(out, lse, q, k, v, a, err);
+    if (a.D <= 64)
+        return fwd16<64>(out, lse, q, k, v, a, err);
+    return fwd16<128>(out, lse, q, k, v, a, err);
+}
+
+int fa_bf16_bwd_kv(float *dk, float *dv, float *pk, float *pv, const float *dout,
+                   const float *q, const float *k, const float *v, const float *lse,
+                   const float *Dv, const fa_args &a, dvl_err *err)
+{
+    if (a.D <= 32)
+        return kv16<32>(dk, dv, pk, pv, dout, q, k, v, lse, Dv, a, err);
+    if (a.D <= 64)
+        return kv16<64>(dk, dv, pk, pv, dout, q, k, v, lse, Dv, a, err);
+    return kv16<128>(dk, dv, pk, pv, dout, q, k, v, lse, Dv, a, err);
+}
+
+int fa_bf16_bwd_q(float *dq, const float *dout, const float *q, const float *k, const float *v,
+                  const float *lse, const float *Dv, const fa_args &a, dvl_err *err)
+{
+    if (a.D <= 32)
+        return q16<32>(dq, dout, q, k, v, lse, Dv, a, err);
+    if (a.D <= 64)
+        return q16<64>(dq, dout, q, k, v, lse, Dv, a, err);
+    return q16<128>(dq, dout, q, k, v, lse, Dv, a, err);
+}

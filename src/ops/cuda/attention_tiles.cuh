@@ -1,0 +1,93 @@
+/* What the tiled attention kernels share (C++ only): the problem's
+ * arguments, the mask rule per query row (the spans of ops/mask_spans.h,
+ * the rule the CPU uses, minus padded keys), the launcher, and the bf16
+ * tensor-core kernels' entry points (ops/cuda/attention_bf16.cu), which
+ * ops/cuda/attention.cu calls for contexts whose products are bf16.
+ * Layouts as ops/cpu/attention.h: q, out, dout, dq [N, Tq, Hq, D]; k, v, dk,
+ * dv [N, Tk, Hkv, D]; lse [N, Hq, Tq] (+inf for a row that sees no key). */
+#ifndef DVL_OPS_CUDA_ATTENTION_TILES_CUH
+#define DVL_OPS_CUDA_ATTENTION_TILES_CUH
+
+#include <limits.h>
+#include <stdint.h>
+
+#include "ops/cuda/common.cuh"
+#include "ops/mask_spans.h"
+
+struct fa_args {
+    int64_t N, Tq, Tk, Hq, Hkv, D;
+    int kind;
+    int64_t block, half, q_offset;
+    const uint8_t *key_valid; /* [N, Tk] device bytes or NULL */
+    float scale;
+};
+
+/* Query row i's mask spans into lo/hi, empty ([0, 0)) where the rule gives
+ * fewer than two or the row is past the end (a partial last tile). */
+__device__ static inline void row_spans(const fa_args &a, int64_t i, int64_t *lo, int64_t *hi)
+{
+    int64_t l[2] = {0, 0}, h[2] = {0, 0};
+    int n = 0;
+    if (i < a.Tq)
+        n = dvl_spans(a.kind, a.block, a.half, a.q_offset, i, a.Tk, l, h);
+    for (int r = 0; r < 2; r++) {
+        lo[r] = r < n ? l[r] : 0;
+        hi[r] = r < n ? h[r] : 0;
+    }
+}
+
+__device__ static inline bool in_spans(const int64_t *lo, const int64_t *hi, int64_t j)
+{
+    return (j >= lo[0] && j < hi[0]) || (j >= lo[1] && j < hi[1]);
+}
+
+/* Whether a row's spans meet keys [k0, k1). */
+__device__ static inline bool spans_meet(const int64_t *lo, const int64_t *hi, int64_t k0,
+                                         int64_t k1)
+{
+    return (lo[0] < hi[0] && lo[0] < k1 && hi[0] > k0) ||
+           (lo[1] < hi[1] && lo[1] < k1 && hi[1] > k0);
+}
+
+/* Key j of sequence n exists and is not padding. */
+__device__ static inline unsigned char key_ok(const fa_args &a, int64_t n, int64_t j)
+{
+    return j < a.Tk && (!a.key_valid || a.key_valid[n * a.Tk + j]);
+}
+
+static inline int64_t fa_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+#ifndef DVL_CUDA_EMU
+/* Opt the kernel into `bytes` of dynamic shared memory (past the default
+ * 48 KB), then launch `blocks` blocks of `threads`; errors into err. */
+template <typename K, typename... Args>
+static int fa_launch(K kernel, int64_t blocks, int threads, size_t bytes, const char *what,
+                     dvl_err *err, Args... args)
+{
+    if (blocks > INT_MAX)
+        return dvl_errf(err, DVL_EINVAL, "attention %s: %lld thread blocks exceed the grid limit",
+                        what, (long long)blocks);
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)bytes);
+    if (e != cudaSuccess)
+        return dvl_cu_fail(err, e, "attention %s: opting into %zu bytes of shared memory", what,
+                           bytes);
+    kernel<<<(unsigned)blocks, threads, bytes>>>(args...);
+    return dvl_cuda_check(what, err);
+}
+
+/* The bf16 tensor-core kernels (ops/cuda/attention_bf16.cu), D <=
+ * DVL_CUDA_ATTN_MAX_D. fwd: out, lse as the f32 kernels. bwd_kv: query head
+ * h's parts of dK, dV per key, stored into pk, pv [N, Tk, Hq, D] when given
+ * (grouped heads), else added into dk, dv. bwd_q: dq +=. Dv: dO . O per
+ * query row, [N, Hq, Tq]. */
+int fa_bf16_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+                const fa_args &a, dvl_err *err);
+int fa_bf16_bwd_kv(float *dk, float *dv, float *pk, float *pv, const float *dout,
+                   const float *q, const float *k, const float *v, const float *lse,
+                   const float *Dv, const fa_args &a, dvl_err *err);
+int fa_bf16_bwd_q(float *dq, const float *dout, const float *q, const float *k, const float *v,
+                  const float *lse, const float *Dv, const fa_args &a, dvl_err *err);
+#endif
+
+#endif

@@ -1,0 +1,42 @@
+/* The warp-level tensor-core product of the bf16 attention kernels, and
+ * bf16 rounding (C++ only). tools/cuda-emu/emu_mma.h is its CPU twin for
+ * the emulator; the two must keep the same names and meaning.
+ *
+ * mma_bf16: D += A B on one m16n8k16 tile (PTX ISA, "Matrix Fragments for
+ * mma.m16n8k16 with floating point type"), A [16 x 16] and B [16 x 8] in
+ * bf16, D [16 x 8] in f32. Lane l holds, with g = l / 4 and t = l % 4,
+ * each 32-bit register two bf16, the lower index in the low half:
+ *   a[0] = A[g][2t, 2t+1]     a[1] = A[g+8][2t, 2t+1]
+ *   a[2] = A[g][2t+8, 2t+9]   a[3] = A[g+8][2t+8, 2t+9]
+ *   b[0] = B[2t, 2t+1][g]     b[1] = B[2t+8, 2t+9][g]
+ *   d[0], d[1] = D[g][2t, 2t+1]   d[2], d[3] = D[g+8][2t, 2t+1]
+ * Every lane of the warp must call it (mma.sync.aligned). */
+#ifndef DVL_OPS_CUDA_MMA_CUH
+#define DVL_OPS_CUDA_MMA_CUH
+
+#include <stdint.h>
+
+#include <cuda_bf16.h>
+
+/* x rounded to bf16 (nearest, ties to even), as its 16 bits. */
+__device__ static inline uint16_t bf16_bits(float x)
+{
+    return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+
+/* Two values rounded to bf16, lo in the low half of the word. */
+__device__ static inline uint32_t pack_bf16(float lo, float hi)
+{
+    return (uint32_t)bf16_bits(lo) | ((uint32_t)bf16_bits(hi) << 16);
+}
+
+__device__ static inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4],
+                                       const uint32_t (&b)[2])
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+#endif

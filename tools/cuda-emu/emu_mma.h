@@ -1,0 +1,66 @@
+// ops/cuda/mma.cuh for the emulator: bf16 rounding and the m16n8k16 bf16
+// product. Each emulated lane hands its fragments to a warp-wide rendezvous
+// (emu_warp_gather), rebuilds the warp's whole A [16 x 16] and B [16 x 8]
+// from them by the PTX ISA's fragment layout (written out again here from
+// the ISA's tables, not from mma.cuh), and computes its own four elements
+// of D in f32. A kernel that puts an operand in the wrong lane or half of
+// a register gets a wrong product here as on the GPU.
+#pragma once
+#include "emu.h"
+
+static inline uint16_t bf16_bits(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u); // round to nearest, ties to even
+    return (uint16_t)(u >> 16);
+}
+
+static inline float emu_bf16_float(uint32_t b)
+{
+    const uint32_t u = (b & 0xffffu) << 16;
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+static inline uint32_t pack_bf16(float lo, float hi)
+{
+    return (uint32_t)bf16_bits(lo) | ((uint32_t)bf16_bits(hi) << 16);
+}
+
+struct emu_mma_frag { uint32_t a[4], b[2]; };
+
+static inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
+{
+    emu_mma_frag mine, all[32];
+    memcpy(mine.a, a, sizeof mine.a);
+    memcpy(mine.b, b, sizeof mine.b);
+    emu_warp_gather(&mine, all, sizeof mine);
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; l++) {
+        const int g = l >> 2, t = l & 3;
+        // A: a_i (i = 0..7, two per register) at row g for i in {0,1,4,5},
+        // g + 8 otherwise; column 2t + (i & 1), + 8 for i >= 4.
+        for (int i = 0; i < 8; i++) {
+            const uint32_t w = all[l].a[i / 2];
+            const int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
+            const int col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
+            A[row][col] = emu_bf16_float(i & 1 ? w >> 16 : w);
+        }
+        // B: b_i (i = 0..3) at row 2t + (i & 1), + 8 for i >= 2; column g.
+        for (int i = 0; i < 4; i++) {
+            const uint32_t w = all[l].b[i / 2];
+            B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = emu_bf16_float(i & 1 ? w >> 16 : w);
+        }
+    }
+    // D: c_i at row g + 8 (i >= 2), column 2t + (i & 1).
+    const int lane = (int)(threadIdx.x & 31), g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; i++) {
+        const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+        float s = d[i];
+        for (int k = 0; k < 16; k++) s += A[row][k] * B[k][col];
+        d[i] = s;
+    }
+}
