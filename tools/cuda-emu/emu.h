@@ -39,5 +39,9 @@ template <class T> static inline T emu_shfl(unsigned mask, T v, int o)
 #define __syncthreads_or(x) emu_sync_or(x)
 #define __shfl_xor_sync(m, v, o) emu_shfl(m, v, o)
 #define __fmul_rn(a, b) ((a) * (b))
+struct float4 { float x, y, z, w; };
+struct uint2 { uint32_t x, y; };
+static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+static inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
 // Run fn as `threads` fibers for one block.
 void emu_run_block(unsigned block, unsigned threads, const std::function<void()> &fn);

@@ -36,6 +36,13 @@
 #include "ops/cuda/attention_tiles.cuh"
 #include "ops/cuda/mma.cuh"
 
+/* The softmax runs in base 2 (FlashAttention-2's choice): exp(x) =
+ * exp2(x log2 e), so each probability is one multiply-add and one exp2 (a
+ * hardware instruction, 2 ulp; P is rounded to bf16 next anyway), and lse
+ * is converted back to base e when stored. */
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
 #define MMA_THREADS 128
 #define MMA_ROWS 64 /* rows of a block's tile: 16 per warp */
 
@@ -48,11 +55,31 @@ template <int DP> __host__ __device__ constexpr int loop_tile() { return DP > 64
 
 /* f32 rows [row0, row0 + ROWS) of src (row stride `stride`, D values) into
  * bf16 tiles: dst [ROWS][DP + 8] and dstT [DP][ROWS + 8] (transposed),
- * either may be NULL; zero past nvalid rows and past D. */
+ * either may be NULL; zero past nvalid rows and past D. Four values per
+ * load where rows allow it (D a multiple of 4, src 16-byte aligned: the
+ * rows of a model's [N, T, H, D] tensors), one otherwise. */
 template <int ROWS, int DP>
 __device__ static inline void load_tile(uint16_t *dst, uint16_t *dstT, const float *src,
                                         int64_t row0, int64_t nvalid, int64_t stride, int64_t D)
 {
+    if (D % 4 == 0 && stride % 4 == 0 && (uintptr_t)src % 16 == 0) {
+        for (int e = threadIdx.x; e < ROWS * DP / 4; e += MMA_THREADS) {
+            const int r = e / (DP / 4), d = 4 * (e % (DP / 4));
+            float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (r < nvalid && d < D)
+                x = *(const float4 *)(src + (row0 + r) * stride + d);
+            const uint32_t lo = pack_bf16(x.x, x.y), hi = pack_bf16(x.z, x.w);
+            if (dst) /* 8-byte aligned: DP + 8 and d are multiples of 4 */
+                *(uint2 *)(dst + r * (DP + 8) + d) = make_uint2(lo, hi);
+            if (dstT) {
+                dstT[d * (ROWS + 8) + r] = (uint16_t)lo;
+                dstT[(d + 1) * (ROWS + 8) + r] = (uint16_t)(lo >> 16);
+                dstT[(d + 2) * (ROWS + 8) + r] = (uint16_t)hi;
+                dstT[(d + 3) * (ROWS + 8) + r] = (uint16_t)(hi >> 16);
+            }
+        }
+        return;
+    }
     for (int e = threadIdx.x; e < ROWS * DP; e += MMA_THREADS) {
         const int r = e / DP, d = e % DP;
         const uint16_t x = bf16_bits((r < nvalid && d < D) ? src[(row0 + r) * stride + d] : 0.0f);
@@ -150,6 +177,24 @@ __device__ static inline float quad_sum(float v)
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+/* After a key tile's loads: s_kv[c] for its BK keys, and whether every row
+ * of the query tile (BQ rows with spans s_lo, s_hi) sees every key of
+ * [k0, k0 + BK) (no padding, and one span of each row holds the tile), as
+ * away from the mask's edges, where the per-element test can be skipped.
+ * Its barrier also publishes the tiles: every thread must call. */
+template <int BQ, int BK>
+__device__ static inline bool key_tile(unsigned char *s_kv, const int64_t (*s_lo)[2],
+                                       const int64_t (*s_hi)[2], const fa_args &a, int64_t n,
+                                       int64_t k0)
+{
+    const int tid = threadIdx.x;
+    const bool ok = tid < BK && key_ok(a, n, k0 + tid);
+    if (tid < BK)
+        s_kv[tid] = ok;
+    return !__syncthreads_or((tid < BK && !ok) ||
+                             (tid < BQ && !spans_cover(s_lo[tid], s_hi[tid], k0, k0 + BK)));
+}
+
 /* Dynamic shared memory of each kernel, in bytes. */
 template <int DP> static size_t fwd16_smem()
 {
@@ -209,9 +254,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
             continue;
         load_tile<BK, DP>(Ks, NULL, kb, k0, a.Tk - k0, ks, D);
         load_tile<BK, DP>(NULL, Vt, vb, k0, a.Tk - k0, ks, D);
-        if (tid < BK)
-            s_kv[tid] = key_ok(a, n, k0 + tid);
-        __syncthreads();
+        const bool full = key_tile<BQ, BK>(s_kv, s_lo, s_hi, a, n, k0);
         float s[NT][4];
 #pragma unroll
         for (int j = 0; j < NT; j++)
@@ -224,30 +267,44 @@ __global__ static void __launch_bounds__(MMA_THREADS)
                 frag_b(b, Ks, LD, 8 * j, 16 * kk);
                 mma_bf16(s[j], qa[kk], b);
             }
+        /* Scores in base 2, -inf where hidden. */
+        const float sl2 = a.scale * LOG2E;
+        if (full) {
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    s[j][e] *= sl2;
+        } else {
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int r = 16 * w + g + 8 * (e / 2), c = 8 * j + 2 * t + e % 2;
+                    const bool vis = s_kv[c] && in_spans(s_lo[r], s_hi[r], k0 + c);
+                    s[j][e] = vis ? s[j][e] * sl2 : -INFINITY;
+                }
+        }
         float mt[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int j = 0; j < NT; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int r = 16 * w + g + 8 * (e / 2), c = 8 * j + 2 * t + e % 2;
-                const bool vis = s_kv[c] && in_spans(s_lo[r], s_hi[r], k0 + c);
-                s[j][e] = vis ? __fmul_rn(a.scale, s[j][e]) : -INFINITY;
+            for (int e = 0; e < 4; e++)
                 mt[e / 2] = fmaxf(mt[e / 2], s[j][e]);
-            }
         float mn[2], alpha[2], rs[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int x = 0; x < 2; x++) {
             mn[x] = fmaxf(m[x], quad_max(mt[x]));
             /* mn = -inf: the row has seen no key yet (P = 0, nothing to
              * rescale), as the f32 kernel. */
-            alpha[x] = mn[x] == -INFINITY ? 1.0f : expf(m[x] - mn[x]);
+            alpha[x] = mn[x] == -INFINITY ? 1.0f : exp2f(m[x] - mn[x]);
         }
 #pragma unroll
         for (int j = 0; j < NT; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const float mx = mn[e / 2];
-                s[j][e] = mx == -INFINITY ? 0.0f : expf(s[j][e] - mx);
+                s[j][e] = mx == -INFINITY ? 0.0f : exp2f(s[j][e] - mx);
                 rs[e / 2] += s[j][e];
             }
 #pragma unroll
@@ -282,7 +339,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
                     orow[col] = any ? o[j][2 * x + e] * inv : 0.0f;
             }
         if (t == 0 && lse)
-            lse[(n * a.Hq + h) * a.Tq + gi] = any ? m[x] + logf(l[x]) : INFINITY;
+            lse[(n * a.Hq + h) * a.Tq + gi] = any ? (m[x] + log2f(l[x])) * LN2 : INFINITY;
     }
 }
 
@@ -312,9 +369,11 @@ __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
 
     load_tile<BK, DP>(Ks, NULL, kb, j0, a.Tk - j0, ks, D);
     load_tile<BK, DP>(Vs, NULL, vb, j0, a.Tk - j0, ks, D);
+    const bool ok = tid < BK && key_ok(a, n, j0 + tid);
     if (tid < BK)
-        s_kv[tid] = key_ok(a, n, j0 + tid);
-    /* The first barrier below also publishes these. */
+        s_kv[tid] = ok;
+    /* Every key of the tile exists and is not padding. */
+    const bool keys_all = !__syncthreads_or(tid < BK && !ok);
 
     float adk[DT][4], adv[DT][4];
 #pragma unroll
@@ -337,24 +396,30 @@ __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
         load_tile<BQ, DP>(dOs, dOt, ob, i0, a.Tq - i0, qs, D);
         if (tid < BQ) {
             const int64_t gi = i0 + tid;
-            s_lse[tid] = gi < a.Tq ? lb[gi] : INFINITY;
+            s_lse[tid] = gi < a.Tq ? lb[gi] * LOG2E : INFINITY; /* base 2 */
             s_D[tid] = gi < a.Tq ? db[gi] : 0.0f;
         }
-        __syncthreads();
+        /* full: every query of the tile sees every key of the block (as in
+         * the forward pass). The barrier, which also publishes the tiles,
+         * runs whatever keys_all is. */
+        const bool some_not_all =
+            __syncthreads_or(tid < BQ && !spans_cover(s_lo[tid], s_hi[tid], j0, j0 + BK));
+        const bool full = keys_all && !some_not_all;
         /* S^T = K Q^T and dP^T = V dO^T: rows keys, columns queries. */
         float st[NT][4], dpt[NT][4];
         mm_abt16<BQ, DP>(st, Ks, Qs, w);
         mm_abt16<BQ, DP>(dpt, Vs, dOs, w);
+        const float sl2 = a.scale * LOG2E;
 #pragma unroll
         for (int j = 0; j < NT; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int r = 16 * w + g + 8 * (e / 2), c = 8 * j + 2 * t + e % 2;
                 const float L = s_lse[c];
-                /* lse = +inf: the row saw no key, P = 0. The scaled score
-                 * rounded as in the forward pass before the subtraction. */
-                const bool vis = s_kv[r] && L < INFINITY && in_spans(s_lo[c], s_hi[c], j0 + r);
-                const float p = vis ? expf(__fmul_rn(a.scale, st[j][e]) - L) : 0.0f;
+                /* lse = +inf: the row saw no key, P = 0. */
+                const bool vis =
+                    full || (s_kv[r] && L < INFINITY && in_spans(s_lo[c], s_hi[c], j0 + r));
+                const float p = vis ? exp2f(fmaf(st[j][e], sl2, -L)) : 0.0f;
                 st[j][e] = p;
                 dpt[j][e] = p * (dpt[j][e] - s_D[c]);
             }
@@ -417,7 +482,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
 #pragma unroll
     for (int x = 0; x < 2; x++) {
         const int64_t gi = i0 + 16 * w + g + 8 * x;
-        L[x] = gi < a.Tq ? lse[(n * a.Hq + h) * a.Tq + gi] : INFINITY;
+        L[x] = gi < a.Tq ? lse[(n * a.Hq + h) * a.Tq + gi] * LOG2E : INFINITY; /* base 2 */
         Di[x] = gi < a.Tq ? Dv[(n * a.Hq + h) * a.Tq + gi] : 0.0f;
     }
 #pragma unroll
@@ -431,9 +496,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
             continue;
         load_tile<BK, DP>(Ks, Kt, kb, k0, a.Tk - k0, ks, D);
         load_tile<BK, DP>(Vs, NULL, vb, k0, a.Tk - k0, ks, D);
-        if (tid < BK)
-            s_kv[tid] = key_ok(a, n, k0 + tid);
-        __syncthreads();
+        const bool full = key_tile<BQ, BK>(s_kv, s_lo, s_hi, a, n, k0);
         float s[NT][4], dp[NT][4];
         mm_abt16<BK, DP>(s, Qs, Ks, w);
         mm_abt16<BK, DP>(dp, dOs, Vs, w);
@@ -442,8 +505,9 @@ __global__ static void __launch_bounds__(MMA_THREADS)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int r = 16 * w + g + 8 * (e / 2), c = 8 * j + 2 * t + e % 2, x = e / 2;
-                const bool vis = s_kv[c] && L[x] < INFINITY && in_spans(s_lo[r], s_hi[r], k0 + c);
-                const float p = vis ? expf(__fmul_rn(a.scale, s[j][e]) - L[x]) : 0.0f;
+                const bool vis =
+                    full || (s_kv[c] && L[x] < INFINITY && in_spans(s_lo[r], s_hi[r], k0 + c));
+                const float p = vis ? exp2f(fmaf(s[j][e], a.scale * LOG2E, -L[x])) : 0.0f;
                 s[j][e] = p * (dp[j][e] - Di[x]); /* dS */
             }
         mm_acc_b16<BK, DP>(acc, s, Kt); /* dQ += dS K (scaled at the end) */

@@ -49,6 +49,13 @@ __device__ static inline bool spans_meet(const int64_t *lo, const int64_t *hi, i
            (lo[1] < hi[1] && lo[1] < k1 && hi[1] > k0);
 }
 
+/* Whether one of a row's spans holds all of keys [k0, k1). */
+__device__ static inline bool spans_cover(const int64_t *lo, const int64_t *hi, int64_t k0,
+                                          int64_t k1)
+{
+    return (lo[0] <= k0 && hi[0] >= k1) || (lo[1] <= k0 && hi[1] >= k1);
+}
+
 /* Key j of sequence n exists and is not padding. */
 __device__ static inline unsigned char key_ok(const fa_args &a, int64_t n, int64_t j)
 {
