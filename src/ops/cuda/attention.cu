@@ -81,23 +81,6 @@ namespace wmma = nvcuda::wmma;
 
 /* ------------------------------------------------------------- helpers */
 
-/* Max and sum over the 16 lanes of a half-warp (xor offsets below 16 stay
- * inside it). Every lane of the warp must call; all 16 lanes of a half get
- * the same bits (each butterfly step adds the same two values). */
-__device__ static inline float half_max(float v)
-{
-    for (int o = 8; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-__device__ static inline float half_sum(float v)
-{
-    for (int o = 8; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 /* dst[r][d] (row stride SP) = src[(row0 + r) * stride + d] for the ROWS x
  * DP tile, zero past the last row (nvalid rows exist) and past D. */
 template <int ROWS, int DP, int SP>
@@ -325,7 +308,7 @@ __global__ static void __launch_bounds__(FA_THREADS)
                 s[i][j] = vis ? __fmul_rn(a.scale, s[i][j]) : -INFINITY;
                 mt = fmaxf(mt, s[i][j]);
             }
-            mt = half_max(mt);
+            mt = group_max<16>(mt); /* a row's 16 owners: a half-warp */
             const float mn = fmaxf(m[i], mt);
             /* mn = -inf: the row has seen no key yet; P stays 0 and O, l
              * (both 0) need no rescaling. exp(-inf - mn) = 0 otherwise. */
@@ -337,7 +320,7 @@ __global__ static void __launch_bounds__(FA_THREADS)
             }
             if (mn != -INFINITY)
                 alpha = expf(m[i] - mn);
-            rs = half_sum(rs);
+            rs = group_sum<16>(rs);
             l[i] = l[i] * alpha + rs;
             m[i] = mn;
 #pragma unroll

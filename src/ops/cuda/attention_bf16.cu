@@ -164,19 +164,6 @@ __device__ static inline void mm_acc_b16(float (&acc)[DP / 8][4], const float (&
     }
 }
 
-/* Max and sum over the 4 lanes of a quad (one row's owners). */
-__device__ static inline float quad_max(float v)
-{
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-
-__device__ static inline float quad_sum(float v)
-{
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
-
 /* After a key tile's loads: s_kv[c] for its BK keys, and whether every row
  * of the query tile (BQ rows with spans s_lo, s_hi) sees every key of
  * [k0, k0 + BK) (no padding, and one span of each row holds the tile), as
@@ -294,7 +281,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
         float mn[2], alpha[2], rs[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int x = 0; x < 2; x++) {
-            mn[x] = fmaxf(m[x], quad_max(mt[x]));
+            mn[x] = fmaxf(m[x], group_max<4>(mt[x]));
             /* mn = -inf: the row has seen no key yet (P = 0, nothing to
              * rescale), as the f32 kernel. */
             alpha[x] = mn[x] == -INFINITY ? 1.0f : exp2f(m[x] - mn[x]);
@@ -309,7 +296,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
             }
 #pragma unroll
         for (int x = 0; x < 2; x++) {
-            l[x] = l[x] * alpha[x] + quad_sum(rs[x]);
+            l[x] = l[x] * alpha[x] + group_sum<4>(rs[x]);
             m[x] = mn[x];
         }
 #pragma unroll

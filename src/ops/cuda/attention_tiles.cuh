@@ -22,6 +22,25 @@ struct fa_args {
     float scale;
 };
 
+/* Max and sum over each group of W consecutive lanes (W a power of two up
+ * to 32; xor offsets below W stay inside the group): the owners of one row
+ * of a product tile (16 in the f32 kernels, 4 in the bf16 ones). Every lane
+ * of the warp must call; all lanes of a group get the same bits (each
+ * butterfly step combines the same two values). */
+template <int W> __device__ static inline float group_max(float v)
+{
+    for (int o = W / 2; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+template <int W> __device__ static inline float group_sum(float v)
+{
+    for (int o = W / 2; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 /* Query row i's mask spans into lo/hi, empty ([0, 0)) where the rule gives
  * fewer than two or the row is past the end (a partial last tile). */
 __device__ static inline void row_spans(const fa_args &a, int64_t i, int64_t *lo, int64_t *hi)
