@@ -3,8 +3,9 @@
  * every product a warp-level mma.sync (ops/cuda/mma.cuh) on bf16 operands
  * with f32 accumulation, and the softmax, masking and row sums in f32 on
  * the accumulators themselves: the scores S and probabilities P never leave
- * registers. Same tiling, skipping, mask rule and sum order as the f32
- * kernels of ops/cuda/attention.cu (read that file's comment first):
+ * registers. The same three kernels, tile skipping, mask rule and fixed
+ * sum order as the f32 kernels of ops/cuda/attention.cu (read that file's
+ * comment first), other tile sizes:
  *   forward   one block per (n, h, tile of 64 query rows), a loop over key
  *             tiles: S = scale Q K^T, online softmax, O += P V;
  *   backward  kernel kv, one block per (n, query head, tile of 64 keys), a
@@ -30,7 +31,11 @@
  * different banks. A product's B operand is read from a tile that stores B
  * transposed ([n][k], k along the row); where a tile is B with k along the
  * rows (V in O += P V, dO and Q in kernel kv, K in kernel q), a transposed
- * copy is written as the tile is loaded. */
+ * copy is written as the tile is loaded.
+ *
+ * Where every row of a query tile sees every key of a key tile (no padding,
+ * one span of each row holds the tile: all tiles away from the mask's
+ * edges), the per-element mask test is skipped (key_tile). */
 #include <math.h>
 
 #include "ops/cuda/attention_tiles.cuh"
