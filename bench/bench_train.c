@@ -101,6 +101,19 @@ static bool has_flag(int argc, char **argv, const char *name)
 
 static int train_cuda(int argc, char **argv);
 
+/* The step's arena (host or device): what the forward pass and loss keep for
+ * backward, and the peak after backward (activation gradients join them; the
+ * arena only grows until the next step's reset). The per-position-per-layer
+ * figure divides everything by layers, so it is an upper bound on one
+ * layer's share: run two --layers values and take the difference for the
+ * exact figure, which scales memory plans to other depths and lengths. */
+static void print_arena(size_t fwd, size_t peak, int positions, int layers)
+{
+    printf("  step arena: %.1f MiB after forward + loss, %.1f MiB after backward; "
+           "%.1f KiB per position per layer after forward (all of it / layers / positions)\n",
+           fwd / 1048576.0, peak / 1048576.0, fwd / 1024.0 / positions / layers);
+}
+
 static int by_time(const void *a, const void *b)
 {
     const dvl_op_time *x = a, *y = b;
@@ -238,10 +251,13 @@ int bench_train(int argc, char **argv)
         dvl_tensor *h = dvl_lm_forward(ctx, &m.lm, &li);
         dvl_tensor *hn = dvl_gather_rows(ctx, h, db->noisy_rows, (int64_t)N * L);
         dvl_tensor *loss = dvl_lm_loss(ctx, &m.lm, hn, N, L, db->labels, db->weight, false);
+        const size_t act = dvl_arena_used(ctx);
         if (!loss || dvl_backward(ctx, loss)) {
             fprintf(stderr, "dvl-bench train: %s\n", dvl_ctx_err(ctx)->msg);
             return 1;
         }
+        if (k == 0)
+            print_arena(act, dvl_arena_used(ctx), 2 * L * N, layers);
         double gn = dvl_grad_norm(m.params);
         if (gn > 1.0)
             dvl_grad_scale(m.params, (float)(1.0 / (gn + 1e-6)));
@@ -454,6 +470,7 @@ static int run_cuda(const cuda_run *r, int L)
         dvl_tensor *h = dvl_lm_forward(ctx, &r->m->lm, &li);
         dvl_tensor *hn = dvl_gather_rows(ctx, h, db->noisy_rows, (int64_t)N * L);
         dvl_tensor *loss = dvl_lm_loss(ctx, &r->m->lm, hn, N, L, db->labels, db->weight, false);
+        const size_t act = dvl_arena_used(ctx);
         /* The syncs that split the step into phases cost a few launches'
          * latency; the queue is empty at each anyway (the host waits for the
          * grad norm at the end). */
@@ -469,6 +486,8 @@ static int run_cuda(const cuda_run *r, int L)
             }
             goto done;
         }
+        if (k == 0)
+            print_arena(act, dvl_arena_used(ctx), 2 * L * N, r->layers);
         tp[2] = bench_now();
         double gn = dvl_grad_norm(r->pd);
         if (!isfinite(gn)) {
