@@ -101,15 +101,16 @@ static bool has_flag(int argc, char **argv, const char *name)
 
 static int train_cuda(int argc, char **argv);
 
-/* The step's arena (host or device): what the forward pass and loss keep for
- * backward, and the peak after backward (activation gradients join them; the
- * arena only grows until the next step's reset). The per-position-per-layer
- * figure divides everything by layers, so it is an upper bound on one
- * layer's share: run two --layers values and take the difference for the
- * exact figure, which scales memory plans to other depths and lengths. */
+/* The step's arena (host + device): what the forward pass and loss keep for
+ * backward, and the most held at once during the step (activation gradients
+ * join them in backward; with --checkpoint, one recomputed layer at a time).
+ * The per-position-per-layer figure divides everything by layers, so it is
+ * an upper bound on one layer's share: run two --layers values and take the
+ * difference for the exact figure, which scales memory plans to other depths
+ * and lengths. */
 static void print_arena(size_t fwd, size_t peak, int positions, int layers)
 {
-    printf("  step arena: %.1f MiB after forward + loss, %.1f MiB after backward; "
+    printf("  step arena: %.1f MiB after forward + loss, peak %.1f MiB; "
            "%.1f KiB per position per layer after forward (all of it / layers / positions)\n",
            fwd / 1048576.0, peak / 1048576.0, fwd / 1024.0 / positions / layers);
 }
@@ -154,8 +155,10 @@ int bench_train(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
-                   "[--steps S] [--block B] [--vocab V] [--profile] [--tf32 | --bf16 (cuda)]\n"
-                   "  --profile: one more step with the op profile on: time per op\n");
+                   "[--steps S] [--block B] [--vocab V] [--profile] [--checkpoint] "
+                   "[--tf32 | --bf16 (cuda)]\n"
+                   "  --profile: one more step with the op profile on: time per op\n"
+                   "  --checkpoint: recompute each layer in backward (activation checkpointing)\n");
             return 0;
         }
     int L = arg_int(argc, argv, "--seq", 512), N = arg_int(argc, argv, "--batch", 1);
@@ -236,6 +239,7 @@ int bench_train(int argc, char **argv)
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     double best = 1e30, total = 0;
     const bool prof = has_flag(argc, argv, "--profile");
+    const bool ckpt = has_flag(argc, argv, "--checkpoint");
     for (int k = 0; k <= steps + prof; k++) {
         double t0 = bench_now();
         dvl_params_zero_grad(m.params);
@@ -247,7 +251,8 @@ int bench_train(int argc, char **argv)
         }
         mask = dvl_diff_attn_mask(db, B);
         dvl_ctx_profile(ctx, k > steps); /* the extra step of --profile */
-        dvl_lm_input li = {.batch = N, .seq = 2 * L, .ids = db->ids, .pos = db->pos, .mask = &mask};
+        dvl_lm_input li = {.batch = N, .seq = 2 * L, .ids = db->ids, .pos = db->pos, .mask = &mask,
+                           .checkpoint = ckpt};
         dvl_tensor *h = dvl_lm_forward(ctx, &m.lm, &li);
         dvl_tensor *hn = dvl_gather_rows(ctx, h, db->noisy_rows, (int64_t)N * L);
         dvl_tensor *loss = dvl_lm_loss(ctx, &m.lm, hn, N, L, db->labels, db->weight, false);
@@ -257,7 +262,7 @@ int bench_train(int argc, char **argv)
             return 1;
         }
         if (k == 0)
-            print_arena(act, dvl_arena_used(ctx), 2 * L * N, layers);
+            print_arena(act, dvl_arena_peak(ctx), 2 * L * N, layers);
         double gn = dvl_grad_norm(m.params);
         if (gn > 1.0)
             dvl_grad_scale(m.params, (float)(1.0 / (gn + 1e-6)));
@@ -399,7 +404,8 @@ typedef struct cuda_run {
     int N, layers, steps, B, V;
     dvl_cuda_math math; /* of the context's products */
     double peak[3];
-    bool profile; /* --profile */
+    bool profile;    /* --profile */
+    bool checkpoint; /* --checkpoint */
 } cuda_run;
 
 static bool is_oom(const dvl_err *e)
@@ -466,7 +472,8 @@ static int run_cuda(const cuda_run *r, int L)
         }
         mask = dvl_diff_attn_mask(db, B);
         dvl_ctx_profile(ctx, k > r->steps); /* the extra step of --profile */
-        dvl_lm_input li = {.batch = N, .seq = 2 * L, .ids = db->ids, .pos = db->pos, .mask = &mask};
+        dvl_lm_input li = {.batch = N, .seq = 2 * L, .ids = db->ids, .pos = db->pos, .mask = &mask,
+                           .checkpoint = r->checkpoint};
         dvl_tensor *h = dvl_lm_forward(ctx, &r->m->lm, &li);
         dvl_tensor *hn = dvl_gather_rows(ctx, h, db->noisy_rows, (int64_t)N * L);
         dvl_tensor *loss = dvl_lm_loss(ctx, &r->m->lm, hn, N, L, db->labels, db->weight, false);
@@ -487,7 +494,7 @@ static int run_cuda(const cuda_run *r, int L)
             goto done;
         }
         if (k == 0)
-            print_arena(act, dvl_arena_used(ctx), 2 * L * N, r->layers);
+            print_arena(act, dvl_arena_peak(ctx), 2 * L * N, r->layers);
         tp[2] = bench_now();
         double gn = dvl_grad_norm(r->pd);
         if (!isfinite(gn)) {
@@ -581,6 +588,7 @@ static int train_cuda(int argc, char **argv)
     }
     cuda_run r = {.N = N, .layers = layers, .steps = steps, .B = B, .V = V,
                   .profile = has_flag(argc, argv, "--profile"),
+                  .checkpoint = has_flag(argc, argv, "--checkpoint"),
                   .math = bf16 ? DVL_MATH_BF16 : tf32 ? DVL_MATH_TF32 : DVL_MATH_F32};
     if (gemm_peaks(r.peak, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);

@@ -117,6 +117,91 @@ START_TEST(frozen_parameters_get_no_gradient)
 }
 END_TEST
 
+/* ------------------------------------------------- activation checkpointing */
+
+/* A residual block y = x + silu(x W1^T) W2^T over the store's w1, w2. */
+static dvl_tensor *res_block(dvl_ctx *ctx, const void *user, dvl_tensor *x)
+{
+    dvl_params *p = (dvl_params *)user;
+    dvl_tensor *h = dvl_silu(ctx, dvl_linear(ctx, x, dvl_params_find(p, "w1"), NULL));
+    return dvl_add(ctx, x, dvl_linear(ctx, h, dvl_params_find(p, "w2"), NULL));
+}
+
+static dvl_tensor *shrink_block(dvl_ctx *ctx, const void *user, dvl_tensor *x)
+{
+    (void)user;
+    return dvl_sum(ctx, x);
+}
+
+/* Three blocks, checkpointed or not: sum(block^3(x)). x's gradient (when x
+ * needs one) and the parameters' gradients into gx, gp. */
+static void run_blocks(dvl_params *p, const float *xv, bool x_grad, bool ck, float *gx, float *gp,
+                       int *tape)
+{
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    const int64_t shape[2] = {5, 8};
+    dvl_tensor *x = dvl_from_host(ctx, DVL_F32, 2, shape, xv);
+    ck_assert_ptr_nonnull(x);
+    x->requires_grad = x_grad;
+    dvl_params_zero_grad(p);
+    dvl_tensor *y = x;
+    for (int i = 0; i < 3; i++)
+        y = ck ? dvl_checkpoint(ctx, res_block, p, y) : res_block(ctx, p, y);
+    dvl_tensor *l = dvl_sum(ctx, y);
+    ck_assert_msg(l != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    *tape = dvl_tape_len(ctx);
+    ck_assert_msg(dvl_backward(ctx, l) == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
+    if (x_grad)
+        memcpy(gx, dvl_grad(ctx, x), 40 * sizeof(float));
+    memcpy(gp, p->grad, (size_t)p->numel_grad * sizeof(float));
+    dvl_ctx_free(ctx);
+}
+
+/* dvl_checkpoint gives the gradients of the plain graph to the bit, with
+ * the input needing a gradient or not, records one node per block; a block
+ * that changes the shape is an error; with grad mode off it is the block. */
+START_TEST(checkpoint_same_gradients)
+{
+    dvl_params *p = dvl_params_new();
+    dvl_err err = {0};
+    const int64_t s1[2] = {12, 8}, s2[2] = {8, 12};
+    ck_assert_ptr_nonnull(dvl_params_add(p, "w1", 2, s1, true, &err));
+    ck_assert_ptr_nonnull(dvl_params_add(p, "w2", 2, s2, true, &err));
+    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
+    tu_randn(dvl_params_find(p, "w1"), 1, 0.5f);
+    tu_randn(dvl_params_find(p, "w2"), 2, 0.5f);
+    float xv[40], gx[2][40], *gp[2];
+    for (int i = 0; i < 40; i++)
+        xv[i] = sinf(0.7f * (float)i);
+    for (int k = 0; k < 2; k++)
+        gp[k] = malloc((size_t)p->numel_grad * sizeof(float));
+    for (int x_grad = 0; x_grad < 2; x_grad++) {
+        int tape[2];
+        for (int ck = 0; ck < 2; ck++)
+            run_blocks(p, xv, x_grad, ck, gx[ck], gp[ck], &tape[ck]);
+        ck_assert_int_eq(tape[1], 4); /* three checkpoints and the sum */
+        ck_assert_int_gt(tape[0], tape[1]);
+        ck_assert(memcmp(gp[0], gp[1], (size_t)p->numel_grad * sizeof(float)) == 0);
+        if (x_grad)
+            ck_assert(memcmp(gx[0], gx[1], sizeof gx[0]) == 0);
+    }
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    const int64_t shape[2] = {5, 8};
+    dvl_tensor *x = dvl_from_host(ctx, DVL_F32, 2, shape, xv);
+    x->requires_grad = true;
+    ck_assert_ptr_null(dvl_checkpoint(ctx, shrink_block, NULL, x));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "must keep the shape"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    dvl_set_grad_enabled(ctx, false);
+    ck_assert_ptr_nonnull(dvl_checkpoint(ctx, res_block, p, x));
+    ck_assert_int_eq(dvl_tape_len(ctx), 0);
+    dvl_ctx_free(ctx);
+    free(gp[0]), free(gp[1]);
+    dvl_params_free(p);
+}
+END_TEST
+
 /* The op profile counts every node of the tape once forward and once
  * backward (each node here has a gradient to pass on), under the name the
  * op recorded, with finite non-negative times; off, it counts nothing; on
@@ -171,6 +256,7 @@ static Suite *suite(void)
     TCase *tc = tcase_create("graph");
     tcase_add_test(tc, directional_derivative_matches_finite_difference);
     tcase_add_test(tc, frozen_parameters_get_no_gradient);
+    tcase_add_test(tc, checkpoint_same_gradients);
     tcase_add_test(tc, op_profile_counts_each_node);
     suite_add_tcase(s, tc);
     return s;

@@ -176,6 +176,75 @@ static void check_lm(const char *name, bool shift)
 START_TEST(qwen2_tied) { check_lm("qwen2_tied", false); }
 END_TEST
 
+/* Activation checkpointing (dvl_lm_input.checkpoint): the same loss and
+ * the same parameter gradients, to the bit, as the plain run (and so as
+ * transformers'), a smaller arena peak, and no allocation in a repeated
+ * step. Each fixture twice per mode: the second step of each is compared. */
+static void check_lm_checkpoint(const char *name)
+{
+    ref r;
+    ref_open(&r, name);
+    dvl_model m;
+    open_model(&r, &m, true);
+    int64_t n, B;
+    int32_t *ids = ref_i32(&r, "input_ids", &n, &B);
+    int32_t *labels = ref_i32(&r, "labels", NULL, NULL);
+    int32_t *pos = ref_i32(&r, "position_ids", NULL, NULL);
+    const int64_t ng = m.params->numel_grad;
+    float *grads[2] = {malloc((size_t)ng * sizeof(float)), malloc((size_t)ng * sizeof(float))};
+    float losses[2];
+    size_t peak[2];
+    ck_assert(grads[0] && grads[1]);
+    for (int ck = 0; ck < 2; ck++) {
+        dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+        int64_t mallocs = 0;
+        for (int step = 0; step < 3; step++) {
+            dvl_ctx_reset(ctx);
+            dvl_params_zero_grad(m.params);
+            if (step == 2)
+                mallocs = dvl_arena_mallocs(ctx);
+            dvl_lm_input in = {.batch = B, .seq = n / B, .ids = ids, .pos = pos,
+                               .checkpoint = ck == 1};
+            dvl_tensor *h = dvl_lm_forward(ctx, &m.lm, &in);
+            dvl_tensor *loss = dvl_lm_loss(ctx, &m.lm, h, B, n / B, labels, NULL, false);
+            ck_assert_msg(loss != NULL, "%s", dvl_ctx_err(ctx)->msg);
+            /* one tape node per layer instead of the layer's ops */
+            if (ck)
+                ck_assert_int_lt(dvl_tape_len(ctx), 6 + m.lm.cfg.layers);
+            losses[ck] = dvl_f32(loss)[0];
+            ck_assert_msg(dvl_backward(ctx, loss) == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
+            peak[ck] = dvl_arena_peak(ctx);
+        }
+        ck_assert_msg(dvl_arena_mallocs(ctx) == mallocs, "%s%s: a repeated step allocated",
+                      name, ck ? " (checkpointed)" : "");
+        memcpy(grads[ck], m.params->grad, (size_t)ng * sizeof(float));
+        if (ck) {
+            int count;
+            double e = cmp_grads(&r, m.params, &count);
+            printf("%-13s checkpointed: grads vs transformers %.2e; arena peak %zu -> %zu bytes\n",
+                   name, e, peak[0], peak[1]);
+        }
+        dvl_ctx_free(ctx);
+    }
+    ck_assert_msg(memcmp(&losses[0], &losses[1], sizeof(float)) == 0, "%s: loss %.9g vs %.9g",
+                  name, (double)losses[0], (double)losses[1]);
+    ck_assert_msg(memcmp(grads[0], grads[1], (size_t)ng * sizeof(float)) == 0,
+                  "%s: checkpointed gradients differ from the plain run's", name);
+    ck_assert_msg(peak[1] < peak[0], "%s: arena peak %zu with checkpointing, %zu without", name,
+                  peak[1], peak[0]);
+    free(grads[0]), free(grads[1]);
+    free(ids), free(labels), free(pos);
+    dvl_model_free(&m);
+    ref_close(&r);
+}
+
+START_TEST(lm_checkpoint_same_gradients)
+{
+    check_lm_checkpoint("qwen2_tied");
+    check_lm_checkpoint("llada");
+}
+END_TEST
+
 START_TEST(qwen2_untied) { check_lm("qwen2_untied", false); }
 END_TEST
 
@@ -888,6 +957,7 @@ static Suite *suite(void)
     Suite *s = suite_create("models");
     TCase *tc = tcase_create("reference");
     tcase_add_test(tc, qwen2_tied);
+    tcase_add_test(tc, lm_checkpoint_same_gradients);
     tcase_add_test(tc, qwen2_untied);
     tcase_add_test(tc, llada);
     tcase_add_test(tc, loss_shifted);

@@ -280,6 +280,7 @@ static int load_model(run *r, dvl_err *err)
         return err->code;
     tm->is_vlm = mc.arch == DVL_ARCH_VLM;
     tm->lm = tm->is_vlm ? &tm->m.vlm.lm : &tm->m.lm;
+    tm->checkpoint = r->c.checkpoint_layers;
     tm->image_token = tm->is_vlm ? mc.vlm.image_token_index : INT32_MIN;
     tm->patches = tm->is_vlm ? dvl_siglip_patches(&mc.vlm.vision) : 0;
     dvl_params *p = tm->m.params;

@@ -200,6 +200,16 @@ for stage in ar s1 s2; do
     [ $stage != s1 ] && steps=10
     S="--set train.micro_batch=2 --set train.global_batch=12 --set train.max_steps=$steps --set dist.check_every=1"
     "$TRAIN" --config $stage.json --set train.out=${stage}_n1 $S >n1.log 2>&1
+    # Activation checkpointing (train.checkpoint_layers): the same run, bit
+    # for bit; with 2 ranks (stage 2) too, where the layers' gradient buckets
+    # start reducing only when backward ends.
+    if "$TRAIN" --config $stage.json --set train.out=${stage}_ck $S \
+        --set train.checkpoint_layers=true >ck.log 2>&1 &&
+        cmp -s ${stage}_n1/final/model.safetensors ${stage}_ck/final/model.safetensors; then
+        ok "${stage}_checkpoint_layers_bit_identical"
+    else
+        bad "${stage}_checkpoint_layers_bit_identical: $(tail -2 ck.log)"
+    fi
     # ZeRO-1 on one rank is off: the same run, bit for bit.
     if [ $stage = s2 ]; then
         if "$TRAIN" --config $stage.json --set train.out=${stage}_z1 $S --set dist.zero1=true \
@@ -216,6 +226,15 @@ for stage in ar s1 s2; do
             ok "${stage}_1_rank_equals_${np}_ranks"
         else
             bad "${stage}_1_rank_equals_${np}_ranks: $(tail -2 n$np.log)"
+        fi
+        if [ $stage = s2 ] && [ $np = 2 ]; then
+            if $MPIRUN -np 2 "$TRAIN" --config $stage.json --set train.out=${stage}_ck2 $S \
+                --set train.checkpoint_layers=true >ck2.log 2>&1 &&
+                cmp -s ${stage}_n2/final/model.safetensors ${stage}_ck2/final/model.safetensors; then
+                ok "${stage}_checkpoint_layers_2_ranks_bit_identical"
+            else
+                bad "${stage}_checkpoint_layers_2_ranks_bit_identical: $(tail -2 ck2.log)"
+            fi
         fi
         # ZeRO-1: the same against the plain runs on 1 and on np ranks; each
         # rank holds the moments of 143264 / np elements (rounded up to 16).

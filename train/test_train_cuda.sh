@@ -84,6 +84,16 @@ else
     bad "stage2_cuda_loss_matches_cpu: rc $rc: $(tail -2 gpu.log) $(tail -1 cpu.log 2>/dev/null)"
 fi
 
+# ---- activation checkpointing on the GPU (the device arena rewound around
+# each recomputed layer): the same weights as the plain GPU run, bit for bit
+if "$TRAIN" --config s2.json --set train.device=cuda --set train.out=gpu_ck \
+    --set train.checkpoint_layers=true >gpu_ck.log 2>&1 &&
+    cmp -s gpu/final/model.safetensors gpu_ck/final/model.safetensors; then
+    ok stage2_cuda_checkpoint_layers_bit_identical
+else
+    bad "stage2_cuda_checkpoint_layers_bit_identical: $(tail -2 gpu_ck.log)"
+fi
+
 # ---- train.precision: bf16 and TF32 products follow the f32 run within
 # their rounding (bf16 operands: ~4e-3 relative a product; tolerance 5e-2 on
 # the loss over 8 steps, TF32 1e-2) and the header names the mode

@@ -64,6 +64,9 @@ const dvl_cfg_key TRAIN_KEYS[] = {
      .help = "abort after more than this many consecutive NaN/Inf steps"},
     {"train.vision_trainable", DVL_CFG_BOOL, .def = "false",
      .help = "stages 2 and ar: train the vision tower (at optim.vision_lr)"},
+    {"train.checkpoint_layers", DVL_CFG_BOOL, .def = "false",
+     .help = "activation checkpointing: keep each LM layer's input only and recompute the "
+             "layer during backward (same gradients, less memory, one more forward)"},
     {"diffusion.block_size", DVL_CFG_INT, .def = "8", .ranged = true, .min = 1, .max = 4096,
      .help = "block size B of block diffusion"},
     {"diffusion.mask_token_id", DVL_CFG_INT, .def = "-1", .ranged = true, .min = -1,
@@ -137,6 +140,7 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
     o->clip = dvl_cfg_float(c, "optim.clip");
     o->max_bad_steps = dvl_cfg_int(c, "optim.max_bad_steps");
     o->vision_trainable = dvl_cfg_bool(c, "train.vision_trainable");
+    o->checkpoint_layers = dvl_cfg_bool(c, "train.checkpoint_layers");
     o->block_size = dvl_cfg_int(c, "diffusion.block_size");
     o->mask_token_id = dvl_cfg_int(c, "diffusion.mask_token_id");
     o->eos_token_id = dvl_cfg_int(c, "diffusion.eos_token_id");

@@ -47,6 +47,7 @@ typedef struct train_cfg {
     double clip;          /* global grad-norm clip; 0: none */
     int64_t max_bad_steps; /* consecutive NaN/Inf steps before aborting */
     bool vision_trainable; /* stage 2 (and ar): train the tower with vision_lr */
+    bool checkpoint_layers; /* recompute each LM layer during backward */
     /* block diffusion (stage 2) */
     int64_t block_size;
     int64_t mask_token_id; /* -1: the model's default (Qwen 151671, LLaDA 126336) */

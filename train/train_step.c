@@ -79,7 +79,8 @@ static dvl_tensor *forward_ar(dvl_ctx *ctx, train_model *tm, const dvl_batch *b,
     dvl_tensor *x = embed(ctx, tm, b->ids, n, T, T, b, err);
     dvl_mask mask = dvl_lm_default_mask(&tm->lm->cfg);
     mask.key_valid = b->valid;
-    dvl_lm_input li = {.batch = n, .seq = T, .embeds = x, .pos = b->pos, .mask = &mask};
+    dvl_lm_input li = {.batch = n, .seq = T, .embeds = x, .pos = b->pos, .mask = &mask,
+                       .checkpoint = tm->checkpoint};
     dvl_tensor *h = x ? dvl_lm_forward(ctx, tm->lm, &li) : NULL;
     float *w = dvl_alloc(ctx, (size_t)(n * T) * sizeof *w);
     if (!h || !w)
@@ -123,7 +124,8 @@ static dvl_tensor *forward_diff(dvl_ctx *ctx, train_model *tm, const dvl_batch *
     int64_t L = db->L;
     dvl_tensor *x = embed(ctx, tm, db->ids, n, 2 * L, L, b, err);
     dvl_mask mask = dvl_diff_attn_mask(db, (int)B);
-    dvl_lm_input li = {.batch = n, .seq = 2 * L, .embeds = x, .pos = db->pos, .mask = &mask};
+    dvl_lm_input li = {.batch = n, .seq = 2 * L, .embeds = x, .pos = db->pos, .mask = &mask,
+                       .checkpoint = tm->checkpoint};
     dvl_tensor *h = x ? dvl_lm_forward(ctx, tm->lm, &li) : NULL;
     /* Logits from the noisy half only (DiffusionVL slices
      * hidden_states[:, :L] before lm_head). */

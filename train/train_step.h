@@ -30,6 +30,7 @@ typedef struct train_model {
     int32_t image_token;  /* placeholder id (VLM), else INT32_MIN */
     dvl_diff_cfg diff;    /* stage 2 */
     dvl_diff_batch *db;   /* stage 2 batch buffers, grown as needed */
+    bool checkpoint;      /* train.checkpoint_layers: recompute layers in backward */
 } train_model;
 
 /* The loss tensor (scalar) of batch b under stage cfg->stage, with grad mode

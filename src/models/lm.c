@@ -289,6 +289,30 @@ static dvl_tensor *attend(dvl_ctx *ctx, const dvl_lm *m, int l, dvl_tensor *h, i
     return dvl_linear(ctx, dvl_reshape(ctx, a, 2, s2), L->wo, NULL);
 }
 
+/* One decoder layer's arguments (dvl_block_fn's user). */
+typedef struct layer_args {
+    const dvl_lm *m;
+    int l;
+    int64_t N, T;
+    const int32_t *pos;
+    dvl_mask mask;
+    dvl_lm_input in;
+} layer_args;
+
+/* Decoder layer l: x + attention(norm(x)), then + MLP(norm(.)). */
+static dvl_tensor *layer_fwd(dvl_ctx *ctx, const void *user, dvl_tensor *x)
+{
+    const layer_args *a = user;
+    const dvl_lm_config *c = &a->m->cfg;
+    const dvl_lm_layer *L = &a->m->layer[a->l];
+    dvl_tensor *h = dvl_rmsnorm(ctx, x, L->attn_norm, c->rms_eps);
+    x = dvl_add(ctx, x, attend(ctx, a->m, a->l, h, a->N, a->T, a->pos, &a->mask, &a->in));
+    h = dvl_rmsnorm(ctx, x, L->mlp_norm, c->rms_eps);
+    dvl_tensor *g = dvl_swiglu(ctx, dvl_linear(ctx, h, L->w_gate, NULL),
+                               dvl_linear(ctx, h, L->w_up, NULL));
+    return dvl_add(ctx, x, dvl_linear(ctx, g, L->w_down, NULL));
+}
+
 dvl_tensor *dvl_lm_forward(dvl_ctx *ctx, const dvl_lm *m, const dvl_lm_input *in)
 {
     const dvl_lm_config *c = &m->cfg;
@@ -336,15 +360,15 @@ dvl_tensor *dvl_lm_forward(dvl_ctx *ctx, const dvl_lm *m, const dvl_lm_input *in
     dvl_mask mk = in->mask ? *in->mask : dvl_lm_default_mask(c);
     if (kv)
         mk.q_offset = start; /* query row t is cache row len + t */
-    const dvl_mask *mask = &mk;
-    for (int l = 0; l < c->layers; l++) {
-        const dvl_lm_layer *L = &m->layer[l];
-        dvl_tensor *h = dvl_rmsnorm(ctx, x, L->attn_norm, c->rms_eps);
-        x = dvl_add(ctx, x, attend(ctx, m, l, h, N, T, pos, mask, in));
-        h = dvl_rmsnorm(ctx, x, L->mlp_norm, c->rms_eps);
-        dvl_tensor *g = dvl_swiglu(ctx, dvl_linear(ctx, h, L->w_gate, NULL),
-                                   dvl_linear(ctx, h, L->w_up, NULL));
-        x = dvl_add(ctx, x, dvl_linear(ctx, g, L->w_down, NULL));
+    for (int l = 0; l < c->layers && x; l++) {
+        /* The layer's arguments in the arena: a checkpointed layer runs
+         * again during backward, after this frame is gone. */
+        layer_args *a = dvl_alloc(ctx, sizeof *a);
+        if (!a)
+            return NULL;
+        *a = (layer_args){m, l, N, T, pos, mk, *in};
+        a->in.mask = &a->mask;
+        x = in->checkpoint ? dvl_checkpoint(ctx, layer_fwd, a, x) : layer_fwd(ctx, a, x);
     }
     x = dvl_rmsnorm(ctx, x, m->norm, c->rms_eps);
     /* Every layer has written its rows; the cache now holds them. */

@@ -97,6 +97,8 @@ typedef struct dvl_lm_input {
                              any, covers len + T keys per sequence */
     dvl_kv_cache *cache;  /* NULL: no cache. Else grad mode must be off */
     bool cache_store;     /* keep the new keys/values in the cache, len += T */
+    bool checkpoint;      /* recompute each layer during backward instead of
+                             keeping its activations (dvl_checkpoint) */
 } dvl_lm_input;
 
 /* Token embeddings [n, d]. */

@@ -35,6 +35,11 @@ struct dvl_ctx {
     chunk *chunks;
     size_t used_total;
     int64_t mallocs;
+    /* The most of the arena a step has held at once (host, device): with
+     * dvl_arena_rewind, chunks made during a step may be gone by its end,
+     * so reset sizes the next step's single chunk by this, not by the
+     * chunks left. */
+    size_t peak, dpeak;
     /* Tape: a growable array of nodes; its capacity survives resets. */
     dvl_node *tape;
     int tape_len, tape_cap;
@@ -214,10 +219,12 @@ void dvl_ctx_free(dvl_ctx *ctx)
 void dvl_ctx_reset(dvl_ctx *ctx)
 {
     ctx->tape_len = 0;
-    if (ctx->chunks->next) {
+    if (ctx->chunks->next || ctx->chunks->size < ctx->peak) {
         size_t total = 0;
         for (chunk *c = ctx->chunks; c; c = c->next)
             total += c->size;
+        if (total < ctx->peak)
+            total = ctx->peak;
         chunks_free(ctx->chunks);
         ctx->chunks = chunk_new(ctx, total);
         if (!ctx->chunks) /* keep the context usable; the next alloc reports */
@@ -226,13 +233,16 @@ void dvl_ctx_reset(dvl_ctx *ctx)
     if (ctx->chunks)
         ctx->chunks->used = 0;
     ctx->used_total = 0;
+    ctx->peak = 0;
 #ifdef DVL_HAVE_CUDA
     /* The device arena: the same consolidation. Kernels still queued read
      * the old blocks, so wait for them before freeing. */
-    if (ctx->dchunks && ctx->dchunks->next) {
+    if (ctx->dchunks && (ctx->dchunks->next || ctx->dchunks->size < ctx->dpeak)) {
         size_t total = 0;
         for (chunk *c = ctx->dchunks; c; c = c->next)
             total += c->size;
+        if (total < ctx->dpeak)
+            total = ctx->dpeak;
         dvl_cuda_sync("context reset", NULL);
         chunks_free(ctx->dchunks);
         ctx->dchunks = dchunk_new(ctx, total, NULL);
@@ -242,6 +252,7 @@ void dvl_ctx_reset(dvl_ctx *ctx)
     if (ctx->dchunks)
         ctx->dchunks->used = 0;
     ctx->dused_total = 0;
+    ctx->dpeak = 0;
     /* The staging arena: once its copies have run, the same again (its
      * first chunk is made by the first copy). */
     staged_wait(ctx);
@@ -312,6 +323,8 @@ void *dvl_alloc(dvl_ctx *ctx, size_t bytes)
     void *p = c->mem + c->used;
     c->used += bytes;
     ctx->used_total += bytes;
+    if (ctx->used_total > ctx->peak)
+        ctx->peak = ctx->used_total;
     return p;
 }
 
@@ -332,6 +345,52 @@ void *dvl_arena_dup(dvl_ctx *ctx, const void *src, size_t bytes)
 }
 
 size_t dvl_arena_used(const dvl_ctx *ctx) { return ctx->used_total + ctx->dused_total; }
+
+size_t dvl_arena_peak(const dvl_ctx *ctx) { return ctx->peak + ctx->dpeak; }
+
+dvl_arena_mark dvl_arena_get_mark(const dvl_ctx *ctx)
+{
+    return (dvl_arena_mark){.chunk = ctx->chunks,
+                            .used = ctx->chunks ? ctx->chunks->used : 0,
+                            .total = ctx->used_total,
+                            .dchunk = ctx->dchunks,
+                            .dused = ctx->dchunks ? ctx->dchunks->used : 0,
+                            .dtotal = ctx->dused_total};
+}
+
+/* Chunks made since the mark go (device ones once the queued kernels that
+ * may use them are done); the mark's chunk takes back its fill. */
+static void rewind_chunks(chunk **head, void *mark_chunk, size_t used)
+{
+    chunk *newer = *head;
+    if (newer == mark_chunk) {
+        if (newer)
+            newer->used = used;
+        return;
+    }
+    chunk *c = newer;
+    while (c && c->next != mark_chunk)
+        c = c->next;
+    if (!c) /* not a mark of this arena: leave it alone */
+        return;
+#ifdef DVL_HAVE_CUDA
+    if (newer->dev)
+        dvl_cuda_sync("arena rewind", NULL);
+#endif
+    c->next = NULL;
+    chunks_free(newer);
+    *head = mark_chunk;
+    if (*head)
+        (*head)->used = used;
+}
+
+void dvl_arena_rewind(dvl_ctx *ctx, dvl_arena_mark m)
+{
+    rewind_chunks(&ctx->chunks, m.chunk, m.used);
+    ctx->used_total = m.total;
+    rewind_chunks(&ctx->dchunks, m.dchunk, m.dused);
+    ctx->dused_total = m.dtotal;
+}
 
 void *dvl_alloc_dev(dvl_ctx *ctx, size_t bytes)
 {
@@ -364,6 +423,8 @@ void *dvl_alloc_dev(dvl_ctx *ctx, size_t bytes)
     void *p = c->mem + c->used;
     c->used += bytes;
     ctx->dused_total += bytes;
+    if (ctx->dused_total > ctx->dpeak)
+        ctx->dpeak = ctx->dused_total;
     return p;
 #else
     return dvl_fail(ctx, "device arena: built without CUDA");
@@ -665,12 +726,14 @@ static first_use *first_uses(dvl_ctx *ctx, int *n)
     return f;
 }
 
-static int run_tape(dvl_ctx *ctx)
+/* Run the backward of tape nodes [lo, tape_len) in reverse, then drop them.
+ * Gradient-ready hooks fire for the whole tape only (lo = 0). */
+static int run_nodes(dvl_ctx *ctx, int lo)
 {
     int n_first = 0;
-    first_use *first = first_uses(ctx, &n_first);
+    first_use *first = lo == 0 ? first_uses(ctx, &n_first) : NULL;
     int next = n_first - 1; /* the latest first use not yet reported */
-    for (int i = ctx->tape_len - 1; i >= 0 && !ctx->err.code; i--) {
+    for (int i = ctx->tape_len - 1; i >= lo && !ctx->err.code; i--) {
         dvl_node *node = &ctx->tape[i];
         if (dvl_has_grad(node->out)) {
             if (ctx->prof)
@@ -685,8 +748,19 @@ static int run_tape(dvl_ctx *ctx)
         for (; next >= 0 && first[next].node == i; next--)
             ctx->ready_fn(ctx->ready_user, first[next].param);
     }
-    ctx->tape_len = 0;
+    ctx->tape_len = lo;
     return ctx->err.code;
+}
+
+static int run_tape(dvl_ctx *ctx) { return run_nodes(ctx, 0); }
+
+int dvl_backward_nodes_from(dvl_ctx *ctx, int lo)
+{
+    if (lo < 0 || lo > ctx->tape_len) {
+        dvl_fail(ctx, "backward: tape position %d outside [0, %d]", lo, ctx->tape_len);
+        return ctx->err.code;
+    }
+    return run_nodes(ctx, lo);
 }
 
 int dvl_backward_seed(dvl_ctx *ctx, dvl_tensor *out, const float *seed)

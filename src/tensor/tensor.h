@@ -110,6 +110,19 @@ size_t dvl_arena_used(const dvl_ctx *ctx);
  * (a steady-state step must not increase it). */
 int64_t dvl_arena_mallocs(const dvl_ctx *ctx);
 
+/* The most arena (host + device) the step has held at once since the last
+ * reset: with checkpointing, more than what is in use at its end. */
+size_t dvl_arena_peak(const dvl_ctx *ctx);
+/* A point in the arena to come back to: dvl_arena_rewind drops everything
+ * allocated since (tensors, gradients, saved state), keeping what came
+ * before. For dvl_checkpoint, which recomputes a block of ops inside it. */
+typedef struct dvl_arena_mark {
+    void *chunk, *dchunk;
+    size_t used, total, dused, dtotal;
+} dvl_arena_mark;
+dvl_arena_mark dvl_arena_get_mark(const dvl_ctx *ctx);
+void dvl_arena_rewind(dvl_ctx *ctx, dvl_arena_mark m);
+
 /* New uninitialised / zeroed activation tensor of dtype (f32 or i32). */
 dvl_tensor *dvl_new(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape);
 dvl_tensor *dvl_zeros(dvl_ctx *ctx, dvl_dtype dtype, int ndim, const int64_t *shape);
@@ -143,6 +156,25 @@ int dvl_backward(dvl_ctx *ctx, dvl_tensor *loss);
  * vector-Jacobian product. */
 int dvl_backward_seed(dvl_ctx *ctx, dvl_tensor *out, const float *seed);
 int dvl_tape_len(const dvl_ctx *ctx);
+/* Run the backward of the tape's nodes from position lo to the end, in
+ * reverse, and drop them (the nodes before lo stay): the inner backward of
+ * dvl_checkpoint. No gradient-ready hooks fire. */
+int dvl_backward_nodes_from(dvl_ctx *ctx, int lo);
+
+/* Activation checkpointing (Chen et al. 2016, "Training deep nets with
+ * sublinear memory cost"): y = fn(ctx, user, x) with y of x's shape, where
+ * the forward pass keeps only x and y, and the backward pass runs fn again
+ * with grad mode on, backpropagates y's gradient through that recomputation
+ * and drops it. Memory: one block's activations at a time instead of all;
+ * time: one more forward of the block. The gradients equal those without
+ * checkpointing bit for bit when fn is deterministic and x is used by
+ * nothing but fn (a transformer layer). Parameters used inside fn get
+ * their gradients in the inner backward, so no gradient-ready hook fires for
+ * them (data-parallel buckets then start reducing when backward ends).
+ * user must stay valid until backward has run (put it in the arena). With
+ * grad mode off, just fn(ctx, user, x). */
+typedef dvl_tensor *(*dvl_block_fn)(dvl_ctx *ctx, const void *user, dvl_tensor *x);
+dvl_tensor *dvl_checkpoint(dvl_ctx *ctx, dvl_block_fn fn, const void *user, dvl_tensor *x);
 /* Called during backward as soon as a trainable parameter's gradient is
  * complete (right after the tape node of its first use in the forward pass
  * has run), so a data-parallel trainer can start reducing gradient buckets
