@@ -189,6 +189,28 @@ START_TEST(checkpoint_same_gradients)
     const int64_t shape[2] = {5, 8};
     dvl_tensor *x = dvl_from_host(ctx, DVL_F32, 2, shape, xv);
     x->requires_grad = true;
+    /* The op profile on, and the tape a few nodes short of its first
+     * capacity (256): the recomputation inside backward grows (moves) the
+     * tape under the node being run (ASan checks that nothing reads it). */
+    dvl_ctx_profile(ctx, true);
+    dvl_tensor *y = x;
+    for (int i = 0; i < 250; i++)
+        y = dvl_scale(ctx, y, 1.0f);
+    for (int i = 0; i < 3; i++)
+        y = dvl_checkpoint(ctx, res_block, p, y);
+    ck_assert_msg(dvl_backward(ctx, dvl_sum(ctx, y)) == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
+    const dvl_op_time *rows;
+    int nrows = dvl_ctx_profile_rows(ctx, &rows), ck_row = -1;
+    for (int i = 0; i < nrows; i++)
+        if (strcmp(rows[i].op, "checkpoint") == 0)
+            ck_row = i;
+    ck_assert_int_ge(ck_row, 0);
+    ck_assert_int_eq(rows[ck_row].fwd_n, 3);
+    ck_assert_int_eq(rows[ck_row].bwd_n, 3);
+    dvl_ctx_profile(ctx, false);
+    dvl_ctx_reset(ctx);
+    x = dvl_from_host(ctx, DVL_F32, 2, shape, xv);
+    x->requires_grad = true;
     ck_assert_ptr_null(dvl_checkpoint(ctx, shrink_block, NULL, x));
     ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "must keep the shape"), "%s",
                   dvl_ctx_err(ctx)->msg);

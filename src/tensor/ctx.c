@@ -736,11 +736,14 @@ static int run_nodes(dvl_ctx *ctx, int lo)
     for (int i = ctx->tape_len - 1; i >= lo && !ctx->err.code; i--) {
         dvl_node *node = &ctx->tape[i];
         if (dvl_has_grad(node->out)) {
+            /* node is not used after its backward: a checkpoint's backward
+             * records onto the tape, which may move. */
+            const char *op = node->op;
             if (ctx->prof)
                 prof_lap(ctx); /* the work between nodes is no node's */
             node->backward(ctx, node);
             if (ctx->prof) {
-                dvl_op_time *r = prof_row(ctx, node->op);
+                dvl_op_time *r = prof_row(ctx, op);
                 r->bwd_s += prof_lap(ctx);
                 r->bwd_n++;
             }
