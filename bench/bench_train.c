@@ -1,10 +1,10 @@
 /* dvl-bench train: stage-2 (block diffusion) training steps of a
- * Qwen2.5-0.5B-shaped language model with random weights, on random token
- * sequences: tokens/s and achieved GFLOP/s beside the machine's sgemm peak
- * measured in the same run.
+ * Qwen2.5-0.5B-shaped language model (--shape 7b: Qwen2.5-7B's layers) with
+ * random weights, on random token sequences: tokens/s and achieved GFLOP/s
+ * beside the machine's sgemm peak measured in the same run.
  *
  *   dvl-bench train [--seq L] [--batch N] [--layers K] [--steps S] [--block B]
- *                   [--vocab V] [--profile]
+ *                   [--vocab V] [--shape 0.5b|7b] [--profile] [--checkpoint]
  *   defaults: L 512 (so 2L = 1024 positions with [x_t ; x_0]), N 1, K 24
  *   (the full 0.5B depth), S 3 timed steps after one warm-up, B 8, V 151936.
  *
@@ -27,7 +27,8 @@
  * AdamW moments on the device, forward + backward + clip + AdamW there. It
  * reports tokens/s, the model FLOP rate
  *   model FLOPs = 6 P (2L N) + 12 layers Hq D pairs N
- * (P all parameters, 2L positions per sequence of [x_t ; x_0]; attention
+ * (P the parameters that multiply: all but an untied embedding; 2L
+ * positions per sequence of [x_t ; x_0]; attention
  * forward 4 D Hq per allowed pair, x 3 with backward) and the MFU against
  * cuBLAS f32, TF32 and bf16 GEMM rates measured at 4096^3 in the same run.
  * If the step does not fit in GPU memory at L, L is halved until it does.
@@ -101,6 +102,33 @@ static bool has_flag(int argc, char **argv, const char *name)
 
 static int train_cuda(int argc, char **argv);
 
+/* The model of the bench (--shape): Qwen2.5-0.5B (config.json of
+ * Qwen/Qwen2.5-0.5B-Instruct, the default) or Qwen2.5-7B (of
+ * Qwen/Qwen2.5-7B-Instruct: the recipe's LM; run it with few --layers to fit
+ * one device), with `layers` layers and a vocabulary of V. False for an
+ * unknown name. */
+static bool bench_shape(const char *name, int layers, int V, dvl_lm_config *c)
+{
+    const bool big = strcmp(name, "7b") == 0;
+    if (!big && strcmp(name, "0.5b") != 0)
+        return false;
+    *c = (dvl_lm_config){.arch = DVL_ARCH_QWEN2, .hidden = big ? 3584 : 896, .layers = layers,
+                         .heads = big ? 28 : 14, .kv_heads = big ? 4 : 2,
+                         .head_dim = big ? 128 : 64, .intermediate = big ? 18944 : 4864,
+                         .vocab = V, .rms_eps = 1e-6f, .rope_theta = 1e6f, .tied = !big,
+                         .qkv_bias = true, .max_positions = 32768, .mask_token_id = -1};
+    return true;
+}
+
+static void print_shape(const char *name, const dvl_lm_config *c, int64_t params)
+{
+    printf("Qwen2.5-%s shape (d %lld, %lld layers, %lld/%lld heads of %lld, I %lld, V %lld, %s), "
+           "%" PRId64 " parameters",
+           strcmp(name, "7b") == 0 ? "7B" : "0.5B", (long long)c->hidden, (long long)c->layers,
+           (long long)c->heads, (long long)c->kv_heads, (long long)c->head_dim,
+           (long long)c->intermediate, (long long)c->vocab, c->tied ? "tied" : "untied", params);
+}
+
 /* The step's arena (host + device): what the forward pass and loss keep for
  * backward, and the most held at once during the step (activation gradients
  * join them in backward; with --checkpoint, one recomputed layer at a time).
@@ -155,8 +183,8 @@ int bench_train(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
-                   "[--steps S] [--block B] [--vocab V] [--profile] [--checkpoint] "
-                   "[--tf32 | --bf16 (cuda)]\n"
+                   "[--steps S] [--block B] [--vocab V] [--shape 0.5b|7b] [--profile] "
+                   "[--checkpoint] [--tf32 | --bf16 (cuda)]\n"
                    "  --profile: one more step with the op profile on: time per op\n"
                    "  --checkpoint: recompute each layer in backward (activation checkpointing)\n");
             return 0;
@@ -169,14 +197,14 @@ int bench_train(int argc, char **argv)
                         "--batch, --layers, --steps >= 1; --vocab >= 16\n");
         return 2;
     }
-    /* Qwen2.5-0.5B (config.json of Qwen/Qwen2.5-0.5B-Instruct). */
     dvl_model_config mc;
     memset(&mc, 0, sizeof mc);
     mc.arch = DVL_ARCH_QWEN2;
-    mc.lm = (dvl_lm_config){.arch = DVL_ARCH_QWEN2, .hidden = 896, .layers = layers, .heads = 14,
-                            .kv_heads = 2, .head_dim = 64, .intermediate = 4864, .vocab = V,
-                            .rms_eps = 1e-6f, .rope_theta = 1e6f, .tied = true, .qkv_bias = true,
-                            .max_positions = 32768, .mask_token_id = -1};
+    const char *shape = arg_str(argc, argv, "--shape", "0.5b");
+    if (!bench_shape(shape, layers, V, &mc.lm)) {
+        fprintf(stderr, "dvl-bench train: --shape must be 0.5b or 7b, not '%s'\n", shape);
+        return 2;
+    }
     const dvl_lm_config *c = &mc.lm;
     dvl_err err = {0};
     dvl_model m;
@@ -227,9 +255,9 @@ int bench_train(int argc, char **argv)
     double head = 2.0 * d * (double)V * (double)L * N;
     double flops = 3.0 * (lin + attn + head);
 
-    printf("dvl-bench train: Qwen2.5-0.5B shape (d 896, %d layers, 14/2 heads, I 4864, V %d, "
-           "tied), %" PRId64 " parameters\n",
-           layers, V, m.params->numel);
+    printf("dvl-bench train: ");
+    print_shape(shape, c, m.params->numel);
+    printf("\n");
     printf("  stage 2 step: batch %d x [x_t ; x_0] of 2 x %d = %d positions, block %d; "
            "%.1f GFLOP per step (%.0f%% attention over %.0f allowed pairs per sequence)\n",
            N, L, 2 * L, B, flops / 1e9, 100.0 * 3.0 * attn / flops, pairs);
@@ -450,7 +478,9 @@ static int run_cuda(const cuda_run *r, int L)
     for (int64_t i = 0; i < 2 * L; i++)
         for (int64_t j = 0; j < 2 * L; j++)
             pairs += dvl_mask_allows(&mask, i, j);
-    const double P = (double)r->m->params->numel, pos = 2.0 * L * N;
+    /* Parameters that multiply: an untied embedding is a lookup. */
+    const double P = (double)r->m->params->numel - (c->tied ? 0.0 : (double)c->vocab * c->hidden),
+                 pos = 2.0 * L * N;
     const double attn = 12.0 * (double)c->head_dim * (double)c->heads * pairs * N * r->layers;
     const double model_flops = 6.0 * P * pos + attn;
     /* The CPU bench's count of useful work (LM head on the noisy half only). */
@@ -601,10 +631,11 @@ static int train_cuda(int argc, char **argv)
     dvl_model_config mc;
     memset(&mc, 0, sizeof mc);
     mc.arch = DVL_ARCH_QWEN2;
-    mc.lm = (dvl_lm_config){.arch = DVL_ARCH_QWEN2, .hidden = 896, .layers = layers, .heads = 14,
-                            .kv_heads = 2, .head_dim = 64, .intermediate = 4864, .vocab = V,
-                            .rms_eps = 1e-6f, .rope_theta = 1e6f, .tied = true, .qkv_bias = true,
-                            .max_positions = 32768, .mask_token_id = -1};
+    const char *shape = arg_str(argc, argv, "--shape", "0.5b");
+    if (!bench_shape(shape, layers, V, &mc.lm)) {
+        fprintf(stderr, "dvl-bench train: --shape must be 0.5b or 7b, not '%s'\n", shape);
+        return 2;
+    }
     dvl_model m;
     if (dvl_model_init(&m, &mc, &err) || dvl_params_alloc(m.params, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
@@ -628,9 +659,9 @@ static int train_cuda(int argc, char **argv)
     dc.pad_id = 0;
     dc.block_align_eos = false;
     r.m = &m, r.pd = pd, r.opt = opt, r.dc = &dc;
-    printf("  Qwen2.5-0.5B shape (d 896, %d layers, 14/2 heads, I 4864, V %d, tied), %" PRId64
-           " parameters on the device (+ grads, AdamW m and v)\n",
-           layers, V, pd->numel);
+    printf("  ");
+    print_shape(shape, &mc.lm, pd->numel);
+    printf(" on the device (+ grads, AdamW m and v)\n");
     fflush(stdout);
     int rc = TRAIN_OOM;
     for (; L >= B && rc == TRAIN_OOM; L /= 2) {
