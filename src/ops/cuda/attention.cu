@@ -474,14 +474,7 @@ __global__ static void __launch_bounds__(FA_THREADS) fa_bwd_kv_k(
             const int col = tx + 16 * j;
             if (col >= D)
                 continue;
-            if (pk)
-                pk[poff + col] = a.scale * adk[i][j];
-            else if (dk)
-                dk[off + col] += a.scale * adk[i][j];
-            if (pv)
-                pv[poff + col] = adv[i][j];
-            else if (dv)
-                dv[off + col] += adv[i][j];
+            store_kv_grad(dk, dv, pk, pv, off + col, poff + col, a.scale * adk[i][j], adv[i][j]);
         }
     }
 }

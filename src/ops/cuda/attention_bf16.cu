@@ -434,15 +434,8 @@ __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
                 const int col = 8 * j + 2 * t + e;
                 if (col >= D)
                     continue;
-                const float gk = a.scale * adk[j][2 * x + e], gv = adv[j][2 * x + e];
-                if (pk)
-                    pk[poff + col] = gk;
-                else if (dk)
-                    dk[off + col] += gk;
-                if (pv)
-                    pv[poff + col] = gv;
-                else if (dv)
-                    dv[off + col] += gv;
+                store_kv_grad(dk, dv, pk, pv, off + col, poff + col, a.scale * adk[j][2 * x + e],
+                              adv[j][2 * x + e]);
             }
     }
 }

@@ -75,6 +75,23 @@ __device__ static inline bool spans_cover(const int64_t *lo, const int64_t *hi, 
     return (lo[0] <= k0 && hi[0] >= k1) || (lo[1] <= k0 && hi[1] >= k1);
 }
 
+/* One element of a query head's dK and dV parts: stored into the per-head
+ * scratch pk, pv [N, Tk, Hq, D] at poff when given (grouped heads: kv_sum
+ * adds the group's heads later), else added into dk, dv [N, Tk, Hkv, D] at
+ * off (either may be NULL: that gradient is not wanted). */
+__device__ static inline void store_kv_grad(float *dk, float *dv, float *pk, float *pv,
+                                            int64_t off, int64_t poff, float gk, float gv)
+{
+    if (pk)
+        pk[poff] = gk;
+    else if (dk)
+        dk[off] += gk;
+    if (pv)
+        pv[poff] = gv;
+    else if (dv)
+        dv[off] += gv;
+}
+
 /* Key j of sequence n exists and is not padding. */
 __device__ static inline unsigned char key_ok(const fa_args &a, int64_t n, int64_t j)
 {
