@@ -2526,7 +2526,7 @@ START_TEST(siglip_on_device_matches_cpu)
         tu_randn(p->t[i], 100 + (uint64_t)i, 0.3f);
     int64_t s4[4] = {n, C, S, S};
     dvl_ctx *cc = dvl_ctx_new(DVL_CPU);
-    dvl_tensor *fc = dvl_siglip_forward(cc, &m, dvl_from_host(cc, DVL_F32, 4, s4, px));
+    dvl_tensor *fc = dvl_siglip_forward(cc, &m, dvl_from_host(cc, DVL_F32, 4, s4, px), false);
     ck_assert_msg(fc != NULL, "%s", dvl_ctx_err(cc)->msg);
     double *fref = dzeros(dvl_numel(fc));
     for (int64_t i = 0; i < dvl_numel(fc); i++)
@@ -2538,10 +2538,10 @@ START_TEST(siglip_on_device_matches_cpu)
     /* Host pixels on a CUDA context: refused, naming the tensor. */
     dvl_tensor *hpx = dvl_from_host(cc, DVL_F32, 4, s4, px);
     hpx->name = "host_pixels";
-    ck_assert_ptr_null(dvl_siglip_forward(cg, &m, hpx));
+    ck_assert_ptr_null(dvl_siglip_forward(cg, &m, hpx, false));
     ck_assert_msg(strstr(dvl_ctx_err(cg)->msg, "host_pixels"), "%s", dvl_ctx_err(cg)->msg);
     dvl_ctx_clear_error(cg);
-    dvl_tensor *fg = dvl_siglip_forward(cg, &m, dvl_from_host(cg, DVL_F32, 4, s4, px));
+    dvl_tensor *fg = dvl_siglip_forward(cg, &m, dvl_from_host(cg, DVL_F32, 4, s4, px), false);
     ck_assert_msg(fg != NULL, "%s", dvl_ctx_err(cg)->msg);
     ck_assert_int_eq(dvl_numel(fg), dvl_numel(fc));
     float *hg = malloc((size_t)dvl_numel(fg) * sizeof(float));

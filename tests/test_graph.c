@@ -224,6 +224,83 @@ START_TEST(checkpoint_same_gradients)
 }
 END_TEST
 
+/* Two weights of one block: y = x + silu(x A^T) B^T. */
+typedef struct pair_block {
+    dvl_tensor *a, *b;
+} pair_block;
+
+static dvl_tensor *pair_fwd(dvl_ctx *ctx, const void *user, dvl_tensor *x)
+{
+    const pair_block *w = user;
+    dvl_tensor *h = dvl_silu(ctx, dvl_linear(ctx, x, w->a, NULL));
+    return dvl_add(ctx, x, dvl_linear(ctx, h, w->b, NULL));
+}
+
+typedef struct ready_log {
+    dvl_tensor *order[8];
+    float grad0[8];  /* grad[0] of each parameter when it was reported */
+    float first[8];  /* sum of |grad| of the first block's weights then */
+    dvl_tensor *a1, *b1;
+    int n;
+} ready_log;
+
+static void on_ready(void *user, dvl_tensor *param)
+{
+    ready_log *l = user;
+    float s = 0;
+    for (int64_t i = 0; i < dvl_numel(l->a1); i++)
+        s += fabsf(l->a1->grad[i]) + fabsf(l->b1->grad[i]);
+    l->grad0[l->n] = param->grad[0];
+    l->first[l->n] = s;
+    l->order[l->n++] = param;
+}
+
+/* The gradient-ready hook through checkpointed blocks: each trainable
+ * parameter is reported once, when its gradient is final; the second
+ * block's own weight before the first block has been recomputed (so that
+ * data-parallel buckets overlap backward); a weight that the second block
+ * shares with ops outside it only after the earliest of them has run. */
+START_TEST(checkpoint_reports_ready_gradients)
+{
+    dvl_params *p = dvl_params_new();
+    dvl_err err = {0};
+    const int64_t sq[2] = {8, 8};
+    const char *names[4] = {"a1", "b1", "a2", "shared"};
+    dvl_tensor *w[4];
+    for (int i = 0; i < 4; i++)
+        w[i] = dvl_params_add(p, names[i], 2, sq, true, &err);
+    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
+    for (int i = 0; i < 4; i++)
+        tu_randn(w[i], (uint64_t)i + 1, 0.5f);
+    dvl_params_zero_grad(p);
+    pair_block blk[2] = {{w[0], w[1]}, {w[2], w[3]}};
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    ready_log log = {.a1 = w[0], .b1 = w[1]};
+    dvl_set_grad_ready_hook(ctx, on_ready, &log);
+    float xv[40];
+    for (int i = 0; i < 40; i++)
+        xv[i] = cosf(0.3f * (float)i);
+    const int64_t shape[2] = {5, 8};
+    dvl_tensor *y = dvl_from_host(ctx, DVL_F32, 2, shape, xv);
+    y = dvl_linear(ctx, y, w[3], NULL); /* the shared weight's first use */
+    for (int i = 0; i < 2; i++)
+        y = dvl_checkpoint(ctx, pair_fwd, &blk[i], y);
+    y = dvl_linear(ctx, y, w[3], NULL);
+    ck_assert_msg(dvl_backward(ctx, dvl_sum(ctx, y)) == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_int_eq(log.n, 4);
+    ck_assert_ptr_eq(log.order[0], w[2]);
+    ck_assert_float_eq(log.first[0], 0.0f); /* the first block not yet run */
+    ck_assert((log.order[1] == w[0] && log.order[2] == w[1]) ||
+              (log.order[1] == w[1] && log.order[2] == w[0]));
+    ck_assert_ptr_eq(log.order[3], w[3]);
+    ck_assert_float_gt(log.first[3], 0.0f);
+    for (int i = 0; i < log.n; i++)
+        ck_assert_float_eq(log.grad0[i], log.order[i]->grad[0]);
+    dvl_ctx_free(ctx);
+    dvl_params_free(p);
+}
+END_TEST
+
 /* The op profile counts every node of the tape once forward and once
  * backward (each node here has a gradient to pass on), under the name the
  * op recorded, with finite non-negative times; off, it counts nothing; on
@@ -279,6 +356,7 @@ static Suite *suite(void)
     tcase_add_test(tc, directional_derivative_matches_finite_difference);
     tcase_add_test(tc, frozen_parameters_get_no_gradient);
     tcase_add_test(tc, checkpoint_same_gradients);
+    tcase_add_test(tc, checkpoint_reports_ready_gradients);
     tcase_add_test(tc, op_profile_counts_each_node);
     suite_add_tcase(s, tc);
     return s;

@@ -386,7 +386,11 @@ END_TEST
 
 /* ---------------------------------------------------------------- SigLIP */
 
-START_TEST(siglip)
+/* The fixture's tower on its image against transformers (features, the
+ * loss sum(features * proj), the gradients), plain (ck 0) or with each
+ * layer checkpointed (ck 1). Returns a copy of the gradients (*ng
+ * floats), the loss and the step's arena peak. */
+static float *run_siglip(int ck, int64_t *ng, float *loss_out, size_t *peak)
 {
     ref r;
     ref_open(&r, "siglip");
@@ -402,7 +406,7 @@ START_TEST(siglip)
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     int64_t s4[4] = {1, 3, 56, 56};
     dvl_tensor *pixels = dvl_wrap(ctx, DVL_F32, 4, s4, px);
-    dvl_tensor *f = dvl_siglip_forward(ctx, &m.vision, pixels);
+    dvl_tensor *f = dvl_siglip_forward(ctx, &m.vision, pixels, ck == 1);
     ck_assert_msg(f != NULL, "%s", dvl_ctx_err(ctx)->msg);
     double e_feat = cmp_abs(&r, "features", dvl_f32(f), dvl_numel(f));
     ck_assert_msg(e_feat <= TOL_LOGITS, "features off by %.3g", e_feat);
@@ -415,13 +419,41 @@ START_TEST(siglip)
     int count;
     double e_grad = cmp_grads(&r, m.params, &count);
     ck_assert_int_eq(count, 6);
-    printf("%-13s features %.2e  loss %.2e  grads %.2e (%d tensors)\n", "siglip", e_feat, e_loss,
-           e_grad, count);
+    printf("%-13s features %.2e  loss %.2e  grads %.2e (%d tensors)%s\n", "siglip", e_feat,
+           e_loss, e_grad, count, ck ? ", layers checkpointed" : "");
+    *ng = m.params->numel_grad;
+    float *grads = malloc((size_t)*ng * sizeof(float));
+    ck_assert(grads);
+    memcpy(grads, m.params->grad, (size_t)*ng * sizeof(float));
+    *loss_out = dvl_f32(loss)[0];
+    *peak = dvl_arena_peak(ctx);
     dvl_ctx_free(ctx);
     free(px);
     free(proj);
     dvl_model_free(&m);
     ref_close(&r);
+    return grads;
+}
+
+/* Against transformers, and checkpointed (dvl_siglip_forward's
+ * checkpoint, train.checkpoint_layers with a trainable tower): the same
+ * loss and gradients to the bit, a smaller arena peak. */
+START_TEST(siglip)
+{
+    float *grads[2], loss[2];
+    int64_t ng[2];
+    size_t peak[2];
+    for (int ck = 0; ck < 2; ck++)
+        grads[ck] = run_siglip(ck, &ng[ck], &loss[ck], &peak[ck]);
+    ck_assert_int_eq(ng[0], ng[1]);
+    ck_assert_msg(memcmp(&loss[0], &loss[1], sizeof(float)) == 0, "loss %.9g vs %.9g checkpointed",
+                  (double)loss[0], (double)loss[1]);
+    ck_assert_msg(memcmp(grads[0], grads[1], (size_t)ng[0] * sizeof(float)) == 0,
+                  "checkpointed gradients differ from the plain run's");
+    ck_assert_msg(peak[1] < peak[0], "arena peak %zu with checkpointing, %zu without", peak[1],
+                  peak[0]);
+    printf("%-13s checkpointed: arena peak %zu -> %zu bytes\n", "siglip", peak[0], peak[1]);
+    free(grads[0]), free(grads[1]);
 }
 END_TEST
 
@@ -448,7 +480,7 @@ START_TEST(siglip_patch_conv)
     int64_t s4[4] = {n, C, S, S};
     dvl_tensor *px = dvl_new(ctx, DVL_F32, 4, s4);
     tu_randn(px, 4, 1.0f);
-    dvl_tensor *f = dvl_siglip_forward(ctx, &m, px);
+    dvl_tensor *f = dvl_siglip_forward(ctx, &m, px, false);
     ck_assert_msg(f != NULL, "%s", dvl_ctx_err(ctx)->msg);
     ck_assert_int_eq(dvl_rows(f), n * G * G);
     double worst = 0;
@@ -605,7 +637,7 @@ START_TEST(vlm_frozen_tower)
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     int64_t s4[4] = {1, 3, 56, 56};
     dvl_tensor *pixels = dvl_wrap(ctx, DVL_F32, 4, s4, v.px);
-    dvl_tensor *f = dvl_siglip_forward(ctx, &v.m.vlm.vision, pixels);
+    dvl_tensor *f = dvl_siglip_forward(ctx, &v.m.vlm.vision, pixels, false);
     ck_assert_ptr_nonnull(f);
     ck_assert(!f->requires_grad);
     ck_assert_int_eq(dvl_tape_len(ctx), 0);

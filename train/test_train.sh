@@ -200,9 +200,10 @@ for stage in ar s1 s2; do
     [ $stage != s1 ] && steps=10
     S="--set train.micro_batch=2 --set train.global_batch=12 --set train.max_steps=$steps --set dist.check_every=1"
     "$TRAIN" --config $stage.json --set train.out=${stage}_n1 $S >n1.log 2>&1
-    # Activation checkpointing (train.checkpoint_layers): the same run, bit
-    # for bit; with 2 ranks (stage 2) too, where the layers' gradient buckets
-    # start reducing only when backward ends.
+    # Activation checkpointing (train.checkpoint_layers, LM and vision tower
+    # layers): the same run, bit for bit; with 2 ranks (stage 2) too, where
+    # the layers' gradient buckets start reducing as each checkpointed layer's
+    # backward ends.
     if "$TRAIN" --config $stage.json --set train.out=${stage}_ck $S \
         --set train.checkpoint_layers=true >ck.log 2>&1 &&
         cmp -s ${stage}_n1/final/model.safetensors ${stage}_ck/final/model.safetensors; then

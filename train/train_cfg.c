@@ -65,8 +65,9 @@ const dvl_cfg_key TRAIN_KEYS[] = {
     {"train.vision_trainable", DVL_CFG_BOOL, .def = "false",
      .help = "stages 2 and ar: train the vision tower (at optim.vision_lr)"},
     {"train.checkpoint_layers", DVL_CFG_BOOL, .def = "false",
-     .help = "activation checkpointing: keep each LM layer's input only and recompute the "
-             "layer during backward (same gradients, less memory, one more forward)"},
+     .help = "activation checkpointing: keep the input only of each LM layer and of each "
+             "layer of a trainable vision tower, and recompute the layer during backward "
+             "(same gradients, less memory, one more forward)"},
     {"diffusion.block_size", DVL_CFG_INT, .def = "8", .ranged = true, .min = 1, .max = 4096,
      .help = "block size B of block diffusion"},
     {"diffusion.mask_token_id", DVL_CFG_INT, .def = "-1", .ranged = true, .min = -1,

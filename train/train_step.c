@@ -65,7 +65,8 @@ static dvl_tensor *embed(dvl_ctx *ctx, train_model *tm, const int32_t *ids, int6
     }
     int64_t shape[4] = {b->n_images, v->cfg.vision.channels, b->image_size, b->image_size};
     dvl_tensor *px = dvl_wrap(ctx, DVL_F32, 4, shape, b->images);
-    dvl_tensor *f = dvl_connector_forward(ctx, &v->connector, dvl_siglip_forward(ctx, &v->vision, px));
+    dvl_tensor *f = dvl_siglip_forward(ctx, &v->vision, px, tm->checkpoint);
+    f = dvl_connector_forward(ctx, &v->connector, f);
     dvl_tensor *x = dvl_lm_embed(ctx, tm->lm, tok, n);
     return dvl_scatter_rows(ctx, x, dvl_gather_rows(ctx, f, feat, k), rows);
 }

@@ -145,10 +145,22 @@ static void patchify(float *cols, const float *px, int64_t n, int64_t C, int64_t
             }
 }
 
-static dvl_tensor *layer_fwd(dvl_ctx *ctx, const dvl_siglip *m, const dvl_siglip_layer *L,
-                             dvl_tensor *x, int64_t n)
+/* One encoder layer's arguments (dvl_block_fn's user), in the arena: a
+ * checkpointed layer runs again during backward. */
+typedef struct layer_args {
+    const dvl_siglip *m;
+    const dvl_siglip_layer *L;
+    int64_t n; /* images */
+} layer_args;
+
+/* Encoder layer: x + attention(LN(x)), then + MLP(LN(.)), pre-norm as
+ * transformers' SiglipEncoderLayer. */
+static dvl_tensor *layer_fwd(dvl_ctx *ctx, const void *user, dvl_tensor *x)
 {
-    const dvl_siglip_config *c = &m->cfg;
+    const layer_args *la = user;
+    const dvl_siglip_layer *L = la->L;
+    const dvl_siglip_config *c = &la->m->cfg;
+    const int64_t n = la->n;
     int64_t T = dvl_siglip_patches(c), rows = n * T;
     int64_t s4[4] = {n, T, c->heads, c->head_dim}, s2[2] = {rows, c->hidden};
     dvl_tensor *h = dvl_layernorm(ctx, x, L->ln1_w, L->ln1_b, c->ln_eps);
@@ -163,7 +175,8 @@ static dvl_tensor *layer_fwd(dvl_ctx *ctx, const dvl_siglip *m, const dvl_siglip
     return dvl_add(ctx, x, dvl_linear(ctx, h, L->fc2_w, L->fc2_b));
 }
 
-dvl_tensor *dvl_siglip_forward(dvl_ctx *ctx, const dvl_siglip *m, dvl_tensor *pixels)
+dvl_tensor *dvl_siglip_forward(dvl_ctx *ctx, const dvl_siglip *m, dvl_tensor *pixels,
+                               bool checkpoint)
 {
     if (!pixels)
         return NULL;
@@ -211,8 +224,15 @@ dvl_tensor *dvl_siglip_forward(dvl_ctx *ctx, const dvl_siglip *m, dvl_tensor *pi
     } else {
         x = NULL;
     }
-    for (int l = 0; l < m->n_layers; l++)
-        x = layer_fwd(ctx, m, &m->layer[l], x, n);
+    for (int l = 0; l < m->n_layers && x; l++) {
+        layer_args *a = dvl_alloc(ctx, sizeof *a);
+        if (!a) {
+            x = NULL;
+            break;
+        }
+        *a = (layer_args){m, &m->layer[l], n};
+        x = checkpoint ? dvl_checkpoint(ctx, layer_fwd, a, x) : layer_fwd(ctx, a, x);
+    }
     dvl_set_grad_enabled(ctx, prev);
     return x;
 }

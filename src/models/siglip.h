@@ -57,7 +57,11 @@ bool dvl_siglip_trainable(const dvl_siglip *m);
 
 /* pixels [n, C, S, S] (or [C, S, S] for one image), preprocessed (SigLIP:
  * scaled to [-1, 1]); features [n * G*G, d], image i's patches at rows
- * [i*G*G, (i+1)*G*G). */
-dvl_tensor *dvl_siglip_forward(dvl_ctx *ctx, const dvl_siglip *m, dvl_tensor *pixels);
+ * [i*G*G, (i+1)*G*G). checkpoint: recompute each encoder layer during
+ * backward instead of keeping its activations (dvl_checkpoint; the same
+ * gradients to the bit; nothing changes for a frozen tower, which records
+ * nothing). */
+dvl_tensor *dvl_siglip_forward(dvl_ctx *ctx, const dvl_siglip *m, dvl_tensor *pixels,
+                               bool checkpoint);
 
 #endif

@@ -89,7 +89,7 @@ dvl_tensor *dvl_vlm_embed(dvl_ctx *ctx, const dvl_vlm *m, const dvl_vlm_input *i
     dvl_tensor *x = dvl_lm_embed(ctx, &m->lm, ids, n);
     if (!k)
         return x;
-    dvl_tensor *f = dvl_siglip_forward(ctx, &m->vision, in->pixels);
+    dvl_tensor *f = dvl_siglip_forward(ctx, &m->vision, in->pixels, false);
     return dvl_scatter_rows(ctx, x, dvl_connector_forward(ctx, &m->connector, f), rows);
 }
 

@@ -71,16 +71,24 @@ dvl_tensor *dvl_checkpoint(dvl_ctx *ctx, dvl_block_fn fn, const void *user, dvl_
     if (!y || !b)
         return NULL;
     *b = (block){fn, user};
+    /* fn runs with grad mode on, as it will in backward, so that its tape
+     * nodes say which trainable parameters it uses (the gradient-ready
+     * hook reports them after this node's backward); the nodes are dropped
+     * unrun, the arena rewound: only y stays. */
     const dvl_arena_mark mark = dvl_arena_get_mark(ctx);
-    dvl_set_grad_enabled(ctx, false); /* fn records nothing */
+    const int lo = dvl_tape_len(ctx);
     dvl_tensor *yb = fn(ctx, user, x);
-    dvl_set_grad_enabled(ctx, true);
+    int64_t params_at = 0;
+    int n_params = 0;
+    if (dvl_tape_drop_from(ctx, lo, &params_at, &n_params) != DVL_OK)
+        yb = NULL;
     if (yb && (dvl_numel(yb) != dvl_numel(x) || yb->dtype != x->dtype)) {
         char s1[64], s2[64];
         dvl_fail(ctx, "checkpoint: the block maps %s to %s; it must keep the shape",
                  dvl_shape_str(x, s1, sizeof s1), dvl_shape_str(yb, s2, sizeof s2));
         yb = NULL;
     }
+    const bool trainable = yb && yb->requires_grad;
     if (yb) {
         const size_t bytes = (size_t)dvl_numel(x) * dvl_dtype_size(x->dtype);
         if (dvl_ctx_device(ctx) == DVL_CPU) {
@@ -98,9 +106,13 @@ dvl_tensor *dvl_checkpoint(dvl_ctx *ctx, dvl_block_fn fn, const void *user, dvl_
     dvl_arena_rewind(ctx, mark);
     if (!yb)
         return NULL;
+    if (!trainable) /* nothing in the block or before it is trained */
+        return y;
     dvl_node *node = dvl_record(ctx, "checkpoint", checkpoint_backward, y, &x, 1);
     if (!node)
         return NULL;
     node->p[0] = b;
+    node->params_at = params_at;
+    node->n_params = n_params;
     return y;
 }

@@ -43,6 +43,11 @@ struct dvl_ctx {
     /* Tape: a growable array of nodes; its capacity survives resets. */
     dvl_node *tape;
     int tape_len, tape_cap;
+    /* The parameter lists of nodes whose backward completes parameters
+     * that are not among their inputs (dvl_checkpoint's blocks: node
+     * params_at, n_params); emptied by reset, capacity kept. */
+    dvl_tensor **plist;
+    int64_t plist_len, plist_cap;
     /* CUDA contexts only: the device arena (same policy as chunks) and the
      * cuBLAS handle. */
     chunk *dchunks;
@@ -213,12 +218,14 @@ void dvl_ctx_free(dvl_ctx *ctx)
     dvl_cublas_free(ctx->blas);
 #endif
     free(ctx->tape);
+    free(ctx->plist);
     free(ctx);
 }
 
 void dvl_ctx_reset(dvl_ctx *ctx)
 {
     ctx->tape_len = 0;
+    ctx->plist_len = 0;
     if (ctx->chunks->next || ctx->chunks->size < ctx->peak) {
         size_t total = 0;
         for (chunk *c = ctx->chunks; c; c = c->next)
@@ -697,6 +704,19 @@ typedef struct first_use {
     dvl_tensor *param;
 } first_use;
 
+/* The k-th tensor through which node uses parameters, k < node_uses(node):
+ * its inputs, then its parameter list. Views count as their base. */
+static int node_uses(const dvl_node *node) { return (node->n_in < 4 ? node->n_in : 4) + node->n_params; }
+
+static dvl_tensor *node_use(const dvl_ctx *ctx, const dvl_node *node, int k)
+{
+    int n_in = node->n_in < 4 ? node->n_in : 4;
+    dvl_tensor *t = k < n_in ? node->in[k] : ctx->plist[node->params_at + k - n_in];
+    return t && t->base ? t->base : t;
+}
+
+static bool trainable_param(const dvl_tensor *b) { return b && b->is_param && b->requires_grad; }
+
 /* The trainable parameters in order of their first use on the tape: a
  * parameter's gradient is complete once the reverse walk has run that node.
  * NULL with *n = 0 when there is no hook (the common case costs nothing). */
@@ -707,23 +727,58 @@ static first_use *first_uses(dvl_ctx *ctx, int *n)
         return NULL;
     int cap = 0;
     for (int i = 0; i < ctx->tape_len; i++)
-        cap += ctx->tape[i].n_in;
+        cap += node_uses(&ctx->tape[i]);
     first_use *f = dvl_alloc(ctx, (size_t)(cap ? cap : 1) * sizeof *f);
     if (!f)
         return NULL;
     uint64_t gen = ++ctx->mark_gen;
     for (int i = 0; i < ctx->tape_len; i++)
-        for (int k = 0; k < ctx->tape[i].n_in && k < 4; k++) {
-            dvl_tensor *t = ctx->tape[i].in[k];
-            if (!t)
-                continue;
-            dvl_tensor *b = t->base ? t->base : t;
-            if (b->is_param && b->requires_grad && b->tape_mark != gen) {
+        for (int k = 0; k < node_uses(&ctx->tape[i]); k++) {
+            dvl_tensor *b = node_use(ctx, &ctx->tape[i], k);
+            if (trainable_param(b) && b->tape_mark != gen) {
                 b->tape_mark = gen;
                 f[(*n)++] = (first_use){i, b};
             }
         }
     return f;
+}
+
+int dvl_tape_drop_from(dvl_ctx *ctx, int lo, int64_t *params_at, int *n_params)
+{
+    if (lo < 0 || lo > ctx->tape_len) {
+        dvl_fail(ctx, "tape: position %d outside [0, %d]", lo, ctx->tape_len);
+        return ctx->err.code;
+    }
+    int64_t need = 0;
+    for (int i = lo; i < ctx->tape_len; i++)
+        need += node_uses(&ctx->tape[i]);
+    if (ctx->plist_len + need > ctx->plist_cap) {
+        int64_t cap = ctx->plist_cap ? ctx->plist_cap : 256;
+        while (cap < ctx->plist_len + need)
+            cap *= 2;
+        dvl_tensor **l = realloc(ctx->plist, (size_t)cap * sizeof *l);
+        if (!l) {
+            dvl_fail(ctx, "out of memory growing the tape's parameter lists");
+            return ctx->err.code;
+        }
+        ctx->mallocs++;
+        ctx->plist = l;
+        ctx->plist_cap = cap;
+    }
+    const int64_t at = ctx->plist_len;
+    uint64_t gen = ++ctx->mark_gen;
+    for (int i = lo; i < ctx->tape_len; i++)
+        for (int k = 0; k < node_uses(&ctx->tape[i]); k++) {
+            dvl_tensor *b = node_use(ctx, &ctx->tape[i], k);
+            if (trainable_param(b) && b->tape_mark != gen) {
+                b->tape_mark = gen;
+                ctx->plist[ctx->plist_len++] = b;
+            }
+        }
+    ctx->tape_len = lo;
+    *params_at = at;
+    *n_params = (int)(ctx->plist_len - at);
+    return DVL_OK;
 }
 
 /* Run the backward of tape nodes [lo, tape_len) in reverse, then drop them.

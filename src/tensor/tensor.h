@@ -74,6 +74,12 @@ struct dvl_node {
     int64_t i[8];
     float f[4];
     void *p[4];
+    /* Trainable parameters whose gradients the backward completes without
+     * their being inputs (a dvl_checkpoint block's): entries
+     * [params_at, params_at + n_params) of the context's parameter lists,
+     * for the gradient-ready hook. */
+    int64_t params_at;
+    int n_params;
 };
 
 dvl_ctx *dvl_ctx_new(dvl_device device);
@@ -160,6 +166,12 @@ int dvl_tape_len(const dvl_ctx *ctx);
  * reverse, and drop them (the nodes before lo stay): the inner backward of
  * dvl_checkpoint. No gradient-ready hooks fire. */
 int dvl_backward_nodes_from(dvl_ctx *ctx, int lo);
+/* Drop the tape's nodes from position lo without running them, and append
+ * the trainable parameters they use (inputs and their own lists, each
+ * once) to the context's parameter lists: *params_at, *n_params for the
+ * node that stands for them (dvl_checkpoint's forward runs its block with
+ * grad mode on to learn them). The lists live until dvl_ctx_reset. */
+int dvl_tape_drop_from(dvl_ctx *ctx, int lo, int64_t *params_at, int *n_params);
 
 /* Activation checkpointing (Chen et al. 2016, "Training deep nets with
  * sublinear memory cost"): y = fn(ctx, user, x) with y of x's shape, where
@@ -169,9 +181,10 @@ int dvl_backward_nodes_from(dvl_ctx *ctx, int lo);
  * time: one more forward of the block. The gradients equal those without
  * checkpointing bit for bit when fn is deterministic and x is used by
  * nothing but fn (a transformer layer). Parameters used inside fn get
- * their gradients in the inner backward, so no gradient-ready hook fires for
- * them (data-parallel buckets then start reducing when backward ends).
- * user must stay valid until backward has run (put it in the arena). With
+ * their gradients in the inner backward; the gradient-ready hook reports
+ * them when the checkpoint's node has run (the forward pass records fn's
+ * ops to learn which parameters it uses, then drops them), so data-parallel
+ * buckets still overlap backward. user must stay valid until backward has run (put it in the arena). With
  * grad mode off, just fn(ctx, user, x). */
 typedef dvl_tensor *(*dvl_block_fn)(dvl_ctx *ctx, const void *user, dvl_tensor *x);
 dvl_tensor *dvl_checkpoint(dvl_ctx *ctx, dvl_block_fn fn, const void *user, dvl_tensor *x);
