@@ -292,9 +292,7 @@ int bench_train(int argc, char **argv)
         if (k == 0)
             print_arena(act, dvl_arena_peak(ctx), 2 * L * N, layers);
         double gn = dvl_grad_norm(m.params);
-        if (gn > 1.0)
-            dvl_grad_scale(m.params, (float)(1.0 / (gn + 1e-6)));
-        dvl_adamw_step(opt, 1e-5f);
+        dvl_adamw_step(opt, 1e-5f, gn > 1.0 ? (float)(1.0 / (gn + 1e-6)) : 1.0f); /* clip at 1 */
         double t = bench_now() - t0;
         if (k > steps)
             break;
@@ -532,9 +530,7 @@ static int run_cuda(const cuda_run *r, int L)
                     gn);
             goto done;
         }
-        if (gn > 1.0)
-            dvl_grad_scale(r->pd, (float)(1.0 / (gn + 1e-6)));
-        dvl_adamw_step(r->opt, 1e-5f);
+        dvl_adamw_step(r->opt, 1e-5f, gn > 1.0 ? (float)(1.0 / (gn + 1e-6)) : 1.0f); /* clip at 1 */
         float l = NAN;
         if (dvl_cuda_sync("train step", &err) || dvl_tensor_to_host(ctx, loss, &l)) {
             fprintf(stderr, "dvl-bench train: %s\n",

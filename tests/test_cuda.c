@@ -703,7 +703,7 @@ START_TEST(adamw_matches_torch_formula)
     for (int64_t t = 1; t <= 4; t++) {
         float *g = host_randn(n, 100 + (uint64_t)t, 0.05f);
         float *d_g = upload(g, n);
-        dvl_cuda_adamw(d_p, d_g, d_m, d_v, n, lr, b1, b2, eps, wd, t);
+        dvl_cuda_adamw(d_p, d_g, 1.0f, d_m, d_v, n, lr, b1, b2, eps, wd, t);
         const double bc1 = 1.0 - pow(b1, (double)t), bc2 = 1.0 - pow(b2, (double)t);
         for (int64_t i = 0; i < n; i++) {
             rp[i] *= 1.0 - (double)lr * wd;
@@ -2435,8 +2435,9 @@ START_TEST(adamw_device_store_matches_cpu)
         printf("test_cuda: grad norm step %d cpu %.17g cuda %.17g rel %.2e (tol 1e-12)\n", t, nc,
                ngpu, e);
         CHECK_ERR("device grad norm", e, 1e-12);
-        dvl_adamw_step(oc, 1e-2f);
-        dvl_adamw_step(og, 1e-2f);
+        /* step 2 with a clip factor (applied inside the update) */
+        dvl_adamw_step(oc, 1e-2f, t == 2 ? 0.5f : 1.0f);
+        dvl_adamw_step(og, 1e-2f, t == 2 ? 0.5f : 1.0f);
         free(g);
     }
     ck_assert_int_eq(dvl_params_data_to_host(pg, hg, &err), DVL_OK);
@@ -2691,7 +2692,7 @@ START_TEST(adamw_state_copy_resumes_exactly)
         g[t] = host_randn(ng, 40 + (uint64_t)t, 0.1f);
     for (int t = 0; t < 2; t++) {
         ck_assert_int_eq(dvl_cuda_memcpy_h2d(pg->grad, g[t], (size_t)ng * 4, &err), DVL_OK);
-        dvl_adamw_step(og, 1e-2f);
+        dvl_adamw_step(og, 1e-2f, 1.0f);
     }
     /* Save: device -> host twin. */
     dvl_params *ph = dvl_params_to_device(pg, DVL_CPU, &err);
@@ -2715,8 +2716,8 @@ START_TEST(adamw_state_copy_resumes_exactly)
     ck_assert_int_eq(og2->step, 2);
     ck_assert_int_eq(dvl_cuda_memcpy_h2d(pg->grad, g[2], (size_t)ng * 4, &err), DVL_OK);
     ck_assert_int_eq(dvl_cuda_memcpy_h2d(pg2->grad, g[2], (size_t)ng * 4, &err), DVL_OK);
-    dvl_adamw_step(og, 1e-2f);
-    dvl_adamw_step(og2, 1e-2f);
+    dvl_adamw_step(og, 1e-2f, 1.0f);
+    dvl_adamw_step(og2, 1e-2f, 1.0f);
     float *h1 = malloc((size_t)pc->numel * 4), *h2 = malloc((size_t)pc->numel * 4);
     ck_assert(h1 && h2);
     ck_assert_int_eq(dvl_params_data_to_host(pg, h1, &err), DVL_OK);

@@ -51,7 +51,7 @@ static dvl_params *train(uint64_t seed, float *losses, int64_t *mallocs_after_wa
         if (!l || dvl_backward(ctx, l))
             break;
         losses[step] = dvl_f32(l)[0];
-        dvl_adamw_step(o, 1e-2f);
+        dvl_adamw_step(o, 1e-2f, 1.0f);
     }
     long allocs = n_allocs - warm_allocs;
     ck_assert_msg(dvl_ctx_ok(ctx), "%s", dvl_ctx_err(ctx)->msg);

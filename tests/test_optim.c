@@ -46,7 +46,7 @@ START_TEST(adamw_matches_reference)
             vb[j] = b2 * vb[j] + (1 - b2) * g * g;
             rb[j] -= lr / bc1 * mb[j] / (sqrt(vb[j]) / sqrt(bc2) + eps);
         }
-        dvl_adamw_step(o, lr);
+        dvl_adamw_step(o, lr, 1.0f);
     }
     for (int j = 0; j < 35; j++)
         ck_assert_double_eq_tol(dvl_f32(w)[j], rw[j], 1e-5);
@@ -178,9 +178,9 @@ START_TEST(zero1_sharded_step_equals_full_step)
         for (int step = 1; step <= 4; step++) {
             dvl_rng_fill_normal(&rng, a->grad, a->numel_grad, 1.0f);
             memcpy(b->grad, a->grad, (size_t)a->numel_grad * sizeof(float));
-            dvl_adamw_step(full, 1e-2f);
+            dvl_adamw_step(full, 1e-2f, 1.0f);
             for (int r = 0; r < shards; r++)
-                dvl_adamw_step(part[r], 1e-2f);
+                dvl_adamw_step(part[r], 1e-2f, 1.0f);
         }
         ck_assert_msg(memcmp(a->data, b->data, (size_t)a->numel * sizeof(float)) == 0,
                       "world %d: sharded step differs from the whole step", world);
@@ -197,6 +197,57 @@ START_TEST(zero1_sharded_step_equals_full_step)
         dvl_params_free(a);
         dvl_params_free(b);
     }
+}
+END_TEST
+
+/* The clip factor inside the update (dvl_adamw_step's gscale) gives the
+ * weights and moments of scaling the gradients first, to the bit, on a
+ * whole optimizer and on a shard, and leaves the gradients unscaled. */
+START_TEST(adamw_gscale_equals_scaled_gradients)
+{
+    dvl_params *a = tu_make_params(ZSPEC, NZSPEC, 5, 0.5f);
+    dvl_params *b = tu_make_params(ZSPEC, NZSPEC, 5, 0.5f);
+    dvl_adamw *oa[2] = {zero1_opt(a, 0, a->numel_grad), zero1_opt(a, 17, 201)};
+    dvl_adamw *ob[2] = {zero1_opt(b, 0, b->numel_grad), zero1_opt(b, 17, 201)};
+    dvl_rng rng;
+    dvl_rng_seed(&rng, 5);
+    const size_t gbytes = (size_t)a->numel_grad * sizeof(float);
+    float *g = malloc(gbytes);
+    ck_assert_ptr_nonnull(g);
+    for (int step = 1; step <= 3; step++) {
+        const float s = step == 2 ? 1.0f : 0.3f + 0.1f * (float)step;
+        dvl_rng_fill_normal(&rng, g, a->numel_grad, 2.0f);
+        for (int k = 0; k < 2; k++) {
+            memcpy(a->grad, g, gbytes);
+            memcpy(b->grad, g, gbytes);
+            dvl_grad_scale(a, s);
+            dvl_adamw_step(oa[k], 1e-2f, 1.0f);
+            dvl_adamw_step(ob[k], 1e-2f, s);
+            ck_assert_mem_eq(b->grad, g, gbytes);
+        }
+    }
+    ck_assert_msg(memcmp(a->data, b->data, (size_t)a->numel * sizeof(float)) == 0,
+                  "weights differ");
+    for (int k = 0; k < 2; k++) {
+        size_t bytes = (size_t)(oa[k]->hi - oa[k]->lo) * sizeof(float);
+        ck_assert(memcmp(oa[k]->m, ob[k]->m, bytes) == 0 && memcmp(oa[k]->v, ob[k]->v, bytes) == 0);
+        dvl_adamw_free(oa[k]), dvl_adamw_free(ob[k]);
+    }
+    /* not vacuous: a factor != 1 changes the update */
+    dvl_params *c = tu_make_params(ZSPEC, NZSPEC, 5, 0.5f);
+    dvl_adamw *oc = zero1_opt(c, 0, c->numel_grad);
+    memcpy(c->grad, g, gbytes);
+    dvl_adamw_step(oc, 1e-2f, 1.0f);
+    dvl_params *d = tu_make_params(ZSPEC, NZSPEC, 5, 0.5f);
+    dvl_adamw *od = zero1_opt(d, 0, d->numel_grad);
+    memcpy(d->grad, g, gbytes);
+    dvl_adamw_step(od, 1e-2f, 0.5f);
+    ck_assert(memcmp(oc->v, od->v, gbytes) != 0);
+    dvl_adamw_free(oc), dvl_adamw_free(od);
+    dvl_params_free(c), dvl_params_free(d);
+    free(g);
+    dvl_params_free(a);
+    dvl_params_free(b);
 }
 END_TEST
 
@@ -260,6 +311,7 @@ static Suite *suite(void)
     tcase_add_test(tc, zero1_shard_ranges);
     tcase_add_test(tc, zero1_sharded_step_equals_full_step);
     tcase_add_test(tc, zero1_ranges_and_state);
+    tcase_add_test(tc, adamw_gscale_equals_scaled_gradients);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -720,9 +720,9 @@ static int train(run *r, dvl_err *err)
                                 r->step + 1, bad_run, c->max_bad_steps);
         } else {
             bad_run = 0;
-            if (c->clip > 0 && gnorm > c->clip) /* torch clip_grad_norm_ */
-                dvl_grad_scale_range(p, lo, hi, (float)(c->clip / (gnorm + 1e-6)));
-            dvl_adamw_step(r->opt, (float)lr); /* this rank's shard under ZeRO-1 */
+            /* torch clip_grad_norm_'s factor, applied inside the update */
+            float clip = c->clip > 0 && gnorm > c->clip ? (float)(c->clip / (gnorm + 1e-6)) : 1.0f;
+            dvl_adamw_step(r->opt, (float)lr, clip); /* this rank's shard under ZeRO-1 */
             if (r->zero1 && dvl_dist_grad_sync_gather_params(r->gs, err))
                 return err->code;
         }

@@ -39,8 +39,8 @@ const dvl_cfg_key TRAIN_KEYS[] = {
      .help = "where the step runs; cuda: one GPU per rank (local rank mod GPUs on the node)"},
     {"train.precision", DVL_CFG_ENUM, .def = "f32", .choices = "f32|tf32|bf16",
      .help = "GPU matrix products: f32, TF32 tensor cores, or bf16 operands with f32 "
-             "accumulation (attention's products on TF32 tensor cores in both; f32 master "
-             "weights, moments and gradients); cpu: f32 only"},
+             "accumulation, attention's products too (tf32: wmma kernels; bf16: mma.sync "
+             "kernels); f32 weights, moments and gradients; cpu: f32 only"},
     {"optim.lr", DVL_CFG_FLOAT, .def = "1e-5", .ranged = true, .min = 0, .max = 10,
      .help = "peak learning rate (LM and connector)"},
     {"optim.vision_lr", DVL_CFG_FLOAT, .def = "2e-6", .ranged = true, .min = 0, .max = 10,

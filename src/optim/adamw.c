@@ -183,7 +183,7 @@ static bool in_range(const dvl_adamw *o, int i, int64_t *a, int64_t *b)
     return *a < *b;
 }
 
-void dvl_adamw_step(dvl_adamw *o, float lr)
+void dvl_adamw_step(dvl_adamw *o, float lr, float gscale)
 {
     dvl_params *p = o->p;
     o->step++;
@@ -202,7 +202,7 @@ void dvl_adamw_step(dvl_adamw *o, float lr)
             if (!in_range(o, i, &a, &b))
                 continue;
             const int64_t off = p->grad_off[i];
-            dvl_cuda_adamw(dvl_f32(p->t[i]) + (a - off), p->grad + a, o->m + (a - o->lo),
+            dvl_cuda_adamw(dvl_f32(p->t[i]) + (a - off), p->grad + a, gscale, o->m + (a - o->lo),
                            o->v + (a - o->lo), b - a, lr * o->lr_mult[i], o->beta1, o->beta2,
                            o->eps, o->decay[i] ? o->weight_decay : 0.0f, o->step);
         }
@@ -226,9 +226,10 @@ void dvl_adamw_step(dvl_adamw *o, float lr)
         int64_t n = b - a;
 #pragma omp parallel for schedule(static) if (dvl_par(n))
         for (int64_t j = 0; j < n; j++) {
+            const float gj = g[j] * gscale;
             w[j] *= decay;
-            m[j] = b1 * m[j] + (1.0f - b1) * g[j];
-            v[j] = b2 * v[j] + (1.0f - b2) * g[j] * g[j];
+            m[j] = b1 * m[j] + (1.0f - b1) * gj;
+            v[j] = b2 * v[j] + (1.0f - b2) * gj * gj;
             w[j] -= step_size * m[j] / (sqrtf(v[j]) / sqrt_bc2 + eps);
         }
     }

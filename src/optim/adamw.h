@@ -62,9 +62,13 @@ int dvl_adamw_set_group(dvl_adamw *o, const char *prefix, float lr_mult, bool de
  * shard takes its part of a whole optimizer read from a checkpoint). The
  * hyperparameters and groups of dst stay as they are. */
 int dvl_adamw_copy_state(dvl_adamw *dst, const dvl_adamw *src, dvl_err *err);
-/* One update with learning rate lr using p->grad[lo, hi): the parameter
- * elements of the optimizer's range (all trainable ones unless sharded). */
-void dvl_adamw_step(dvl_adamw *o, float lr);
+/* One update with learning rate lr using gscale * p->grad[lo, hi): the
+ * parameter elements of the optimizer's range (all trainable ones unless
+ * sharded). gscale is the gradient clip's factor (1 for none), applied as
+ * each gradient is read: the same result, to the bit, as
+ * dvl_grad_scale_range(gscale) first, without that pass over the gradients
+ * (which stay unscaled). */
+void dvl_adamw_step(dvl_adamw *o, float lr, float gscale);
 
 /* Global L2 norm of all trainable gradients (double accumulation, fixed
  * order: independent of the thread count). */

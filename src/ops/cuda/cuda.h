@@ -159,12 +159,13 @@ void dvl_cuda_swiglu_fwd(float *y, const float *g, const float *u, int64_t n);
 void dvl_cuda_swiglu_bwd(float *dg, float *du, const float *dy, const float *g, const float *u,
                          int64_t n);
 
-/* One AdamW step as torch.optim.AdamW (decoupled weight decay), step >= 1:
+/* One AdamW step as torch.optim.AdamW (decoupled weight decay), step >= 1,
+ * on the gradient gscale * g (gscale: the clip factor, 1 for none):
  *   p -= lr wd p
  *   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
  *   p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps) */
-void dvl_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr,
-                    float beta1, float beta2, float eps, float wd, int64_t step);
+void dvl_cuda_adamw(float *p, const float *g, float gscale, float *m, float *v, int64_t n,
+                    float lr, float beta1, float beta2, float eps, float wd, int64_t step);
 
 /* Sum of squares of x [n] in double, deterministic (dvl_grad_norm on a
  * device store): x is cut into dvl_cuda_sumsq_parts(n) contiguous ranges of

@@ -248,19 +248,22 @@ extern "C" void dvl_cuda_swiglu_bwd(float *dg, float *du, const float *dy, const
 }
 
 /* ------------------------------------------------------------------ adamw */
-/* torch.optim.AdamW's single-tensor step (foreach=False), in its order:
+/* torch.optim.AdamW's single-tensor step (foreach=False), in its order,
+ * with g = gscale * the stored gradient (the clip factor, applied as the
+ * gradient is read: the same floats as scaling it in place first, one pass
+ * over the gradients fewer):
  *   p *= 1 - lr wd
  *   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
  *   denom = sqrt(v) / sqrt(bc2) + eps
  *   p -= (lr / bc1) * m / denom
  * with bc1 = 1 - beta1^t and bc2 = 1 - beta2^t computed once on the host. */
 __global__ static void adamw_k(float *p, const float *g, float *m, float *v, int64_t n,
-                               float decay, float beta1, float beta2, float eps,
+                               float gscale, float decay, float beta1, float beta2, float eps,
                                float step_size, float bc2_sqrt)
 {
     GRID_STRIDE(i, n)
     {
-        const float gi = g[i];
+        const float gi = g[i] * gscale;
         const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
         const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
         m[i] = mi;
@@ -270,14 +273,15 @@ __global__ static void adamw_k(float *p, const float *g, float *m, float *v, int
     }
 }
 
-extern "C" void dvl_cuda_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr,
-                               float beta1, float beta2, float eps, float wd, int64_t step)
+extern "C" void dvl_cuda_adamw(float *p, const float *g, float gscale, float *m, float *v,
+                               int64_t n, float lr, float beta1, float beta2, float eps, float wd,
+                               int64_t step)
 {
     if (n <= 0)
         return;
     const double bc1 = 1.0 - pow((double)beta1, (double)step);
     const double bc2 = 1.0 - pow((double)beta2, (double)step);
-    adamw_k<<<dvl_cu_blocks(n), DVL_CU_THREADS>>>(p, g, m, v, n, (float)(1.0 - (double)lr * wd),
+    adamw_k<<<dvl_cu_blocks(n), DVL_CU_THREADS>>>(p, g, m, v, n, gscale, (float)(1.0 - (double)lr * wd),
                                                   beta1, beta2, eps, (float)(lr / bc1),
                                                   (float)sqrt(bc2));
 }
