@@ -301,6 +301,60 @@ START_TEST(checkpoint_reports_ready_gradients)
 }
 END_TEST
 
+/* Backward gives each activation's gradient block back once the node that
+ * produced the activation has run, and the next gradient of that size
+ * takes it: the memory backward adds does not grow with depth (a chain
+ * of k linear + SiLU layers), while the leaf input and the parameter keep
+ * their gradients, equal to those of the same graph built twice. */
+static size_t chain_backward_bytes(dvl_params *p, int k, float *gx)
+{
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    const int64_t shape[2] = {32, 16};
+    dvl_tensor *x = dvl_new(ctx, DVL_F32, 2, shape);
+    tu_randn(x, 9, 1.0f);
+    x->requires_grad = true;
+    dvl_tensor *y = x;
+    for (int i = 0; i < k; i++)
+        y = dvl_silu(ctx, dvl_linear(ctx, y, dvl_params_find(p, "w"), NULL));
+    dvl_tensor *loss = dvl_sum(ctx, y);
+    const size_t fwd = dvl_arena_used(ctx);
+    dvl_params_zero_grad(p);
+    ck_assert_msg(dvl_backward(ctx, loss) == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
+    const size_t bwd = dvl_arena_peak(ctx) - fwd;
+    ck_assert(dvl_has_grad(x));
+    memcpy(gx, dvl_grad(ctx, x), 32 * 16 * sizeof(float));
+    dvl_ctx_free(ctx);
+    return bwd;
+}
+
+START_TEST(backward_reuses_gradient_blocks)
+{
+    dvl_params *p = dvl_params_new();
+    dvl_err err = {0};
+    const int64_t sw[2] = {16, 16};
+    ck_assert_ptr_nonnull(dvl_params_add(p, "w", 2, sw, true, &err));
+    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
+    tu_randn(dvl_params_find(p, "w"), 4, 0.3f);
+    static float gx[3][512];
+    float *gw = malloc((size_t)p->numel_grad * sizeof(float));
+    ck_assert_ptr_nonnull(gw);
+    size_t b2 = chain_backward_bytes(p, 2, gx[0]);
+    size_t b12 = chain_backward_bytes(p, 12, gx[1]);
+    memcpy(gw, p->grad, (size_t)p->numel_grad * sizeof(float));
+    size_t again = chain_backward_bytes(p, 12, gx[2]);
+    printf("backward arena: %zu bytes at depth 2, %zu at depth 12 (a gradient block: %zu)\n", b2,
+           b12, (size_t)32 * 16 * sizeof(float));
+    ck_assert_uint_eq(b12, b2);
+    ck_assert_uint_eq(again, b12);
+    ck_assert(memcmp(gx[1], gx[2], sizeof gx[1]) == 0);
+    ck_assert(memcmp(gw, p->grad, (size_t)p->numel_grad * sizeof(float)) == 0);
+    for (int i = 0; i < 512; i++)
+        ck_assert(isfinite(gx[1][i]));
+    free(gw);
+    dvl_params_free(p);
+}
+END_TEST
+
 /* The op profile counts every node of the tape once forward and once
  * backward (each node here has a gradient to pass on), under the name the
  * op recorded, with finite non-negative times; off, it counts nothing; on
@@ -358,6 +412,7 @@ static Suite *suite(void)
     tcase_add_test(tc, checkpoint_same_gradients);
     tcase_add_test(tc, checkpoint_reports_ready_gradients);
     tcase_add_test(tc, op_profile_counts_each_node);
+    tcase_add_test(tc, backward_reuses_gradient_blocks);
     suite_add_tcase(s, tc);
     return s;
 }

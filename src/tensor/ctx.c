@@ -11,11 +11,30 @@
 #include "ops/cuda/cuda.h"
 #endif
 
+/* Released gradient blocks are poisoned under AddressSanitizer, so a read
+ * of a gradient after its node has run is reported where it happens. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 #define ARENA_ALIGN 64
 #define ARENA_MIN_CHUNK ((size_t)1 << 20)
 /* Device arena allocations: 256 bytes, cudaMalloc's own alignment (and
  * enough for any vector load). */
 #define DEV_ALIGN 256
+
+/* A gradient block given back during backward: n floats at p, allocated at
+ * arena position pos (a rewind to before pos takes it away). */
+typedef struct free_grad {
+    float *p;
+    int64_t n;
+    size_t pos;
+} free_grad;
 
 typedef struct chunk {
     struct chunk *next;
@@ -48,6 +67,11 @@ struct dvl_ctx {
      * params_at, n_params); emptied by reset, capacity kept. */
     dvl_tensor **plist;
     int64_t plist_len, plist_cap;
+    /* Gradient blocks of activations whose nodes have run (dvl_backward),
+     * for reuse by the next gradient of the same size; emptied by reset
+     * and rewind, capacity kept. */
+    free_grad *gfree;
+    int gfree_len, gfree_cap;
     /* CUDA contexts only: the device arena (same policy as chunks) and the
      * cuBLAS handle. */
     chunk *dchunks;
@@ -219,13 +243,41 @@ void dvl_ctx_free(dvl_ctx *ctx)
 #endif
     free(ctx->tape);
     free(ctx->plist);
+    for (int i = 0; i < ctx->gfree_len; i++)
+        if (ctx->device == DVL_CPU)
+            UNPOISON(ctx->gfree[i].p, (size_t)ctx->gfree[i].n * sizeof(float));
+    free(ctx->gfree);
     free(ctx);
+}
+
+/* The arena position of the next allocation of activation memory (host
+ * for a CPU context, device otherwise). */
+static size_t arena_pos(const dvl_ctx *ctx)
+{
+    return ctx->device == DVL_CPU ? ctx->used_total : ctx->dused_total;
+}
+
+/* Forget the released gradient blocks allocated at or after pos (all of
+ * them for 0): the arena is about to hand that memory out again. */
+static void drop_free_grads(dvl_ctx *ctx, size_t pos)
+{
+    int k = 0;
+    for (int i = 0; i < ctx->gfree_len; i++) {
+        free_grad f = ctx->gfree[i];
+        if (pos > 0 && f.pos < pos) {
+            ctx->gfree[k++] = f;
+        } else if (ctx->device == DVL_CPU) {
+            UNPOISON(f.p, (size_t)f.n * sizeof(float));
+        }
+    }
+    ctx->gfree_len = k;
 }
 
 void dvl_ctx_reset(dvl_ctx *ctx)
 {
     ctx->tape_len = 0;
     ctx->plist_len = 0;
+    drop_free_grads(ctx, 0);
     if (ctx->chunks->next || ctx->chunks->size < ctx->peak) {
         size_t total = 0;
         for (chunk *c = ctx->chunks; c; c = c->next)
@@ -393,6 +445,7 @@ static void rewind_chunks(chunk **head, void *mark_chunk, size_t used)
 
 void dvl_arena_rewind(dvl_ctx *ctx, dvl_arena_mark m)
 {
+    drop_free_grads(ctx, ctx->device == DVL_CPU ? m.total : m.dtotal);
     rewind_chunks(&ctx->chunks, m.chunk, m.used);
     ctx->used_total = m.total;
     rewind_chunks(&ctx->dchunks, m.dchunk, m.dused);
@@ -678,13 +731,70 @@ bool dvl_has_grad(const dvl_tensor *t)
     return b->grad != NULL;
 }
 
+/* A zeroed released gradient block of n floats, the latest given back,
+ * or NULL when there is none (or zeroing it failed: the error is in ctx,
+ * which stops backward). */
+static float *take_grad(dvl_ctx *ctx, int64_t n, size_t *pos)
+{
+    for (int i = ctx->gfree_len - 1; i >= 0; i--) {
+        free_grad f = ctx->gfree[i];
+        if (f.n != n)
+            continue;
+        memmove(ctx->gfree + i, ctx->gfree + i + 1, (size_t)(ctx->gfree_len - i - 1) * sizeof f);
+        ctx->gfree_len--;
+        const size_t bytes = (size_t)n * sizeof(float);
+        if (ctx->device == DVL_CPU) {
+            UNPOISON(f.p, bytes);
+            memset(f.p, 0, bytes);
+        } else {
+#ifdef DVL_HAVE_CUDA
+            dvl_err e = {0, ""};
+            if (dvl_cuda_memset_zero(f.p, bytes, &e) != DVL_OK) {
+                dvl_ctx_set_err(ctx, &e);
+                return NULL;
+            }
+#endif
+        }
+        *pos = f.pos;
+        return f.p;
+    }
+    return NULL;
+}
+
+/* After t's producing node has run its backward, give t's gradient block
+ * back (dvl_backward's comment says why that is safe). Views and
+ * parameters keep theirs; a full list just keeps the block. */
+static void release_grad(dvl_ctx *ctx, dvl_tensor *t)
+{
+    if (!t || t->base || t->is_param || !t->grad)
+        return;
+    if (ctx->gfree_len == ctx->gfree_cap) {
+        int cap = ctx->gfree_cap ? ctx->gfree_cap * 2 : 64;
+        free_grad *l = realloc(ctx->gfree, (size_t)cap * sizeof *l);
+        if (!l)
+            return;
+        ctx->mallocs++;
+        ctx->gfree = l;
+        ctx->gfree_cap = cap;
+    }
+    const int64_t n = dvl_numel(t);
+    ctx->gfree[ctx->gfree_len++] = (free_grad){t->grad, n, t->grad_pos};
+    if (ctx->device == DVL_CPU)
+        POISON(t->grad, (size_t)n * sizeof(float));
+    t->grad = NULL;
+}
+
 float *dvl_grad(dvl_ctx *ctx, dvl_tensor *t)
 {
     if (t->grad)
         return t->grad;
     dvl_tensor *b = t->base ? t->base : t;
     if (!b->grad) {
-        b->grad = dvl_calloc_dev(ctx, (size_t)dvl_numel(b) * sizeof(float));
+        b->grad = take_grad(ctx, dvl_numel(b), &b->grad_pos);
+        if (!b->grad) {
+            b->grad_pos = arena_pos(ctx);
+            b->grad = dvl_calloc_dev(ctx, (size_t)dvl_numel(b) * sizeof(float));
+        }
         if (!b->grad)
             return NULL;
     }
@@ -796,7 +906,9 @@ static int run_nodes(dvl_ctx *ctx, int lo)
             const char *op = node->op;
             if (ctx->prof)
                 prof_lap(ctx); /* the work between nodes is no node's */
+            dvl_tensor *out = node->out;
             node->backward(ctx, node);
+            release_grad(ctx, out);
             if (ctx->prof) {
                 dvl_op_time *r = prof_row(ctx, op);
                 r->bwd_s += prof_lap(ctx);

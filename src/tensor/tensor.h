@@ -44,6 +44,7 @@ struct dvl_tensor {
     bool is_param;
     const char *name; /* for messages; may be NULL */
     uint64_t tape_mark; /* scratch for dvl_backward's parameter pass */
+    size_t grad_pos;    /* arena position of an activation's gradient block */
 };
 
 /* ---------------------------------------------------------------- shapes */
@@ -155,7 +156,14 @@ float *dvl_grad(dvl_ctx *ctx, dvl_tensor *t);
 /* Whether a gradient has been accumulated into t yet (no allocation). */
 bool dvl_has_grad(const dvl_tensor *t);
 /* Backpropagate from a scalar (1-element) tensor with seed gradient 1, then
- * clear the tape. Returns DVL_OK or an error code (message in ctx). */
+ * clear the tape. Once a node's backward has run, the gradient of its
+ * output is dead (the output's users ran before it); its block goes back
+ * to the context, which gives it to the next gradient of the same size:
+ * backward then holds the gradients of about one layer at a time, not of
+ * all activations. After backward, leaves (tensors no node produced, and
+ * views of them) and parameters have their gradients; an activation some
+ * node produced has none, and a view of one has a dead pointer
+ * (AddressSanitizer builds poison the block). Returns DVL_OK or an error code (message in ctx). */
 int dvl_backward(dvl_ctx *ctx, dvl_tensor *loss);
 /* Backpropagate from any tensor with a given seed gradient (same number of
  * elements as out), then clear the tape: out's gradient is the vector in a
