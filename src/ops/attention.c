@@ -43,6 +43,9 @@ static void attention_backward(dvl_ctx *ctx, dvl_node *node)
         return;
     const int64_t N = q->shape[0], Tq = q->shape[1], Hq = q->shape[2], D = q->shape[3];
     const int64_t Tk = k->shape[1], Hkv = k->shape[2];
+    /* The scratch is given back when the work is done (CPU) or queued
+     * (CUDA: later users of the memory run after it on the same stream). */
+    const dvl_arena_mark mark = dvl_arena_get_mark(ctx);
     switch (q->device) {
     case DVL_CPU: {
         size_t floats = dvl_cpu_attention_bwd_scratch(N, Tq, Tk, Hq);
@@ -74,6 +77,7 @@ static void attention_backward(dvl_ctx *ctx, dvl_node *node)
     default:
         dvl_fail(ctx, "attention: device not supported");
     }
+    dvl_arena_rewind(ctx, mark);
 }
 
 /* Shapes and mask parameters: true when fine, else false with the error set. */

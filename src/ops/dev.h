@@ -35,8 +35,12 @@ static inline dvl_cuda_math dvl_dev_attention_math(dvl_ctx *ctx)
  * dW += dy^T x, db += colsum dy; each may be NULL) on the context's cuBLAS
  * handle, in the handle's math mode: f32 or TF32 products, or bf16 ones
  * whose operand copies and column-sum scratch come from the device arena.
- * False with the context's error set on failure. Shared by the linear op
- * and the LM-head product of linear_cross_entropy. */
+ * The scratch is given back once the products are queued (the arena is
+ * rewound behind it): the next allocation reuses it after them on the same
+ * stream, so a step holds one call's operand copies, not every layer's
+ * (at 7B a bf16 copy of the weights alone is 16 GB). False with the
+ * context's error set on failure. Shared by the linear op and the LM-head
+ * product of linear_cross_entropy. */
 static inline bool dvl_dev_linear_fwd(dvl_ctx *ctx, float *y, const float *x, const float *w,
                                       const float *b, int64_t rows, int64_t in, int64_t out)
 {
@@ -44,10 +48,12 @@ static inline bool dvl_dev_linear_fwd(dvl_ctx *ctx, float *y, const float *x, co
     dvl_err e = {0, ""};
     int rc;
     if (dvl_cublas_math(h) == DVL_MATH_BF16) {
+        const dvl_arena_mark mark = dvl_arena_get_mark(ctx);
         void *scratch = dvl_alloc_dev(ctx, dvl_cuda_linear_bf16_scratch(rows, in, out, false));
         if (!scratch)
             return false;
         rc = dvl_cuda_linear_fwd_bf16(h, y, x, w, b, scratch, rows, in, out, &e);
+        dvl_arena_rewind(ctx, mark);
     } else {
         rc = dvl_cuda_linear_fwd(h, y, x, w, b, rows, in, out, &e);
     }
@@ -63,22 +69,22 @@ static inline bool dvl_dev_linear_bwd(dvl_ctx *ctx, float *dx, float *dw, float 
                                       int64_t rows, int64_t in, int64_t out)
 {
     struct dvl_cublas *h = dvl_ctx_cublas(ctx);
+    const dvl_arena_mark mark = dvl_arena_get_mark(ctx);
     float *colsum = NULL;
-    if (db &&
-        !(colsum = dvl_alloc_dev(ctx, (size_t)dvl_cuda_colsum_scratch(rows, out) * sizeof(float))))
+    void *scratch = NULL;
+    const bool bf16 = dvl_cublas_math(h) == DVL_MATH_BF16;
+    if ((db && !(colsum = dvl_alloc_dev(ctx, (size_t)dvl_cuda_colsum_scratch(rows, out) *
+                                                 sizeof(float)))) ||
+        (bf16 && (dx || dw) &&
+         !(scratch = dvl_alloc_dev(ctx, dvl_cuda_linear_bf16_scratch(rows, in, out, true))))) {
+        dvl_arena_rewind(ctx, mark);
         return false;
-    dvl_err e = {0, ""};
-    int rc;
-    if (dvl_cublas_math(h) == DVL_MATH_BF16) {
-        void *scratch = NULL;
-        if ((dx || dw) &&
-            !(scratch = dvl_alloc_dev(ctx, dvl_cuda_linear_bf16_scratch(rows, in, out, true))))
-            return false;
-        rc = dvl_cuda_linear_bwd_bf16(h, dx, dw, db, colsum, scratch, dy, x, w, rows, in, out,
-                                      &e);
-    } else {
-        rc = dvl_cuda_linear_bwd(h, dx, dw, db, colsum, dy, x, w, rows, in, out, &e);
     }
+    dvl_err e = {0, ""};
+    const int rc = bf16 ? dvl_cuda_linear_bwd_bf16(h, dx, dw, db, colsum, scratch, dy, x, w, rows,
+                                                   in, out, &e)
+                        : dvl_cuda_linear_bwd(h, dx, dw, db, colsum, dy, x, w, rows, in, out, &e);
+    dvl_arena_rewind(ctx, mark);
     if (rc != DVL_OK) {
         dvl_ctx_set_err(ctx, &e);
         return false;

@@ -75,6 +75,8 @@ static void rmsnorm_backward(dvl_ctx *ctx, dvl_node *node)
         break;
 #ifdef DVL_HAVE_CUDA
     case DVL_CUDA: {
+        /* the weight's partial sums, given back once the kernels are queued */
+        const dvl_arena_mark mark = dvl_arena_get_mark(ctx);
         float *scratch =
             gw ? dvl_alloc_dev(ctx, (size_t)dvl_cuda_rmsnorm_bwd_scratch(dvl_rows(x), dvl_cols(x)) *
                                         sizeof(float))
@@ -84,6 +86,7 @@ static void rmsnorm_backward(dvl_ctx *ctx, dvl_node *node)
         dvl_cuda_rmsnorm_bwd(gx, gw, scratch, gy, dvl_f32(x), dvl_f32(w), node->p[0],
                              dvl_rows(x), dvl_cols(x));
         dvl_ctx_check(ctx, "rmsnorm backward");
+        dvl_arena_rewind(ctx, mark);
         break;
     }
 #endif
