@@ -1,6 +1,7 @@
 /* AdamW and gradient utilities against the torch.optim.AdamW formulas in
  * double precision; ZeRO-1's shard arithmetic and sharded step against the
  * whole step, bit for bit. */
+#include <float.h>
 #include <malloc.h>
 #include <math.h>
 #include <string.h>
@@ -77,8 +78,17 @@ START_TEST(grad_norm_scale_nonfinite)
     ck_assert(!dvl_grad_nonfinite(p));
     a->grad[9999] = NAN;
     ck_assert(dvl_grad_nonfinite(p));
+    ck_assert(!isfinite(dvl_grad_norm(p)));
     a->grad[9999] = INFINITY;
     ck_assert(dvl_grad_nonfinite(p));
+    ck_assert(!isfinite(dvl_grad_norm(p)));
+    /* The trainer skips a step on a non-finite norm alone: the double sum
+     * of squares stays finite while every element is, even all at the
+     * largest float. */
+    for (int j = 0; j < 10000; j++)
+        a->grad[j] = j % 2 ? FLT_MAX : -FLT_MAX;
+    ck_assert(!dvl_grad_nonfinite(p));
+    ck_assert(isfinite(dvl_grad_norm(p)));
     dvl_params_free(p);
 }
 END_TEST

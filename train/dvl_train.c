@@ -690,23 +690,25 @@ static int train(run *r, dvl_err *err)
         }
         double loss = sums[0], gnorm, lr = lr_at(c, r->step, r->total);
         bool bad;
+        /* The sum of squares is taken in double: a finite float squared is
+         * at most ~1.2e77 and no count of them overflows, so the norm is
+         * finite exactly when every gradient element is (a NaN or Inf in
+         * any shard makes the all-reduced sum NaN or Inf): no second pass
+         * looks for them. */
         if (r->zero1) {
             /* The global norm from the shards' sums of squares (each in
-             * double, fixed order), NaN/Inf from any shard: every rank gets
-             * the same sums, so every rank takes the same decision. */
+             * double, fixed order): every rank gets the same sum, so every
+             * rank takes the same decision. */
             double ss = dvl_grad_sumsq_range(p, lo, hi);
-            bool nonfinite = false;
-            if (dvl_dist_allreduce_f64(&r->d, &ss, 1, DVL_DIST_SUM, err) ||
-                dvl_dist_any(&r->d, dvl_grad_nonfinite_range(p, lo, hi), &nonfinite, err))
+            if (dvl_dist_allreduce_f64(&r->d, &ss, 1, DVL_DIST_SUM, err))
                 return err->code;
             gnorm = sqrt(ss);
-            bad = !isfinite(loss) || !isfinite(gnorm) || nonfinite;
         } else {
             /* Every rank holds the same averaged gradient and loss, so
              * every rank takes the same decision. */
             gnorm = dvl_grad_norm(p);
-            bad = !isfinite(loss) || !isfinite(gnorm) || dvl_grad_nonfinite(p);
         }
+        bad = !isfinite(loss) || !isfinite(gnorm);
         if (bad) {
             bad_run++;
             if (r->d.rank == 0)
