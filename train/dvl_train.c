@@ -534,6 +534,32 @@ static void progress(run *r, double loss, double lr, double tps, double elapsed,
     fflush(stdout);
 }
 
+/* After the first step, on rank 0: what a rank holds, for memory plans
+ * (the 7B recipe's headroom is a few GiB): the parameter store (weights
+ * and gradients), this rank's AdamW moments, the step arena's peak (one
+ * micro batch's activations, gradients and scratch) and, on a GPU, the
+ * device's own count. */
+static void memory_line(run *r)
+{
+    const dvl_params *p = r->tm.m.params;
+    const double mib = 1024.0 * 1024.0;
+    const double w = (double)p->numel * sizeof(float) / mib;
+    const double g = (double)p->numel_grad * sizeof(float) / mib;
+    const double m = (double)dvl_adamw_state_bytes(r->opt) / mib;
+    const double a = (double)dvl_arena_peak(r->ctx) / mib;
+    char dev[96] = "";
+#ifdef DVL_HAVE_CUDA
+    size_t free_b, total_b;
+    if (on_gpu(r) && dvl_cuda_mem_info(&free_b, &total_b, NULL) == DVL_OK)
+        snprintf(dev, sizeof dev, "; the GPU has %.0f of %.0f MiB in use",
+                 (double)(total_b - free_b) / mib, (double)total_b / mib);
+#endif
+    printf(PROG ": memory per rank: weights %.1f MiB, gradients %.1f MiB, AdamW moments %.1f MiB, "
+           "step arena peak %.1f MiB (total %.1f MiB)%s\n",
+           w, g, m, a, w + g + m + a, dev);
+    fflush(stdout);
+}
+
 /* Backward's gradient-ready hook during the last micro batch of a step:
  * the parameter's gradient is final, so its bucket may start reducing while
  * backward runs through the earlier layers. */
@@ -740,6 +766,8 @@ static int train(run *r, dvl_err *err)
             fflush(r->metrics);
             if ((r->step - first) % c->log_every == 0 || r->step == r->total)
                 progress(r, loss, lr, tokens_total / elapsed, elapsed, r->step == r->total);
+            if (r->step == first + 1)
+                memory_line(r);
         }
         if (r->d.world > 1 && c->check_every > 0 &&
             (r->step % c->check_every == 0 || r->step == r->total)) {

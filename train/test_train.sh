@@ -80,6 +80,22 @@ else
     bad "stage1_loss_falls: $(tail -2 s1.log)"
 fi
 if "$TRAIN" --config s2.json >s2.log 2>&1 && loss_falls s2 5; then ok stage2_loss_falls; else bad "stage2_loss_falls: $(tail -2 s2.log)"; fi
+# After step 1: the memory line, its weights = 4 bytes x the parameter count
+# of the start line, and an arena peak above zero.
+nparam=$(sed -n 's/.*(\([0-9]*\) parameters,.*/\1/p' s2.log | head -1)
+if line=$(grep -m1 "memory per rank: weights" s2.log) &&
+    python3 - "$line" "$nparam" <<'PY'
+import re, sys
+line, n = sys.argv[1], int(sys.argv[2])
+w = float(re.search(r"weights ([0-9.]+) MiB", line).group(1))
+a = float(re.search(r"step arena peak ([0-9.]+) MiB", line).group(1))
+sys.exit(0 if abs(w - 4 * n / 2**20) < 0.06 and a > 0 else 1)
+PY
+then
+    ok memory_line
+else
+    bad "memory_line: $(grep -m1 'memory per rank' s2.log) / $nparam parameters"
+fi
 # The export names the mask token and block size it was trained with (what
 # dvl-generate then uses by default); the AR export names neither.
 if py "
