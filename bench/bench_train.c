@@ -22,7 +22,7 @@
  * --profile adds one step with the context's op profile on (tensor.h:
  * dvl_ctx_profile) and prints the time per op, forward and backward.
  *
- *   dvl-bench train --device cuda [--seq L] [--steps S] [--tf32 | --bf16] [...]
+ *   dvl-bench train --device cuda [--seq L] [--steps S] [--tf32 | --bf16] [--ranks R] [...]
  * runs the same step on the GPU (default L 2048): parameters, gradients and
  * AdamW moments on the device, forward + backward + clip + AdamW there. It
  * reports tokens/s, the model FLOP rate
@@ -184,10 +184,18 @@ int bench_train(int argc, char **argv)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
                    "[--steps S] [--block B] [--vocab V] [--shape 0.5b|7b] [--profile] "
-                   "[--checkpoint] [--tf32 | --bf16 (cuda)]\n"
+                   "[--checkpoint] [--tf32 | --bf16 (cuda)] [--ranks R (cuda)]\n"
                    "  --profile: one more step with the op profile on: time per op\n"
-                   "  --checkpoint: recompute each layer in backward (activation checkpointing)\n");
+                   "  --checkpoint: recompute each layer in backward (activation checkpointing)\n"
+                   "  --ranks R: AdamW moments of one ZeRO-1 rank of R only (its memory)\n"
+                   "  --zero-init (cuda): leave the weights at zero (memory plans at full depth)\n");
             return 0;
+        }
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--tf32") == 0 || strcmp(argv[i], "--bf16") == 0 ||
+            strcmp(argv[i], "--ranks") == 0 || strcmp(argv[i], "--zero-init") == 0) {
+            fprintf(stderr, "dvl-bench train: %s needs --device cuda\n", argv[i]);
+            return 2;
         }
     int L = arg_int(argc, argv, "--seq", 512), N = arg_int(argc, argv, "--batch", 1);
     int layers = arg_int(argc, argv, "--layers", 24), steps = arg_int(argc, argv, "--steps", 3);
@@ -212,7 +220,13 @@ int bench_train(int argc, char **argv)
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         return 1;
     }
-    dvl_model_init_random(&m, 1);
+    /* --zero-init: the weights stay zero (memory plans of a full 7B depth
+     * without minutes of host-side random initialisation; the numbers are
+     * degenerate, so the step times are only indicative). */
+    if (!has_flag(argc, argv, "--zero-init"))
+        dvl_model_init_random(&m, 1);
+    else
+        printf("  --zero-init: weights left at zero (for memory; step times only indicative)\n");
     dvl_adamw *opt = dvl_adamw_new(m.params, 0.9f, 0.999f, 1e-8f, 0.0f, &err);
     dvl_diff_cfg dc;
     dvl_diff_cfg_qwen(&dc);
@@ -432,6 +446,7 @@ typedef struct cuda_run {
     double peak[3];
     bool profile;    /* --profile */
     bool checkpoint; /* --checkpoint */
+    int ranks;       /* --ranks: the optimizer holds rank 0's ZeRO-1 shard */
 } cuda_run;
 
 static bool is_oom(const dvl_err *e)
@@ -521,8 +536,19 @@ static int run_cuda(const cuda_run *r, int L)
             }
             goto done;
         }
-        if (k == 0)
+        if (k == 0) {
             print_arena(act, dvl_arena_peak(ctx), 2 * L * N, r->layers);
+            /* What one rank of a ZeRO-1 run holds, as the device counts it
+             * (the CUDA context and cuBLAS workspace included). */
+            size_t free_b, total_b;
+            if (dvl_cuda_mem_info(&free_b, &total_b, &err) == DVL_OK)
+                printf("  device memory after the warm-up's backward: %.2f of %.2f GiB in use "
+                       "(weights + grads %.2f GiB, AdamW moments %.2f GiB%s)\n",
+                       (double)(total_b - free_b) / 1073741824.0, total_b / 1073741824.0,
+                       (double)(r->pd->numel + r->pd->numel_grad) * 4 / 1073741824.0,
+                       (double)dvl_adamw_state_bytes(r->opt) / 1073741824.0,
+                       r->ranks > 1 ? ", rank 0's ZeRO-1 shard" : "");
+        }
         tp[2] = bench_now();
         double gn = dvl_grad_norm(r->pd);
         if (!isfinite(gn)) {
@@ -612,9 +638,15 @@ static int train_cuda(int argc, char **argv)
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         return 1;
     }
+    const int ranks = arg_int(argc, argv, "--ranks", 1);
+    if (ranks < 1) {
+        fprintf(stderr, "dvl-bench train: --ranks must be >= 1\n");
+        return 2;
+    }
     cuda_run r = {.N = N, .layers = layers, .steps = steps, .B = B, .V = V,
                   .profile = has_flag(argc, argv, "--profile"),
                   .checkpoint = has_flag(argc, argv, "--checkpoint"),
+                  .ranks = ranks,
                   .math = bf16 ? DVL_MATH_BF16 : tf32 ? DVL_MATH_TF32 : DVL_MATH_F32};
     if (gemm_peaks(r.peak, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
@@ -639,7 +671,12 @@ static int train_cuda(int argc, char **argv)
     }
     dvl_model_init_random(&m, 1);
     dvl_params *pd = dvl_params_to_device(m.params, DVL_CUDA, &err);
-    dvl_adamw *opt = pd ? dvl_adamw_new(pd, 0.9f, 0.999f, 1e-8f, 0.0f, &err) : NULL;
+    /* --ranks R: the moments of rank 0's shard only, as a ZeRO-1 rank holds
+     * (its step updates that shard; the timing leaves out the collectives). */
+    int64_t lo = 0, hi = pd ? pd->numel_grad : 0;
+    if (pd && ranks > 1)
+        dvl_adamw_shard(pd->numel_grad, ranks, 0, &lo, &hi);
+    dvl_adamw *opt = pd ? dvl_adamw_new_shard(pd, lo, hi, 0.9f, 0.999f, 1e-8f, 0.0f, &err) : NULL;
     if (!opt) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         dvl_params_free(pd);
