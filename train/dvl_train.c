@@ -534,6 +534,17 @@ static void progress(run *r, double loss, double lr, double tps, double elapsed,
     fflush(stdout);
 }
 
+/* bytes as "12.34 MiB" (under a GiB) or "12.34 GiB" into buf. */
+static const char *size_str(char *buf, size_t n, double bytes)
+{
+    const double mib = 1024.0 * 1024.0;
+    if (bytes < 1024.0 * mib)
+        snprintf(buf, n, "%.2f MiB", bytes / mib);
+    else
+        snprintf(buf, n, "%.2f GiB", bytes / (1024.0 * mib));
+    return buf;
+}
+
 /* After the first step, on rank 0: what a rank holds, for memory plans
  * (the 7B recipe's headroom is a few GiB): the parameter store (weights
  * and gradients), this rank's AdamW moments, the step arena's peak (one
@@ -542,21 +553,21 @@ static void progress(run *r, double loss, double lr, double tps, double elapsed,
 static void memory_line(run *r)
 {
     const dvl_params *p = r->tm.m.params;
-    const double mib = 1024.0 * 1024.0;
-    const double w = (double)p->numel * sizeof(float) / mib;
-    const double g = (double)p->numel_grad * sizeof(float) / mib;
-    const double m = (double)dvl_adamw_state_bytes(r->opt) / mib;
-    const double a = (double)dvl_arena_peak(r->ctx) / mib;
-    char dev[96] = "";
+    const double w = (double)p->numel * sizeof(float), g = (double)p->numel_grad * sizeof(float);
+    const double m = (double)dvl_adamw_state_bytes(r->opt), a = (double)dvl_arena_peak(r->ctx);
+    char sw[32], sg[32], sm[32], sa[32], st[32], dev[128] = "";
 #ifdef DVL_HAVE_CUDA
     size_t free_b, total_b;
+    char su[32], sd[32];
     if (on_gpu(r) && dvl_cuda_mem_info(&free_b, &total_b, NULL) == DVL_OK)
-        snprintf(dev, sizeof dev, "; the GPU has %.0f of %.0f MiB in use",
-                 (double)(total_b - free_b) / mib, (double)total_b / mib);
+        snprintf(dev, sizeof dev, "; the GPU has %s of %s in use",
+                 size_str(su, sizeof su, (double)(total_b - free_b)),
+                 size_str(sd, sizeof sd, (double)total_b));
 #endif
-    printf(PROG ": memory per rank: weights %.1f MiB, gradients %.1f MiB, AdamW moments %.1f MiB, "
-           "step arena peak %.1f MiB (total %.1f MiB)%s\n",
-           w, g, m, a, w + g + m + a, dev);
+    printf(PROG ": memory per rank: weights %s, gradients %s, AdamW moments %s, step arena peak "
+           "%s (total %s)%s\n",
+           size_str(sw, sizeof sw, w), size_str(sg, sizeof sg, g), size_str(sm, sizeof sm, m),
+           size_str(sa, sizeof sa, a), size_str(st, sizeof st, w + g + m + a), dev);
     fflush(stdout);
 }
 

@@ -89,7 +89,7 @@ import re, sys
 line, n = sys.argv[1], int(sys.argv[2])
 w = float(re.search(r"weights ([0-9.]+) MiB", line).group(1))
 a = float(re.search(r"step arena peak ([0-9.]+) MiB", line).group(1))
-sys.exit(0 if abs(w - 4 * n / 2**20) < 0.06 and a > 0 else 1)
+sys.exit(0 if abs(w - 4 * n / 2**20) < 0.006 and a > 0 else 1)
 PY
 then
     ok memory_line
