@@ -868,8 +868,9 @@ int dvl_tape_drop_from(dvl_ctx *ctx, int lo, int64_t *params_at, int *n_params)
             cap *= 2;
         dvl_tensor **l = realloc(ctx->plist, (size_t)cap * sizeof *l);
         if (!l) {
-            dvl_fail(ctx, "out of memory growing the tape's parameter lists");
-            return ctx->err.code;
+            if (ctx->err.code == DVL_OK)
+                dvl_errf(&ctx->err, DVL_ENOMEM, "out of memory growing the tape's parameter lists");
+            return DVL_ENOMEM;
         }
         ctx->mallocs++;
         ctx->plist = l;
