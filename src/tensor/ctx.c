@@ -72,6 +72,7 @@ struct dvl_ctx {
      * and rewind, capacity kept. */
     free_grad *gfree;
     int gfree_len, gfree_cap;
+    bool keep_grads; /* dvl_set_keep_grads: release nothing */
     /* CUDA contexts only: the device arena (same policy as chunks) and the
      * cuBLAS handle. */
     chunk *dchunks;
@@ -337,6 +338,13 @@ bool dvl_set_grad_enabled(dvl_ctx *ctx, bool on)
 }
 
 bool dvl_grad_enabled(const dvl_ctx *ctx) { return ctx->grad_enabled; }
+
+bool dvl_set_keep_grads(dvl_ctx *ctx, bool on)
+{
+    bool prev = ctx->keep_grads;
+    ctx->keep_grads = on;
+    return prev;
+}
 
 bool dvl_ctx_ok(const dvl_ctx *ctx) { return ctx->err.code == DVL_OK; }
 
@@ -766,7 +774,7 @@ static float *take_grad(dvl_ctx *ctx, int64_t n, size_t *pos)
  * parameters keep theirs; a full list just keeps the block. */
 static void release_grad(dvl_ctx *ctx, dvl_tensor *t)
 {
-    if (!t || t->base || t->is_param || !t->grad)
+    if (ctx->keep_grads || !t || t->base || t->is_param || !t->grad)
         return;
     if (ctx->gfree_len == ctx->gfree_cap) {
         int cap = ctx->gfree_cap ? ctx->gfree_cap * 2 : 64;

@@ -94,6 +94,11 @@ dvl_device dvl_ctx_device(const dvl_ctx *ctx);
  * Returns the previous setting so callers can restore it. */
 bool dvl_set_grad_enabled(dvl_ctx *ctx, bool on);
 bool dvl_grad_enabled(const dvl_ctx *ctx);
+/* Keep every activation's gradient after backward (off by default:
+ * backward gives them back as it goes, see dvl_backward), for reading the
+ * gradient of an intermediate tensor (debugging, saliency) at the cost of
+ * the memory. Returns the previous setting. */
+bool dvl_set_keep_grads(dvl_ctx *ctx, bool on);
 
 /* Error state: the first failure wins until dvl_ctx_clear_error. */
 bool dvl_ctx_ok(const dvl_ctx *ctx);
@@ -163,7 +168,7 @@ bool dvl_has_grad(const dvl_tensor *t);
  * all activations. After backward, leaves (tensors no node produced, and
  * views of them) and parameters have their gradients; an activation some
  * node produced has none, and a view of one has a dead pointer
- * (AddressSanitizer builds poison the block). Returns DVL_OK or an error code (message in ctx). */
+ * (AddressSanitizer builds poison the block), unless dvl_set_keep_grads. Returns DVL_OK or an error code (message in ctx). */
 int dvl_backward(dvl_ctx *ctx, dvl_tensor *loss);
 /* Backpropagate from any tensor with a given seed gradient (same number of
  * elements as out), then clear the tape: out's gradient is the vector in a
