@@ -130,12 +130,17 @@ static void print_shape(const char *name, const dvl_lm_config *c, int64_t params
 }
 
 /* The step's arena (host + device): what the forward pass and loss keep for
- * backward, and the most held at once during the step (activation gradients
- * join them in backward; with --checkpoint, one recomputed layer at a time).
+ * backward, and the most held at once during the step (in backward about a
+ * layer's activation gradients join them; with --checkpoint, one recomputed
+ * layer at a time).
  * The per-position-per-layer figure divides everything by layers, so it is
  * an upper bound on one layer's share: run two --layers values and take the
  * difference for the exact figure, which scales memory plans to other depths
  * and lengths. */
+/* torch clip_grad_norm_(max_norm 1)'s factor for a gradient norm gn, as
+ * AdamW's gscale. */
+static float clip_at_1(double gn) { return gn > 1.0 ? (float)(1.0 / (gn + 1e-6)) : 1.0f; }
+
 static void print_arena(size_t fwd, size_t peak, int positions, int layers)
 {
     printf("  step arena: %.1f MiB after forward + loss, peak %.1f MiB; "
@@ -306,7 +311,7 @@ int bench_train(int argc, char **argv)
         if (k == 0)
             print_arena(act, dvl_arena_peak(ctx), 2 * L * N, layers);
         double gn = dvl_grad_norm(m.params);
-        dvl_adamw_step(opt, 1e-5f, gn > 1.0 ? (float)(1.0 / (gn + 1e-6)) : 1.0f); /* clip at 1 */
+        dvl_adamw_step(opt, 1e-5f, clip_at_1(gn));
         double t = bench_now() - t0;
         if (k > steps)
             break;
@@ -556,7 +561,7 @@ static int run_cuda(const cuda_run *r, int L)
                     gn);
             goto done;
         }
-        dvl_adamw_step(r->opt, 1e-5f, gn > 1.0 ? (float)(1.0 / (gn + 1e-6)) : 1.0f); /* clip at 1 */
+        dvl_adamw_step(r->opt, 1e-5f, clip_at_1(gn));
         float l = NAN;
         if (dvl_cuda_sync("train step", &err) || dvl_tensor_to_host(ctx, loss, &l)) {
             fprintf(stderr, "dvl-bench train: %s\n",

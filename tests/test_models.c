@@ -131,34 +131,57 @@ static void open_model(const ref *r, dvl_model *m, bool trainable)
 
 /* -------------------------------------------------------- decoder LMs */
 
+/* One LM fixture opened: its reference file, the model (trainable), the
+ * token ids [B, n / B], labels and position ids. */
+typedef struct lm_fixture {
+    ref r;
+    dvl_model m;
+    int64_t n, B;
+    int32_t *ids, *labels, *pos;
+} lm_fixture;
+
+static void lm_fixture_open(lm_fixture *f, const char *name)
+{
+    ref_open(&f->r, name);
+    open_model(&f->r, &f->m, true);
+    f->ids = ref_i32(&f->r, "input_ids", &f->n, &f->B);
+    f->labels = ref_i32(&f->r, "labels", NULL, NULL);
+    f->pos = ref_i32(&f->r, "position_ids", NULL, NULL);
+}
+
+static void lm_fixture_close(lm_fixture *f)
+{
+    free(f->ids), free(f->labels), free(f->pos);
+    dvl_model_free(&f->m);
+    ref_close(&f->r);
+}
+
 /* Logits, unshifted loss and gradients of one LM fixture; with shift, the
  * loss against loss_shifted instead (no gradient reference for it). */
 static void check_lm(const char *name, bool shift)
 {
-    ref r;
-    ref_open(&r, name);
-    dvl_model m;
-    open_model(&r, &m, true);
-    int64_t n, B;
-    int32_t *ids = ref_i32(&r, "input_ids", &n, &B);
-    int32_t *labels = ref_i32(&r, "labels", NULL, NULL);
-    int32_t *pos = ref_i32(&r, "position_ids", NULL, NULL);
+    lm_fixture f;
+    lm_fixture_open(&f, name);
+    ref *r = &f.r;
+    dvl_model *m = &f.m;
+    const int64_t n = f.n, B = f.B;
+    const int32_t *ids = f.ids, *labels = f.labels, *pos = f.pos;
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     dvl_lm_input in = {.batch = B, .seq = n / B, .ids = ids, .pos = pos};
-    dvl_tensor *h = dvl_lm_forward(ctx, &m.lm, &in);
-    dvl_tensor *logits = dvl_lm_logits(ctx, &m.lm, h);
-    dvl_tensor *loss = dvl_lm_loss(ctx, &m.lm, h, B, n / B, labels, NULL, shift);
+    dvl_tensor *h = dvl_lm_forward(ctx, &m->lm, &in);
+    dvl_tensor *logits = dvl_lm_logits(ctx, &m->lm, h);
+    dvl_tensor *loss = dvl_lm_loss(ctx, &m->lm, h, B, n / B, labels, NULL, shift);
     ck_assert_msg(loss != NULL, "%s", dvl_ctx_err(ctx)->msg);
-    double e_logits = cmp_abs(&r, "logits", dvl_f32(logits), dvl_numel(logits));
+    double e_logits = cmp_abs(r, "logits", dvl_f32(logits), dvl_numel(logits));
     ck_assert_msg(e_logits <= TOL_LOGITS, "%s logits off by %.3g", name, e_logits);
-    double want = ref_scalar(&r, shift ? "loss_shifted" : "loss");
+    double want = ref_scalar(r, shift ? "loss_shifted" : "loss");
     double e_loss = fabs(dvl_f32(loss)[0] - want) / fabs(want);
     ck_assert_msg(e_loss <= TOL_LOSS, "%s loss %.9g, want %.9g (rel %.3g)", name,
                   (double)dvl_f32(loss)[0], want, e_loss);
     if (!shift) {
         ck_assert_int_eq(dvl_backward(ctx, loss), 0);
         int count;
-        double e_grad = cmp_grads(&r, m.params, &count);
+        double e_grad = cmp_grads(r, m->params, &count);
         ck_assert_int_ge(count, 5);
         printf("%-13s logits %.2e  loss %.2e  grads %.2e (%d tensors)\n", name, e_logits, e_loss,
                e_grad, count);
@@ -166,11 +189,7 @@ static void check_lm(const char *name, bool shift)
         printf("%-13s loss_shifted %.2e\n", name, e_loss);
     }
     dvl_ctx_free(ctx);
-    free(ids);
-    free(labels);
-    free(pos);
-    dvl_model_free(&m);
-    ref_close(&r);
+    lm_fixture_close(&f);
 }
 
 START_TEST(qwen2_tied) { check_lm("qwen2_tied", false); }
@@ -182,15 +201,13 @@ END_TEST
  * step. Each fixture twice per mode: the second step of each is compared. */
 static void check_lm_checkpoint(const char *name)
 {
-    ref r;
-    ref_open(&r, name);
-    dvl_model m;
-    open_model(&r, &m, true);
-    int64_t n, B;
-    int32_t *ids = ref_i32(&r, "input_ids", &n, &B);
-    int32_t *labels = ref_i32(&r, "labels", NULL, NULL);
-    int32_t *pos = ref_i32(&r, "position_ids", NULL, NULL);
-    const int64_t ng = m.params->numel_grad;
+    lm_fixture f;
+    lm_fixture_open(&f, name);
+    ref *r = &f.r;
+    dvl_model *m = &f.m;
+    const int64_t n = f.n, B = f.B;
+    const int32_t *ids = f.ids, *labels = f.labels, *pos = f.pos;
+    const int64_t ng = m->params->numel_grad;
     float *grads[2] = {malloc((size_t)ng * sizeof(float)), malloc((size_t)ng * sizeof(float))};
     float losses[2];
     size_t peak[2];
@@ -200,27 +217,27 @@ static void check_lm_checkpoint(const char *name)
         int64_t mallocs = 0;
         for (int step = 0; step < 3; step++) {
             dvl_ctx_reset(ctx);
-            dvl_params_zero_grad(m.params);
+            dvl_params_zero_grad(m->params);
             if (step == 2)
                 mallocs = dvl_arena_mallocs(ctx);
             dvl_lm_input in = {.batch = B, .seq = n / B, .ids = ids, .pos = pos,
                                .checkpoint = ck == 1};
-            dvl_tensor *h = dvl_lm_forward(ctx, &m.lm, &in);
-            dvl_tensor *loss = dvl_lm_loss(ctx, &m.lm, h, B, n / B, labels, NULL, false);
+            dvl_tensor *h = dvl_lm_forward(ctx, &m->lm, &in);
+            dvl_tensor *loss = dvl_lm_loss(ctx, &m->lm, h, B, n / B, labels, NULL, false);
             ck_assert_msg(loss != NULL, "%s", dvl_ctx_err(ctx)->msg);
             /* one tape node per layer instead of the layer's ops */
             if (ck)
-                ck_assert_int_lt(dvl_tape_len(ctx), 6 + m.lm.cfg.layers);
+                ck_assert_int_lt(dvl_tape_len(ctx), 6 + m->lm.cfg.layers);
             losses[ck] = dvl_f32(loss)[0];
             ck_assert_msg(dvl_backward(ctx, loss) == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
             peak[ck] = dvl_arena_peak(ctx);
         }
         ck_assert_msg(dvl_arena_mallocs(ctx) == mallocs, "%s%s: a repeated step allocated",
                       name, ck ? " (checkpointed)" : "");
-        memcpy(grads[ck], m.params->grad, (size_t)ng * sizeof(float));
+        memcpy(grads[ck], m->params->grad, (size_t)ng * sizeof(float));
         if (ck) {
             int count;
-            double e = cmp_grads(&r, m.params, &count);
+            double e = cmp_grads(r, m->params, &count);
             printf("%-13s checkpointed: grads vs transformers %.2e; arena peak %zu -> %zu bytes\n",
                    name, e, peak[0], peak[1]);
         }
@@ -233,9 +250,7 @@ static void check_lm_checkpoint(const char *name)
     ck_assert_msg(peak[1] < peak[0], "%s: arena peak %zu with checkpointing, %zu without", name,
                   peak[1], peak[0]);
     free(grads[0]), free(grads[1]);
-    free(ids), free(labels), free(pos);
-    dvl_model_free(&m);
-    ref_close(&r);
+    lm_fixture_close(&f);
 }
 
 START_TEST(lm_checkpoint_same_gradients)

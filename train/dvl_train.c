@@ -726,7 +726,6 @@ static int train(run *r, dvl_err *err)
                 return dvl_errf(err, DVL_EDEVICE, "%s", dvl_ctx_err(r->ctx)->msg);
         }
         double loss = sums[0], gnorm, lr = lr_at(c, r->step, r->total);
-        bool bad;
         /* The sum of squares is taken in double: a finite float squared is
          * at most ~1.2e77 and no count of them overflows, so the norm is
          * finite exactly when every gradient element is (a NaN or Inf in
@@ -745,7 +744,7 @@ static int train(run *r, dvl_err *err)
              * every rank takes the same decision. */
             gnorm = dvl_grad_norm(p);
         }
-        bad = !isfinite(loss) || !isfinite(gnorm);
+        const bool bad = !isfinite(loss) || !isfinite(gnorm);
         if (bad) {
             bad_run++;
             if (r->d.rank == 0)
