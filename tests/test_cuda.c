@@ -656,9 +656,9 @@ START_TEST(silu_swiglu_match_reference)
     float *d_y = dev_alloc((size_t)n * sizeof(float)), *d_sy = dev_alloc((size_t)n * sizeof(float));
     dvl_cuda_silu_fwd(d_y, d_g, n);
     dvl_cuda_silu_bwd(d_dx, d_dy, d_g, n);
-    dvl_cuda_swiglu_fwd(d_sy, d_g, d_u, n);
-    dvl_cuda_swiglu_bwd(d_dg, d_du, d_dy, d_g, d_u, n);
-    dvl_cuda_swiglu_bwd(NULL, d_du2, d_dy, d_g, d_u, n); /* gate frozen */
+    dvl_cuda_swiglu_fwd(d_sy, d_g, d_u, 1, n, n);
+    dvl_cuda_swiglu_bwd(d_dg, d_du, d_dy, d_g, d_u, 1, n, n);
+    dvl_cuda_swiglu_bwd(NULL, d_du2, d_dy, d_g, d_u, 1, n, n); /* gate frozen */
     dvl_err err = {0, ""};
     ck_assert_msg(dvl_cuda_check("silu/swiglu", &err) == DVL_OK, "%s", err.msg);
     float *y = download(d_y, n), *gx = download(d_dx, n), *sy = download(d_sy, n);
@@ -1023,6 +1023,31 @@ static dvl_tensor *r_linear(dvl_ctx *x, dvl_tensor **in, const op_case *c)
 {
     return dvl_linear(x, in[0], in[1], c->n_in > 2 ? in[2] : NULL);
 }
+/* linear_cat over three consecutive views of in[1] [out rows, in] (rows
+ * c->kind, then (out - kind) / 2 twice: q, k, v) with the same views of the
+ * bias in[2] when given. */
+static dvl_tensor *r_linear_cat(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    const int64_t out = in[1]->shape[0], cols = in[1]->shape[1], q = c->kind;
+    const int64_t rows[3] = {q, (out - q) / 2, (out - q) / 2};
+    dvl_tensor *w[3], *b[3];
+    for (int k = 0, at = 0; k < 3; at += (int)rows[k], k++) {
+        const int64_t ws[2] = {rows[k], cols}, bs[1] = {rows[k]};
+        w[k] = dvl_view(x, in[1], 2, ws, at * cols);
+        b[k] = c->n_in > 2 ? dvl_view(x, in[2], 1, bs, at) : NULL;
+    }
+    return dvl_linear_cat(x, in[0], 3, w, c->n_in > 2 ? b : NULL);
+}
+/* The middle columns, scaled (a gradient that is not all ones). */
+static dvl_tensor *r_slice_cols(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    return dvl_scale(x, dvl_slice_cols(x, in[0], 3, dvl_cols(in[0]) - 5), c->f);
+}
+static dvl_tensor *r_swiglu_cat(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    (void)c;
+    return dvl_swiglu_cat(x, in[0]);
+}
 static dvl_tensor *r_embedding(dvl_ctx *x, dvl_tensor **in, const op_case *c)
 {
     return dvl_embedding(x, in[0], c->idx, c->n_idx);
@@ -1137,6 +1162,14 @@ START_TEST(norm_linear_ops_match_cpu)
          .run = r_linear, .fwd_tol = 1e-4, .grad_tol = 1e-4},
         {.name = "linear, W frozen", .n_in = 2, .ndim = {2, 2}, .shape = {S2(5, 13), S2(9, 13)},
          .grad = {true, false}, .run = r_linear, .fwd_tol = 1e-4, .grad_tol = 1e-4},
+        {.name = "linear_cat q 8, k 4, v 4 + b", .n_in = 3, .ndim = {3, 2, 1},
+         .shape = {{2, 7, 13}, S2(16, 13), S1(16)}, .grad = {true, true, true},
+         .run = r_linear_cat, .kind = 8, .fwd_tol = 1e-4, .grad_tol = 1e-4},
+        {.name = "linear_cat [300,96], W frozen", .n_in = 2, .ndim = {2, 2},
+         .shape = {S2(300, 96), S2(160, 96)}, .grad = {true, false}, .run = r_linear_cat,
+         .kind = 128, .fwd_tol = 1e-4, .grad_tol = 1e-4},
+        {.name = "swiglu_cat [7,2x33]", .n_in = 1, .ndim = {2}, .shape = {S2(7, 66)},
+         .grad = {true}, .std = {3}, .run = r_swiglu_cat, .fwd_tol = 1e-5, .grad_tol = 1e-5},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         check_case(&cases[i]);
@@ -1169,6 +1202,8 @@ START_TEST(index_ops_match_cpu)
          .grad_tol = 0},
         {.name = "slice_rows 2..5 of [7,5]", .n_in = 1, .ndim = {2}, .shape = {S2(7, 5)},
          .grad = {true}, .run = r_slice, .f = 1.5f, .fwd_tol = 1e-5, .grad_tol = 1e-5},
+        {.name = "slice_cols 3..10 of [4,3,12]", .n_in = 1, .ndim = {3}, .shape = {{4, 3, 12}},
+         .grad = {true}, .run = r_slice_cols, .f = 1.5f, .fwd_tol = 0, .grad_tol = 0},
         {.name = "gather_rows [7,5] x 9", .n_in = 1, .ndim = {2}, .shape = {S2(7, 5)},
          .grad = {true}, .run = r_gather, .idx = gidx, .n_idx = 9, .fwd_tol = 0,
          .grad_tol = 1e-5},
@@ -1300,6 +1335,10 @@ START_TEST(bf16_ops_match_cpu)
         {.name = "bf16 linear [300,96]x[40,96]^T, W frozen", .n_in = 2, .ndim = {2, 2},
          .shape = {S2(300, 96), S2(40, 96)}, .grad = {true, false}, .run = r_linear,
          .math = DVL_MATH_BF16, .fwd_tol = 1e-2, .grad_tol = 1e-2},
+        {.name = "bf16 linear_cat q 64, k 32, v 32 + b", .n_in = 3, .ndim = {2, 2, 1},
+         .shape = {S2(300, 96), S2(128, 96), S1(128)}, .grad = {true, true, true},
+         .run = r_linear_cat, .kind = 64, .math = DVL_MATH_BF16, .fwd_tol = 1e-2,
+         .grad_tol = 1e-2},
         {.name = "bf16 linear_cross_entropy h[9,16] W[13,16]", .n_in = 2, .ndim = {2, 2},
          .shape = {S2(9, 16), S2(13, 16)}, .grad = {true, true}, .std = {1, 0.25f},
          .run = r_lxent, .idx = labels, .wts = wts, .math = DVL_MATH_BF16, .fwd_tol = 1e-2,

@@ -41,6 +41,64 @@ static dvl_tensor *f_overlap(dvl_ctx *c, dvl_params *p, void *u)
  * only f32 rounding of the outputs, so eps = 1e-2 and tol 1e-4 of the
  * gradient's scale. Smooth nonlinear ops (silu, gelu, swiglu): eps = 1e-2,
  * truncation ~eps^2 |f'''| / 6 ~ 1e-5, tol 2e-4. Shapes are odd on purpose. */
+/* swiglu on the halves of one tensor [3, 5, 2 x 7]. */
+static dvl_tensor *f_swiglu_cat(dvl_ctx *c, dvl_params *p, void *u)
+{
+    return dvl_swiglu_cat(c, tu_param(p, "gu"));
+}
+
+START_TEST(swiglu_cat_gradcheck)
+{
+    tu_pspec s[1] = {{"gu", 3, {3, 5, 14}, true}};
+    dvl_params *p = tu_make_params(s, 1, 15, 2.0f);
+    TU_GRADCHECK_NAMED("swiglu_cat", f_swiglu_cat, p, NULL, 1e-2f, 0, 2e-4);
+    dvl_params_free(p);
+}
+END_TEST
+
+/* The same floats as dvl_swiglu on the two halves copied out, forward and
+ * backward: one formula, only the indexing differs. */
+START_TEST(swiglu_cat_equals_swiglu_on_halves)
+{
+    const int64_t rows = 37, I = 29;
+    tu_pspec s[3] = {{"gu", 2, {rows, 2 * I}, true}, {"g", 2, {rows, I}, true},
+                     {"u", 2, {rows, I}, true}};
+    dvl_params *p = tu_make_params(s, 3, 16, 3.0f);
+    dvl_tensor *gu = p->t[0], *g = p->t[1], *u = p->t[2];
+    for (int64_t r = 0; r < rows; r++) {
+        memcpy(dvl_f32(g) + r * I, dvl_f32(gu) + r * 2 * I, (size_t)I * sizeof(float));
+        memcpy(dvl_f32(u) + r * I, dvl_f32(gu) + r * 2 * I + I, (size_t)I * sizeof(float));
+    }
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    float *seed = malloc((size_t)(rows * I) * sizeof *seed);
+    for (int64_t i = 0; i < rows * I; i++)
+        seed[i] = (float)((i * 7919) % 23) * 0.125f - 1.4f;
+    /* One backward at a time: a backward runs (and clears) the whole tape. */
+    dvl_tensor *y1 = dvl_swiglu_cat(ctx, gu);
+    ck_assert_ptr_nonnull(y1);
+    ck_assert_int_eq(dvl_backward_seed(ctx, y1, seed), 0);
+    dvl_tensor *y2 = dvl_swiglu(ctx, g, u);
+    ck_assert_ptr_nonnull(y2);
+    ck_assert_int_eq(dvl_backward_seed(ctx, y2, seed), 0);
+    ck_assert_int_eq(y1->shape[1], I);
+    ck_assert_mem_eq(y1->data, y2->data, (size_t)(rows * I) * sizeof(float));
+    for (int64_t r = 0; r < rows; r++) {
+        ck_assert_mem_eq(gu->grad + r * 2 * I, g->grad + r * I, (size_t)I * sizeof(float));
+        ck_assert_mem_eq(gu->grad + r * 2 * I + I, u->grad + r * I, (size_t)I * sizeof(float));
+    }
+    /* An odd last dimension has no halves. */
+    int64_t odd[2] = {2, 5};
+    dvl_tensor *o = dvl_new(ctx, DVL_F32, 2, odd);
+    o->name = "gate_up";
+    ck_assert_ptr_null(dvl_swiglu_cat(ctx, o));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "gate_up [2, 5] must have an even last"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    free(seed);
+    dvl_ctx_free(ctx);
+    dvl_params_free(p);
+}
+END_TEST
+
 START_TEST(gradcheck_binary)
 {
     tu_pspec s[2] = {{"a", 3, {3, 5, 7}, true}, {"b", 3, {3, 5, 7}, true}};
@@ -380,6 +438,8 @@ static Suite *suite(void)
     Suite *s = suite_create("elementwise");
     TCase *tc = tcase_create("elementwise");
     tcase_add_test(tc, gradcheck_binary);
+    tcase_add_test(tc, swiglu_cat_gradcheck);
+    tcase_add_test(tc, swiglu_cat_equals_swiglu_on_halves);
     tcase_add_test(tc, gradcheck_same_input_twice);
     tcase_add_test(tc, gradcheck_overlapping_views);
     tcase_add_test(tc, gradcheck_unary);

@@ -1,6 +1,8 @@
 /* dvl_linear: forward against a double-precision loop, backward against
  * finite differences (with and without bias, 3-D input, frozen weight, a
- * weight used twice), determinism of the bias gradient, error messages. */
+ * weight used twice), determinism of the bias gradient, error messages.
+ * dvl_linear_cat: finite differences, equal to one dvl_linear per
+ * projection, views, error messages. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -295,6 +297,209 @@ START_TEST(errors)
 }
 END_TEST
 
+/* ------------------------------------------------------------ linear_cat */
+
+/* A store x [rows, in], then W0..W{n-1} [outs[k], in], then b0..b{n-1}
+ * (bias) with the given trainability: consecutive when the sizes are
+ * multiples of 16 floats (the store's alignment). */
+static dvl_params *make_cat(int64_t rows, int64_t in, int n, const int64_t *outs, bool bias,
+                            bool w_train)
+{
+    static const char *wn[3] = {"W0", "W1", "W2"}, *bn[3] = {"b0", "b1", "b2"};
+    tu_pspec s[7] = {{"x", 2, {rows, in}, true}};
+    int k = 1;
+    for (int j = 0; j < n; j++)
+        s[k++] = (tu_pspec){wn[j], 2, {outs[j], in}, w_train};
+    for (int j = 0; bias && j < n; j++)
+        s[k++] = (tu_pspec){bn[j], 1, {outs[j]}, true};
+    return tu_make_params(s, k, 300, 1.0f);
+}
+
+typedef struct cat_case {
+    int n;
+    bool bias;
+} cat_case;
+
+static dvl_tensor *cat_fn(dvl_ctx *ctx, dvl_params *p, void *user)
+{
+    const cat_case *c = user;
+    dvl_tensor *w[3], *b[3];
+    for (int k = 0; k < c->n; k++) {
+        w[k] = p->t[1 + k];
+        b[k] = c->bias ? p->t[1 + c->n + k] : NULL;
+    }
+    return dvl_linear_cat(ctx, p->t[0], c->n, w, c->bias ? b : NULL);
+}
+
+/* The three projections of attention (q 32, k and v 16 outputs) with
+ * biases, and two without (gate and up): finite differences for x, every
+ * weight and bias. */
+START_TEST(cat_gradcheck)
+{
+    const int64_t outs[3] = {32, 16, 16};
+    dvl_params *p = make_cat(5, 16, 3, outs, true, true);
+    cat_case c = {3, true};
+    ck_assert(dvl_linear_cat_ok(3, p->t + 1, p->t + 4));
+    TU_GRADCHECK(cat_fn, p, &c, GC_EPS, 0, GC_TOL);
+    dvl_params_free(p);
+
+    const int64_t gu[2] = {48, 48};
+    p = make_cat(3, 32, 2, gu, false, true);
+    c = (cat_case){2, false};
+    TU_GRADCHECK(cat_fn, p, &c, GC_EPS, 0, GC_TOL);
+    dvl_params_free(p);
+}
+END_TEST
+
+/* Column block k of the output, and every gradient, equal what dvl_linear
+ * gives for projection k alone (the products only sum in another order):
+ * frozen weights too (stage 1), where only x gets a gradient. */
+static void check_cat_vs_separate(bool w_train)
+{
+    const int64_t rows = 7, in = 48, outs[3] = {64, 16, 16}, total = 96;
+    dvl_params *p = make_cat(rows, in, 3, outs, true, w_train);
+    dvl_params *q = make_cat(rows, in, 3, outs, true, w_train); /* same seeds: same values */
+    float *seed = malloc((size_t)(rows * total) * sizeof *seed);
+    dvl_rng r;
+    dvl_rng_seed(&r, 5);
+    dvl_rng_fill_normal(&r, seed, rows * total, 1.0f);
+
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *y = dvl_linear_cat(ctx, p->t[0], 3, p->t + 1, p->t + 4);
+    ck_assert_msg(y != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_int_eq(y->shape[0], rows);
+    ck_assert_int_eq(y->shape[1], total);
+    ck_assert_int_eq(dvl_backward_seed(ctx, y, seed), 0);
+
+    dvl_ctx *c2 = dvl_ctx_new(DVL_CPU);
+    float *seed_k = malloc((size_t)(rows * total) * sizeof *seed_k);
+    for (int k = 0, col = 0; k < 3; col += (int)outs[k], k++) {
+        dvl_tensor *yk = dvl_linear(c2, q->t[0], q->t[1 + k], q->t[4 + k]);
+        ck_assert_ptr_nonnull(yk);
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < outs[k]; j++) {
+                const float a = dvl_f32(y)[i * total + col + j], e = dvl_f32(yk)[i * outs[k] + j];
+                ck_assert_msg(fabsf(a - e) <= 1e-5f * (1 + fabsf(e)),
+                              "y[%lld, %lld] = %.9g, projection %d alone %.9g", (long long)i,
+                              (long long)(col + j), a, k, e);
+                seed_k[i * outs[k] + j] = seed[i * total + col + j];
+            }
+        ck_assert_int_eq(dvl_backward_seed(c2, yk, seed_k), 0);
+    }
+    ck_assert_int_eq(p->numel_grad, q->numel_grad);
+    ck_assert_int_eq(p->numel_grad, w_train ? (rows * in + total * in + total) : rows * in + total);
+    for (int64_t i = 0; i < p->numel_grad; i++)
+        ck_assert_msg(fabsf(p->grad[i] - q->grad[i]) <= 1e-4f * (1 + fabsf(q->grad[i])),
+                      "gradient element %lld: %.9g fused, %.9g separate", (long long)i,
+                      p->grad[i], q->grad[i]);
+    dvl_ctx_free(c2);
+    dvl_ctx_free(ctx);
+    free(seed_k);
+    free(seed);
+    dvl_params_free(q);
+    dvl_params_free(p);
+}
+
+START_TEST(cat_matches_separate)
+{
+    check_cat_vs_separate(true);
+    check_cat_vs_separate(false);
+}
+END_TEST
+
+/* Views of one tensor placed back to back are consecutive too (their
+ * gradients are views of its gradient). */
+START_TEST(cat_of_views)
+{
+    int64_t ws[2] = {48, 16}, w0[2] = {32, 16}, w1[2] = {16, 16};
+    tu_pspec s[2] = {{"x", 2, {3, 16}, true}, {"W", 2, {48, 16}, true}};
+    dvl_params *p = tu_make_params(s, 2, 9, 1.0f);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *w[2] = {dvl_view(ctx, p->t[1], 2, w0, 0), dvl_view(ctx, p->t[1], 2, w1, 512)};
+    dvl_tensor *y = dvl_linear_cat(ctx, p->t[0], 2, w, NULL);
+    ck_assert_msg(y != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx *c2 = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *y2 = dvl_linear(c2, p->t[0], p->t[1], NULL);
+    ck_assert_int_eq(dvl_numel(y), dvl_numel(y2));
+    ck_assert_int_eq(ws[0], y->shape[1]);
+    for (int64_t i = 0; i < dvl_numel(y); i++)
+        ck_assert_float_eq(dvl_f32(y)[i], dvl_f32(y2)[i]); /* one product either way */
+    /* Views of an activation (its gradient is only made in backward): dW
+     * of the whole tensor equals that of the one product. */
+    dvl_tensor *a = dvl_new2(ctx, 48, 16);
+    memcpy(a->data, p->t[1]->data, 48 * 16 * sizeof(float));
+    a->requires_grad = true;
+    dvl_tensor *av[2] = {dvl_view(ctx, a, 2, w0, 0), dvl_view(ctx, a, 2, w1, 512)};
+    ck_assert_ptr_null(av[0]->grad);
+    dvl_tensor *ya = dvl_linear_cat(ctx, p->t[0], 2, av, NULL);
+    ck_assert_msg(ya != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_int_eq(dvl_backward(ctx, dvl_sum(ctx, ya)), 0);
+    ck_assert_int_eq(dvl_backward(c2, dvl_sum(c2, y2)), 0);
+    ck_assert_ptr_nonnull(a->grad);
+    for (int64_t i = 0; i < 48 * 16; i++)
+        ck_assert_float_eq(a->grad[i], p->t[1]->grad[i]);
+    /* Out of order, the views are not consecutive. */
+    dvl_tensor *rev[2] = {w[1], w[0]};
+    ck_assert(!dvl_linear_cat_ok(2, rev, NULL));
+    ck_assert_ptr_null(dvl_linear_cat(ctx, p->t[0], 2, rev, NULL));
+    dvl_ctx_free(c2);
+    dvl_ctx_free(ctx);
+    dvl_params_free(p);
+}
+END_TEST
+
+START_TEST(cat_errors)
+{
+    /* W0 [16, 16], b0, W1: the weights are not consecutive. */
+    tu_pspec s[5] = {{"x", 2, {3, 16}, true},
+                     {"q_proj.weight", 2, {16, 16}, true},
+                     {"q_proj.bias", 1, {16}, true},
+                     {"k_proj.weight", 2, {16, 16}, true},
+                     {"v_proj.weight", 2, {16, 16}, false}};
+    dvl_params *p = tu_make_params(s, 5, 1, 1.0f);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *x = p->t[0], *qk[2] = {p->t[1], p->t[3]}, *kv[2] = {p->t[3], p->t[4]};
+
+    ck_assert(!dvl_linear_cat_ok(2, qk, NULL));
+    ck_assert_ptr_null(dvl_linear_cat(ctx, x, 2, qk, NULL));
+    ck_assert_msg(msg_has(ctx, "k_proj.weight does not directly follow q_proj.weight", NULL),
+                  "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+
+    /* Consecutive, but one trains and the other is frozen. */
+    ck_assert(!dvl_linear_cat_ok(2, kv, NULL));
+    ck_assert_ptr_null(dvl_linear_cat(ctx, x, 2, kv, NULL));
+    ck_assert_msg(msg_has(ctx, "v_proj.weight does not directly follow k_proj.weight",
+                          "one trains, the other is frozen"),
+                  "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+
+    ck_assert_ptr_null(dvl_linear_cat(ctx, x, 0, qk, NULL));
+    ck_assert_msg(msg_has(ctx, "0 weights", NULL), "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    dvl_tensor *four[4] = {p->t[1], p->t[1], p->t[1], p->t[1]};
+    ck_assert(!dvl_linear_cat_ok(4, four, NULL));
+    ck_assert_ptr_null(dvl_linear_cat(ctx, x, 4, four, NULL));
+    ck_assert_msg(msg_has(ctx, "4 weights", "1 to 3"), "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+
+    /* A weight that does not take x's features is named with its shape. */
+    dvl_tensor *h = dvl_new2(ctx, 3, 8);
+    h->name = "h";
+    ck_assert_ptr_null(dvl_linear_cat(ctx, h, 2, kv, NULL));
+    ck_assert_msg(msg_has(ctx, "h [3, 8]", "k_proj.weight [16, 16]"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+
+    /* A NULL weight: NULL, no message (set upstream). */
+    dvl_tensor *hole[2] = {p->t[3], NULL};
+    ck_assert_ptr_null(dvl_linear_cat(ctx, x, 2, hole, NULL));
+    ck_assert(dvl_ctx_ok(ctx));
+    dvl_ctx_free(ctx);
+    dvl_params_free(p);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("linear");
@@ -309,6 +514,10 @@ static Suite *suite(void)
     tcase_add_test(tc, bias_grad_deterministic);
     tcase_add_test(tc, backward_accumulates);
     tcase_add_test(tc, errors);
+    tcase_add_test(tc, cat_gradcheck);
+    tcase_add_test(tc, cat_matches_separate);
+    tcase_add_test(tc, cat_of_views);
+    tcase_add_test(tc, cat_errors);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,5 +1,5 @@
 /* Row ops (first dimension): concat_rows, slice_rows (a view), gather_rows,
- * scatter_rows against hand-made expectations, exact backward sums, finite
+ * scatter_rows, and slice_cols (last dimension, a copy) against hand-made expectations, exact backward sums, finite
  * differences, frozen inputs and error messages. */
 #include <stdlib.h>
 #include <string.h>
@@ -223,6 +223,80 @@ START_TEST(slice_gradcheck)
 }
 END_TEST
 
+/* ------------------------------------------------------------ slice_cols */
+
+START_TEST(slice_cols_forward_backward)
+{
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    int64_t s[3] = {2, 1, 4};
+    const float v[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    dvl_tensor *x = tensor(ctx, 3, s, v, "qkv");
+    x->requires_grad = true;
+    dvl_tensor *y = dvl_slice_cols(ctx, x, 1, 2);
+    ck_assert_ptr_nonnull(y);
+    ck_assert_int_eq(y->ndim, 3);
+    ck_assert_int_eq(y->shape[0], 2);
+    ck_assert_int_eq(y->shape[1], 1);
+    ck_assert_int_eq(y->shape[2], 2);
+    const float want[4] = {1, 2, 5, 6};
+    assert_floats(dvl_f32(y), want, 4);
+    ck_assert(y->data != x->data); /* a copy */
+    /* Two overlapping slices: both gradients add into x's columns. */
+    dvl_tensor *z = dvl_slice_cols(ctx, x, 2, 2);
+    dvl_tensor *sum = dvl_add(ctx, y, z);
+    const float seed[4] = {1, 10, 100, 1000};
+    ck_assert_int_eq(dvl_backward_seed(ctx, sum, seed), 0);
+    const float gx[8] = {0, 1, 11, 10, 0, 100, 1100, 1000};
+    assert_floats(x->grad, gx, 8);
+    /* Empty and whole slices. */
+    dvl_tensor *e = dvl_slice_cols(ctx, x, 4, 0), *w = dvl_slice_cols(ctx, x, 0, 4);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_int_eq(dvl_numel(e), 0);
+    assert_floats(dvl_f32(w), v, 8);
+    dvl_ctx_free(ctx);
+}
+END_TEST
+
+static dvl_tensor *slice_cols_fn(dvl_ctx *ctx, dvl_params *p, void *user)
+{
+    dvl_tensor *x = dvl_params_find(p, "x");
+    dvl_tensor *a = dvl_slice_cols(ctx, x, 0, 5), *b = dvl_slice_cols(ctx, x, 3, 5);
+    return dvl_linear(ctx, dvl_add(ctx, a, b), dvl_params_find(p, "W"), NULL);
+}
+
+START_TEST(slice_cols_gradcheck)
+{
+    tu_pspec s[2] = {{"x", 3, {3, 2, 9}, true}, {"W", 2, {4, 5}, true}};
+    dvl_params *p = tu_make_params(s, 2, 3, 1.0f);
+    TU_GRADCHECK(slice_cols_fn, p, NULL, GC_EPS, 0, GC_TOL);
+    dvl_params_free(p);
+}
+END_TEST
+
+START_TEST(slice_cols_errors)
+{
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    int64_t s[2] = {3, 6};
+    dvl_tensor *x = dvl_new(ctx, DVL_F32, 2, s);
+    x->name = "qkv";
+    ck_assert_ptr_null(dvl_slice_cols(ctx, x, 4, 3));
+    ck_assert_msg(strstr(msg(ctx), "columns [4, 4 + 3) outside the 6 columns of qkv [3, 6]"),
+                  "%s", msg(ctx));
+    dvl_ctx_clear_error(ctx);
+    ck_assert_ptr_null(dvl_slice_cols(ctx, x, -1, 2));
+    ck_assert_msg(strstr(msg(ctx), "qkv"), "%s", msg(ctx));
+    dvl_ctx_clear_error(ctx);
+    dvl_tensor *ids = dvl_new(ctx, DVL_I32, 2, s);
+    ids->name = "ids";
+    ck_assert_ptr_null(dvl_slice_cols(ctx, ids, 0, 2));
+    ck_assert_msg(strstr(msg(ctx), "ids [3, 6] must be an f32 tensor"), "%s", msg(ctx));
+    dvl_ctx_clear_error(ctx);
+    ck_assert_ptr_null(dvl_slice_cols(ctx, NULL, 0, 2));
+    ck_assert(dvl_ctx_ok(ctx));
+    dvl_ctx_free(ctx);
+}
+END_TEST
+
 /* ------------------------------------------------------------ gather_rows */
 
 START_TEST(gather_forward_backward)
@@ -411,6 +485,9 @@ static Suite *suite(void)
     tcase_add_test(tc, concat_errors);
     tcase_add_test(tc, slice_is_a_view);
     tcase_add_test(tc, slice_gradcheck);
+    tcase_add_test(tc, slice_cols_forward_backward);
+    tcase_add_test(tc, slice_cols_gradcheck);
+    tcase_add_test(tc, slice_cols_errors);
     tcase_add_test(tc, gather_forward_backward);
     tcase_add_test(tc, gather_gradcheck);
     tcase_add_test(tc, gather_errors);

@@ -66,15 +66,12 @@ static dvl_tensor *add(decl *d, const char *pre, const char *suf, int64_t a, int
     return t;
 }
 
-/* A projection PRE NAME.weight [out, in] and, with bias, PRE NAME.bias. */
-static void proj(decl *d, const char *pre, const char *name, int64_t out, int64_t in, bool bias,
-                 dvl_tensor **w, dvl_tensor **b)
+/* A projection's PRE NAME.weight [out, in] (b 0) or PRE NAME.bias [out]. */
+static dvl_tensor *proj(decl *d, const char *pre, const char *name, int64_t out, int64_t in)
 {
     char p[256];
     snprintf(p, sizeof p, "%s%s.", pre, name);
-    *w = add(d, p, "weight", out, in);
-    if (bias)
-        *b = add(d, p, "bias", out, 0);
+    return add(d, p, in ? "weight" : "bias", out, in);
 }
 
 int dvl_lm_declare(dvl_lm *m, const dvl_lm_config *cfg, dvl_params *p, dvl_err *err)
@@ -97,14 +94,22 @@ int dvl_lm_declare(dvl_lm *m, const dvl_lm_config *cfg, dvl_params *p, dvl_err *
         dvl_lm_layer *L = &m->layer[l];
         snprintf(pre, sizeof pre, nm->layer_fmt, l);
         L->attn_norm = add(&D, pre, nm->attn_norm, d, 0);
-        proj(&D, pre, nm->q, qd, d, cfg->qkv_bias, &L->wq, &L->bq);
-        proj(&D, pre, nm->k, kvd, d, cfg->qkv_bias, &L->wk, &L->bk);
-        proj(&D, pre, nm->v, kvd, d, cfg->qkv_bias, &L->wv, &L->bv);
-        proj(&D, pre, nm->o, d, qd, false, &L->wo, NULL);
+        /* The q, k, v weights one after the other, then their biases, and
+         * gate before up: consecutive in the store, so each group is one
+         * matrix product (dvl_linear_cat). */
+        L->wq = proj(&D, pre, nm->q, qd, d);
+        L->wk = proj(&D, pre, nm->k, kvd, d);
+        L->wv = proj(&D, pre, nm->v, kvd, d);
+        if (cfg->qkv_bias) {
+            L->bq = proj(&D, pre, nm->q, qd, 0);
+            L->bk = proj(&D, pre, nm->k, kvd, 0);
+            L->bv = proj(&D, pre, nm->v, kvd, 0);
+        }
+        L->wo = proj(&D, pre, nm->o, d, qd);
         L->mlp_norm = add(&D, pre, nm->mlp_norm, d, 0);
-        proj(&D, pre, nm->gate, I, d, false, &L->w_gate, NULL);
-        proj(&D, pre, nm->up, I, d, false, &L->w_up, NULL);
-        proj(&D, pre, nm->down, d, I, false, &L->w_down, NULL);
+        L->w_gate = proj(&D, pre, nm->gate, I, d);
+        L->w_up = proj(&D, pre, nm->up, I, d);
+        L->w_down = proj(&D, pre, nm->down, d, I);
     }
     m->norm = add(&D, nm->norm, "", d, 0);
     m->head = cfg->tied ? m->embed : add(&D, nm->head, "", V, d);
@@ -275,9 +280,25 @@ static dvl_tensor *attend(dvl_ctx *ctx, const dvl_lm *m, int l, dvl_tensor *h, i
     /* Qwen2: rotary after the bias (HF applies it to the projection
      * output); output feature h*D + j is head h, dim j, so a reshape is the
      * head split. */
-    dvl_tensor *q = dvl_reshape(ctx, dvl_linear(ctx, h, L->wq, L->bq), 4, sq);
-    dvl_tensor *k = dvl_reshape(ctx, dvl_linear(ctx, h, L->wk, L->bk), 4, skv);
-    dvl_tensor *v = dvl_reshape(ctx, dvl_linear(ctx, h, L->wv, L->bv), 4, skv);
+    dvl_tensor *q, *k, *v;
+    dvl_tensor *w[3] = {L->wq, L->wk, L->wv}, *b[3] = {L->bq, L->bk, L->bv};
+    dvl_tensor *const *bias = L->bq ? b : NULL;
+    if (dvl_linear_cat_ok(3, w, bias)) {
+        /* One product for the three (x read once, one dx product); the
+         * columns are [q | k | v]. */
+        const int64_t qd = sq[2] * sq[3], kvd = skv[2] * skv[3];
+        dvl_tensor *qkv = dvl_linear_cat(ctx, h, 3, w, bias);
+        q = dvl_slice_cols(ctx, qkv, 0, qd);
+        k = dvl_slice_cols(ctx, qkv, qd, kvd);
+        v = dvl_slice_cols(ctx, qkv, qd + kvd, kvd);
+    } else { /* a store laid out otherwise, or some of the three frozen */
+        q = dvl_linear(ctx, h, L->wq, L->bq);
+        k = dvl_linear(ctx, h, L->wk, L->bk);
+        v = dvl_linear(ctx, h, L->wv, L->bv);
+    }
+    q = dvl_reshape(ctx, q, 4, sq);
+    k = dvl_reshape(ctx, k, 4, skv);
+    v = dvl_reshape(ctx, v, 4, skv);
     q = dvl_rope(ctx, q, pos, c->rope_theta);
     k = dvl_rope(ctx, k, pos, c->rope_theta);
     if (in->cache) {
@@ -308,8 +329,12 @@ static dvl_tensor *layer_fwd(dvl_ctx *ctx, const void *user, dvl_tensor *x)
     dvl_tensor *h = dvl_rmsnorm(ctx, x, L->attn_norm, c->rms_eps);
     x = dvl_add(ctx, x, attend(ctx, a->m, a->l, h, a->N, a->T, a->pos, &a->mask, &a->in));
     h = dvl_rmsnorm(ctx, x, L->mlp_norm, c->rms_eps);
-    dvl_tensor *g = dvl_swiglu(ctx, dvl_linear(ctx, h, L->w_gate, NULL),
-                               dvl_linear(ctx, h, L->w_up, NULL));
+    dvl_tensor *gu[2] = {L->w_gate, L->w_up}, *g;
+    if (dvl_linear_cat_ok(2, gu, NULL))
+        g = dvl_swiglu_cat(ctx, dvl_linear_cat(ctx, h, 2, gu, NULL));
+    else
+        g = dvl_swiglu(ctx, dvl_linear(ctx, h, L->w_gate, NULL),
+                       dvl_linear(ctx, h, L->w_up, NULL));
     return dvl_add(ctx, x, dvl_linear(ctx, g, L->w_down, NULL));
 }
 

@@ -306,6 +306,46 @@ dvl_tensor *dvl_silu(dvl_ctx *ctx, dvl_tensor *x)
 }
 
 /* --------------------------------------------------------------- swiglu */
+/* Both forms run one kernel pair on [rows, cols] with gate and up rows ld
+ * floats apart: two tensors (rows 1, cols = ld = n) or the halves of one
+ * (ld = 2 cols). */
+
+static bool swiglu_fwd_dev(dvl_ctx *ctx, dvl_tensor *y, const float *gate, const float *up,
+                           int64_t rows, int64_t cols, int64_t ld)
+{
+    switch (y->device) {
+    case DVL_CPU:
+        dvl_cpu_swiglu_fwd(dvl_f32(y), gate, up, rows, cols, ld);
+        return true;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_swiglu_fwd(dvl_f32(y), gate, up, rows, cols, ld);
+        return dvl_ctx_check(ctx, "swiglu");
+#endif
+    default:
+        dvl_fail(ctx, "swiglu: device not supported");
+        return false;
+    }
+}
+
+static void swiglu_bwd_dev(dvl_ctx *ctx, dvl_device dev, float *gg, float *gu, const float *gy,
+                           const float *gate, const float *up, int64_t rows, int64_t cols,
+                           int64_t ld)
+{
+    switch (dev) {
+    case DVL_CPU:
+        dvl_cpu_swiglu_bwd(gg, gu, gy, gate, up, rows, cols, ld);
+        break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_swiglu_bwd(gg, gu, gy, gate, up, rows, cols, ld);
+        dvl_ctx_check(ctx, "swiglu backward");
+        break;
+#endif
+    default:
+        dvl_fail(ctx, "swiglu backward: device not supported");
+    }
+}
 
 static void swiglu_backward(dvl_ctx *ctx, dvl_node *node)
 {
@@ -316,28 +356,11 @@ static void swiglu_backward(dvl_ctx *ctx, dvl_node *node)
     float *gg = grad_of(ctx, node, 0, &ok), *gu = grad_of(ctx, node, 1, &ok);
     if (!ok)
         return;
-    switch (node->out->device) {
-    case DVL_CPU:
-        if (overlap_unequal(gg, gu, n)) {
-            dvl_cpu_swiglu_bwd(gg, NULL, gy, gate, up, n);
-            dvl_cpu_swiglu_bwd(NULL, gu, gy, gate, up, n);
-        } else {
-            dvl_cpu_swiglu_bwd(gg, gu, gy, gate, up, n);
-        }
-        break;
-#ifdef DVL_HAVE_CUDA
-    case DVL_CUDA:
-        if (overlap_unequal(gg, gu, n)) {
-            dvl_cuda_swiglu_bwd(gg, NULL, gy, gate, up, n);
-            dvl_cuda_swiglu_bwd(NULL, gu, gy, gate, up, n);
-        } else {
-            dvl_cuda_swiglu_bwd(gg, gu, gy, gate, up, n);
-        }
-        dvl_ctx_check(ctx, "swiglu backward");
-        break;
-#endif
-    default:
-        dvl_fail(ctx, "swiglu backward: device not supported");
+    if (overlap_unequal(gg, gu, n)) {
+        swiglu_bwd_dev(ctx, node->out->device, gg, NULL, gy, gate, up, 1, n, n);
+        swiglu_bwd_dev(ctx, node->out->device, NULL, gu, gy, gate, up, 1, n, n);
+    } else {
+        swiglu_bwd_dev(ctx, node->out->device, gg, gu, gy, gate, up, 1, n, n);
     }
 }
 
@@ -346,21 +369,43 @@ dvl_tensor *dvl_swiglu(dvl_ctx *ctx, dvl_tensor *gate, dvl_tensor *up)
     dvl_tensor *y = binary_out(ctx, "swiglu", "gate", gate, "up", up);
     if (!y)
         return NULL;
-    switch (gate->device) {
-    case DVL_CPU:
-        dvl_cpu_swiglu_fwd(dvl_f32(y), dvl_f32(gate), dvl_f32(up), dvl_numel(y));
-        break;
-#ifdef DVL_HAVE_CUDA
-    case DVL_CUDA:
-        dvl_cuda_swiglu_fwd(dvl_f32(y), dvl_f32(gate), dvl_f32(up), dvl_numel(y));
-        if (!dvl_ctx_check(ctx, "swiglu"))
-            return NULL;
-        break;
-#endif
-    default:
-        return dvl_fail(ctx, "swiglu: device not supported");
-    }
+    const int64_t n = dvl_numel(y);
+    if (!swiglu_fwd_dev(ctx, y, dvl_f32(gate), dvl_f32(up), 1, n, n))
+        return NULL;
     return record(ctx, "swiglu", swiglu_backward, y, gate, up) ? y : NULL;
+}
+
+static void swiglu_cat_backward(dvl_ctx *ctx, dvl_node *node)
+{
+    dvl_tensor *gu = node->in[0];
+    const int64_t rows = dvl_rows(node->out), cols = dvl_cols(node->out);
+    const float *gy = dvl_grad(ctx, node->out);
+    float *g = dvl_grad(ctx, gu);
+    if (!gy || !g)
+        return;
+    swiglu_bwd_dev(ctx, gu->device, g, g + cols, gy, dvl_f32(gu), dvl_f32(gu) + cols, rows, cols,
+                   2 * cols);
+}
+
+dvl_tensor *dvl_swiglu_cat(dvl_ctx *ctx, dvl_tensor *gate_up)
+{
+    if (!gate_up || !check_f32(ctx, "swiglu_cat", "gate_up", gate_up))
+        return NULL;
+    char s[64];
+    if (gate_up->ndim < 1 || dvl_cols(gate_up) % 2)
+        return dvl_fail(ctx, "swiglu_cat: gate_up %s %s must have an even last dimension",
+                        dvl_tname(gate_up), dvl_shape_str(gate_up, s, sizeof s));
+    const int64_t rows = dvl_rows(gate_up), cols = dvl_cols(gate_up) / 2;
+    int64_t shape[DVL_MAX_DIMS];
+    for (int k = 0; k < gate_up->ndim; k++)
+        shape[k] = gate_up->shape[k];
+    shape[gate_up->ndim - 1] = cols;
+    dvl_tensor *y = dvl_new(ctx, DVL_F32, gate_up->ndim, shape);
+    if (!y)
+        return NULL;
+    if (!swiglu_fwd_dev(ctx, y, dvl_f32(gate_up), dvl_f32(gate_up) + cols, rows, cols, 2 * cols))
+        return NULL;
+    return record(ctx, "swiglu_cat", swiglu_cat_backward, y, gate_up, NULL) ? y : NULL;
 }
 
 /* ----------------------------------------------------------------- gelu */

@@ -18,6 +18,20 @@
  * or NULL; y [..., out]. One cblas_sgemm each way, transposes, no copies. */
 dvl_tensor *dvl_linear(dvl_ctx *ctx, dvl_tensor *x, dvl_tensor *w, dvl_tensor *b);
 
+/* The n projections of one input side by side, as one product each way:
+ * y = x [W_0; ...; W_{n-1}]^T (+ [b_0; ...]), y [..., out_0 + ... ]. Equal
+ * to dvl_linear per projection up to the order of the sums (fewer, larger
+ * matrix products: x is read once, the dx products of the projections are
+ * one). The weights must lie one after the other in memory, as must the
+ * biases (b NULL: none; else all n) and, when they train, all their
+ * gradients: consecutive parameters of one store (tensor.h), all trainable
+ * or all frozen. Anything else is an error naming the pair that is not;
+ * dvl_linear_cat_ok says beforehand. 1 <= n <= DVL_LINEAR_CAT_MAX. */
+#define DVL_LINEAR_CAT_MAX 3
+dvl_tensor *dvl_linear_cat(dvl_ctx *ctx, dvl_tensor *x, int n, dvl_tensor *const *w,
+                           dvl_tensor *const *b);
+bool dvl_linear_cat_ok(int n, dvl_tensor *const *w, dvl_tensor *const *b);
+
 /* ------------------------------------------------------------- embedding */
 /* out[i] = W[ids[i]]; W [V, d], out [n, d]. Backward scatter-adds into W.
  * An id outside [0, V) is an error naming it. */
@@ -30,6 +44,10 @@ dvl_tensor *dvl_scale(dvl_ctx *ctx, dvl_tensor *a, float s);
 dvl_tensor *dvl_silu(dvl_ctx *ctx, dvl_tensor *x);
 /* silu(gate) * up, same shapes (the Qwen2/LLaMA MLP). */
 dvl_tensor *dvl_swiglu(dvl_ctx *ctx, dvl_tensor *gate, dvl_tensor *up);
+/* The same on the two halves of one tensor, gate_up [..., 2 I] = [gate | up]
+ * (the output of dvl_linear_cat over the gate and up projections):
+ * y [..., I]. Equal to dvl_swiglu on the halves, bit for bit. */
+dvl_tensor *dvl_swiglu_cat(dvl_ctx *ctx, dvl_tensor *gate_up);
 typedef enum dvl_gelu_kind { DVL_GELU_ERF = 0, DVL_GELU_TANH = 1 } dvl_gelu_kind;
 dvl_tensor *dvl_gelu(dvl_ctx *ctx, dvl_tensor *x, dvl_gelu_kind kind);
 /* Sum of all elements into a 1-element tensor (accumulated in double). */
@@ -58,6 +76,9 @@ dvl_tensor *dvl_rope(dvl_ctx *ctx, dvl_tensor *x, const int32_t *pos, float thet
 dvl_tensor *dvl_concat_rows(dvl_ctx *ctx, dvl_tensor *a, dvl_tensor *b);
 /* Rows [start, start+n) as a view (no copy, shares gradient). */
 dvl_tensor *dvl_slice_rows(dvl_ctx *ctx, dvl_tensor *x, int64_t start, int64_t n);
+/* Columns [start, start + n) of the last dimension, a copy: x [..., C] ->
+ * [..., n] (the query, key and value parts of a dvl_linear_cat output). */
+dvl_tensor *dvl_slice_cols(dvl_ctx *ctx, dvl_tensor *x, int64_t start, int64_t n);
 /* out[i] = x[idx[i]] for i < n (indices may repeat; backward adds). */
 dvl_tensor *dvl_gather_rows(dvl_ctx *ctx, dvl_tensor *x, const int32_t *idx, int64_t n);
 /* out = dst with out[idx[i]] = src[i] for i < src rows (indices distinct):

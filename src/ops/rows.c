@@ -140,6 +140,77 @@ dvl_tensor *dvl_slice_rows(dvl_ctx *ctx, dvl_tensor *x, int64_t start, int64_t n
     return dvl_view(ctx, x, x->ndim, shape, start * row_size(x));
 }
 
+/* ------------------------------------------------------------ slice_cols */
+/* Columns are not contiguous: the slice is a copy, its gradient added back
+ * into the columns it came from. */
+
+static void slice_cols_backward(dvl_ctx *ctx, dvl_node *node)
+{
+    dvl_tensor *x = node->in[0];
+    const int64_t rows = dvl_rows(x), cols = dvl_cols(x), start = node->i[0], n = node->i[1];
+    const float *gy = dvl_grad(ctx, node->out);
+    float *gx = dvl_grad(ctx, x);
+    if (!gy || !gx)
+        return;
+    switch (x->device) {
+    case DVL_CPU:
+        dvl_cpu_slice_cols_bwd(gx, gy, rows, cols, start, n);
+        break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_slice_cols_bwd(gx, gy, rows, cols, start, n);
+        dvl_ctx_check(ctx, "slice_cols backward");
+        break;
+#endif
+    default:
+        dvl_fail(ctx, "slice_cols: device not supported");
+    }
+}
+
+dvl_tensor *dvl_slice_cols(dvl_ctx *ctx, dvl_tensor *x, int64_t start, int64_t n)
+{
+    if (!x)
+        return NULL;
+    char s[64];
+    if (x->dtype != DVL_F32 || x->ndim < 1)
+        return dvl_fail(ctx, "slice_cols: %s %s must be an f32 tensor of at least one dimension",
+                        dvl_tname(x), dvl_shape_str(x, s, sizeof s));
+    const int64_t rows = dvl_rows(x), cols = dvl_cols(x);
+    if (start < 0 || n < 0 || n > cols - start)
+        return dvl_fail(ctx,
+                        "slice_cols: columns [%lld, %lld + %lld) outside the %lld columns of %s %s",
+                        (long long)start, (long long)start, (long long)n, (long long)cols,
+                        dvl_tname(x), dvl_shape_str(x, s, sizeof s));
+    int64_t shape[DVL_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = n;
+    dvl_tensor *y = dvl_new(ctx, DVL_F32, x->ndim, shape);
+    if (!y)
+        return NULL;
+    switch (x->device) {
+    case DVL_CPU:
+        dvl_cpu_slice_cols_fwd(dvl_f32(y), dvl_f32(x), rows, cols, start, n);
+        break;
+#ifdef DVL_HAVE_CUDA
+    case DVL_CUDA:
+        dvl_cuda_slice_cols_fwd(dvl_f32(y), dvl_f32(x), rows, cols, start, n);
+        if (!dvl_ctx_check(ctx, "slice_cols"))
+            return NULL;
+        break;
+#endif
+    default:
+        return dvl_fail(ctx, "slice_cols: device not supported");
+    }
+    if (dvl_needs_grad(ctx, &x, 1)) {
+        dvl_node *node = dvl_record(ctx, "slice_cols", slice_cols_backward, y, &x, 1);
+        if (!node)
+            return NULL;
+        node->i[0] = start;
+        node->i[1] = n;
+    }
+    return y;
+}
+
 /* ------------------------------------------------------------ gather_rows */
 
 /* Scatter-add of the output rows back to the rows they were read from, in

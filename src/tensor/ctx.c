@@ -709,6 +709,10 @@ dvl_node *dvl_record(dvl_ctx *ctx, const char *op, dvl_backward_fn backward, dvl
         r->fwd_s += prof_lap(ctx);
         r->fwd_n++;
     }
+    if (n_in < 0 || n_in > DVL_NODE_IN) {
+        dvl_fail(ctx, "tape: op %s records %d inputs, at most %d", op, n_in, DVL_NODE_IN);
+        return NULL;
+    }
     if (ctx->tape_len == ctx->tape_cap) {
         int cap = ctx->tape_cap ? ctx->tape_cap * 2 : 256;
         dvl_node *t = realloc(ctx->tape, (size_t)cap * sizeof *t);
@@ -727,7 +731,7 @@ dvl_node *dvl_record(dvl_ctx *ctx, const char *op, dvl_backward_fn backward, dvl
     node->backward = backward;
     node->out = out;
     node->n_in = n_in;
-    for (int i = 0; i < n_in && i < 4; i++)
+    for (int i = 0; i < n_in; i++)
         node->in[i] = in[i];
     out->requires_grad = true;
     return node;
@@ -824,12 +828,11 @@ typedef struct first_use {
 
 /* The k-th tensor through which node uses parameters, k < node_uses(node):
  * its inputs, then its parameter list. Views count as their base. */
-static int node_uses(const dvl_node *node) { return (node->n_in < 4 ? node->n_in : 4) + node->n_params; }
+static int node_uses(const dvl_node *node) { return node->n_in + node->n_params; }
 
 static dvl_tensor *node_use(const dvl_ctx *ctx, const dvl_node *node, int k)
 {
-    int n_in = node->n_in < 4 ? node->n_in : 4;
-    dvl_tensor *t = k < n_in ? node->in[k] : ctx->plist[node->params_at + k - n_in];
+    dvl_tensor *t = k < node->n_in ? node->in[k] : ctx->plist[node->params_at + k - node->n_in];
     return t && t->base ? t->base : t;
 }
 

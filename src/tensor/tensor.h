@@ -62,6 +62,10 @@ typedef struct dvl_node dvl_node;
 
 typedef void (*dvl_backward_fn)(dvl_ctx *ctx, dvl_node *node);
 
+/* Most tensor inputs one node records (dvl_linear_cat: x, three weights and
+ * their biases). */
+#define DVL_NODE_IN 8
+
 /* One recorded op. The backward function reads dvl_grad(ctx, node->out) and
  * accumulates into dvl_grad(ctx, node->in[k]) for inputs that require grad.
  * Saved state: small scalars in i[] and f[], anything larger (arrays copied
@@ -70,7 +74,7 @@ struct dvl_node {
     const char *op;
     dvl_backward_fn backward;
     dvl_tensor *out;
-    dvl_tensor *in[4];
+    dvl_tensor *in[DVL_NODE_IN];
     int n_in;
     int64_t i[8];
     float f[4];
@@ -153,7 +157,8 @@ dvl_tensor *dvl_reshape(dvl_ctx *ctx, dvl_tensor *t, int ndim, const int64_t *sh
 /* True when an op over these inputs must be recorded. NULL inputs ignored. */
 bool dvl_needs_grad(const dvl_ctx *ctx, dvl_tensor *const *in, int n);
 /* Push a node for `out` (marking it requires_grad) and return it so the op
- * can save what its backward needs. Returns NULL on out-of-memory. */
+ * can save what its backward needs. Returns NULL on out-of-memory or more
+ * than DVL_NODE_IN inputs (context error set). */
 dvl_node *dvl_record(dvl_ctx *ctx, const char *op, dvl_backward_fn backward, dvl_tensor *out,
                      dvl_tensor *const *in, int n_in);
 /* The gradient buffer of t, allocated zeroed on first use. */

@@ -89,22 +89,26 @@ void dvl_cpu_silu_bwd(float *gx, const float *gy, const float *x, int64_t n)
 /* silu(gate) is rounded to float before the product, as HF's Qwen2MLP
  * (act_fn(gate_proj(x)) * up_proj(x)) rounds it, so swiglu(g, u) equals
  * mul(silu(g), u) bit for bit. */
-void dvl_cpu_swiglu_fwd(float *y, const float *gate, const float *up, int64_t n)
+void dvl_cpu_swiglu_fwd(float *y, const float *gate, const float *up, int64_t rows,
+                        int64_t cols, int64_t ld)
 {
-#pragma omp parallel for schedule(static) if (dvl_par(n))
-    for (int64_t i = 0; i < n; i++)
-        y[i] = (float)silu_d(gate[i]) * up[i];
+#pragma omp parallel for schedule(static) if (dvl_par(rows * cols))
+    for (int64_t i = 0; i < rows * cols; i++) {
+        const int64_t r = i / cols, j = r * ld + (i - r * cols);
+        y[i] = (float)silu_d(gate[j]) * up[j];
+    }
 }
 
 void dvl_cpu_swiglu_bwd(float *ggate, float *gup, const float *gy, const float *gate,
-                        const float *up, int64_t n)
+                        const float *up, int64_t rows, int64_t cols, int64_t ld)
 {
-#pragma omp parallel for schedule(static) if (dvl_par(n))
-    for (int64_t i = 0; i < n; i++) {
+#pragma omp parallel for schedule(static) if (dvl_par(rows * cols))
+    for (int64_t i = 0; i < rows * cols; i++) {
+        const int64_t r = i / cols, j = r * ld + (i - r * cols);
         if (ggate)
-            ggate[i] += (float)((double)gy[i] * up[i] * silu_grad_d(gate[i]));
+            ggate[j] += (float)((double)gy[i] * up[j] * silu_grad_d(gate[j]));
         if (gup)
-            gup[i] += gy[i] * (float)silu_d(gate[i]);
+            gup[j] += gy[i] * (float)silu_d(gate[j]);
     }
 }
 

@@ -27,10 +27,15 @@ void dvl_cpu_scale_bwd(float *ga, const float *gy, float s, int64_t n);
 void dvl_cpu_silu_fwd(float *y, const float *x, int64_t n);
 void dvl_cpu_silu_bwd(float *gx, const float *gy, const float *x, int64_t n);
 
-/* y = silu(gate) * up (Qwen2MLP: act_fn(gate_proj(x)) * up_proj(x)). */
-void dvl_cpu_swiglu_fwd(float *y, const float *gate, const float *up, int64_t n);
+/* y = silu(gate) * up (Qwen2MLP: act_fn(gate_proj(x)) * up_proj(x)),
+ * y and gy [rows, cols]; gate, up and their gradients have rows `ld` floats
+ * apart: ld = cols for two tensors (rows 1, cols n will do), ld = 2 cols for
+ * the two halves of one [rows, 2 cols] tensor (up = gate + cols). The
+ * backward adds into ggate and gup (either may be NULL). */
+void dvl_cpu_swiglu_fwd(float *y, const float *gate, const float *up, int64_t rows,
+                        int64_t cols, int64_t ld);
 void dvl_cpu_swiglu_bwd(float *ggate, float *gup, const float *gy, const float *gate,
-                        const float *up, int64_t n);
+                        const float *up, int64_t rows, int64_t cols, int64_t ld);
 
 /* kind 0: 0.5 x (1 + erf(x / sqrt 2)); kind 1 (torch approximate='tanh'):
  * 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */

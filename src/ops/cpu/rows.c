@@ -69,3 +69,20 @@ void dvl_cpu_scatter_rows_bwd(float *gdst, float *gsrc, const float *gout, const
                     gsrc[(int64_t)inv[r] * row + j] += gout[r * row + j];
     }
 }
+
+void dvl_cpu_slice_cols_fwd(float *y, const float *x, int64_t rows, int64_t cols, int64_t start,
+                            int64_t n)
+{
+#pragma omp parallel for schedule(static) if (dvl_par(rows * n))
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(y + r * n, x + r * cols + start, (size_t)n * sizeof(float));
+}
+
+void dvl_cpu_slice_cols_bwd(float *gx, const float *gy, int64_t rows, int64_t cols, int64_t start,
+                            int64_t n)
+{
+#pragma omp parallel for schedule(static) if (dvl_par(rows * n))
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < n; j++)
+            gx[r * cols + start + j] += gy[r * n + j];
+}

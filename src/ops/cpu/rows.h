@@ -24,4 +24,11 @@ void dvl_cpu_scatter_rows_fwd(float *out, const float *dst, const float *src, co
 void dvl_cpu_scatter_rows_bwd(float *gdst, float *gsrc, const float *gout, const int32_t *inv,
                               int64_t n, int64_t row);
 
+/* Columns [start, start + n) of x [rows, cols] into y [rows, n]; backward
+ * gx[:, start + j] += gy[:, j]. */
+void dvl_cpu_slice_cols_fwd(float *y, const float *x, int64_t rows, int64_t cols, int64_t start,
+                            int64_t n);
+void dvl_cpu_slice_cols_bwd(float *gx, const float *gy, int64_t rows, int64_t cols, int64_t start,
+                            int64_t n);
+
 #endif

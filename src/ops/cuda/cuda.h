@@ -154,10 +154,13 @@ void dvl_cuda_rmsnorm_bwd(float *dx, float *dw, float *scratch, const float *dy,
 /* silu(x) = x sigmoid(x); dx += dy sigmoid(x) (1 + x (1 - sigmoid(x))). */
 void dvl_cuda_silu_fwd(float *y, const float *x, int64_t n);
 void dvl_cuda_silu_bwd(float *dx, const float *dy, const float *x, int64_t n);
-/* y = silu(g) u; dg += dy u silu'(g), du += dy silu(g) (either may be NULL). */
-void dvl_cuda_swiglu_fwd(float *y, const float *g, const float *u, int64_t n);
+/* y = silu(g) u; dg += dy u silu'(g), du += dy silu(g) (either may be
+ * NULL). y, dy [rows, cols]; g, u, dg, du rows ld floats apart (as
+ * dvl_cpu_swiglu_fwd: ld = cols, or 2 cols for the halves of one tensor). */
+void dvl_cuda_swiglu_fwd(float *y, const float *g, const float *u, int64_t rows, int64_t cols,
+                         int64_t ld);
 void dvl_cuda_swiglu_bwd(float *dg, float *du, const float *dy, const float *g, const float *u,
-                         int64_t n);
+                         int64_t rows, int64_t cols, int64_t ld);
 
 /* One AdamW step as torch.optim.AdamW (decoupled weight decay), step >= 1,
  * on the gradient gscale * g (gscale: the clip factor, 1 for none):
@@ -238,6 +241,12 @@ void dvl_cuda_scatter_rows_fwd(float *out, const float *dst, const float *src, c
                                int64_t n, int64_t row);
 void dvl_cuda_scatter_rows_bwd(float *gdst, float *gsrc, const float *gout, const int32_t *inv,
                                int64_t n, int64_t row);
+/* Columns: y [rows, n] = x[:, start, start + n) of x [rows, cols];
+ * gx[:, start + j] += gy[:, j]. */
+void dvl_cuda_slice_cols_fwd(float *y, const float *x, int64_t rows, int64_t cols, int64_t start,
+                             int64_t n);
+void dvl_cuda_slice_cols_bwd(float *gx, const float *gy, int64_t rows, int64_t cols,
+                             int64_t start, int64_t n);
 /* dst[rows[k]] += src[k] for k < n (rows distinct). */
 void dvl_cuda_scatter_add_rows(float *dst, const float *src, const int32_t *rows, int64_t n,
                                int64_t row);

@@ -200,25 +200,30 @@ __global__ static void silu_bwd_k(float *dx, const float *dy, const float *x, in
     }
 }
 
-__global__ static void swiglu_fwd_k(float *y, const float *g, const float *u, int64_t n)
+/* Element i of y is column i % cols of row i / cols; its gate and up sit
+ * at j = row ld + column. */
+__global__ static void swiglu_fwd_k(float *y, const float *g, const float *u, int64_t rows,
+                                    int64_t cols, int64_t ld)
 {
-    GRID_STRIDE(i, n)
+    GRID_STRIDE(i, rows * cols)
     {
-        const float v = g[i];
-        y[i] = v * sigmoidf(v) * u[i];
+        const int64_t r = i / cols, j = r * ld + (i - r * cols);
+        const float v = g[j];
+        y[i] = v * sigmoidf(v) * u[j];
     }
 }
 
 __global__ static void swiglu_bwd_k(float *dg, float *du, const float *dy, const float *g,
-                                    const float *u, int64_t n)
+                                    const float *u, int64_t rows, int64_t cols, int64_t ld)
 {
-    GRID_STRIDE(i, n)
+    GRID_STRIDE(i, rows * cols)
     {
-        const float v = g[i], s = sigmoidf(v);
+        const int64_t r = i / cols, j = r * ld + (i - r * cols);
+        const float v = g[j], s = sigmoidf(v);
         if (dg)
-            dg[i] += dy[i] * u[i] * s * (1.0f + v * (1.0f - s));
+            dg[j] += dy[i] * u[j] * s * (1.0f + v * (1.0f - s));
         if (du)
-            du[i] += dy[i] * v * s;
+            du[j] += dy[i] * v * s;
     }
 }
 
@@ -234,17 +239,19 @@ extern "C" void dvl_cuda_silu_bwd(float *dx, const float *dy, const float *x, in
         silu_bwd_k<<<dvl_cu_blocks(n), DVL_CU_THREADS>>>(dx, dy, x, n);
 }
 
-extern "C" void dvl_cuda_swiglu_fwd(float *y, const float *g, const float *u, int64_t n)
+extern "C" void dvl_cuda_swiglu_fwd(float *y, const float *g, const float *u, int64_t rows,
+                                    int64_t cols, int64_t ld)
 {
-    if (n > 0)
-        swiglu_fwd_k<<<dvl_cu_blocks(n), DVL_CU_THREADS>>>(y, g, u, n);
+    if (rows * cols > 0)
+        swiglu_fwd_k<<<dvl_cu_blocks(rows * cols), DVL_CU_THREADS>>>(y, g, u, rows, cols, ld);
 }
 
 extern "C" void dvl_cuda_swiglu_bwd(float *dg, float *du, const float *dy, const float *g,
-                                    const float *u, int64_t n)
+                                    const float *u, int64_t rows, int64_t cols, int64_t ld)
 {
-    if (n > 0 && (dg || du))
-        swiglu_bwd_k<<<dvl_cu_blocks(n), DVL_CU_THREADS>>>(dg, du, dy, g, u, n);
+    if (rows * cols > 0 && (dg || du))
+        swiglu_bwd_k<<<dvl_cu_blocks(rows * cols), DVL_CU_THREADS>>>(dg, du, dy, g, u, rows,
+                                                                     cols, ld);
 }
 
 /* ------------------------------------------------------------------ adamw */

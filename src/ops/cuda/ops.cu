@@ -439,6 +439,42 @@ extern "C" void dvl_cuda_concat_rows_bwd(float *ga, float *gb, const float *gout
     dvl_cuda_add_bwd(gb, NULL, gout + na * row, nb * row);
 }
 
+/* Element i of y [rows, n] is column start + i % n of row i / n of x. */
+__global__ static void slice_cols_fwd_k(float *y, const float *x, int64_t rows, int64_t cols,
+                                        int64_t start, int64_t n)
+{
+    GRID_STRIDE(i, rows * n)
+    {
+        const int64_t r = i / n;
+        y[i] = x[r * cols + start + (i - r * n)];
+    }
+}
+
+__global__ static void slice_cols_bwd_k(float *gx, const float *gy, int64_t rows, int64_t cols,
+                                        int64_t start, int64_t n)
+{
+    GRID_STRIDE(i, rows * n)
+    {
+        const int64_t r = i / n;
+        gx[r * cols + start + (i - r * n)] += gy[i];
+    }
+}
+
+extern "C" void dvl_cuda_slice_cols_fwd(float *y, const float *x, int64_t rows, int64_t cols,
+                                        int64_t start, int64_t n)
+{
+    if (rows * n > 0)
+        slice_cols_fwd_k<<<dvl_cu_blocks(rows * n), DVL_CU_THREADS>>>(y, x, rows, cols, start, n);
+}
+
+extern "C" void dvl_cuda_slice_cols_bwd(float *gx, const float *gy, int64_t rows, int64_t cols,
+                                        int64_t start, int64_t n)
+{
+    if (rows * n > 0)
+        slice_cols_bwd_k<<<dvl_cu_blocks(rows * n), DVL_CU_THREADS>>>(gx, gy, rows, cols, start,
+                                                                      n);
+}
+
 __global__ static void scatter_fwd_k(float *out, const float *dst, const float *src,
                                      const int32_t *inv, int64_t n, int64_t row)
 {
