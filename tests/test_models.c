@@ -426,7 +426,8 @@ END_TEST
 
 /* The fixture's tower on its image against transformers (features, the
  * loss sum(features * proj), the gradients), plain (ck 0) or with each
- * layer checkpointed (ck 1). Returns a copy of the gradients (*ng
+ * layer checkpointed (ck 1); the q, k, v projections run as one product.
+ * Returns a copy of the gradients (*ng
  * floats), the loss and the step's arena peak. */
 static float *run_siglip(int ck, int64_t *ng, float *loss_out, size_t *peak)
 {
@@ -444,8 +445,12 @@ static float *run_siglip(int ck, int64_t *ng, float *loss_out, size_t *peak)
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     int64_t s4[4] = {1, 3, 56, 56};
     dvl_tensor *pixels = dvl_wrap(ctx, DVL_F32, 4, s4, px);
+    if (!ck) /* checkpointed layers record their ops twice */
+        dvl_ctx_profile(ctx, true);
     dvl_tensor *f = dvl_siglip_forward(ctx, &m.vision, pixels, ck == 1);
     ck_assert_msg(f != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    if (!ck) /* q, k, v as one product in each layer */
+        ck_assert_int_eq(op_calls(ctx, "linear_cat"), m.vision.n_layers);
     double e_feat = cmp_abs(&r, "features", dvl_f32(f), dvl_numel(f));
     ck_assert_msg(e_feat <= TOL_LOGITS, "features off by %.3g", e_feat);
     dvl_tensor *pt = dvl_wrap(ctx, DVL_F32, 2, f->shape, proj);

@@ -56,9 +56,11 @@ int dvl_siglip_declare(dvl_siglip *m, const dvl_siglip_config *cfg, dvl_params *
             int64_t a, b;
         } tab[] = {
             {&L->ln1_w, "layer_norm1.weight", 1, d, 0},  {&L->ln1_b, "layer_norm1.bias", 1, d, 0},
-            {&L->wq, "self_attn.q_proj.weight", 2, d, d}, {&L->bq, "self_attn.q_proj.bias", 1, d, 0},
-            {&L->wk, "self_attn.k_proj.weight", 2, d, d}, {&L->bk, "self_attn.k_proj.bias", 1, d, 0},
-            {&L->wv, "self_attn.v_proj.weight", 2, d, d}, {&L->bv, "self_attn.v_proj.bias", 1, d, 0},
+            /* q, k, v weights, then their biases: consecutive in the store, so
+             * the three projections are one product (dvl_linear_cat). */
+            {&L->wq, "self_attn.q_proj.weight", 2, d, d}, {&L->wk, "self_attn.k_proj.weight", 2, d, d},
+            {&L->wv, "self_attn.v_proj.weight", 2, d, d}, {&L->bq, "self_attn.q_proj.bias", 1, d, 0},
+            {&L->bk, "self_attn.k_proj.bias", 1, d, 0},   {&L->bv, "self_attn.v_proj.bias", 1, d, 0},
             {&L->wo, "self_attn.out_proj.weight", 2, d, d},
             {&L->bo, "self_attn.out_proj.bias", 1, d, 0},
             {&L->ln2_w, "layer_norm2.weight", 1, d, 0},  {&L->ln2_b, "layer_norm2.bias", 1, d, 0},
@@ -164,9 +166,20 @@ static dvl_tensor *layer_fwd(dvl_ctx *ctx, const void *user, dvl_tensor *x)
     int64_t T = dvl_siglip_patches(c), rows = n * T;
     int64_t s4[4] = {n, T, c->heads, c->head_dim}, s2[2] = {rows, c->hidden};
     dvl_tensor *h = dvl_layernorm(ctx, x, L->ln1_w, L->ln1_b, c->ln_eps);
-    dvl_tensor *q = dvl_reshape(ctx, dvl_linear(ctx, h, L->wq, L->bq), 4, s4);
-    dvl_tensor *k = dvl_reshape(ctx, dvl_linear(ctx, h, L->wk, L->bk), 4, s4);
-    dvl_tensor *v = dvl_reshape(ctx, dvl_linear(ctx, h, L->wv, L->bv), 4, s4);
+    dvl_tensor *w[3] = {L->wq, L->wk, L->wv}, *b[3] = {L->bq, L->bk, L->bv}, *q, *k, *v;
+    if (dvl_linear_cat_ok(3, w, b)) { /* one product, columns [q | k | v] */
+        dvl_tensor *qkv = dvl_linear_cat(ctx, h, 3, w, b);
+        q = dvl_slice_cols(ctx, qkv, 0, c->hidden);
+        k = dvl_slice_cols(ctx, qkv, c->hidden, c->hidden);
+        v = dvl_slice_cols(ctx, qkv, 2 * c->hidden, c->hidden);
+    } else { /* a hidden size off the store's 16-float alignment */
+        q = dvl_linear(ctx, h, L->wq, L->bq);
+        k = dvl_linear(ctx, h, L->wk, L->bk);
+        v = dvl_linear(ctx, h, L->wv, L->bv);
+    }
+    q = dvl_reshape(ctx, q, 4, s4);
+    k = dvl_reshape(ctx, k, 4, s4);
+    v = dvl_reshape(ctx, v, 4, s4);
     dvl_mask bidir = {.kind = DVL_MASK_BIDIR};
     dvl_tensor *a = dvl_attention(ctx, q, k, v, &bidir, 1.0f / sqrtf((float)c->head_dim));
     x = dvl_add(ctx, x, dvl_linear(ctx, dvl_reshape(ctx, a, 2, s2), L->wo, L->bo));
