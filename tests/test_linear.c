@@ -448,6 +448,42 @@ START_TEST(cat_of_views)
 }
 END_TEST
 
+/* dvl_linear_group: the same columns as dvl_linear_cat where the weights
+ * are consecutive (one linear_cat node, n slice_cols), separate products
+ * where they are not (one weight frozen). */
+START_TEST(group_fused_or_separate)
+{
+    const int64_t outs[3] = {32, 16, 16};
+    for (int frozen = 0; frozen < 2; frozen++) {
+        dvl_params *p = make_cat(5, 16, 3, outs, true, true);
+        if (frozen)
+            p->t[2]->requires_grad = false; /* W1 */
+        dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+        dvl_ctx_profile(ctx, true);
+        dvl_tensor *y[3];
+        dvl_linear_group(ctx, p->t[0], 3, p->t + 1, p->t + 4, y);
+        const dvl_op_time *rows;
+        const int nr = dvl_ctx_profile_rows(ctx, &rows);
+        ck_assert_int_eq(nr, frozen ? 1 : 2);
+        ck_assert_str_eq(rows[0].op, frozen ? "linear" : "linear_cat");
+        ck_assert_int_eq(rows[0].fwd_n, frozen ? 3 : 1);
+        for (int k = 0; k < 3; k++) {
+            ck_assert_msg(y[k] != NULL, "%s", dvl_ctx_err(ctx)->msg);
+            ck_assert_int_eq(y[k]->shape[1], outs[k]);
+            dvl_ctx *c2 = dvl_ctx_new(DVL_CPU);
+            dvl_tensor *e = dvl_linear(c2, p->t[0], p->t[1 + k], p->t[4 + k]);
+            for (int64_t i = 0; i < dvl_numel(e); i++)
+                ck_assert_msg(fabsf(dvl_f32(y[k])[i] - dvl_f32(e)[i]) <= 1e-5f *
+                                  (1 + fabsf(dvl_f32(e)[i])),
+                              "projection %d element %lld", k, (long long)i);
+            dvl_ctx_free(c2);
+        }
+        dvl_ctx_free(ctx);
+        dvl_params_free(p);
+    }
+}
+END_TEST
+
 START_TEST(cat_errors)
 {
     /* W0 [16, 16], b0, W1: the weights are not consecutive. */
@@ -518,6 +554,7 @@ static Suite *suite(void)
     tcase_add_test(tc, cat_matches_separate);
     tcase_add_test(tc, cat_of_views);
     tcase_add_test(tc, cat_errors);
+    tcase_add_test(tc, group_fused_or_separate);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -280,25 +280,10 @@ static dvl_tensor *attend(dvl_ctx *ctx, const dvl_lm *m, int l, dvl_tensor *h, i
     /* Qwen2: rotary after the bias (HF applies it to the projection
      * output); output feature h*D + j is head h, dim j, so a reshape is the
      * head split. */
-    dvl_tensor *q, *k, *v;
-    dvl_tensor *w[3] = {L->wq, L->wk, L->wv}, *b[3] = {L->bq, L->bk, L->bv};
-    dvl_tensor *const *bias = L->bq ? b : NULL;
-    if (dvl_linear_cat_ok(3, w, bias)) {
-        /* One product for the three (x read once, one dx product); the
-         * columns are [q | k | v]. */
-        const int64_t qd = sq[2] * sq[3], kvd = skv[2] * skv[3];
-        dvl_tensor *qkv = dvl_linear_cat(ctx, h, 3, w, bias);
-        q = dvl_slice_cols(ctx, qkv, 0, qd);
-        k = dvl_slice_cols(ctx, qkv, qd, kvd);
-        v = dvl_slice_cols(ctx, qkv, qd + kvd, kvd);
-    } else { /* a store laid out otherwise, or some of the three frozen */
-        q = dvl_linear(ctx, h, L->wq, L->bq);
-        k = dvl_linear(ctx, h, L->wk, L->bk);
-        v = dvl_linear(ctx, h, L->wv, L->bv);
-    }
-    q = dvl_reshape(ctx, q, 4, sq);
-    k = dvl_reshape(ctx, k, 4, skv);
-    v = dvl_reshape(ctx, v, 4, skv);
+    dvl_tensor *w[3] = {L->wq, L->wk, L->wv}, *b[3] = {L->bq, L->bk, L->bv}, *qkv[3];
+    dvl_linear_group(ctx, h, 3, w, L->bq ? b : NULL, qkv); /* one product where it can */
+    dvl_tensor *q = dvl_reshape(ctx, qkv[0], 4, sq), *k = dvl_reshape(ctx, qkv[1], 4, skv);
+    dvl_tensor *v = dvl_reshape(ctx, qkv[2], 4, skv);
     q = dvl_rope(ctx, q, pos, c->rope_theta);
     k = dvl_rope(ctx, k, pos, c->rope_theta);
     if (in->cache) {

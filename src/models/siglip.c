@@ -166,20 +166,10 @@ static dvl_tensor *layer_fwd(dvl_ctx *ctx, const void *user, dvl_tensor *x)
     int64_t T = dvl_siglip_patches(c), rows = n * T;
     int64_t s4[4] = {n, T, c->heads, c->head_dim}, s2[2] = {rows, c->hidden};
     dvl_tensor *h = dvl_layernorm(ctx, x, L->ln1_w, L->ln1_b, c->ln_eps);
-    dvl_tensor *w[3] = {L->wq, L->wk, L->wv}, *b[3] = {L->bq, L->bk, L->bv}, *q, *k, *v;
-    if (dvl_linear_cat_ok(3, w, b)) { /* one product, columns [q | k | v] */
-        dvl_tensor *qkv = dvl_linear_cat(ctx, h, 3, w, b);
-        q = dvl_slice_cols(ctx, qkv, 0, c->hidden);
-        k = dvl_slice_cols(ctx, qkv, c->hidden, c->hidden);
-        v = dvl_slice_cols(ctx, qkv, 2 * c->hidden, c->hidden);
-    } else { /* a hidden size off the store's 16-float alignment */
-        q = dvl_linear(ctx, h, L->wq, L->bq);
-        k = dvl_linear(ctx, h, L->wk, L->bk);
-        v = dvl_linear(ctx, h, L->wv, L->bv);
-    }
-    q = dvl_reshape(ctx, q, 4, s4);
-    k = dvl_reshape(ctx, k, 4, s4);
-    v = dvl_reshape(ctx, v, 4, s4);
+    dvl_tensor *w[3] = {L->wq, L->wk, L->wv}, *b[3] = {L->bq, L->bk, L->bv}, *qkv[3];
+    dvl_linear_group(ctx, h, 3, w, b, qkv); /* one product where it can */
+    dvl_tensor *q = dvl_reshape(ctx, qkv[0], 4, s4), *k = dvl_reshape(ctx, qkv[1], 4, s4);
+    dvl_tensor *v = dvl_reshape(ctx, qkv[2], 4, s4);
     dvl_mask bidir = {.kind = DVL_MASK_BIDIR};
     dvl_tensor *a = dvl_attention(ctx, q, k, v, &bidir, 1.0f / sqrtf((float)c->head_dim));
     x = dvl_add(ctx, x, dvl_linear(ctx, dvl_reshape(ctx, a, 2, s2), L->wo, L->bo));

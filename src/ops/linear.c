@@ -210,3 +210,16 @@ dvl_tensor *dvl_linear_cat(dvl_ctx *ctx, dvl_tensor *x, int n, dvl_tensor *const
     }
     return product(ctx, "linear_cat", x, n, w, b);
 }
+
+void dvl_linear_group(dvl_ctx *ctx, dvl_tensor *x, int n, dvl_tensor *const *w,
+                      dvl_tensor *const *b, dvl_tensor **y)
+{
+    if (dvl_linear_cat_ok(n, w, b)) {
+        dvl_tensor *cat = dvl_linear_cat(ctx, x, n, w, b);
+        for (int k = 0, col = 0; k < n; col += (int)w[k]->shape[0], k++)
+            y[k] = dvl_slice_cols(ctx, cat, col, w[k]->shape[0]);
+        return;
+    }
+    for (int k = 0; k < n; k++)
+        y[k] = dvl_linear(ctx, x, w[k], b ? b[k] : NULL);
+}

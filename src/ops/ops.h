@@ -31,6 +31,12 @@ dvl_tensor *dvl_linear(dvl_ctx *ctx, dvl_tensor *x, dvl_tensor *w, dvl_tensor *b
 dvl_tensor *dvl_linear_cat(dvl_ctx *ctx, dvl_tensor *x, int n, dvl_tensor *const *w,
                            dvl_tensor *const *b);
 bool dvl_linear_cat_ok(int n, dvl_tensor *const *w, dvl_tensor *const *b);
+/* y[k] = x W_k^T (+ b_k) for k < n, as n tensors: one dvl_linear_cat
+ * product cut into columns by dvl_slice_cols when dvl_linear_cat_ok, else n
+ * dvl_linear products (a layout off the store's alignment, a group partly
+ * frozen). NULL entries (with the context's error) on failure. */
+void dvl_linear_group(dvl_ctx *ctx, dvl_tensor *x, int n, dvl_tensor *const *w,
+                      dvl_tensor *const *b, dvl_tensor **y);
 
 /* ------------------------------------------------------------- embedding */
 /* out[i] = W[ids[i]]; W [V, d], out [n, d]. Backward scatter-adds into W.
