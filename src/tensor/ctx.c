@@ -61,7 +61,8 @@ struct dvl_ctx {
     size_t peak, dpeak;
     /* Tape: a growable array of nodes; its capacity survives resets. */
     dvl_node *tape;
-    int tape_len, tape_cap;
+    int tape_len;
+    int64_t tape_cap;
     /* The parameter lists of nodes whose backward completes parameters
      * that are not among their inputs (dvl_checkpoint's blocks: node
      * params_at, n_params); emptied by reset, capacity kept. */
@@ -71,7 +72,8 @@ struct dvl_ctx {
      * for reuse by the next gradient of the same size; emptied by reset
      * and rewind, capacity kept. */
     free_grad *gfree;
-    int gfree_len, gfree_cap;
+    int gfree_len;
+    int64_t gfree_cap;
     bool keep_grads; /* dvl_set_keep_grads: release nothing */
     /* CUDA contexts only: the device arena (same policy as chunks) and the
      * cuBLAS handle. */
@@ -699,6 +701,27 @@ int dvl_ctx_profile_rows(const dvl_ctx *ctx, const dvl_op_time **rows)
     return ctx->prof_n;
 }
 
+/* Room for `need` elements of `size` bytes in the array *a of capacity
+ * *cap: grown by doubling (from `first`), so appends cost amortised O(1)
+ * and, as capacities survive resets, nothing once a step has sized them.
+ * Each growth counts as a malloc (dvl_arena_mallocs). False on out of
+ * memory, the array left as it was. */
+static bool grow(dvl_ctx *ctx, void **a, int64_t *cap, int64_t need, int64_t first, size_t size)
+{
+    if (need <= *cap)
+        return true;
+    int64_t c = *cap ? *cap : first;
+    while (c < need)
+        c *= 2;
+    void *p = realloc(*a, (size_t)c * size);
+    if (!p)
+        return false;
+    ctx->mallocs++;
+    *a = p;
+    *cap = c;
+    return true;
+}
+
 /* ------------------------------------------------------------- tape */
 
 dvl_node *dvl_record(dvl_ctx *ctx, const char *op, dvl_backward_fn backward, dvl_tensor *out,
@@ -713,17 +736,11 @@ dvl_node *dvl_record(dvl_ctx *ctx, const char *op, dvl_backward_fn backward, dvl
         dvl_fail(ctx, "tape: op %s records %d inputs, at most %d", op, n_in, DVL_NODE_IN);
         return NULL;
     }
-    if (ctx->tape_len == ctx->tape_cap) {
-        int cap = ctx->tape_cap ? ctx->tape_cap * 2 : 256;
-        dvl_node *t = realloc(ctx->tape, (size_t)cap * sizeof *t);
-        if (!t) {
-            if (ctx->err.code == DVL_OK)
-                dvl_errf(&ctx->err, DVL_ENOMEM, "out of memory growing the autograd tape");
-            return NULL;
-        }
-        ctx->mallocs++;
-        ctx->tape = t;
-        ctx->tape_cap = cap;
+    if (!grow(ctx, (void **)&ctx->tape, &ctx->tape_cap, ctx->tape_len + 1, 256,
+              sizeof *ctx->tape)) {
+        if (ctx->err.code == DVL_OK)
+            dvl_errf(&ctx->err, DVL_ENOMEM, "out of memory growing the autograd tape");
+        return NULL;
     }
     dvl_node *node = &ctx->tape[ctx->tape_len++];
     memset(node, 0, sizeof *node);
@@ -780,15 +797,9 @@ static void release_grad(dvl_ctx *ctx, dvl_tensor *t)
 {
     if (ctx->keep_grads || !t || t->base || t->is_param || !t->grad)
         return;
-    if (ctx->gfree_len == ctx->gfree_cap) {
-        int cap = ctx->gfree_cap ? ctx->gfree_cap * 2 : 64;
-        free_grad *l = realloc(ctx->gfree, (size_t)cap * sizeof *l);
-        if (!l)
-            return;
-        ctx->mallocs++;
-        ctx->gfree = l;
-        ctx->gfree_cap = cap;
-    }
+    if (!grow(ctx, (void **)&ctx->gfree, &ctx->gfree_cap, ctx->gfree_len + 1, 64,
+              sizeof *ctx->gfree))
+        return;
     const int64_t n = dvl_numel(t);
     ctx->gfree[ctx->gfree_len++] = (free_grad){t->grad, n, t->grad_pos};
     if (ctx->device == DVL_CPU)
@@ -873,19 +884,11 @@ int dvl_tape_drop_from(dvl_ctx *ctx, int lo, int64_t *params_at, int *n_params)
     int64_t need = 0;
     for (int i = lo; i < ctx->tape_len; i++)
         need += node_uses(&ctx->tape[i]);
-    if (ctx->plist_len + need > ctx->plist_cap) {
-        int64_t cap = ctx->plist_cap ? ctx->plist_cap : 256;
-        while (cap < ctx->plist_len + need)
-            cap *= 2;
-        dvl_tensor **l = realloc(ctx->plist, (size_t)cap * sizeof *l);
-        if (!l) {
-            if (ctx->err.code == DVL_OK)
-                dvl_errf(&ctx->err, DVL_ENOMEM, "out of memory growing the tape's parameter lists");
-            return DVL_ENOMEM;
-        }
-        ctx->mallocs++;
-        ctx->plist = l;
-        ctx->plist_cap = cap;
+    if (!grow(ctx, (void **)&ctx->plist, &ctx->plist_cap, ctx->plist_len + need, 256,
+              sizeof *ctx->plist)) {
+        if (ctx->err.code == DVL_OK)
+            dvl_errf(&ctx->err, DVL_ENOMEM, "out of memory growing the tape's parameter lists");
+        return DVL_ENOMEM;
     }
     const int64_t at = ctx->plist_len;
     uint64_t gen = ++ctx->mark_gen;
