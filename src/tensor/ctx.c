@@ -701,25 +701,24 @@ int dvl_ctx_profile_rows(const dvl_ctx *ctx, const dvl_op_time **rows)
     return ctx->prof_n;
 }
 
-/* Room for `need` elements of `size` bytes in the array *a of capacity
- * *cap: grown by doubling (from `first`), so appends cost amortised O(1)
- * and, as capacities survive resets, nothing once a step has sized them.
- * Each growth counts as a malloc (dvl_arena_mallocs). False on out of
- * memory, the array left as it was. */
-static bool grow(dvl_ctx *ctx, void **a, int64_t *cap, int64_t need, int64_t first, size_t size)
+/* The array a of capacity *cap with room for `need` elements of `size`
+ * bytes: a itself when it has it, else grown by doubling (from `first`),
+ * so appends cost amortised O(1) and, as capacities survive resets,
+ * nothing once a step has sized them. Each growth counts as a malloc
+ * (dvl_arena_mallocs). NULL on out of memory, a and *cap left as they were. */
+static void *grow(dvl_ctx *ctx, void *a, int64_t *cap, int64_t need, int64_t first, size_t size)
 {
     if (need <= *cap)
-        return true;
+        return a;
     int64_t c = *cap ? *cap : first;
     while (c < need)
         c *= 2;
-    void *p = realloc(*a, (size_t)c * size);
+    void *p = realloc(a, (size_t)c * size);
     if (!p)
-        return false;
+        return NULL;
     ctx->mallocs++;
-    *a = p;
     *cap = c;
-    return true;
+    return p;
 }
 
 /* ------------------------------------------------------------- tape */
@@ -736,12 +735,13 @@ dvl_node *dvl_record(dvl_ctx *ctx, const char *op, dvl_backward_fn backward, dvl
         dvl_fail(ctx, "tape: op %s records %d inputs, at most %d", op, n_in, DVL_NODE_IN);
         return NULL;
     }
-    if (!grow(ctx, (void **)&ctx->tape, &ctx->tape_cap, ctx->tape_len + 1, 256,
-              sizeof *ctx->tape)) {
+    dvl_node *tape = grow(ctx, ctx->tape, &ctx->tape_cap, ctx->tape_len + 1, 256, sizeof *tape);
+    if (!tape) {
         if (ctx->err.code == DVL_OK)
             dvl_errf(&ctx->err, DVL_ENOMEM, "out of memory growing the autograd tape");
         return NULL;
     }
+    ctx->tape = tape;
     dvl_node *node = &ctx->tape[ctx->tape_len++];
     memset(node, 0, sizeof *node);
     node->op = op;
@@ -797,9 +797,10 @@ static void release_grad(dvl_ctx *ctx, dvl_tensor *t)
 {
     if (ctx->keep_grads || !t || t->base || t->is_param || !t->grad)
         return;
-    if (!grow(ctx, (void **)&ctx->gfree, &ctx->gfree_cap, ctx->gfree_len + 1, 64,
-              sizeof *ctx->gfree))
+    free_grad *l = grow(ctx, ctx->gfree, &ctx->gfree_cap, ctx->gfree_len + 1, 64, sizeof *l);
+    if (!l)
         return;
+    ctx->gfree = l;
     const int64_t n = dvl_numel(t);
     ctx->gfree[ctx->gfree_len++] = (free_grad){t->grad, n, t->grad_pos};
     if (ctx->device == DVL_CPU)
@@ -884,12 +885,13 @@ int dvl_tape_drop_from(dvl_ctx *ctx, int lo, int64_t *params_at, int *n_params)
     int64_t need = 0;
     for (int i = lo; i < ctx->tape_len; i++)
         need += node_uses(&ctx->tape[i]);
-    if (!grow(ctx, (void **)&ctx->plist, &ctx->plist_cap, ctx->plist_len + need, 256,
-              sizeof *ctx->plist)) {
+    dvl_tensor **l = grow(ctx, ctx->plist, &ctx->plist_cap, ctx->plist_len + need, 256, sizeof *l);
+    if (!l) {
         if (ctx->err.code == DVL_OK)
             dvl_errf(&ctx->err, DVL_ENOMEM, "out of memory growing the tape's parameter lists");
         return DVL_ENOMEM;
     }
+    ctx->plist = l;
     const int64_t at = ctx->plist_len;
     uint64_t gen = ++ctx->mark_gen;
     for (int i = lo; i < ctx->tape_len; i++)
