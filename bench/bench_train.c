@@ -4,7 +4,7 @@
  * beside the machine's sgemm peak measured in the same run.
  *
  *   dvl-bench train [--seq L] [--batch N] [--layers K] [--steps S] [--block B]
- *                   [--vocab V] [--shape 0.5b|7b] [--profile] [--checkpoint]
+ *                   [--vocab V] [--shape 0.5b|7b] [--profile] [--checkpoint] [--separate]
  *   defaults: L 512 (so 2L = 1024 positions with [x_t ; x_0]), N 1, K 24
  *   (the full 0.5B depth), S 3 timed steps after one warm-up, B 8, V 151936.
  *
@@ -21,6 +21,8 @@
  * The whole sequence is supervised (every token may be masked).
  * --profile adds one step with the context's op profile on (tensor.h:
  * dvl_ctx_profile) and prints the time per op, forward and backward.
+ * --separate runs q, k, v and gate, up as one product per projection (the
+ * baseline of the fused dvl_linear_group products).
  *
  *   dvl-bench train --device cuda [--seq L] [--steps S] [--tf32 | --bf16] [--ranks R] [...]
  * runs the same step on the GPU (default L 2048): parameters, gradients and
@@ -189,9 +191,10 @@ int bench_train(int argc, char **argv)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
                    "[--steps S] [--block B] [--vocab V] [--shape 0.5b|7b] [--profile] "
-                   "[--checkpoint] [--tf32 | --bf16 (cuda)] [--ranks R (cuda)]\n"
+                   "[--checkpoint] [--separate] [--tf32 | --bf16 (cuda)] [--ranks R (cuda)]\n"
                    "  --profile: one more step with the op profile on: time per op\n"
                    "  --checkpoint: recompute each layer in backward (activation checkpointing)\n"
+                   "  --separate: one product per projection (not q|k|v and gate|up fused)\n"
                    "  --ranks R: AdamW moments of one ZeRO-1 rank of R only (its memory)\n"
                    "  --zero-init (cuda): leave the weights at zero (memory plans at full depth)\n");
             return 0;
@@ -287,6 +290,7 @@ int bench_train(int argc, char **argv)
     double best = 1e30, total = 0;
     const bool prof = has_flag(argc, argv, "--profile");
     const bool ckpt = has_flag(argc, argv, "--checkpoint");
+    const bool separate = has_flag(argc, argv, "--separate");
     for (int k = 0; k <= steps + prof; k++) {
         double t0 = bench_now();
         dvl_params_zero_grad(m.params);
@@ -299,7 +303,7 @@ int bench_train(int argc, char **argv)
         mask = dvl_diff_attn_mask(db, B);
         dvl_ctx_profile(ctx, k > steps); /* the extra step of --profile */
         dvl_lm_input li = {.batch = N, .seq = 2 * L, .ids = db->ids, .pos = db->pos, .mask = &mask,
-                           .checkpoint = ckpt};
+                           .checkpoint = ckpt, .separate_projections = separate};
         dvl_tensor *h = dvl_lm_forward(ctx, &m.lm, &li);
         dvl_tensor *hn = dvl_gather_rows(ctx, h, db->noisy_rows, (int64_t)N * L);
         dvl_tensor *loss = dvl_lm_loss(ctx, &m.lm, hn, N, L, db->labels, db->weight, false);
@@ -451,6 +455,7 @@ typedef struct cuda_run {
     double peak[3];
     bool profile;    /* --profile */
     bool checkpoint; /* --checkpoint */
+    bool separate;   /* --separate */
     int ranks;       /* --ranks: the optimizer holds rank 0's ZeRO-1 shard */
 } cuda_run;
 
@@ -521,7 +526,7 @@ static int run_cuda(const cuda_run *r, int L)
         mask = dvl_diff_attn_mask(db, B);
         dvl_ctx_profile(ctx, k > r->steps); /* the extra step of --profile */
         dvl_lm_input li = {.batch = N, .seq = 2 * L, .ids = db->ids, .pos = db->pos, .mask = &mask,
-                           .checkpoint = r->checkpoint};
+                           .checkpoint = r->checkpoint, .separate_projections = r->separate};
         dvl_tensor *h = dvl_lm_forward(ctx, &r->m->lm, &li);
         dvl_tensor *hn = dvl_gather_rows(ctx, h, db->noisy_rows, (int64_t)N * L);
         dvl_tensor *loss = dvl_lm_loss(ctx, &r->m->lm, hn, N, L, db->labels, db->weight, false);
@@ -651,6 +656,7 @@ static int train_cuda(int argc, char **argv)
     cuda_run r = {.N = N, .layers = layers, .steps = steps, .B = B, .V = V,
                   .profile = has_flag(argc, argv, "--profile"),
                   .checkpoint = has_flag(argc, argv, "--checkpoint"),
+                  .separate = has_flag(argc, argv, "--separate"),
                   .ranks = ranks,
                   .math = bf16 ? DVL_MATH_BF16 : tf32 ? DVL_MATH_TF32 : DVL_MATH_F32};
     if (gemm_peaks(r.peak, &err)) {

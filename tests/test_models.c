@@ -218,6 +218,53 @@ static void check_lm(const char *name, bool shift) { check_lm_paths(name, shift,
 START_TEST(qwen2_tied) { check_lm("qwen2_tied", false); }
 END_TEST
 
+/* The fused projections (dvl_linear_group) against one product per
+ * projection (dvl_lm_input.separate_projections): the same loss and
+ * gradients up to the order of the products' sums. */
+static void check_fused_vs_separate(const char *name)
+{
+    lm_fixture f;
+    lm_fixture_open(&f, name);
+    const int64_t ng = f.m.params->numel_grad;
+    float *g[2], loss[2];
+    for (int sep = 0; sep < 2; sep++) {
+        dvl_params_zero_grad(f.m.params);
+        dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+        dvl_ctx_profile(ctx, true);
+        dvl_lm_input in = {.batch = f.B, .seq = f.n / f.B, .ids = f.ids, .pos = f.pos,
+                           .separate_projections = sep};
+        dvl_tensor *h = dvl_lm_forward(ctx, &f.m.lm, &in);
+        dvl_tensor *l = dvl_lm_loss(ctx, &f.m.lm, h, f.B, f.n / f.B, f.labels, NULL, false);
+        ck_assert_msg(l != NULL, "%s", dvl_ctx_err(ctx)->msg);
+        ck_assert_int_eq(op_calls(ctx, "linear_cat"), sep ? 0 : 2 * f.m.lm.cfg.layers);
+        ck_assert_int_eq(dvl_backward(ctx, l), 0);
+        loss[sep] = dvl_f32(l)[0];
+        g[sep] = malloc((size_t)ng * sizeof(float));
+        ck_assert_ptr_nonnull(g[sep]);
+        memcpy(g[sep], f.m.params->grad, (size_t)ng * sizeof(float));
+        dvl_ctx_free(ctx);
+    }
+    double md = 0, mr = 0;
+    for (int64_t i = 0; i < ng; i++) {
+        md = fmax(md, fabs((double)g[0][i] - g[1][i]));
+        mr = fmax(mr, fabs((double)g[1][i]));
+    }
+    printf("%-13s fused vs separate projections: loss %.9g / %.9g, grads %.2e of scale\n", name,
+           (double)loss[0], (double)loss[1], md / mr);
+    ck_assert_msg(fabs(loss[0] - loss[1]) <= 1e-6 * fabs(loss[1]), "%s loss %.9g vs %.9g", name,
+                  (double)loss[0], (double)loss[1]);
+    ck_assert_msg(md <= 1e-5 * mr, "%s gradients differ by %.3g of %.3g", name, md, mr);
+    free(g[0]), free(g[1]);
+    lm_fixture_close(&f);
+}
+
+START_TEST(fused_projections_equal_separate)
+{
+    check_fused_vs_separate("qwen2_tied");
+    check_fused_vs_separate("llada");
+}
+END_TEST
+
 /* Activation checkpointing (dvl_lm_input.checkpoint): the same loss and
  * the same parameter gradients, to the bit, as the plain run (and so as
  * transformers'), a smaller arena peak, and no allocation in a repeated
@@ -1032,6 +1079,7 @@ static Suite *suite(void)
     Suite *s = suite_create("models");
     TCase *tc = tcase_create("reference");
     tcase_add_test(tc, qwen2_tied);
+    tcase_add_test(tc, fused_projections_equal_separate);
     tcase_add_test(tc, lm_checkpoint_same_gradients);
     tcase_add_test(tc, qwen2_untied);
     tcase_add_test(tc, llada);

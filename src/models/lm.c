@@ -281,7 +281,11 @@ static dvl_tensor *attend(dvl_ctx *ctx, const dvl_lm *m, int l, dvl_tensor *h, i
      * output); output feature h*D + j is head h, dim j, so a reshape is the
      * head split. */
     dvl_tensor *w[3] = {L->wq, L->wk, L->wv}, *b[3] = {L->bq, L->bk, L->bv}, *qkv[3];
-    dvl_linear_group(ctx, h, 3, w, L->bq ? b : NULL, qkv); /* one product where it can */
+    if (in->separate_projections)
+        for (int j = 0; j < 3; j++)
+            qkv[j] = dvl_linear(ctx, h, w[j], b[j]);
+    else
+        dvl_linear_group(ctx, h, 3, w, L->bq ? b : NULL, qkv); /* one product where it can */
     dvl_tensor *q = dvl_reshape(ctx, qkv[0], 4, sq), *k = dvl_reshape(ctx, qkv[1], 4, skv);
     dvl_tensor *v = dvl_reshape(ctx, qkv[2], 4, skv);
     q = dvl_rope(ctx, q, pos, c->rope_theta);
@@ -315,7 +319,7 @@ static dvl_tensor *layer_fwd(dvl_ctx *ctx, const void *user, dvl_tensor *x)
     x = dvl_add(ctx, x, attend(ctx, a->m, a->l, h, a->N, a->T, a->pos, &a->mask, &a->in));
     h = dvl_rmsnorm(ctx, x, L->mlp_norm, c->rms_eps);
     dvl_tensor *gu[2] = {L->w_gate, L->w_up}, *g;
-    if (dvl_linear_cat_ok(2, gu, NULL))
+    if (!a->in.separate_projections && dvl_linear_cat_ok(2, gu, NULL))
         g = dvl_swiglu_cat(ctx, dvl_linear_cat(ctx, h, 2, gu, NULL));
     else
         g = dvl_swiglu(ctx, dvl_linear(ctx, h, L->w_gate, NULL),

@@ -99,6 +99,10 @@ typedef struct dvl_lm_input {
     bool cache_store;     /* keep the new keys/values in the cache, len += T */
     bool checkpoint;      /* recompute each layer during backward instead of
                              keeping its activations (dvl_checkpoint) */
+    bool separate_projections; /* q, k, v and gate, up as one product each
+                                  (the default, dvl_linear_group) or, true,
+                                  one product per projection: for comparing
+                                  (dvl-bench train --separate) */
 } dvl_lm_input;
 
 /* Token embeddings [n, d]. */
