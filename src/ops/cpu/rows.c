@@ -73,6 +73,8 @@ void dvl_cpu_scatter_rows_bwd(float *gdst, float *gsrc, const float *gout, const
 void dvl_cpu_slice_cols_fwd(float *y, const float *x, int64_t rows, int64_t cols, int64_t start,
                             int64_t n)
 {
+    if (n == 0) /* an empty y may have no memory at all */
+        return;
 #pragma omp parallel for schedule(static) if (dvl_par(rows * n))
     for (int64_t r = 0; r < rows; r++)
         memcpy(y + r * n, x + r * cols + start, (size_t)n * sizeof(float));

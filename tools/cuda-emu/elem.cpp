@@ -1,0 +1,114 @@
+// The SwiGLU and column-slice kernels (src/ops/cuda/kernels.cu "silu,
+// swiglu", src/ops/cuda/ops.cu slice_cols) on the emulator against the CPU
+// kernels (src/ops/cpu/elementwise.c, rows.c, linked in): two tensors
+// (ld = cols) and the halves of one (ld = 2 cols, dvl_swiglu_cat), either
+// gradient NULL, odd sizes and grids smaller than the data so the
+// grid-stride loops wrap. SwiGLU's GPU sigmoid is float expf where the CPU
+// evaluates in double: within 1e-6 relative; the slices are copies and
+// sums of one term: equal to the bit.
+#include "emu.h"
+#include "elem.inc"
+#include <random>
+#include <vector>
+extern "C" {
+#include "ops/cpu/elementwise.h"
+#include "ops/cpu/rows.h"
+}
+
+template <class F> static void launch(unsigned blocks, unsigned threads, F f)
+{
+    gridDim.x = blocks;
+    for (unsigned b = 0; b < blocks; b++)
+        emu_run_block(b, threads, f);
+}
+
+static int fails = 0;
+
+static void check(const char *what, const std::vector<float> &got, const std::vector<float> &want,
+                  double tol)
+{
+    double worst = 0;
+    for (size_t i = 0; i < want.size(); i++) {
+        double e = fabs((double)got[i] - want[i]) / (1 + fabs((double)want[i]));
+        if (!(e <= worst)) worst = e; // NaN counts as worst
+    }
+    bool ok = worst <= tol;
+    printf("%-58s max rel %.2e (tol %.0e) %s\n", what, worst, tol, ok ? "ok" : "FAIL");
+    fails += !ok;
+}
+
+static std::vector<float> randn(size_t n, unsigned seed, float std)
+{
+    std::mt19937 g(seed);
+    std::normal_distribution<float> d(0, std);
+    std::vector<float> v(n);
+    for (auto &x : v) x = d(g);
+    return v;
+}
+
+// rows x cols outputs; gate/up rows ld apart (up = gate + off within one
+// buffer of rows x ld floats).
+static void swiglu_case(int64_t rows, int64_t cols, bool halves, int grads, unsigned blocks)
+{
+    const int64_t ld = halves ? 2 * cols : cols, off = halves ? cols : 0;
+    std::vector<float> a = randn(rows * ld, 1, 3), b = halves ? a : randn(rows * ld, 2, 1);
+    const float *g = a.data(), *u = halves ? a.data() + off : b.data();
+    std::vector<float> dy = randn(rows * cols, 3, 1);
+    std::vector<float> y(rows * cols), yc(rows * cols);
+    launch(blocks, 64, [&] { swiglu_fwd_k(y.data(), g, u, rows, cols, ld); });
+    dvl_cpu_swiglu_fwd(yc.data(), g, u, rows, cols, ld);
+    char what[128];
+    snprintf(what, sizeof what, "swiglu fwd %lldx%lld%s, %u blocks", (long long)rows,
+             (long long)cols, halves ? " (halves)" : "", blocks);
+    check(what, y, yc, 1e-6);
+    // Gradient buffers start from the same nonzero values (the kernels add).
+    std::vector<float> dga = randn(rows * ld, 4, 1), dgb = halves ? dga : randn(rows * ld, 5, 1);
+    std::vector<float> dga_c = dga, dgb_c = dgb;
+    float *dg = dga.data(), *du = halves ? dga.data() + off : dgb.data();
+    float *dgc = dga_c.data(), *duc = halves ? dga_c.data() + off : dgb_c.data();
+    float *pg = grads & 1 ? dg : nullptr, *pu = grads & 2 ? du : nullptr;
+    float *pgc = grads & 1 ? dgc : nullptr, *puc = grads & 2 ? duc : nullptr;
+    launch(blocks, 64, [&] { swiglu_bwd_k(pg, pu, dy.data(), g, u, rows, cols, ld); });
+    dvl_cpu_swiglu_bwd(pgc, puc, dy.data(), g, u, rows, cols, ld);
+    snprintf(what, sizeof what, "swiglu bwd %lldx%lld%s, d%s", (long long)rows, (long long)cols,
+             halves ? " (halves)" : "", grads == 3 ? "gate, dup" : grads == 1 ? "gate" : "up");
+    check(what, dga, dga_c, 1e-5);
+    if (!halves) { // the up gradient's own buffer
+        strcat(what, " [up]");
+        check(what, dgb, dgb_c, 1e-5);
+    }
+}
+
+static void slice_case(int64_t rows, int64_t cols, int64_t start, int64_t n, unsigned blocks)
+{
+    std::vector<float> x = randn(rows * cols, 6, 1), y(rows * n), yc(rows * n);
+    launch(blocks, 64, [&] { slice_cols_fwd_k(y.data(), x.data(), rows, cols, start, n); });
+    dvl_cpu_slice_cols_fwd(yc.data(), x.data(), rows, cols, start, n);
+    char what[128];
+    snprintf(what, sizeof what, "slice_cols fwd [%lld, %lld) of %lldx%lld, %u blocks",
+             (long long)start, (long long)(start + n), (long long)rows, (long long)cols, blocks);
+    check(what, y, yc, 0);
+    std::vector<float> gy = randn(rows * n, 7, 1), gx = randn(rows * cols, 8, 1), gxc = gx;
+    launch(blocks, 64, [&] { slice_cols_bwd_k(gx.data(), gy.data(), rows, cols, start, n); });
+    dvl_cpu_slice_cols_bwd(gxc.data(), gy.data(), rows, cols, start, n);
+    snprintf(what, sizeof what, "slice_cols bwd [%lld, %lld) of %lldx%lld", (long long)start,
+             (long long)(start + n), (long long)rows, (long long)cols);
+    check(what, gx, gxc, 0);
+}
+
+int main()
+{
+    swiglu_case(1, 1001, false, 3, 3);
+    swiglu_case(7, 33, false, 1, 2);
+    swiglu_case(7, 33, false, 2, 1);
+    swiglu_case(13, 29, true, 3, 2);
+    swiglu_case(5, 64, true, 1, 7);
+    swiglu_case(5, 64, true, 2, 1);
+    slice_case(9, 40, 0, 24, 2);   // q of q|k|v
+    slice_case(9, 40, 24, 8, 1);   // k
+    slice_case(9, 40, 32, 8, 5);   // v
+    slice_case(1, 7, 3, 0, 1);     // empty
+    slice_case(300, 11, 1, 9, 3);
+    printf("%s\n", fails ? "elem: FAILED" : "elem: all passed");
+    return fails != 0;
+}
