@@ -58,9 +58,12 @@ int dvl_siglip_declare(dvl_siglip *m, const dvl_siglip_config *cfg, dvl_params *
             {&L->ln1_w, "layer_norm1.weight", 1, d, 0},  {&L->ln1_b, "layer_norm1.bias", 1, d, 0},
             /* q, k, v weights, then their biases: consecutive in the store, so
              * the three projections are one product (dvl_linear_cat). */
-            {&L->wq, "self_attn.q_proj.weight", 2, d, d}, {&L->wk, "self_attn.k_proj.weight", 2, d, d},
-            {&L->wv, "self_attn.v_proj.weight", 2, d, d}, {&L->bq, "self_attn.q_proj.bias", 1, d, 0},
-            {&L->bk, "self_attn.k_proj.bias", 1, d, 0},   {&L->bv, "self_attn.v_proj.bias", 1, d, 0},
+            {&L->wq, "self_attn.q_proj.weight", 2, d, d},
+            {&L->wk, "self_attn.k_proj.weight", 2, d, d},
+            {&L->wv, "self_attn.v_proj.weight", 2, d, d},
+            {&L->bq, "self_attn.q_proj.bias", 1, d, 0},
+            {&L->bk, "self_attn.k_proj.bias", 1, d, 0},
+            {&L->bv, "self_attn.v_proj.bias", 1, d, 0},
             {&L->wo, "self_attn.out_proj.weight", 2, d, d},
             {&L->bo, "self_attn.out_proj.bias", 1, d, 0},
             {&L->ln2_w, "layer_norm2.weight", 1, d, 0},  {&L->ln2_b, "layer_norm2.bias", 1, d, 0},

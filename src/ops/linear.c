@@ -216,8 +216,11 @@ void dvl_linear_group(dvl_ctx *ctx, dvl_tensor *x, int n, dvl_tensor *const *w,
 {
     if (dvl_linear_cat_ok(n, w, b)) {
         dvl_tensor *cat = dvl_linear_cat(ctx, x, n, w, b);
-        for (int k = 0, col = 0; k < n; col += (int)w[k]->shape[0], k++)
+        int64_t col = 0;
+        for (int k = 0; k < n; k++) {
             y[k] = dvl_slice_cols(ctx, cat, col, w[k]->shape[0]);
+            col += w[k]->shape[0];
+        }
         return;
     }
     for (int k = 0; k < n; k++)
