@@ -1056,6 +1056,12 @@ static dvl_tensor *r_rope(dvl_ctx *x, dvl_tensor **in, const op_case *c)
 {
     return dvl_rope(x, in[0], c->idx, c->f);
 }
+/* Two heads of 8 from column 4 of in[0] [10, 28] (N 2, T 5), in place. */
+static dvl_tensor *r_rope_cols(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    const int64_t s[4] = {2, 5, 2, 8};
+    return dvl_rope_cols(x, in[0], 4, s, c->idx, c->f);
+}
 static dvl_tensor *r_concat(dvl_ctx *x, dvl_tensor **in, const op_case *c)
 {
     (void)c;
@@ -1197,6 +1203,9 @@ START_TEST(index_ops_match_cpu)
         {.name = "rope [2,5,3,8]", .n_in = 1, .ndim = {4}, .shape = {{2, 5, 3, 8}},
          .grad = {true}, .run = r_rope, .idx = pos, .f = 10000.0f, .fwd_tol = 1e-5,
          .grad_tol = 1e-5},
+        {.name = "rope_cols 2x8 at column 4 of [10,28]", .n_in = 1, .ndim = {2},
+         .shape = {S2(10, 28)}, .grad = {true}, .run = r_rope_cols, .idx = pos, .f = 10000.0f,
+         .fwd_tol = 1e-5, .grad_tol = 1e-5},
         {.name = "concat_rows [3,5];[4,5]", .n_in = 2, .ndim = {2, 2},
          .shape = {S2(3, 5), S2(4, 5)}, .grad = {true, true}, .run = r_concat, .fwd_tol = 0,
          .grad_tol = 0},

@@ -1,7 +1,8 @@
 /* Rotary position embedding: gradients against central finite differences,
  * values against a direct double-precision rotate-half formula and against
  * Hugging Face's float32 rounding of the angle, one position per token,
- * backward as the inverse rotation, errors. */
+ * backward as the inverse rotation, errors; dvl_rope_cols (in place on a
+ * column range) against dvl_rope of the copied-out columns. */
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -448,6 +449,104 @@ START_TEST(errors)
 }
 END_TEST
 
+/* ------------------------------------------------------------ rope_cols */
+
+/* q [2, 3, 2 heads, 8] and k [2, 3, 1 head, 8] read in place from a
+ * [6, 40] q|k|v-like tensor (q at column 0, k at 16, 8 more columns after)
+ * equal dvl_rope of the copied-out columns bit for bit, forward and
+ * backward; columns it does not read get no gradient. */
+START_TEST(rope_cols_equals_rope_of_slice)
+{
+    static const int32_t pos[6] = {0, 5, 77, 3, 4095, 1};
+    tu_pspec s[1] = {{"qkv", 2, {6, 40}, true}};
+    dvl_params *p = tu_make_params(s, 1, 21, 1.0f), *p2 = tu_make_params(s, 1, 21, 1.0f);
+    const int64_t sq[4] = {2, 3, 2, 8}, sk[4] = {2, 3, 1, 8};
+    float seed_q[96], seed_k[48];
+    for (int i = 0; i < 96; i++)
+        seed_q[i] = (float)((i * 37) % 11) * 0.25f - 1.0f;
+    for (int i = 0; i < 48; i++)
+        seed_k[i] = (float)((i * 13) % 7) * 0.5f - 1.5f;
+    float yq[96], yk[48];
+    for (int way = 0; way < 2; way++) {
+        dvl_params *pp = way ? p2 : p;
+        dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+        dvl_tensor *x = pp->t[0], *q, *k;
+        if (way == 0) {
+            q = dvl_rope_cols(ctx, x, 0, sq, pos, 1e4f);
+            k = dvl_rope_cols(ctx, x, 16, sk, pos, 1e4f);
+        } else {
+            q = dvl_rope(ctx, dvl_reshape(ctx, dvl_slice_cols(ctx, x, 0, 16), 4, sq), pos, 1e4f);
+            k = dvl_rope(ctx, dvl_reshape(ctx, dvl_slice_cols(ctx, x, 16, 8), 4, sk), pos, 1e4f);
+        }
+        ck_assert_msg(q && k, "%s", dvl_ctx_err(ctx)->msg);
+        ck_assert_int_eq(q->ndim, 4);
+        ck_assert_int_eq(k->shape[2], 1);
+        if (way == 0) {
+            memcpy(yq, q->data, sizeof yq);
+            memcpy(yk, k->data, sizeof yk);
+        } else {
+            ck_assert_mem_eq(yq, q->data, sizeof yq);
+            ck_assert_mem_eq(yk, k->data, sizeof yk);
+        }
+        dvl_tensor *rq = dvl_wrap(ctx, DVL_F32, 4, sq, seed_q);
+        dvl_tensor *rk = dvl_wrap(ctx, DVL_F32, 4, sk, seed_k);
+        dvl_tensor *l = dvl_add(ctx, dvl_sum(ctx, dvl_mul(ctx, q, rq)),
+                                dvl_sum(ctx, dvl_mul(ctx, k, rk)));
+        ck_assert_int_eq(dvl_backward(ctx, l), 0);
+        dvl_ctx_free(ctx);
+    }
+    ck_assert_mem_eq(p->t[0]->grad, p2->t[0]->grad, 6 * 40 * sizeof(float));
+    for (int r = 0; r < 6; r++)
+        for (int c = 24; c < 40; c++)
+            ck_assert_float_eq(p->t[0]->grad[r * 40 + c], 0.0f);
+    dvl_params_free(p2);
+    dvl_params_free(p);
+}
+END_TEST
+
+static dvl_tensor *f_rope_cols(dvl_ctx *c, dvl_params *p, void *u)
+{
+    rope_case *rc = u;
+    const int64_t s[4] = {1, 4, 2, 6};
+    return dvl_rope_cols(c, dvl_params_find(p, "x"), 3, s, rc->pos, rc->theta);
+}
+
+START_TEST(rope_cols_gradcheck)
+{
+    static const int32_t pos[4] = {0, 9, 2, 300};
+    tu_pspec s[1] = {{"x", 2, {4, 17}, true}};
+    dvl_params *p = tu_make_params(s, 1, 22, 1.0f);
+    rope_case rc = {pos, 1e4f};
+    TU_GRADCHECK(f_rope_cols, p, &rc, 1e-2f, 0, 1e-4);
+    dvl_params_free(p);
+}
+END_TEST
+
+START_TEST(rope_cols_errors)
+{
+    static const int32_t pos[4] = {0, 1, 2, 3};
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *x = dvl_new2(ctx, 4, 20);
+    x->name = "qkv";
+    const int64_t s[4] = {1, 4, 2, 8}, odd[4] = {1, 4, 2, 7}, rows[4] = {1, 3, 2, 8};
+    ck_assert_ptr_null(dvl_rope_cols(ctx, x, 5, s, pos, 1e4f)); /* 5 + 16 > 20 */
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "from column 5 does not fit x qkv [4, 20]"),
+                  "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    ck_assert_ptr_null(dvl_rope_cols(ctx, x, 0, rows, pos, 1e4f));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "want 3 rows"), "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    ck_assert_ptr_null(dvl_rope_cols(ctx, x, 0, odd, pos, 1e4f));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "head size 7 is odd"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    ck_assert_ptr_null(dvl_rope_cols(ctx, x, 0, s, NULL, 1e4f));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "rope_cols: positions for x qkv are NULL"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    dvl_ctx_free(ctx);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("rope");
@@ -460,6 +559,9 @@ static Suite *suite(void)
     tcase_add_test(tc, one_position_per_token);
     tcase_add_test(tc, backward_is_inverse_rotation);
     tcase_add_test(tc, frozen_input_records_nothing);
+    tcase_add_test(tc, rope_cols_equals_rope_of_slice);
+    tcase_add_test(tc, rope_cols_gradcheck);
+    tcase_add_test(tc, rope_cols_errors);
     tcase_add_test(tc, errors);
     suite_add_tcase(s, tc);
     return s;

@@ -280,16 +280,22 @@ static dvl_tensor *attend(dvl_ctx *ctx, const dvl_lm *m, int l, dvl_tensor *h, i
     /* Qwen2: rotary after the bias (HF applies it to the projection
      * output); output feature h*D + j is head h, dim j, so a reshape is the
      * head split. */
-    dvl_tensor *w[3] = {L->wq, L->wk, L->wv}, *b[3] = {L->bq, L->bk, L->bv}, *qkv[3];
-    if (in->separate_projections)
-        for (int j = 0; j < 3; j++)
-            qkv[j] = dvl_linear(ctx, h, w[j], b[j]);
-    else
-        dvl_linear_group(ctx, h, 3, w, L->bq ? b : NULL, qkv); /* one product where it can */
-    dvl_tensor *q = dvl_reshape(ctx, qkv[0], 4, sq), *k = dvl_reshape(ctx, qkv[1], 4, skv);
-    dvl_tensor *v = dvl_reshape(ctx, qkv[2], 4, skv);
-    q = dvl_rope(ctx, q, pos, c->rope_theta);
-    k = dvl_rope(ctx, k, pos, c->rope_theta);
+    const float theta = c->rope_theta;
+    dvl_tensor *w[3] = {L->wq, L->wk, L->wv}, *b[3] = {L->bq, L->bk, L->bv}, *q, *k, *v;
+    dvl_tensor *const *bias = L->bq ? b : NULL;
+    if (!in->separate_projections && dvl_linear_cat_ok(3, w, bias)) {
+        /* One product for the three, columns [q | k | v]; rotary reads q
+         * and k in place, v is copied out. */
+        const int64_t qd = sq[2] * sq[3], kvd = skv[2] * skv[3];
+        dvl_tensor *qkv = dvl_linear_cat(ctx, h, 3, w, bias);
+        q = dvl_rope_cols(ctx, qkv, 0, sq, pos, theta);
+        k = dvl_rope_cols(ctx, qkv, qd, skv, pos, theta);
+        v = dvl_reshape(ctx, dvl_slice_cols(ctx, qkv, qd + kvd, kvd), 4, skv);
+    } else { /* a store laid out otherwise, some of the three frozen, or asked */
+        q = dvl_rope(ctx, dvl_reshape(ctx, dvl_linear(ctx, h, L->wq, L->bq), 4, sq), pos, theta);
+        k = dvl_rope(ctx, dvl_reshape(ctx, dvl_linear(ctx, h, L->wk, L->bk), 4, skv), pos, theta);
+        v = dvl_reshape(ctx, dvl_linear(ctx, h, L->wv, L->bv), 4, skv);
+    }
     if (in->cache) {
         k = with_cache(ctx, k, in->cache->k, in->cache, l, N, T, in->cache_store);
         v = with_cache(ctx, v, in->cache->v, in->cache, l, N, T, in->cache_store);

@@ -76,6 +76,12 @@ dvl_tensor *dvl_softmax(dvl_ctx *ctx, dvl_tensor *x); /* over the last dim */
  *   y[j+D/2]   = x[j+D/2] cos + x[j] sin.
  * x [N, T, H, D]; pos [N*T] (one position per token, any values). */
 dvl_tensor *dvl_rope(dvl_ctx *ctx, dvl_tensor *x, const int32_t *pos, float theta);
+/* The same on columns [start, start + H D) of x [..., C] with N T rows,
+ * read in place: y [N, T, H, D] = shape, equal to dvl_rope of that column
+ * slice bit for bit (q and k of a dvl_linear_cat q|k|v product, without
+ * copying them out first). */
+dvl_tensor *dvl_rope_cols(dvl_ctx *ctx, dvl_tensor *x, int64_t start, const int64_t *shape,
+                          const int32_t *pos, float theta);
 
 /* ------------------------------------------------------------------ rows */
 /* Rows = first dimension for these (a [n, ...] tensor has n rows). */

@@ -1,17 +1,20 @@
-// The SwiGLU and column-slice kernels (src/ops/cuda/kernels.cu "silu,
-// swiglu", src/ops/cuda/ops.cu slice_cols) on the emulator against the CPU
-// kernels (src/ops/cpu/elementwise.c, rows.c, linked in): two tensors
-// (ld = cols) and the halves of one (ld = 2 cols, dvl_swiglu_cat), either
-// gradient NULL, odd sizes and grids smaller than the data so the
-// grid-stride loops wrap. SwiGLU's GPU sigmoid is float expf where the CPU
-// evaluates in double: within 1e-6 relative; the slices are copies and
-// sums of one term: equal to the bit.
+// The SwiGLU, column-slice and rotary kernels (src/ops/cuda/kernels.cu
+// "silu, swiglu", src/ops/cuda/ops.cu slice_cols and rope) on the emulator
+// against the CPU kernels (src/ops/cpu/elementwise.c, rows.c, rope.c, linked
+// in): two tensors (ld = cols) and the halves of one (ld = 2 cols,
+// dvl_swiglu_cat), either gradient NULL, rotary on dense heads and on a
+// column range of a wider row (dvl_rope_cols), odd sizes and grids smaller
+// than the data so the grid-stride loops wrap. SwiGLU's GPU sigmoid is float
+// expf where the CPU evaluates in double: within 1e-6 relative; the slices
+// are copies and sums of one term, the rotation rounds each product as the
+// CPU does: equal to the bit.
 #include "emu.h"
 #include "elem.inc"
 #include <random>
 #include <vector>
 extern "C" {
 #include "ops/cpu/elementwise.h"
+#include "ops/cpu/rope.h"
 #include "ops/cpu/rows.h"
 }
 
@@ -96,6 +99,35 @@ static void slice_case(int64_t rows, int64_t cols, int64_t start, int64_t n, uns
     check(what, gx, gxc, 0);
 }
 
+// Rotary over tokens x H heads of D, x's tokens ld floats apart (from its
+// column `start`), against the CPU kernels, forward and backward.
+static void rope_case(int64_t tokens, int64_t H, int64_t D, int64_t ld, int64_t start,
+                      unsigned blocks)
+{
+    std::vector<int32_t> pos(tokens);
+    for (int64_t t = 0; t < tokens; t++) pos[t] = (int32_t)((t * 977) % 5000);
+    std::vector<float> cs(tokens * D / 2), sn(tokens * D / 2), inv(D / 2);
+    dvl_cpu_rope_table(cs.data(), sn.data(), inv.data(), pos.data(), tokens, D, 1e4f);
+    std::vector<float> x = randn(tokens * ld, 9, 1), y(tokens * H * D), yc(tokens * H * D);
+    launch(blocks, 64, [&] {
+        rope_k(y.data(), x.data() + start, cs.data(), sn.data(), tokens, H, D, ld, 0);
+    });
+    dvl_cpu_rope_fwd(yc.data(), x.data() + start, cs.data(), sn.data(), tokens, H, D, ld);
+    char what[128];
+    snprintf(what, sizeof what, "rope fwd %lld tokens x %lld x %lld, ld %lld from %lld",
+             (long long)tokens, (long long)H, (long long)D, (long long)ld, (long long)start);
+    check(what, y, yc, 0);
+    std::vector<float> gy = randn(tokens * H * D, 10, 1), gx = randn(tokens * ld, 11, 1);
+    std::vector<float> gxc = gx;
+    launch(blocks, 64, [&] {
+        rope_k(gx.data() + start, gy.data(), cs.data(), sn.data(), tokens, H, D, ld, 1);
+    });
+    dvl_cpu_rope_bwd(gxc.data() + start, gy.data(), cs.data(), sn.data(), tokens, H, D, ld);
+    snprintf(what, sizeof what, "rope bwd %lld tokens x %lld x %lld, ld %lld from %lld",
+             (long long)tokens, (long long)H, (long long)D, (long long)ld, (long long)start);
+    check(what, gx, gxc, 0);
+}
+
 int main()
 {
     swiglu_case(1, 1001, false, 3, 3);
@@ -109,6 +141,10 @@ int main()
     slice_case(9, 40, 32, 8, 5);   // v
     slice_case(1, 7, 3, 0, 1);     // empty
     slice_case(300, 11, 1, 9, 3);
+    rope_case(7, 3, 8, 24, 0, 2);   // dense
+    rope_case(9, 2, 8, 40, 0, 3);   // q of a q|k|v row of 40
+    rope_case(9, 1, 8, 40, 16, 1);  // k
+    rope_case(5, 4, 6, 30, 3, 7);
     printf("%s\n", fails ? "elem: FAILED" : "elem: all passed");
     return fails != 0;
 }

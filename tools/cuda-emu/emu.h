@@ -39,6 +39,8 @@ template <class T> static inline T emu_shfl(unsigned mask, T v, int o)
 #define __syncthreads_or(x) emu_sync_or(x)
 #define __shfl_xor_sync(m, v, o) emu_shfl(m, v, o)
 #define __fmul_rn(a, b) ((a) * (b))
+#define __fadd_rn(a, b) ((a) + (b))
+#define __fsub_rn(a, b) ((a) - (b))
 struct float4 { float x, y, z, w; };
 struct uint2 { uint32_t x, y; };
 static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }

@@ -41,13 +41,14 @@ void dvl_cpu_rope_table(float *cos_t, float *sin_t, float *inv_freq, const int32
 /* q * cos + rotate_half(q) * sin with rotate_half(x) = cat(-x2, x1): every
  * product is rounded, then the sum, as torch does it (no fma). */
 void dvl_cpu_rope_fwd(float *y, const float *x, const float *cos_t, const float *sin_t,
-                      int64_t tokens, int64_t H, int64_t D)
+                      int64_t tokens, int64_t H, int64_t D, int64_t ld)
 {
     int64_t half = D / 2;
 #pragma omp parallel for schedule(static) if (dvl_par(tokens * H * D))
     for (int64_t th = 0; th < tokens * H; th++) {
-        const float *c = cos_t + (th / H) * half, *s = sin_t + (th / H) * half;
-        const float *x1 = x + th * D, *x2 = x1 + half;
+        const int64_t t = th / H;
+        const float *c = cos_t + t * half, *s = sin_t + t * half;
+        const float *x1 = x + t * ld + (th - t * H) * D, *x2 = x1 + half;
         float *y1 = y + th * D, *y2 = y1 + half;
         for (int64_t j = 0; j < half; j++) {
             y1[j] = x1[j] * c[j] - x2[j] * s[j];
@@ -59,14 +60,15 @@ void dvl_cpu_rope_fwd(float *y, const float *x, const float *cos_t, const float 
 /* The forward is y = R x with R = [[c, -s], [s, c]] per pair (j, j+D/2), so
  * the exact gradient of the computed map is R^T g. */
 void dvl_cpu_rope_bwd(float *gx, const float *gy, const float *cos_t, const float *sin_t,
-                      int64_t tokens, int64_t H, int64_t D)
+                      int64_t tokens, int64_t H, int64_t D, int64_t ld)
 {
     int64_t half = D / 2;
 #pragma omp parallel for schedule(static) if (dvl_par(tokens * H * D))
     for (int64_t th = 0; th < tokens * H; th++) {
-        const float *c = cos_t + (th / H) * half, *s = sin_t + (th / H) * half;
+        const int64_t t = th / H;
+        const float *c = cos_t + t * half, *s = sin_t + t * half;
         const float *g1 = gy + th * D, *g2 = g1 + half;
-        float *gx1 = gx + th * D, *gx2 = gx1 + half;
+        float *gx1 = gx + t * ld + (th - t * H) * D, *gx2 = gx1 + half;
         for (int64_t j = 0; j < half; j++) {
             gx1[j] += g1[j] * c[j] + g2[j] * s[j];
             gx2[j] += g2[j] * c[j] - g1[j] * s[j];

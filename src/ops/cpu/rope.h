@@ -10,12 +10,16 @@
  * rounded as Hugging Face computes them in float32 (see rope.c). */
 void dvl_cpu_rope_table(float *cos_t, float *sin_t, float *inv_freq, const int32_t *pos,
                         int64_t tokens, int64_t D, float theta);
-/* y[j] = x[j] cos - x[j+D/2] sin, y[j+D/2] = x[j+D/2] cos + x[j] sin. */
+/* y[j] = x[j] cos - x[j+D/2] sin, y[j+D/2] = x[j+D/2] cos + x[j] sin;
+ * y [tokens, H, D] dense, x's tokens ld floats apart (ld = H D: dense too;
+ * larger: the H heads are columns of a wider row, as q and k of a fused
+ * q|k|v product). */
 void dvl_cpu_rope_fwd(float *y, const float *x, const float *cos_t, const float *sin_t,
-                      int64_t tokens, int64_t H, int64_t D);
+                      int64_t tokens, int64_t H, int64_t D, int64_t ld);
 /* The transpose (inverse) rotation, accumulated: gx[j] += g[j] cos +
- * g[j+D/2] sin, gx[j+D/2] += g[j+D/2] cos - g[j] sin. */
+ * g[j+D/2] sin, gx[j+D/2] += g[j+D/2] cos - g[j] sin; gy dense, gx's
+ * tokens ld floats apart. */
 void dvl_cpu_rope_bwd(float *gx, const float *gy, const float *cos_t, const float *sin_t,
-                      int64_t tokens, int64_t H, int64_t D);
+                      int64_t tokens, int64_t H, int64_t D, int64_t ld);
 
 #endif

@@ -252,11 +252,12 @@ void dvl_cuda_scatter_add_rows(float *dst, const float *src, const int32_t *rows
                                int64_t row);
 
 /* Rotary embedding with precomputed cos/sin tables [tokens, D/2] (the op
- * builds them on the host with dvl_cpu_rope_table, bit for bit the CPU's). */
+ * builds them on the host with dvl_cpu_rope_table, bit for bit the CPU's).
+ * As dvl_cpu_rope_fwd/bwd: y and gy dense, x and gx tokens ld floats apart. */
 void dvl_cuda_rope_fwd(float *y, const float *x, const float *cos_t, const float *sin_t,
-                       int64_t tokens, int64_t H, int64_t D);
+                       int64_t tokens, int64_t H, int64_t D, int64_t ld);
 void dvl_cuda_rope_bwd(float *gx, const float *gy, const float *cos_t, const float *sin_t,
-                       int64_t tokens, int64_t H, int64_t D);
+                       int64_t tokens, int64_t H, int64_t D, int64_t ld);
 
 /* Cross-entropy over z [n, V] (rows with a negative label skipped): rowmax,
  * logsum [n] as the CPU kernel, rowloss [n] scratch, loss[0] = sum_i w_i

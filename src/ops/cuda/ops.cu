@@ -538,40 +538,46 @@ extern "C" void dvl_cuda_scatter_add_rows(float *dst, const float *src, const in
 
 /* ----------------------------------------------------------------- rope */
 /* As ops/cpu/rope.c: each product rounded, then the sum (no fma: nvcc would
- * contract a * b - c * d, so the products go through __fmul_rn). */
+ * contract a * b - c * d, so the products go through __fmul_rn). The dense
+ * side (y forward, gy backward) is [tokens, H, D]; the other (x forward, gx
+ * backward) has its tokens ld floats apart. */
 __global__ static void rope_k(float *y, const float *x, const float *cos_t, const float *sin_t,
-                              int64_t tokens, int64_t H, int64_t D, int bwd)
+                              int64_t tokens, int64_t H, int64_t D, int64_t ld, int bwd)
 {
     const int64_t half = D / 2;
     GRID_STRIDE(e, tokens * H * half)
     {
         const int64_t th = e / half, j = e % half, t = th / H;
+        const int64_t dense = th * D, strided = t * ld + (th - t * H) * D;
+        const int64_t xi = bwd ? dense : strided, yi = bwd ? strided : dense;
         const float c = cos_t[t * half + j], s = sin_t[t * half + j];
-        const float x1 = x[th * D + j], x2 = x[th * D + half + j];
+        const float x1 = x[xi + j], x2 = x[xi + half + j];
         if (!bwd) {
-            y[th * D + j] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
-            y[th * D + half + j] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+            y[yi + j] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+            y[yi + half + j] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
         } else { /* x is gy, y is gx: gx += R^T gy */
-            y[th * D + j] += __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
-            y[th * D + half + j] += __fsub_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+            y[yi + j] += __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+            y[yi + half + j] += __fsub_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
         }
     }
 }
 
 extern "C" void dvl_cuda_rope_fwd(float *y, const float *x, const float *cos_t,
-                                  const float *sin_t, int64_t tokens, int64_t H, int64_t D)
+                                  const float *sin_t, int64_t tokens, int64_t H, int64_t D,
+                                  int64_t ld)
 {
     if (tokens * H * (D / 2) > 0)
         rope_k<<<dvl_cu_blocks(tokens * H * (D / 2)), DVL_CU_THREADS>>>(y, x, cos_t, sin_t,
-                                                                        tokens, H, D, 0);
+                                                                        tokens, H, D, ld, 0);
 }
 
 extern "C" void dvl_cuda_rope_bwd(float *gx, const float *gy, const float *cos_t,
-                                  const float *sin_t, int64_t tokens, int64_t H, int64_t D)
+                                  const float *sin_t, int64_t tokens, int64_t H, int64_t D,
+                                  int64_t ld)
 {
     if (tokens * H * (D / 2) > 0 && gx)
         rope_k<<<dvl_cu_blocks(tokens * H * (D / 2)), DVL_CU_THREADS>>>(gx, gy, cos_t, sin_t,
-                                                                        tokens, H, D, 1);
+                                                                        tokens, H, D, ld, 1);
 }
 
 /* -------------------------------------------------------- cross-entropy */
