@@ -37,7 +37,13 @@
  * --tf32 switches the context's cuBLAS handle to TF32 products, --bf16 to
  * bf16 products with f32 accumulation (DVL_MATH_BF16: f32 master weights,
  * activations and gradients; each product rounds its operands to bf16),
- * whose MFU is the one to read against the bf16 peak. */
+ * whose MFU is the one to read against the bf16 peak.
+ * --frozen makes it a stage-1 step: every LM weight frozen, the gradient
+ * going through the whole LM to the input embeddings (as it goes to the
+ * connector's outputs), no optimizer; model FLOPs 4 P (2L N) + attention.
+ * With --bf16 the frozen weights' bf16 copies are kept
+ * (dvl_params_keep_bf16, as dvl-train's train.bf16_frozen_copies); add
+ * --no-bf16-copies for the baseline that rounds W in every product. */
 #include <cblas.h>
 #include <inttypes.h>
 #include <math.h>
@@ -178,6 +184,17 @@ static void print_profile(const dvl_ctx *ctx, double best)
                sorted[i].bwd_n, 100.0 * (sorted[i].fwd_s + sorted[i].bwd_s) / sum);
 }
 
+/* --frozen: the input embeddings as a leaf that needs a gradient (as the
+ * connector's outputs do in stage 1) instead of the token ids, so that the
+ * gradient runs through every frozen layer. */
+static void embed_leaf(dvl_ctx *ctx, const dvl_lm *lm, dvl_lm_input *li)
+{
+    li->embeds = dvl_lm_embed(ctx, lm, li->ids, li->batch * li->seq);
+    li->ids = NULL;
+    if (li->embeds)
+        li->embeds->requires_grad = true;
+}
+
 int bench_train(int argc, char **argv)
 {
     const char *dev = arg_str(argc, argv, "--device", "cpu");
@@ -192,16 +209,20 @@ int bench_train(int argc, char **argv)
             printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
                    "[--steps S] [--block B] [--vocab V] [--shape 0.5b|7b] [--profile] "
                    "[--checkpoint] [--separate] [--tf32 | --bf16 (cuda)] [--ranks R (cuda)]\n"
+                   "       [--frozen] [--zero-init] [--no-bf16-copies] (cuda)\n"
                    "  --profile: one more step with the op profile on: time per op\n"
                    "  --checkpoint: recompute each layer in backward (activation checkpointing)\n"
                    "  --separate: one product per projection (not q|k|v and gate|up fused)\n"
                    "  --ranks R: AdamW moments of one ZeRO-1 rank of R only (its memory)\n"
-                   "  --zero-init (cuda): leave the weights at zero (memory plans at full depth)\n");
+                   "  --zero-init (cuda): leave the weights at zero (memory plans at full depth)\n"
+                   "  --frozen: a stage-1 step: the LM frozen, gradient to the inputs\n"
+                   "  --no-bf16-copies (cuda, --bf16 --frozen): round frozen W in every product\n");
             return 0;
         }
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--tf32") == 0 || strcmp(argv[i], "--bf16") == 0 ||
-            strcmp(argv[i], "--ranks") == 0 || strcmp(argv[i], "--zero-init") == 0) {
+            strcmp(argv[i], "--ranks") == 0 || strcmp(argv[i], "--zero-init") == 0 ||
+            strcmp(argv[i], "--no-bf16-copies") == 0) {
             fprintf(stderr, "dvl-bench train: %s needs --device cuda\n", argv[i]);
             return 2;
         }
@@ -222,20 +243,21 @@ int bench_train(int argc, char **argv)
         return 2;
     }
     const dvl_lm_config *c = &mc.lm;
+    const bool frozen = has_flag(argc, argv, "--frozen");
     dvl_err err = {0};
     dvl_model m;
-    if (dvl_model_init(&m, &mc, &err) || dvl_params_alloc(m.params, &err)) {
+    if (dvl_model_init(&m, &mc, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         return 1;
     }
-    /* --zero-init: the weights stay zero (memory plans of a full 7B depth
-     * without minutes of host-side random initialisation; the numbers are
-     * degenerate, so the step times are only indicative). */
-    if (!has_flag(argc, argv, "--zero-init"))
-        dvl_model_init_random(&m, 1);
-    else
-        printf("  --zero-init: weights left at zero (for memory; step times only indicative)\n");
-    dvl_adamw *opt = dvl_adamw_new(m.params, 0.9f, 0.999f, 1e-8f, 0.0f, &err);
+    if (frozen)
+        dvl_params_set_trainable(m.params, "", false);
+    if (dvl_params_alloc(m.params, &err)) {
+        fprintf(stderr, "dvl-bench train: %s\n", err.msg);
+        return 1;
+    }
+    dvl_model_init_random(&m, 1);
+    dvl_adamw *opt = frozen ? NULL : dvl_adamw_new(m.params, 0.9f, 0.999f, 1e-8f, 0.0f, &err);
     dvl_diff_cfg dc;
     dvl_diff_cfg_qwen(&dc);
     dc.block_size = B;
@@ -244,7 +266,7 @@ int bench_train(int argc, char **argv)
     dc.pad_id = 0;
     dc.block_align_eos = false;
     dvl_diff_batch *db = dvl_diff_batch_new(N, L, &err);
-    if (!opt || !db) {
+    if ((!opt && !frozen) || !db) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         return 1;
     }
@@ -275,14 +297,16 @@ int bench_train(int argc, char **argv)
             pairs += dvl_mask_allows(&mask, i, j);
     double attn = 4.0 * (double)c->head_dim * (double)c->heads * pairs * N * (double)layers;
     double head = 2.0 * d * (double)V * (double)L * N;
-    double flops = 3.0 * (lin + attn + head);
+    /* --frozen: no dW products (forward and dx: 2 x forward). */
+    double flops = (frozen ? 2.0 : 3.0) * (lin + head) + 3.0 * attn;
 
     printf("dvl-bench train: ");
     print_shape(shape, c, m.params->numel);
     printf("\n");
-    printf("  stage 2 step: batch %d x [x_t ; x_0] of 2 x %d = %d positions, block %d; "
+    printf("  stage 2 step%s: batch %d x [x_t ; x_0] of 2 x %d = %d positions, block %d; "
            "%.1f GFLOP per step (%.0f%% attention over %.0f allowed pairs per sequence)\n",
-           N, L, 2 * L, B, flops / 1e9, 100.0 * 3.0 * attn / flops, pairs);
+           frozen ? " as stage 1 (LM frozen, gradient to the input embeddings)" : "", N, L, 2 * L,
+           B, flops / 1e9, 100.0 * 3.0 * attn / flops, pairs);
     fflush(stdout);
     double peak = sgemm_peak(2048);
 
@@ -304,6 +328,8 @@ int bench_train(int argc, char **argv)
         dvl_ctx_profile(ctx, k > steps); /* the extra step of --profile */
         dvl_lm_input li = {.batch = N, .seq = 2 * L, .ids = db->ids, .pos = db->pos, .mask = &mask,
                            .checkpoint = ckpt, .separate_projections = separate};
+        if (frozen)
+            embed_leaf(ctx, &m.lm, &li);
         dvl_tensor *h = dvl_lm_forward(ctx, &m.lm, &li);
         dvl_tensor *hn = dvl_gather_rows(ctx, h, db->noisy_rows, (int64_t)N * L);
         dvl_tensor *loss = dvl_lm_loss(ctx, &m.lm, hn, N, L, db->labels, db->weight, false);
@@ -314,8 +340,8 @@ int bench_train(int argc, char **argv)
         }
         if (k == 0)
             print_arena(act, dvl_arena_peak(ctx), 2 * L * N, layers);
-        double gn = dvl_grad_norm(m.params);
-        dvl_adamw_step(opt, 1e-5f, clip_at_1(gn));
+        if (opt)
+            dvl_adamw_step(opt, 1e-5f, clip_at_1(dvl_grad_norm(m.params)));
         double t = bench_now() - t0;
         if (k > steps)
             break;
@@ -456,6 +482,7 @@ typedef struct cuda_run {
     bool profile;    /* --profile */
     bool checkpoint; /* --checkpoint */
     bool separate;   /* --separate */
+    bool frozen;     /* --frozen: stage-1 step, LM frozen, no optimizer (opt NULL) */
     int ranks;       /* --ranks: the optimizer holds rank 0's ZeRO-1 shard */
 } cuda_run;
 
@@ -505,12 +532,13 @@ static int run_cuda(const cuda_run *r, int L)
     const double P = (double)r->m->params->numel - (c->tied ? 0.0 : (double)c->vocab * c->hidden),
                  pos = 2.0 * L * N;
     const double attn = 12.0 * (double)c->head_dim * (double)c->heads * pairs * N * r->layers;
-    const double model_flops = 6.0 * P * pos + attn;
+    /* Frozen weights: forward and the dx products, no dW ones. */
+    const double per_param = r->frozen ? 4.0 : 6.0, model_flops = per_param * P * pos + attn;
     /* The CPU bench's count of useful work (LM head on the noisy half only). */
     double d = (double)c->hidden, qd = (double)(c->heads * c->head_dim),
            kvd = (double)(c->kv_heads * c->head_dim), ff = (double)c->intermediate;
     double lin = 2.0 * pos * (d * qd + 2 * d * kvd + qd * d + 3 * d * ff) * r->layers;
-    double useful = 3.0 * (lin + 2.0 * d * r->V * (double)L * N) + attn;
+    double useful = (per_param / 2) * (lin + 2.0 * d * r->V * (double)L * N) + attn;
 
     double best = 1e30, total = 0, phase[3] = {0}; /* of the best step */
     for (int k = 0; k <= r->steps + r->profile; k++) {
@@ -527,6 +555,8 @@ static int run_cuda(const cuda_run *r, int L)
         dvl_ctx_profile(ctx, k > r->steps); /* the extra step of --profile */
         dvl_lm_input li = {.batch = N, .seq = 2 * L, .ids = db->ids, .pos = db->pos, .mask = &mask,
                            .checkpoint = r->checkpoint, .separate_projections = r->separate};
+        if (r->frozen)
+            embed_leaf(ctx, &r->m->lm, &li);
         dvl_tensor *h = dvl_lm_forward(ctx, &r->m->lm, &li);
         dvl_tensor *hn = dvl_gather_rows(ctx, h, db->noisy_rows, (int64_t)N * L);
         dvl_tensor *loss = dvl_lm_loss(ctx, &r->m->lm, hn, N, L, db->labels, db->weight, false);
@@ -556,7 +586,7 @@ static int run_cuda(const cuda_run *r, int L)
                        "(weights + grads %.2f GiB, AdamW moments %.2f GiB%s)\n",
                        (double)(total_b - free_b) / 1073741824.0, total_b / 1073741824.0,
                        (double)(r->pd->numel + r->pd->numel_grad) * 4 / 1073741824.0,
-                       (double)dvl_adamw_state_bytes(r->opt) / 1073741824.0,
+                       r->opt ? (double)dvl_adamw_state_bytes(r->opt) / 1073741824.0 : 0.0,
                        r->ranks > 1 ? ", rank 0's ZeRO-1 shard" : "");
         }
         tp[2] = bench_now();
@@ -566,7 +596,8 @@ static int run_cuda(const cuda_run *r, int L)
                     gn);
             goto done;
         }
-        dvl_adamw_step(r->opt, 1e-5f, clip_at_1(gn));
+        if (r->opt)
+            dvl_adamw_step(r->opt, 1e-5f, clip_at_1(gn));
         float l = NAN;
         if (dvl_cuda_sync("train step", &err) || dvl_tensor_to_host(ctx, loss, &l)) {
             fprintf(stderr, "dvl-bench train: %s\n",
@@ -578,9 +609,10 @@ static int run_cuda(const cuda_run *r, int L)
         if (k > r->steps)
             break;
         if (k == 0)
-            printf("  seq %d: stage 2 step: batch %d x [x_t ; x_0] of 2 x %d = %d positions, "
+            printf("  seq %d: stage 2 step%s: batch %d x [x_t ; x_0] of 2 x %d = %d positions, "
                    "block %d, %.0f allowed pairs per sequence\n",
-                   L, N, L, 2 * L, B, pairs);
+                   L, r->frozen ? " as stage 1 (LM frozen, gradient to the input embeddings)" : "",
+                   N, L, 2 * L, B, pairs);
         printf("  step %d%s: %.3f s (forward + loss %.3f, backward %.3f, clip + AdamW %.3f), "
                "loss %.4f, grad norm %.3f\n",
                k, k == 0 ? " (warm-up)" : "", t, tp[1] - tp[0], tp[2] - tp[1], tp[3] - tp[2], l,
@@ -600,9 +632,9 @@ static int run_cuda(const cuda_run *r, int L)
            "2 x %d); forward + loss %.0f%%, backward %.0f%%, clip + AdamW %.0f%%\n",
            best, total / r->steps, tokens / best, pos / best, L, 100 * phase[0] / best,
            100 * phase[1] / best, 100 * phase[2] / best);
-    printf("  model FLOPs = 6 P (2L N) + 12 layers Hq D pairs N = %.1f TFLOP per step "
+    printf("  model FLOPs = %.0f P (2L N) + 12 layers Hq D pairs N = %.1f TFLOP per step "
            "(P %.0f, attention %.1f%%): %.2f TFLOP/s\n",
-           model_flops / 1e12, P, 100.0 * attn / model_flops, tf);
+           per_param, model_flops / 1e12, P, 100.0 * attn / model_flops, tf);
     printf("  useful FLOPs (CPU bench count, LM head on the noisy half) %.1f TFLOP per step: "
            "%.2f TFLOP/s\n",
            useful / 1e12, useful / best / 1e12);
@@ -657,6 +689,7 @@ static int train_cuda(int argc, char **argv)
                   .profile = has_flag(argc, argv, "--profile"),
                   .checkpoint = has_flag(argc, argv, "--checkpoint"),
                   .separate = has_flag(argc, argv, "--separate"),
+                  .frozen = has_flag(argc, argv, "--frozen"),
                   .ranks = ranks,
                   .math = bf16 ? DVL_MATH_BF16 : tf32 ? DVL_MATH_TF32 : DVL_MATH_F32};
     if (gemm_peaks(r.peak, &err)) {
@@ -676,19 +709,41 @@ static int train_cuda(int argc, char **argv)
         return 2;
     }
     dvl_model m;
-    if (dvl_model_init(&m, &mc, &err) || dvl_params_alloc(m.params, &err)) {
+    if (dvl_model_init(&m, &mc, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         return 1;
     }
-    dvl_model_init_random(&m, 1);
+    if (r.frozen)
+        dvl_params_set_trainable(m.params, "", false);
+    if (dvl_params_alloc(m.params, &err)) {
+        fprintf(stderr, "dvl-bench train: %s\n", err.msg);
+        dvl_model_free(&m);
+        return 1;
+    }
+    /* --zero-init: the weights stay zero (memory plans of a full 7B depth
+     * without minutes of host-side random initialisation; the numbers are
+     * degenerate, so the step times are only indicative). */
+    if (!has_flag(argc, argv, "--zero-init"))
+        dvl_model_init_random(&m, 1);
+    else
+        printf("  --zero-init: weights left at zero (for memory; step times only indicative)\n");
     dvl_params *pd = dvl_params_to_device(m.params, DVL_CUDA, &err);
+    const bool copies = r.frozen && bf16 && !has_flag(argc, argv, "--no-bf16-copies");
+    if (pd && copies && dvl_params_keep_bf16(pd, &err)) {
+        fprintf(stderr, "dvl-bench train: %s\n", err.msg);
+        dvl_params_free(pd);
+        dvl_model_free(&m);
+        return 1;
+    }
     /* --ranks R: the moments of rank 0's shard only, as a ZeRO-1 rank holds
      * (its step updates that shard; the timing leaves out the collectives). */
     int64_t lo = 0, hi = pd ? pd->numel_grad : 0;
     if (pd && ranks > 1)
         dvl_adamw_shard(pd->numel_grad, ranks, 0, &lo, &hi);
-    dvl_adamw *opt = pd ? dvl_adamw_new_shard(pd, lo, hi, 0.9f, 0.999f, 1e-8f, 0.0f, &err) : NULL;
-    if (!opt) {
+    dvl_adamw *opt = pd && !r.frozen
+                         ? dvl_adamw_new_shard(pd, lo, hi, 0.9f, 0.999f, 1e-8f, 0.0f, &err)
+                         : NULL;
+    if (!pd || (!opt && !r.frozen)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         dvl_params_free(pd);
         dvl_model_free(&m);
@@ -705,7 +760,11 @@ static int train_cuda(int argc, char **argv)
     r.m = &m, r.pd = pd, r.opt = opt, r.dc = &dc;
     printf("  ");
     print_shape(shape, &mc.lm, pd->numel);
-    printf(" on the device (+ grads, AdamW m and v)\n");
+    if (r.frozen)
+        printf(" on the device, frozen%s\n",
+               copies ? " (+ their bf16 copies)" : bf16 ? " (no bf16 copies: W rounded per product)" : "");
+    else
+        printf(" on the device (+ grads, AdamW m and v)\n");
     fflush(stdout);
     int rc = TRAIN_OOM;
     for (; L >= B && rc == TRAIN_OOM; L /= 2) {
@@ -719,7 +778,8 @@ static int train_cuda(int argc, char **argv)
             /* The failed step may have updated nothing: AdamW ran only
              * after a complete backward. Zero the step count anyway so the
              * run at the smaller L starts like a fresh one. */
-            opt->step = 0;
+            if (opt)
+                opt->step = 0;
         }
     }
     if (rc == TRAIN_OOM)

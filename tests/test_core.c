@@ -1,4 +1,5 @@
 /* The tensor core: arena reuse, views, the parameter store, error paths. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "util.h"
@@ -77,6 +78,107 @@ START_TEST(params_flat_buffers)
 }
 END_TEST
 
+/* Every element of t's bf16 copy is dvl_f32_to_bf16 of its data. */
+static void assert_copy_rounds(const dvl_tensor *t)
+{
+    const uint16_t *c = dvl_bf16_copy(t);
+    ck_assert_ptr_nonnull(c);
+    for (int64_t i = 0; i < dvl_numel(t); i++)
+        ck_assert_msg(c[i] == dvl_f32_to_bf16(dvl_f32(t)[i]), "%s[%lld]: copy %04x of %a",
+                      t->name, (long long)i, c[i], (double)dvl_f32(t)[i]);
+}
+
+/* dvl_params_keep_bf16: copies of the frozen parameters only, laid out so
+ * that frozen parameters consecutive in data are consecutive in the copies
+ * (dvl_linear_cat's fused products read them as one matrix), views served
+ * at their offset, refreshed by the store's own writes, dropped on request,
+ * and kept by a copy of the store. */
+START_TEST(params_keep_bf16_copies)
+{
+    dvl_params *p = dvl_params_new();
+    dvl_err err = {0};
+    ck_assert_int_eq(dvl_params_keep_bf16(p, &err), DVL_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "not allocated"));
+    const char *names[] = {"a", "b", "c", "d", "e", "f"};
+    const int64_t shape[][2] = {{3, 5}, {4, 4}, {2, 8}, {7, 1}, {5, 1}, {4, 4}};
+    const bool trainable[] = {true, false, false, false, true, false};
+    dvl_tensor *t[6];
+    for (int i = 0; i < 6; i++)
+        ck_assert_ptr_nonnull(t[i] = dvl_params_add(p, names[i], 2, shape[i], trainable[i], &err));
+    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
+    for (int i = 0; i < 6; i++)
+        tu_randn(t[i], 10 + (uint64_t)i, 3.0f);
+    ck_assert_ptr_null(dvl_bf16_copy(t[1]));
+    ck_assert_msg(dvl_params_keep_bf16(p, &err) == DVL_OK, "%s", err.msg);
+    ck_assert(p->keep_bf16);
+    /* Four frozen tensors of 16, 16, 7 and 16 elements, each from a
+     * 16-element boundary. */
+    ck_assert_int_eq(p->numel_bf16, 64);
+    ck_assert_ptr_null(t[0]->bf16);
+    ck_assert_ptr_null(t[4]->bf16);
+    ck_assert_ptr_eq(t[1]->bf16, p->bf16);
+    ck_assert_ptr_eq(t[2]->bf16, t[1]->bf16 + 16); /* consecutive, as in data */
+    ck_assert_ptr_eq(dvl_f32(t[2]), dvl_f32(t[1]) + 16);
+    ck_assert_ptr_eq(t[3]->bf16, t[2]->bf16 + 16);
+    ck_assert_ptr_eq(t[5]->bf16, t[3]->bf16 + 16); /* after 7 elements and padding */
+    for (int i = 1; i < 6; i++)
+        if (!trainable[i])
+            assert_copy_rounds(t[i]);
+    /* Not vacuous: the copies are rounded, not the f32 bits' top half for
+     * every element. */
+    int rounded_up = 0;
+    for (int64_t i = 0; i < 16; i++) {
+        uint32_t bits;
+        memcpy(&bits, &dvl_f32(t[1])[i], sizeof bits);
+        rounded_up += t[1]->bf16[i] != (uint16_t)(bits >> 16);
+    }
+    ck_assert_int_gt(rounded_up, 0);
+    /* Views: at their offset into the base's copy; none for a trainable base. */
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    int64_t s1[1] = {8};
+    ck_assert_ptr_eq(dvl_bf16_copy(dvl_view(ctx, t[2], 1, s1, 8)), t[2]->bf16 + 8);
+    dvl_tensor *v = dvl_view(ctx, t[2], 1, s1, 4);
+    int64_t s2[1] = {2};
+    ck_assert_ptr_eq(dvl_bf16_copy(dvl_view(ctx, v, 1, s2, 3)), t[2]->bf16 + 7);
+    ck_assert_ptr_null(dvl_bf16_copy(dvl_view(ctx, t[0], 1, s1, 4)));
+    dvl_ctx_free(ctx);
+    /* The store's own writes refresh the copies. */
+    float *host = malloc((size_t)p->numel * sizeof *host);
+    ck_assert_ptr_nonnull(host);
+    for (int64_t i = 0; i < p->numel; i++)
+        host[i] = 0.001f * (float)(i * 37 % 101) - 0.05f;
+    ck_assert_int_eq(dvl_params_data_from_host(p, host, &err), DVL_OK);
+    for (int i = 1; i < 6; i++)
+        if (!trainable[i])
+            assert_copy_rounds(t[i]);
+    /* A copy of the store keeps copies of its own. */
+    dvl_params *q = dvl_params_to_device(p, DVL_CPU, &err);
+    ck_assert_msg(q != NULL, "%s", err.msg);
+    ck_assert(q->keep_bf16);
+    ck_assert_int_eq(q->numel_bf16, 64);
+    ck_assert_ptr_ne(q->bf16, p->bf16);
+    ck_assert_int_eq(memcmp(q->bf16, p->bf16, 64 * sizeof *p->bf16), 0);
+    dvl_params_free(q);
+    /* Dropped: none, and later writes make none. */
+    dvl_params_drop_bf16(p);
+    ck_assert(!p->keep_bf16);
+    ck_assert_ptr_null(p->bf16);
+    ck_assert_ptr_null(dvl_bf16_copy(t[2]));
+    ck_assert_int_eq(dvl_params_data_from_host(p, host, &err), DVL_OK);
+    ck_assert_ptr_null(dvl_bf16_copy(t[2]));
+    free(host);
+    dvl_params_free(p);
+    /* A store without frozen parameters keeps nothing, without error. */
+    dvl_params *r = dvl_params_new();
+    ck_assert_ptr_nonnull(dvl_params_add(r, "w", 2, shape[0], true, &err));
+    ck_assert_int_eq(dvl_params_alloc(r, &err), 0);
+    ck_assert_int_eq(dvl_params_keep_bf16(r, &err), DVL_OK);
+    ck_assert_ptr_null(r->bf16);
+    ck_assert_int_eq(r->numel_bf16, 0);
+    dvl_params_free(r);
+}
+END_TEST
+
 START_TEST(backward_needs_trainable_scalar)
 {
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
@@ -147,6 +249,7 @@ static Suite *suite(void)
     tcase_add_test(tc, arena_steady_state_allocates_nothing);
     tcase_add_test(tc, views_share_data_and_grad);
     tcase_add_test(tc, params_flat_buffers);
+    tcase_add_test(tc, params_keep_bf16_copies);
     tcase_add_test(tc, backward_needs_trainable_scalar);
     tcase_add_test(tc, grad_ready_hook_reports_complete_gradients);
     suite_add_tcase(s, tc);

@@ -462,16 +462,39 @@ static void check_linear_bf16(dvl_cublas *h, int64_t rows, int64_t in, int64_t o
     float *d_dw = upload(dw0, out * in), *d_db = upload(db0, out);
     float *d_y = dev_alloc((size_t)(rows * out) * sizeof(float));
     float *d_cs = dev_alloc((size_t)dvl_cuda_colsum_scratch(rows, out) * sizeof(float));
-    void *d_f = dev_alloc(dvl_cuda_linear_bf16_scratch(rows, in, out, false));
-    void *d_s = dev_alloc(dvl_cuda_linear_bf16_scratch(rows, in, out, true));
+    void *d_f = dev_alloc(dvl_cuda_linear_bf16_scratch(rows, in, out, false, false));
+    void *d_s = dev_alloc(dvl_cuda_linear_bf16_scratch(rows, in, out, true, false));
     dvl_err err = {0, ""};
-    ck_assert_msg(dvl_cuda_linear_fwd_bf16(h, d_y, d_x, d_w, bias ? d_b : NULL, d_f, rows, in,
-                                           out, &err) == DVL_OK,
-                  "%s", err.msg);
-    ck_assert_msg(dvl_cuda_linear_bwd_bf16(h, d_dx, d_dw, d_db, d_cs, d_s, d_dy, d_x, d_w, rows,
+    ck_assert_msg(dvl_cuda_linear_fwd_bf16(h, d_y, d_x, d_w, NULL, bias ? d_b : NULL, d_f, rows,
                                            in, out, &err) == DVL_OK,
                   "%s", err.msg);
+    ck_assert_msg(dvl_cuda_linear_bwd_bf16(h, d_dx, d_dw, d_db, d_cs, d_s, d_dy, d_x, d_w, NULL,
+                                           rows, in, out, &err) == DVL_OK,
+                  "%s", err.msg);
     float *y = download(d_y, rows * out), *gx = download(d_dx, rows * in);
+    /* With W rounded beforehand (a frozen weight's store copy, w16) and no
+     * f32 W at all: the same bits of y and dx, in the smaller scratch. */
+    uint16_t *d_w16 = dev_alloc((size_t)(out * in) * sizeof(uint16_t));
+    ck_assert_msg(dvl_cuda_to_bf16(d_w16, d_w, out * in, &err) == DVL_OK, "%s", err.msg);
+    float *d_y2 = dev_alloc((size_t)(rows * out) * sizeof(float)), *d_dx2 = upload(dx0, rows * in);
+    void *d_f2 = dev_alloc(dvl_cuda_linear_bf16_scratch(rows, in, out, false, true));
+    void *d_s2 = dev_alloc(dvl_cuda_linear_bf16_scratch(rows, in, out, true, true));
+    ck_assert_msg(dvl_cuda_linear_fwd_bf16(h, d_y2, d_x, NULL, d_w16, bias ? d_b : NULL, d_f2,
+                                           rows, in, out, &err) == DVL_OK,
+                  "%s", err.msg);
+    ck_assert_msg(dvl_cuda_linear_bwd_bf16(h, d_dx2, NULL, NULL, NULL, d_s2, d_dy, d_x, NULL,
+                                           d_w16, rows, in, out, &err) == DVL_OK,
+                  "%s", err.msg);
+    float *y2 = download(d_y2, rows * out), *gx2 = download(d_dx2, rows * in);
+    ck_assert_msg(memcmp(y, y2, (size_t)(rows * out) * sizeof(float)) == 0,
+                  "bf16 linear [%lld,%lld,%lld]: y with W's kept copy differs", (long long)rows,
+                  (long long)in, (long long)out);
+    ck_assert_msg(memcmp(gx, gx2, (size_t)(rows * in) * sizeof(float)) == 0,
+                  "bf16 linear [%lld,%lld,%lld]: dx with W's kept copy differs", (long long)rows,
+                  (long long)in, (long long)out);
+    free(y2), free(gx2);
+    dvl_cuda_free(d_w16), dvl_cuda_free(d_y2), dvl_cuda_free(d_dx2), dvl_cuda_free(d_f2);
+    dvl_cuda_free(d_s2);
     float *gw = download(d_dw, out * in), *gb = download(d_db, out);
     for (int exact = 0; exact < 2; exact++) {
         double *ry = dzeros(rows * out), *rdx = dzeros(rows * in), *rdw = dzeros(out * in);
@@ -2404,6 +2427,181 @@ START_TEST(toy_model_step_bf16_close_to_cpu)
 }
 END_TEST
 
+#ifdef DVL_HAVE_CUDA
+/* A device store like src (names, shapes, data) with the parameters whose
+ * names start with one of `frozen` (NULL-terminated) frozen. The data's
+ * layout does not depend on trainability, so src's buffer copies as is. */
+static dvl_params *frozen_twin_on_gpu(const dvl_params *src, const char *const *frozen)
+{
+    dvl_err err = {0, ""};
+    dvl_params *q = dvl_params_new();
+    for (int i = 0; i < src->n; i++) {
+        const dvl_tensor *t = src->t[i];
+        bool fr = false;
+        for (const char *const *f = frozen; *f; f++)
+            fr |= strncmp(t->name, *f, strlen(*f)) == 0;
+        ck_assert_ptr_nonnull(dvl_params_add(q, t->name, t->ndim, t->shape, !fr, &err));
+    }
+    ck_assert_int_eq(dvl_params_alloc(q, &err), DVL_OK);
+    ck_assert_int_eq(q->numel, src->numel);
+    memcpy(q->data, src->data, (size_t)src->numel * sizeof(float));
+    ck_assert_msg(dvl_params_move(q, DVL_CUDA, &err) == DVL_OK, "%s", err.msg);
+    return q;
+}
+
+/* Overwrite a device tensor's f32 data with other (finite) values, behind
+ * its store's back (its bf16 copy, if any, is left as it was). */
+static void clobber(dvl_tensor *t)
+{
+    const int64_t n = dvl_numel(t);
+    float *junk = malloc((size_t)n * sizeof *junk);
+    ck_assert_ptr_nonnull(junk);
+    for (int64_t i = 0; i < n; i++)
+        junk[i] = 0.25f - 0.05f * (float)(i % 7);
+    dvl_err err = {0, ""};
+    ck_assert_msg(dvl_cuda_memcpy_h2d(t->data, junk, (size_t)n * sizeof *junk, &err) == DVL_OK,
+                  "%s", err.msg);
+    free(junk);
+}
+
+/* y = linear_cat(x, [a; b; c], [a_b; b_b; c_b]) on the device; y and dx of
+ * sum(y) into the host arrays. */
+static void cat_step(dvl_ctx *ctx, dvl_params *p, const float *xh, int64_t rows, float *y,
+                     float *dx)
+{
+    dvl_tensor *w[3] = {dvl_params_find(p, "a.w"), dvl_params_find(p, "b.w"),
+                        dvl_params_find(p, "c.w")};
+    dvl_tensor *b[3] = {dvl_params_find(p, "a.b"), dvl_params_find(p, "b.b"),
+                        dvl_params_find(p, "c.b")};
+    int64_t sx[2] = {rows, 24};
+    dvl_tensor *x = dvl_from_host(ctx, DVL_F32, 2, sx, xh);
+    ck_assert_ptr_nonnull(x);
+    x->requires_grad = true;
+    dvl_tensor *out = dvl_linear_cat(ctx, x, 3, w, b);
+    ck_assert_msg(out != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_msg(dvl_backward(ctx, dvl_sum(ctx, out)) == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_int_eq(dvl_tensor_to_host(ctx, out, y), DVL_OK);
+    ck_assert_int_eq(dvl_tensor_grad_to_host(ctx, x, dx), DVL_OK);
+    dvl_ctx_reset(ctx);
+}
+#endif
+
+/* dvl_params_keep_bf16 on the device. The copies are bit for bit the
+ * host's dvl_f32_to_bf16 of the weights. A bf16 training step of the toy
+ * model with layer 0, the embedding and the LM head frozen gives the same
+ * loss and gradient bits with them as without (each product rounding W
+ * itself): they change nothing. They are really what the products read:
+ * with the frozen linear weights' f32 values overwritten behind the store's
+ * back the step still gives those bits; made again from the overwritten
+ * values, the loss changes; dvl_params_data_from_host makes them again from
+ * the good values. dvl_linear_cat over three frozen consecutive weights
+ * (and biases) reads their copies as one matrix, likewise. */
+START_TEST(bf16_copies_of_frozen_weights)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_params *pc = toy_params(&TOY, 7);
+    const char *frozen[] = {"l0.", "embed", "head", NULL};
+    dvl_params *pg = frozen_twin_on_gpu(pc, frozen);
+    toy_batch b = toy_batch_new(&TOY, 8);
+    dvl_ctx *cg = dvl_ctx_new_err(DVL_CUDA, &err);
+    ck_assert_msg(cg != NULL, "%s", err.msg);
+    ck_assert_msg(dvl_cublas_set_math(dvl_ctx_cublas(cg), DVL_MATH_BF16, &err) == DVL_OK, "%s",
+                  err.msg);
+    const size_t gbytes = (size_t)pg->numel_grad * sizeof(float);
+    float *g0 = malloc(gbytes), *g1 = malloc(gbytes);
+    ck_assert(g0 && g1);
+    const float l0 = toy_step(cg, pg, &b, g0);
+
+    ck_assert_msg(dvl_params_keep_bf16(pg, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_int_gt(pg->numel_bf16, 0);
+    uint16_t *c16 = malloc((size_t)pg->numel_bf16 * sizeof *c16);
+    ck_assert_ptr_nonnull(c16);
+    ck_assert_int_eq(dvl_cuda_memcpy_d2h(c16, pg->bf16, (size_t)pg->numel_bf16 * sizeof *c16, &err),
+                     DVL_OK);
+    int64_t checked = 0;
+    for (int i = 0; i < pg->n; i++) {
+        const dvl_tensor *t = pg->t[i], *h = pc->t[i];
+        if (t->requires_grad) {
+            ck_assert_ptr_null(t->bf16);
+            continue;
+        }
+        ck_assert_ptr_nonnull(t->bf16);
+        const uint16_t *c = c16 + (t->bf16 - pg->bf16);
+        for (int64_t k = 0; k < dvl_numel(t); k++, checked++)
+            ck_assert_msg(c[k] == dvl_f32_to_bf16(dvl_f32(h)[k]), "%s[%lld]: device copy %04x",
+                          t->name, (long long)k, c[k]);
+    }
+    ck_assert_int_gt(checked, 1000);
+    free(c16);
+
+    float l1 = toy_step(cg, pg, &b, g1);
+    ck_assert_msg(memcmp(&l0, &l1, sizeof l0) == 0 && memcmp(g0, g1, gbytes) == 0,
+                  "bf16 step with the frozen weights' copies: loss %.9g vs %.9g without", l1, l0);
+    const char *linear_w[] = {"l0.q.w", "l0.k.w",    "l0.v.w",  "l0.o.w",
+                              "l0.gate.w", "l0.up.w", "l0.down.w", "head"};
+    for (size_t k = 0; k < sizeof linear_w / sizeof *linear_w; k++)
+        clobber(dvl_params_find(pg, linear_w[k]));
+    l1 = toy_step(cg, pg, &b, g1);
+    ck_assert_msg(memcmp(&l0, &l1, sizeof l0) == 0 && memcmp(g0, g1, gbytes) == 0,
+                  "bf16 step read a frozen weight's f32 values, not its copy: loss %.9g vs %.9g",
+                  l1, l0);
+    ck_assert_msg(dvl_params_keep_bf16(pg, &err) == DVL_OK, "%s", err.msg);
+    l1 = toy_step(cg, pg, &b, NULL);
+    ck_assert_msg(isfinite(l1) && fabsf(l1 - l0) > 1e-3f * fabsf(l0),
+                  "copies made from overwritten weights: loss %.9g (before %.9g)", l1, l0);
+    ck_assert_msg(dvl_params_data_from_host(pg, pc->data, &err) == DVL_OK, "%s", err.msg);
+    l1 = toy_step(cg, pg, &b, g1);
+    ck_assert_msg(memcmp(&l0, &l1, sizeof l0) == 0 && memcmp(g0, g1, gbytes) == 0,
+                  "after dvl_params_data_from_host: loss %.9g vs %.9g", l1, l0);
+    dvl_params_drop_bf16(pg);
+    ck_assert_ptr_null(dvl_bf16_copy(dvl_params_find(pg, "head")));
+    l1 = toy_step(cg, pg, &b, g1);
+    ck_assert_msg(memcmp(&l0, &l1, sizeof l0) == 0 && memcmp(g0, g1, gbytes) == 0,
+                  "after dvl_params_drop_bf16: loss %.9g vs %.9g", l1, l0);
+    printf("test_cuda: bf16 copies of frozen weights (%lld elements): toy step loss %.7f with and "
+           "without, gradients equal bit for bit\n",
+           (long long)checked, l0);
+
+    /* dvl_linear_cat: q|k|v-like frozen weights and biases, one matrix. */
+    dvl_params *q = dvl_params_new();
+    const char *cn[] = {"a.w", "b.w", "c.w", "a.b", "b.b", "c.b"};
+    const int64_t cs[][2] = {{32, 24}, {16, 24}, {16, 24}, {32, 1}, {16, 1}, {16, 1}};
+    for (int i = 0; i < 6; i++)
+        ck_assert_ptr_nonnull(dvl_params_add(q, cn[i], i < 3 ? 2 : 1, cs[i], false, &err));
+    ck_assert_int_eq(dvl_params_alloc(q, &err), DVL_OK);
+    for (int i = 0; i < 6; i++)
+        tu_randn(q->t[i], 40 + (uint64_t)i, 0.3f);
+    ck_assert_msg(dvl_params_move(q, DVL_CUDA, &err) == DVL_OK, "%s", err.msg);
+    const int64_t rows = 9;
+    float *xh = host_randn(rows * 24, 50, 1.0f);
+    float *y0 = malloc(rows * 64 * sizeof(float)), *y1 = malloc(rows * 64 * sizeof(float));
+    float *d0 = malloc(rows * 24 * sizeof(float)), *d1 = malloc(rows * 24 * sizeof(float));
+    ck_assert(y0 && y1 && d0 && d1);
+    cat_step(cg, q, xh, rows, y0, d0);
+    ck_assert_msg(dvl_params_keep_bf16(q, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_ptr_eq(dvl_bf16_copy(q->t[1]), dvl_bf16_copy(q->t[0]) + 32 * 24);
+    ck_assert_ptr_eq(dvl_bf16_copy(q->t[2]), dvl_bf16_copy(q->t[1]) + 16 * 24);
+    for (int i = 0; i < 3; i++)
+        clobber(q->t[i]);
+    cat_step(cg, q, xh, rows, y1, d1);
+    ck_assert_msg(memcmp(y0, y1, rows * 64 * sizeof(float)) == 0 &&
+                      memcmp(d0, d1, rows * 24 * sizeof(float)) == 0,
+                  "linear_cat over frozen weights did not read their copies as one matrix");
+    free(xh), free(y0), free(y1), free(d0), free(d1);
+    dvl_params_free(q);
+    free(g0), free(g1);
+    dvl_ctx_free(cg);
+    toy_batch_free(&b);
+    dvl_params_free(pc), dvl_params_free(pg);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
 /* Not an assertion: one toy-model training step (forward + backward) on
  * the CPU and on the GPU, mean of 10 after 2 warm-ups, for the record. The
  * toy model is tiny, so the GPU time is launch latency, not throughput. */
@@ -3137,6 +3335,7 @@ static Suite *suite(void)
     tcase_add_test(tc, linear_cross_entropy_large_vocab_bounded_memory);
     tcase_add_test(tc, toy_model_step_matches_cpu);
     tcase_add_test(tc, toy_model_step_bf16_close_to_cpu);
+    tcase_add_test(tc, bf16_copies_of_frozen_weights);
     tcase_add_test(tc, adamw_device_store_matches_cpu);
     tcase_add_test(tc, siglip_on_device_matches_cpu);
     tcase_add_test(tc, params_move_round_trip);

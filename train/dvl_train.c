@@ -915,6 +915,11 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
         dvl_cublas_set_math(dvl_ctx_cublas(r->ctx),
                             c->precision == PREC_BF16 ? DVL_MATH_BF16 : DVL_MATH_TF32, err))
         return err->code;
+    /* The frozen weights' bf16 copies, from the weights as they now are
+     * (broadcast, moved, resumed); nothing writes a frozen weight later. */
+    if (on_gpu(r) && c->precision == PREC_BF16 && c->bf16_frozen_copies &&
+        dvl_params_keep_bf16(p, err))
+        return err->code;
 #endif
     if (r->d.rank == 0) {
         if (make_dirs(c->out, err))
@@ -944,6 +949,10 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                                  : ", gradients all-reduced with MPI through host memory (NCCL: ",
                    r->d.world > 1 && !r->nccl ? r->no_nccl : "",
                    r->d.world > 1 && !r->nccl ? ")" : "");
+        if (p->numel_bf16)
+            printf(PROG ": bf16 copies of the frozen weights: %.2f MiB per rank "
+                   "(train.bf16_frozen_copies)\n",
+                   (double)p->numel_bf16 * 2 / (1 << 20));
         /* The optimizer state of one rank (rank 0's shard is the largest). */
         double mib = (double)dvl_adamw_state_bytes(r->opt) / (1 << 20);
         double full_mib = 2.0 * (double)p->numel_grad * sizeof(float) / (1 << 20);

@@ -5,6 +5,8 @@
 #     update, within 1e-5 relative: the same weights and noise, f32 on both,
 #     only summation orders differ; steps 2..8 within 1e-3 relative, where
 #     those differences have gone through AdamW) and the loss falls;
+#   stage 1 in bf16 with the frozen weights' bf16 copies
+#     (train.bf16_frozen_copies, the default) and without: the same bits;
 #   exact resume on the GPU: a run checkpointed at step 4 and resumed there
 #     reaches the uninterrupted run's step-8 weights and AdamW state bit for
 #     bit; the GPU checkpoint also resumes on the CPU;
@@ -49,6 +51,12 @@ cat >s2.json <<'EOF'
  "optim": {"lr": 3e-3, "vision_lr": 6e-4, "warmup_steps": 2},
  "diffusion": {"block_size": 8, "mask_token_id": 412, "eos_token_id": 410},
  "ckpt": {"every": 4, "keep_last": 0}}
+EOF
+cat >s1.json <<'EOF'
+{"model": {"path": "m0"}, "data": {"path": "ds"},
+ "train": {"stage": "1", "out": "s1", "micro_batch": 4, "global_batch": 8, "max_steps": 4,
+           "device": "cuda", "precision": "bf16"},
+ "optim": {"lr": 1e-2, "warmup_steps": 2}}
 EOF
 cat >ar.json <<'EOF'
 {"model": {"path": "m0"}, "data": {"path": "ds"},
@@ -118,6 +126,25 @@ assert sum(lp[-3:]) < 0.9 * sum(lp[:3]), 'loss did not fall: %s' % lp
 done
 
 # ---- exact resume on the GPU, from the checkpoint at step 4
+# ---- train.bf16_frozen_copies: stage 1 in bf16 (the LM and the tower
+# frozen) with the frozen weights' bf16 copies (the default) and without
+# them: the same losses and final weights, bit for bit (a copy is what each
+# product would round).
+if "$TRAIN" --config s1.json --set train.out=s1c >s1c.log 2>&1 &&
+    grep "bf16 copies of the frozen weights" s1c.log | sed 's/^/   /' &&
+    "$TRAIN" --config s1.json --set train.out=s1n --set train.bf16_frozen_copies=false \
+        >s1n.log 2>&1 && ! grep -q "bf16 copies" s1n.log &&
+    cmp -s s1c/final/model.safetensors s1n/final/model.safetensors &&
+    py "$ST
+a, b = losses('s1c'), losses('s1n')
+print('   stage 1 bf16 losses with copies %s, without %s' % (a, b))
+assert len(a) == 4 and a == b
+"; then
+    ok stage1_cuda_bf16_frozen_copies_bit_identical
+else
+    bad "stage1_cuda_bf16_frozen_copies_bit_identical: $(tail -2 s1c.log) $(tail -1 s1n.log)"
+fi
+
 if "$TRAIN" --resume gpu/ckpt/step-000004 --set train.out=gpu_r >gpu_r.log 2>&1 &&
     grep -q "device cuda" gpu_r.log &&
     cmp -s gpu/final/model.safetensors gpu_r/final/model.safetensors &&

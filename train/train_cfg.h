@@ -38,6 +38,7 @@ typedef struct train_cfg {
     int64_t seed;
     train_device device; /* cuda: one GPU per rank, chosen by the rank's place on its node */
     train_precision precision; /* of the GPU's matrix products (dvl_cuda_math) */
+    bool bf16_frozen_copies;   /* bf16 precision: dvl_params_keep_bf16 */
     /* optimiser and schedule */
     double lr, vision_lr, weight_decay, beta1, beta2, eps;
     double warmup_ratio;

@@ -155,19 +155,26 @@ typedef struct xent_dev {
     float *z;               /* one chunk of logits [n_sup, C]; dZ in backward */
     void *bf16;             /* bf16 operand copies (DVL_MATH_BF16) or NULL */
     size_t bf16_bytes;
+    const uint16_t *w16;    /* W's bf16 copy kept by its store (frozen) or NULL */
 } xent_dev;
 
+/* Rows c0 .. of W's bf16 copy, or NULL. */
+static const uint16_t *xent_w16(const xent_dev *xd, int64_t c0, int64_t d)
+{
+    return xd->w16 ? xd->w16 + c0 * d : NULL;
+}
+
 /* Operand copies for the chunk products of the handle's mode: none for f32
- * and TF32 (cublasSgemm), bf16 copies of h_s, W_c and (backward) dZ for
- * DVL_MATH_BF16, sized for the backward pass when one follows and made once
- * for all chunks (dvl_dev_linear_fwd would take new ones from the arena at
- * every chunk). */
+ * and TF32 (cublasSgemm), bf16 copies of h_s, W_c (unless W has a kept
+ * copy) and (backward) dZ for DVL_MATH_BF16, sized for the backward pass
+ * when one follows and made once for all chunks (dvl_dev_linear_fwd would
+ * take new ones from the arena at every chunk). */
 static bool xent_bf16_scratch(dvl_ctx *ctx, xent_dev *xd, int64_t n_sup, int64_t d, int64_t C,
                               bool backward)
 {
     if (dvl_cublas_math(dvl_ctx_cublas(ctx)) != DVL_MATH_BF16)
         return true;
-    const size_t need = dvl_cuda_linear_bf16_scratch(n_sup, d, C, backward);
+    const size_t need = dvl_cuda_linear_bf16_scratch(n_sup, d, C, backward, xd->w16 != NULL);
     if (xd->bf16 && xd->bf16_bytes >= need)
         return true;
     xd->bf16 = dvl_alloc_dev(ctx, need);
@@ -175,15 +182,17 @@ static bool xent_bf16_scratch(dvl_ctx *ctx, xent_dev *xd, int64_t n_sup, int64_t
     return xd->bf16 != NULL;
 }
 
-/* xd->z [n_sup, C] = h_s W_c^T, W_c = rows c0 .. c0+C of W (contiguous). */
-static bool xent_chunk_logits(dvl_ctx *ctx, const xent_dev *xd, const float *wc, int64_t n_sup,
-                              int64_t d, int64_t C)
+/* xd->z [n_sup, C] = h_s W_c^T, W_c = rows c0 .. c0+C of W (contiguous;
+ * w16c its bf16 copy or NULL). */
+static bool xent_chunk_logits(dvl_ctx *ctx, const xent_dev *xd, const float *wc,
+                              const uint16_t *w16c, int64_t n_sup, int64_t d, int64_t C)
 {
     struct dvl_cublas *hb = dvl_ctx_cublas(ctx);
     dvl_err e = {0, ""};
     const int rc =
         dvl_cublas_math(hb) == DVL_MATH_BF16
-            ? dvl_cuda_linear_fwd_bf16(hb, xd->z, xd->hs, wc, NULL, xd->bf16, n_sup, d, C, &e)
+            ? dvl_cuda_linear_fwd_bf16(hb, xd->z, xd->hs, wc, w16c, NULL, xd->bf16, n_sup, d, C,
+                                       &e)
             : dvl_cuda_linear_fwd(hb, xd->z, xd->hs, wc, NULL, n_sup, d, C, &e);
     if (rc != DVL_OK)
         dvl_ctx_set_err(ctx, &e);
@@ -193,13 +202,14 @@ static bool xent_chunk_logits(dvl_ctx *ctx, const xent_dev *xd, const float *wc,
 /* dhs += dZ W_c and dW_c += dZ^T h_s (beta = 1; either may be NULL), dZ in
  * xd->z. */
 static bool xent_chunk_grads(dvl_ctx *ctx, const xent_dev *xd, float *dhs, float *dwc,
-                             const float *wc, int64_t n_sup, int64_t d, int64_t C)
+                             const float *wc, const uint16_t *w16c, int64_t n_sup, int64_t d,
+                             int64_t C)
 {
     struct dvl_cublas *hb = dvl_ctx_cublas(ctx);
     dvl_err e = {0, ""};
     const int rc = dvl_cublas_math(hb) == DVL_MATH_BF16
                        ? dvl_cuda_linear_bwd_bf16(hb, dhs, dwc, NULL, NULL, xd->bf16, xd->z,
-                                                  xd->hs, wc, n_sup, d, C, &e)
+                                                  xd->hs, wc, w16c, n_sup, d, C, &e)
                        : dvl_cuda_linear_bwd(hb, dhs, dwc, NULL, NULL, xd->z, xd->hs, wc, n_sup,
                                              d, C, &e);
     if (rc != DVL_OK)
@@ -210,10 +220,12 @@ static bool xent_chunk_grads(dvl_ctx *ctx, const xent_dev *xd, float *dhs, float
 /* Forward: per chunk Z = h_s W_c^T, then fold it into the rows' online
  * log-sum-exp; after the last chunk the loss. */
 static bool xent_dev_fwd(dvl_ctx *ctx, xent_dev *xd, float *loss, float *rowmax, float *logsum,
-                         const float *h, const float *w, const int32_t *rows, const float *wt,
-                         int64_t n_sup, int64_t d, int64_t V, int64_t chunk, bool backward)
+                         const float *h, const float *w, const uint16_t *w16,
+                         const int32_t *rows, const float *wt, int64_t n_sup, int64_t d,
+                         int64_t V, int64_t chunk, bool backward)
 {
     memset(xd, 0, sizeof *xd);
+    xd->w16 = w16;
     xd->rows = dvl_dev_copy(ctx, rows, 2 * (size_t)n_sup * sizeof *rows);
     xd->labels = xd->rows ? xd->rows + n_sup : NULL;
     xd->wt = wt ? dvl_dev_copy(ctx, wt, (size_t)n_sup * sizeof *wt) : NULL;
@@ -228,7 +240,7 @@ static bool xent_dev_fwd(dvl_ctx *ctx, xent_dev *xd, float *loss, float *rowmax,
         dvl_cuda_embedding_fwd(xd->hs, h, xd->rows, n_sup, d);
         for (int64_t c0 = 0; c0 < V; c0 += chunk) {
             const int64_t C = V - c0 < chunk ? V - c0 : chunk;
-            if (!xent_chunk_logits(ctx, xd, w + c0 * d, n_sup, d, C))
+            if (!xent_chunk_logits(ctx, xd, w + c0 * d, xent_w16(xd, c0, d), n_sup, d, C))
                 return false;
             dvl_cuda_lxent_chunk_lse(rowmax, sum, zy, xd->z, xd->labels, n_sup, C, c0);
         }
@@ -248,10 +260,12 @@ static void xent_dev_bwd(dvl_ctx *ctx, xent_dev *xd, float *dh, float *dw, const
         return;
     for (int64_t c0 = 0; c0 < V; c0 += chunk) {
         const int64_t C = V - c0 < chunk ? V - c0 : chunk;
-        if (!xent_chunk_logits(ctx, xd, w + c0 * d, n_sup, d, C))
+        const uint16_t *w16c = xent_w16(xd, c0, d);
+        if (!xent_chunk_logits(ctx, xd, w + c0 * d, w16c, n_sup, d, C))
             return;
         dvl_cuda_lxent_chunk_dz(xd->z, rowmax, logsum, xd->labels, xd->wt, g, n_sup, C, c0);
-        if (!xent_chunk_grads(ctx, xd, dhs, dw ? dw + c0 * d : NULL, w + c0 * d, n_sup, d, C))
+        if (!xent_chunk_grads(ctx, xd, dhs, dw ? dw + c0 * d : NULL, w + c0 * d, w16c, n_sup, d,
+                              C))
             return;
     }
     if (dh)
@@ -370,7 +384,7 @@ dvl_tensor *dvl_linear_cross_entropy(dvl_ctx *ctx, dvl_tensor *h, dvl_tensor *w,
     case DVL_CUDA: {
         xent_dev *xd = dvl_alloc(ctx, sizeof *xd);
         if (!xd || !xent_dev_fwd(ctx, xd, dvl_f32(out), rowmax, logsum, dvl_f32(h), dvl_f32(w),
-                                 rows, wt, n_sup, d, V, chunk, grad))
+                                 dvl_bf16_copy(w), rows, wt, n_sup, d, V, chunk, grad))
             return NULL;
         scratch = xd;
         break;

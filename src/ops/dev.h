@@ -38,21 +38,24 @@ static inline dvl_cuda_math dvl_dev_attention_math(dvl_ctx *ctx)
  * The scratch is given back once the products are queued (the arena is
  * rewound behind it): the next allocation reuses it after them on the same
  * stream, so a step holds one call's operand copies, not every layer's
- * (at 7B a bf16 copy of the weights alone is 16 GB). False with the
- * context's error set on failure. Shared by the linear op and the LM-head
- * product of linear_cross_entropy. */
+ * (at 7B a bf16 copy of the weights alone is 16 GB). w16: W's bf16 copy
+ * kept by its parameter store (a frozen weight, dvl_bf16_copy) or NULL;
+ * bf16 products then read it instead of rounding W. False with the
+ * context's error set on failure. */
 static inline bool dvl_dev_linear_fwd(dvl_ctx *ctx, float *y, const float *x, const float *w,
-                                      const float *b, int64_t rows, int64_t in, int64_t out)
+                                      const uint16_t *w16, const float *b, int64_t rows,
+                                      int64_t in, int64_t out)
 {
     struct dvl_cublas *h = dvl_ctx_cublas(ctx);
     dvl_err e = {0, ""};
     int rc;
     if (dvl_cublas_math(h) == DVL_MATH_BF16) {
         const dvl_arena_mark mark = dvl_arena_get_mark(ctx);
-        void *scratch = dvl_alloc_dev(ctx, dvl_cuda_linear_bf16_scratch(rows, in, out, false));
+        void *scratch =
+            dvl_alloc_dev(ctx, dvl_cuda_linear_bf16_scratch(rows, in, out, false, w16 != NULL));
         if (!scratch)
             return false;
-        rc = dvl_cuda_linear_fwd_bf16(h, y, x, w, b, scratch, rows, in, out, &e);
+        rc = dvl_cuda_linear_fwd_bf16(h, y, x, w, w16, b, scratch, rows, in, out, &e);
         dvl_arena_rewind(ctx, mark);
     } else {
         rc = dvl_cuda_linear_fwd(h, y, x, w, b, rows, in, out, &e);
@@ -66,7 +69,7 @@ static inline bool dvl_dev_linear_fwd(dvl_ctx *ctx, float *y, const float *x, co
 
 static inline bool dvl_dev_linear_bwd(dvl_ctx *ctx, float *dx, float *dw, float *db,
                                       const float *dy, const float *x, const float *w,
-                                      int64_t rows, int64_t in, int64_t out)
+                                      const uint16_t *w16, int64_t rows, int64_t in, int64_t out)
 {
     struct dvl_cublas *h = dvl_ctx_cublas(ctx);
     const dvl_arena_mark mark = dvl_arena_get_mark(ctx);
@@ -76,13 +79,14 @@ static inline bool dvl_dev_linear_bwd(dvl_ctx *ctx, float *dx, float *dw, float 
     if ((db && !(colsum = dvl_alloc_dev(ctx, (size_t)dvl_cuda_colsum_scratch(rows, out) *
                                                  sizeof(float)))) ||
         (bf16 && (dx || dw) &&
-         !(scratch = dvl_alloc_dev(ctx, dvl_cuda_linear_bf16_scratch(rows, in, out, true))))) {
+         !(scratch = dvl_alloc_dev(
+               ctx, dvl_cuda_linear_bf16_scratch(rows, in, out, true, w16 != NULL))))) {
         dvl_arena_rewind(ctx, mark);
         return false;
     }
     dvl_err e = {0, ""};
-    const int rc = bf16 ? dvl_cuda_linear_bwd_bf16(h, dx, dw, db, colsum, scratch, dy, x, w, rows,
-                                                   in, out, &e)
+    const int rc = bf16 ? dvl_cuda_linear_bwd_bf16(h, dx, dw, db, colsum, scratch, dy, x, w, w16,
+                                                   rows, in, out, &e)
                         : dvl_cuda_linear_bwd(h, dx, dw, db, colsum, dy, x, w, rows, in, out, &e);
     dvl_arena_rewind(ctx, mark);
     if (rc != DVL_OK) {

@@ -8,7 +8,8 @@
 #include "ops/ops.h"
 
 /* The node's inputs: x, then the n weights, then their n biases (if any);
- * i[] = rows, in, out (all weights' rows together), n. The weights (and
+ * i[] = rows, in, out (all weights' rows together), n; p[0] the weights'
+ * bf16 copy (group_bf16) or NULL. The weights (and
  * biases) are consecutive in memory, as are the gradients of trainable
  * ones, so the first of each stands for the concatenated matrix (vector):
  * one product each way. */
@@ -39,7 +40,8 @@ static void linear_backward(dvl_ctx *ctx, dvl_node *node)
         break;
 #ifdef DVL_HAVE_CUDA
     case DVL_CUDA: /* f32, TF32 or bf16 products: the context's math mode */
-        dvl_dev_linear_bwd(ctx, dx, dw, db, dy, dvl_f32(x), dvl_f32(w), rows, in, out);
+        dvl_dev_linear_bwd(ctx, dx, dw, db, dy, dvl_f32(x), dvl_f32(w), node->p[0], rows, in,
+                           out);
         break;
 #endif
     default:
@@ -118,6 +120,19 @@ static bool check_weight(dvl_ctx *ctx, const char *op, const dvl_tensor *x, cons
     return true;
 }
 
+/* The bf16 copy of the n weights as one matrix, for bf16 products: w[0]'s
+ * copy when each weight has one (frozen parameters of a store that keeps
+ * them, tensor.h) right after the one before, else NULL (the products round
+ * W themselves). */
+static const uint16_t *group_bf16(dvl_tensor *const *w, int n)
+{
+    const uint16_t *c = dvl_bf16_copy(w[0]);
+    for (int k = 1; c && k < n; k++)
+        if (dvl_bf16_copy(w[k]) != dvl_bf16_copy(w[k - 1]) + dvl_numel(w[k - 1]))
+            return NULL;
+    return c;
+}
+
 /* y = x [W_0; ...; W_{n-1}]^T + [b_0; ...] for checked, consecutive
  * weights and biases (b NULL: none), recorded with inputs x, w..., b.... */
 static dvl_tensor *product(dvl_ctx *ctx, const char *op, dvl_tensor *x, int n,
@@ -140,13 +155,15 @@ static dvl_tensor *product(dvl_ctx *ctx, const char *op, dvl_tensor *x, int n,
     if (!y)
         return NULL;
     const float *bias = b ? dvl_f32(b[0]) : NULL;
+    const uint16_t *w16 = group_bf16(w, n);
     switch (x->device) {
     case DVL_CPU:
         dvl_cpu_linear_fwd(dvl_f32(y), dvl_f32(x), dvl_f32(w[0]), bias, rows, in, out);
         break;
 #ifdef DVL_HAVE_CUDA
     case DVL_CUDA:
-        if (!dvl_dev_linear_fwd(ctx, dvl_f32(y), dvl_f32(x), dvl_f32(w[0]), bias, rows, in, out))
+        if (!dvl_dev_linear_fwd(ctx, dvl_f32(y), dvl_f32(x), dvl_f32(w[0]), w16, bias, rows, in,
+                                out))
             return NULL;
         break;
 #endif
@@ -169,6 +186,7 @@ static dvl_tensor *product(dvl_ctx *ctx, const char *op, dvl_tensor *x, int n,
         node->i[1] = in;
         node->i[2] = out;
         node->i[3] = n;
+        node->p[0] = (void *)w16;
     }
     return y;
 }

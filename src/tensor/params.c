@@ -25,6 +25,7 @@ void dvl_params_free(dvl_params *p)
     free(p->grad_off);
 #ifdef DVL_HAVE_CUDA
     if (p->device == DVL_CUDA) {
+        dvl_cuda_free(p->bf16);
         dvl_cuda_free(p->data);
         dvl_cuda_free(p->grad);
         dvl_cuda_free(p->norm_scratch);
@@ -32,6 +33,7 @@ void dvl_params_free(dvl_params *p)
         return;
     }
 #endif
+    free(p->bf16);
     free(p->data);
     free(p->grad);
     free(p);
@@ -112,16 +114,108 @@ int dvl_params_set_trainable(dvl_params *p, const char *prefix, bool trainable)
 static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
 /* Point every tensor into the store's buffers (offsets as laid out by
- * dvl_params_alloc), on the store's device. */
+ * dvl_params_alloc; bf16 copies at the offsets of bf16_copies), on the
+ * store's device. */
 static void bind_tensors(dvl_params *p)
 {
-    int64_t off = 0;
+    int64_t off = 0, off16 = 0;
     for (int i = 0; i < p->n; i++) {
-        p->t[i]->device = p->device;
-        p->t[i]->data = p->data + off;
-        p->t[i]->grad = p->grad_off[i] >= 0 ? p->grad + p->grad_off[i] : NULL;
-        off += round16(dvl_numel(p->t[i]));
+        dvl_tensor *t = p->t[i];
+        t->device = p->device;
+        t->data = p->data + off;
+        t->grad = p->grad_off[i] >= 0 ? p->grad + p->grad_off[i] : NULL;
+        t->bf16 = p->bf16 && !t->requires_grad ? p->bf16 + off16 : NULL;
+        off += round16(dvl_numel(t));
+        if (!t->requires_grad)
+            off16 += round16(dvl_numel(t));
     }
+}
+
+/* ------------------------------------------------------------ bf16 copies */
+
+static void free_on(dvl_device dev, void *b)
+{
+#ifdef DVL_HAVE_CUDA
+    if (dev == DVL_CUDA) {
+        dvl_cuda_free(b);
+        return;
+    }
+#endif
+    (void)dev;
+    free(b);
+}
+
+/* The bf16 copies of p's frozen parameters, read from `data` (laid out as
+ * p's data, on dev), into buf (NULL: a new buffer on dev). Returns the
+ * buffer, NULL with err set on failure (a new buffer freed) or when there
+ * is no frozen parameter (*n = 0). On CUDA the rounding is the bf16
+ * products' own kernel (dvl_cuda_to_bf16), so a copy equals what a call
+ * would round. */
+static uint16_t *bf16_copies(const dvl_params *p, dvl_device dev, const float *data,
+                             uint16_t *buf, int64_t *n, dvl_err *err)
+{
+    int64_t total = 0;
+    for (int i = 0; i < p->n; i++)
+        if (!p->t[i]->requires_grad)
+            total += round16(dvl_numel(p->t[i]));
+    *n = total;
+    if (total == 0)
+        return NULL;
+    uint16_t *b = buf;
+    const size_t bytes = (size_t)total * sizeof *b;
+#ifdef DVL_HAVE_CUDA
+    if (!b && dev == DVL_CUDA && !(b = dvl_cuda_malloc(bytes, err)))
+        return NULL;
+#endif
+    if (!b && dev == DVL_CPU && !(b = aligned_alloc(PARAM_ALIGN, (bytes + 63) / 64 * 64))) {
+        dvl_errf(err, DVL_ENOMEM, "out of memory for bf16 copies of %lld frozen parameters",
+                 (long long)total);
+        return NULL;
+    }
+    int64_t off = 0, off16 = 0;
+    for (int i = 0; i < p->n; i++) {
+        const int64_t m = dvl_numel(p->t[i]);
+        if (!p->t[i]->requires_grad) {
+#ifdef DVL_HAVE_CUDA
+            if (dev == DVL_CUDA && dvl_cuda_to_bf16(b + off16, data + off, m, err)) {
+                if (b != buf)
+                    dvl_cuda_free(b);
+                return NULL;
+            }
+#endif
+            if (dev == DVL_CPU)
+                for (int64_t k = 0; k < m; k++)
+                    b[off16 + k] = dvl_f32_to_bf16(data[off + k]);
+            off16 += round16(m);
+        }
+        off += round16(m);
+    }
+    return b;
+}
+
+int dvl_params_keep_bf16(dvl_params *p, dvl_err *err)
+{
+    if (!p->allocated)
+        return dvl_errf(err, DVL_EINVAL, "params_keep_bf16: the store is not allocated");
+    int64_t n;
+    uint16_t *b = bf16_copies(p, p->device, p->data, p->bf16, &n, err);
+    if (!b && n)
+        return err ? err->code : DVL_EDEVICE;
+    p->bf16 = b;
+    p->numel_bf16 = n;
+    p->keep_bf16 = true;
+    bind_tensors(p);
+    return DVL_OK;
+}
+
+void dvl_params_drop_bf16(dvl_params *p)
+{
+    free_on(p->device, p->bf16);
+    p->bf16 = NULL;
+    p->numel_bf16 = 0;
+    p->keep_bf16 = false;
+    if (p->allocated)
+        bind_tensors(p);
 }
 
 int dvl_params_alloc(dvl_params *p, dvl_err *err)
@@ -195,6 +289,10 @@ dvl_params *dvl_params_to_device(const dvl_params *src, dvl_device device, dvl_e
             dvl_params_free(p);
             return NULL;
         }
+        if (src->keep_bf16 && dvl_params_keep_bf16(p, err)) {
+            dvl_params_free(p);
+            return NULL;
+        }
         return p;
     }
 #ifdef DVL_HAVE_CUDA
@@ -243,6 +341,10 @@ dvl_params *dvl_params_to_device(const dvl_params *src, dvl_device device, dvl_e
     p->numel = total;
     p->numel_grad = total_grad;
     p->allocated = true;
+    if (src->keep_bf16 && dvl_params_keep_bf16(p, err)) {
+        dvl_params_free(p);
+        return NULL;
+    }
     return p;
 #else
     dvl_errf(err, DVL_EDEVICE, "params_to_device: dvl was built without CUDA");
@@ -267,12 +369,15 @@ int dvl_params_move(dvl_params *p, dvl_device device, dvl_err *err)
     const size_t ng = (size_t)p->numel_grad * sizeof(float);
     float *data = NULL, *grad = NULL;
     void *scratch = NULL;
+    uint16_t *b16 = NULL; /* the bf16 copies made again from the moved data */
+    int64_t n16 = 0;
     int rc = DVL_OK;
     if (device == DVL_CUDA) {
         if (!(data = dvl_cuda_malloc(nd, err)) || (ng && !(grad = dvl_cuda_malloc(ng, err))) ||
             !(scratch = dvl_cuda_malloc(DVL_CUDA_SUMSQ_MAX_PARTS * sizeof(double), err)) ||
             (rc = dvl_cuda_memcpy_h2d(data, p->data, nd, err)) ||
-            (ng && (rc = dvl_cuda_memcpy_h2d(grad, p->grad, ng, err)))) {
+            (ng && (rc = dvl_cuda_memcpy_h2d(grad, p->grad, ng, err))) ||
+            (p->keep_bf16 && !(b16 = bf16_copies(p, device, data, NULL, &n16, err)) && n16)) {
             dvl_cuda_free(data);
             dvl_cuda_free(grad);
             dvl_cuda_free(scratch);
@@ -290,15 +395,19 @@ int dvl_params_move(dvl_params *p, dvl_device device, dvl_err *err)
                             (long long)p->numel);
         }
         if ((rc = dvl_cuda_memcpy_d2h(data, p->data, nd, err)) ||
-            (ng && (rc = dvl_cuda_memcpy_d2h(grad, p->grad, ng, err)))) {
+            (ng && (rc = dvl_cuda_memcpy_d2h(grad, p->grad, ng, err))) ||
+            (p->keep_bf16 && !(b16 = bf16_copies(p, device, data, NULL, &n16, err)) && n16)) {
             free(data);
             free(grad);
-            return rc;
+            return rc ? rc : err ? err->code : DVL_ENOMEM;
         }
         dvl_cuda_free(p->data);
         dvl_cuda_free(p->grad);
         dvl_cuda_free(p->norm_scratch);
     }
+    free_on(p->device, p->bf16);
+    p->bf16 = b16;
+    p->numel_bf16 = n16;
     p->data = data;
     p->grad = grad;
     p->norm_scratch = scratch;
@@ -338,10 +447,11 @@ int dvl_params_data_from_host(dvl_params *p, const float *host, dvl_err *err)
     if (p->numel == 0)
         return DVL_OK;
 #ifdef DVL_HAVE_CUDA
-    if (p->device == DVL_CUDA)
-        return dvl_cuda_memcpy_h2d(p->data, host, (size_t)p->numel * sizeof(float), err);
+    if (p->device == DVL_CUDA) {
+        int rc = dvl_cuda_memcpy_h2d(p->data, host, (size_t)p->numel * sizeof(float), err);
+        return rc ? rc : p->keep_bf16 ? dvl_params_keep_bf16(p, err) : DVL_OK;
+    }
 #endif
-    (void)err;
     memcpy(p->data, host, (size_t)p->numel * sizeof(float));
-    return DVL_OK;
+    return p->keep_bf16 ? dvl_params_keep_bf16(p, err) : DVL_OK;
 }

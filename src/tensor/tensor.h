@@ -45,6 +45,10 @@ struct dvl_tensor {
     const char *name; /* for messages; may be NULL */
     uint64_t tape_mark; /* scratch for dvl_backward's parameter pass */
     size_t grad_pos;    /* arena position of an activation's gradient block */
+    /* A frozen parameter's bf16 copy (round to nearest even), on its
+     * device, kept by the store (dvl_params_keep_bf16); NULL otherwise.
+     * Read it through dvl_bf16_copy, which also serves views. */
+    const uint16_t *bf16;
 };
 
 /* ---------------------------------------------------------------- shapes */
@@ -52,6 +56,13 @@ int64_t dvl_numel(const dvl_tensor *t);
 int64_t dvl_rows(const dvl_tensor *t); /* product of all dims but the last */
 int64_t dvl_cols(const dvl_tensor *t); /* last dim */
 static inline float *dvl_f32(const dvl_tensor *t) { return (float *)t->data; }
+/* The bf16 copy of t's elements kept by its parameter store (t a frozen
+ * parameter or a view of one, in a store that keeps copies), else NULL. */
+static inline const uint16_t *dvl_bf16_copy(const dvl_tensor *t)
+{
+    const dvl_tensor *b = t->base ? t->base : t;
+    return b->bf16 ? b->bf16 + (t->base ? t->offset : 0) : NULL;
+}
 /* "[3, 4]" into buf, for messages. */
 const char *dvl_shape_str(const dvl_tensor *t, char *buf, size_t n);
 const char *dvl_tname(const dvl_tensor *t); /* name or "(unnamed)" */
@@ -253,6 +264,14 @@ typedef struct dvl_params {
     /* Device stores: DVL_CUDA_SUMSQ_MAX_PARTS doubles of device memory for
      * dvl_grad_norm's partial sums, so the norm allocates nothing. */
     void *norm_scratch;
+    /* dvl_params_keep_bf16: bf16 copies of the frozen parameters, each at
+     * a 16-element boundary in declaration order (frozen parameters that
+     * are consecutive in data are consecutive here too), on the store's
+     * device; numel_bf16 elements. NULL when the store keeps none (or has
+     * no frozen parameter). */
+    uint16_t *bf16;
+    int64_t numel_bf16;
+    bool keep_bf16; /* set by dvl_params_keep_bf16, cleared by _drop_bf16 */
 } dvl_params;
 
 dvl_params *dvl_params_new(void);
@@ -331,7 +350,24 @@ int dvl_params_move(dvl_params *p, dvl_device device, dvl_err *err);
  * host memory, whatever its device. */
 int dvl_params_data_to_host(const dvl_params *p, float *host, dvl_err *err);
 int dvl_params_grad_to_host(const dvl_params *p, float *host, dvl_err *err);
-/* numel floats of host memory into the store's data, whatever its device. */
+/* numel floats of host memory into the store's data, whatever its device;
+ * the bf16 copies of a store that keeps them are made again. */
 int dvl_params_data_from_host(dvl_params *p, const float *host, dvl_err *err);
+
+/* bf16 copies of the frozen parameters, for bf16 mixed precision
+ * (DVL_MATH_BF16): the products that read a frozen weight take its copy
+ * (dvl_bf16_copy) instead of rounding it to bf16 again at every call, which
+ * for a frozen language model in stage 1 is a pass over all its weights per
+ * product, forward, backward and recomputation. The copies are bit for bit
+ * what each call's rounding gives (the same kernel on CUDA), so results do
+ * not change; memory grows by 2 bytes per frozen element. Trainable
+ * parameters get none (they change every step). The store makes the copies
+ * again itself when it writes its data (dvl_params_data_from_host,
+ * dvl_params_move); code that writes a frozen parameter's data any other
+ * way must call this again. Allocated store, any device; calling it again
+ * refreshes. */
+int dvl_params_keep_bf16(dvl_params *p, dvl_err *err);
+/* Free the copies; the store keeps none from here on. */
+void dvl_params_drop_bf16(dvl_params *p);
 
 #endif

@@ -232,11 +232,12 @@ __global__ static void to_bf16_k(__nv_bfloat16 *y, const float *x, int64_t n)
 static size_t bf16_bytes(int64_t n) { return ((size_t)n * 2 + 255) / 256 * 256; }
 
 extern "C" size_t dvl_cuda_linear_bf16_scratch(int64_t rows, int64_t in, int64_t out,
-                                               bool backward)
+                                               bool backward, bool have_w16)
 {
     if (rows < 0 || in < 0 || out < 0)
         return 0;
-    return bf16_bytes(rows * in) + bf16_bytes(out * in) + (backward ? bf16_bytes(rows * out) : 0);
+    return bf16_bytes(rows * in) + (have_w16 ? 0 : bf16_bytes(out * in)) +
+           (backward ? bf16_bytes(rows * out) : 0);
 }
 
 /* bf16 copy of x [n] into dst (device), launch checked. */
@@ -246,6 +247,11 @@ static int cast(__nv_bfloat16 *dst, const float *x, int64_t n, const char *what,
         return DVL_OK;
     to_bf16_k<<<dvl_cu_blocks(n), DVL_CU_THREADS>>>(dst, x, n);
     return dvl_cuda_check(what, err);
+}
+
+extern "C" int dvl_cuda_to_bf16(uint16_t *dst, const float *src, int64_t n, dvl_err *err)
+{
+    return cast((__nv_bfloat16 *)dst, src, n, "dvl_cuda_to_bf16", err);
 }
 
 /* C (f32, column-major m x n, ldc) = A B + beta C with bf16 A, B (column-
@@ -260,8 +266,8 @@ static cublasStatus_t gemm_bf16(dvl_cublas *h, cublasOperation_t ta, cublasOpera
 }
 
 extern "C" int dvl_cuda_linear_fwd_bf16(dvl_cublas *h, float *y, const float *x, const float *w,
-                                        const float *b, void *scratch, int64_t rows, int64_t in,
-                                        int64_t out, dvl_err *err)
+                                        const uint16_t *w16, const float *b, void *scratch,
+                                        int64_t rows, int64_t in, int64_t out, dvl_err *err)
 {
     if (check_dims("dvl_cuda_linear_fwd_bf16", rows, in, out, err))
         return err ? err->code : DVL_EINVAL;
@@ -272,13 +278,18 @@ extern "C" int dvl_cuda_linear_fwd_bf16(dvl_cublas *h, float *y, const float *x,
     if (!scratch)
         return dvl_errf(err, DVL_EINVAL,
                         "dvl_cuda_linear_fwd_bf16: needs %zu bytes of scratch, got NULL",
-                        dvl_cuda_linear_bf16_scratch(rows, in, out, false));
+                        dvl_cuda_linear_bf16_scratch(rows, in, out, false, w16 != NULL));
     __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch;
-    __nv_bfloat16 *wb = (__nv_bfloat16 *)((char *)scratch + bf16_bytes(rows * in));
-    int rc;
-    if ((rc = cast(xb, x, rows * in, "linear bf16: cast x", err)) ||
-        (rc = cast(wb, w, out * in, "linear bf16: cast W", err)))
+    const __nv_bfloat16 *wb = (const __nv_bfloat16 *)w16;
+    int rc = cast(xb, x, rows * in, "linear bf16: cast x", err);
+    if (rc)
         return rc;
+    if (!wb) {
+        __nv_bfloat16 *wc = (__nv_bfloat16 *)((char *)scratch + bf16_bytes(rows * in));
+        if ((rc = cast(wc, w, out * in, "linear bf16: cast W", err)))
+            return rc;
+        wb = wc;
+    }
     float beta = 0.0f;
     if (b) {
         fill_rows_k<<<dvl_cu_blocks(rows * out), DVL_CU_THREADS>>>(y, b, rows, out);
@@ -297,8 +308,8 @@ extern "C" int dvl_cuda_linear_fwd_bf16(dvl_cublas *h, float *y, const float *x,
 
 extern "C" int dvl_cuda_linear_bwd_bf16(dvl_cublas *h, float *dx, float *dw, float *db,
                                         float *colsum_scratch, void *scratch, const float *dy,
-                                        const float *x, const float *w, int64_t rows, int64_t in,
-                                        int64_t out, dvl_err *err)
+                                        const float *x, const float *w, const uint16_t *w16,
+                                        int64_t rows, int64_t in, int64_t out, dvl_err *err)
 {
     if (check_dims("dvl_cuda_linear_bwd_bf16", rows, in, out, err))
         return err ? err->code : DVL_EINVAL;
@@ -308,15 +319,17 @@ extern "C" int dvl_cuda_linear_bwd_bf16(dvl_cublas *h, float *dx, float *dw, flo
         if (!scratch)
             return dvl_errf(err, DVL_EINVAL,
                             "dvl_cuda_linear_bwd_bf16: needs %zu bytes of scratch, got NULL",
-                            dvl_cuda_linear_bf16_scratch(rows, in, out, true));
+                            dvl_cuda_linear_bf16_scratch(rows, in, out, true, w16 != NULL));
+        /* Scratch: bf16 x, then W's copy unless w16 is given, then dy. */
         __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch;
-        __nv_bfloat16 *wb = (__nv_bfloat16 *)((char *)scratch + bf16_bytes(rows * in));
-        __nv_bfloat16 *dyb = (__nv_bfloat16 *)((char *)wb + bf16_bytes(out * in));
+        __nv_bfloat16 *wc = (__nv_bfloat16 *)((char *)scratch + bf16_bytes(rows * in));
+        __nv_bfloat16 *dyb = w16 ? wc : (__nv_bfloat16 *)((char *)wc + bf16_bytes(out * in));
+        const __nv_bfloat16 *wb = w16 ? (const __nv_bfloat16 *)w16 : wc;
         int rc = cast(dyb, dy, rows * out, "linear bf16 backward: cast dy", err);
         if (rc)
             return rc;
         if (dx) { /* dx^T += W^T dy^T */
-            if ((rc = cast(wb, w, out * in, "linear bf16 backward: cast W", err)))
+            if (!w16 && (rc = cast(wc, w, out * in, "linear bf16 backward: cast W", err)))
                 return rc;
             cublasStatus_t s = gemm_bf16(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)in, (int)rows,
                                          (int)out, wb, (int)in, dyb, (int)out, 1.0f, dx, (int)in);

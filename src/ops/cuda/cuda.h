@@ -117,16 +117,24 @@ int dvl_cuda_linear_bwd(dvl_cublas *h, float *dx, float *dw, float *db, float *s
  * are rounded to bf16 copies in `scratch` (device memory of
  * dvl_cuda_linear_bf16_scratch bytes, forward or backward), multiplied with
  * f32 accumulation by cublasGemmEx, and the f32 results written (y) or
- * accumulated (dx, dW). db is the f32 column sum of dy as above, with
+ * accumulated (dx, dW). w16, when not NULL, is W already rounded (the
+ * parameter store's copy of a frozen weight, tensor.h): it is used instead
+ * of rounding w, which is then not read, and the scratch has no room for
+ * W's copy (have_w16). db is the f32 column sum of dy as above, with
  * colsum_scratch as its scratch. Whatever the handle's mode. */
-size_t dvl_cuda_linear_bf16_scratch(int64_t rows, int64_t in, int64_t out, bool backward);
+size_t dvl_cuda_linear_bf16_scratch(int64_t rows, int64_t in, int64_t out, bool backward,
+                                    bool have_w16);
 int dvl_cuda_linear_fwd_bf16(dvl_cublas *h, float *y, const float *x, const float *w,
-                             const float *b, void *scratch, int64_t rows, int64_t in, int64_t out,
-                             dvl_err *err);
+                             const uint16_t *w16, const float *b, void *scratch, int64_t rows,
+                             int64_t in, int64_t out, dvl_err *err);
 int dvl_cuda_linear_bwd_bf16(dvl_cublas *h, float *dx, float *dw, float *db,
                              float *colsum_scratch, void *scratch, const float *dy,
-                             const float *x, const float *w, int64_t rows, int64_t in,
-                             int64_t out, dvl_err *err);
+                             const float *x, const float *w, const uint16_t *w16, int64_t rows,
+                             int64_t in, int64_t out, dvl_err *err);
+/* dst[i] = bf16(src[i]) (round to nearest even), i < n, device arrays: the
+ * rounding of the bf16 products' operands (the parameter store's bf16
+ * copies, tensor.h). */
+int dvl_cuda_to_bf16(uint16_t *dst, const float *src, int64_t n, dvl_err *err);
 /* y = x W^T with bf16 x [rows, in] and W [out, in] (raw bf16 bits), f32
  * accumulation, y [rows, out] of ytype DVL_F32 or DVL_BF16. */
 int dvl_cuda_matmul_bf16(dvl_cublas *h, void *y, dvl_dtype ytype, const uint16_t *x,
