@@ -3,6 +3,7 @@
  *   dvl-bench generate --model DIR [--prompts N] [--prompt-len L]
  *                      [--max-new-tokens G] [--block-size B] [--mask-id ID]
  *                      [--threshold T] [--seed S] [--device cpu|cuda]
+ *                      [--precision f32|bf16]
  *
  * N prompts (default 2) of L random token ids (default 32; never the mask
  * id), with one random image spliced in after the first two tokens for a
@@ -16,7 +17,8 @@
  * several prompts, a last row runs them as one batch (block-static).
  * --device cuda: the model, loaded on the host, is moved to GPU 0 and every
  * mode runs there (the sampler stays on the host: each forward copies its
- * wanted logit rows back). */
+ * wanted logit rows back). --precision bf16 (cuda): bf16 products on bf16
+ * copies of the weights (dvl_params_keep_bf16), as dvl-generate's. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +33,8 @@ static int usage(void)
 {
     fprintf(stderr, "usage: dvl-bench generate --model DIR [--prompts N] [--prompt-len L]\n"
                     "           [--max-new-tokens G] [--block-size B] [--mask-id ID]\n"
-                    "           [--threshold T] [--seed S] [--device cpu|cuda]\n");
+                    "           [--threshold T] [--seed S] [--device cpu|cuda]\n"
+                    "           [--precision f32|bf16 (cuda)]\n");
     return 2;
 }
 
@@ -40,7 +43,7 @@ int bench_generate(int argc, char **argv)
     const char *model = NULL;
     long n_prompts = 2, plen = 32, G = 256, B = 8, mask = -1, seed = 1;
     double tau = 0.85;
-    const char *dev = "cpu";
+    const char *dev = "cpu", *prec = "f32";
     for (int i = 1; i < argc; i++) {
         if (i + 1 >= argc)
             return usage();
@@ -63,12 +66,19 @@ int bench_generate(int argc, char **argv)
             seed = atol(v);
         else if (!strcmp(f, "--device"))
             dev = v;
+        else if (!strcmp(f, "--precision"))
+            prec = v;
         else
             return usage();
     }
     if (!model || n_prompts < 1 || plen < 3 || G < 1 || B < 1)
         return usage();
-    bool cuda = !strcmp(dev, "cuda");
+    bool cuda = !strcmp(dev, "cuda"), bf16 = !strcmp(prec, "bf16");
+    if ((!bf16 && strcmp(prec, "f32")) || (bf16 && !cuda)) {
+        fprintf(stderr, "dvl-bench generate: --precision must be f32, or bf16 with --device cuda "
+                        "(got %s on %s)\n", prec, dev);
+        return 2;
+    }
     if (!cuda && strcmp(dev, "cpu")) {
         fprintf(stderr, "dvl-bench generate: --device must be cpu or cuda, not '%s'\n", dev);
         return 2;
@@ -94,7 +104,8 @@ int bench_generate(int argc, char **argv)
     }
     dvl_model m;
     if (dvl_model_open(&m, model, false, NULL, &err) ||
-        (cuda && dvl_params_move(m.params, DVL_CUDA, &err))) {
+        (cuda && dvl_params_move(m.params, DVL_CUDA, &err)) ||
+        (bf16 && dvl_params_keep_bf16(m.params, &err))) {
         fprintf(stderr, "dvl-bench generate: %s\n", err.msg);
         if (m.params)
             dvl_model_free(&m);
@@ -141,9 +152,10 @@ int bench_generate(int argc, char **argv)
                 {"ar", DVL_GEN_AR, DVL_REMASK_STATIC}};
     const int n_rows = sizeof rows / sizeof *rows;
     int32_t *ref = malloc((size_t)(n_prompts * G) * sizeof *ref);
-    printf("model %s (%s) on %s, %ld prompt(s) of %lld positions, %ld new tokens, B %ld, "
+    printf("model %s (%s) on %s%s, %ld prompt(s) of %lld positions, %ld new tokens, B %ld, "
            "steps %ld, tau %.2f\n",
-           model, dvl_arch_name(m.cfg.arch), desc, n_prompts, (long long)P, G, B, B, tau);
+           model, dvl_arch_name(m.cfg.arch), desc, bf16 ? " (bf16 products, bf16 weight copies)" : "",
+           n_prompts, (long long)P, G, B, B, tau);
     printf("%-14s %10s %10s %12s %14s %10s\n", "mode", "tokens/s", "seconds", "fwd/token",
            "tokens/fwd", "agree");
     int rc = 0;
@@ -158,6 +170,7 @@ int bench_generate(int argc, char **argv)
         o.sampler.tau = (float)tau;
         o.max_new = G;
         o.mask_id = (int32_t)mask;
+        o.bf16 = bf16;
         int64_t toks = 0, fwd = 0, same = 0, cmp = 0;
         double sec = 0;
         for (long p = 0; p < n_prompts && !rc; p++) {
@@ -198,6 +211,7 @@ int bench_generate(int argc, char **argv)
         o.steps = (int)B;
         o.max_new = G;
         o.mask_id = (int32_t)mask;
+        o.bf16 = bf16;
         const int32_t *pp[64];
         const float *ppx[64];
         int64_t lens[64];

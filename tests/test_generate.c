@@ -466,6 +466,17 @@ START_TEST(bad_options)
         ck_assert_msg(strstr(err.msg, cases[i].want) != NULL, "%s", err.msg);
         ck_assert(r.ids == NULL);
     }
+    /* bf16 products are for a model on a CUDA device. */
+    dvl_gen_opts o;
+    dvl_gen_opts_default(&o);
+    o.mask_id = TG_MASK;
+    o.bf16 = true;
+    dvl_gen_result r;
+    dvl_err err = {0};
+    ck_assert_int_ne(dvl_generate(&m, p, 3, NULL, 0, &o, &r, &err), 0);
+    ck_assert_msg(strstr(err.msg, "bf16 products need the model on a CUDA device") != NULL, "%s",
+                  err.msg);
+    ck_assert(r.ids == NULL);
     dvl_model_free(&m);
 }
 END_TEST

@@ -48,6 +48,11 @@
  *       store moved to GPU 0, where generation runs (the same tokens as
  *       the CPU's up to float rounding: f32 on both); a build without CUDA
  *       or a machine without a usable GPU is an error naming --device.
+ *       --precision bf16 (with --device cuda; generation and --score): bf16
+ *       products with f32 accumulation (linear layers, LM head, attention)
+ *       on bf16 copies of the weights kept on the GPU (dvl_params_keep_bf16,
+ *       +2 bytes per parameter); tokens may differ from f32's where two
+ *       candidates are within bf16 rounding. Default f32.
  *
  * Each program mode is a row in MODES (generation when none is given) and
  * its options are the rows of OPTS whose mask includes it.
@@ -85,7 +90,7 @@ typedef struct args {
     const char *model, *ids, *pixels, *logits_out;
     const char *prompt, *prompts, *eval, *meta, *limit, *batch, *tokenizer, *system, *gen_mode, *remasking;
     const char *block_size, *steps, *threshold, *temperature, *top_k, *top_p, *max_new, *seed,
-        *mask_id, *device;
+        *mask_id, *device, *precision;
     const char *images[MAX_IMAGES];
     int n_images;
     bool timing;
@@ -130,6 +135,7 @@ static const struct {
     {"--seed", OPT_STR, offsetof(args, seed), 1u << MODE_GEN},
     {"--mask-id", OPT_STR, offsetof(args, mask_id), 1u << MODE_GEN},
     {"--device", OPT_STR, offsetof(args, device), (1u << MODE_GEN) | (1u << MODE_SCORE)},
+    {"--precision", OPT_STR, offsetof(args, precision), (1u << MODE_GEN) | (1u << MODE_SCORE)},
 };
 #define N_OPTS (sizeof OPTS / sizeof *OPTS)
 
@@ -138,6 +144,7 @@ static int usage(FILE *f)
     fprintf(f, "usage: " PROG " --score --model DIR --ids FILE.json\n"
                "           [--image FILE ... | --pixels FILE.safetensors]\n"
                "           --logits-out FILE.npy [--timing] [--device cpu|cuda]\n"
+               "           [--precision f32|bf16 (cuda)]\n"
                "  --score  one forward pass in the model's native attention; float32 logits\n"
                "           [T, V] to FILE.npy (--timing: forward time on stderr)\n"
                "       " PROG " --model DIR [--image FILE] (--prompt TEXT | --prompts FILE.jsonl |\n"
@@ -146,6 +153,7 @@ static int usage(FILE *f)
                "           [--top-k K] [--top-p P] [--max-new-tokens N] [--seed S]\n"
                "           [--mask-id ID] [--tokenizer DIR] [--system TEXT] [--timing]\n"
                "           [--batch N (with --prompts)] [--device cpu|cuda]\n"
+               "           [--precision f32|bf16 (cuda: bf16 products on bf16 weight copies)]\n"
                "       " PROG " --model DIR --eval DIR/heldout.json --meta DIR/heldout_meta.jsonl\n"
                "           [--limit N] [decoding options]\n"
                "  generate: block diffusion with KV cache (default), full recompute, or AR\n");
@@ -409,13 +417,16 @@ static double now(void)
 }
 
 static int open_device(const char *name, bool *cuda, dvl_err *err);
+static int parse_precision(const args *a, bool cuda, bool *bf16, dvl_err *err);
+static int place_model(dvl_model *m, bool cuda, bool bf16, dvl_err *err);
 
 static int score(const args *a, dvl_err *err)
 {
     dvl_model m;
-    bool cuda = false;
+    bool cuda = false, bf16 = false;
     int rc = open_device(a->device, &cuda, err);
-    if (rc || (rc = dvl_model_open(&m, a->model, false, NULL, err)))
+    if (rc || (rc = parse_precision(a, cuda, &bf16, err)) ||
+        (rc = dvl_model_open(&m, a->model, false, NULL, err)))
         return rc;
     int32_t *ids = NULL, *expanded = NULL;
     float *px = NULL, *host_logits = NULL;
@@ -464,13 +475,16 @@ static int score(const args *a, dvl_err *err)
             n = ne;
         }
     }
-    /* --device cuda: loaded on the host, moved as a whole (as generation). */
-    if (cuda && (rc = dvl_params_move(m.params, DVL_CUDA, err)))
+    if ((rc = place_model(&m, cuda, bf16, err)))
         goto done;
     if (!(ctx = dvl_ctx_new_err(cuda ? DVL_CUDA : DVL_CPU, err))) {
         rc = err->code;
         goto done;
     }
+#ifdef DVL_HAVE_CUDA
+    if (bf16 && (rc = dvl_cublas_set_math(dvl_ctx_cublas(ctx), DVL_MATH_BF16, err)))
+        goto done;
+#endif
     dvl_set_grad_enabled(ctx, false);
     double t0 = now();
     dvl_tensor *h, *logits;
@@ -1136,21 +1150,45 @@ static int open_device(const char *name, bool *cuda, dvl_err *err)
 #endif
 }
 
+/* --precision: f32 (default) or bf16 (bf16 products, f32 accumulation;
+ * --device cuda only). */
+static int parse_precision(const args *a, bool cuda, bool *bf16, dvl_err *err)
+{
+    *bf16 = a->precision && !strcmp(a->precision, "bf16");
+    if (a->precision && !*bf16 && strcmp(a->precision, "f32"))
+        return dvl_errf(err, DVL_EINVAL, "--precision must be f32 or bf16 (got %s)", a->precision);
+    if (*bf16 && !cuda)
+        return dvl_errf(err, DVL_EINVAL,
+                        "--precision bf16 needs --device cuda (the CPU computes in f32)");
+    return DVL_OK;
+}
+
+/* The model loaded on the host, then (--device cuda) its store moved as a
+ * whole, as dvl-train does: the model's tensors follow, and the forward
+ * passes run on their device. With bf16 products, bf16 copies of the
+ * weights (all frozen here), so that no product rounds a weight again: a
+ * decoding step reads 2 bytes per weight instead of 4 (plus a rounding
+ * pass of 6). */
+static int place_model(dvl_model *m, bool cuda, bool bf16, dvl_err *err)
+{
+    int rc = cuda ? dvl_params_move(m->params, DVL_CUDA, err) : DVL_OK;
+    return rc || !bf16 ? rc : dvl_params_keep_bf16(m->params, err);
+}
+
 static int generate(const args *a, dvl_err *err)
 {
     genrun g = {.a = a};
     bool cuda = false;
     int rc = gen_opts(a, &g.o, err);
-    if (rc || (rc = open_device(a->device, &cuda, err)))
+    if (rc || (rc = open_device(a->device, &cuda, err)) ||
+        (rc = parse_precision(a, cuda, &g.o.bf16, err)))
         return rc;
     if ((rc = dvl_model_open(&g.m, a->model, false, NULL, err)))
         return rc;
     g.m_open = true;
     int32_t *given = NULL;
     int64_t n_given = 0;
-    /* Loaded on the host, then moved as a whole (as dvl-train does): the
-     * model's tensors follow, and generation runs on their device. */
-    if (cuda && (rc = dvl_params_move(g.m.params, DVL_CUDA, err)))
+    if ((rc = place_model(&g.m, cuda, g.o.bf16, err)))
         goto done;
     if (g.m.cfg.arch == DVL_ARCH_SIGLIP) {
         rc = dvl_errf(err, DVL_EINVAL, "%s is a vision tower (siglip); generation needs a language model",

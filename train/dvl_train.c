@@ -553,7 +553,9 @@ static const char *size_str(char *buf, size_t n, double bytes)
 static void memory_line(run *r)
 {
     const dvl_params *p = r->tm.m.params;
-    const double w = (double)p->numel * sizeof(float), g = (double)p->numel_grad * sizeof(float);
+    /* Weights: f32, plus the frozen ones' bf16 copies where kept. */
+    const double w = (double)p->numel * sizeof(float) + (double)p->numel_bf16 * sizeof(uint16_t),
+                 g = (double)p->numel_grad * sizeof(float);
     const double m = (double)dvl_adamw_state_bytes(r->opt), a = (double)dvl_arena_peak(r->ctx);
     char sw[32], sg[32], sm[32], sa[32], st[32], dev[128] = "";
 #ifdef DVL_HAVE_CUDA
@@ -564,9 +566,9 @@ static void memory_line(run *r)
                  size_str(su, sizeof su, (double)(total_b - free_b)),
                  size_str(sd, sizeof sd, (double)total_b));
 #endif
-    printf(PROG ": memory per rank: weights %s, gradients %s, AdamW moments %s, step arena peak "
-           "%s (total %s)%s\n",
-           size_str(sw, sizeof sw, w), size_str(sg, sizeof sg, g), size_str(sm, sizeof sm, m),
+    printf(PROG ": memory per rank: weights %s%s, gradients %s, AdamW moments %s, step arena "
+           "peak %s (total %s)%s\n",
+           size_str(sw, sizeof sw, w), p->numel_bf16 ? " (with the bf16 copies)" : "", size_str(sg, sizeof sg, g), size_str(sm, sizeof sm, m),
            size_str(sa, sizeof sa, a), size_str(st, sizeof st, w + g + m + a), dev);
     fflush(stdout);
 }

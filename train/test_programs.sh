@@ -79,6 +79,11 @@ run score_device_cpu "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" 
 cmp -s "$T/d.npy" "$T/d_cpu.npy" && ok score_device_cpu_is_default || bad score_device_cpu_is_default
 reject score_device_bad "--device must be cpu or cuda (got tpu)" "$GENERATE" --score \
     --model "$REF/qwen2_tied" --ids "$T/ids.json" --logits-out "$T/x.npy" --device tpu
+# --precision bf16 is for the GPU: on the CPU one line naming it, nothing written.
+reject score_precision_bf16_on_cpu "--precision bf16 needs --device cuda" "$GENERATE" --score \
+    --model "$REF/qwen2_tied" --ids "$T/ids.json" --logits-out "$T/x.npy" --precision bf16
+[ ! -e "$T/x.npy" ] && ok score_precision_bf16_on_cpu_writes_nothing ||
+    bad score_precision_bf16_on_cpu_writes_nothing
 "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" --image "$DATA/images/gray.jpg" \
     --logits-out "$T/d_cuda.npy" --device cuda >"$T/out" 2>"$T/err"
 rc=$?
@@ -96,6 +101,25 @@ for a, b in (('$T/a.npy', '$T/a_cuda.npy'), ('$T/d.npy', '$T/d_cuda.npy')):
     print('   %s: cuda vs cpu logits rel %.2e' % (b.split('/')[-1], e))
     assert e <= 1e-4, e
 "; then ok score_device_cuda_matches_cpu; else bad "score_device_cuda_matches_cpu: $(cat "$T/err")"; fi
+    # --precision bf16: bf16 products on the weights' bf16 copies; the
+    # logits within bf16 rounding of the CPU's (5e-2 of the largest, through
+    # two layers and, for the VLM, the tower) and not f32's (> 1e-6).
+    if "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" --device cuda \
+        --precision bf16 --logits-out "$T/a_bf16.npy" >"$T/out" 2>"$T/err" &&
+        "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" --image "$DATA/images/gray.jpg" \
+            --device cuda --precision bf16 --logits-out "$T/d_bf16.npy" >"$T/out" 2>"$T/err" &&
+        python3 -c "
+import struct
+def npy(p):
+    b = open(p, 'rb').read()
+    return struct.unpack('<%df' % ((len(b) - 128) // 4), b[128:])
+for a, b in (('$T/a.npy', '$T/a_bf16.npy'), ('$T/d.npy', '$T/d_bf16.npy')):
+    x, y = npy(a), npy(b)
+    assert len(x) == len(y) > 0
+    e = max(abs(p - q) for p, q in zip(x, y)) / max(abs(p) for p in x)
+    print('   %s: cuda bf16 vs cpu f32 logits rel %.2e' % (b.split('/')[-1], e))
+    assert 1e-6 < e <= 5e-2, e
+"; then ok score_device_cuda_bf16_close_to_cpu; else bad "score_device_cuda_bf16_close_to_cpu: $(cat "$T/err")"; fi
 elif [ "$(wc -l <"$T/err")" -eq 1 ] && grep -qF -- "--device cuda" "$T/err" && [ ! -e "$T/d_cuda.npy" ]; then
     ok score_device_cuda_unavailable
 else
@@ -199,6 +223,13 @@ run gen_device_cpu "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --m
 cmp -s "$T/out" "$T/gen_block.1" && ok gen_device_cpu_is_default || bad gen_device_cpu_is_default
 reject gen_device_bad "--device must be cpu or cuda (got tpu)" "$GENERATE" --model "$REF/qwen2_tied" \
     --ids "$T/ids.json" --mask-id 126 --device tpu
+# --precision: f32 is the default (the same ids); another name is one line.
+run gen_precision_f32 "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 126 \
+    --max-new-tokens 13 --mode block --block-size 4 --steps 2 --temperature 0.7 --seed 3 \
+    --precision f32
+cmp -s "$T/out" "$T/gen_block.1" && ok gen_precision_f32_is_default || bad gen_precision_f32_is_default
+reject gen_precision_bad "--precision must be f32 or bf16 (got fp8)" "$GENERATE" \
+    --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 126 --precision fp8
 # --device cuda without a CUDA build or without a usable GPU: one line
 # naming --device, non-zero exit. Where a GPU answers it must generate
 # (scripts/gpu-check compares its ids with the CPU's).
@@ -207,6 +238,10 @@ reject gen_device_bad "--device must be cpu or cuda (got tpu)" "$GENERATE" --mod
 rc=$?
 if [ $rc -eq 0 ]; then
     [ "$(tr -cd , <"$T/out" | wc -c)" -eq 12 ] && ok gen_device_cuda_ran || bad "gen_device_cuda_ran: $(cat "$T/out")"
+    "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 126 --max-new-tokens 13 \
+        --device cuda --precision bf16 >"$T/out" 2>"$T/err" &&
+        [ "$(tr -cd , <"$T/out" | wc -c)" -eq 12 ] && ok gen_device_cuda_bf16_ran ||
+        bad "gen_device_cuda_bf16_ran: $(cat "$T/out" "$T/err")"
 elif [ "$(wc -l <"$T/err")" -eq 1 ] && grep -qF -- "--device cuda" "$T/err"; then
     ok gen_device_cuda_unavailable
 else

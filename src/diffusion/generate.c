@@ -7,6 +7,10 @@
 #include <string.h>
 #include <time.h>
 
+#ifdef DVL_HAVE_CUDA
+#include "ops/cuda/cuda.h"
+#endif
+
 void dvl_gen_opts_default(dvl_gen_opts *o)
 {
     memset(o, 0, sizeof *o);
@@ -17,6 +21,19 @@ void dvl_gen_opts_default(dvl_gen_opts *o)
     o->max_new = 128;
     o->mask_id = -1;
     o->full_mask = DVL_MASK_BIDIR;
+}
+
+/* o->bf16: the context's products in bf16 (a CUDA context only). */
+static int set_precision(dvl_ctx *ctx, const dvl_gen_opts *o, dvl_err *err)
+{
+    if (!o->bf16)
+        return DVL_OK;
+#ifdef DVL_HAVE_CUDA
+    if (dvl_ctx_cublas(ctx))
+        return dvl_cublas_set_math(dvl_ctx_cublas(ctx), DVL_MATH_BF16, err);
+#endif
+    return dvl_errf(err, DVL_EINVAL,
+                    "generate: bf16 products need the model on a CUDA device (it is on the CPU)");
 }
 
 void dvl_gen_result_free(dvl_gen_result *r)
@@ -434,7 +451,7 @@ int dvl_generate_batch(const dvl_model *m, int n, const int32_t *const *prompts,
     bool ok = g.off && g.pe && g.done;
     for (int i = 0; i < n && ok; i++)
         ok = (out[i].ids = malloc((size_t)(o->max_new + 1) * sizeof *out[i].ids)) != NULL;
-    int rc = ok ? DVL_OK : dvl_errf(err, DVL_ENOMEM, "generate: out of memory");
+    int rc = ok ? set_precision(g.ctx, o, err) : dvl_errf(err, DVL_ENOMEM, "generate: out of memory");
     double t0 = now();
     if (!rc)
         dvl_set_grad_enabled(g.ctx, false);

@@ -59,6 +59,11 @@ typedef struct dvl_gen_opts {
     int n_stop;
     uint64_t seed;
     dvl_mask_kind full_mask; /* DVL_GEN_FULL attention: DVL_MASK_BIDIR or _BLOCK_CAUSAL */
+    /* bf16 products with f32 accumulation (DVL_MATH_BF16: the linear layers,
+     * the LM head and attention), for a model on a CUDA device (an error on
+     * the CPU). Weights with bf16 copies in their store (dvl_params_keep_bf16)
+     * are read from those; others are rounded at every product. */
+    bool bf16;
     /* Called with sequence seq's tokens that became final (already cut at a
      * stop id), block by block (token by token in AR mode); may be NULL. */
     void (*on_tokens)(void *user, int seq, const int32_t *ids, int64_t n);
@@ -66,7 +71,7 @@ typedef struct dvl_gen_opts {
 } dvl_gen_opts;
 
 /* B 8, S 8, dvl_sampler_default, max_new 128, no mask id, no stop ids,
- * seed 0, full_mask BIDIR. */
+ * seed 0, full_mask BIDIR, f32 products. */
 void dvl_gen_opts_default(dvl_gen_opts *o);
 
 typedef struct dvl_gen_result {
