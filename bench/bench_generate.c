@@ -105,7 +105,7 @@ int bench_generate(int argc, char **argv)
     dvl_model m;
     if (dvl_model_open(&m, model, false, NULL, &err) ||
         (cuda && dvl_params_move(m.params, DVL_CUDA, &err)) ||
-        (bf16 && dvl_params_keep_bf16(m.params, &err))) {
+        (bf16 && dvl_params_keep_bf16(m.params, DVL_BF16_ALL, &err))) {
         fprintf(stderr, "dvl-bench generate: %s\n", err.msg);
         if (m.params)
             dvl_model_free(&m);
@@ -154,7 +154,8 @@ int bench_generate(int argc, char **argv)
     int32_t *ref = malloc((size_t)(n_prompts * G) * sizeof *ref);
     printf("model %s (%s) on %s%s, %ld prompt(s) of %lld positions, %ld new tokens, B %ld, "
            "steps %ld, tau %.2f\n",
-           model, dvl_arch_name(m.cfg.arch), desc, bf16 ? " (bf16 products, bf16 weight copies)" : "",
+           model, dvl_arch_name(m.cfg.arch), desc,
+           bf16 ? " (bf16 products, bf16 weight copies)" : "",
            n_prompts, (long long)P, G, B, B, tau);
     printf("%-14s %10s %10s %12s %14s %10s\n", "mode", "tokens/s", "seconds", "fwd/token",
            "tokens/fwd", "agree");

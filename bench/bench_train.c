@@ -41,9 +41,11 @@
  * --frozen makes it a stage-1 step: every LM weight frozen, the gradient
  * going through the whole LM to the input embeddings (as it goes to the
  * connector's outputs), no optimizer; model FLOPs 4 P (2L N) + attention.
- * With --bf16 the frozen weights' bf16 copies are kept
- * (dvl_params_keep_bf16, as dvl-train's train.bf16_frozen_copies); add
- * --no-bf16-copies for the baseline that rounds W in every product. */
+ * --bf16-copies none|frozen|all (with --bf16; default frozen, as
+ * dvl-train's train.bf16_weight_copies): which weights have bf16 copies
+ * (dvl_params_keep_bf16) that the products read instead of rounding W each
+ * time; all refreshes the trainable ones' after each AdamW step, inside
+ * the timed step. none is the baseline. */
 #include <cblas.h>
 #include <inttypes.h>
 #include <math.h>
@@ -209,20 +211,21 @@ int bench_train(int argc, char **argv)
             printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
                    "[--steps S] [--block B] [--vocab V] [--shape 0.5b|7b] [--profile] "
                    "[--checkpoint] [--separate] [--tf32 | --bf16 (cuda)] [--ranks R (cuda)]\n"
-                   "       [--frozen] [--zero-init] [--no-bf16-copies] (cuda)\n"
+                   "       [--frozen] [--zero-init] [--bf16-copies none|frozen|all] (cuda)\n"
                    "  --profile: one more step with the op profile on: time per op\n"
                    "  --checkpoint: recompute each layer in backward (activation checkpointing)\n"
                    "  --separate: one product per projection (not q|k|v and gate|up fused)\n"
                    "  --ranks R: AdamW moments of one ZeRO-1 rank of R only (its memory)\n"
                    "  --zero-init (cuda): leave the weights at zero (memory plans at full depth)\n"
                    "  --frozen: a stage-1 step: the LM frozen, gradient to the inputs\n"
-                   "  --no-bf16-copies (cuda, --bf16 --frozen): round frozen W in every product\n");
+                   "  --bf16-copies none|frozen|all (cuda, --bf16): weights with bf16 copies "
+                   "(default frozen)\n");
             return 0;
         }
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--tf32") == 0 || strcmp(argv[i], "--bf16") == 0 ||
             strcmp(argv[i], "--ranks") == 0 || strcmp(argv[i], "--zero-init") == 0 ||
-            strcmp(argv[i], "--no-bf16-copies") == 0) {
+            strcmp(argv[i], "--bf16-copies") == 0) {
             fprintf(stderr, "dvl-bench train: %s needs --device cuda\n", argv[i]);
             return 2;
         }
@@ -598,6 +601,10 @@ static int run_cuda(const cuda_run *r, int L)
         }
         if (r->opt)
             dvl_adamw_step(r->opt, 1e-5f, clip_at_1(gn));
+        if (dvl_params_refresh_bf16(r->pd, &err)) { /* --bf16-copies all */
+            fprintf(stderr, "dvl-bench train: %s\n", err.msg);
+            goto done;
+        }
         float l = NAN;
         if (dvl_cuda_sync("train step", &err) || dvl_tensor_to_host(ctx, loss, &l)) {
             fprintf(stderr, "dvl-bench train: %s\n",
@@ -728,8 +735,19 @@ static int train_cuda(int argc, char **argv)
     else
         printf("  --zero-init: weights left at zero (for memory; step times only indicative)\n");
     dvl_params *pd = dvl_params_to_device(m.params, DVL_CUDA, &err);
-    const bool copies = r.frozen && bf16 && !has_flag(argc, argv, "--no-bf16-copies");
-    if (pd && copies && dvl_params_keep_bf16(pd, &err)) {
+    const char *cm = arg_str(argc, argv, "--bf16-copies", "frozen");
+    const dvl_bf16_copies copies = !bf16                    ? DVL_BF16_NONE
+                                   : !strcmp(cm, "all")    ? DVL_BF16_ALL
+                                   : !strcmp(cm, "frozen") ? DVL_BF16_FROZEN
+                                                           : DVL_BF16_NONE;
+    if (strcmp(cm, "none") && strcmp(cm, "frozen") && strcmp(cm, "all")) {
+        fprintf(stderr, "dvl-bench train: --bf16-copies must be none, frozen or all, not '%s'\n",
+                cm);
+        dvl_params_free(pd);
+        dvl_model_free(&m);
+        return 2;
+    }
+    if (pd && dvl_params_keep_bf16(pd, copies, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         dvl_params_free(pd);
         dvl_model_free(&m);
@@ -760,11 +778,11 @@ static int train_cuda(int argc, char **argv)
     r.m = &m, r.pd = pd, r.opt = opt, r.dc = &dc;
     printf("  ");
     print_shape(shape, &mc.lm, pd->numel);
-    if (r.frozen)
-        printf(" on the device, frozen%s\n",
-               copies ? " (+ their bf16 copies)" : bf16 ? " (no bf16 copies: W rounded per product)" : "");
-    else
-        printf(" on the device (+ grads, AdamW m and v)\n");
+    printf(" on the device%s%s\n", r.frozen ? ", frozen" : " (+ grads, AdamW m and v)",
+           pd->numel_bf16 ? (copies == DVL_BF16_ALL ? ", bf16 copies of every weight"
+                                                    : ", bf16 copies of the frozen weights")
+           : bf16         ? ", no bf16 copies (W rounded in every product)"
+                          : "");
     fflush(stdout);
     int rc = TRAIN_OOM;
     for (; L >= B && rc == TRAIN_OOM; L /= 2) {

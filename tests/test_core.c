@@ -97,7 +97,7 @@ START_TEST(params_keep_bf16_copies)
 {
     dvl_params *p = dvl_params_new();
     dvl_err err = {0};
-    ck_assert_int_eq(dvl_params_keep_bf16(p, &err), DVL_EINVAL);
+    ck_assert_int_eq(dvl_params_keep_bf16(p, DVL_BF16_FROZEN, &err), DVL_EINVAL);
     ck_assert_ptr_nonnull(strstr(err.msg, "not allocated"));
     const char *names[] = {"a", "b", "c", "d", "e", "f"};
     const int64_t shape[][2] = {{3, 5}, {4, 4}, {2, 8}, {7, 1}, {5, 1}, {4, 4}};
@@ -109,8 +109,10 @@ START_TEST(params_keep_bf16_copies)
     for (int i = 0; i < 6; i++)
         tu_randn(t[i], 10 + (uint64_t)i, 3.0f);
     ck_assert_ptr_null(dvl_bf16_copy(t[1]));
-    ck_assert_msg(dvl_params_keep_bf16(p, &err) == DVL_OK, "%s", err.msg);
-    ck_assert(p->keep_bf16);
+    ck_assert_int_eq(dvl_params_keep_bf16(p, (dvl_bf16_copies)7, &err), DVL_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "unknown mode 7"));
+    ck_assert_msg(dvl_params_keep_bf16(p, DVL_BF16_FROZEN, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_int_eq(p->bf16_mode, DVL_BF16_FROZEN);
     /* Four frozen tensors of 16, 16, 7 and 16 elements, each from a
      * 16-element boundary. */
     ck_assert_int_eq(p->numel_bf16, 64);
@@ -154,14 +156,14 @@ START_TEST(params_keep_bf16_copies)
     /* A copy of the store keeps copies of its own. */
     dvl_params *q = dvl_params_to_device(p, DVL_CPU, &err);
     ck_assert_msg(q != NULL, "%s", err.msg);
-    ck_assert(q->keep_bf16);
+    ck_assert_int_eq(q->bf16_mode, DVL_BF16_FROZEN);
     ck_assert_int_eq(q->numel_bf16, 64);
     ck_assert_ptr_ne(q->bf16, p->bf16);
     ck_assert_int_eq(memcmp(q->bf16, p->bf16, 64 * sizeof *p->bf16), 0);
     dvl_params_free(q);
     /* Dropped: none, and later writes make none. */
     dvl_params_drop_bf16(p);
-    ck_assert(!p->keep_bf16);
+    ck_assert_int_eq(p->bf16_mode, DVL_BF16_NONE);
     ck_assert_ptr_null(p->bf16);
     ck_assert_ptr_null(dvl_bf16_copy(t[2]));
     ck_assert_int_eq(dvl_params_data_from_host(p, host, &err), DVL_OK);
@@ -172,10 +174,62 @@ START_TEST(params_keep_bf16_copies)
     dvl_params *r = dvl_params_new();
     ck_assert_ptr_nonnull(dvl_params_add(r, "w", 2, shape[0], true, &err));
     ck_assert_int_eq(dvl_params_alloc(r, &err), 0);
-    ck_assert_int_eq(dvl_params_keep_bf16(r, &err), DVL_OK);
+    ck_assert_int_eq(dvl_params_keep_bf16(r, DVL_BF16_FROZEN, &err), DVL_OK);
     ck_assert_ptr_null(r->bf16);
     ck_assert_int_eq(r->numel_bf16, 0);
     dvl_params_free(r);
+}
+END_TEST
+
+/* DVL_BF16_ALL: a copy of every parameter at its data offset (the layouts
+ * coincide); dvl_params_refresh_bf16 makes the trainable ones' again after
+ * their data changed (an optimizer step) and leaves the frozen ones' (they
+ * do not change in training); keep again with another mode lays out anew. */
+START_TEST(params_keep_bf16_all_and_refresh)
+{
+    dvl_params *p = dvl_params_new();
+    dvl_err err = {0};
+    const int64_t shape[][2] = {{3, 5}, {4, 4}, {7, 1}, {2, 8}};
+    const bool trainable[] = {true, false, true, false};
+    dvl_tensor *t[4];
+    for (int i = 0; i < 4; i++) {
+        char name[8] = {(char)('a' + i), 0};
+        ck_assert_ptr_nonnull(t[i] = dvl_params_add(p, name, 2, shape[i], trainable[i], &err));
+    }
+    ck_assert_int_eq(dvl_params_alloc(p, &err), 0);
+    for (int i = 0; i < 4; i++)
+        tu_randn(t[i], 20 + (uint64_t)i, 1.0f);
+    ck_assert_int_eq(dvl_params_refresh_bf16(p, &err), DVL_OK); /* none kept: nothing to do */
+    ck_assert_msg(dvl_params_keep_bf16(p, DVL_BF16_ALL, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_int_eq(p->numel_bf16, p->numel);
+    for (int i = 0; i < 4; i++) {
+        ck_assert_ptr_eq(t[i]->bf16, p->bf16 + (dvl_f32(t[i]) - p->data));
+        assert_copy_rounds(t[i]);
+    }
+    /* An "update": every parameter's data changes; the refresh follows the
+     * trainable ones only. */
+    for (int i = 0; i < 4; i++)
+        for (int64_t k = 0; k < dvl_numel(t[i]); k++)
+            dvl_f32(t[i])[k] = 2.0f * dvl_f32(t[i])[k] + 0.37f;
+    ck_assert_int_eq(dvl_params_refresh_bf16(p, &err), DVL_OK);
+    assert_copy_rounds(t[0]);
+    assert_copy_rounds(t[2]);
+    int stale = 0;
+    for (int64_t k = 0; k < dvl_numel(t[1]); k++)
+        stale += t[1]->bf16[k] != dvl_f32_to_bf16(dvl_f32(t[1])[k]);
+    ck_assert_int_gt(stale, 0);
+    /* Frozen only, from the same store: trainable ones lose their copies. */
+    ck_assert_int_eq(dvl_params_keep_bf16(p, DVL_BF16_FROZEN, &err), DVL_OK);
+    ck_assert_int_eq(p->numel_bf16, 32);
+    ck_assert_ptr_null(t[0]->bf16);
+    ck_assert_ptr_null(t[2]->bf16);
+    ck_assert_ptr_eq(t[3]->bf16, t[1]->bf16 + 16);
+    assert_copy_rounds(t[1]);
+    assert_copy_rounds(t[3]);
+    ck_assert_int_eq(dvl_params_keep_bf16(p, DVL_BF16_NONE, &err), DVL_OK);
+    ck_assert_ptr_null(p->bf16);
+    ck_assert_ptr_null(t[1]->bf16);
+    dvl_params_free(p);
 }
 END_TEST
 
@@ -250,6 +304,7 @@ static Suite *suite(void)
     tcase_add_test(tc, views_share_data_and_grad);
     tcase_add_test(tc, params_flat_buffers);
     tcase_add_test(tc, params_keep_bf16_copies);
+    tcase_add_test(tc, params_keep_bf16_all_and_refresh);
     tcase_add_test(tc, backward_needs_trainable_scalar);
     tcase_add_test(tc, grad_ready_hook_reports_complete_gradients);
     suite_add_tcase(s, tc);

@@ -2515,7 +2515,7 @@ START_TEST(bf16_copies_of_frozen_weights)
     ck_assert(g0 && g1);
     const float l0 = toy_step(cg, pg, &b, g0);
 
-    ck_assert_msg(dvl_params_keep_bf16(pg, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_msg(dvl_params_keep_bf16(pg, DVL_BF16_FROZEN, &err) == DVL_OK, "%s", err.msg);
     ck_assert_int_gt(pg->numel_bf16, 0);
     uint16_t *c16 = malloc((size_t)pg->numel_bf16 * sizeof *c16);
     ck_assert_ptr_nonnull(c16);
@@ -2548,7 +2548,7 @@ START_TEST(bf16_copies_of_frozen_weights)
     ck_assert_msg(memcmp(&l0, &l1, sizeof l0) == 0 && memcmp(g0, g1, gbytes) == 0,
                   "bf16 step read a frozen weight's f32 values, not its copy: loss %.9g vs %.9g",
                   l1, l0);
-    ck_assert_msg(dvl_params_keep_bf16(pg, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_msg(dvl_params_keep_bf16(pg, DVL_BF16_FROZEN, &err) == DVL_OK, "%s", err.msg);
     l1 = toy_step(cg, pg, &b, NULL);
     ck_assert_msg(isfinite(l1) && fabsf(l1 - l0) > 1e-3f * fabsf(l0),
                   "copies made from overwritten weights: loss %.9g (before %.9g)", l1, l0);
@@ -2581,7 +2581,7 @@ START_TEST(bf16_copies_of_frozen_weights)
     float *d0 = malloc(rows * 24 * sizeof(float)), *d1 = malloc(rows * 24 * sizeof(float));
     ck_assert(y0 && y1 && d0 && d1);
     cat_step(cg, q, xh, rows, y0, d0);
-    ck_assert_msg(dvl_params_keep_bf16(q, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_msg(dvl_params_keep_bf16(q, DVL_BF16_FROZEN, &err) == DVL_OK, "%s", err.msg);
     ck_assert_ptr_eq(dvl_bf16_copy(q->t[1]), dvl_bf16_copy(q->t[0]) + 32 * 24);
     ck_assert_ptr_eq(dvl_bf16_copy(q->t[2]), dvl_bf16_copy(q->t[1]) + 16 * 24);
     for (int i = 0; i < 3; i++)
@@ -2596,6 +2596,88 @@ START_TEST(bf16_copies_of_frozen_weights)
     dvl_ctx_free(cg);
     toy_batch_free(&b);
     dvl_params_free(pc), dvl_params_free(pg);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
+#ifdef DVL_HAVE_CUDA
+/* Three bf16 training steps (AdamW, lr 1e-2) of the toy model on a device
+ * copy of pc; copies: the store's bf16 copies mode, refreshed after each
+ * update. The losses into l[3], the final weights into w (numel floats). */
+static void toy_train_bf16(const dvl_params *pc, const toy_batch *b, dvl_bf16_copies copies,
+                           float *l, float *w)
+{
+    dvl_err err = {0, ""};
+    dvl_params *pg = dvl_params_to_device(pc, DVL_CUDA, &err);
+    ck_assert_msg(pg != NULL, "%s", err.msg);
+    ck_assert_msg(dvl_params_keep_bf16(pg, copies, &err) == DVL_OK, "%s", err.msg);
+    dvl_ctx *cg = dvl_ctx_new_err(DVL_CUDA, &err);
+    ck_assert_msg(cg != NULL, "%s", err.msg);
+    ck_assert_msg(dvl_cublas_set_math(dvl_ctx_cublas(cg), DVL_MATH_BF16, &err) == DVL_OK, "%s",
+                  err.msg);
+    dvl_adamw *o = dvl_adamw_new(pg, 0.9f, 0.95f, 1e-8f, 0.1f, &err);
+    ck_assert_msg(o != NULL, "%s", err.msg);
+    for (int k = 0; k < 3; k++) {
+        l[k] = toy_step(cg, pg, b, NULL);
+        dvl_adamw_step(o, 1e-2f, 1.0f);
+        ck_assert_msg(dvl_params_refresh_bf16(pg, &err) == DVL_OK, "%s", err.msg);
+    }
+    ck_assert_msg(dvl_params_data_to_host(pg, w, &err) == DVL_OK, "%s", err.msg);
+    dvl_adamw_free(o);
+    dvl_ctx_free(cg);
+    dvl_params_free(pg);
+}
+#endif
+
+/* DVL_BF16_ALL on the device: three bf16 AdamW steps of the toy model with
+ * a bf16 copy of every weight, the trainable ones made again after each
+ * update (dvl_params_refresh_bf16), give the losses and weights of the same
+ * steps without copies, bit for bit; and without the refresh they do not
+ * (the products would read the first step's weights): the copies are read
+ * and the refresh is what keeps them current. */
+START_TEST(bf16_copies_of_all_weights_follow_updates)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_params *pc = toy_params(&TOY, 7);
+    toy_batch b = toy_batch_new(&TOY, 8);
+    float l0[3], l1[3];
+    const size_t wbytes = (size_t)pc->numel * sizeof(float);
+    float *w0 = malloc(wbytes), *w1 = malloc(wbytes);
+    ck_assert(w0 && w1);
+    toy_train_bf16(pc, &b, DVL_BF16_NONE, l0, w0);
+    toy_train_bf16(pc, &b, DVL_BF16_ALL, l1, w1);
+    printf("test_cuda: toy bf16 AdamW losses without copies %.7f %.7f %.7f, with all copies "
+           "%.7f %.7f %.7f\n", l0[0], l0[1], l0[2], l1[0], l1[1], l1[2]);
+    ck_assert_msg(memcmp(l0, l1, sizeof l0) == 0, "losses differ with bf16 copies of all weights");
+    ck_assert_msg(memcmp(w0, w1, wbytes) == 0,
+                  "weights differ with bf16 copies of all weights");
+    /* Stale copies (kept, never refreshed) change the second step on. */
+    dvl_err err = {0, ""};
+    dvl_params *pg = dvl_params_to_device(pc, DVL_CUDA, &err);
+    ck_assert_msg(pg != NULL && dvl_params_keep_bf16(pg, DVL_BF16_ALL, &err) == DVL_OK, "%s",
+                  err.msg);
+    dvl_ctx *cg = dvl_ctx_new_err(DVL_CUDA, &err);
+    ck_assert_msg(cg && dvl_cublas_set_math(dvl_ctx_cublas(cg), DVL_MATH_BF16, &err) == DVL_OK,
+                  "%s", err.msg);
+    dvl_adamw *o = dvl_adamw_new(pg, 0.9f, 0.95f, 1e-8f, 0.1f, &err);
+    ck_assert_msg(o != NULL, "%s", err.msg);
+    float ls[2];
+    for (int k = 0; k < 2; k++) {
+        ls[k] = toy_step(cg, pg, &b, NULL);
+        dvl_adamw_step(o, 1e-2f, 1.0f);
+    }
+    ck_assert_msg(memcmp(&ls[0], &l0[0], sizeof *ls) == 0 && memcmp(&ls[1], &l0[1], sizeof *ls),
+                  "without the refresh step 2 gave %.9g, the refreshed run's %.9g", ls[1], l0[1]);
+    dvl_adamw_free(o);
+    dvl_ctx_free(cg);
+    dvl_params_free(pg);
+    free(w0), free(w1);
+    toy_batch_free(&b);
+    dvl_params_free(pc);
 #else
     printf(SKIP_MSG "\n");
 #endif
@@ -3336,6 +3418,7 @@ static Suite *suite(void)
     tcase_add_test(tc, toy_model_step_matches_cpu);
     tcase_add_test(tc, toy_model_step_bf16_close_to_cpu);
     tcase_add_test(tc, bf16_copies_of_frozen_weights);
+    tcase_add_test(tc, bf16_copies_of_all_weights_follow_updates);
     tcase_add_test(tc, adamw_device_store_matches_cpu);
     tcase_add_test(tc, siglip_on_device_matches_cpu);
     tcase_add_test(tc, params_move_round_trip);

@@ -1172,7 +1172,7 @@ static int parse_precision(const args *a, bool cuda, bool *bf16, dvl_err *err)
 static int place_model(dvl_model *m, bool cuda, bool bf16, dvl_err *err)
 {
     int rc = cuda ? dvl_params_move(m->params, DVL_CUDA, err) : DVL_OK;
-    return rc || !bf16 ? rc : dvl_params_keep_bf16(m->params, err);
+    return rc || !bf16 ? rc : dvl_params_keep_bf16(m->params, DVL_BF16_ALL, err);
 }
 
 static int generate(const args *a, dvl_err *err)

@@ -568,7 +568,8 @@ static void memory_line(run *r)
 #endif
     printf(PROG ": memory per rank: weights %s%s, gradients %s, AdamW moments %s, step arena "
            "peak %s (total %s)%s\n",
-           size_str(sw, sizeof sw, w), p->numel_bf16 ? " (with the bf16 copies)" : "", size_str(sg, sizeof sg, g), size_str(sm, sizeof sm, m),
+           size_str(sw, sizeof sw, w), p->numel_bf16 ? " (with the bf16 copies)" : "",
+           size_str(sg, sizeof sg, g), size_str(sm, sizeof sm, m),
            size_str(sa, sizeof sa, a), size_str(st, sizeof st, w + g + m + a), dev);
     fflush(stdout);
 }
@@ -763,7 +764,8 @@ static int train(run *r, dvl_err *err)
             /* torch clip_grad_norm_'s factor, applied inside the update */
             float clip = c->clip > 0 && gnorm > c->clip ? (float)(c->clip / (gnorm + 1e-6)) : 1.0f;
             dvl_adamw_step(r->opt, (float)lr, clip); /* this rank's shard under ZeRO-1 */
-            if (r->zero1 && dvl_dist_grad_sync_gather_params(r->gs, err))
+            if ((r->zero1 && dvl_dist_grad_sync_gather_params(r->gs, err)) ||
+                dvl_params_refresh_bf16(p, err))
                 return err->code;
         }
         r->step++;
@@ -917,10 +919,10 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
         dvl_cublas_set_math(dvl_ctx_cublas(r->ctx),
                             c->precision == PREC_BF16 ? DVL_MATH_BF16 : DVL_MATH_TF32, err))
         return err->code;
-    /* The frozen weights' bf16 copies, from the weights as they now are
-     * (broadcast, moved, resumed); nothing writes a frozen weight later. */
-    if (on_gpu(r) && c->precision == PREC_BF16 && c->bf16_frozen_copies &&
-        dvl_params_keep_bf16(p, err))
+    /* The weights' bf16 copies, from the weights as they now are
+     * (broadcast, moved, resumed); nothing writes a frozen weight later,
+     * the trainable ones' copies are made again after each update. */
+    if (on_gpu(r) && c->precision == PREC_BF16 && dvl_params_keep_bf16(p, c->bf16_copies, err))
         return err->code;
 #endif
     if (r->d.rank == 0) {
@@ -952,8 +954,9 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                    r->d.world > 1 && !r->nccl ? r->no_nccl : "",
                    r->d.world > 1 && !r->nccl ? ")" : "");
         if (p->numel_bf16)
-            printf(PROG ": bf16 copies of the frozen weights: %.2f MiB per rank "
-                   "(train.bf16_frozen_copies)\n",
+            printf(PROG ": bf16 copies of the %s weights: %.2f MiB per rank "
+                   "(train.bf16_weight_copies)\n",
+                   p->bf16_mode == DVL_BF16_ALL ? "trainable and frozen" : "frozen",
                    (double)p->numel_bf16 * 2 / (1 << 20));
         /* The optimizer state of one rank (rank 0's shard is the largest). */
         double mib = (double)dvl_adamw_state_bytes(r->opt) / (1 << 20);

@@ -6,7 +6,8 @@
 #     only summation orders differ; steps 2..8 within 1e-3 relative, where
 #     those differences have gone through AdamW) and the loss falls;
 #   stage 1 in bf16 with the frozen weights' bf16 copies
-#     (train.bf16_frozen_copies, the default) and without: the same bits;
+#     (train.bf16_weight_copies frozen, the default) and without, and stage 2
+#     with copies of every weight (all) and without: the same bits;
 #   exact resume on the GPU: a run checkpointed at step 4 and resumed there
 #     reaches the uninterrupted run's step-8 weights and AdamW state bit for
 #     bit; the GPU checkpoint also resumes on the CPU;
@@ -126,13 +127,14 @@ assert sum(lp[-3:]) < 0.9 * sum(lp[:3]), 'loss did not fall: %s' % lp
 done
 
 # ---- exact resume on the GPU, from the checkpoint at step 4
-# ---- train.bf16_frozen_copies: stage 1 in bf16 (the LM and the tower
+# ---- train.bf16_weight_copies: stage 1 in bf16 (the LM and the tower
 # frozen) with the frozen weights' bf16 copies (the default) and without
 # them: the same losses and final weights, bit for bit (a copy is what each
-# product would round).
+# product would round); stage 2 in bf16 with copies of every weight, the
+# trainable ones made again after each step, and without: the same too.
 if "$TRAIN" --config s1.json --set train.out=s1c >s1c.log 2>&1 &&
     grep "bf16 copies of the frozen weights" s1c.log | sed 's/^/   /' &&
-    "$TRAIN" --config s1.json --set train.out=s1n --set train.bf16_frozen_copies=false \
+    "$TRAIN" --config s1.json --set train.out=s1n --set train.bf16_weight_copies=none \
         >s1n.log 2>&1 && ! grep -q "bf16 copies" s1n.log &&
     cmp -s s1c/final/model.safetensors s1n/final/model.safetensors &&
     py "$ST
@@ -143,6 +145,17 @@ assert len(a) == 4 and a == b
     ok stage1_cuda_bf16_frozen_copies_bit_identical
 else
     bad "stage1_cuda_bf16_frozen_copies_bit_identical: $(tail -2 s1c.log) $(tail -1 s1n.log)"
+fi
+if "$TRAIN" --config s2.json --set train.device=cuda --set train.precision=bf16 \
+    --set train.bf16_weight_copies=all --set train.out=gpu_bf16all >gpu_bf16all.log 2>&1 &&
+    grep "bf16 copies of the trainable and frozen weights" gpu_bf16all.log | sed 's/^/   /' &&
+    "$TRAIN" --config s2.json --set train.device=cuda --set train.precision=bf16 \
+        --set train.bf16_weight_copies=none --set train.out=gpu_bf16none >gpu_bf16none.log 2>&1 &&
+    cmp -s gpu_bf16all/final/model.safetensors gpu_bf16none/final/model.safetensors &&
+    cmp -s gpu_bf16all/final/model.safetensors gpu_bf16/final/model.safetensors; then
+    ok stage2_cuda_bf16_all_copies_bit_identical
+else
+    bad "stage2_cuda_bf16_all_copies_bit_identical: $(tail -2 gpu_bf16all.log) $(tail -1 gpu_bf16none.log)"
 fi
 
 if "$TRAIN" --resume gpu/ckpt/step-000004 --set train.out=gpu_r >gpu_r.log 2>&1 &&

@@ -41,10 +41,11 @@ const dvl_cfg_key TRAIN_KEYS[] = {
      .help = "GPU matrix products: f32, TF32 tensor cores, or bf16 operands with f32 "
              "accumulation, attention's products too (tf32: wmma kernels; bf16: mma.sync "
              "kernels); f32 weights, moments and gradients; cpu: f32 only"},
-    {"train.bf16_frozen_copies", DVL_CFG_BOOL, .def = "true",
-     .help = "with train.precision bf16: keep a bf16 copy of each frozen weight (the whole "
-             "LM in stage 1, the vision tower) on the GPU, 2 bytes per frozen parameter, "
-             "instead of rounding it again in every product; same results"},
+    {"train.bf16_weight_copies", DVL_CFG_ENUM, .def = "frozen", .choices = "none|frozen|all",
+     .help = "with train.precision bf16: bf16 copies of weights kept on the GPU, read by the "
+             "products instead of rounding the f32 weight in each: of the frozen weights (the "
+             "LM in stage 1, a frozen tower; 2 bytes each), of all (trainable ones made again "
+             "after each optimizer step; 2 bytes per parameter), or none; same results"},
     {"optim.lr", DVL_CFG_FLOAT, .def = "1e-5", .ranged = true, .min = 0, .max = 10,
      .help = "peak learning rate (LM and connector)"},
     {"optim.vision_lr", DVL_CFG_FLOAT, .def = "2e-6", .ranged = true, .min = 0, .max = 10,
@@ -132,7 +133,7 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
     o->seed = dvl_cfg_int(c, "train.seed");
     o->device = (train_device)dvl_cfg_enum(c, "train.device");
     o->precision = (train_precision)dvl_cfg_enum(c, "train.precision");
-    o->bf16_frozen_copies = dvl_cfg_bool(c, "train.bf16_frozen_copies");
+    o->bf16_copies = (dvl_bf16_copies)dvl_cfg_enum(c, "train.bf16_weight_copies");
     o->lr = dvl_cfg_float(c, "optim.lr");
     o->vision_lr = dvl_cfg_float(c, "optim.vision_lr");
     o->weight_decay = dvl_cfg_float(c, "optim.weight_decay");

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "core/config.h"
+#include "tensor/tensor.h"
 
 typedef enum train_stage { STAGE_AR = 0, STAGE_1, STAGE_2 } train_stage;
 typedef enum train_sched { SCHED_COSINE = 0, SCHED_LINEAR, SCHED_CONSTANT } train_sched;
@@ -38,7 +39,7 @@ typedef struct train_cfg {
     int64_t seed;
     train_device device; /* cuda: one GPU per rank, chosen by the rank's place on its node */
     train_precision precision; /* of the GPU's matrix products (dvl_cuda_math) */
-    bool bf16_frozen_copies;   /* bf16 precision: dvl_params_keep_bf16 */
+    dvl_bf16_copies bf16_copies; /* bf16 precision: dvl_params_keep_bf16's mode */
     /* optimiser and schedule */
     double lr, vision_lr, weight_decay, beta1, beta2, eps;
     double warmup_ratio;

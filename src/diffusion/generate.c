@@ -451,7 +451,8 @@ int dvl_generate_batch(const dvl_model *m, int n, const int32_t *const *prompts,
     bool ok = g.off && g.pe && g.done;
     for (int i = 0; i < n && ok; i++)
         ok = (out[i].ids = malloc((size_t)(o->max_new + 1) * sizeof *out[i].ids)) != NULL;
-    int rc = ok ? set_precision(g.ctx, o, err) : dvl_errf(err, DVL_ENOMEM, "generate: out of memory");
+    int rc = ok ? set_precision(g.ctx, o, err)
+                : dvl_errf(err, DVL_ENOMEM, "generate: out of memory");
     double t0 = now();
     if (!rc)
         dvl_set_grad_enabled(g.ctx, false);

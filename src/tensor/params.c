@@ -113,6 +113,12 @@ int dvl_params_set_trainable(dvl_params *p, const char *prefix, bool trainable)
  * SIMD kernels and device copies see aligned rows. */
 static int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
+/* Whether a store keeping `mode` copies keeps one of t. */
+static bool has_copy(dvl_bf16_copies mode, const dvl_tensor *t)
+{
+    return mode == DVL_BF16_ALL || (mode == DVL_BF16_FROZEN && !t->requires_grad);
+}
+
 /* Point every tensor into the store's buffers (offsets as laid out by
  * dvl_params_alloc; bf16 copies at the offsets of bf16_copies), on the
  * store's device. */
@@ -124,9 +130,9 @@ static void bind_tensors(dvl_params *p)
         t->device = p->device;
         t->data = p->data + off;
         t->grad = p->grad_off[i] >= 0 ? p->grad + p->grad_off[i] : NULL;
-        t->bf16 = p->bf16 && !t->requires_grad ? p->bf16 + off16 : NULL;
+        t->bf16 = p->bf16 && has_copy(p->bf16_mode, t) ? p->bf16 + off16 : NULL;
         off += round16(dvl_numel(t));
-        if (!t->requires_grad)
+        if (has_copy(p->bf16_mode, t))
             off16 += round16(dvl_numel(t));
     }
 }
@@ -145,18 +151,31 @@ static void free_on(dvl_device dev, void *b)
     free(b);
 }
 
-/* The bf16 copies of p's frozen parameters, read from `data` (laid out as
- * p's data, on dev), into buf (NULL: a new buffer on dev). Returns the
- * buffer, NULL with err set on failure (a new buffer freed) or when there
- * is no frozen parameter (*n = 0). On CUDA the rounding is the bf16
- * products' own kernel (dvl_cuda_to_bf16), so a copy equals what a call
+/* dst[k] = bf16(src[k]), k < n, both on dev. On CUDA the bf16 products'
+ * own rounding kernel (dvl_cuda_to_bf16), so a copy is what a product
  * would round. */
-static uint16_t *bf16_copies(const dvl_params *p, dvl_device dev, const float *data,
-                             uint16_t *buf, int64_t *n, dvl_err *err)
+static int round_into(dvl_device dev, uint16_t *dst, const float *src, int64_t n, dvl_err *err)
+{
+#ifdef DVL_HAVE_CUDA
+    if (dev == DVL_CUDA)
+        return dvl_cuda_to_bf16(dst, src, n, err);
+#endif
+    (void)dev, (void)err;
+    for (int64_t k = 0; k < n; k++)
+        dst[k] = dvl_f32_to_bf16(src[k]);
+    return DVL_OK;
+}
+
+/* The bf16 copies that a store keeping `mode` copies keeps, read from
+ * `data` (laid out as p's data, on dev), into buf (NULL: a new buffer on
+ * dev). Returns the buffer, NULL with err set on failure (a new buffer
+ * freed) or when no parameter gets one (*n = 0). */
+static uint16_t *bf16_copies(const dvl_params *p, dvl_bf16_copies mode, dvl_device dev,
+                             const float *data, uint16_t *buf, int64_t *n, dvl_err *err)
 {
     int64_t total = 0;
     for (int i = 0; i < p->n; i++)
-        if (!p->t[i]->requires_grad)
+        if (has_copy(mode, p->t[i]))
             total += round16(dvl_numel(p->t[i]));
     *n = total;
     if (total == 0)
@@ -168,24 +187,19 @@ static uint16_t *bf16_copies(const dvl_params *p, dvl_device dev, const float *d
         return NULL;
 #endif
     if (!b && dev == DVL_CPU && !(b = aligned_alloc(PARAM_ALIGN, (bytes + 63) / 64 * 64))) {
-        dvl_errf(err, DVL_ENOMEM, "out of memory for bf16 copies of %lld frozen parameters",
+        dvl_errf(err, DVL_ENOMEM, "out of memory for bf16 copies of %lld parameters",
                  (long long)total);
         return NULL;
     }
     int64_t off = 0, off16 = 0;
     for (int i = 0; i < p->n; i++) {
         const int64_t m = dvl_numel(p->t[i]);
-        if (!p->t[i]->requires_grad) {
-#ifdef DVL_HAVE_CUDA
-            if (dev == DVL_CUDA && dvl_cuda_to_bf16(b + off16, data + off, m, err)) {
+        if (has_copy(mode, p->t[i])) {
+            if (round_into(dev, b + off16, data + off, m, err)) {
                 if (b != buf)
-                    dvl_cuda_free(b);
+                    free_on(dev, b);
                 return NULL;
             }
-#endif
-            if (dev == DVL_CPU)
-                for (int64_t k = 0; k < m; k++)
-                    b[off16 + k] = dvl_f32_to_bf16(data[off + k]);
             off16 += round16(m);
         }
         off += round16(m);
@@ -193,18 +207,42 @@ static uint16_t *bf16_copies(const dvl_params *p, dvl_device dev, const float *d
     return b;
 }
 
-int dvl_params_keep_bf16(dvl_params *p, dvl_err *err)
+int dvl_params_keep_bf16(dvl_params *p, dvl_bf16_copies mode, dvl_err *err)
 {
     if (!p->allocated)
         return dvl_errf(err, DVL_EINVAL, "params_keep_bf16: the store is not allocated");
+    if (mode != DVL_BF16_NONE && mode != DVL_BF16_FROZEN && mode != DVL_BF16_ALL)
+        return dvl_errf(err, DVL_EINVAL, "params_keep_bf16: unknown mode %d", (int)mode);
+    if (mode == DVL_BF16_NONE) {
+        dvl_params_drop_bf16(p);
+        return DVL_OK;
+    }
+    /* The same mode refreshes in place; another one lays out anew. */
+    uint16_t *reuse = mode == p->bf16_mode ? p->bf16 : NULL;
     int64_t n;
-    uint16_t *b = bf16_copies(p, p->device, p->data, p->bf16, &n, err);
+    uint16_t *b = bf16_copies(p, mode, p->device, p->data, reuse, &n, err);
     if (!b && n)
         return err ? err->code : DVL_EDEVICE;
+    if (p->bf16 != b)
+        free_on(p->device, p->bf16);
     p->bf16 = b;
     p->numel_bf16 = n;
-    p->keep_bf16 = true;
+    p->bf16_mode = mode;
     bind_tensors(p);
+    return DVL_OK;
+}
+
+int dvl_params_refresh_bf16(dvl_params *p, dvl_err *err)
+{
+    if (p->bf16_mode != DVL_BF16_ALL)
+        return DVL_OK;
+    for (int i = 0; i < p->n; i++) {
+        const dvl_tensor *t = p->t[i];
+        int rc;
+        if (t->requires_grad && t->bf16 &&
+            (rc = round_into(p->device, (uint16_t *)t->bf16, dvl_f32(t), dvl_numel(t), err)))
+            return rc;
+    }
     return DVL_OK;
 }
 
@@ -213,7 +251,7 @@ void dvl_params_drop_bf16(dvl_params *p)
     free_on(p->device, p->bf16);
     p->bf16 = NULL;
     p->numel_bf16 = 0;
-    p->keep_bf16 = false;
+    p->bf16_mode = DVL_BF16_NONE;
     if (p->allocated)
         bind_tensors(p);
 }
@@ -289,7 +327,7 @@ dvl_params *dvl_params_to_device(const dvl_params *src, dvl_device device, dvl_e
             dvl_params_free(p);
             return NULL;
         }
-        if (src->keep_bf16 && dvl_params_keep_bf16(p, err)) {
+        if (src->bf16_mode && dvl_params_keep_bf16(p, src->bf16_mode, err)) {
             dvl_params_free(p);
             return NULL;
         }
@@ -341,7 +379,7 @@ dvl_params *dvl_params_to_device(const dvl_params *src, dvl_device device, dvl_e
     p->numel = total;
     p->numel_grad = total_grad;
     p->allocated = true;
-    if (src->keep_bf16 && dvl_params_keep_bf16(p, err)) {
+    if (src->bf16_mode && dvl_params_keep_bf16(p, src->bf16_mode, err)) {
         dvl_params_free(p);
         return NULL;
     }
@@ -377,7 +415,8 @@ int dvl_params_move(dvl_params *p, dvl_device device, dvl_err *err)
             !(scratch = dvl_cuda_malloc(DVL_CUDA_SUMSQ_MAX_PARTS * sizeof(double), err)) ||
             (rc = dvl_cuda_memcpy_h2d(data, p->data, nd, err)) ||
             (ng && (rc = dvl_cuda_memcpy_h2d(grad, p->grad, ng, err))) ||
-            (p->keep_bf16 && !(b16 = bf16_copies(p, device, data, NULL, &n16, err)) && n16)) {
+            (p->bf16_mode && !(b16 = bf16_copies(p, p->bf16_mode, device, data, NULL, &n16, err)) &&
+             n16)) {
             dvl_cuda_free(data);
             dvl_cuda_free(grad);
             dvl_cuda_free(scratch);
@@ -396,7 +435,8 @@ int dvl_params_move(dvl_params *p, dvl_device device, dvl_err *err)
         }
         if ((rc = dvl_cuda_memcpy_d2h(data, p->data, nd, err)) ||
             (ng && (rc = dvl_cuda_memcpy_d2h(grad, p->grad, ng, err))) ||
-            (p->keep_bf16 && !(b16 = bf16_copies(p, device, data, NULL, &n16, err)) && n16)) {
+            (p->bf16_mode && !(b16 = bf16_copies(p, p->bf16_mode, device, data, NULL, &n16, err)) &&
+             n16)) {
             free(data);
             free(grad);
             return rc ? rc : err ? err->code : DVL_ENOMEM;
@@ -449,9 +489,9 @@ int dvl_params_data_from_host(dvl_params *p, const float *host, dvl_err *err)
 #ifdef DVL_HAVE_CUDA
     if (p->device == DVL_CUDA) {
         int rc = dvl_cuda_memcpy_h2d(p->data, host, (size_t)p->numel * sizeof(float), err);
-        return rc ? rc : p->keep_bf16 ? dvl_params_keep_bf16(p, err) : DVL_OK;
+        return rc ? rc : p->bf16_mode ? dvl_params_keep_bf16(p, p->bf16_mode, err) : DVL_OK;
     }
 #endif
     memcpy(p->data, host, (size_t)p->numel * sizeof(float));
-    return p->keep_bf16 ? dvl_params_keep_bf16(p, err) : DVL_OK;
+    return p->bf16_mode ? dvl_params_keep_bf16(p, p->bf16_mode, err) : DVL_OK;
 }

@@ -45,9 +45,9 @@ struct dvl_tensor {
     const char *name; /* for messages; may be NULL */
     uint64_t tape_mark; /* scratch for dvl_backward's parameter pass */
     size_t grad_pos;    /* arena position of an activation's gradient block */
-    /* A frozen parameter's bf16 copy (round to nearest even), on its
-     * device, kept by the store (dvl_params_keep_bf16); NULL otherwise.
-     * Read it through dvl_bf16_copy, which also serves views. */
+    /* A parameter's bf16 copy (round to nearest even), on its device, kept
+     * by the store (dvl_params_keep_bf16); NULL otherwise. Read it through
+     * dvl_bf16_copy, which also serves views. */
     const uint16_t *bf16;
 };
 
@@ -56,8 +56,8 @@ int64_t dvl_numel(const dvl_tensor *t);
 int64_t dvl_rows(const dvl_tensor *t); /* product of all dims but the last */
 int64_t dvl_cols(const dvl_tensor *t); /* last dim */
 static inline float *dvl_f32(const dvl_tensor *t) { return (float *)t->data; }
-/* The bf16 copy of t's elements kept by its parameter store (t a frozen
- * parameter or a view of one, in a store that keeps copies), else NULL. */
+/* The bf16 copy of t's elements kept by its parameter store (t a
+ * parameter or a view of one, in a store that keeps its copy), else NULL. */
 static inline const uint16_t *dvl_bf16_copy(const dvl_tensor *t)
 {
     const dvl_tensor *b = t->base ? t->base : t;
@@ -249,6 +249,13 @@ int dvl_ctx_profile_rows(const dvl_ctx *ctx, const dvl_op_time **rows);
  * trainable ones in another (only trainable parameters get a gradient
  * slot), so all-reduce, clipping, zeroing and checkpointing are single calls
  * over one buffer. Declare with dvl_params_add, then dvl_params_alloc once. */
+/* Which parameters a store keeps bf16 copies of (dvl_params_keep_bf16). */
+typedef enum dvl_bf16_copies {
+    DVL_BF16_NONE = 0,
+    DVL_BF16_FROZEN,
+    DVL_BF16_ALL
+} dvl_bf16_copies;
+
 typedef struct dvl_params {
     int n, cap;
     dvl_tensor **t;     /* tensors in declaration order */
@@ -264,14 +271,14 @@ typedef struct dvl_params {
     /* Device stores: DVL_CUDA_SUMSQ_MAX_PARTS doubles of device memory for
      * dvl_grad_norm's partial sums, so the norm allocates nothing. */
     void *norm_scratch;
-    /* dvl_params_keep_bf16: bf16 copies of the frozen parameters, each at
-     * a 16-element boundary in declaration order (frozen parameters that
-     * are consecutive in data are consecutive here too), on the store's
-     * device; numel_bf16 elements. NULL when the store keeps none (or has
-     * no frozen parameter). */
+    /* dvl_params_keep_bf16: bf16 copies of the parameters that bf16_mode
+     * selects, each at a 16-element boundary in declaration order (so
+     * parameters with copies that are consecutive in data are consecutive
+     * here too), on the store's device; numel_bf16 elements. NULL when the
+     * store keeps none (or none is selected). */
     uint16_t *bf16;
     int64_t numel_bf16;
-    bool keep_bf16; /* set by dvl_params_keep_bf16, cleared by _drop_bf16 */
+    dvl_bf16_copies bf16_mode;
 } dvl_params;
 
 dvl_params *dvl_params_new(void);
@@ -354,19 +361,28 @@ int dvl_params_grad_to_host(const dvl_params *p, float *host, dvl_err *err);
  * the bf16 copies of a store that keeps them are made again. */
 int dvl_params_data_from_host(dvl_params *p, const float *host, dvl_err *err);
 
-/* bf16 copies of the frozen parameters, for bf16 mixed precision
- * (DVL_MATH_BF16): the products that read a frozen weight take its copy
- * (dvl_bf16_copy) instead of rounding it to bf16 again at every call, which
- * for a frozen language model in stage 1 is a pass over all its weights per
- * product, forward, backward and recomputation. The copies are bit for bit
- * what each call's rounding gives (the same kernel on CUDA), so results do
- * not change; memory grows by 2 bytes per frozen element. Trainable
- * parameters get none (they change every step). The store makes the copies
- * again itself when it writes its data (dvl_params_data_from_host,
- * dvl_params_move); code that writes a frozen parameter's data any other
- * way must call this again. Allocated store, any device; calling it again
- * refreshes. */
-int dvl_params_keep_bf16(dvl_params *p, dvl_err *err);
+/* bf16 copies of parameters, for bf16 mixed precision (DVL_MATH_BF16): the
+ * products that read a weight with a copy take the copy (dvl_bf16_copy)
+ * instead of rounding the f32 weight to bf16 again at every call, which is
+ * a pass of 6 bytes per weight per product: forward, backward dx and every
+ * recomputed layer, every micro batch. The copies are bit for bit what each
+ * call's rounding gives (the same kernel on CUDA), so results do not change.
+ *   DVL_BF16_FROZEN  copies of the frozen parameters (the whole LM in stage
+ *                    1, a frozen tower): 2 bytes per frozen element; they
+ *                    never go stale in training.
+ *   DVL_BF16_ALL     of every parameter: 2 bytes per element; the trainable
+ *                    ones' copies must be made again after each update
+ *                    (dvl_params_refresh_bf16).
+ * The store makes its copies again itself when it writes its data
+ * (dvl_params_data_from_host, dvl_params_move; dvl_params_to_device's new
+ * store keeps the same); code that writes a parameter's data any other way
+ * (an optimizer step, a gather) must call dvl_params_refresh_bf16 (trainable
+ * parameters) or this again (any). Allocated store, any device; calling it
+ * again refreshes; DVL_BF16_NONE drops them. */
+int dvl_params_keep_bf16(dvl_params *p, dvl_bf16_copies mode, dvl_err *err);
+/* Round the trainable parameters' copies again (DVL_BF16_ALL; nothing
+ * otherwise): after an optimizer step or a gather of the weights. */
+int dvl_params_refresh_bf16(dvl_params *p, dvl_err *err);
 /* Free the copies; the store keeps none from here on. */
 void dvl_params_drop_bf16(dvl_params *p);
 
