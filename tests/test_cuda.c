@@ -2379,6 +2379,19 @@ START_TEST(toy_model_step_matches_cpu)
 }
 END_TEST
 
+#ifdef DVL_HAVE_CUDA
+/* A CUDA context whose products run in bf16 (DVL_MATH_BF16). */
+static dvl_ctx *bf16_ctx(void)
+{
+    dvl_err err = {0, ""};
+    dvl_ctx *c = dvl_ctx_new_err(DVL_CUDA, &err);
+    ck_assert_msg(c != NULL, "%s", err.msg);
+    ck_assert_msg(dvl_cublas_set_math(dvl_ctx_cublas(c), DVL_MATH_BF16, &err) == DVL_OK, "%s",
+                  err.msg);
+    return c;
+}
+#endif
+
 /* The toy model's training step on a context in DVL_MATH_BF16 (every
  * linear layer and the LM head with bf16 products) against the f32 CPU
  * step: loss within 1e-2 relative, every parameter's gradient within
@@ -2394,10 +2407,7 @@ START_TEST(toy_model_step_bf16_close_to_cpu)
     dvl_params *pg = dvl_params_to_device(pc, DVL_CUDA, &err);
     ck_assert_msg(pg != NULL, "%s", err.msg);
     toy_batch b = toy_batch_new(&TOY, 8);
-    dvl_ctx *cc = dvl_ctx_new(DVL_CPU), *cg = dvl_ctx_new_err(DVL_CUDA, &err);
-    ck_assert_msg(cg != NULL, "%s", err.msg);
-    ck_assert_msg(dvl_cublas_set_math(dvl_ctx_cublas(cg), DVL_MATH_BF16, &err) == DVL_OK, "%s",
-                  err.msg);
+    dvl_ctx *cc = dvl_ctx_new(DVL_CPU), *cg = bf16_ctx();
     float *gc = malloc((size_t)pc->numel_grad * sizeof(float));
     float *gg = malloc((size_t)pg->numel_grad * sizeof(float));
     ck_assert(gc && gg);
@@ -2506,10 +2516,7 @@ START_TEST(bf16_copies_of_frozen_weights)
     const char *frozen[] = {"l0.", "embed", "head", NULL};
     dvl_params *pg = frozen_twin_on_gpu(pc, frozen);
     toy_batch b = toy_batch_new(&TOY, 8);
-    dvl_ctx *cg = dvl_ctx_new_err(DVL_CUDA, &err);
-    ck_assert_msg(cg != NULL, "%s", err.msg);
-    ck_assert_msg(dvl_cublas_set_math(dvl_ctx_cublas(cg), DVL_MATH_BF16, &err) == DVL_OK, "%s",
-                  err.msg);
+    dvl_ctx *cg = bf16_ctx();
     const size_t gbytes = (size_t)pg->numel_grad * sizeof(float);
     float *g0 = malloc(gbytes), *g1 = malloc(gbytes);
     ck_assert(g0 && g1);
@@ -2603,28 +2610,28 @@ START_TEST(bf16_copies_of_frozen_weights)
 END_TEST
 
 #ifdef DVL_HAVE_CUDA
-/* Three bf16 training steps (AdamW, lr 1e-2) of the toy model on a device
- * copy of pc; copies: the store's bf16 copies mode, refreshed after each
- * update. The losses into l[3], the final weights into w (numel floats). */
+/* `steps` bf16 training steps (AdamW, lr 1e-2) of the toy model on a device
+ * copy of pc; copies: the store's bf16 copies mode, made again after each
+ * update when refresh is set. The losses into l[steps], the final weights
+ * into w (numel floats) unless w is NULL. */
 static void toy_train_bf16(const dvl_params *pc, const toy_batch *b, dvl_bf16_copies copies,
-                           float *l, float *w)
+                           bool refresh, int steps, float *l, float *w)
 {
     dvl_err err = {0, ""};
     dvl_params *pg = dvl_params_to_device(pc, DVL_CUDA, &err);
     ck_assert_msg(pg != NULL, "%s", err.msg);
     ck_assert_msg(dvl_params_keep_bf16(pg, copies, &err) == DVL_OK, "%s", err.msg);
-    dvl_ctx *cg = dvl_ctx_new_err(DVL_CUDA, &err);
-    ck_assert_msg(cg != NULL, "%s", err.msg);
-    ck_assert_msg(dvl_cublas_set_math(dvl_ctx_cublas(cg), DVL_MATH_BF16, &err) == DVL_OK, "%s",
-                  err.msg);
+    dvl_ctx *cg = bf16_ctx();
     dvl_adamw *o = dvl_adamw_new(pg, 0.9f, 0.95f, 1e-8f, 0.1f, &err);
     ck_assert_msg(o != NULL, "%s", err.msg);
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < steps; k++) {
         l[k] = toy_step(cg, pg, b, NULL);
         dvl_adamw_step(o, 1e-2f, 1.0f);
-        ck_assert_msg(dvl_params_refresh_bf16(pg, &err) == DVL_OK, "%s", err.msg);
+        if (refresh)
+            ck_assert_msg(dvl_params_refresh_bf16(pg, &err) == DVL_OK, "%s", err.msg);
     }
-    ck_assert_msg(dvl_params_data_to_host(pg, w, &err) == DVL_OK, "%s", err.msg);
+    if (w)
+        ck_assert_msg(dvl_params_data_to_host(pg, w, &err) == DVL_OK, "%s", err.msg);
     dvl_adamw_free(o);
     dvl_ctx_free(cg);
     dvl_params_free(pg);
@@ -2648,33 +2655,18 @@ START_TEST(bf16_copies_of_all_weights_follow_updates)
     const size_t wbytes = (size_t)pc->numel * sizeof(float);
     float *w0 = malloc(wbytes), *w1 = malloc(wbytes);
     ck_assert(w0 && w1);
-    toy_train_bf16(pc, &b, DVL_BF16_NONE, l0, w0);
-    toy_train_bf16(pc, &b, DVL_BF16_ALL, l1, w1);
+    toy_train_bf16(pc, &b, DVL_BF16_NONE, true, 3, l0, w0);
+    toy_train_bf16(pc, &b, DVL_BF16_ALL, true, 3, l1, w1);
     printf("test_cuda: toy bf16 AdamW losses without copies %.7f %.7f %.7f, with all copies "
            "%.7f %.7f %.7f\n", l0[0], l0[1], l0[2], l1[0], l1[1], l1[2]);
     ck_assert_msg(memcmp(l0, l1, sizeof l0) == 0, "losses differ with bf16 copies of all weights");
     ck_assert_msg(memcmp(w0, w1, wbytes) == 0,
                   "weights differ with bf16 copies of all weights");
     /* Stale copies (kept, never refreshed) change the second step on. */
-    dvl_err err = {0, ""};
-    dvl_params *pg = dvl_params_to_device(pc, DVL_CUDA, &err);
-    ck_assert_msg(pg != NULL && dvl_params_keep_bf16(pg, DVL_BF16_ALL, &err) == DVL_OK, "%s",
-                  err.msg);
-    dvl_ctx *cg = dvl_ctx_new_err(DVL_CUDA, &err);
-    ck_assert_msg(cg && dvl_cublas_set_math(dvl_ctx_cublas(cg), DVL_MATH_BF16, &err) == DVL_OK,
-                  "%s", err.msg);
-    dvl_adamw *o = dvl_adamw_new(pg, 0.9f, 0.95f, 1e-8f, 0.1f, &err);
-    ck_assert_msg(o != NULL, "%s", err.msg);
     float ls[2];
-    for (int k = 0; k < 2; k++) {
-        ls[k] = toy_step(cg, pg, &b, NULL);
-        dvl_adamw_step(o, 1e-2f, 1.0f);
-    }
+    toy_train_bf16(pc, &b, DVL_BF16_ALL, false, 2, ls, NULL);
     ck_assert_msg(memcmp(&ls[0], &l0[0], sizeof *ls) == 0 && memcmp(&ls[1], &l0[1], sizeof *ls),
                   "without the refresh step 2 gave %.9g, the refreshed run's %.9g", ls[1], l0[1]);
-    dvl_adamw_free(o);
-    dvl_ctx_free(cg);
-    dvl_params_free(pg);
     free(w0), free(w1);
     toy_batch_free(&b);
     dvl_params_free(pc);

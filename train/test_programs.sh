@@ -38,6 +38,25 @@ reject() {
     fi
 }
 
+# logits_rel WHAT LO HI A B [A B ...]: for each pair of .npy logits files
+# (f32, 128-byte header), the largest difference relative to A's largest
+# magnitude, printed; fails unless LO < it <= HI (LO 0: only <= HI).
+logits_rel() {
+    python3 - "$@" <<'EOF'
+import struct, sys
+def npy(p):
+    b = open(p, 'rb').read()
+    return struct.unpack('<%df' % ((len(b) - 128) // 4), b[128:])
+what, lo, hi, files = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+for a, b in zip(files[::2], files[1::2]):
+    x, y = npy(a), npy(b)
+    assert len(x) == len(y) > 0
+    e = max(abs(p - q) for p, q in zip(x, y)) / max(abs(p) for p in x)
+    print('   %s: %s logits rel %.2e' % (b.split('/')[-1], what, e))
+    assert (lo == 0 or lo < e) and e <= hi, e
+EOF
+}
+
 # Token ids of the fixtures (row 0 of input_ids): qwen2_tied, and the vlm
 # prompt with its one image placeholder (id 5) at position 3.
 echo '[17, 3, 99, 41, 6, 120, 7, 64, 0, 127, 33]' >"$T/ids.json"
@@ -89,18 +108,9 @@ reject score_precision_bf16_on_cpu "--precision bf16 needs --device cuda" "$GENE
 rc=$?
 if [ $rc -eq 0 ]; then
     if "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" --logits-out "$T/a_cuda.npy" \
-        --device cuda >"$T/out" 2>"$T/err" && python3 -c "
-import struct
-def npy(p):
-    b = open(p, 'rb').read()
-    return struct.unpack('<%df' % ((len(b) - 128) // 4), b[128:])
-for a, b in (('$T/a.npy', '$T/a_cuda.npy'), ('$T/d.npy', '$T/d_cuda.npy')):
-    x, y = npy(a), npy(b)
-    assert len(x) == len(y) > 0
-    e = max(abs(p - q) for p, q in zip(x, y)) / max(abs(p) for p in x)
-    print('   %s: cuda vs cpu logits rel %.2e' % (b.split('/')[-1], e))
-    assert e <= 1e-4, e
-"; then ok score_device_cuda_matches_cpu; else bad "score_device_cuda_matches_cpu: $(cat "$T/err")"; fi
+        --device cuda >"$T/out" 2>"$T/err" &&
+        logits_rel "cuda vs cpu" 0 1e-4 "$T/a.npy" "$T/a_cuda.npy" "$T/d.npy" "$T/d_cuda.npy"
+    then ok score_device_cuda_matches_cpu; else bad "score_device_cuda_matches_cpu: $(cat "$T/err")"; fi
     # --precision bf16: bf16 products on the weights' bf16 copies; the
     # logits within bf16 rounding of the CPU's (5e-2 of the largest, through
     # two layers and, for the VLM, the tower) and not f32's (> 1e-6).
@@ -108,18 +118,8 @@ for a, b in (('$T/a.npy', '$T/a_cuda.npy'), ('$T/d.npy', '$T/d_cuda.npy')):
         --precision bf16 --logits-out "$T/a_bf16.npy" >"$T/out" 2>"$T/err" &&
         "$GENERATE" --score --model "$T/v" --ids "$T/vlm_ids.json" --image "$DATA/images/gray.jpg" \
             --device cuda --precision bf16 --logits-out "$T/d_bf16.npy" >"$T/out" 2>"$T/err" &&
-        python3 -c "
-import struct
-def npy(p):
-    b = open(p, 'rb').read()
-    return struct.unpack('<%df' % ((len(b) - 128) // 4), b[128:])
-for a, b in (('$T/a.npy', '$T/a_bf16.npy'), ('$T/d.npy', '$T/d_bf16.npy')):
-    x, y = npy(a), npy(b)
-    assert len(x) == len(y) > 0
-    e = max(abs(p - q) for p, q in zip(x, y)) / max(abs(p) for p in x)
-    print('   %s: cuda bf16 vs cpu f32 logits rel %.2e' % (b.split('/')[-1], e))
-    assert 1e-6 < e <= 5e-2, e
-"; then ok score_device_cuda_bf16_close_to_cpu; else bad "score_device_cuda_bf16_close_to_cpu: $(cat "$T/err")"; fi
+        logits_rel "cuda bf16 vs cpu f32" 1e-6 5e-2 "$T/a.npy" "$T/a_bf16.npy" "$T/d.npy" "$T/d_bf16.npy"
+    then ok score_device_cuda_bf16_close_to_cpu; else bad "score_device_cuda_bf16_close_to_cpu: $(cat "$T/err")"; fi
 elif [ "$(wc -l <"$T/err")" -eq 1 ] && grep -qF -- "--device cuda" "$T/err" && [ ! -e "$T/d_cuda.npy" ]; then
     ok score_device_cuda_unavailable
 else
