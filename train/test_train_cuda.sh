@@ -13,12 +13,12 @@
 #     bit; the GPU checkpoint also resumes on the CPU;
 #   2 ranks under mpirun = 1 rank (stage ar, global batch 12, 6 steps; every
 #     step's loss within 1e-5 relative, final weights within 1e-5, as the CPU
-#     test), the ranks' weights compared every step: ranks sharing one GPU
-#     reduce through host memory (NCCL refuses two ranks on one GPU); with
-#     2+ GPUs a second run takes the NCCL path;
+#     test), the ranks' weights compared every step, on both reduction
+#     paths: NCCL and MPI through host memory (ranks sharing one GPU take
+#     the host path, and NCCL with an NCCL_HOSTID each: see below);
 #   the same with ZeRO-1 (dist.zero1: moments sharded, gradients reduced to
-#     the shard owners, weights gathered; on 2+ GPUs both the NCCL and the
-#     host-memory path), and a ZeRO-1 GPU checkpoint resumes bit-exactly.
+#     the shard owners, weights gathered), and a ZeRO-1 GPU checkpoint
+#     resumes bit-exactly (through NCCL where libnccl.so.2 loads).
 # Without a usable GPU it skips (exit 77), unless DVL_REQUIRE_CUDA=1.
 #
 #   test_train_cuda.sh DVL_TRAIN DVL_PREP DVL_CONVERT SOURCE_ROOT [MPIRUN]
@@ -192,8 +192,37 @@ print('   $1 vs $2: %d steps, max weight difference %.3g' % (len(la), m))
 sys.exit(0 if m <= 1e-5 else 1)"
 }
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
-# Each rank takes GPU (local rank mod GPUs): NCCL needs a GPU per rank.
-if [ "$gpus" -ge 2 ]; then path="all-reduced with NCCL"; else path="MPI through host memory"; fi
+# Each rank takes GPU (local rank mod GPUs). NCCL refuses two ranks on one
+# GPU of one host, so ranks sharing a GPU reduce through host memory
+# (MPIRUN below), unless each rank has an NCCL_HOSTID of its own: NCCL then
+# takes them for two hosts and joins them through its socket transport on
+# the loopback interface (dist.c's check reads NCCL_HOSTID as NCCL does).
+# NCCLRUN runs the NCCL path: plain on 2+ GPUs, so with one.
+cat >nccl_rank.sh <<'EOF'
+#!/bin/sh
+NCCL_HOSTID=dvl-test-rank-${OMPI_COMM_WORLD_RANK:-0} exec "$@"
+EOF
+if [ "$gpus" -ge 2 ]; then
+    path="all-reduced with NCCL"
+    NCCLRUN="$MPIRUN -np 2"
+else
+    path="MPI through host memory"
+    NCCLRUN="$MPIRUN -x NCCL_SOCKET_IFNAME=lo -x NCCL_IB_DISABLE=1 -x NCCL_DEBUG=WARN -np 2 sh nccl_rank.sh"
+fi
+# nccl_case NAME OUT ARGS...: 2 ranks on the NCCL path = the 1-rank run ar1.
+# Without libnccl.so.2 it says so and skips, unless DVL_REQUIRE_NCCL=1.
+nccl_case() {
+    name=$1 out=$2
+    shift 2
+    $NCCLRUN "$TRAIN" --config ar.json --set train.out="$out" "$@" >"$out.log" 2>&1
+    if grep -q "all-reduced with NCCL" "$out.log" && compare_runs ar1 "$out"; then
+        ok "$name ($gpus GPU(s))"
+    elif [ "${DVL_REQUIRE_NCCL:-0}" = 0 ] && grep -q "cannot load libnccl" "$out.log"; then
+        echo "skip $name: no libnccl.so.2"
+    else
+        bad "$name: $(grep -m1 "device cuda" "$out.log") $(tail -3 "$out.log")"
+    fi
+}
 "$TRAIN" --config ar.json --set train.out=ar1 >ar1.log 2>&1
 if ! command -v "$MPI" >/dev/null 2>&1; then
     bad "ar_cuda_1_rank_equals_2_ranks: no $MPI"
@@ -204,7 +233,7 @@ elif $MPIRUN -np 2 "$TRAIN" --config ar.json --set train.out=ar2 >ar2.log 2>&1 &
 else
     bad "ar_cuda_1_rank_equals_2_ranks: $(tail -3 ar2.log) $(tail -1 ar1.log)"
 fi
-# With a GPU per rank the run above took NCCL: the host-memory path too.
+# The other path: host memory with a GPU per rank, NCCL on one GPU.
 if [ "$gpus" -ge 2 ]; then
     if $MPIRUN -np 2 "$TRAIN" --config ar.json --set train.out=ar2h --set dist.nccl=false \
         >ar2h.log 2>&1 && grep -q "MPI through host memory" ar2h.log && compare_runs ar1 ar2h; then
@@ -213,11 +242,11 @@ if [ "$gpus" -ge 2 ]; then
         bad "ar_cuda_2_ranks_host_reduce: $(tail -3 ar2h.log)"
     fi
 else
-    echo "skip ar_cuda_2_ranks_nccl: one GPU (NCCL needs a GPU per rank)"
+    nccl_case ar_cuda_2_ranks_nccl_one_gpu ar2n
 fi
 
-# ---- ZeRO-1 on the GPU(s): 2 ranks = 1 rank on the path above (and, with a
-# GPU per rank, on the host-memory path too); exact resume of its checkpoint.
+# ---- ZeRO-1 on the GPU(s): 2 ranks = 1 rank on both paths; exact resume of
+# its checkpoint on the NCCL path.
 if $MPIRUN -np 2 "$TRAIN" --config ar.json --set train.out=arz --set dist.zero1=true >arz.log 2>&1 &&
     grep -q "ZeRO-1 on" arz.log && grep -q "$path" arz.log && compare_runs ar1 arz; then
     ok "ar_cuda_zero1_2_ranks_equals_1_rank ($gpus GPU(s))"
@@ -232,15 +261,18 @@ if [ "$gpus" -ge 2 ]; then
     else
         bad "ar_cuda_zero1_2_ranks_host_reduce: $(tail -3 arzh.log)"
     fi
+else
+    nccl_case ar_cuda_zero1_2_ranks_nccl_one_gpu arzn --set dist.zero1=true
 fi
 Z="--config ar.json --set dist.zero1=true --set ckpt.every=3 --set ckpt.keep_last=0"
-if $MPIRUN -np 2 "$TRAIN" $Z --set train.out=arza >arza.log 2>&1 &&
-    $MPIRUN -np 2 "$TRAIN" --resume arza/ckpt/step-000003 --set train.out=arzb >arzb.log 2>&1 &&
+if $NCCLRUN "$TRAIN" $Z --set train.out=arza >arza.log 2>&1 &&
+    $NCCLRUN "$TRAIN" --resume arza/ckpt/step-000003 --set train.out=arzb >arzb.log 2>&1 &&
     grep -q "ZeRO-1 on" arzb.log &&
     cmp -s arza/final/model.safetensors arzb/final/model.safetensors &&
     cmp -s arza/ckpt/step-000006/optimizer.safetensors arzb/ckpt/step-000006/optimizer.safetensors
 then
-    ok cuda_zero1_resume_bit_identical
+    ok "cuda_zero1_resume_bit_identical ($(grep -q "all-reduced with NCCL" arzb.log && echo NCCL ||
+        echo "host memory"))"
 else
     bad "cuda_zero1_resume_bit_identical: $(tail -2 arza.log) $(tail -2 arzb.log)"
 fi

@@ -86,15 +86,22 @@ int dvl_dist_finalize(dvl_dist *d, dvl_err *err)
 
 #if defined(DVL_HAVE_CUDA) && defined(DVL_HAVE_NCCL)
 /* Whether this rank's GPU is also another rank's: the ranks compare
- * (host name, PCI bus id), as NCCL does, so CUDA_VISIBLE_DEVICES set per
- * rank is seen through. A rank that cannot tell counts as sharing (the
- * host-memory path always works). Collective. */
+ * (host, PCI bus id), as NCCL's "Duplicate GPU" check does, so
+ * CUDA_VISIBLE_DEVICES set per rank is seen through. The host is NCCL's
+ * too: NCCL_HOSTID where set (NCCL then takes ranks with different ids for
+ * different hosts, joined by its network transport, even on one GPU: how
+ * the tests run two NCCL ranks on a one-GPU machine), else the host name.
+ * A rank that cannot tell counts as sharing (the host-memory path always
+ * works). Collective. */
 static int gpu_shared(const dvl_dist *d, bool *shared, dvl_err *err)
 {
     char key[384] = "", bus[64] = "";
     int dev = 0;
     size_t len = 0;
-    if (gethostname(key, 255) == 0)
+    const char *host_id = getenv("NCCL_HOSTID");
+    if (host_id && host_id[0])
+        snprintf(key, 256, "%s", host_id);
+    else if (gethostname(key, 255) == 0)
         key[255] = 0;
     len = strlen(key);
     bool known = dvl_cuda_get_device(&dev, NULL) == DVL_OK &&
@@ -144,7 +151,9 @@ int dvl_dist_nccl_init(dvl_dist *d, bool want, bool *using, char *why, size_t n,
     if (!want)
         snprintf(why, n, "turned off by the caller");
     else if (shared)
-        snprintf(why, n, "ranks share a GPU (%d ranks, %d GPU(s) visible on this node)",
+        snprintf(why, n,
+                 "ranks share a GPU (%d ranks, %d GPU(s) visible on this node; NCCL takes "
+                 "them only with an NCCL_HOSTID of their own)",
                  d->local_world, dvl_cuda_device_count());
     else if (dvl_nccl_probe(&e) != DVL_OK)
         snprintf(why, n, "%s", e.msg);
