@@ -35,9 +35,10 @@
  * cuBLAS f32, TF32 and bf16 GEMM rates measured at 4096^3 in the same run.
  * If the step does not fit in GPU memory at L, L is halved until it does.
  * --tf32 switches the context's cuBLAS handle to TF32 products, --bf16 to
- * bf16 products with f32 accumulation (DVL_MATH_BF16: f32 master weights,
- * activations and gradients; each product rounds its operands to bf16),
- * whose MFU is the one to read against the bf16 peak.
+ * bf16 products with f32 accumulation (DVL_MATH_BF16: f32 master weights
+ * and gradients; each product rounds its operands to bf16; activations f32
+ * but the MLP's hidden ones, bf16), whose MFU is the one to read against
+ * the bf16 peak.
  * --frozen makes it a stage-1 step: every LM weight frozen, the gradient
  * going through the whole LM to the input embeddings (as it goes to the
  * connector's outputs), no optimizer; model FLOPs 4 P (2L N) + attention.
@@ -45,7 +46,10 @@
  * dvl-train's train.bf16_weight_copies): which weights have bf16 copies
  * (dvl_params_keep_bf16) that the products read instead of rounding W each
  * time; all refreshes the trainable ones' after each AdamW step, inside
- * the timed step. none is the baseline. */
+ * the timed step. none is the baseline.
+ * --f32-activations (with --bf16) keeps the MLP's hidden activations in f32
+ * (dvl_ctx_set_bf16_activations false, as dvl-train's
+ * train.bf16_activations false): the baseline of the bf16 ones. */
 #include <cblas.h>
 #include <inttypes.h>
 #include <math.h>
@@ -211,7 +215,8 @@ int bench_train(int argc, char **argv)
             printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
                    "[--steps S] [--block B] [--vocab V] [--shape 0.5b|7b] [--profile] "
                    "[--checkpoint] [--separate] [--tf32 | --bf16 (cuda)] [--ranks R (cuda)]\n"
-                   "       [--frozen] [--zero-init] [--bf16-copies none|frozen|all] (cuda)\n"
+                   "       [--frozen] [--zero-init] [--bf16-copies none|frozen|all] "
+                   "[--f32-activations] (cuda)\n"
                    "  --profile: one more step with the op profile on: time per op\n"
                    "  --checkpoint: recompute each layer in backward (activation checkpointing)\n"
                    "  --separate: one product per projection (not q|k|v and gate|up fused)\n"
@@ -219,13 +224,15 @@ int bench_train(int argc, char **argv)
                    "  --zero-init (cuda): leave the weights at zero (memory plans at full depth)\n"
                    "  --frozen: a stage-1 step: the LM frozen, gradient to the inputs\n"
                    "  --bf16-copies none|frozen|all (cuda, --bf16): weights with bf16 copies "
-                   "(default frozen)\n");
+                   "(default frozen)\n"
+                   "  --f32-activations (cuda, --bf16): keep the MLP's activations in f32 "
+                   "(default bf16)\n");
             return 0;
         }
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--tf32") == 0 || strcmp(argv[i], "--bf16") == 0 ||
             strcmp(argv[i], "--ranks") == 0 || strcmp(argv[i], "--zero-init") == 0 ||
-            strcmp(argv[i], "--bf16-copies") == 0) {
+            strcmp(argv[i], "--bf16-copies") == 0 || strcmp(argv[i], "--f32-activations") == 0) {
             fprintf(stderr, "dvl-bench train: %s needs --device cuda\n", argv[i]);
             return 2;
         }
@@ -486,6 +493,7 @@ typedef struct cuda_run {
     bool checkpoint; /* --checkpoint */
     bool separate;   /* --separate */
     bool frozen;     /* --frozen: stage-1 step, LM frozen, no optimizer (opt NULL) */
+    bool f32_act;    /* --f32-activations: bf16 products on f32 activations */
     int ranks;       /* --ranks: the optimizer holds rank 0's ZeRO-1 shard */
 } cuda_run;
 
@@ -515,6 +523,7 @@ static int run_cuda(const cuda_run *r, int L)
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         goto done;
     }
+    dvl_ctx_set_bf16_activations(ctx, !r->f32_act);
     dvl_rng rng;
     dvl_rng_seed(&rng, 7);
     for (int64_t i = 0; i < (int64_t)N * L; i++)
@@ -697,14 +706,18 @@ static int train_cuda(int argc, char **argv)
                   .checkpoint = has_flag(argc, argv, "--checkpoint"),
                   .separate = has_flag(argc, argv, "--separate"),
                   .frozen = has_flag(argc, argv, "--frozen"),
+                  .f32_act = has_flag(argc, argv, "--f32-activations"),
                   .ranks = ranks,
                   .math = bf16 ? DVL_MATH_BF16 : tf32 ? DVL_MATH_TF32 : DVL_MATH_F32};
     if (gemm_peaks(r.peak, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         return 1;
     }
-    printf("dvl-bench train --device cuda on %s%s\n", desc,
-           bf16 ? ", bf16 products (f32 accumulation)" : tf32 ? ", cuBLAS TF32" : "");
+    printf("dvl-bench train --device cuda on %s%s%s\n", desc,
+           bf16 ? ", bf16 products (f32 accumulation)" : tf32 ? ", cuBLAS TF32" : "",
+           !bf16             ? ""
+           : r.f32_act       ? ", f32 activations"
+                             : ", bf16 MLP activations");
     printf("  cuBLAS 4096^3 peaks (same run): f32 %.1f TFLOP/s, tf32 %.1f, bf16 %.1f\n", r.peak[0],
            r.peak[1], r.peak[2]);
     dvl_model_config mc;

@@ -1061,6 +1061,16 @@ static dvl_tensor *r_linear_cat(dvl_ctx *x, dvl_tensor **in, const op_case *c)
     }
     return dvl_linear_cat(x, in[0], 3, w, c->n_in > 2 ? b : NULL);
 }
+/* dvl_swiglu_mlp with gate and up the two halves of in[1] [2 I, d] (views:
+ * one matrix) and down in[2] [d_out, I]; bf16 activations on the CUDA
+ * context unless c->kind is 1 (then f32 ones: the three-op form). */
+static dvl_tensor *r_swiglu_mlp(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    const int64_t I = in[1]->shape[0] / 2, d = in[1]->shape[1], ws[2] = {I, d};
+    dvl_tensor *gu[2] = {dvl_view(x, in[1], 2, ws, 0), dvl_view(x, in[1], 2, ws, I * d)};
+    dvl_ctx_set_bf16_activations(x, c->kind != 1);
+    return dvl_swiglu_mlp(x, in[0], gu, in[2]);
+}
 /* The middle columns, scaled (a gradient that is not all ones). */
 static dvl_tensor *r_slice_cols(dvl_ctx *x, dvl_tensor **in, const op_case *c)
 {
@@ -1371,6 +1381,26 @@ START_TEST(bf16_ops_match_cpu)
          .shape = {S2(300, 96), S2(128, 96), S1(128)}, .grad = {true, true, true},
          .run = r_linear_cat, .kind = 64, .math = DVL_MATH_BF16, .fwd_tol = 1e-2,
          .grad_tol = 1e-2},
+        /* The fused MLP (bf16 [gate | up] and SwiGLU outputs, dA and dGU):
+         * each rounded once more than in the three-op form, 2e-2 / 3e-2;
+         * trainable, frozen (stage 1), x without gradient, d_out != d, and
+         * the three-op form (bf16 activations off) at the linear's 1e-2. */
+        {.name = "bf16 swiglu_mlp [2,75,64] I 96", .n_in = 3, .ndim = {3, 2, 2},
+         .shape = {{2, 75, 64}, S2(192, 64), S2(64, 96)}, .grad = {true, true, true},
+         .std = {1, 0.2f, 0.2f}, .run = r_swiglu_mlp, .math = DVL_MATH_BF16, .fwd_tol = 2e-2,
+         .grad_tol = 3e-2},
+        {.name = "bf16 swiglu_mlp, weights frozen", .n_in = 3, .ndim = {2, 2, 2},
+         .shape = {S2(150, 64), S2(192, 64), S2(64, 96)}, .grad = {true, false, false},
+         .std = {1, 0.2f, 0.2f}, .run = r_swiglu_mlp, .math = DVL_MATH_BF16, .fwd_tol = 2e-2,
+         .grad_tol = 3e-2},
+        {.name = "bf16 swiglu_mlp, x frozen, d_out 40", .n_in = 3, .ndim = {2, 2, 2},
+         .shape = {S2(33, 64), S2(96, 64), S2(40, 48)}, .grad = {false, true, true},
+         .std = {1, 0.2f, 0.2f}, .run = r_swiglu_mlp, .math = DVL_MATH_BF16, .fwd_tol = 2e-2,
+         .grad_tol = 3e-2},
+        {.name = "bf16 swiglu_mlp, f32 activations", .n_in = 3, .ndim = {2, 2, 2},
+         .shape = {S2(150, 64), S2(192, 64), S2(64, 96)}, .grad = {true, true, true},
+         .std = {1, 0.2f, 0.2f}, .run = r_swiglu_mlp, .kind = 1, .math = DVL_MATH_BF16,
+         .fwd_tol = 1e-2, .grad_tol = 1e-2},
         {.name = "bf16 linear_cross_entropy h[9,16] W[13,16]", .n_in = 2, .ndim = {2, 2},
          .shape = {S2(9, 16), S2(13, 16)}, .grad = {true, true}, .std = {1, 0.25f},
          .run = r_lxent, .idx = labels, .wts = wts, .math = DVL_MATH_BF16, .fwd_tol = 1e-2,
@@ -2676,6 +2706,92 @@ START_TEST(bf16_copies_of_all_weights_follow_updates)
 }
 END_TEST
 
+#ifdef DVL_HAVE_CUDA
+/* dvl_swiglu_mlp on ctx with x [rows, 64] from xh (requires_grad) and the
+ * store's gate, up, down: y and dx (when x needs one: grad) to the host. */
+static void mlp_run(dvl_ctx *ctx, dvl_params *p, const float *xh, int64_t rows, bool grad,
+                    float *y, float *dx)
+{
+    const int64_t sx[2] = {rows, 64};
+    dvl_tensor *x = dvl_from_host(ctx, DVL_F32, 2, sx, xh);
+    ck_assert_ptr_nonnull(x);
+    x->requires_grad = grad;
+    dvl_tensor *gu[2] = {dvl_params_find(p, "gate"), dvl_params_find(p, "up")};
+    dvl_tensor *out = dvl_swiglu_mlp(ctx, x, gu, dvl_params_find(p, "down"));
+    ck_assert_msg(out != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_int_eq(dvl_tensor_to_host(ctx, out, y), DVL_OK);
+    if (grad) {
+        float *seed = host_randn(rows * 64, 98, 1.0f);
+        ck_assert_msg(dvl_backward_seed(ctx, out, seed) == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
+        ck_assert_int_eq(dvl_tensor_grad_to_host(ctx, x, dx), DVL_OK);
+        free(seed);
+    }
+    ck_assert_msg(dvl_ctx_ok(ctx), "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx_reset(ctx);
+}
+#endif
+
+/* The bf16 form of dvl_swiglu_mlp really runs, and is stable: with bf16
+ * activations the output and dx differ from the three-op form's (bf16
+ * [gate | up] and SwiGLU outputs round once more) yet stay within 2e-2 /
+ * 3e-2 of them; the frozen weights' bf16 copies (stage 1's store) give the
+ * same bits as rounding W in the op; and a forward without a gradient (no
+ * record, the kept activations given back) gives the same y bits. */
+START_TEST(swiglu_mlp_bf16_activations)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_params *p = dvl_params_new();
+    const char *names[3] = {"gate", "up", "down"};
+    const int64_t shapes[3][2] = {{160, 64}, {160, 64}, {64, 160}};
+    for (int k = 0; k < 3; k++)
+        ck_assert_ptr_nonnull(dvl_params_add(p, names[k], 2, shapes[k], false, &err));
+    ck_assert_int_eq(dvl_params_alloc(p, &err), DVL_OK);
+    for (int k = 0; k < 3; k++)
+        tu_randn(p->t[k], 60 + (uint64_t)k, 0.15f);
+    ck_assert_msg(dvl_params_move(p, DVL_CUDA, &err) == DVL_OK, "%s", err.msg);
+    const int64_t rows = 211, n = rows * 64;
+    float *xh = host_randn(n, 61, 1.0f);
+    float *y[4], *dx[3];
+    for (int k = 0; k < 4; k++)
+        ck_assert_ptr_nonnull(y[k] = malloc((size_t)n * sizeof(float)));
+    for (int k = 0; k < 3; k++)
+        ck_assert_ptr_nonnull(dx[k] = malloc((size_t)n * sizeof(float)));
+    dvl_ctx *ctx = bf16_ctx();
+    mlp_run(ctx, p, xh, rows, true, y[0], dx[0]); /* bf16 activations (the default) */
+    dvl_ctx_set_bf16_activations(ctx, false);
+    mlp_run(ctx, p, xh, rows, true, y[1], dx[1]); /* the three ops */
+    dvl_ctx_set_bf16_activations(ctx, true);
+    const double ey = rel_err(y[0], y[1], n), ed = rel_err(dx[0], dx[1], n);
+    printf("test_cuda: swiglu_mlp bf16 vs f32 activations: y rel_err %.2e, dx %.2e\n", ey, ed);
+    ck_assert_msg(memcmp(y[0], y[1], (size_t)n * sizeof(float)) != 0 &&
+                      memcmp(dx[0], dx[1], (size_t)n * sizeof(float)) != 0,
+                  "bf16 activations gave the three-op form's bits: the fused form did not run");
+    CHECK_ERR("swiglu_mlp bf16 vs f32 activations, y", ey, 2e-2);
+    CHECK_ERR("swiglu_mlp bf16 vs f32 activations, dx", ed, 3e-2);
+    ck_assert_msg(dvl_params_keep_bf16(p, DVL_BF16_FROZEN, &err) == DVL_OK, "%s", err.msg);
+    mlp_run(ctx, p, xh, rows, true, y[2], dx[2]);
+    ck_assert_msg(memcmp(y[0], y[2], (size_t)n * sizeof(float)) == 0 &&
+                      memcmp(dx[0], dx[2], (size_t)n * sizeof(float)) == 0,
+                  "swiglu_mlp with the weights' bf16 copies differs from rounding them per call");
+    mlp_run(ctx, p, xh, rows, false, y[3], NULL);
+    ck_assert_msg(memcmp(y[0], y[3], (size_t)n * sizeof(float)) == 0,
+                  "swiglu_mlp without a gradient gives other bits");
+    for (int k = 0; k < 4; k++)
+        free(y[k]);
+    for (int k = 0; k < 3; k++)
+        free(dx[k]);
+    free(xh);
+    dvl_ctx_free(ctx);
+    dvl_params_free(p);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
 /* Not an assertion: one toy-model training step (forward + backward) on
  * the CPU and on the GPU, mean of 10 after 2 warm-ups, for the record. The
  * toy model is tiny, so the GPU time is launch latency, not throughput. */
@@ -3411,6 +3527,7 @@ static Suite *suite(void)
     tcase_add_test(tc, toy_model_step_bf16_close_to_cpu);
     tcase_add_test(tc, bf16_copies_of_frozen_weights);
     tcase_add_test(tc, bf16_copies_of_all_weights_follow_updates);
+    tcase_add_test(tc, swiglu_mlp_bf16_activations);
     tcase_add_test(tc, adamw_device_store_matches_cpu);
     tcase_add_test(tc, siglip_on_device_matches_cpu);
     tcase_add_test(tc, params_move_round_trip);

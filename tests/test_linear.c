@@ -536,6 +536,95 @@ START_TEST(cat_errors)
 }
 END_TEST
 
+/* ------------------------------------------------------------ swiglu_mlp */
+
+/* A store x [3, rows / 3, 32], then gate and up [48, 32] (consecutive: one
+ * matrix), then down [24, 48]; the weights trainable or frozen. */
+static dvl_params *make_mlp(int64_t rows, bool w_train)
+{
+    tu_pspec s[4] = {{"x", 3, {3, rows / 3, 32}, true},
+                     {"gate", 2, {48, 32}, w_train},
+                     {"up", 2, {48, 32}, w_train},
+                     {"down", 2, {24, 48}, w_train}};
+    return tu_make_params(s, 4, 400, 0.5f);
+}
+
+static dvl_tensor *mlp_fn(dvl_ctx *ctx, dvl_params *p, void *user)
+{
+    (void)user;
+    return dvl_swiglu_mlp(ctx, p->t[0], p->t + 1, p->t[3]);
+}
+
+/* Finite differences for x, gate, up and down. */
+START_TEST(swiglu_mlp_gradcheck)
+{
+    dvl_params *p = make_mlp(6, true);
+    TU_GRADCHECK(mlp_fn, p, NULL, GC_EPS, 0, GC_TOL);
+    dvl_params_free(p);
+}
+END_TEST
+
+/* On the CPU the op is the three it stands for: the same output and
+ * gradients, bit for bit, with trainable and with frozen weights (stage 1:
+ * only x gets a gradient); and its errors are theirs. */
+START_TEST(swiglu_mlp_is_the_three_ops)
+{
+    for (int train = 0; train < 2; train++) {
+        const int64_t rows = 9;
+        dvl_params *p = make_mlp(rows, train), *q = make_mlp(rows, train);
+        float *seed = malloc(rows * 24 * sizeof *seed);
+        ck_assert_ptr_nonnull(seed);
+        dvl_rng r;
+        dvl_rng_seed(&r, 6);
+        dvl_rng_fill_normal(&r, seed, rows * 24, 1.0f);
+        dvl_ctx *c1 = dvl_ctx_new(DVL_CPU), *c2 = dvl_ctx_new(DVL_CPU);
+        dvl_tensor *y1 = dvl_swiglu_mlp(c1, p->t[0], p->t + 1, p->t[3]);
+        dvl_tensor *y2 = dvl_linear(
+            c2, dvl_swiglu_cat(c2, dvl_linear_cat(c2, q->t[0], 2, q->t + 1, NULL)), q->t[3], NULL);
+        ck_assert_msg(y1 && y2, "%s", dvl_ctx_err(c1)->msg);
+        ck_assert_int_eq(y1->ndim, 3);
+        ck_assert_int_eq(y1->shape[2], 24);
+        ck_assert_mem_eq(dvl_f32(y1), dvl_f32(y2), rows * 24 * sizeof(float));
+        ck_assert_int_eq(dvl_backward_seed(c1, y1, seed), 0);
+        ck_assert_int_eq(dvl_backward_seed(c2, y2, seed), 0);
+        ck_assert_int_eq(p->numel_grad, train ? rows * 32 + 2 * 48 * 32 + 24 * 48 : rows * 32);
+        ck_assert_mem_eq(p->grad, q->grad, (size_t)p->numel_grad * sizeof(float));
+        dvl_ctx_free(c1), dvl_ctx_free(c2);
+        dvl_params_free(p), dvl_params_free(q);
+        free(seed);
+    }
+    /* Gate and up not one matrix (down between them): linear_cat's error. */
+    tu_pspec s[4] = {{"x", 2, {4, 32}, true},
+                     {"gate", 2, {48, 32}, true},
+                     {"down", 2, {24, 48}, true},
+                     {"up", 2, {48, 32}, true}};
+    dvl_params *p = tu_make_params(s, 4, 1, 1.0f);
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *gu[2] = {p->t[1], p->t[3]};
+    ck_assert_ptr_null(dvl_swiglu_mlp(ctx, p->t[0], gu, p->t[2]));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "does not directly follow"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    dvl_ctx_free(ctx);
+    /* down taking the wrong width: linear's error. */
+    ctx = dvl_ctx_new(DVL_CPU);
+    gu[0] = p->t[1], gu[1] = p->t[3];
+    tu_pspec s2[4] = {{"x", 2, {4, 32}, true},
+                      {"gate", 2, {48, 32}, true},
+                      {"up", 2, {48, 32}, true},
+                      {"down", 2, {24, 40}, true}};
+    dvl_params *p2 = tu_make_params(s2, 4, 1, 1.0f);
+    ck_assert_ptr_null(dvl_swiglu_mlp(ctx, p2->t[0], p2->t + 1, p2->t[3]));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "down"), "%s", dvl_ctx_err(ctx)->msg);
+    /* A NULL weight: NULL, no message (set upstream). */
+    dvl_ctx_free(ctx);
+    ctx = dvl_ctx_new(DVL_CPU);
+    ck_assert_ptr_null(dvl_swiglu_mlp(ctx, p2->t[0], p2->t + 1, NULL));
+    ck_assert(dvl_ctx_ok(ctx));
+    dvl_ctx_free(ctx);
+    dvl_params_free(p), dvl_params_free(p2);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("linear");
@@ -555,6 +644,8 @@ static Suite *suite(void)
     tcase_add_test(tc, cat_of_views);
     tcase_add_test(tc, cat_errors);
     tcase_add_test(tc, group_fused_or_separate);
+    tcase_add_test(tc, swiglu_mlp_gradcheck);
+    tcase_add_test(tc, swiglu_mlp_is_the_three_ops);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -919,6 +919,7 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
         dvl_cublas_set_math(dvl_ctx_cublas(r->ctx),
                             c->precision == PREC_BF16 ? DVL_MATH_BF16 : DVL_MATH_TF32, err))
         return err->code;
+    dvl_ctx_set_bf16_activations(r->ctx, c->bf16_activations);
     /* The weights' bf16 copies, from the weights as they now are
      * (broadcast, moved, resumed); nothing writes a frozen weight later,
      * the trainable ones' copies are made again after each update. */
@@ -944,10 +945,13 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                c->micro_batch, r->accum, c->global_batch, r->total, r->steps_per_epoch,
                ckpt[0] ? ", resumed" : "");
         if (on_gpu(r))
-            printf(PROG ": device cuda:%d %s, %s products%s%s%s\n", r->gpu, r->gpu_name,
+            printf(PROG ": device cuda:%d %s, %s products%s%s%s%s\n", r->gpu, r->gpu_name,
                    c->precision == PREC_BF16   ? "bf16 (f32 accumulation)"
                    : c->precision == PREC_TF32 ? "TF32"
                                                : "f32",
+                   c->precision == PREC_BF16 && c->bf16_activations
+                       ? ", bf16 MLP activations (train.bf16_activations)"
+                       : "",
                    r->d.world == 1 ? ""
                    : r->nccl     ? ", gradients all-reduced with NCCL"
                                  : ", gradients all-reduced with MPI through host memory (NCCL: ",

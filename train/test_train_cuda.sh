@@ -5,6 +5,8 @@
 #     update, within 1e-5 relative: the same weights and noise, f32 on both,
 #     only summation orders differ; steps 2..8 within 1e-3 relative, where
 #     those differences have gone through AdamW) and the loss falls;
+#   stage 2 in bf16 with f32 activations (train.bf16_activations false)
+#     follows f32 too, and differs from the default (bf16 MLP activations);
 #   stage 1 in bf16 with the frozen weights' bf16 copies
 #     (train.bf16_weight_copies frozen, the default) and without, and stage 2
 #     with copies of every weight (all) and without: the same bits;
@@ -126,7 +128,25 @@ assert sum(lp[-3:]) < 0.9 * sum(lp[:3]), 'loss did not fall: %s' % lp
     fi
 done
 
-# ---- exact resume on the GPU, from the checkpoint at step 4
+# ---- train.bf16_activations false: bf16 products on f32 activations (the
+# MLP as three ops) follow the f32 run as closely, and differ from the
+# default bf16 run, whose MLP keeps its hidden activations in bf16 (the
+# switch reaches the op); the header says which.
+if "$TRAIN" --config s2.json --set train.device=cuda --set train.precision=bf16 \
+    --set train.bf16_activations=false --set train.out=gpu_bf16f >gpu_bf16f.log 2>&1 &&
+    grep -q "bf16 MLP activations" gpu_bf16.log && ! grep -q "bf16 MLP activations" gpu_bf16f.log &&
+    ! cmp -s gpu_bf16/final/model.safetensors gpu_bf16f/final/model.safetensors &&
+    py "$ST
+lg, lf, lb = losses('gpu'), losses('gpu_bf16f'), losses('gpu_bf16')
+print('   f32 activations: %s; bf16: %s' % (lf, lb))
+assert len(lf) == len(lg) == 8
+assert all(abs(a - b) <= 5e-2 * abs(a) for a, b in zip(lg, lf)), (lg, lf)
+"; then
+    ok stage2_cuda_bf16_f32_activations_follows_f32
+else
+    bad "stage2_cuda_bf16_f32_activations_follows_f32: $(tail -2 gpu_bf16f.log)"
+fi
+
 # ---- train.bf16_weight_copies: stage 1 in bf16 (the LM and the tower
 # frozen) with the frozen weights' bf16 copies (the default) and without
 # them: the same losses and final weights, bit for bit (a copy is what each
@@ -158,6 +178,7 @@ else
     bad "stage2_cuda_bf16_all_copies_bit_identical: $(tail -2 gpu_bf16all.log) $(tail -1 gpu_bf16none.log)"
 fi
 
+# ---- exact resume on the GPU, from the checkpoint at step 4
 if "$TRAIN" --resume gpu/ckpt/step-000004 --set train.out=gpu_r >gpu_r.log 2>&1 &&
     grep -q "device cuda" gpu_r.log &&
     cmp -s gpu/final/model.safetensors gpu_r/final/model.safetensors &&

@@ -40,6 +40,7 @@ typedef struct train_cfg {
     train_device device; /* cuda: one GPU per rank, chosen by the rank's place on its node */
     train_precision precision; /* of the GPU's matrix products (dvl_cuda_math) */
     dvl_bf16_copies bf16_copies; /* bf16 precision: dvl_params_keep_bf16's mode */
+    bool bf16_activations;       /* bf16 precision: dvl_ctx_set_bf16_activations */
     /* optimiser and schedule */
     double lr, vision_lr, weight_decay, beta1, beta2, eps;
     double warmup_ratio;

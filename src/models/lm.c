@@ -324,12 +324,11 @@ static dvl_tensor *layer_fwd(dvl_ctx *ctx, const void *user, dvl_tensor *x)
     dvl_tensor *h = dvl_rmsnorm(ctx, x, L->attn_norm, c->rms_eps);
     x = dvl_add(ctx, x, attend(ctx, a->m, a->l, h, a->N, a->T, a->pos, &a->mask, &a->in));
     h = dvl_rmsnorm(ctx, x, L->mlp_norm, c->rms_eps);
-    dvl_tensor *gu[2] = {L->w_gate, L->w_up}, *g;
+    dvl_tensor *gu[2] = {L->w_gate, L->w_up};
     if (!a->in.separate_projections && dvl_linear_cat_ok(2, gu, NULL))
-        g = dvl_swiglu_cat(ctx, dvl_linear_cat(ctx, h, 2, gu, NULL));
-    else
-        g = dvl_swiglu(ctx, dvl_linear(ctx, h, L->w_gate, NULL),
-                       dvl_linear(ctx, h, L->w_up, NULL));
+        return dvl_add(ctx, x, dvl_swiglu_mlp(ctx, h, gu, L->w_down));
+    dvl_tensor *g = dvl_swiglu(ctx, dvl_linear(ctx, h, L->w_gate, NULL),
+                               dvl_linear(ctx, h, L->w_up, NULL));
     return dvl_add(ctx, x, dvl_linear(ctx, g, L->w_down, NULL));
 }
 

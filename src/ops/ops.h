@@ -54,6 +54,15 @@ dvl_tensor *dvl_swiglu(dvl_ctx *ctx, dvl_tensor *gate, dvl_tensor *up);
  * (the output of dvl_linear_cat over the gate and up projections):
  * y [..., I]. Equal to dvl_swiglu on the halves, bit for bit. */
 dvl_tensor *dvl_swiglu_cat(dvl_ctx *ctx, dvl_tensor *gate_up);
+/* The Qwen2 / LLaMA MLP y = (silu(x Wg^T) * (x Wu^T)) Wd^T, gate_up = {Wg,
+ * Wu} one matrix for dvl_linear_cat (consecutive, both trainable or both
+ * frozen), no biases: x [..., d], Wg and Wu [I, d], Wd [d_out, I], y
+ * [..., d_out]. The three ops dvl_linear(dvl_swiglu_cat(dvl_linear_cat(x,
+ * gate_up)), Wd), recorded as such, except on a CUDA context with bf16
+ * products and bf16 activations (dvl_ctx_set_bf16_activations), where one
+ * op keeps the [gate | up] and SwiGLU outputs in bf16 (ops/mlp.c). */
+dvl_tensor *dvl_swiglu_mlp(dvl_ctx *ctx, dvl_tensor *x, dvl_tensor *const *gate_up,
+                           dvl_tensor *w_down);
 typedef enum dvl_gelu_kind { DVL_GELU_ERF = 0, DVL_GELU_TANH = 1 } dvl_gelu_kind;
 dvl_tensor *dvl_gelu(dvl_ctx *ctx, dvl_tensor *x, dvl_gelu_kind kind);
 /* Sum of all elements into a 1-element tensor (accumulated in double). */

@@ -75,6 +75,7 @@ struct dvl_ctx {
     int gfree_len;
     int64_t gfree_cap;
     bool keep_grads; /* dvl_set_keep_grads: release nothing */
+    bool bf16_activations; /* dvl_ctx_set_bf16_activations */
     /* CUDA contexts only: the device arena (same policy as chunks) and the
      * cuBLAS handle. */
     chunk *dchunks;
@@ -203,6 +204,7 @@ dvl_ctx *dvl_ctx_new_err(dvl_device device, dvl_err *err)
     }
     ctx->device = device;
     ctx->grad_enabled = true;
+    ctx->bf16_activations = true;
     ctx->chunks = chunk_new(ctx, ARENA_MIN_CHUNK);
     if (!ctx->chunks) {
         free(ctx);
@@ -517,6 +519,9 @@ void *dvl_calloc_dev(dvl_ctx *ctx, size_t bytes)
 }
 
 struct dvl_cublas *dvl_ctx_cublas(dvl_ctx *ctx) { return ctx->blas; }
+
+void dvl_ctx_set_bf16_activations(dvl_ctx *ctx, bool on) { ctx->bf16_activations = on; }
+bool dvl_ctx_bf16_activations(const dvl_ctx *ctx) { return ctx->bf16_activations; }
 
 int dvl_ctx_set_err(dvl_ctx *ctx, const dvl_err *e)
 {

@@ -312,6 +312,13 @@ void *dvl_alloc_dev(dvl_ctx *ctx, size_t bytes);
 void *dvl_calloc_dev(dvl_ctx *ctx, size_t bytes);
 /* The context's cuBLAS handle (ops/cuda/cuda.h); NULL on a CPU context. */
 struct dvl_cublas *dvl_ctx_cublas(dvl_ctx *ctx);
+/* bf16 storage of activations where an op offers it, on a CUDA context
+ * whose products are bf16 (DVL_MATH_BF16): today the MLP's [gate | up]
+ * and SwiGLU outputs (dvl_swiglu_mlp), half the bytes of f32 to write, read
+ * and keep for backward. On by default; off, such ops keep f32 activations
+ * (bf16 only as product operands). No effect elsewhere. */
+void dvl_ctx_set_bf16_activations(dvl_ctx *ctx, bool on);
+bool dvl_ctx_bf16_activations(const dvl_ctx *ctx);
 /* Record e in the context unless an error is already there (first wins);
  * returns e->code. */
 int dvl_ctx_set_err(dvl_ctx *ctx, const dvl_err *e);

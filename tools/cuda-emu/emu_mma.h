@@ -1,4 +1,4 @@
-// ops/cuda/mma.cuh for the emulator: bf16 rounding and the m16n8k16 bf16
+// ops/cuda/mma.cuh for the emulator: bf16 rounding, widening and the m16n8k16 bf16
 // product. Each emulated lane hands its fragments to a warp-wide rendezvous
 // (emu_warp_gather), rebuilds the warp's whole A [16 x 16] and B [16 x 8]
 // from them by the PTX ISA's fragment layout (written out again here from
@@ -24,6 +24,8 @@ static inline float emu_bf16_float(uint32_t b)
     memcpy(&x, &u, 4);
     return x;
 }
+
+static inline float bf16_float(uint16_t b) { return emu_bf16_float(b); }
 
 static inline uint32_t pack_bf16(float lo, float hi)
 {

@@ -205,6 +205,35 @@ extern "C" int dvl_cuda_matmul_bf16(dvl_cublas *h, void *y, dvl_dtype ytype, con
     return DVL_OK;
 }
 
+extern "C" int dvl_cuda_gemm_bf16(dvl_cublas *h, bool a_t, bool b_t, int64_t m, int64_t n,
+                                  int64_t k, const uint16_t *a, const uint16_t *b, float beta,
+                                  void *c, dvl_dtype ctype, dvl_err *err)
+{
+    if (m < 0 || n < 0 || k < 0 || m > INT_MAX || n > INT_MAX || k > INT_MAX)
+        return dvl_errf(err, DVL_EINVAL, "dvl_cuda_gemm_bf16: sizes m=%lld n=%lld k=%lld",
+                        (long long)m, (long long)n, (long long)k);
+    if (ctype != DVL_F32 && ctype != DVL_BF16)
+        return dvl_errf(err, DVL_EUNSUP, "dvl_cuda_gemm_bf16: output dtype %s (want f32 or bf16)",
+                        dvl_dtype_name(ctype));
+    if (m == 0 || n == 0)
+        return DVL_OK;
+    const size_t esz = ctype == DVL_F32 ? sizeof(float) : sizeof(uint16_t);
+    if (k == 0)
+        return beta == 0.0f ? dvl_cuda_memset_zero(c, (size_t)(m * n) * esz, err) : DVL_OK;
+    /* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T:
+     * cuBLAS gets B first, each transposed when its row-major form is. */
+    const float one = 1.0f;
+    cublasStatus_t s = cublasGemmEx(
+        h->h, b_t ? CUBLAS_OP_T : CUBLAS_OP_N, a_t ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n, (int)m,
+        (int)k, &one, b, CUDA_R_16BF, (int)(b_t ? k : n), a, CUDA_R_16BF, (int)(a_t ? m : k),
+        &beta, c, ctype == DVL_F32 ? CUDA_R_32F : CUDA_R_16BF, (int)n, CUBLAS_COMPUTE_32F,
+        CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return blas_fail(err, s, "bf16 gemm%s%s m=%lld n=%lld k=%lld", a_t ? " A^T" : "",
+                         b_t ? " B^T" : "", (long long)m, (long long)n, (long long)k);
+    return DVL_OK;
+}
+
 /* ------------------------------------------------------ bf16 mixed precision
  * The linear layer with bf16 products (torch.autocast's recipe, with f32
  * results): f32 master weights and activations stay as they are; each call

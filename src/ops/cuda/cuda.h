@@ -139,6 +139,14 @@ int dvl_cuda_to_bf16(uint16_t *dst, const float *src, int64_t n, dvl_err *err);
  * accumulation, y [rows, out] of ytype DVL_F32 or DVL_BF16. */
 int dvl_cuda_matmul_bf16(dvl_cublas *h, void *y, dvl_dtype ytype, const uint16_t *x,
                          const uint16_t *w, int64_t rows, int64_t in, int64_t out, dvl_err *err);
+/* Row-major C [m, n] = op(A) op(B) + beta C with bf16 A and B (raw bits),
+ * f32 accumulation, C of ctype DVL_F32 or DVL_BF16 (rounded once): op(A)
+ * [m, k] is A stored [m, k], or [k, m] transposed (a_t); op(B) [k, n] is B
+ * stored [k, n], or [n, k] transposed (b_t). The linear layer's three
+ * products: y = x W^T (b_t), dx = dy W, dW = dy^T x (a_t). */
+int dvl_cuda_gemm_bf16(dvl_cublas *h, bool a_t, bool b_t, int64_t m, int64_t n, int64_t k,
+                       const uint16_t *a, const uint16_t *b, float beta, void *c,
+                       dvl_dtype ctype, dvl_err *err);
 
 /* --------------------------------------------------------------- kernels */
 /* Column sums, deterministic: out[c] += sum_r a[r, c]. The rows are summed
@@ -169,6 +177,13 @@ void dvl_cuda_swiglu_fwd(float *y, const float *g, const float *u, int64_t rows,
                          int64_t ld);
 void dvl_cuda_swiglu_bwd(float *dg, float *du, const float *dy, const float *g, const float *u,
                          int64_t rows, int64_t cols, int64_t ld);
+/* The fused MLP's SwiGLU on bf16 bits (dvl_swiglu_mlp): gu [rows, 2 cols]
+ * the [gate | up] rows, a = bf16(silu(g) u) [rows, cols]; backward writes
+ * dgu [rows, 2 cols] = bf16 of the gradients above from da [rows, cols].
+ * Each result is computed in f32 from the widened inputs, rounded once. */
+void dvl_cuda_swiglu_fwd_bf16(uint16_t *a, const uint16_t *gu, int64_t rows, int64_t cols);
+void dvl_cuda_swiglu_bwd_bf16(uint16_t *dgu, const uint16_t *da, const uint16_t *gu,
+                              int64_t rows, int64_t cols);
 
 /* One AdamW step as torch.optim.AdamW (decoupled weight decay), step >= 1,
  * on the gradient gscale * g (gscale: the clip factor, 1 for none):

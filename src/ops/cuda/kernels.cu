@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/mma.cuh"
 
 /* Sum over the 32 lanes of a warp; every lane gets the total. The xor
  * butterfly adds in the same order on every run. */
@@ -227,6 +228,35 @@ __global__ static void swiglu_bwd_k(float *dg, float *du, const float *dy, const
     }
 }
 
+/* The same on the bf16 [gate | up] rows of the fused MLP (dvl_swiglu_mlp):
+ * gu [rows, 2 cols], a and da [rows, cols], dgu [rows, 2 cols], all bf16
+ * bits. Each value is widened, the maths above done in f32, the result
+ * rounded once (nearest even): a = bf16(silu(g) u); dgu is written, not
+ * accumulated (the products after it accumulate into f32). */
+__global__ static void swiglu_fwd_bf16_k(uint16_t *a, const uint16_t *gu, int64_t rows,
+                                         int64_t cols)
+{
+    GRID_STRIDE(i, rows * cols)
+    {
+        const int64_t r = i / cols, j = r * 2 * cols + (i - r * cols);
+        const float v = bf16_float(gu[j]);
+        a[i] = bf16_bits(v * sigmoidf(v) * bf16_float(gu[j + cols]));
+    }
+}
+
+__global__ static void swiglu_bwd_bf16_k(uint16_t *dgu, const uint16_t *da, const uint16_t *gu,
+                                         int64_t rows, int64_t cols)
+{
+    GRID_STRIDE(i, rows * cols)
+    {
+        const int64_t r = i / cols, j = r * 2 * cols + (i - r * cols);
+        const float v = bf16_float(gu[j]), u = bf16_float(gu[j + cols]), s = sigmoidf(v);
+        const float d = bf16_float(da[i]);
+        dgu[j] = bf16_bits(d * u * s * (1.0f + v * (1.0f - s)));
+        dgu[j + cols] = bf16_bits(d * v * s);
+    }
+}
+
 extern "C" void dvl_cuda_silu_fwd(float *y, const float *x, int64_t n)
 {
     if (n > 0)
@@ -252,6 +282,21 @@ extern "C" void dvl_cuda_swiglu_bwd(float *dg, float *du, const float *dy, const
     if (rows * cols > 0 && (dg || du))
         swiglu_bwd_k<<<dvl_cu_blocks(rows * cols), DVL_CU_THREADS>>>(dg, du, dy, g, u, rows,
                                                                      cols, ld);
+}
+
+extern "C" void dvl_cuda_swiglu_fwd_bf16(uint16_t *a, const uint16_t *gu, int64_t rows,
+                                         int64_t cols)
+{
+    if (rows * cols > 0)
+        swiglu_fwd_bf16_k<<<dvl_cu_blocks(rows * cols), DVL_CU_THREADS>>>(a, gu, rows, cols);
+}
+
+extern "C" void dvl_cuda_swiglu_bwd_bf16(uint16_t *dgu, const uint16_t *da, const uint16_t *gu,
+                                         int64_t rows, int64_t cols)
+{
+    if (rows * cols > 0)
+        swiglu_bwd_bf16_k<<<dvl_cu_blocks(rows * cols), DVL_CU_THREADS>>>(dgu, da, gu, rows,
+                                                                          cols);
 }
 
 /* ------------------------------------------------------------------ adamw */

@@ -1,5 +1,5 @@
 /* The warp-level tensor-core product of the bf16 attention kernels, and
- * bf16 rounding (C++ only). tools/cuda-emu/emu_mma.h is its CPU twin for
+ * bf16 rounding and widening (C++ only). tools/cuda-emu/emu_mma.h is its CPU twin for
  * the emulator; the two must keep the same names and meaning.
  *
  * mma_bf16: D += A B on one m16n8k16 tile (PTX ISA, "Matrix Fragments for
@@ -22,6 +22,12 @@
 __device__ static inline uint16_t bf16_bits(float x)
 {
     return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+
+/* The float a bf16's 16 bits stand for (exact). */
+__device__ static inline float bf16_float(uint16_t b)
+{
+    return __bfloat162float(__ushort_as_bfloat16(b));
 }
 
 /* Two values rounded to bf16, lo in the low half of the word. */
