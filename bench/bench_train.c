@@ -16,7 +16,7 @@
  * FLOP accounting (useful work, forward x 3 for forward + backward):
  *   linear layers: 2 x rows x in x out per projection over all 2L rows;
  *   attention: 4 x D x Hq per allowed (query, key) pair of the mask (QK^T
- *   and PV), pairs counted with dvl_mask_allows;
+ *   and PV), pairs counted with dvl_mask_pairs;
  *   LM head: 2 x d x V per noisy row (fused linear + cross-entropy).
  * The whole sequence is supervised (every token may be masked).
  * --profile adds one step with the context's op profile on (tensor.h:
@@ -301,10 +301,7 @@ int bench_train(int argc, char **argv)
         return 1;
     }
     dvl_mask mask = dvl_diff_attn_mask(db, B);
-    double pairs = 0;
-    for (int64_t i = 0; i < 2 * L; i++)
-        for (int64_t j = 0; j < 2 * L; j++)
-            pairs += dvl_mask_allows(&mask, i, j);
+    const double pairs = (double)dvl_mask_pairs(&mask, 2 * L, 2 * L);
     double attn = 4.0 * (double)c->head_dim * (double)c->heads * pairs * N * (double)layers;
     double head = 2.0 * d * (double)V * (double)L * N;
     /* --frozen: no dW products (forward and dx: 2 x forward). */
@@ -536,10 +533,7 @@ static int run_cuda(const cuda_run *r, int L)
         goto done;
     }
     dvl_mask mask = dvl_diff_attn_mask(db, B);
-    double pairs = 0;
-    for (int64_t i = 0; i < 2 * L; i++)
-        for (int64_t j = 0; j < 2 * L; j++)
-            pairs += dvl_mask_allows(&mask, i, j);
+    const double pairs = (double)dvl_mask_pairs(&mask, 2 * L, 2 * L);
     /* Parameters that multiply: an untied embedding is a lookup. */
     const double P = (double)r->m->params->numel - (c->tied ? 0.0 : (double)c->vocab * c->hidden),
                  pos = 2.0 * L * N;

@@ -427,7 +427,8 @@ START_TEST(causal_tables)
 }
 END_TEST
 
-/* dvl_mask_allows against the reference rule over many shapes. */
+/* dvl_mask_allows against the reference rule over many shapes, and
+ * dvl_mask_pairs against the count of the rule's pairs. */
 START_TEST(mask_allows_matches_rule)
 {
     for (int kind = 0; kind < 4; kind++)
@@ -436,13 +437,23 @@ START_TEST(mask_allows_matches_rule)
                 for (int64_t qoff = 0; qoff <= (kind == DVL_MASK_BLOCK_DIFF ? 0 : 7); qoff += 3) {
                     dvl_mask m = {.kind = (dvl_mask_kind)kind, .block_size = B, .half = L,
                                   .q_offset = qoff};
+                    int64_t pairs = 0;
                     for (int64_t i = 0; i < 2 * L; i++)
-                        for (int64_t j = 0; j < 2 * L + qoff; j++)
+                        for (int64_t j = 0; j < 2 * L + qoff; j++) {
                             ck_assert_msg(dvl_mask_allows(&m, i, j) ==
                                               ref_allows(m.kind, B, L, qoff, i, j),
                                           "kind %d B %d L %lld qoff %lld (%lld, %lld)", kind, B,
                                           (long long)L, (long long)qoff, (long long)i,
                                           (long long)j);
+                            pairs += ref_allows(m.kind, B, L, qoff, i, j);
+                        }
+                    /* dvl_mask_pairs counts them (keys clipped to tk). */
+                    ck_assert_int_eq(dvl_mask_pairs(&m, 2 * L, 2 * L + qoff), pairs);
+                    int64_t clipped = 0;
+                    for (int64_t i = 0; i < 2 * L; i++)
+                        for (int64_t j = 0; j < L; j++)
+                            clipped += ref_allows(m.kind, B, L, qoff, i, j);
+                    ck_assert_int_eq(dvl_mask_pairs(&m, 2 * L, L), clipped);
                 }
 }
 END_TEST

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "io/safetensors.h"
+#include "models/flops.h"
 #include "models/model.h"
 #include "util.h"
 
@@ -963,6 +964,63 @@ START_TEST(error_config)
 }
 END_TEST
 
+/* dvl_model_flops against sums worked out by hand for the fixtures'
+ * shapes. qwen2_tied (d 64, 2 layers, heads 4/2 of 16, I 96, V 128, tied):
+ * a position costs d (qd + 2 kvd) + qd d + 3 d I = 30720 multiply-adds per
+ * layer. 2 sequences of 5 causal (15 pairs each), 7 scored rows, all
+ * trainable: 2 layers x 2 x 10 x 30720 x 3 + 2 x 4 x 64 x 30 x 3 + 2 x 7 x
+ * 64 x 128 x 3 = 3686400 + 46080 + 344064 = 4076544; all frozen (nothing
+ * needs a gradient): forward only, a third. The VLM frozen as in stage 1
+ * (tower d 32, I 64, 2 layers run, 16 patches of 3 x 14 x 14; connector 32
+ * -> 64 -> 64 trainable; LM as above, untied head, frozen), 1 image, 20
+ * causal positions (210 pairs), 3 scored rows: patch 602112 + tower layers
+ * 2 x (131072 + 32768 + 131072) + connector (forward and dW) 393216 + LM
+ * layers (forward and dx) 2 x (655360 + 161280 + 1802240) + head (forward
+ * and dx) 98304 = 6921216. */
+START_TEST(model_flops_by_hand)
+{
+    char path[1024];
+    dvl_model_config cfg;
+    dvl_err err = {0};
+    dvl_model m;
+    ck_assert_msg(dvl_config_load(tu_data_path("ref/qwen2_tied/config.json", path, sizeof path),
+                                  &cfg, &err) == 0,
+                  "%s", err.msg);
+    ck_assert(cfg.lm.hidden == 64 && cfg.lm.layers == 2 && cfg.lm.heads == 4 &&
+              cfg.lm.kv_heads == 2 && cfg.lm.intermediate == 96 && cfg.lm.vocab == 128);
+    ck_assert_msg(dvl_model_init(&m, &cfg, &err) == 0, "%s", err.msg);
+    const dvl_mask causal = {.kind = DVL_MASK_CAUSAL};
+    const int64_t five[2] = {5, 5}, twenty = 20;
+    dvl_flops_work w = {.n = 2, .len = five, .mask = &causal, .head_rows = 7};
+    ck_assert_double_eq(dvl_model_flops(&m, &w), 4076544.0);
+    ck_assert_int_gt(dvl_params_set_trainable(m.params, "", false), 0);
+    ck_assert_double_eq(dvl_model_flops(&m, &w), 4076544.0 / 3);
+    dvl_model_free(&m);
+
+    ck_assert_msg(dvl_config_load(tu_data_path("ref/vlm/config.json", path, sizeof path), &cfg,
+                                  &err) == 0,
+                  "%s", err.msg);
+    ck_assert(cfg.vision.hidden == 32 && cfg.vision.intermediate == 64 &&
+              dvl_siglip_layers_run(&cfg.vision) == 2 && dvl_siglip_patches(&cfg.vision) == 16);
+    ck_assert_msg(dvl_model_init(&m, &cfg, &err) == 0, "%s", err.msg);
+    ck_assert_int_gt(dvl_params_set_trainable(m.params, "", false), 0);
+    ck_assert_int_gt(dvl_params_set_trainable(m.params, DVL_VLM_CONNECTOR_PREFIX, true), 0);
+    w = (dvl_flops_work){.n = 1, .len = &twenty, .mask = &causal, .head_rows = 3, .images = 1};
+    ck_assert_double_eq(dvl_model_flops(&m, &w), 6921216.0);
+    /* Block diffusion over [x_t ; x_0], B 2: a sample of 3 tokens counts
+     * its own 6 positions and 14 pairs whatever the batch's L (99 here):
+     * blocks {0, 1} and {2} in each half; noisy -> noisy in the block: 2 +
+     * 2 + 1; noisy block 1 -> clean block 0: 2; clean -> clean blocks <=:
+     * 2 + 2 + 3. No image, nothing before the frozen LM trains: forward
+     * only, no head rows: 2 layers x (2 x 6 x 30720 + 4 x 64 x 14) = 744448. */
+    const dvl_mask bd = {.kind = DVL_MASK_BLOCK_DIFF, .block_size = 2, .half = 99};
+    const int64_t three = 3;
+    w = (dvl_flops_work){.n = 1, .len = &three, .mask = &bd};
+    ck_assert_double_eq(dvl_model_flops(&m, &w), 744448.0);
+    dvl_model_free(&m);
+}
+END_TEST
+
 /* Config parsing details: rope_theta at top level (4.x, vlm, llada) and in
  * rope_parameters (5.x), LLaDA's defaults, SiglipConfig nesting. */
 START_TEST(config_fields)
@@ -1100,6 +1158,7 @@ static Suite *suite(void)
     tcase_add_test(te, error_shape_mismatch);
     tcase_add_test(te, error_config);
     tcase_add_test(te, config_fields);
+    tcase_add_test(te, model_flops_by_hand);
     tcase_add_test(te, vlm_missing_connector);
     suite_add_tcase(s, te);
     return s;

@@ -164,6 +164,10 @@ typedef struct run {
     int64_t accum, steps_per_epoch, total, step;
     FILE *metrics;
     bool tty;
+    /* log.mfu: the ranks' matrix-product peaks summed, GFLOP/s (0: not
+     * measured), and how: the product's size. */
+    double peak_gflops;
+    int peak_n;
     /* train.device = cuda: the GPU, and host twins of the device store and
      * optimizer for checkpoints and the export (NULL until needed). */
     int gpu;
@@ -518,15 +522,19 @@ static int save_ckpt(run *r, dvl_err *err)
     return rc;
 }
 
-/* Progress line on rank 0: in place on a terminal, plain lines otherwise. */
-static void progress(run *r, double loss, double lr, double tps, double elapsed, bool done)
+/* Progress line on rank 0: in place on a terminal, plain lines otherwise.
+ * mfu < 0: not measured. */
+static void progress(run *r, double loss, double lr, double tps, double mfu, double elapsed,
+                     bool done)
 {
     int64_t s = r->step;
     double eta = s > 0 ? elapsed / (double)s * (double)(r->total - s) : 0;
-    char line[256];
+    char line[256], m[32] = "";
+    if (mfu >= 0)
+        snprintf(m, sizeof m, " | MFU %.1f%%", 100.0 * mfu);
     snprintf(line, sizeof line,
-             "step %" PRId64 "/%" PRId64 " | loss %.4f | lr %.3e | %.0f tok/s | %.0fs | ETA %.0fs",
-             s, r->total, loss, lr, tps, elapsed, eta);
+             "step %" PRId64 "/%" PRId64 " | loss %.4f | lr %.3e | %.0f tok/s%s | %.0fs | ETA %.0fs",
+             s, r->total, loss, lr, tps, m, elapsed, eta);
     if (r->tty)
         printf("\r%s\033[K%s", line, done ? "\n" : "");
     else
@@ -655,7 +663,7 @@ static int train(run *r, dvl_err *err)
 {
     const train_cfg *c = &r->c;
     dvl_params *p = r->tm.m.params;
-    double t0 = now_s(), tokens_total = 0;
+    double t0 = now_s(), tokens_total = 0, flops_total = 0;
     int64_t bad_run = 0, first = r->step;
     float scale = 1.0f / (float)r->accum;
     /* The gradient elements this rank holds the mean of after the sync:
@@ -674,7 +682,7 @@ static int train(run *r, dvl_err *err)
                 return err->code;
         }
         dvl_params_zero_grad(p);
-        double sums[2] = {0, 0}; /* loss, tokens */
+        double sums[3] = {0, 0, 0}; /* loss, tokens, model FLOPs */
         for (int64_t a = 0; a < r->accum; a++) {
             const dvl_batch *b;
             dvl_batch bdev;
@@ -686,9 +694,11 @@ static int train(run *r, dvl_err *err)
             dvl_diff_draw draw;
             if (noise_draw(r, b, &draw, err))
                 return err->code;
-            dvl_tensor *loss = train_forward(r->ctx, &r->tm, c, b, scale, &draw, err);
+            double flops = 0;
+            dvl_tensor *loss = train_forward(r->ctx, &r->tm, c, b, scale, &draw, &flops, err);
             if (!loss)
                 return err->code;
+            sums[2] += flops;
             for (int64_t s = 0; s < b->n; s++)
                 sums[1] += (double)b->seq_len[s];
             ready_ctx rc = {.gs = r->gs};
@@ -716,7 +726,7 @@ static int train(run *r, dvl_err *err)
          * last backward (parameters this batch did not use) start now. */
         if (r->d.world > 1) {
             if (dvl_dist_grad_sync_finish(r->gs, err) ||
-                dvl_dist_allreduce_f64(&r->d, sums, 2, DVL_DIST_SUM, err))
+                dvl_dist_allreduce_f64(&r->d, sums, 3, DVL_DIST_SUM, err))
                 return err->code;
             sums[0] /= r->d.world;
         }
@@ -771,15 +781,27 @@ static int train(run *r, dvl_err *err)
         r->step++;
         double te = now_s();
         tokens_total += sums[1];
+        flops_total += sums[2];
         double tps = sums[1] / (te - ts), elapsed = te - t0;
+        /* MFU: the step's model FLOPs over its time, against the summed
+         * peaks of the ranks (the progress line: the run so far). */
+        const double peak = r->peak_gflops * 1e9;
+        const double mfu = peak > 0 ? sums[2] / (te - ts) / peak : -1;
         if (r->d.rank == 0) {
+            char mf[32] = "null";
+            if (mfu >= 0)
+                snprintf(mf, sizeof mf, "%.6g", mfu);
             fprintf(r->metrics,
                     "{\"step\": %" PRId64 ", \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
-                    "\"tokens\": %.0f, \"tokens_per_s\": %.6g, \"elapsed\": %.6g, \"skipped\": %s}\n",
-                    r->step, loss, lr, gnorm, sums[1], tps, elapsed, bad ? "true" : "false");
+                    "\"tokens\": %.0f, \"tokens_per_s\": %.6g, \"model_flops\": %.6g, "
+                    "\"mfu\": %s, \"elapsed\": %.6g, \"skipped\": %s}\n",
+                    r->step, loss, lr, gnorm, sums[1], tps, sums[2], mf, elapsed,
+                    bad ? "true" : "false");
             fflush(r->metrics);
             if ((r->step - first) % c->log_every == 0 || r->step == r->total)
-                progress(r, loss, lr, tokens_total / elapsed, elapsed, r->step == r->total);
+                progress(r, loss, lr, tokens_total / elapsed,
+                         peak > 0 ? flops_total / elapsed / peak : -1, elapsed,
+                         r->step == r->total);
             if (r->step == first + 1)
                 memory_line(r);
         }
@@ -926,6 +948,17 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
     if (on_gpu(r) && c->precision == PREC_BF16 && dvl_params_keep_bf16(p, c->bf16_copies, err))
         return err->code;
 #endif
+    /* log.mfu: each rank times one product of its device in the run's
+     * arithmetic (large enough to reach the device's rate: 4096 on a GPU,
+     * 1024 on a CPU), the sum is the run's peak. */
+    if (c->log_mfu) {
+        double g = 0;
+        r->peak_n = on_gpu(r) ? 4096 : 1024;
+        if (dvl_matmul_peak(r->ctx, r->peak_n, &g, err) ||
+            dvl_dist_allreduce_f64(&r->d, &g, 1, DVL_DIST_SUM, err))
+            return err->code;
+        r->peak_gflops = g;
+    }
     if (r->d.rank == 0) {
         if (make_dirs(c->out, err))
             return err->code;
@@ -962,6 +995,15 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                    "(train.bf16_weight_copies)\n",
                    p->bf16_mode == DVL_BF16_ALL ? "trainable and frozen" : "frozen",
                    (double)p->numel_bf16 * 2 / (1 << 20));
+        if (r->peak_gflops > 0)
+            printf(PROG ": MFU against the matrix-product peak measured now: %.1f GFLOP/s over "
+                   "%d rank(s) (%s of %d^3%s; log.mfu)\n",
+                   r->peak_gflops, r->d.world,
+                   !on_gpu(r)                  ? "OpenBLAS sgemm"
+                   : c->precision == PREC_BF16 ? "cuBLAS bf16 GEMM"
+                   : c->precision == PREC_TF32 ? "cuBLAS TF32 GEMM"
+                                               : "cuBLAS f32 GEMM",
+                   r->peak_n, r->d.world > 1 ? " on each" : "");
         /* The optimizer state of one rank (rank 0's shard is the largest). */
         double mib = (double)dvl_adamw_state_bytes(r->opt) / (1 << 20);
         double full_mib = 2.0 * (double)p->numel_grad * sizeof(float) / (1 << 20);

@@ -96,6 +96,27 @@ then
 else
     bad "memory_line: $(grep -m1 'memory per rank' s2.log) / $nparam parameters"
 fi
+# log.mfu (default): the header names the measured peak, the progress lines
+# an MFU, metrics.jsonl each step's model FLOPs (dvl_model_flops) and MFU in
+# (0, 1]; with log.mfu false no peak is measured: no header line, no MFU
+# in the progress lines, "mfu": null, the same model FLOPs.
+if grep -q "MFU against the matrix-product peak measured now: [0-9.]* GFLOP/s over 1 rank" s2.log &&
+    grep -q "^step .* | MFU [0-9.]*% |" s2.log &&
+    "$TRAIN" --config s2.json --set train.out=s2nomfu --set train.max_steps=3 --set log.mfu=false \
+        >s2nomfu.log 2>&1 && ! grep -q "MFU" s2nomfu.log &&
+    py "
+import json
+a = [json.loads(l) for l in open('s2/metrics.jsonl')]
+b = [json.loads(l) for l in open('s2nomfu/metrics.jsonl')]
+print('   step 1: %.4g model FLOPs, MFU %.3g' % (a[0]['model_flops'], a[0]['mfu']))
+assert all(r['model_flops'] > 0 and 0 < r['mfu'] <= 1 for r in a), a
+assert len(b) == 3 and all(r['mfu'] is None for r in b), b
+assert [r['model_flops'] for r in b] == [r['model_flops'] for r in a[:3]], (a[:3], b)
+"; then
+    ok mfu_logged
+else
+    bad "mfu_logged: $(grep -m1 MFU s2.log) $(tail -1 s2nomfu.log)"
+fi
 # The export names the mask token and block size it was trained with (what
 # dvl-generate then uses by default); the AR export names neither.
 if py "
@@ -192,8 +213,8 @@ fi
 # ---- 1 rank = 2 ranks = 3 ranks at global batch 12 (stages ar, 1 and 2;
 # stage 2 draws each sample's noise from its index in the global batch, so
 # its masks and t's are the same whatever the rank count)
-# compare_runs A B: every step's loss within 1e-5 relative, final weights
-# within 1e-5 absolute.
+# compare_runs A B: every step's loss within 1e-5 relative, the same model
+# FLOPs, final weights within 1e-5 absolute.
 compare_runs() {
     py "$ST
 import json
@@ -202,6 +223,9 @@ la, lb = losses('$1'), losses('$2')
 assert len(la) == len(lb) > 0
 for x, y in zip(la, lb):
     assert abs(x - y) <= 1e-5 * abs(x), (x, y)
+# The model FLOPs of a step are the ranks' summed: the same whatever their count.
+fa, fb = [[json.loads(l)['model_flops'] for l in open(d + '/metrics.jsonl')] for d in ('$1', '$2')]
+assert fa == fb, (fa, fb)
 a, b = load('$1/final/model.safetensors'), load('$2/final/model.safetensors')
 m = 0.0
 for k in a:

@@ -107,12 +107,15 @@ fi
 
 # ---- train.precision: bf16 and TF32 products follow the f32 run within
 # their rounding (bf16 operands: ~4e-3 relative a product; tolerance 5e-2 on
-# the loss over 8 steps, TF32 1e-2) and the header names the mode
+# the loss over 8 steps, TF32 1e-2) and the header names the mode, and the
+# peak the MFU is measured against (a cuBLAS GEMM in that arithmetic)
 for prec in bf16 tf32; do
     if "$TRAIN" --config s2.json --set train.device=cuda --set train.precision=$prec \
         --set train.out=gpu_$prec >gpu_$prec.log 2>&1 &&
         grep -q "device cuda.*$( [ $prec = bf16 ] && echo 'bf16 (f32 accumulation)' || echo TF32) products" \
             gpu_$prec.log &&
+        grep "MFU against" gpu_$prec.log | sed 's/^/   /' &&
+        grep -q "cuBLAS $( [ $prec = bf16 ] && echo bf16 || echo TF32) GEMM of 4096^3" gpu_$prec.log &&
         py "$ST
 lg, lp = losses('gpu'), losses('gpu_$prec')
 tol = 5e-2 if '$prec' == 'bf16' else 1e-2

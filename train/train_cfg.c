@@ -101,6 +101,9 @@ const dvl_cfg_key TRAIN_KEYS[] = {
      .help = "checkpoints kept (0: all)"},
     {"log.every", DVL_CFG_INT, .def = "1", .ranged = true, .min = 1, .max = BIG,
      .help = "progress line every N steps (metrics.jsonl gets every step)"},
+    {"log.mfu", DVL_CFG_BOOL, .def = "true",
+     .help = "measure each rank's matrix-product peak at start (one product in the run's "
+             "arithmetic) and report model FLOPs per second as a fraction of it (MFU)"},
     {"dist.bucket_mb", DVL_CFG_INT, .def = "25", .ranged = true, .min = 1, .max = 4096,
      .help = "gradient all-reduce bucket size in MiB"},
     {"dist.check_every", DVL_CFG_INT, .def = "100", .ranged = true, .min = 0, .max = BIG,
@@ -164,6 +167,7 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
     o->ckpt_every = dvl_cfg_int(c, "ckpt.every");
     o->keep_last = dvl_cfg_int(c, "ckpt.keep_last");
     o->log_every = dvl_cfg_int(c, "log.every");
+    o->log_mfu = dvl_cfg_bool(c, "log.mfu");
     o->bucket_mb = dvl_cfg_int(c, "dist.bucket_mb");
     o->check_every = dvl_cfg_int(c, "dist.check_every");
     o->nccl = dvl_cfg_bool(c, "dist.nccl");

@@ -60,6 +60,7 @@ typedef struct train_cfg {
     /* checkpoints, logging, dist */
     int64_t ckpt_every, keep_last;
     int64_t log_every;
+    bool log_mfu; /* measure the peak, report MFU */
     int64_t bucket_mb;
     int64_t check_every;
     bool nccl; /* cuda, several ranks: NCCL all-reduce when every rank has a GPU of its own */

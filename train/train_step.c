@@ -3,6 +3,8 @@
 
 #include <stdlib.h>
 
+#include "models/flops.h"
+
 /* Token embeddings of ids [nseq * T] with the images' feature rows spliced
  * into their placeholders. Each row of T positions is cut into segments of
  * seg positions that each hold one copy of the sample's image: seg = T for
@@ -71,15 +73,28 @@ static dvl_tensor *embed(dvl_ctx *ctx, train_model *tm, const int32_t *ids, int6
     return dvl_scatter_rows(ctx, x, dvl_gather_rows(ctx, f, feat, k), rows);
 }
 
+/* Rows with a label, of n x len labels, from position `from` of each. */
+static int64_t scored(const int32_t *labels, int64_t n, int64_t len, int64_t from)
+{
+    int64_t k = 0;
+    for (int64_t s = 0; s < n; s++)
+        for (int64_t t = from; t < len; t++)
+            k += labels[s * len + t] != DVL_IGNORE_INDEX;
+    return k;
+}
+
 /* ar and stage 1: next-token cross-entropy with the shift, each sample's
  * supervised targets weighted 1 / (its count * m), times scale. */
 static dvl_tensor *forward_ar(dvl_ctx *ctx, train_model *tm, const dvl_batch *b, float scale,
-                              dvl_err *err)
+                              double *flops, dvl_err *err)
 {
     int64_t n = b->n, T = b->len;
     dvl_tensor *x = embed(ctx, tm, b->ids, n, T, T, b, err);
     dvl_mask mask = dvl_lm_default_mask(&tm->lm->cfg);
     mask.key_valid = b->valid;
+    /* With the shift, labels[1..T-1] of each row are the scored ones. */
+    *flops = dvl_model_flops(&tm->m, &(dvl_flops_work){n, b->seq_len, &mask,
+                                                        scored(b->labels, n, T, 1), b->n_images});
     dvl_lm_input li = {.batch = n, .seq = T, .embeds = x, .pos = b->pos, .mask = &mask,
                        .checkpoint = tm->checkpoint};
     dvl_tensor *h = x ? dvl_lm_forward(ctx, tm->lm, &li) : NULL;
@@ -102,7 +117,7 @@ static dvl_tensor *forward_ar(dvl_ctx *ctx, train_model *tm, const dvl_batch *b,
 
 /* Stage 2: the BD3-LM objective on [x_t ; x_0] (diffusion/batch.h). */
 static dvl_tensor *forward_diff(dvl_ctx *ctx, train_model *tm, const dvl_batch *b, float scale,
-                                const dvl_diff_draw *draw, dvl_err *err)
+                                const dvl_diff_draw *draw, double *flops, dvl_err *err)
 {
     int64_t n = b->n, T = b->len, B = tm->diff.block_size;
     int64_t capL = dvl_diff_aligned_len(T, (int)B);
@@ -125,6 +140,8 @@ static dvl_tensor *forward_diff(dvl_ctx *ctx, train_model *tm, const dvl_batch *
     int64_t L = db->L;
     dvl_tensor *x = embed(ctx, tm, db->ids, n, 2 * L, L, b, err);
     dvl_mask mask = dvl_diff_attn_mask(db, (int)B);
+    *flops = dvl_model_flops(
+        &tm->m, &(dvl_flops_work){n, db->len, &mask, scored(db->labels, n, L, 0), b->n_images});
     dvl_lm_input li = {.batch = n, .seq = 2 * L, .embeds = x, .pos = db->pos, .mask = &mask,
                        .checkpoint = tm->checkpoint};
     dvl_tensor *h = x ? dvl_lm_forward(ctx, tm->lm, &li) : NULL;
@@ -141,11 +158,14 @@ static dvl_tensor *forward_diff(dvl_ctx *ctx, train_model *tm, const dvl_batch *
 
 dvl_tensor *train_forward(dvl_ctx *ctx, train_model *tm, const train_cfg *cfg,
                           const dvl_batch *b, float scale, const dvl_diff_draw *draw,
-                          dvl_err *err)
+                          double *flops, dvl_err *err)
 {
     err->code = DVL_OK;
-    dvl_tensor *loss = cfg->stage == STAGE_2 ? forward_diff(ctx, tm, b, scale, draw, err)
-                                             : forward_ar(ctx, tm, b, scale, err);
+    double f = 0;
+    dvl_tensor *loss = cfg->stage == STAGE_2 ? forward_diff(ctx, tm, b, scale, draw, &f, err)
+                                             : forward_ar(ctx, tm, b, scale, &f, err);
+    if (flops)
+        *flops = f;
     if (!loss && err->code == DVL_OK) {
         const dvl_err *e = dvl_ctx_err(ctx);
         dvl_errf(err, e && e->code ? e->code : DVL_EINVAL, "%s",

@@ -35,10 +35,12 @@ typedef struct train_model {
 
 /* The loss tensor (scalar) of batch b under stage cfg->stage, with grad mode
  * as set by the caller; draw says where the diffusion noise of b's samples
- * comes from (stage 2; diffusion/batch.h). NULL on error (message in
- * err). */
+ * comes from (stage 2; diffusion/batch.h). *flops (unless NULL): the model
+ * FLOPs of the batch's forward and backward (train_step.c: the products and
+ * attention that ran, 2 per multiply-add), for MFU. NULL on error (message
+ * in err). */
 dvl_tensor *train_forward(dvl_ctx *ctx, train_model *tm, const train_cfg *cfg,
                           const dvl_batch *b, float scale, const dvl_diff_draw *draw,
-                          dvl_err *err);
+                          double *flops, dvl_err *err);
 
 #endif

@@ -33,3 +33,15 @@ bool dvl_mask_allows(const dvl_mask *m, int64_t i, int64_t j)
             return true;
     return false;
 }
+
+int64_t dvl_mask_pairs(const dvl_mask *m, int64_t tq, int64_t tk)
+{
+    int64_t n = 0;
+    for (int64_t i = 0; i < tq; i++) {
+        int64_t lo[2], hi[2];
+        const int r = dvl_mask_spans(m, i, tk, lo, hi);
+        for (int k = 0; k < r; k++)
+            n += hi[k] > lo[k] ? hi[k] - lo[k] : 0;
+    }
+    return n;
+}

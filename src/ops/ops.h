@@ -140,6 +140,10 @@ typedef struct dvl_mask {
  * under the rule, ignoring padding: the one definition that kernels and
  * tests share. */
 bool dvl_mask_allows(const dvl_mask *m, int64_t i, int64_t j);
+/* The (query, key) pairs the rule allows over tq queries and tk keys,
+ * padding ignored: what attention's products cost (4 D per pair and head
+ * forward). O(tq). */
+int64_t dvl_mask_pairs(const dvl_mask *m, int64_t tq, int64_t tk);
 
 /* Scaled dot-product attention with grouped-query heads (mask NULL: every
  * query sees every key): q [N, Tq, Hq, D],
@@ -148,6 +152,15 @@ bool dvl_mask_allows(const dvl_mask *m, int64_t i, int64_t j);
  * softmax(q k^T * scale + mask) v. */
 dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor *v,
                           const dvl_mask *mask, float scale);
+
+/* ------------------------------------------------------------------ peak */
+/* The machine's matrix-product rate in GFLOP/s, measured now: one n x n x n
+ * product (2 n^3 FLOPs) in the context's arithmetic, the best of three
+ * after a warm-up: cblas_sgemm on a CPU context; on a CUDA context cuBLAS
+ * in the handle's math mode (f32, TF32, or bf16 operands with f32
+ * accumulation). The denominator of an MFU. Its buffers are its own (the
+ * context's arena is not touched). */
+int dvl_matmul_peak(dvl_ctx *ctx, int n, double *gflops, dvl_err *err);
 
 /* --------------------------------------------------------- cross-entropy */
 #define DVL_IGNORE_INDEX (-100)
