@@ -625,6 +625,21 @@ START_TEST(swiglu_mlp_is_the_three_ops)
 }
 END_TEST
 
+/* dvl_matmul_peak on the CPU: a positive, finite rate for a real size, an
+ * error naming the size for a bad one. */
+START_TEST(matmul_peak_cpu)
+{
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_err err = {0, ""};
+    double g = -1;
+    ck_assert_int_eq(dvl_matmul_peak(ctx, 96, &g, &err), DVL_OK);
+    ck_assert_msg(isfinite(g) && g > 0, "peak %g", g);
+    ck_assert_int_ne(dvl_matmul_peak(ctx, 0, &g, &err), DVL_OK);
+    ck_assert_msg(strstr(err.msg, "size 0"), "%s", err.msg);
+    dvl_ctx_free(ctx);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("linear");
@@ -646,6 +661,7 @@ static Suite *suite(void)
     tcase_add_test(tc, group_fused_or_separate);
     tcase_add_test(tc, swiglu_mlp_gradcheck);
     tcase_add_test(tc, swiglu_mlp_is_the_three_ops);
+    tcase_add_test(tc, matmul_peak_cpu);
     suite_add_tcase(s, tc);
     return s;
 }

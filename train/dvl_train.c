@@ -950,14 +950,21 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
 #endif
     /* log.mfu: each rank times one product of its device in the run's
      * arithmetic (large enough to reach the device's rate: 4096 on a GPU,
-     * 1024 on a CPU), the sum is the run's peak. */
+     * 1024 on a CPU), the sum is the run's peak. A report, not the job: if
+     * a rank cannot measure (its operands do not fit beside the model),
+     * the run goes on without MFU, and says why. */
     if (c->log_mfu) {
-        double g = 0;
+        double v[2] = {0, 0}; /* GFLOP/s, ranks that failed */
+        dvl_err pe = {0, ""};
         r->peak_n = on_gpu(r) ? 4096 : 1024;
-        if (dvl_matmul_peak(r->ctx, r->peak_n, &g, err) ||
-            dvl_dist_allreduce_f64(&r->d, &g, 1, DVL_DIST_SUM, err))
+        if (dvl_matmul_peak(r->ctx, r->peak_n, &v[0], &pe))
+            v[1] = 1;
+        if (dvl_dist_allreduce_f64(&r->d, v, 2, DVL_DIST_SUM, err))
             return err->code;
-        r->peak_gflops = g;
+        r->peak_gflops = v[1] > 0 ? 0 : v[0];
+        if (v[1] > 0 && r->d.rank == 0)
+            fprintf(stderr, PROG ": log.mfu: no MFU in this run: %s\n",
+                    pe.code ? pe.msg : "another rank could not measure its peak");
     }
     if (r->d.rank == 0) {
         if (make_dirs(c->out, err))
