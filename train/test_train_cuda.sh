@@ -201,20 +201,6 @@ else
 fi
 
 # ---- 2 ranks = 1 rank on the GPU(s)
-compare_runs() {
-    py "$ST
-la, lb = losses('$1'), losses('$2')
-assert len(la) == len(lb) > 0
-for x, y in zip(la, lb):
-    assert abs(x - y) <= 1e-5 * abs(x), (x, y)
-a, b = load('$1/final/model.safetensors'), load('$2/final/model.safetensors')
-m = 0.0
-for k in a:
-    fa = struct.unpack('<%df' % (len(a[k]) // 4), a[k]); fb = struct.unpack('<%df' % (len(b[k]) // 4), b[k])
-    m = max(m, max(abs(x - y) for x, y in zip(fa, fb)))
-print('   $1 vs $2: %d steps, max weight difference %.3g' % (len(la), m))
-sys.exit(0 if m <= 1e-5 else 1)"
-}
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
 # Each rank takes GPU (local rank mod GPUs). NCCL refuses two ranks on one
 # GPU of one host, so ranks sharing a GPU reduce through host memory
