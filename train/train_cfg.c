@@ -109,8 +109,9 @@ const dvl_cfg_key TRAIN_KEYS[] = {
     {"dist.check_every", DVL_CFG_INT, .def = "100", .ranged = true, .min = 0, .max = BIG,
      .help = "compare the ranks' weights (checksum) every N steps (0: never)"},
     {"dist.nccl", DVL_CFG_BOOL, .def = "true",
-     .help = "cuda: all-reduce gradients with NCCL when every rank has a GPU of its own "
-             "(false, or ranks sharing a GPU: MPI through host memory)"},
+     .help = "cuda: all-reduce gradients with NCCL when every rank has a GPU of its own, or "
+             "an NCCL_HOSTID of its own (false, or ranks sharing a GPU: MPI through host "
+             "memory)"},
     {"dist.zero1", DVL_CFG_BOOL, .def = "false",
      .help = "ZeRO-1: each rank keeps the AdamW moments of a 1/ranks shard of the trainable "
              "parameters only (gradients reduced to the shard owners, updated weights "
