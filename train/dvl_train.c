@@ -533,7 +533,8 @@ static void progress(run *r, double loss, double lr, double tps, double mfu, dou
     if (mfu >= 0)
         snprintf(m, sizeof m, " | MFU %.1f%%", 100.0 * mfu);
     snprintf(line, sizeof line,
-             "step %" PRId64 "/%" PRId64 " | loss %.4f | lr %.3e | %.0f tok/s%s | %.0fs | ETA %.0fs",
+             "step %" PRId64 "/%" PRId64 " | loss %.4f | lr %.3e | %.0f tok/s%s | %.0fs | "
+             "ETA %.0fs",
              s, r->total, loss, lr, tps, m, elapsed, eta);
     if (r->tty)
         printf("\r%s\033[K%s", line, done ? "\n" : "");

@@ -101,7 +101,8 @@ static void mlp_bf16_backward(dvl_ctx *ctx, dvl_node *node)
         goto out;
     if (dx || dwgu) {
         const uint16_t *wd16 = weights16(ctx, &wd, 1, dout * I);
-        uint16_t *da = dvl_alloc_dev(ctx, b16(rows * I)), *dgu = dvl_alloc_dev(ctx, b16(rows * 2 * I));
+        uint16_t *da = dvl_alloc_dev(ctx, b16(rows * I));
+        uint16_t *dgu = dvl_alloc_dev(ctx, b16(rows * 2 * I));
         if (!wd16 || !da || !dgu)
             goto out;
         if ((rc = dvl_cuda_gemm_bf16(h, false, false, rows, I, dout, dyb, wd16, 0.0f, da,

@@ -96,7 +96,8 @@ static void swiglu_bf16_case(int64_t rows, int64_t cols, unsigned blocks)
     for (size_t i = 0; i < da.size(); i++) da16[i] = bf16_bits(da[i]), da[i] = bf16_float(da16[i]);
     std::vector<uint16_t> a16(rows * cols), dgu16(rows * 2 * cols, 0xffff);
     launch(blocks, 64, [&] { swiglu_fwd_bf16_k(a16.data(), gu16.data(), rows, cols); });
-    launch(blocks, 64, [&] { swiglu_bwd_bf16_k(dgu16.data(), da16.data(), gu16.data(), rows, cols); });
+    launch(blocks, 64,
+           [&] { swiglu_bwd_bf16_k(dgu16.data(), da16.data(), gu16.data(), rows, cols); });
     std::vector<float> a(rows * cols), dgu(rows * 2 * cols, 0.0f);
     dvl_cpu_swiglu_fwd(a.data(), gu.data(), gu.data() + cols, rows, cols, 2 * cols);
     dvl_cpu_swiglu_bwd(dgu.data(), dgu.data() + cols, da.data(), gu.data(), gu.data() + cols, rows,
