@@ -743,10 +743,6 @@ static int train_cuda(int argc, char **argv)
         printf("  --zero-init: weights left at zero (for memory; step times only indicative)\n");
     dvl_params *pd = dvl_params_to_device(m.params, DVL_CUDA, &err);
     const char *cm = arg_str(argc, argv, "--bf16-copies", "frozen");
-    const dvl_bf16_copies copies = !bf16                    ? DVL_BF16_NONE
-                                   : !strcmp(cm, "all")    ? DVL_BF16_ALL
-                                   : !strcmp(cm, "frozen") ? DVL_BF16_FROZEN
-                                                           : DVL_BF16_NONE;
     if (strcmp(cm, "none") && strcmp(cm, "frozen") && strcmp(cm, "all")) {
         fprintf(stderr, "dvl-bench train: --bf16-copies must be none, frozen or all, not '%s'\n",
                 cm);
@@ -754,6 +750,9 @@ static int train_cuda(int argc, char **argv)
         dvl_model_free(&m);
         return 2;
     }
+    const dvl_bf16_copies copies = !bf16 || !strcmp(cm, "none") ? DVL_BF16_NONE
+                                   : !strcmp(cm, "all")        ? DVL_BF16_ALL
+                                                               : DVL_BF16_FROZEN;
     if (pd && dvl_params_keep_bf16(pd, copies, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         dvl_params_free(pd);

@@ -165,9 +165,8 @@ typedef struct run {
     FILE *metrics;
     bool tty;
     /* log.mfu: the ranks' matrix-product peaks summed, GFLOP/s (0: not
-     * measured), and how: the product's size. */
+     * measured). */
     double peak_gflops;
-    int peak_n;
     /* train.device = cuda: the GPU, and host twins of the device store and
      * optimizer for checkpoints and the export (NULL until needed). */
     int gpu;
@@ -247,6 +246,9 @@ static int open_device(run *r, dvl_err *err)
 }
 
 static bool on_gpu(const run *r) { return r->c.device == TRAIN_CUDA; }
+
+/* log.mfu's product: large enough to reach the device's rate. */
+static int peak_size(const run *r) { return on_gpu(r) ? 4096 : 1024; }
 
 /* The host twins of a device run's store and optimizer (same layout),
  * made on first use and kept: checkpoints are written from them and read
@@ -950,15 +952,13 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
         return err->code;
 #endif
     /* log.mfu: each rank times one product of its device in the run's
-     * arithmetic (large enough to reach the device's rate: 4096 on a GPU,
-     * 1024 on a CPU), the sum is the run's peak. A report, not the job: if
+     * arithmetic, the sum is the run's peak. A report, not the job: if
      * a rank cannot measure (its operands do not fit beside the model),
      * the run goes on without MFU, and says why. */
     if (c->log_mfu) {
         double v[2] = {0, 0}; /* GFLOP/s, ranks that failed */
         dvl_err pe = {0, ""};
-        r->peak_n = on_gpu(r) ? 4096 : 1024;
-        if (dvl_matmul_peak(r->ctx, r->peak_n, &v[0], &pe))
+        if (dvl_matmul_peak(r->ctx, peak_size(r), &v[0], &pe))
             v[1] = 1;
         if (dvl_dist_allreduce_f64(&r->d, v, 2, DVL_DIST_SUM, err))
             return err->code;
@@ -1011,7 +1011,7 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                    : c->precision == PREC_BF16 ? "cuBLAS bf16 GEMM"
                    : c->precision == PREC_TF32 ? "cuBLAS TF32 GEMM"
                                                : "cuBLAS f32 GEMM",
-                   r->peak_n, r->d.world > 1 ? " on each" : "");
+                   peak_size(r), r->d.world > 1 ? " on each" : "");
         /* The optimizer state of one rank (rank 0's shard is the largest). */
         double mib = (double)dvl_adamw_state_bytes(r->opt) / (1 << 20);
         double full_mib = 2.0 * (double)p->numel_grad * sizeof(float) / (1 << 20);

@@ -9,7 +9,7 @@
 
 /* The node's inputs: x, then the n weights, then their n biases (if any);
  * i[] = rows, in, out (all weights' rows together), n; p[0] the weights'
- * bf16 copy (group_bf16) or NULL. The weights (and
+ * bf16 copy (dvl_bf16_copy_group) or NULL. The weights (and
  * biases) are consecutive in memory, as are the gradients of trainable
  * ones, so the first of each stands for the concatenated matrix (vector):
  * one product each way. */
@@ -120,19 +120,6 @@ static bool check_weight(dvl_ctx *ctx, const char *op, const dvl_tensor *x, cons
     return true;
 }
 
-/* The bf16 copy of the n weights as one matrix, for bf16 products: w[0]'s
- * copy when each weight has one (frozen parameters of a store that keeps
- * them, tensor.h) right after the one before, else NULL (the products round
- * W themselves). */
-static const uint16_t *group_bf16(dvl_tensor *const *w, int n)
-{
-    const uint16_t *c = dvl_bf16_copy(w[0]);
-    for (int k = 1; c && k < n; k++)
-        if (dvl_bf16_copy(w[k]) != dvl_bf16_copy(w[k - 1]) + dvl_numel(w[k - 1]))
-            return NULL;
-    return c;
-}
-
 /* y = x [W_0; ...; W_{n-1}]^T + [b_0; ...] for checked, consecutive
  * weights and biases (b NULL: none), recorded with inputs x, w..., b.... */
 static dvl_tensor *product(dvl_ctx *ctx, const char *op, dvl_tensor *x, int n,
@@ -155,7 +142,7 @@ static dvl_tensor *product(dvl_ctx *ctx, const char *op, dvl_tensor *x, int n,
     if (!y)
         return NULL;
     const float *bias = b ? dvl_f32(b[0]) : NULL;
-    const uint16_t *w16 = group_bf16(w, n);
+    const uint16_t *w16 = dvl_bf16_copy_group(w, n); /* NULL: the products round W */
     switch (x->device) {
     case DVL_CPU:
         dvl_cpu_linear_fwd(dvl_f32(y), dvl_f32(x), dvl_f32(w[0]), bias, rows, in, out);

@@ -35,15 +35,11 @@
 /* Bytes of n bf16 values, rounded to the arena's 256-byte alignment. */
 static size_t b16(int64_t n) { return ((size_t)n * 2 + 255) / 256 * 256; }
 
-/* w's bf16 copy kept by its store, or one rounded into the arena now. The
- * pair [Wg; Wu] is one matrix: the copies too when both have one, one after
- * the other (dvl_params_keep_bf16 lays them out so). */
+/* The bf16 copy of the n consecutive weights w kept by their store, or one
+ * rounded into the arena now. */
 static const uint16_t *weights16(dvl_ctx *ctx, dvl_tensor *const *w, int n, int64_t numel)
 {
-    const uint16_t *c = dvl_bf16_copy(w[0]);
-    for (int k = 1; c && k < n; k++)
-        if (dvl_bf16_copy(w[k]) != dvl_bf16_copy(w[k - 1]) + dvl_numel(w[k - 1]))
-            c = NULL;
+    const uint16_t *c = dvl_bf16_copy_group(w, n);
     if (c)
         return c;
     uint16_t *r = dvl_alloc_dev(ctx, b16(numel));

@@ -63,6 +63,17 @@ static inline const uint16_t *dvl_bf16_copy(const dvl_tensor *t)
     const dvl_tensor *b = t->base ? t->base : t;
     return b->bf16 ? b->bf16 + (t->base ? t->offset : 0) : NULL;
 }
+/* The bf16 copy of t[0..n) as one matrix (consecutive tensors, as
+ * dvl_linear_cat takes them): t[0]'s copy when each has one right after
+ * the one before, else NULL. */
+static inline const uint16_t *dvl_bf16_copy_group(dvl_tensor *const *t, int n)
+{
+    const uint16_t *c = dvl_bf16_copy(t[0]);
+    for (int k = 1; c && k < n; k++)
+        if (dvl_bf16_copy(t[k]) != dvl_bf16_copy(t[k - 1]) + dvl_numel(t[k - 1]))
+            return NULL;
+    return c;
+}
 /* "[3, 4]" into buf, for messages. */
 const char *dvl_shape_str(const dvl_tensor *t, char *buf, size_t n);
 const char *dvl_tname(const dvl_tensor *t); /* name or "(unnamed)" */
