@@ -75,6 +75,20 @@ static bool gpu_or_skip(void)
     return true;
 }
 
+/* gpu_or_skip for the cases too big for the CPU emulation of the backend
+ * (tools/cuda-emu: each GPU thread a fiber): they skip there, saying so. */
+static bool big_gpu_or_skip(const char *name)
+{
+    if (!gpu_or_skip())
+        return false;
+    if (dvl_cuda_emulated()) {
+        printf("test_cuda: %s skipped under cuda-emu (too big to emulate)\n", name);
+        fflush(stdout);
+        return false;
+    }
+    return true;
+}
+
 static void *dev_alloc(size_t bytes)
 {
     dvl_err err = {0, ""};
@@ -770,7 +784,7 @@ static double now_s(void)
 START_TEST(gemm_throughput_4096_print)
 {
 #ifdef DVL_HAVE_CUDA
-    if (!gpu_or_skip())
+    if (!big_gpu_or_skip("gemm_throughput_4096_print"))
         return;
     const int64_t N = 4096, nn = N * N, iters = 20;
     dvl_err err = {0, ""};
@@ -1908,7 +1922,7 @@ END_TEST
 START_TEST(attention_tiled_long_sequence_bounded_memory)
 {
 #ifdef DVL_HAVE_CUDA
-    if (!gpu_or_skip())
+    if (!big_gpu_or_skip("attention_tiled_long_sequence_bounded_memory"))
         return;
     const int64_t L = 2048, T = 2 * L, HQ = 14, HKV = 2, D = 64;
     const dvl_mask m = {.kind = DVL_MASK_BLOCK_DIFF, .block_size = 8, .half = L};
@@ -1994,7 +2008,7 @@ END_TEST
 START_TEST(linear_cross_entropy_large_vocab_bounded_memory)
 {
 #ifdef DVL_HAVE_CUDA
-    if (!gpu_or_skip())
+    if (!big_gpu_or_skip("linear_cross_entropy_large_vocab_bounded_memory"))
         return;
     enum { CPU = 0, F32, F32_AGAIN, BF16, RUNS };
     static const char *run_name[RUNS] = {"cpu", "cuda f32", "cuda f32 rerun", "cuda bf16"};
@@ -2097,7 +2111,7 @@ END_TEST
 START_TEST(attention_timing_print)
 {
 #ifdef DVL_HAVE_CUDA
-    if (!gpu_or_skip())
+    if (!big_gpu_or_skip("attention_timing_print"))
         return;
     const int64_t T = 4096, HQ = 14, HKV = 2, D = 64, nq = T * HQ * D, nk = T * HKV * D;
     const dvl_mask masks[2] = {{.kind = DVL_MASK_BLOCK_DIFF, .block_size = 8, .half = T / 2},
@@ -2798,7 +2812,7 @@ END_TEST
 START_TEST(toy_model_step_timing_print)
 {
 #ifdef DVL_HAVE_CUDA
-    if (!gpu_or_skip())
+    if (!big_gpu_or_skip("toy_model_step_timing_print"))
         return;
     dvl_err err = {0, ""};
     dvl_params *pc = toy_params(&TOY, 7);

@@ -220,7 +220,8 @@ else
     NCCLRUN="$MPIRUN -x NCCL_SOCKET_IFNAME=lo -x NCCL_IB_DISABLE=1 -x NCCL_DEBUG=WARN -np 2 sh nccl_rank.sh"
 fi
 # nccl_case NAME OUT ARGS...: 2 ranks on the NCCL path = the 1-rank run ar1.
-# Without libnccl.so.2 it says so and skips, unless DVL_REQUIRE_NCCL=1.
+# Without libnccl.so.2 (or in a build without NCCL: no nccl.h, or the
+# emulated backend) it says so and skips, unless DVL_REQUIRE_NCCL=1.
 nccl_case() {
     name=$1 out=$2
     shift 2
@@ -229,6 +230,8 @@ nccl_case() {
         ok "$name ($gpus GPU(s))"
     elif [ "${DVL_REQUIRE_NCCL:-0}" = 0 ] && grep -q "cannot load libnccl" "$out.log"; then
         echo "skip $name: no libnccl.so.2"
+    elif [ "${DVL_REQUIRE_NCCL:-0}" = 0 ] && grep -q "built without NCCL" "$out.log"; then
+        echo "skip $name: dvl built without NCCL"
     else
         bad "$name: $(grep -m1 "device cuda" "$out.log") $(tail -3 "$out.log")"
     fi

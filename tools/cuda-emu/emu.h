@@ -14,6 +14,9 @@ extern float *emu_smem;
 int emu_barrier(int kind, int pred, const void *val, void *out, int xor_off, size_t sz);
 static inline void emu_sync() { emu_barrier(1, 0, nullptr, nullptr, 0, 0); }
 static inline int emu_sync_or(int p) { return emu_barrier(2, p != 0, nullptr, nullptr, 0, 0); }
+// Barrier rounds the scheduler has completed: a number that every thread
+// leaving one barrier sees alike and no later barrier repeats.
+extern unsigned long emu_rounds;
 // Every lane of the warp hands in sz bytes (at most 64); each gets all 32
 // lanes' in lane order (all: 32 sz bytes). The warp-wide step of mma.sync.
 static inline void emu_warp_gather(const void *mine, void *all, size_t sz)
@@ -47,3 +50,7 @@ static inline float4 make_float4(float x, float y, float z, float w) { return {x
 static inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
 // Run fn as `threads` fibers for one block.
 void emu_run_block(unsigned block, unsigned threads, const std::function<void()> &fn);
+// The same for block index `block` of a grid of blocks of `dim` threads
+// (threadIdx from the linear thread number, x fastest, as CUDA numbers
+// them; warps are 32 consecutive numbers). gridDim is the caller's to set.
+void emu_run_block3(emu_dim3 block, emu_dim3 dim, const std::function<void()> &fn);

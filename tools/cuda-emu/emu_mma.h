@@ -40,8 +40,19 @@ static inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_
     memcpy(mine.a, a, sizeof mine.a);
     memcpy(mine.b, b, sizeof mine.b);
     emu_warp_gather(&mine, all, sizeof mine);
-    float A[16][16], B[16][8];
-    for (int l = 0; l < 32; l++) {
+    // The warp's A and B are the same for its 32 lanes: the first lane to
+    // leave the gather rebuilds them, the others read them (keyed by the
+    // barrier round and the warp; the 32 x redundant rebuild was most of a
+    // bf16 kernel's emulated time).
+    static struct { unsigned long round; unsigned warp; float A[16][16], B[16][8]; } cache[32];
+    const unsigned warp = (threadIdx.x + threadIdx.y * blockDim.x) / 32;
+    auto &c = cache[warp % 32];
+    float (&A)[16][16] = c.A;
+    float (&B)[16][8] = c.B;
+    const bool fresh = c.round == emu_rounds + 1 && c.warp == warp;
+    c.round = emu_rounds + 1;
+    c.warp = warp;
+    for (int l = 0; l < 32 && !fresh; l++) {
         const int g = l >> 2, t = l & 3;
         // A: a_i (i = 0..7, two per register) at row g for i in {0,1,4,5},
         // g + 8 otherwise; column 2t + (i & 1), + 8 for i >= 4.

@@ -100,7 +100,7 @@ __device__ static inline unsigned char key_ok(const fa_args &a, int64_t n, int64
 
 static inline int64_t fa_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-#ifndef DVL_CUDA_EMU
+#ifndef DVL_CUDA_EMU_KERNELS
 /* Opt the kernel into `bytes` of dynamic shared memory (past the default
  * 48 KB), then launch `blocks` blocks of `threads`; errors into err. */
 template <typename K, typename... Args>

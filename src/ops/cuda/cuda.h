@@ -40,6 +40,9 @@ int dvl_cuda_device_count(void);
 /* The same, with the reason when the answer is 0 because of an error (no
  * driver, driver too old for this runtime, ...) written into err. */
 int dvl_cuda_probe(dvl_err *err);
+/* Whether this build's CUDA backend is the CPU emulation (meson
+ * -Dgpu_emu=true, tools/cuda-emu): tests skip what is too big for it. */
+bool dvl_cuda_emulated(void);
 /* Select `device` for this thread and create its context. */
 int dvl_cuda_init(int device, dvl_err *err);
 /* The device this thread uses now (0 unless dvl_cuda_init chose another). */

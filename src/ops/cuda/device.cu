@@ -17,6 +17,15 @@ extern "C" int dvl_cuda_probe(dvl_err *err)
 
 extern "C" int dvl_cuda_device_count(void) { return dvl_cuda_probe(NULL); }
 
+extern "C" bool dvl_cuda_emulated(void)
+{
+#ifdef DVL_CUDA_EMU
+    return true;
+#else
+    return false;
+#endif
+}
+
 extern "C" int dvl_cuda_init(int device, dvl_err *err)
 {
     dvl_err why = {0, ""};

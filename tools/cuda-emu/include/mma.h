@@ -1,0 +1,3 @@
+// <mma.h> (nvcuda::wmma) for the emulated backend.
+#pragma once
+#include "emu_wmma.h"

@@ -1,0 +1,3 @@
+// src/ops/cuda/mma.cuh for the emulated backend: its CPU twin.
+#pragma once
+#include "emu_mma.h"
