@@ -240,8 +240,9 @@ int dvl_params_refresh_bf16(dvl_params *p, dvl_err *err)
      * data (bind_tensors), so a run of consecutive trainable parameters is
      * one range of both buffers: one rounding pass (one launch on a GPU) per
      * run, a single one when everything trains, rather than one per tensor
-     * (~300 at 7B). The zero padding between parameters rounds to zero. The
-     * frozen ones keep their copies untouched: their weights do not move. */
+     * (~300 at 7B). The padding between parameters is rounded too (nothing
+     * reads it). The frozen ones' copies stay untouched: their weights do
+     * not move. */
     int64_t off = 0, lo = -1;
     for (int i = 0; i <= p->n; i++) {
         const bool trains = i < p->n && p->t[i]->requires_grad;
