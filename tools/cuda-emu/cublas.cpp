@@ -121,19 +121,17 @@ cublasStatus_t gemm(cublasHandle_t h, const char *fn, cublasOperation_t ta, cubl
     const bool r32 = h->math == CUBLAS_TF32_TENSOR_OP_MATH && at == CUDA_R_32F;
     const int ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;
     const int br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
-    std::vector<float> a, b, c = widen(C, ct, m, n, ldc, false);
+    /* With beta 0 cuBLAS does not read C: NaN there stays out. */
+    std::vector<float> a, b,
+        c = beta == 0.0f ? std::vector<float>((size_t)ldc * (n - 1) + m, 0.0f)
+                         : widen(C, ct, m, n, ldc, false);
     if (k > 0) {
         a = widen(A, at, ar, ac, lda, r32);
         b = widen(B, bt, br, bc, ldb, r32);
-    }
-    if (beta == 0.0f) /* cuBLAS does not read C then: NaN there stays out */
-        for (int j = 0; j < n; j++)
-            for (int i = 0; i < m; i++)
-                c[(size_t)j * ldc + i] = 0.0f;
-    if (k > 0)
         cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
                     tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, alpha, a.data(), lda,
-                    b.data(), ldb, beta == 0.0f ? 0.0f : beta, c.data(), ldc);
+                    b.data(), ldb, beta, c.data(), ldc);
+    }
     else if (beta != 0.0f)
         for (int j = 0; j < n; j++)
             for (int i = 0; i < m; i++)
