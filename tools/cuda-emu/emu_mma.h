@@ -1,5 +1,5 @@
-// ops/cuda/mma.cuh for the emulator: bf16 rounding, widening and the m16n8k16 bf16
-// product. Each emulated lane hands its fragments to a warp-wide rendezvous
+// ops/cuda/mma.cuh for the emulator: bf16 rounding, widening, the m16n8k16 bf16
+// product and ldmatrix. Each emulated lane hands its fragments to a warp-wide rendezvous
 // (emu_warp_gather), rebuilds the warp's whole A [16 x 16] and B [16 x 8]
 // from them by the PTX ISA's fragment layout (written out again here from
 // the ISA's tables, not from mma.cuh), and computes its own four elements
@@ -77,3 +77,28 @@ static inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_
         d[i] = s;
     }
 }
+
+// ldmatrix .x4 (.trans): each lane hands the warp its row address; lane l
+// then reads its two values of each matrix M_j from the rows that lanes
+// 8 j .. 8 j + 7 gave (PTX ISA's ldmatrix fragment table, again from the ISA):
+// as stored, row g of M_j at columns 2t, 2t + 1; transposed, rows 2t and
+// 2t + 1 at column g. A row address that is not 16-byte aligned stops the
+// run, as the instruction faults on the GPU.
+static inline void emu_ldsm(uint32_t (&r)[4], const uint16_t *row, bool trans)
+{
+    if ((uintptr_t)row % 16) {
+        fprintf(stderr, "ldmatrix: row address %p is not 16-byte aligned\n", (const void *)row);
+        abort();
+    }
+    const uint16_t *all[32];
+    emu_warp_gather(&row, all, sizeof row);
+    const int lane = (int)(threadIdx.x & 31), g = lane >> 2, t = lane & 3;
+    for (int j = 0; j < 4; j++) {
+        const uint16_t lo = trans ? all[8 * j + 2 * t][g] : all[8 * j + g][2 * t];
+        const uint16_t hi = trans ? all[8 * j + 2 * t + 1][g] : all[8 * j + g][2 * t + 1];
+        r[j] = (uint32_t)lo | ((uint32_t)hi << 16);
+    }
+}
+
+static inline void ldsm_x4(uint32_t (&r)[4], const uint16_t *row) { emu_ldsm(r, row, false); }
+static inline void ldsm_x4_trans(uint32_t (&r)[4], const uint16_t *row) { emu_ldsm(r, row, true); }

@@ -158,8 +158,13 @@ static int run(const cfg &c, int mode)
     const double tol = mode == 2 ? 2e-2 : tc ? 1e-2 : 1e-4;
     const double ltol = mode == 2 ? 1e-3 : tc ? 1e-3 : 1e-5;
     bool ok = eo <= tol && eq <= tol && ek <= tol && ev <= tol && el <= ltol && !badzero;
+    // bits: FNV-1a of every result's bytes, so that a change meant to keep
+    // the kernels' arithmetic (tiling, fragment loads) can show it did.
+    uint64_t bits = 1469598103934665603ull;
+    for (auto [p, n] : {std::pair<const float *, int64_t>{out, N * Tq * Hq * D}, {lse, N * Hq * Tq}, {gq, N * Tq * Hq * D}, {gk, N * Tk * Hkv * D}, {gv, N * Tk * Hkv * D}})
+        for (size_t i = 0; i < (size_t)n * 4; i++) bits = (bits ^ ((const unsigned char *)p)[i]) * 1099511628211ull;
     printf("tiles visited %ld skipped %ld\n", emu_or_true, emu_or_false);
-    printf("%-4s %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e empty rows %d%s\n", ok ? "ok" : "FAIL", mode ? (std::string(c.name) + (mode == 2 ? " bf16" : " TC")).c_str() : c.name, eo, el, eq, ek, ev, nempty, badzero ? " BAD ZERO ROWS" : "");
+    printf("%-4s %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e empty rows %d bits %016llx%s\n", ok ? "ok" : "FAIL", mode ? (std::string(c.name) + (mode == 2 ? " bf16" : " TC")).c_str() : c.name, eo, el, eq, ek, ev, nempty, (unsigned long long)bits, badzero ? " BAD ZERO ROWS" : "");
     free(dq_); free(dk_); free(dv_); free(ddO); free(out); free(lse); free(Dv); free(gq); free(gk); free(gv); free(kvp);
     return ok ? 0 : 1;
 }

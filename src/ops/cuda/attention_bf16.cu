@@ -26,12 +26,15 @@
  * Two accumulator tiles are exactly the A operand of the next product
  * (acc_to_a), so P and dS go from one product into the next in registers.
  *
- * Shared memory holds bf16 tiles with rows padded by 8 values (16 bytes):
- * a fragment load reads 8 rows g at 4 words t each, which then fall in 32
- * different banks. A product's B operand is read from a tile that stores B
- * transposed ([n][k], k along the row); where a tile is B with k along the
- * rows (V in O += P V, dO and Q in kernel kv, K in kernel q), a transposed
- * copy is written as the tile is loaded.
+ * Shared memory holds bf16 tiles as the tensors store them (a row per
+ * position, D values), rows padded by 8 values (16 bytes). Fragments come
+ * from the tiles by ldmatrix (mma.cuh), 4 8 x 8 matrices a warp instruction:
+ * A operands and the B operands that a tile stores transposed ([n][k]: K in
+ * S = Q K^T) as stored, the B operands with k along the tile's rows (V in
+ * O += P V, dO and Q in kernel kv, K in kernel q) with .trans, so no tile
+ * is copied transposed (such copies were 2-byte stores, 8 to a bank). The
+ * padding puts the 8 rows of one matrix, 16 bytes each, in 32 different
+ * banks.
  *
  * Where every row of a query tile sees every key of a key tile (no padding,
  * one span of each row holds the tile: all tiles away from the mask's
@@ -59,13 +62,12 @@ template <int DP> __host__ __device__ constexpr int loop_tile() { return DP > 64
 /* ------------------------------------------------------------- helpers */
 
 /* f32 rows [row0, row0 + ROWS) of src (row stride `stride`, D values) into
- * bf16 tiles: dst [ROWS][DP + 8] and dstT [DP][ROWS + 8] (transposed),
- * either may be NULL; zero past nvalid rows and past D. Four values per
- * load where rows allow it (D a multiple of 4, src 16-byte aligned: the
- * rows of a model's [N, T, H, D] tensors), one otherwise. */
+ * the bf16 tile dst [ROWS][DP + 8]; zero past nvalid rows and past D. Four
+ * values per load where rows allow it (D a multiple of 4, src 16-byte
+ * aligned: the rows of a model's [N, T, H, D] tensors), one otherwise. */
 template <int ROWS, int DP>
-__device__ static inline void load_tile(uint16_t *dst, uint16_t *dstT, const float *src,
-                                        int64_t row0, int64_t nvalid, int64_t stride, int64_t D)
+__device__ static inline void load_tile(uint16_t *dst, const float *src, int64_t row0,
+                                        int64_t nvalid, int64_t stride, int64_t D)
 {
     if (D % 4 == 0 && stride % 4 == 0 && (uintptr_t)src % 16 == 0) {
         for (int e = threadIdx.x; e < ROWS * DP / 4; e += MMA_THREADS) {
@@ -73,48 +75,49 @@ __device__ static inline void load_tile(uint16_t *dst, uint16_t *dstT, const flo
             float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (r < nvalid && d < D)
                 x = *(const float4 *)(src + (row0 + r) * stride + d);
-            const uint32_t lo = pack_bf16(x.x, x.y), hi = pack_bf16(x.z, x.w);
-            if (dst) /* 8-byte aligned: DP + 8 and d are multiples of 4 */
-                *(uint2 *)(dst + r * (DP + 8) + d) = make_uint2(lo, hi);
-            if (dstT) {
-                dstT[d * (ROWS + 8) + r] = (uint16_t)lo;
-                dstT[(d + 1) * (ROWS + 8) + r] = (uint16_t)(lo >> 16);
-                dstT[(d + 2) * (ROWS + 8) + r] = (uint16_t)hi;
-                dstT[(d + 3) * (ROWS + 8) + r] = (uint16_t)(hi >> 16);
-            }
+            /* 8-byte aligned: DP + 8 and d are multiples of 4 */
+            *(uint2 *)(dst + r * (DP + 8) + d) = make_uint2(pack_bf16(x.x, x.y),
+                                                            pack_bf16(x.z, x.w));
         }
         return;
     }
     for (int e = threadIdx.x; e < ROWS * DP; e += MMA_THREADS) {
         const int r = e / DP, d = e % DP;
-        const uint16_t x = bf16_bits((r < nvalid && d < D) ? src[(row0 + r) * stride + d] : 0.0f);
-        if (dst)
-            dst[r * (DP + 8) + d] = x;
-        if (dstT)
-            dstT[d * (ROWS + 8) + r] = x;
+        dst[r * (DP + 8) + d] =
+            bf16_bits((r < nvalid && d < D) ? src[(row0 + r) * stride + d] : 0.0f);
     }
 }
 
-__device__ static inline uint32_t word(const uint16_t *p) { return *(const uint32_t *)p; }
-
-/* A operand of the 16 x 16 tile at rows r0, columns k0 of S [.][ld]. */
+/* A operand of the 16 x 16 tile at rows r0, columns k0 of S [.][ld]: its
+ * a[0..3] are the 8 x 8 matrices at (r0, k0), (r0 + 8, k0), (r0, k0 + 8),
+ * (r0 + 8, k0 + 8), whose rows lanes 0-7, 8-15, 16-23, 24-31 address. */
 __device__ static inline void frag_a(uint32_t (&a)[4], const uint16_t *S, int ld, int r0, int k0)
 {
-    const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
-    const uint16_t *p = S + (r0 + g) * ld + k0 + 2 * t;
-    a[0] = word(p);
-    a[1] = word(p + 8 * ld);
-    a[2] = word(p + 8);
-    a[3] = word(p + 8 * ld + 8);
+    const int l = threadIdx.x % 32;
+    ldsm_x4(a, S + (r0 + l % 8 + 8 * (l / 8 % 2)) * ld + k0 + 8 * (l / 16));
 }
 
-/* B operand (16 x 8, k x n) at k0, n0 from S [n][k] (row stride ld). */
-__device__ static inline void frag_b(uint32_t (&b)[2], const uint16_t *S, int ld, int n0, int k0)
+/* The B operands (16 x 8, k x n) of columns n0 .. n0 + 7 (b[0]) and n0 + 8
+ * .. n0 + 15 (b[1]) at k0, from S [n][k] (B transposed, row stride ld):
+ * the matrices at (n0, k0), (n0, k0 + 8), (n0 + 8, k0), (n0 + 8, k0 + 8). */
+__device__ static inline void frag_b2(uint32_t (&b)[2][2], const uint16_t *S, int ld, int n0,
+                                      int k0)
 {
-    const int g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
-    const uint16_t *p = S + (n0 + g) * ld + k0 + 2 * t;
-    b[0] = word(p);
-    b[1] = word(p + 8);
+    const int l = threadIdx.x % 32;
+    uint32_t r[4];
+    ldsm_x4(r, S + (n0 + l % 8 + 8 * (l / 16)) * ld + k0 + 8 * (l / 8 % 2));
+    b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
+}
+
+/* The same from S [k][n] (B as stored, k along the rows), transposed by
+ * ldmatrix: the matrices at rows k0, k0 + 8 of columns n0, then n0 + 8. */
+__device__ static inline void frag_b2_kn(uint32_t (&b)[2][2], const uint16_t *S, int ld, int n0,
+                                         int k0)
+{
+    const int l = threadIdx.x % 32;
+    uint32_t r[4];
+    ldsm_x4_trans(r, S + (k0 + l % 8 + 8 * (l / 8 % 2)) * ld + n0 + 8 * (l / 16));
+    b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
 }
 
 /* The A operand of columns [16 kk, 16 kk + 16) of a product held in
@@ -142,29 +145,31 @@ __device__ static inline void mm_abt16(float (&c)[C / 8][4], const uint16_t *As,
         uint32_t a[4];
         frag_a(a, As, DP + 8, 16 * w, 16 * kk);
 #pragma unroll
-        for (int j = 0; j < C / 8; j++) {
-            uint32_t b[2];
-            frag_b(b, Bs, DP + 8, 8 * j, 16 * kk);
-            mma_bf16(c[j], a, b);
+        for (int j = 0; j < C / 8; j += 2) {
+            uint32_t b[2][2];
+            frag_b2(b, Bs, DP + 8, 8 * j, 16 * kk);
+            mma_bf16(c[j], a, b[0]);
+            mma_bf16(c[j + 1], a, b[1]);
         }
     }
 }
 
 /* acc += X Y: X [16 x K] in accumulator tiles x (rounded to bf16 here),
- * Y given transposed as Yt [DP][K + 8]. */
+ * Y a tile [K][DP + 8]. */
 template <int K, int DP>
 __device__ static inline void mm_acc_b16(float (&acc)[DP / 8][4], const float (&x)[K / 8][4],
-                                         const uint16_t *Yt)
+                                         const uint16_t *Y)
 {
 #pragma unroll
     for (int kk = 0; kk < K / 16; kk++) {
         uint32_t a[4];
         acc_to_a(a, x, kk);
 #pragma unroll
-        for (int j = 0; j < DP / 8; j++) {
-            uint32_t b[2];
-            frag_b(b, Yt, K + 8, 8 * j, 16 * kk);
-            mma_bf16(acc[j], a, b);
+        for (int j = 0; j < DP / 8; j += 2) {
+            uint32_t b[2][2];
+            frag_b2_kn(b, Y, DP + 8, 8 * j, 16 * kk);
+            mma_bf16(acc[j], a, b[0]);
+            mma_bf16(acc[j + 1], a, b[1]);
         }
     }
 }
@@ -191,19 +196,17 @@ __device__ static inline bool key_tile(unsigned char *s_kv, const int64_t (*s_lo
 template <int DP> static size_t fwd16_smem()
 {
     constexpr int BK = 64;
-    return (size_t)(MMA_ROWS * (DP + 8) + BK * (DP + 8) + DP * (BK + 8)) * sizeof(uint16_t);
+    return (size_t)(MMA_ROWS + 2 * BK) * (DP + 8) * sizeof(uint16_t);
 }
 template <int DP> static size_t kv16_smem()
 {
     constexpr int BQ = loop_tile<DP>();
-    return (size_t)(2 * MMA_ROWS * (DP + 8) + 2 * BQ * (DP + 8) + 2 * DP * (BQ + 8)) *
-           sizeof(uint16_t);
+    return (size_t)(2 * MMA_ROWS + 2 * BQ) * (DP + 8) * sizeof(uint16_t);
 }
 template <int DP> static size_t q16_smem()
 {
     constexpr int BK = loop_tile<DP>();
-    return (size_t)(2 * MMA_ROWS * (DP + 8) + 2 * BK * (DP + 8) + DP * (BK + 8)) *
-           sizeof(uint16_t);
+    return (size_t)(2 * MMA_ROWS + 2 * BK) * (DP + 8) * sizeof(uint16_t);
 }
 
 /* -------------------------------------------------------------- forward */
@@ -216,7 +219,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
 {
     constexpr int BQ = MMA_ROWS, BK = 64, LD = DP + 8, NT = BK / 8, DT = DP / 8;
     extern __shared__ __align__(128) float smem[];
-    uint16_t *Qs = (uint16_t *)smem, *Ks = Qs + BQ * LD, *Vt = Ks + BK * LD;
+    uint16_t *Qs = (uint16_t *)smem, *Ks = Qs + BQ * LD, *Vs = Ks + BK * LD;
     __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
@@ -226,7 +229,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     const float *qb = q + (n * a.Tq * a.Hq + h) * D;
     const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
-    load_tile<BQ, DP>(Qs, NULL, qb, i0, a.Tq - i0, qs, D);
+    load_tile<BQ, DP>(Qs, qb, i0, a.Tq - i0, qs, D);
     if (tid < BQ)
         row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
     __syncthreads();
@@ -244,8 +247,8 @@ __global__ static void __launch_bounds__(MMA_THREADS)
         const int need = tid < BQ && spans_meet(s_lo[tid], s_hi[tid], k0, k0 + BK);
         if (!__syncthreads_or(need))
             continue;
-        load_tile<BK, DP>(Ks, NULL, kb, k0, a.Tk - k0, ks, D);
-        load_tile<BK, DP>(NULL, Vt, vb, k0, a.Tk - k0, ks, D);
+        load_tile<BK, DP>(Ks, kb, k0, a.Tk - k0, ks, D);
+        load_tile<BK, DP>(Vs, vb, k0, a.Tk - k0, ks, D);
         const bool full = key_tile<BQ, BK>(s_kv, s_lo, s_hi, a, n, k0);
         float s[NT][4];
 #pragma unroll
@@ -254,10 +257,11 @@ __global__ static void __launch_bounds__(MMA_THREADS)
 #pragma unroll
         for (int kk = 0; kk < DP / 16; kk++)
 #pragma unroll
-            for (int j = 0; j < NT; j++) {
-                uint32_t b[2];
-                frag_b(b, Ks, LD, 8 * j, 16 * kk);
-                mma_bf16(s[j], qa[kk], b);
+            for (int j = 0; j < NT; j += 2) {
+                uint32_t b[2][2];
+                frag_b2(b, Ks, LD, 8 * j, 16 * kk);
+                mma_bf16(s[j], qa[kk], b[0]);
+                mma_bf16(s[j + 1], qa[kk], b[1]);
             }
         /* Scores in base 2, -inf where hidden. */
         const float sl2 = a.scale * LOG2E;
@@ -309,8 +313,8 @@ __global__ static void __launch_bounds__(MMA_THREADS)
 #pragma unroll
             for (int e = 0; e < 4; e++)
                 o[j][e] *= alpha[e / 2];
-        mm_acc_b16<BK, DP>(o, s, Vt);
-        __syncthreads(); /* Ks, Vt are overwritten by the next tile */
+        mm_acc_b16<BK, DP>(o, s, Vs);
+        __syncthreads(); /* Ks, Vs are overwritten by the next tile */
     }
 
 #pragma unroll
@@ -344,11 +348,9 @@ __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
     float *dk, float *dv, float *pk, float *pv, const float *dout, const float *q, const float *k,
     const float *v, const float *lse, const float *Dv, fa_args a, int64_t ktiles)
 {
-    constexpr int BK = MMA_ROWS, BQ = loop_tile<DP>(), LD = DP + 8, LQ = BQ + 8;
-    constexpr int NT = BQ / 8, DT = DP / 8;
+    constexpr int BK = MMA_ROWS, BQ = loop_tile<DP>(), LD = DP + 8, NT = BQ / 8, DT = DP / 8;
     extern __shared__ __align__(128) float smem[];
     uint16_t *Ks = (uint16_t *)smem, *Vs = Ks + BK * LD, *Qs = Vs + BK * LD, *dOs = Qs + BQ * LD;
-    uint16_t *Qt = dOs + BQ * LD, *dOt = Qt + DP * LQ;
     __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
     __shared__ float s_lse[BQ], s_D[BQ];
     __shared__ unsigned char s_kv[BK];
@@ -359,8 +361,8 @@ __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
     const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
     const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
-    load_tile<BK, DP>(Ks, NULL, kb, j0, a.Tk - j0, ks, D);
-    load_tile<BK, DP>(Vs, NULL, vb, j0, a.Tk - j0, ks, D);
+    load_tile<BK, DP>(Ks, kb, j0, a.Tk - j0, ks, D);
+    load_tile<BK, DP>(Vs, vb, j0, a.Tk - j0, ks, D);
     const bool ok = tid < BK && key_ok(a, n, j0 + tid);
     if (tid < BK)
         s_kv[tid] = ok;
@@ -384,8 +386,8 @@ __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
         }
         if (!__syncthreads_or(need))
             continue;
-        load_tile<BQ, DP>(Qs, Qt, qb, i0, a.Tq - i0, qs, D);
-        load_tile<BQ, DP>(dOs, dOt, ob, i0, a.Tq - i0, qs, D);
+        load_tile<BQ, DP>(Qs, qb, i0, a.Tq - i0, qs, D);
+        load_tile<BQ, DP>(dOs, ob, i0, a.Tq - i0, qs, D);
         if (tid < BQ) {
             const int64_t gi = i0 + tid;
             s_lse[tid] = gi < a.Tq ? lb[gi] * LOG2E : INFINITY; /* base 2 */
@@ -415,8 +417,8 @@ __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
                 st[j][e] = p;
                 dpt[j][e] = p * (dpt[j][e] - s_D[c]);
             }
-        mm_acc_b16<BQ, DP>(adv, st, dOt);  /* dV += P^T dO */
-        mm_acc_b16<BQ, DP>(adk, dpt, Qt);  /* dK += dS^T Q (scaled at the end) */
+        mm_acc_b16<BQ, DP>(adv, st, dOs);  /* dV += P^T dO */
+        mm_acc_b16<BQ, DP>(adk, dpt, Qs);  /* dK += dS^T Q (scaled at the end) */
         __syncthreads(); /* the tiles are overwritten by the next query tile */
     }
 
@@ -449,7 +451,6 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     constexpr int BQ = MMA_ROWS, BK = loop_tile<DP>(), LD = DP + 8, NT = BK / 8, DT = DP / 8;
     extern __shared__ __align__(128) float smem[];
     uint16_t *Qs = (uint16_t *)smem, *dOs = Qs + BQ * LD, *Ks = dOs + BQ * LD, *Vs = Ks + BK * LD;
-    uint16_t *Kt = Vs + BK * LD;
     __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
@@ -459,8 +460,8 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     const float *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
     const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
-    load_tile<BQ, DP>(Qs, NULL, qb, i0, a.Tq - i0, qs, D);
-    load_tile<BQ, DP>(dOs, NULL, ob, i0, a.Tq - i0, qs, D);
+    load_tile<BQ, DP>(Qs, qb, i0, a.Tq - i0, qs, D);
+    load_tile<BQ, DP>(dOs, ob, i0, a.Tq - i0, qs, D);
     if (tid < BQ)
         row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
     float L[2], Di[2], acc[DT][4];
@@ -479,8 +480,8 @@ __global__ static void __launch_bounds__(MMA_THREADS)
         const int need = tid < BQ && spans_meet(s_lo[tid], s_hi[tid], k0, k0 + BK);
         if (!__syncthreads_or(need))
             continue;
-        load_tile<BK, DP>(Ks, Kt, kb, k0, a.Tk - k0, ks, D);
-        load_tile<BK, DP>(Vs, NULL, vb, k0, a.Tk - k0, ks, D);
+        load_tile<BK, DP>(Ks, kb, k0, a.Tk - k0, ks, D);
+        load_tile<BK, DP>(Vs, vb, k0, a.Tk - k0, ks, D);
         const bool full = key_tile<BQ, BK>(s_kv, s_lo, s_hi, a, n, k0);
         float s[NT][4], dp[NT][4];
         mm_abt16<BK, DP>(s, Qs, Ks, w);
@@ -495,7 +496,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
                 const float p = vis ? exp2f(fmaf(s[j][e], a.scale * LOG2E, -L[x])) : 0.0f;
                 s[j][e] = p * (dp[j][e] - Di[x]); /* dS */
             }
-        mm_acc_b16<BK, DP>(acc, s, Kt); /* dQ += dS K (scaled at the end) */
+        mm_acc_b16<BK, DP>(acc, s, Ks); /* dQ += dS K (scaled at the end) */
         __syncthreads();
     }
 

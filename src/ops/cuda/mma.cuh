@@ -45,4 +45,32 @@ __device__ static inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4],
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+/* ldmatrix (PTX ISA, "Warp-level matrix load instruction: ldmatrix"): four
+ * 8 x 8 matrices of 16-bit values from shared memory in one instruction.
+ * Lanes 8 j .. 8 j + 7 give the addresses of rows 0 .. 7 of matrix M_j (8
+ * values, 16 bytes, 16-byte aligned); lane l receives in r[j], with
+ * g = l / 4, t = l % 4, the lower index in the low half:
+ *   ldsm_x4        M_j[g][2t], M_j[g][2t+1]    (as stored)
+ *   ldsm_x4_trans  M_j[2t][g], M_j[2t+1][g]    (transposed)
+ * which are the fragments mma_bf16 takes: a warp loads A or two B operands
+ * with one instruction instead of four or eight 32-bit loads, and a B
+ * operand stored with k along the rows needs no transposed copy. Every lane
+ * must call (.sync.aligned). Like CUTLASS's, the asm is volatile without a
+ * memory clobber: the __syncthreads that publish a tile order it. */
+__device__ static inline void ldsm_x4(uint32_t (&r)[4], const uint16_t *row)
+{
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+__device__ static inline void ldsm_x4_trans(uint32_t (&r)[4], const uint16_t *row)
+{
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
 #endif
