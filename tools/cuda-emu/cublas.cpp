@@ -117,6 +117,14 @@ cublasStatus_t gemm(cublasHandle_t h, const char *fn, cublasOperation_t ta, cubl
     cublasStatus_t s = check(fn, ta, tb, m, n, k, A, at, lda, B, bt, ldb, C, ct, ldc);
     if (s != CUBLAS_STATUS_SUCCESS || m == 0 || n == 0)
         return s;
+    char kind[120];
+    snprintf(kind, sizeof kind, "%s %s%s %c%c m %d n %d k %d (FLOPs)", fn,
+             at == CUDA_R_16BF                          ? "bf16"
+             : h->math == CUBLAS_TF32_TENSOR_OP_MATH ? "tf32"
+                                                       : "f32",
+             ct == CUDA_R_16BF ? "->bf16" : "",
+             ta == CUBLAS_OP_N ? 'N' : 'T', tb == CUBLAS_OP_N ? 'N' : 'T', m, n, k);
+    emu_trace(kind, 2.0 * m * n * k);
     emu_device_open();
     const bool r32 = h->math == CUBLAS_TF32_TENSOR_OP_MATH && at == CUDA_R_32F;
     const int ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;

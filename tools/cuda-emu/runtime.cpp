@@ -12,10 +12,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "cuda_runtime.h"
 
@@ -204,6 +207,10 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
                 (int)kind, bytes, sd ? "device" : "host", dd ? "device" : "host");
         return fail(cudaErrorInvalidMemcpyDirection);
     }
+    emu_trace(sd && dd ? "copy device to device (bytes)" : sd ? "copy device to host (bytes)"
+              : dd        ? "copy host to device (bytes)"
+                          : "copy host to host (bytes)",
+              (double)bytes);
     emu_device_open();
     memmove(dst, src, bytes);
     emu_device_close();
@@ -222,13 +229,18 @@ cudaError_t cudaMemset(void *p, int value, size_t bytes)
         fprintf(stderr, "cuda-emu: cudaMemset of %zu bytes of host memory\n", bytes);
         return fail(cudaErrorInvalidValue);
     }
+    emu_trace("memset (bytes)", (double)bytes);
     emu_device_open();
     memset(p, value, bytes);
     emu_device_close();
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void)
+{
+    emu_trace("host waits for the device (cudaDeviceSynchronize)", 0);
+    return cudaSuccess;
+}
 
 cudaError_t cudaGetLastError(void)
 {
@@ -298,9 +310,46 @@ cudaError_t emu_func_set_attribute(const void *kernel, cudaFuncAttribute attr, i
     return cudaSuccess;
 }
 
-void emu_grid(const void *kernel, dim3 grid, dim3 block, size_t bytes,
+namespace {
+struct trace_row { long calls; double units; };
+std::map<std::string, trace_row> *trace_rows;
+
+void trace_print()
+{
+    std::vector<std::pair<std::string, trace_row>> v(trace_rows->begin(), trace_rows->end());
+    std::sort(v.begin(), v.end(), [](const auto &x, const auto &y) {
+        return x.second.calls != y.second.calls ? x.second.calls > y.second.calls : x.first < y.first;
+    });
+    long calls = 0;
+    for (auto &r : v) calls += r.first.compare(0, 4, "copy") ? r.second.calls : 0;
+    fprintf(stderr, "cuda-emu trace: %ld kernel launches and products\n", calls);
+    for (auto &r : v)
+        fprintf(stderr, "  %8ld  %-60s %12.4g\n", r.second.calls, r.first.c_str(), r.second.units);
+}
+} // namespace
+
+void emu_trace(const char *kind, double units)
+{
+    static const bool on = [] {
+        const char *e = getenv("CUDA_EMU_TRACE");
+        return e && *e && strcmp(e, "0") != 0;
+    }();
+    if (!on)
+        return;
+    std::lock_guard<std::mutex> g(mu);
+    if (!trace_rows) {
+        trace_rows = new std::map<std::string, trace_row>;
+        atexit(trace_print);
+    }
+    trace_row &r = (*trace_rows)[kind];
+    r.calls++;
+    r.units += units;
+}
+
+void emu_grid(const void *kernel, const char *name, dim3 grid, dim3 block, size_t bytes,
               const std::function<void()> &fn)
 {
+    emu_trace(name, (double)grid.x * grid.y * grid.z);
     const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
     size_t limit = SMEM_DEFAULT;
     {

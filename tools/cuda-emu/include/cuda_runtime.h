@@ -104,17 +104,23 @@ void emu_device_open();
 void emu_device_close();
 
 // kernel<<<grid, block, smem>>>(args) is rewritten (tools/cuda-emu/cxx) as
-// emu_launch(grid, block, smem).run(kernel)(args): a launch error sets the
-// runtime's last error, as on the GPU, and runs nothing.
-void emu_grid(const void *kernel, dim3 grid, dim3 block, size_t smem,
+// emu_launch(grid, block, smem).run(kernel, "kernel")(args): a launch error
+// sets the runtime's last error, as on the GPU, and runs nothing.
+void emu_grid(const void *kernel, const char *name, dim3 grid, dim3 block, size_t smem,
               const std::function<void()> &fn);
 struct emu_launch {
     dim3 g, b;
     size_t s;
     emu_launch(dim3 g_, dim3 b_, size_t s_ = 0, cudaStream_t = 0) : g(g_), b(b_), s(s_) {}
-    template <class K> auto run(K k) const
+    template <class K> auto run(K k, const char *name) const
     {
         const emu_launch l = *this;
-        return [k, l](auto... a) { emu_grid((const void *)k, l.g, l.b, l.s, [&] { k(a...); }); };
+        return [k, l, name](auto... a) {
+            emu_grid((const void *)k, name, l.g, l.b, l.s, [&] { k(a...); });
+        };
     }
 };
+// CUDA_EMU_TRACE=1: what the device was asked to do, counted by kind
+// (kernel name, cuBLAS product shape, copy direction) and printed to stderr
+// at exit: calls, and per call the blocks, FLOPs or bytes (`units`).
+void emu_trace(const char *kind, double units);
