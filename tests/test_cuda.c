@@ -2931,6 +2931,92 @@ START_TEST(adamw_device_store_matches_cpu)
 }
 END_TEST
 
+/* dvl_adamw_step on a device store launches once for all parameters
+ * (dvl_cuda_adamw_multi); the same steps as one dvl_cuda_adamw launch per
+ * parameter part, the loop it replaces, written out here, must give the
+ * same bits in weights and moments. A ZeRO-1 shard that cuts two
+ * parameters (one of them 3 pieces long), a frozen one between them, an lr
+ * group without decay, a clip factor, and a group change after step 2 (the
+ * tables are made again). */
+START_TEST(adamw_one_launch_equals_per_parameter)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    dvl_err err = {0, ""};
+    dvl_params *pc = dvl_params_new();
+    int64_t s2[2] = {33, 129}, s1[1] = {7}, s3[2] = {13, 5}, sb[2] = {3, 3001};
+    ck_assert_ptr_nonnull(dvl_params_add(pc, "w", 2, s2, true, &err));
+    ck_assert_ptr_nonnull(dvl_params_add(pc, "frozen", 2, s3, false, &err));
+    ck_assert_ptr_nonnull(dvl_params_add(pc, "norm", 1, s1, true, &err));
+    ck_assert_ptr_nonnull(dvl_params_add(pc, "vis.w", 2, s3, true, &err));
+    ck_assert_ptr_nonnull(dvl_params_add(pc, "big", 2, sb, true, &err));
+    ck_assert_int_eq(dvl_params_alloc(pc, &err), DVL_OK);
+    float *init = host_randn(pc->numel, 62, 1.0f);
+    memcpy(pc->data, init, (size_t)pc->numel * sizeof(float));
+    dvl_params *pa = dvl_params_to_device(pc, DVL_CUDA, &err);
+    dvl_params *pb = dvl_params_to_device(pc, DVL_CUDA, &err);
+    ck_assert_msg(pa && pb, "%s", err.msg);
+    const int64_t ng = pc->numel_grad, lo = 100, hi = ng - 50;
+    dvl_adamw *o = dvl_adamw_new_shard(pa, lo, hi, 0.9f, 0.95f, 1e-8f, 0.1f, &err);
+    dvl_adamw *r = dvl_adamw_new_shard(pb, lo, hi, 0.9f, 0.95f, 1e-8f, 0.1f, &err);
+    ck_assert_msg(o && r, "%s", err.msg);
+    ck_assert_int_eq(dvl_adamw_set_group(o, "vis.", 0.5f, false), 1);
+    ck_assert_int_eq(dvl_adamw_set_group(r, "vis.", 0.5f, false), 1);
+    for (int t = 1; t <= 3; t++) {
+        if (t == 3) {
+            ck_assert_int_eq(dvl_adamw_set_group(o, "norm", 2.0f, true), 1);
+            ck_assert_int_eq(dvl_adamw_set_group(r, "norm", 2.0f, true), 1);
+        }
+        float *g = host_randn(ng, 80 + (uint64_t)t, 0.05f);
+        ck_assert_int_eq(dvl_cuda_memcpy_h2d(pa->grad, g, (size_t)ng * sizeof(float), &err),
+                         DVL_OK);
+        ck_assert_int_eq(dvl_cuda_memcpy_h2d(pb->grad, g, (size_t)ng * sizeof(float), &err),
+                         DVL_OK);
+        const float lr = 1e-2f, gscale = t == 2 ? 0.5f : 1.0f;
+        dvl_adamw_step(o, lr, gscale);
+        ck_assert_msg(o->tables != NULL, "the one-launch step fell back to per-parameter launches");
+        r->step++;
+        for (int i = 0; i < pb->n; i++) { /* adamw.c's per-parameter loop */
+            const int64_t off = pb->grad_off[i];
+            if (off < 0)
+                continue;
+            const int64_t end = off + dvl_numel(pb->t[i]);
+            const int64_t a = off > lo ? off : lo, b = end < hi ? end : hi;
+            if (a >= b)
+                continue;
+            dvl_cuda_adamw(dvl_f32(pb->t[i]) + (a - off), pb->grad + a, gscale, r->m + (a - lo),
+                           r->v + (a - lo), b - a, lr * r->lr_mult[i], r->beta1, r->beta2, r->eps,
+                           r->decay[i] ? r->weight_decay : 0.0f, r->step);
+        }
+        free(g);
+    }
+    const size_t nb = (size_t)pc->numel * sizeof(float), mb = (size_t)(hi - lo) * sizeof(float);
+    float *ha = malloc(nb), *hb = malloc(nb), *ma = malloc(mb), *mr = malloc(mb);
+    ck_assert(ha && hb && ma && mr);
+    ck_assert_int_eq(dvl_params_data_to_host(pa, ha, &err), DVL_OK);
+    ck_assert_int_eq(dvl_params_data_to_host(pb, hb, &err), DVL_OK);
+    ck_assert_mem_eq(ha, hb, nb);
+    for (int k = 0; k < 2; k++) {
+        ck_assert_int_eq(dvl_cuda_memcpy_d2h(ma, k ? o->v : o->m, mb, &err), DVL_OK);
+        ck_assert_int_eq(dvl_cuda_memcpy_d2h(mr, k ? r->v : r->m, mb, &err), DVL_OK);
+        ck_assert_mem_eq(ma, mr, mb);
+    }
+    /* Not vacuous: w moved inside the shard and not before it; big's
+     * elements past the shard did not move. */
+    ck_assert_msg(ha[lo] != init[lo] && ha[lo - 1] == init[lo - 1], "w[%d]: %g -> %g", (int)lo,
+                  (double)init[lo], (double)ha[lo]);
+    const int64_t last = pc->numel - 1;
+    ck_assert(ha[last] == init[last] && ha[last - 60] != init[last - 60]);
+    dvl_adamw_free(o), dvl_adamw_free(r);
+    dvl_params_free(pa), dvl_params_free(pb), dvl_params_free(pc);
+    free(init), free(ha), free(hb), free(ma), free(mr);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
 
 /* SigLIP's patch extraction on the device against the layout written out
  * here (exact: a gather), on an image side that is not a multiple of the
@@ -3543,6 +3629,7 @@ static Suite *suite(void)
     tcase_add_test(tc, bf16_copies_of_all_weights_follow_updates);
     tcase_add_test(tc, swiglu_mlp_bf16_activations);
     tcase_add_test(tc, adamw_device_store_matches_cpu);
+    tcase_add_test(tc, adamw_one_launch_equals_per_parameter);
     tcase_add_test(tc, siglip_on_device_matches_cpu);
     tcase_add_test(tc, params_move_round_trip);
     tcase_add_test(tc, staged_uploads_survive_source_reuse);

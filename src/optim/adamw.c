@@ -1,6 +1,7 @@
 #include "optim/adamw.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -120,10 +121,36 @@ size_t dvl_adamw_state_bytes(const dvl_adamw *o)
     return 2 * (size_t)(o->hi - o->lo) * sizeof(float);
 }
 
+#ifdef DVL_HAVE_CUDA
+/* What the one-launch step's tables were made from, and the tables. */
+struct adamw_tables {
+    float *lr_mult; /* p->n */
+    bool *decay;
+    const float *data, *grad, *m, *v;
+    dvl_cuda_adamw_seg *segs;       /* device */
+    dvl_cuda_adamw_piece *pieces;   /* device */
+    int64_t npieces;
+};
+
+static void tables_free(struct adamw_tables *t)
+{
+    if (!t)
+        return;
+    free(t->lr_mult);
+    free(t->decay);
+    dvl_cuda_free(t->segs);
+    dvl_cuda_free(t->pieces);
+    free(t);
+}
+#endif
+
 void dvl_adamw_free(dvl_adamw *o)
 {
     if (!o)
         return;
+#ifdef DVL_HAVE_CUDA
+    tables_free(o->tables);
+#endif
     const bool dev = o->p && on_device(o->p);
     moments_free(o->m, dev);
     moments_free(o->v, dev);
@@ -183,6 +210,69 @@ static bool in_range(const dvl_adamw *o, int i, int64_t *a, int64_t *b)
     return *a < *b;
 }
 
+#ifdef DVL_HAVE_CUDA
+static bool tables_current(const dvl_adamw *o)
+{
+    const struct adamw_tables *t = o->tables;
+    const dvl_params *p = o->p;
+    return t && t->data == p->data && t->grad == p->grad && t->m == o->m && t->v == o->v &&
+           memcmp(t->lr_mult, o->lr_mult, (size_t)p->n * sizeof(float)) == 0 &&
+           memcmp(t->decay, o->decay, (size_t)p->n * sizeof(bool)) == 0;
+}
+
+/* The segments (one per parameter part in range, as the per-parameter loop
+ * below cuts them) and pieces of dvl_cuda_adamw_multi, copied to the device
+ * (a synchronous copy: at the first step, and after a group changes). NULL
+ * when memory is short: the step then launches per parameter. */
+static struct adamw_tables *tables_make(const dvl_adamw *o)
+{
+    const dvl_params *p = o->p;
+    struct adamw_tables *t = calloc(1, sizeof *t);
+    dvl_cuda_adamw_seg *segs = malloc((size_t)(p->n ? p->n : 1) * sizeof *segs);
+    dvl_cuda_adamw_piece *pieces = NULL;
+    int64_t nseg = 0, npieces = 0;
+    dvl_err e = {0, ""};
+    if (!t || !segs)
+        goto fail;
+    for (int i = 0; i < p->n; i++) {
+        int64_t a, b;
+        if (!in_range(o, i, &a, &b))
+            continue;
+        const int64_t off = p->grad_off[i];
+        segs[nseg++] = (dvl_cuda_adamw_seg){
+            .p = dvl_f32(p->t[i]) + (a - off), .m = o->m + (a - o->lo), .v = o->v + (a - o->lo),
+            .g = p->grad + a, .n = b - a, .lr_mult = o->lr_mult[i],
+            .wd = o->decay[i] ? o->weight_decay : 0.0f};
+        npieces += (b - a + DVL_CUDA_ADAMW_PIECE - 1) / DVL_CUDA_ADAMW_PIECE;
+    }
+    if (npieces > INT32_MAX || !(pieces = malloc((size_t)(npieces ? npieces : 1) * sizeof *pieces)))
+        goto fail;
+    for (int64_t s = 0, k = 0; s < nseg; s++)
+        for (int64_t start = 0; start < segs[s].n; start += DVL_CUDA_ADAMW_PIECE)
+            pieces[k++] = (dvl_cuda_adamw_piece){s, start};
+    t->lr_mult = malloc((size_t)(p->n ? p->n : 1) * sizeof(float));
+    t->decay = malloc((size_t)(p->n ? p->n : 1) * sizeof(bool));
+    if (!t->lr_mult || !t->decay ||
+        !(t->segs = dvl_cuda_malloc((size_t)(nseg ? nseg : 1) * sizeof *segs, &e)) ||
+        !(t->pieces = dvl_cuda_malloc((size_t)(npieces ? npieces : 1) * sizeof *pieces, &e)) ||
+        dvl_cuda_memcpy_h2d(t->segs, segs, (size_t)nseg * sizeof *segs, &e) ||
+        dvl_cuda_memcpy_h2d(t->pieces, pieces, (size_t)npieces * sizeof *pieces, &e))
+        goto fail;
+    memcpy(t->lr_mult, o->lr_mult, (size_t)p->n * sizeof(float));
+    memcpy(t->decay, o->decay, (size_t)p->n * sizeof(bool));
+    t->data = p->data, t->grad = p->grad, t->m = o->m, t->v = o->v;
+    t->npieces = npieces;
+    free(segs);
+    free(pieces);
+    return t;
+fail:
+    tables_free(t);
+    free(segs);
+    free(pieces);
+    return NULL;
+}
+#endif
+
 void dvl_adamw_step(dvl_adamw *o, float lr, float gscale)
 {
     dvl_params *p = o->p;
@@ -195,8 +285,19 @@ void dvl_adamw_step(dvl_adamw *o, float lr, float gscale)
      * sit between trainable ones in p->data only). */
 #ifdef DVL_HAVE_CUDA
     if (on_device(p)) {
-        /* wd 0 for the undecayed parameters, the kernel asynchronous on the
+        /* One launch for every parameter (kernels.cu: adamw_multi_k), the
+         * per-parameter launches below only if its tables cannot be made.
+         * wd 0 for the undecayed parameters, the kernels asynchronous on the
          * default stream like the ops that produced p->grad. */
+        if (!tables_current(o)) {
+            tables_free(o->tables);
+            o->tables = tables_make(o);
+        }
+        if (o->tables) {
+            dvl_cuda_adamw_multi(o->tables->segs, o->tables->pieces, o->tables->npieces, gscale,
+                                 lr, o->beta1, o->beta2, o->eps, o->step);
+            return;
+        }
         for (int i = 0; i < p->n; i++) {
             int64_t a, b;
             if (!in_range(o, i, &a, &b))

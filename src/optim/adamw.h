@@ -33,6 +33,10 @@ typedef struct dvl_adamw {
     float *m, *v; /* hi - lo floats each: m[j - lo] belongs to p->grad[j] */
     float *lr_mult; /* per parameter (p->n), 1 by default */
     bool *decay;    /* per parameter, true for tensors of 2+ dims by default */
+    /* Device store: the tables of the one-launch step (dvl_cuda_adamw_multi),
+     * in device memory, made at the first step and again whenever what they
+     * were made from (the groups, the buffers' addresses) has changed. */
+    struct adamw_tables *tables;
 } dvl_adamw;
 
 /* Moments for the trainable parameters of an allocated store. */

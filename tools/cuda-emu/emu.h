@@ -44,10 +44,13 @@ template <class T> static inline T emu_shfl(unsigned mask, T v, int o)
 #define __fmul_rn(a, b) ((a) * (b))
 #define __fadd_rn(a, b) ((a) + (b))
 #define __fsub_rn(a, b) ((a) - (b))
+#define __dmul_rn(a, b) ((double)(a) * (double)(b))
 struct float4 { float x, y, z, w; };
 struct uint2 { uint32_t x, y; };
+struct uint4 { uint32_t x, y, z, w; };
 static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 static inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
+static inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
 // Run fn as `threads` fibers for one block.
 void emu_run_block(unsigned block, unsigned threads, const std::function<void()> &fn);
 // The same for block index `block` of a grid of blocks of `dim` threads

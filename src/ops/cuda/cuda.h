@@ -196,6 +196,28 @@ void dvl_cuda_swiglu_bwd_bf16(uint16_t *dgu, const uint16_t *da, const uint16_t 
 void dvl_cuda_adamw(float *p, const float *g, float gscale, float *m, float *v, int64_t n,
                     float lr, float beta1, float beta2, float eps, float wd, int64_t step);
 
+/* The same step for many parameters in one launch (dvl_adamw_step on a
+ * device store: one kernel a step instead of one a parameter tensor). A
+ * segment is a run of elements with its own lr multiplier and weight decay;
+ * the grid is a table of pieces of DVL_CUDA_ADAMW_PIECE elements, one per
+ * block, none crossing a segment's end. Both tables live in device memory
+ * (dvl_cuda_malloc, dvl_cuda_memcpy_h2d). Element for element the maths and
+ * the rounding of dvl_cuda_adamw with lr = lr * lr_mult, wd = the
+ * segment's: the same bits. */
+#define DVL_CUDA_ADAMW_PIECE 4096
+typedef struct dvl_cuda_adamw_seg {
+    float *p, *m, *v;
+    const float *g;
+    int64_t n;
+    float lr_mult, wd;
+} dvl_cuda_adamw_seg;
+typedef struct dvl_cuda_adamw_piece {
+    int64_t seg, start; /* elements [start, start + PIECE) of segs[seg], cut at its n */
+} dvl_cuda_adamw_piece;
+void dvl_cuda_adamw_multi(const dvl_cuda_adamw_seg *segs, const dvl_cuda_adamw_piece *pieces,
+                          int64_t npieces, float gscale, float lr, float beta1, float beta2,
+                          float eps, int64_t step);
+
 /* Sum of squares of x [n] in double, deterministic (dvl_grad_norm on a
  * device store): x is cut into dvl_cuda_sumsq_parts(n) contiguous ranges of
  * equal size (the last shorter), one block each; a block's threads sum their

@@ -309,20 +309,28 @@ extern "C" void dvl_cuda_swiglu_bwd_bf16(uint16_t *dgu, const uint16_t *da, cons
  *   denom = sqrt(v) / sqrt(bc2) + eps
  *   p -= (lr / bc1) * m / denom
  * with bc1 = 1 - beta1^t and bc2 = 1 - beta2^t computed once on the host. */
+/* Element i of the update. Both AdamW kernels inline this one function, so
+ * the device compiler contracts the same expressions into the same fused
+ * multiply-adds in each: the two give the same bits. */
+__device__ static inline void adamw_elem(float *p, const float *g, float *m, float *v, int64_t i,
+                                         float gscale, float decay, float beta1, float beta2,
+                                         float eps, float step_size, float bc2_sqrt)
+{
+    const float gi = g[i] * gscale;
+    const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+    const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    const float denom = sqrtf(vi) / bc2_sqrt + eps;
+    p[i] = p[i] * decay - step_size * (mi / denom);
+}
+
 __global__ static void adamw_k(float *p, const float *g, float *m, float *v, int64_t n,
                                float gscale, float decay, float beta1, float beta2, float eps,
                                float step_size, float bc2_sqrt)
 {
     GRID_STRIDE(i, n)
-    {
-        const float gi = g[i] * gscale;
-        const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-        const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        const float denom = sqrtf(vi) / bc2_sqrt + eps;
-        p[i] = p[i] * decay - step_size * (mi / denom);
-    }
+    adamw_elem(p, g, m, v, i, gscale, decay, beta1, beta2, eps, step_size, bc2_sqrt);
 }
 
 extern "C" void dvl_cuda_adamw(float *p, const float *g, float gscale, float *m, float *v,
@@ -336,6 +344,40 @@ extern "C" void dvl_cuda_adamw(float *p, const float *g, float gscale, float *m,
     adamw_k<<<dvl_cu_blocks(n), DVL_CU_THREADS>>>(p, g, m, v, n, gscale, (float)(1.0 - (double)lr * wd),
                                                   beta1, beta2, eps, (float)(lr / bc1),
                                                   (float)sqrt(bc2));
+}
+
+/* One block a piece of one segment: adamw_elem with the segment's scalars,
+ * computed as dvl_cuda_adamw computes them on the host (the same correctly
+ * rounded double operations; __dmul_rn keeps 1 - lr wd from becoming a
+ * fused multiply-add, which the host does not do). */
+__global__ static void adamw_multi_k(const dvl_cuda_adamw_seg *segs,
+                                     const dvl_cuda_adamw_piece *pieces, float gscale, float lr,
+                                     float beta1, float beta2, float eps, double bc1,
+                                     float bc2_sqrt)
+{
+    const dvl_cuda_adamw_piece pc = pieces[blockIdx.x];
+    const dvl_cuda_adamw_seg sg = segs[pc.seg];
+    const float lr_s = lr * sg.lr_mult;
+    const float decay = (float)(1.0 - __dmul_rn((double)lr_s, (double)sg.wd));
+    const float step_size = (float)(lr_s / bc1);
+    const int64_t end = pc.start + DVL_CUDA_ADAMW_PIECE < sg.n ? pc.start + DVL_CUDA_ADAMW_PIECE
+                                                               : sg.n;
+    for (int64_t i = pc.start + threadIdx.x; i < end; i += blockDim.x)
+        adamw_elem(sg.p, sg.g, sg.m, sg.v, i, gscale, decay, beta1, beta2, eps, step_size,
+                   bc2_sqrt);
+}
+
+extern "C" void dvl_cuda_adamw_multi(const dvl_cuda_adamw_seg *segs,
+                                     const dvl_cuda_adamw_piece *pieces, int64_t npieces,
+                                     float gscale, float lr, float beta1, float beta2, float eps,
+                                     int64_t step)
+{
+    if (npieces <= 0)
+        return;
+    const double bc1 = 1.0 - pow((double)beta1, (double)step);
+    const double bc2 = 1.0 - pow((double)beta2, (double)step);
+    adamw_multi_k<<<(unsigned)npieces, DVL_CU_THREADS>>>(segs, pieces, gscale, lr, beta1, beta2,
+                                                         eps, bc1, (float)sqrt(bc2));
 }
 
 /* ------------------------------------------------------------------ sumsq */
