@@ -1827,8 +1827,9 @@ static void check_tiled_vs_ref(const char *name, int64_t N, int64_t Tq, int64_t 
     att_bufs t[2], r;
     for (int run = 0; run < 2; run++) {
         att_bufs_new(&t[run], hq, hk, hv, hdo, nq, nk, rows,
-                     dvl_cuda_attention_scratch(N, Tq, Tk, Hq, Hkv, D, true));
-        ck_assert_msg(dvl_cuda_attention_fwd(t[run].out, t[run].lse, NULL, t[run].q, t[run].k,
+                     dvl_cuda_attention_scratch(N, Tq, Tk, Hq, Hkv, D, true, math));
+        ck_assert_msg(dvl_cuda_attention_fwd(t[run].out, t[run].lse, t[run].scratch, t[run].q,
+                                             t[run].k,
                                              t[run].v, N, Tq, Tk, Hq, Hkv, D, (int)m->kind,
                                              m->block_size, m->half, m->q_offset, kv, scale,
                                              math, &err) == DVL_OK,
@@ -2130,12 +2131,13 @@ START_TEST(attention_timing_print)
         for (int tc = 0; tc < 3; tc++) { /* dvl_cuda_math: f32, TF32, bf16 */
             att_bufs b;
             att_bufs_new(&b, hq, hk, hv, hdo, nq, nk, HQ * T,
-                         dvl_cuda_attention_scratch(1, T, T, HQ, HKV, D, true));
+                         dvl_cuda_attention_scratch(1, T, T, HQ, HKV, D, true,
+                                                    (dvl_cuda_math)tc));
             double tf = 0, tb = 0;
             for (int it = 0; it < 6; it++) {
                 ck_assert_msg(dvl_cuda_sync("attention timing", &err) == DVL_OK, "%s", err.msg);
                 const double t0 = now_s();
-                ck_assert_msg(dvl_cuda_attention_fwd(b.out, b.lse, NULL, b.q, b.k, b.v, 1, T, T, HQ,
+                ck_assert_msg(dvl_cuda_attention_fwd(b.out, b.lse, b.scratch, b.q, b.k, b.v, 1, T, T, HQ,
                                                      HKV, D, (int)m->kind, m->block_size, m->half,
                                                      0, NULL, 0.125f, (dvl_cuda_math)tc,
                                                      &err) == DVL_OK,

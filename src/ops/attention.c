@@ -60,7 +60,8 @@ static void attention_backward(dvl_ctx *ctx, dvl_node *node)
 #ifdef DVL_HAVE_CUDA
     case DVL_CUDA: {
         /* p[2]: the device copy of key_valid (NULL without padding). */
-        const int64_t floats = dvl_cuda_attention_scratch(N, Tq, Tk, Hq, Hkv, D, true);
+        const int64_t floats =
+            dvl_cuda_attention_scratch(N, Tq, Tk, Hq, Hkv, D, true, dvl_dev_attention_math(ctx));
         float *scratch = floats ? dvl_alloc_dev(ctx, (size_t)floats * sizeof(float)) : NULL;
         if (floats && !scratch)
             return;
@@ -215,9 +216,11 @@ dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor
     }
 #ifdef DVL_HAVE_CUDA
     case DVL_CUDA: {
-        /* No scratch for the tiled kernel; [N, Hq, Tq, Tk] scores for the
-         * reference kernel that takes heads longer than it supports. */
-        const int64_t floats = dvl_cuda_attention_scratch(N, Tq, Tk, Hq, Hkv, D, false);
+        /* For the tiled kernels none, or bf16 copies of q, k, v in bf16
+         * math; [N, Hq, Tq, Tk] scores for the reference kernel that takes
+         * heads longer than it supports. */
+        const int64_t floats =
+            dvl_cuda_attention_scratch(N, Tq, Tk, Hq, Hkv, D, false, dvl_dev_attention_math(ctx));
         float *scratch = floats ? dvl_alloc_dev(ctx, (size_t)floats * sizeof(float)) : NULL;
         if (floats && !scratch)
             return NULL;

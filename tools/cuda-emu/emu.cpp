@@ -5,6 +5,7 @@ emu_dim3 threadIdx, blockIdx, blockDim, gridDim;
 float *emu_smem;
 long emu_or_true, emu_or_false;
 unsigned long emu_rounds;
+unsigned long emu_blocks;
 
 // Switching fibers: swapcontext saves and restores the signal mask, two
 // system calls a switch, over half the time of a run of the whole backend
@@ -111,6 +112,7 @@ void emu_run_block3(emu_dim3 block, emu_dim3 dim, const std::function<void()> &f
     fibers.resize(threads); // every field a block reads is set below or before use
     body = &fn;
     blockIdx = block; blockDim = dim;
+    emu_blocks++;
     for (unsigned t = 0; t < threads; t++) {
         fiber &f = fibers[t];
         f.stack = stacks[t];

@@ -17,6 +17,8 @@ static inline int emu_sync_or(int p) { return emu_barrier(2, p != 0, nullptr, nu
 // Barrier rounds the scheduler has completed: a number that every thread
 // leaving one barrier sees alike and no later barrier repeats.
 extern unsigned long emu_rounds;
+// Blocks the emulator has started: a number that names the running block.
+extern unsigned long emu_blocks;
 // Every lane of the warp hands in sz bytes (at most 64); each gets all 32
 // lanes' in lane order (all: 32 sz bytes). The warp-wide step of mma.sync.
 static inline void emu_warp_gather(const void *mine, void *all, size_t sz)

@@ -1,5 +1,5 @@
 // ops/cuda/mma.cuh for the emulator: bf16 rounding, widening, the m16n8k16 bf16
-// product and ldmatrix. Each emulated lane hands its fragments to a warp-wide rendezvous
+// product, ldmatrix and cp.async. Each emulated lane hands its fragments to a warp-wide rendezvous
 // (emu_warp_gather), rebuilds the warp's whole A [16 x 16] and B [16 x 8]
 // from them by the PTX ISA's fragment layout (written out again here from
 // the ISA's tables, not from mma.cuh), and computes its own four elements
@@ -7,6 +7,7 @@
 // a register gets a wrong product here as on the GPU.
 #pragma once
 #include "emu.h"
+#include <vector>
 
 static inline uint16_t bf16_bits(float x)
 {
@@ -102,3 +103,42 @@ static inline void emu_ldsm(uint32_t (&r)[4], const uint16_t *row, bool trans)
 
 static inline void ldsm_x4(uint32_t (&r)[4], const uint16_t *row) { emu_ldsm(r, row, false); }
 static inline void ldsm_x4_trans(uint32_t (&r)[4], const uint16_t *row) { emu_ldsm(r, row, true); }
+
+// cp.async: each emulated thread queues its copies; a commit closes them
+// into a group and cp_async_wait<N> carries out the oldest groups until N
+// are left. A copy nobody waits for never lands (on a GPU it lands at some
+// unknown time), so a tile read before its wait sees the NaN fill of shared
+// memory, or the previous tile. Queues belong to one block (emu_blocks).
+struct emu_cp { uint16_t *dst; const uint16_t *src; bool valid; };
+struct emu_cp_queue { unsigned long block; std::vector<emu_cp> open; std::vector<std::vector<emu_cp>> groups; };
+static inline emu_cp_queue &emu_cp_mine()
+{
+    static std::vector<emu_cp_queue> q(1024);
+    const unsigned t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    emu_cp_queue &m = q[t];
+    if (m.block != emu_blocks) m.block = emu_blocks, m.open.clear(), m.groups.clear();
+    return m;
+}
+static inline void cp_async16(uint16_t *smem, const uint16_t *gmem, bool valid)
+{
+    if ((uintptr_t)smem % 16 || (uintptr_t)gmem % 16) {
+        fprintf(stderr, "cp.async: %p <- %p is not 16-byte aligned\n", (void *)smem, (const void *)gmem);
+        abort();
+    }
+    emu_cp_mine().open.push_back({smem, gmem, valid});
+}
+static inline void cp_async_commit()
+{
+    emu_cp_queue &m = emu_cp_mine();
+    m.groups.push_back(m.open);
+    m.open.clear();
+}
+template <int N> static inline void cp_async_wait()
+{
+    emu_cp_queue &m = emu_cp_mine();
+    while (m.groups.size() > (size_t)N) {
+        for (const emu_cp &c : m.groups.front())
+            for (int i = 0; i < 8; i++) c.dst[i] = c.valid ? c.src[i] : 0;
+        m.groups.erase(m.groups.begin());
+    }
+}

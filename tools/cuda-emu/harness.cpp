@@ -119,19 +119,28 @@ static int run(const cfg &c, int mode)
     };
     auto go16 = [&](auto dpc) { // as attention.cu's launchers drive attention_bf16.cu
         constexpr int DP = decltype(dpc)::value;
+        // q, k, v, dO rounded to bf16 (attention.cu: round_b16); malloc'd,
+        // so ASan sees a read past them.
+        auto b16 = [](const float *x, size_t n) {
+            uint16_t *r = (uint16_t *)malloc(n * 2 + 2);
+            for (size_t i = 0; i < n; i++) r[i] = bf16_bits(x[i]);
+            return r;
+        };
+        uint16_t *bq = b16(dq_, q.size()), *bk = b16(dk_, k.size()), *bv = b16(dv_, v.size()), *bo = b16(ddO, dO.size());
         int64_t qt = (Tq + MMA_ROWS - 1) / MMA_ROWS, kt = (Tk + MMA_ROWS - 1) / MMA_ROWS;
-        launch(qt * Hq * N, fwd16_smem<DP>(), MMA_THREADS, [&] { fa16_fwd_k<DP>(out, lse, dq_, dk_, dv_, a, qt); });
+        launch(qt * Hq * N, fwd16_smem<DP>(), MMA_THREADS, [&] { fa16_fwd_k<DP>(out, lse, bq, bk, bv, a, qt); });
         int64_t rows = N * Hq * Tq;
         launch((rows + 7) / 8, 0, FA_THREADS, [&] { fa_dot_k(Dv, ddO, out, a); });
         const bool grouped = Hq != Hkv;
         std::vector<float> pk(grouped ? N * Tk * Hq * D : 0, NAN), pv(pk.size(), NAN);
-        launch(kt * Hq * N, kv16_smem<DP>(), MMA_THREADS, [&] { fa16_bwd_kv_k<DP>(gk, gv, grouped ? pk.data() : nullptr, grouped ? pv.data() : nullptr, ddO, dq_, dk_, dv_, lse, Dv, a, kt); });
+        launch(kt * Hq * N, kv16_smem<DP>(), MMA_THREADS, [&] { fa16_bwd_kv_k<DP>(gk, gv, grouped ? pk.data() : nullptr, grouped ? pv.data() : nullptr, bo, bq, bk, bv, lse, Dv, a, kt); });
         if (grouped) {
             const int64_t nb = (N * Tk * Hkv * D + FA_THREADS - 1) / FA_THREADS;
             launch(nb, 0, FA_THREADS, [&] { fa_kv_sum_k(gk, pk.data(), a); });
             launch(nb, 0, FA_THREADS, [&] { fa_kv_sum_k(gv, pv.data(), a); });
         }
-        launch(qt * Hq * N, q16_smem<DP>(), MMA_THREADS, [&] { fa16_bwd_q_k<DP>(gq, ddO, dq_, dk_, dv_, lse, Dv, a, qt); });
+        launch(qt * Hq * N, q16_smem<DP>(), MMA_THREADS, [&] { fa16_bwd_q_k<DP>(gq, bo, bq, bk, bv, lse, Dv, a, qt); });
+        free(bq); free(bk); free(bv); free(bo);
     };
     auto go_tc = [&](auto dpc) {
         if (mode == 2) go16(dpc);

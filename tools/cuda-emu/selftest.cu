@@ -9,6 +9,8 @@
 
 #include <cublas_v2.h>
 
+#include "ops/cuda/mma.cuh"
+
 static int failures;
 #define EXPECT(cond, what)                                                                        \
     do {                                                                                          \
@@ -36,6 +38,22 @@ __global__ static void shared_k(float *out)
     smem[t] = (float)(100 * threadIdx.y + threadIdx.x);
     __syncthreads();
     out[t] = smem[(t + 1) % (blockDim.x * blockDim.y)];
+}
+
+/* One warp: each lane copies 8 values by cp.async into shared memory,
+ * waits for them only if `wait`, then reads them back. */
+__global__ static void cp_async_k(uint16_t *out, const uint16_t *src, int wait)
+{
+    extern __shared__ __align__(128) float smem[];
+    uint16_t *s = (uint16_t *)smem;
+    const int t = threadIdx.x;
+    cp_async16(s + 8 * t, src + 8 * t, true);
+    cp_async_commit();
+    if (wait)
+        cp_async_wait<0>();
+    __syncthreads();
+    for (int i = 0; i < 8; i++)
+        out[8 * t + i] = s[8 * ((t + 1) % 32) + i];
 }
 
 /* Dies by SIGSEGV iff the host touching device memory faults. */
@@ -96,6 +114,23 @@ int main()
     cudaMemcpy(ho, o, sizeof ho, cudaMemcpyDeviceToHost);
     EXPECT(ho[0] == 1.0f && ho[2] == 100.0f && ho[5] == 0.0f,
            "threadIdx.x / .y of a 3 x 2 block and a barrier through shared memory");
+
+    /* cp.async: the data is there after the wait and a barrier, and not
+     * without the wait (the emulator lands a copy only at its wait). */
+    uint16_t hs[256], hr[256], *ds = nullptr, *dr = nullptr;
+    for (int i = 0; i < 256; i++)
+        hs[i] = (uint16_t)(i + 1);
+    cudaMalloc(&ds, sizeof hs);
+    cudaMalloc(&dr, sizeof hr);
+    cudaMemcpy(ds, hs, sizeof hs, cudaMemcpyHostToDevice);
+    cp_async_k<<<1, 32, sizeof hs>>>(dr, ds, 1);
+    cudaMemcpy(hr, dr, sizeof hr, cudaMemcpyDeviceToHost);
+    EXPECT(hr[0] == 9 && hr[255] == 8, "cp.async, waited for, then read by another thread");
+    cp_async_k<<<1, 32, sizeof hs>>>(dr, ds, 0);
+    cudaMemcpy(hr, dr, sizeof hr, cudaMemcpyDeviceToHost);
+    EXPECT(hr[0] != 9 && hr[255] != 8, "cp.async read without its wait does not see the data");
+    cudaFree(ds);
+    cudaFree(dr);
 
     /* cuBLAS: C = A B column-major, 2 x 2 x 3, then its refusals. */
     cublasHandle_t hb;

@@ -577,12 +577,41 @@ __global__ static void __launch_bounds__(FA_THREADS) fa_bwd_q_k(
 
 /* ------------------------------------------------------------ launchers */
 
+/* bf16 mode: q, k, v (and dout in backward) rounded to bf16 once per call,
+ * into scratch, for the kernels of ops/cuda/attention_bf16.cu; each copy
+ * 16-byte aligned. */
+struct fa_b16 {
+    const uint16_t *q, *k, *v, *dout;
+};
+
+/* Floats of scratch that hold n bf16 values, a multiple of 16 bytes. */
+static int64_t b16_floats(int64_t n) { return (n + 7) / 8 * 4; }
+
+static int64_t b16_scratch(const fa_args &a, bool backward)
+{
+    const int64_t nq = a.N * a.Tq * a.Hq * a.D, nk = a.N * a.Tk * a.Hkv * a.D;
+    return (backward ? 2 : 1) * b16_floats(nq) + 2 * b16_floats(nk);
+}
+
+static int round_b16(fa_b16 *b, float *at, const float *q, const float *k, const float *v,
+                     const float *dout, const fa_args &a, dvl_err *err)
+{
+    const int64_t nq = a.N * a.Tq * a.Hq * a.D, nk = a.N * a.Tk * a.Hkv * a.D;
+    uint16_t *bq = (uint16_t *)at, *bk = bq + 2 * b16_floats(nq), *bv = bk + 2 * b16_floats(nk);
+    uint16_t *bo = bv + 2 * b16_floats(nk);
+    int rc = DVL_OK;
+    if ((rc = dvl_cuda_to_bf16(bq, q, nq, err)) || (rc = dvl_cuda_to_bf16(bk, k, nk, err)) ||
+        (rc = dvl_cuda_to_bf16(bv, v, nk, err)) ||
+        (dout && (rc = dvl_cuda_to_bf16(bo, dout, nq, err))))
+        return rc;
+    b->q = bq, b->k = bk, b->v = bv, b->dout = dout ? bo : NULL;
+    return DVL_OK;
+}
+
 template <int DP>
 static int fwd_dp(dvl_cuda_math math, float *out, float *lse, const float *q, const float *k,
                   const float *v, const fa_args &a, dvl_err *err)
 {
-    if (math == DVL_MATH_BF16)
-        return fa_bf16_fwd(out, lse, q, k, v, a, err);
     const int64_t qtiles = fa_cdiv(a.Tq, FWD_BQ);
     if (math == DVL_MATH_TF32)
         return fa_launch(fa_fwd_k<DP, true>, qtiles * a.Hq * a.N, FA_THREADS,
@@ -598,10 +627,11 @@ static int fwd_dp(dvl_cuda_math math, float *out, float *lse, const float *q, co
 template <int DP>
 static int bwd_kv(dvl_cuda_math math, float *dk, float *dv, float *pk, float *pv,
                   const float *dout, const float *q, const float *k, const float *v,
-                  const float *lse, const float *Dv, const fa_args &a, dvl_err *err)
+                  const fa_b16 &b, const float *lse, const float *Dv, const fa_args &a,
+                  dvl_err *err)
 {
     if (math == DVL_MATH_BF16)
-        return fa_bf16_bwd_kv(dk, dv, pk, pv, dout, q, k, v, lse, Dv, a, err);
+        return fa_bf16_bwd_kv(dk, dv, pk, pv, b.dout, b.q, b.k, b.v, lse, Dv, a, err);
     const int64_t blocks = fa_cdiv(a.Tk, KV_BK) * a.Hq * a.N;
     if (math == DVL_MATH_TF32)
         return fa_launch(fa_bwd_kv_k<DP, true>, blocks, FA_THREADS, kv_smem<DP, true>(),
@@ -614,11 +644,11 @@ static int bwd_kv(dvl_cuda_math math, float *dk, float *dv, float *pk, float *pv
 
 template <int DP>
 static int bwd_q(dvl_cuda_math math, float *dq, const float *dout, const float *q,
-                 const float *k, const float *v, const float *lse, const float *Dv,
-                 const fa_args &a, dvl_err *err)
+                 const float *k, const float *v, const fa_b16 &b, const float *lse,
+                 const float *Dv, const fa_args &a, dvl_err *err)
 {
     if (math == DVL_MATH_BF16)
-        return fa_bf16_bwd_q(dq, dout, q, k, v, lse, Dv, a, err);
+        return fa_bf16_bwd_q(dq, b.dout, b.q, b.k, b.v, lse, Dv, a, err);
     const int64_t qtiles = fa_cdiv(a.Tq, BQ_BQ);
     if (math == DVL_MATH_TF32)
         return fa_launch(fa_bwd_q_k<DP, true>, qtiles * a.Hq * a.N, FA_THREADS,
@@ -631,13 +661,13 @@ static int bwd_q(dvl_cuda_math math, float *dq, const float *dout, const float *
 template <int DP>
 static int bwd_dp(dvl_cuda_math math, float *dq, float *dk, float *dv, float *Dv, float *pk,
                   float *pv, const float *dout, const float *q, const float *k, const float *v,
-                  const float *lse, const fa_args &a, dvl_err *err)
+                  const fa_b16 &b, const float *lse, const fa_args &a, dvl_err *err)
 {
     int rc = DVL_OK;
     if (dk || dv) {
         const bool grouped = a.Hq != a.Hkv;
         rc = bwd_kv<DP>(math, dk, dv, grouped && dk ? pk : (float *)NULL,
-                        grouped && dv ? pv : (float *)NULL, dout, q, k, v, lse, Dv, a, err);
+                        grouped && dv ? pv : (float *)NULL, dout, q, k, v, b, lse, Dv, a, err);
         const int64_t sum_blocks = fa_cdiv(a.N * a.Tk * a.Hkv * a.D, FA_THREADS);
         if (rc == DVL_OK && grouped && sum_blocks > INT_MAX)
             rc = dvl_errf(err, DVL_EINVAL, "attention backward: %lld kv gradient blocks exceed "
@@ -651,7 +681,7 @@ static int bwd_dp(dvl_cuda_math math, float *dq, float *dk, float *dv, float *Dv
         }
     }
     if (rc == DVL_OK && dq)
-        rc = bwd_q<DP>(math, dq, dout, q, k, v, lse, Dv, a, err);
+        rc = bwd_q<DP>(math, dq, dout, q, k, v, b, lse, Dv, a, err);
     return rc;
 }
 
@@ -669,14 +699,18 @@ static fa_args args_of(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hk
 extern "C" bool dvl_cuda_attention_tiled(int64_t D) { return D >= 1 && D <= DVL_CUDA_ATTN_MAX_D; }
 
 extern "C" int64_t dvl_cuda_attention_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq,
-                                              int64_t Hkv, int64_t D, bool backward)
+                                              int64_t Hkv, int64_t D, bool backward,
+                                              dvl_cuda_math math)
 {
     if (!dvl_cuda_attention_tiled(D))
         return (backward ? 2 : 1) * dvl_cuda_attention_ref_scratch(N, Tq, Tk, Hq);
+    const fa_args a = args_of(N, Tq, Tk, Hq, Hkv, D, 0, 0, 0, 0, NULL, 1.0f);
+    const int64_t b16 = math == DVL_MATH_BF16 ? b16_scratch(a, backward) : 0;
     if (!backward)
-        return 0;
-    /* D_i per query row; with grouped heads each head's dK and dV parts */
-    return N * Hq * Tq + (Hq != Hkv ? 2 * N * Tk * Hq * D : 0);
+        return b16;
+    /* D_i per query row; with grouped heads each head's dK and dV parts;
+     * then, 16-byte aligned, the bf16 copies */
+    return (N * Hq * Tq + (Hq != Hkv ? 2 * N * Tk * Hq * D : 0) + 3) / 4 * 4 + b16;
 }
 
 extern "C" int dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, const float *q,
@@ -698,6 +732,11 @@ extern "C" int dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, co
     }
     const fa_args a = args_of(N, Tq, Tk, Hq, Hkv, D, mask_kind, block, half, q_offset, key_valid,
                               scale);
+    if (math == DVL_MATH_BF16) {
+        fa_b16 b;
+        const int rc = round_b16(&b, scratch, q, k, v, NULL, a, err);
+        return rc ? rc : fa_bf16_fwd(out, lse, b.q, b.k, b.v, a, err);
+    }
     if (D <= 32)
         return fwd_dp<32>(math, out, lse, q, k, v, a, err);
     if (D <= 64)
@@ -735,7 +774,13 @@ extern "C" int dvl_cuda_attention_bwd(float *dq, float *dk, float *dv, float *sc
     int rc = dvl_cuda_check("attention backward D = rowsum(dO O)", err);
     if (rc != DVL_OK)
         return rc;
-#define BWD(DP) bwd_dp<DP>(math, dq, dk, dv, Dv, pk, pv, dout, q, k, v, lse, a, err)
+    fa_b16 b = {NULL, NULL, NULL, NULL};
+    if (math == DVL_MATH_BF16) {
+        const int64_t f32 = rows + (Hq != Hkv ? 2 * N * Tk * Hq * D : 0);
+        if ((rc = round_b16(&b, scratch + (f32 + 3) / 4 * 4, q, k, v, dout, a, err)))
+            return rc;
+    }
+#define BWD(DP) bwd_dp<DP>(math, dq, dk, dv, Dv, pk, pv, dout, q, k, v, b, lse, a, err)
     if (D <= 32)
         return BWD(32);
     if (D <= 64)

@@ -13,9 +13,11 @@
  *             kernel q, one block per (n, h, tile of 64 query rows), a
  *             loop over key tiles: dQ += dS K;
  *   with P = exp(S - lse), dP = dO V^T, dS = P (dP - D), D = dO . O.
- * Rounded to bf16 (nearest even): the tiles of Q, K, V, dO as they enter
- * shared memory, and P and dS before they multiply (FlashAttention-2's
- * bf16 recipe); everything else is f32.
+ * Rounded to bf16 (nearest even): Q, K, V, dO, which the kernels take in
+ * bf16 (attention.cu rounds them once per call; a key tile is read by every
+ * query tile's block, so rounding as tiles load repeated the conversions and
+ * read f32 bytes that often), and P and dS before they multiply
+ * (FlashAttention-2's bf16 recipe); everything else is f32.
  *
  * Threads: 4 warps; warp w owns rows 16 w .. 16 w + 15 of the block's 64
  * (query rows, or keys in kernel kv): the m of its m16n8k16 products.
@@ -35,6 +37,12 @@
  * is copied transposed (such copies were 2-byte stores, 8 to a bank). The
  * padding puts the 8 rows of one matrix, 16 bytes each, in 32 different
  * banks.
+ *
+ * The loop's tiles (K and V, or Q and dO in kernel kv) are double-buffered:
+ * while the warps multiply one, the next tile the mask lets the block see
+ * is already on its way into the other buffer by cp.async (mma.cuh), so a
+ * block does not stall on global memory at each step (FlashAttention-2's
+ * pipelining, with 2 stages).
  *
  * Where every row of a query tile sees every key of a key tile (no padding,
  * one span of each row holds the tile: all tiles away from the mask's
@@ -61,30 +69,101 @@ template <int DP> __host__ __device__ constexpr int loop_tile() { return DP > 64
 
 /* ------------------------------------------------------------- helpers */
 
-/* f32 rows [row0, row0 + ROWS) of src (row stride `stride`, D values) into
- * the bf16 tile dst [ROWS][DP + 8]; zero past nvalid rows and past D. Four
- * values per load where rows allow it (D a multiple of 4, src 16-byte
- * aligned: the rows of a model's [N, T, H, D] tensors), one otherwise. */
+/* bf16 rows [row0, row0 + ROWS) of src (row stride `stride`, D values) into
+ * the tile dst [ROWS][DP + 8]; zero past nvalid rows and past D. Eight
+ * values (16 bytes) per load where rows allow it (D a multiple of 8, src
+ * 16-byte aligned: the rows of a model's [N, T, H, D] tensors at D = 64 or
+ * 128), one otherwise. */
 template <int ROWS, int DP>
-__device__ static inline void load_tile(uint16_t *dst, const float *src, int64_t row0,
+__device__ static inline void load_tile(uint16_t *dst, const uint16_t *src, int64_t row0,
                                         int64_t nvalid, int64_t stride, int64_t D)
 {
-    if (D % 4 == 0 && stride % 4 == 0 && (uintptr_t)src % 16 == 0) {
-        for (int e = threadIdx.x; e < ROWS * DP / 4; e += MMA_THREADS) {
-            const int r = e / (DP / 4), d = 4 * (e % (DP / 4));
-            float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (D % 8 == 0 && stride % 8 == 0 && (uintptr_t)src % 16 == 0) {
+        for (int e = threadIdx.x; e < ROWS * DP / 8; e += MMA_THREADS) {
+            const int r = e / (DP / 8), d = 8 * (e % (DP / 8));
+            uint4 x = make_uint4(0, 0, 0, 0);
             if (r < nvalid && d < D)
-                x = *(const float4 *)(src + (row0 + r) * stride + d);
-            /* 8-byte aligned: DP + 8 and d are multiples of 4 */
-            *(uint2 *)(dst + r * (DP + 8) + d) = make_uint2(pack_bf16(x.x, x.y),
-                                                            pack_bf16(x.z, x.w));
+                x = *(const uint4 *)(src + (row0 + r) * stride + d);
+            /* 16-byte aligned: DP + 8 and d are multiples of 8 */
+            *(uint4 *)(dst + r * (DP + 8) + d) = x;
         }
         return;
     }
     for (int e = threadIdx.x; e < ROWS * DP; e += MMA_THREADS) {
         const int r = e / DP, d = e % DP;
-        dst[r * (DP + 8) + d] =
-            bf16_bits((r < nvalid && d < D) ? src[(row0 + r) * stride + d] : 0.0f);
+        dst[r * (DP + 8) + d] = (r < nvalid && d < D) ? src[(row0 + r) * stride + d] : 0;
+    }
+}
+
+/* load_tile by cp.async (mma.cuh), so that the loop's next tile loads while
+ * the warps multiply the current one; the caller commits and waits. Rows
+ * that do not allow 16-byte copies go load_tile's way: plain stores, which
+ * the same barrier publishes. */
+template <int ROWS, int DP>
+__device__ static inline void load_tile_async(uint16_t *dst, const uint16_t *src, int64_t row0,
+                                              int64_t nvalid, int64_t stride, int64_t D)
+{
+    if (D % 8 == 0 && stride % 8 == 0 && (uintptr_t)src % 16 == 0) {
+        for (int e = threadIdx.x; e < ROWS * DP / 8; e += MMA_THREADS) {
+            const int r = e / (DP / 8), d = 8 * (e % (DP / 8));
+            const bool ok = r < nvalid && d < D;
+            cp_async16(dst + r * (DP + 8) + d, ok ? src + (row0 + r) * stride + d : src, ok);
+        }
+        return;
+    }
+    load_tile<ROWS, DP>(dst, src, row0, nvalid, stride, D);
+}
+
+/* The first key tile from k0 on (a multiple of BK) that some row of the
+ * query tile, spans s_lo, s_hi, sees; a.Tk if none. Each tile's test is a
+ * barrier: every thread must call. */
+template <int BQ, int BK>
+__device__ static inline int64_t next_key_tile(const int64_t (*s_lo)[2], const int64_t (*s_hi)[2],
+                                               const fa_args &a, int64_t k0)
+{
+    const int tid = threadIdx.x;
+    for (; k0 < a.Tk; k0 += BK)
+        if (__syncthreads_or(tid < BQ && spans_meet(s_lo[tid], s_hi[tid], k0, k0 + BK)))
+            return k0;
+    return a.Tk;
+}
+
+/* Kernel kv's loop: the first query tile from i0 on (a multiple of BQ)
+ * with a row that sees a key of [j0, j0 + BK), a.Tq if none; the spans of
+ * its rows left in s_lo, s_hi. Each tile's test is a barrier. */
+template <int BQ, int BK>
+__device__ static inline int64_t next_query_tile(int64_t (*s_lo)[2], int64_t (*s_hi)[2],
+                                                 const fa_args &a, int64_t i0, int64_t j0)
+{
+    const int tid = threadIdx.x;
+    for (; i0 < a.Tq; i0 += BQ) {
+        int need = 0;
+        if (tid < BQ) {
+            row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
+            need = spans_meet(s_lo[tid], s_hi[tid], j0, j0 + BK);
+        }
+        if (__syncthreads_or(need))
+            return i0;
+    }
+    return a.Tq;
+}
+
+/* Kernel kv's query tile i0: Q and dO into QO [2 BQ][DP + 8] by cp.async,
+ * the rows' lse (base 2) and D into s_lse, s_D. */
+template <int BQ, int DP>
+__device__ static inline void load_query_tile(uint16_t *QO, float *s_lse, float *s_D,
+                                              const uint16_t *qb, const uint16_t *ob,
+                                              const float *lb, const float *db, int64_t i0,
+                                              const fa_args &a)
+{
+    const int64_t qs = a.Hq * a.D;
+    load_tile_async<BQ, DP>(QO, qb, i0, a.Tq - i0, qs, a.D);
+    load_tile_async<BQ, DP>(QO + BQ * (DP + 8), ob, i0, a.Tq - i0, qs, a.D);
+    const int tid = threadIdx.x;
+    if (tid < BQ) {
+        const int64_t gi = i0 + tid;
+        s_lse[tid] = gi < a.Tq ? lb[gi] * LOG2E : INFINITY;
+        s_D[tid] = gi < a.Tq ? db[gi] : 0.0f;
     }
 }
 
@@ -196,17 +275,17 @@ __device__ static inline bool key_tile(unsigned char *s_kv, const int64_t (*s_lo
 template <int DP> static size_t fwd16_smem()
 {
     constexpr int BK = 64;
-    return (size_t)(MMA_ROWS + 2 * BK) * (DP + 8) * sizeof(uint16_t);
+    return (size_t)(MMA_ROWS + 4 * BK) * (DP + 8) * sizeof(uint16_t); /* Q, 2 x [K; V] */
 }
 template <int DP> static size_t kv16_smem()
 {
     constexpr int BQ = loop_tile<DP>();
-    return (size_t)(2 * MMA_ROWS + 2 * BQ) * (DP + 8) * sizeof(uint16_t);
+    return (size_t)(2 * MMA_ROWS + 4 * BQ) * (DP + 8) * sizeof(uint16_t); /* K, V, 2 x [Q; dO] */
 }
 template <int DP> static size_t q16_smem()
 {
     constexpr int BK = loop_tile<DP>();
-    return (size_t)(2 * MMA_ROWS + 2 * BK) * (DP + 8) * sizeof(uint16_t);
+    return (size_t)(2 * MMA_ROWS + 4 * BK) * (DP + 8) * sizeof(uint16_t); /* Q, dO, 2 x [K; V] */
 }
 
 /* -------------------------------------------------------------- forward */
@@ -214,20 +293,21 @@ template <int DP> static size_t q16_smem()
 /* blockIdx.x = (n * Hq + h) * qtiles + query tile. */
 template <int DP>
 __global__ static void __launch_bounds__(MMA_THREADS)
-    fa16_fwd_k(float *out, float *lse, const float *q, const float *k, const float *v,
+    fa16_fwd_k(float *out, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                fa_args a, int64_t qtiles)
 {
     constexpr int BQ = MMA_ROWS, BK = 64, LD = DP + 8, NT = BK / 8, DT = DP / 8;
     extern __shared__ __align__(128) float smem[];
-    uint16_t *Qs = (uint16_t *)smem, *Ks = Qs + BQ * LD, *Vs = Ks + BK * LD;
+    /* Q, then two buffers of [K; V]: the loop's tile and the next one */
+    uint16_t *Qs = (uint16_t *)smem, *KV = Qs + BQ * LD;
     __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
     const int64_t blk = blockIdx.x;
     const int64_t i0 = (blk % qtiles) * BQ, h = (blk / qtiles) % a.Hq, n = blk / (qtiles * a.Hq);
     const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
-    const float *qb = q + (n * a.Tq * a.Hq + h) * D;
-    const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
+    const uint16_t *qb = q + (n * a.Tq * a.Hq + h) * D;
+    const uint16_t *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
     load_tile<BQ, DP>(Qs, qb, i0, a.Tq - i0, qs, D);
     if (tid < BQ)
@@ -243,12 +323,24 @@ __global__ static void __launch_bounds__(MMA_THREADS)
 #pragma unroll
     for (int j = 0; j < DT; j++)
         o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-    for (int64_t k0 = 0; k0 < a.Tk; k0 += BK) {
-        const int need = tid < BQ && spans_meet(s_lo[tid], s_hi[tid], k0, k0 + BK);
-        if (!__syncthreads_or(need))
-            continue;
-        load_tile<BK, DP>(Ks, kb, k0, a.Tk - k0, ks, D);
-        load_tile<BK, DP>(Vs, vb, k0, a.Tk - k0, ks, D);
+    int64_t k0 = next_key_tile<BQ, BK>(s_lo, s_hi, a, 0);
+    if (k0 < a.Tk) {
+        load_tile_async<BK, DP>(KV, kb, k0, a.Tk - k0, ks, D);
+        load_tile_async<BK, DP>(KV + BK * LD, vb, k0, a.Tk - k0, ks, D);
+    }
+    cp_async_commit();
+    for (int buf = 0; k0 < a.Tk; buf ^= 1) {
+        /* The next tile the rows see goes into the other buffer (free: the
+         * previous iteration ended with a barrier) while this one is used. */
+        const int64_t k1 = next_key_tile<BQ, BK>(s_lo, s_hi, a, k0 + BK);
+        if (k1 < a.Tk) {
+            uint16_t *Kn = KV + (buf ^ 1) * 2 * BK * LD;
+            load_tile_async<BK, DP>(Kn, kb, k1, a.Tk - k1, ks, D);
+            load_tile_async<BK, DP>(Kn + BK * LD, vb, k1, a.Tk - k1, ks, D);
+        }
+        cp_async_commit();
+        cp_async_wait<1>(); /* this tile's copies; key_tile's barrier publishes them */
+        const uint16_t *Ks = KV + buf * 2 * BK * LD, *Vs = Ks + BK * LD;
         const bool full = key_tile<BQ, BK>(s_kv, s_lo, s_hi, a, n, k0);
         float s[NT][4];
 #pragma unroll
@@ -314,7 +406,8 @@ __global__ static void __launch_bounds__(MMA_THREADS)
             for (int e = 0; e < 4; e++)
                 o[j][e] *= alpha[e / 2];
         mm_acc_b16<BK, DP>(o, s, Vs);
-        __syncthreads(); /* Ks, Vs are overwritten by the next tile */
+        __syncthreads(); /* this buffer takes the tile after the next one */
+        k0 = k1;
     }
 
 #pragma unroll
@@ -345,21 +438,24 @@ __global__ static void __launch_bounds__(MMA_THREADS)
  * (n * Hq + h) * ktiles + key tile. pk, pv, dk, dv as fa_bf16_bwd_kv. */
 template <int DP>
 __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
-    float *dk, float *dv, float *pk, float *pv, const float *dout, const float *q, const float *k,
-    const float *v, const float *lse, const float *Dv, fa_args a, int64_t ktiles)
+    float *dk, float *dv, float *pk, float *pv, const uint16_t *dout, const uint16_t *q,
+    const uint16_t *k, const uint16_t *v, const float *lse, const float *Dv, fa_args a,
+    int64_t ktiles)
 {
     constexpr int BK = MMA_ROWS, BQ = loop_tile<DP>(), LD = DP + 8, NT = BQ / 8, DT = DP / 8;
     extern __shared__ __align__(128) float smem[];
-    uint16_t *Ks = (uint16_t *)smem, *Vs = Ks + BK * LD, *Qs = Vs + BK * LD, *dOs = Qs + BQ * LD;
-    __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
-    __shared__ float s_lse[BQ], s_D[BQ];
+    /* K, V, then two buffers of [Q; dO] and of the query rows' spans, lse
+     * and D: the loop's query tile and the next one */
+    uint16_t *Ks = (uint16_t *)smem, *Vs = Ks + BK * LD, *QO = Vs + BK * LD;
+    __shared__ int64_t s_lo[2][BQ][2], s_hi[2][BQ][2];
+    __shared__ float s_lse[2][BQ], s_D[2][BQ];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
     const int64_t blk = blockIdx.x;
     const int64_t j0 = (blk % ktiles) * BK, h = (blk / ktiles) % a.Hq,
                   n = blk / (ktiles * a.Hq);
-    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
-    const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
+    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, ks = a.Hkv * D;
+    const uint16_t *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
     load_tile<BK, DP>(Ks, kb, j0, a.Tk - j0, ks, D);
     load_tile<BK, DP>(Vs, vb, j0, a.Tk - j0, ks, D);
@@ -376,28 +472,29 @@ __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
         for (int e = 0; e < 4; e++)
             adk[j][e] = adv[j][e] = 0.0f;
 
-    const float *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
+    const uint16_t *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
     const float *lb = lse + (n * a.Hq + h) * a.Tq, *db = Dv + (n * a.Hq + h) * a.Tq;
-    for (int64_t i0 = 0; i0 < a.Tq; i0 += BQ) {
-        int need = 0;
-        if (tid < BQ) {
-            row_spans(a, i0 + tid, s_lo[tid], s_hi[tid]);
-            need = spans_meet(s_lo[tid], s_hi[tid], j0, j0 + BK);
-        }
-        if (!__syncthreads_or(need))
-            continue;
-        load_tile<BQ, DP>(Qs, qb, i0, a.Tq - i0, qs, D);
-        load_tile<BQ, DP>(dOs, ob, i0, a.Tq - i0, qs, D);
-        if (tid < BQ) {
-            const int64_t gi = i0 + tid;
-            s_lse[tid] = gi < a.Tq ? lb[gi] * LOG2E : INFINITY; /* base 2 */
-            s_D[tid] = gi < a.Tq ? db[gi] : 0.0f;
-        }
+    int64_t i0 = next_query_tile<BQ, BK>(s_lo[0], s_hi[0], a, 0, j0);
+    if (i0 < a.Tq)
+        load_query_tile<BQ, DP>(QO, s_lse[0], s_D[0], qb, ob, lb, db, i0, a);
+    cp_async_commit();
+    for (int buf = 0; i0 < a.Tq; buf ^= 1) {
+        /* The next query tile into the other buffers (free: the previous
+         * iteration ended with a barrier) while this one is used. */
+        const int64_t i1 = next_query_tile<BQ, BK>(s_lo[buf ^ 1], s_hi[buf ^ 1], a, i0 + BQ, j0);
+        if (i1 < a.Tq)
+            load_query_tile<BQ, DP>(QO + (buf ^ 1) * 2 * BQ * LD, s_lse[buf ^ 1], s_D[buf ^ 1], qb,
+                                    ob, lb, db, i1, a);
+        cp_async_commit();
+        cp_async_wait<1>();
+        const uint16_t *Qs = QO + buf * 2 * BQ * LD, *dOs = Qs + BQ * LD;
+        const int64_t(*lo)[2] = s_lo[buf], (*hi)[2] = s_hi[buf];
+        const float *sl = s_lse[buf], *sd = s_D[buf];
         /* full: every query of the tile sees every key of the block (as in
          * the forward pass). The barrier, which also publishes the tiles,
          * runs whatever keys_all is. */
         const bool some_not_all =
-            __syncthreads_or(tid < BQ && !spans_cover(s_lo[tid], s_hi[tid], j0, j0 + BK));
+            __syncthreads_or(tid < BQ && !spans_cover(lo[tid], hi[tid], j0, j0 + BK));
         const bool full = keys_all && !some_not_all;
         /* S^T = K Q^T and dP^T = V dO^T: rows keys, columns queries. */
         float st[NT][4], dpt[NT][4];
@@ -409,17 +506,18 @@ __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int r = 16 * w + g + 8 * (e / 2), c = 8 * j + 2 * t + e % 2;
-                const float L = s_lse[c];
+                const float L = sl[c];
                 /* lse = +inf: the row saw no key, P = 0. */
                 const bool vis =
-                    full || (s_kv[r] && L < INFINITY && in_spans(s_lo[c], s_hi[c], j0 + r));
+                    full || (s_kv[r] && L < INFINITY && in_spans(lo[c], hi[c], j0 + r));
                 const float p = vis ? exp2f(fmaf(st[j][e], sl2, -L)) : 0.0f;
                 st[j][e] = p;
-                dpt[j][e] = p * (dpt[j][e] - s_D[c]);
+                dpt[j][e] = p * (dpt[j][e] - sd[c]);
             }
         mm_acc_b16<BQ, DP>(adv, st, dOs);  /* dV += P^T dO */
         mm_acc_b16<BQ, DP>(adk, dpt, Qs);  /* dK += dS^T Q (scaled at the end) */
-        __syncthreads(); /* the tiles are overwritten by the next query tile */
+        __syncthreads(); /* these buffers take the tile after the next one */
+        i0 = i1;
     }
 
 #pragma unroll
@@ -445,20 +543,21 @@ __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
 /* dQ of one tile of 64 query rows; blockIdx.x as fa16_fwd_k. */
 template <int DP>
 __global__ static void __launch_bounds__(MMA_THREADS)
-    fa16_bwd_q_k(float *dq, const float *dout, const float *q, const float *k, const float *v,
-                 const float *lse, const float *Dv, fa_args a, int64_t qtiles)
+    fa16_bwd_q_k(float *dq, const uint16_t *dout, const uint16_t *q, const uint16_t *k,
+                 const uint16_t *v, const float *lse, const float *Dv, fa_args a, int64_t qtiles)
 {
     constexpr int BQ = MMA_ROWS, BK = loop_tile<DP>(), LD = DP + 8, NT = BK / 8, DT = DP / 8;
     extern __shared__ __align__(128) float smem[];
-    uint16_t *Qs = (uint16_t *)smem, *dOs = Qs + BQ * LD, *Ks = dOs + BQ * LD, *Vs = Ks + BK * LD;
+    /* Q, dO, then two buffers of [K; V] as in the forward kernel */
+    uint16_t *Qs = (uint16_t *)smem, *dOs = Qs + BQ * LD, *KV = dOs + BQ * LD;
     __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
     const int64_t blk = blockIdx.x;
     const int64_t i0 = (blk % qtiles) * BQ, h = (blk / qtiles) % a.Hq, n = blk / (qtiles * a.Hq);
     const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
-    const float *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
-    const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
+    const uint16_t *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
+    const uint16_t *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
     load_tile<BQ, DP>(Qs, qb, i0, a.Tq - i0, qs, D);
     load_tile<BQ, DP>(dOs, ob, i0, a.Tq - i0, qs, D);
@@ -476,12 +575,22 @@ __global__ static void __launch_bounds__(MMA_THREADS)
         acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
     __syncthreads();
 
-    for (int64_t k0 = 0; k0 < a.Tk; k0 += BK) {
-        const int need = tid < BQ && spans_meet(s_lo[tid], s_hi[tid], k0, k0 + BK);
-        if (!__syncthreads_or(need))
-            continue;
-        load_tile<BK, DP>(Ks, kb, k0, a.Tk - k0, ks, D);
-        load_tile<BK, DP>(Vs, vb, k0, a.Tk - k0, ks, D);
+    int64_t k0 = next_key_tile<BQ, BK>(s_lo, s_hi, a, 0);
+    if (k0 < a.Tk) {
+        load_tile_async<BK, DP>(KV, kb, k0, a.Tk - k0, ks, D);
+        load_tile_async<BK, DP>(KV + BK * LD, vb, k0, a.Tk - k0, ks, D);
+    }
+    cp_async_commit();
+    for (int buf = 0; k0 < a.Tk; buf ^= 1) {
+        const int64_t k1 = next_key_tile<BQ, BK>(s_lo, s_hi, a, k0 + BK);
+        if (k1 < a.Tk) {
+            uint16_t *Kn = KV + (buf ^ 1) * 2 * BK * LD;
+            load_tile_async<BK, DP>(Kn, kb, k1, a.Tk - k1, ks, D);
+            load_tile_async<BK, DP>(Kn + BK * LD, vb, k1, a.Tk - k1, ks, D);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        const uint16_t *Ks = KV + buf * 2 * BK * LD, *Vs = Ks + BK * LD;
         const bool full = key_tile<BQ, BK>(s_kv, s_lo, s_hi, a, n, k0);
         float s[NT][4], dp[NT][4];
         mm_abt16<BK, DP>(s, Qs, Ks, w);
@@ -498,6 +607,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
             }
         mm_acc_b16<BK, DP>(acc, s, Ks); /* dQ += dS K (scaled at the end) */
         __syncthreads();
+        k0 = k1;
     }
 
 #pragma unroll
@@ -520,7 +630,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
 /* ------------------------------------------------------------ launchers */
 
 template <int DP>
-static int fwd16(float *out, float *lse, const float *q, const float *k, const float *v,
+static int fwd16(float *out, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                  const fa_args &a, dvl_err *err)
 {
     const int64_t qtiles = fa_cdiv(a.Tq, MMA_ROWS);
@@ -529,9 +639,9 @@ static int fwd16(float *out, float *lse, const float *q, const float *k, const f
 }
 
 template <int DP>
-static int kv16(float *dk, float *dv, float *pk, float *pv, const float *dout, const float *q,
-                const float *k, const float *v, const float *lse, const float *Dv,
-                const fa_args &a, dvl_err *err)
+static int kv16(float *dk, float *dv, float *pk, float *pv, const uint16_t *dout,
+                const uint16_t *q, const uint16_t *k, const uint16_t *v, const float *lse,
+                const float *Dv, const fa_args &a, dvl_err *err)
 {
     const int64_t ktiles = fa_cdiv(a.Tk, MMA_ROWS);
     return fa_launch(fa16_bwd_kv_k<DP>, ktiles * a.Hq * a.N, MMA_THREADS, kv16_smem<DP>(),
@@ -540,15 +650,16 @@ static int kv16(float *dk, float *dv, float *pk, float *pv, const float *dout, c
 }
 
 template <int DP>
-static int q16(float *dq, const float *dout, const float *q, const float *k, const float *v,
-               const float *lse, const float *Dv, const fa_args &a, dvl_err *err)
+static int q16(float *dq, const uint16_t *dout, const uint16_t *q, const uint16_t *k,
+               const uint16_t *v, const float *lse, const float *Dv, const fa_args &a,
+               dvl_err *err)
 {
     const int64_t qtiles = fa_cdiv(a.Tq, MMA_ROWS);
     return fa_launch(fa16_bwd_q_k<DP>, qtiles * a.Hq * a.N, MMA_THREADS, q16_smem<DP>(),
                      "attention backward dQ (bf16)", err, dq, dout, q, k, v, lse, Dv, a, qtiles);
 }
 
-int fa_bf16_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+int fa_bf16_fwd(float *out, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                 const fa_args &a, dvl_err *err)
 {
     if (a.D <= 32)
@@ -558,8 +669,8 @@ int fa_bf16_fwd(float *out, float *lse, const float *q, const float *k, const fl
     return fwd16<128>(out, lse, q, k, v, a, err);
 }
 
-int fa_bf16_bwd_kv(float *dk, float *dv, float *pk, float *pv, const float *dout,
-                   const float *q, const float *k, const float *v, const float *lse,
+int fa_bf16_bwd_kv(float *dk, float *dv, float *pk, float *pv, const uint16_t *dout,
+                   const uint16_t *q, const uint16_t *k, const uint16_t *v, const float *lse,
                    const float *Dv, const fa_args &a, dvl_err *err)
 {
     if (a.D <= 32)
@@ -569,8 +680,9 @@ int fa_bf16_bwd_kv(float *dk, float *dv, float *pk, float *pv, const float *dout
     return kv16<128>(dk, dv, pk, pv, dout, q, k, v, lse, Dv, a, err);
 }
 
-int fa_bf16_bwd_q(float *dq, const float *dout, const float *q, const float *k, const float *v,
-                  const float *lse, const float *Dv, const fa_args &a, dvl_err *err)
+int fa_bf16_bwd_q(float *dq, const uint16_t *dout, const uint16_t *q, const uint16_t *k,
+                  const uint16_t *v, const float *lse, const float *Dv, const fa_args &a,
+                  dvl_err *err)
 {
     if (a.D <= 32)
         return q16<32>(dq, dout, q, k, v, lse, Dv, a, err);

@@ -120,17 +120,19 @@ static int fa_launch(K kernel, int64_t blocks, int threads, size_t bytes, const 
 }
 
 /* The bf16 tensor-core kernels (ops/cuda/attention_bf16.cu), D <=
- * DVL_CUDA_ATTN_MAX_D. fwd: out, lse as the f32 kernels. bwd_kv: query head
- * h's parts of dK, dV per key, stored into pk, pv [N, Tk, Hq, D] when given
+ * DVL_CUDA_ATTN_MAX_D, on q, k, v, dout rounded to bf16 (the layouts of the
+ * f32 tensors). fwd: out, lse as the f32 kernels. bwd_kv: query head h's
+ * parts of dK, dV per key, stored into pk, pv [N, Tk, Hq, D] when given
  * (grouped heads), else added into dk, dv. bwd_q: dq +=. Dv: dO . O per
- * query row, [N, Hq, Tq]. */
-int fa_bf16_fwd(float *out, float *lse, const float *q, const float *k, const float *v,
+ * query row, [N, Hq, Tq] (from the f32 dO and O). */
+int fa_bf16_fwd(float *out, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                 const fa_args &a, dvl_err *err);
-int fa_bf16_bwd_kv(float *dk, float *dv, float *pk, float *pv, const float *dout,
-                   const float *q, const float *k, const float *v, const float *lse,
+int fa_bf16_bwd_kv(float *dk, float *dv, float *pk, float *pv, const uint16_t *dout,
+                   const uint16_t *q, const uint16_t *k, const uint16_t *v, const float *lse,
                    const float *Dv, const fa_args &a, dvl_err *err);
-int fa_bf16_bwd_q(float *dq, const float *dout, const float *q, const float *k, const float *v,
-                  const float *lse, const float *Dv, const fa_args &a, dvl_err *err);
+int fa_bf16_bwd_q(float *dq, const uint16_t *dout, const uint16_t *q, const uint16_t *k,
+                  const uint16_t *v, const float *lse, const float *Dv, const fa_args &a,
+                  dvl_err *err);
 #endif
 
 #endif

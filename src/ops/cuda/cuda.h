@@ -349,8 +349,9 @@ void dvl_cuda_lxent_chunk_dz(float *z, const float *rowmax, const float *logsum,
  * bytes or NULL. lse [N, Hq, Tq] (+inf for a row that sees no key; its
  * output and gradient are zero); lse may be NULL in the forward pass when
  * no backward follows. scratch: dvl_cuda_attention_scratch floats of device
- * memory (none for the tiled forward pass; N Hq Tq for its backward pass,
- * plus 2 N Tk Hq D with grouped heads, Hq > Hkv). math: the arithmetic
+ * memory, 16-byte aligned (none for the tiled forward pass; N Hq Tq for its
+ * backward pass, plus 2 N Tk Hq D with grouped heads, Hq > Hkv; in BF16
+ * math also bf16 copies of q, k, v, and dout in backward). math: the arithmetic
  * of the tiled kernels' products, the context's (dvl_dev_attention_math):
  * F32 on CUDA cores; TF32 on tensor cores (wmma, TF32 inputs, f32
  * accumulation; ~1e-3 relative error, as TF32 GEMMs); BF16 on tensor cores
@@ -360,7 +361,7 @@ void dvl_cuda_lxent_chunk_dz(float *z, const float *rowmax, const float *logsum,
 #define DVL_CUDA_ATTN_MAX_D 128
 bool dvl_cuda_attention_tiled(int64_t D);
 int64_t dvl_cuda_attention_scratch(int64_t N, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv,
-                                   int64_t D, bool backward);
+                                   int64_t D, bool backward, dvl_cuda_math math);
 int dvl_cuda_attention_fwd(float *out, float *lse, float *scratch, const float *q, const float *k,
                            const float *v, int64_t N, int64_t Tq, int64_t Tk, int64_t Hq,
                            int64_t Hkv, int64_t D, int mask_kind, int64_t block, int64_t half,

@@ -73,4 +73,25 @@ __device__ static inline void ldsm_x4_trans(uint32_t (&r)[4], const uint16_t *ro
                  : "r"(s));
 }
 
+/* cp.async (PTX ISA, "cp.async", sm_80+): 16 bytes from global to shared
+ * memory without passing through registers, so a block can load its next
+ * tile while its warps multiply the current one. valid false writes 16
+ * zero bytes and reads nothing (src-size 0; gmem must still be a valid
+ * address). cp_async_commit closes the copies this thread has issued into
+ * a group; cp_async_wait<N> waits until at most N of its groups are still
+ * in flight. Other threads see the data after the wait and a barrier. */
+__device__ static inline void cp_async16(uint16_t *smem, const uint16_t *gmem, bool valid)
+{
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(valid ? 16 : 0));
+}
+
+__device__ static inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N> __device__ static inline void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
 #endif
