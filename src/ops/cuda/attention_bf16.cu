@@ -128,6 +128,17 @@ __device__ static inline int64_t next_key_tile(const int64_t (*s_lo)[2], const i
     return a.Tk;
 }
 
+/* The forward and dQ kernels' key tile k0: K and V into KV [2 BK][DP + 8]
+ * by cp.async. */
+template <int BK, int DP>
+__device__ static inline void load_key_tile(uint16_t *KV, const uint16_t *kb, const uint16_t *vb,
+                                            int64_t k0, const fa_args &a)
+{
+    const int64_t ks = a.Hkv * a.D;
+    load_tile_async<BK, DP>(KV, kb, k0, a.Tk - k0, ks, a.D);
+    load_tile_async<BK, DP>(KV + BK * (DP + 8), vb, k0, a.Tk - k0, ks, a.D);
+}
+
 /* Kernel kv's loop: the first query tile from i0 on (a multiple of BQ)
  * with a row that sees a key of [j0, j0 + BK), a.Tq if none; the spans of
  * its rows left in s_lo, s_hi. Each tile's test is a barrier. */
@@ -305,7 +316,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
     const int64_t blk = blockIdx.x;
     const int64_t i0 = (blk % qtiles) * BQ, h = (blk / qtiles) % a.Hq, n = blk / (qtiles * a.Hq);
-    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
+    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D;
     const uint16_t *qb = q + (n * a.Tq * a.Hq + h) * D;
     const uint16_t *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
@@ -324,20 +335,15 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     for (int j = 0; j < DT; j++)
         o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     int64_t k0 = next_key_tile<BQ, BK>(s_lo, s_hi, a, 0);
-    if (k0 < a.Tk) {
-        load_tile_async<BK, DP>(KV, kb, k0, a.Tk - k0, ks, D);
-        load_tile_async<BK, DP>(KV + BK * LD, vb, k0, a.Tk - k0, ks, D);
-    }
+    if (k0 < a.Tk)
+        load_key_tile<BK, DP>(KV, kb, vb, k0, a);
     cp_async_commit();
     for (int buf = 0; k0 < a.Tk; buf ^= 1) {
         /* The next tile the rows see goes into the other buffer (free: the
          * previous iteration ended with a barrier) while this one is used. */
         const int64_t k1 = next_key_tile<BQ, BK>(s_lo, s_hi, a, k0 + BK);
-        if (k1 < a.Tk) {
-            uint16_t *Kn = KV + (buf ^ 1) * 2 * BK * LD;
-            load_tile_async<BK, DP>(Kn, kb, k1, a.Tk - k1, ks, D);
-            load_tile_async<BK, DP>(Kn + BK * LD, vb, k1, a.Tk - k1, ks, D);
-        }
+        if (k1 < a.Tk)
+            load_key_tile<BK, DP>(KV + (buf ^ 1) * 2 * BK * LD, kb, vb, k1, a);
         cp_async_commit();
         cp_async_wait<1>(); /* this tile's copies; key_tile's barrier publishes them */
         const uint16_t *Ks = KV + buf * 2 * BK * LD, *Vs = Ks + BK * LD;
@@ -555,7 +561,7 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
     const int64_t blk = blockIdx.x;
     const int64_t i0 = (blk % qtiles) * BQ, h = (blk / qtiles) % a.Hq, n = blk / (qtiles * a.Hq);
-    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
+    const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D;
     const uint16_t *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
     const uint16_t *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
@@ -576,18 +582,13 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     __syncthreads();
 
     int64_t k0 = next_key_tile<BQ, BK>(s_lo, s_hi, a, 0);
-    if (k0 < a.Tk) {
-        load_tile_async<BK, DP>(KV, kb, k0, a.Tk - k0, ks, D);
-        load_tile_async<BK, DP>(KV + BK * LD, vb, k0, a.Tk - k0, ks, D);
-    }
+    if (k0 < a.Tk)
+        load_key_tile<BK, DP>(KV, kb, vb, k0, a);
     cp_async_commit();
     for (int buf = 0; k0 < a.Tk; buf ^= 1) {
         const int64_t k1 = next_key_tile<BQ, BK>(s_lo, s_hi, a, k0 + BK);
-        if (k1 < a.Tk) {
-            uint16_t *Kn = KV + (buf ^ 1) * 2 * BK * LD;
-            load_tile_async<BK, DP>(Kn, kb, k1, a.Tk - k1, ks, D);
-            load_tile_async<BK, DP>(Kn + BK * LD, vb, k1, a.Tk - k1, ks, D);
-        }
+        if (k1 < a.Tk)
+            load_key_tile<BK, DP>(KV + (buf ^ 1) * 2 * BK * LD, kb, vb, k1, a);
         cp_async_commit();
         cp_async_wait<1>();
         const uint16_t *Ks = KV + buf * 2 * BK * LD, *Vs = Ks + BK * LD;
