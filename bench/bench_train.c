@@ -170,8 +170,10 @@ static int by_time(const void *a, const void *b)
 }
 
 /* --profile: the op table of the profiled step (dvl_ctx_profile), the ops
- * by forward + backward time. */
-static void print_profile(const dvl_ctx *ctx, double best)
+ * by forward + backward time; beside the product ops the rate of the model
+ * FLOPs they report (dvl_node_flops) in `unit` (1e9: GFLOP/s, 1e12:
+ * TFLOP/s). Under --checkpoint the recomputed forward ops count again. */
+static void print_profile(const dvl_ctx *ctx, double best, double unit)
 {
     const dvl_op_time *rows;
     int n = dvl_ctx_profile_rows(ctx, &rows);
@@ -181,13 +183,20 @@ static void print_profile(const dvl_ctx *ctx, double best)
         sorted[i] = rows[i], sum += rows[i].fwd_s + rows[i].bwd_s;
     qsort(sorted, (size_t)n, sizeof *sorted, by_time);
     printf("  op profile (one more step, waiting for the device after every op): %.3f s in ops "
-           "vs best step %.3f s\n",
-           sum, best);
-    for (int i = 0; i < n; i++)
+           "vs best step %.3f s; product ops: model %s forward / backward (tensor.h: "
+           "dvl_node_flops)\n",
+           sum, best, unit >= 1e12 ? "TFLOP/s" : "GFLOP/s");
+    for (int i = 0; i < n; i++) {
+        const dvl_op_time *r = &sorted[i];
         printf("    %-22s forward %9.2f ms (%4" PRId64 " calls)  backward %9.2f ms (%4" PRId64
-               ")  %5.1f%%\n",
-               sorted[i].op, sorted[i].fwd_s * 1e3, sorted[i].fwd_n, sorted[i].bwd_s * 1e3,
-               sorted[i].bwd_n, 100.0 * (sorted[i].fwd_s + sorted[i].bwd_s) / sum);
+               ")  %5.1f%%",
+               r->op, r->fwd_s * 1e3, r->fwd_n, r->bwd_s * 1e3, r->bwd_n,
+               100.0 * (r->fwd_s + r->bwd_s) / sum);
+        if (r->fwd_flops > 0)
+            printf("  %8.1f / %8.1f", r->fwd_flops / r->fwd_s / unit,
+                   r->bwd_s > 0 ? r->bwd_flops / r->bwd_s / unit : 0.0);
+        printf("\n");
+    }
 }
 
 /* --frozen: the input embeddings as a leaf that needs a gradient (as the
@@ -367,7 +376,7 @@ int bench_train(int argc, char **argv)
     printf("  machine sgemm peak (2048^3, same run): %.1f GFLOP/s -> %.0f%% of peak\n", peak,
            100.0 * flops / best / 1e9 / peak);
     if (prof)
-        print_profile(ctx, best);
+        print_profile(ctx, best, 1e9);
     dvl_ctx_free(ctx);
     dvl_adamw_free(opt);
     dvl_diff_batch_free(db);
@@ -654,7 +663,7 @@ static int run_cuda(const cuda_run *r, int L)
            math_names[r->math], r->peak[0], 100.0 * tf / r->peak[0], r->peak[1],
            100.0 * tf / r->peak[1], r->peak[2], 100.0 * tf / r->peak[2]);
     if (r->profile)
-        print_profile(ctx, best);
+        print_profile(ctx, best, 1e12);
     rc = 0;
 done:
     dvl_ctx_free(ctx);

@@ -2412,6 +2412,7 @@ START_TEST(toy_model_step_matches_cpu)
     for (int i = 0; i < nc; i++) {
         ck_assert_str_eq(rc[i].op, rg[i].op);
         ck_assert(rc[i].fwd_n == rg[i].fwd_n && rc[i].bwd_n == rg[i].bwd_n);
+        ck_assert(rc[i].fwd_flops == rg[i].fwd_flops && rc[i].bwd_flops == rg[i].bwd_flops);
         ck_assert(isfinite(rg[i].fwd_s) && rg[i].fwd_s >= 0 && isfinite(rg[i].bwd_s) &&
                   rg[i].bwd_s >= 0);
     }
@@ -2795,6 +2796,23 @@ START_TEST(swiglu_mlp_bf16_activations)
     mlp_run(ctx, p, xh, rows, false, y[3], NULL);
     ck_assert_msg(memcmp(y[0], y[3], (size_t)n * sizeof(float)) == 0,
                   "swiglu_mlp without a gradient gives other bits");
+    /* Its model FLOPs in the profile (dvl_node_flops): forward [G|U] and
+     * y, 2 rows I (2 d + d_out); the weights frozen, backward dA and dx,
+     * 2 rows I (d_out + 2 d) again. */
+    dvl_ctx_profile(ctx, true);
+    mlp_run(ctx, p, xh, rows, true, y[3], dx[2]);
+    const dvl_op_time *pr;
+    int found = 0;
+    for (int i = 0; i < dvl_ctx_profile_rows(ctx, &pr); i++)
+        if (!strcmp(pr[i].op, "swiglu_mlp")) {
+            found++;
+            const double f = 2.0 * rows * 160 * (2 * 64 + 64);
+            ck_assert_msg(pr[i].fwd_flops == f && pr[i].bwd_flops == f,
+                          "swiglu_mlp reports %g / %g FLOPs, want %g / %g", pr[i].fwd_flops,
+                          pr[i].bwd_flops, f, f);
+        }
+    ck_assert_int_eq(found, 1);
+    dvl_ctx_profile(ctx, false);
     for (int k = 0; k < 4; k++)
         free(y[k]);
     for (int k = 0; k < 3; k++)

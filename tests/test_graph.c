@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "toy.h"
 
@@ -411,6 +412,79 @@ START_TEST(op_profile_counts_each_node)
 }
 END_TEST
 
+/* The model FLOPs the product ops report to the profile (dvl_node_flops),
+ * worked out by hand for a small graph: 2 per multiply-add; backward one
+ * product per input that needs a gradient (frozen W: dx only); attention
+ * 4 D per allowed pair and head, backward twice that. */
+static dvl_tensor *filled(dvl_ctx *ctx, int64_t rows, int64_t cols, float scale, bool grad)
+{
+    dvl_tensor *t = dvl_new2(ctx, rows, cols);
+    ck_assert_ptr_nonnull(t);
+    for (int64_t i = 0; i < rows * cols; i++)
+        dvl_f32(t)[i] = scale * (float)((i * 7) % 11 - 5);
+    t->requires_grad = grad;
+    return t;
+}
+
+START_TEST(op_profile_counts_model_flops)
+{
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_ctx_profile(ctx, true);
+    ck_assert(dvl_ctx_profiling(ctx));
+    dvl_tensor *x = filled(ctx, 6, 8, 0.1f, true), *wc = filled(ctx, 8, 8, 0.05f, true),
+               *wf = filled(ctx, 8, 8, 0.05f, false), *wk = filled(ctx, 4, 8, 0.05f, true),
+               *wv = filled(ctx, 10, 8, 0.05f, true);
+    /* linear_cat: 2*6*8*8 = 768 forward; dx and dW 1536. linear: frozen
+     * 768 / 768 (dx only) plus 2*6*8*4 = 384 / 768. */
+    dvl_tensor *h = dvl_linear(ctx, dvl_linear_cat(ctx, x, 1, &wc, NULL), wf, NULL);
+    dvl_tensor *k = dvl_linear(ctx, x, wk, NULL);
+    const int64_t sq[4] = {1, 6, 2, 4}, skv[4] = {1, 6, 1, 4}, s2[2] = {6, 8};
+    dvl_mask causal = {.kind = DVL_MASK_CAUSAL};
+    dvl_tensor *kv = dvl_reshape(ctx, k, 4, skv);
+    /* 21 causal pairs of 6: 4*D*heads*pairs = 4*4*2*21 = 672; backward 1344. */
+    dvl_tensor *a = dvl_attention(ctx, dvl_reshape(ctx, h, 4, sq), kv, kv, &causal, 0.5f);
+    /* 4 scored rows: 2*4*8*10 = 640 forward; dh and dW 1280. */
+    const int32_t labels[6] = {1, DVL_IGNORE_INDEX, 3, 9, DVL_IGNORE_INDEX, 0};
+    dvl_tensor *l = dvl_linear_cross_entropy(ctx, dvl_reshape(ctx, a, 2, s2), wv, labels, NULL, 0);
+    ck_assert_msg(l != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_int_eq(dvl_backward(ctx, l), 0);
+    const struct {
+        const char *op;
+        double fwd, bwd;
+    } want[] = {{"linear_cat", 768, 1536},
+                {"linear", 768 + 384, 768 + 768},
+                {"attention", 672, 1344},
+                {"linear_cross_entropy", 640, 1280}};
+    const dvl_op_time *rows;
+    const int n = dvl_ctx_profile_rows(ctx, &rows);
+    for (size_t w = 0; w < sizeof want / sizeof want[0]; w++) {
+        int found = 0;
+        for (int i = 0; i < n; i++)
+            if (!strcmp(rows[i].op, want[w].op)) {
+                found++;
+                ck_assert_msg(rows[i].fwd_flops == want[w].fwd && rows[i].bwd_flops == want[w].bwd,
+                              "%s: %g / %g FLOPs, want %g / %g", want[w].op, rows[i].fwd_flops,
+                              rows[i].bwd_flops, want[w].fwd, want[w].bwd);
+            }
+        ck_assert_int_eq(found, 1);
+    }
+    for (int i = 0; i < n; i++) /* reshapes and the rest report none */
+        if (!strcmp(rows[i].op, "reshape"))
+            ck_assert(rows[i].fwd_flops == 0 && rows[i].bwd_flops == 0);
+    /* Off: nothing counted, and turning it on again clears the table. */
+    dvl_ctx_profile(ctx, false);
+    ck_assert(!dvl_ctx_profiling(ctx));
+    dvl_ctx_reset(ctx);
+    dvl_tensor *x2 = filled(ctx, 6, 8, 0.1f, true), *w2 = filled(ctx, 8, 8, 0.05f, true);
+    dvl_tensor *y2 = dvl_linear(ctx, x2, w2, NULL);
+    ck_assert_ptr_nonnull(y2);
+    for (int i = 0; i < dvl_ctx_profile_rows(ctx, &rows); i++)
+        if (!strcmp(rows[i].op, "linear"))
+            ck_assert(rows[i].fwd_flops == 768 + 384);
+    dvl_ctx_free(ctx);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("graph");
@@ -420,6 +494,7 @@ static Suite *suite(void)
     tcase_add_test(tc, checkpoint_same_gradients);
     tcase_add_test(tc, checkpoint_reports_ready_gradients);
     tcase_add_test(tc, op_profile_counts_each_node);
+    tcase_add_test(tc, op_profile_counts_model_flops);
     tcase_add_test(tc, backward_reuses_gradient_blocks);
     suite_add_tcase(s, tc);
     return s;

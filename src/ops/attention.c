@@ -250,6 +250,13 @@ dvl_tensor *dvl_attention(dvl_ctx *ctx, dvl_tensor *q, dvl_tensor *k, dvl_tensor
         node->p[1] = lse;
         node->p[2] = key_valid_d;
         node->f[0] = scale;
+        if (dvl_ctx_profiling(ctx)) {
+            /* S = Q K^T and O = P V over the pairs the rule allows (padding
+             * not subtracted), 4 D a pair and head; backward dV, dP, dQ, dK:
+             * twice that (the kernels' recomputation of S and P not counted). */
+            const double f = 4.0 * (double)(N * Hq * D) * (double)dvl_mask_pairs(mask, Tq, Tk);
+            dvl_node_flops(ctx, node, f, 2 * f);
+        }
     }
     return out;
 }

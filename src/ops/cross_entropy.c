@@ -57,16 +57,13 @@ static void cross_entropy_backward(dvl_ctx *ctx, dvl_node *node)
                                   gout[0], node->i[0], node->i[1]);
         break;
 #ifdef DVL_HAVE_CUDA
-    case DVL_CUDA: {
-        /* p[0], p[1]: device copies of labels and weights. */
-        float g;
-        if (!dvl_dev_scalar(ctx, gout, &g))
-            return;
+    case DVL_CUDA:
+        /* p[0], p[1]: device copies of labels and weights; gout stays on
+         * the device (the kernel reads it). */
         dvl_cuda_cross_entropy_bwd(dz, dvl_f32(z), node->p[2], node->p[3], node->p[0],
-                                   node->p[1], g, node->i[0], node->i[1]);
+                                   node->p[1], gout, node->i[0], node->i[1]);
         dvl_ctx_check(ctx, "cross_entropy backward");
         break;
-    }
 #endif
     default:
         dvl_fail(ctx, "cross_entropy: device not supported");
@@ -252,8 +249,8 @@ static bool xent_dev_fwd(dvl_ctx *ctx, xent_dev *xd, float *loss, float *rowmax,
 /* Backward: per chunk recompute Z, turn it into dZ in place, dh_s += dZ W_c
  * (first chunk onto zeros), dW_c += dZ^T h_s; then dh[rows] += dh_s. */
 static void xent_dev_bwd(dvl_ctx *ctx, xent_dev *xd, float *dh, float *dw, const float *w,
-                         const float *rowmax, const float *logsum, float g, int64_t n_sup,
-                         int64_t d, int64_t V, int64_t chunk)
+                         const float *rowmax, const float *logsum, const float *g,
+                         int64_t n_sup, int64_t d, int64_t V, int64_t chunk)
 {
     float *dhs = dh ? dvl_calloc_dev(ctx, (size_t)(n_sup * d) * sizeof(float)) : NULL;
     if ((dh && !dhs) || !xent_bf16_scratch(ctx, xd, n_sup, d, chunk, true))
@@ -303,13 +300,10 @@ static void linear_cross_entropy_backward(dvl_ctx *ctx, dvl_node *node)
                                          node->p[1], rowmax, logsum, gout[0], n_sup, d, V, chunk);
         break;
 #ifdef DVL_HAVE_CUDA
-    case DVL_CUDA: {
-        float g;
-        if (dvl_dev_scalar(ctx, gout, &g))
-            xent_dev_bwd(ctx, node->p[3], dh, dw, dvl_f32(w), rowmax, logsum, g, n_sup, d, V,
-                         chunk);
+    case DVL_CUDA: /* gout stays on the device: the dZ kernel reads it */
+        xent_dev_bwd(ctx, node->p[3], dh, dw, dvl_f32(w), rowmax, logsum, gout, n_sup, d, V,
+                     chunk);
         break;
-    }
 #endif
     default:
         dvl_fail(ctx, "linear_cross_entropy: device not supported");
@@ -406,6 +400,11 @@ dvl_tensor *dvl_linear_cross_entropy(dvl_ctx *ctx, dvl_tensor *h, dvl_tensor *w,
         node->i[1] = d;
         node->i[2] = V;
         node->i[3] = chunk;
+        if (dvl_ctx_profiling(ctx)) {
+            /* Z = h_s W^T; backward dh_s, dW (the logits redone: not counted) */
+            const double f = 2.0 * (double)n_sup * (double)d * (double)V;
+            dvl_node_flops(ctx, node, f, f * (h->requires_grad + w->requires_grad));
+        }
     }
     return out;
 }

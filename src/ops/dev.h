@@ -96,12 +96,6 @@ static inline bool dvl_dev_linear_bwd(dvl_ctx *ctx, float *dx, float *dw, float 
     return true;
 }
 
-/* One float of device memory read back (a scalar upstream gradient). */
-static inline bool dvl_dev_scalar(dvl_ctx *ctx, const float *d, float *out)
-{
-    return dvl_ctx_memcpy_d2h(ctx, out, d, sizeof *out) == DVL_OK;
-}
-
 static inline int dvl_dev_cmp_i64(const void *a, const void *b)
 {
     const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;

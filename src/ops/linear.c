@@ -174,6 +174,13 @@ static dvl_tensor *product(dvl_ctx *ctx, const char *op, dvl_tensor *x, int n,
         node->i[2] = out;
         node->i[3] = n;
         node->p[0] = (void *)w16;
+        if (dvl_ctx_profiling(ctx)) { /* dx = dy W, dW_k = dy_k^T x */
+            const double f = 2.0 * (double)rows * (double)in;
+            double bwd = x->requires_grad ? f * (double)out : 0.0;
+            for (int k = 0; k < n; k++)
+                bwd += w[k]->requires_grad ? f * (double)w[k]->shape[0] : 0.0;
+            dvl_node_flops(ctx, node, f * (double)out, bwd);
+        }
     }
     return y;
 }

@@ -182,6 +182,17 @@ static dvl_tensor *mlp_bf16(dvl_ctx *ctx, dvl_tensor *x, dvl_tensor *const *gu, 
     node->p[0] = xb;
     node->p[1] = g;
     node->p[2] = a;
+    if (dvl_ctx_profiling(ctx)) {
+        /* Forward [G|U] = x [Wg;Wu]^T and y = A Wd^T; backward as
+         * mlp_bf16_backward: dWd, dA = dy Wd (for dx or d[Wg;Wu]), dx,
+         * d[Wg;Wu] (Wg and Wu train together: dvl_linear_cat_ok). */
+        const double f = 2.0 * (double)rows * (double)I, gu2 = 2 * f * (double)d,
+                     down = f * (double)dout;
+        const bool dx = x->requires_grad, dgu = gu[0]->requires_grad;
+        const double bwd = (wd->requires_grad ? down : 0) + (dx || dgu ? down : 0) +
+                           (dx ? gu2 : 0) + (dgu ? gu2 : 0);
+        dvl_node_flops(ctx, node, gu2 + down, bwd);
+    }
     return y;
 }
 #endif

@@ -694,6 +694,16 @@ void dvl_ctx_profile(dvl_ctx *ctx, bool on)
     }
 }
 
+bool dvl_ctx_profiling(const dvl_ctx *ctx) { return ctx->prof; }
+
+void dvl_node_flops(dvl_ctx *ctx, dvl_node *node, double fwd, double bwd)
+{
+    if (!ctx->prof || !node)
+        return;
+    prof_row(ctx, node->op)->fwd_flops += fwd;
+    node->bwd_flops = bwd;
+}
+
 void dvl_ctx_profile_mark(dvl_ctx *ctx)
 {
     if (ctx->prof)
@@ -926,6 +936,7 @@ static int run_nodes(dvl_ctx *ctx, int lo)
             /* node is not used after its backward: a checkpoint's backward
              * records onto the tape, which may move. */
             const char *op = node->op;
+            const double flops = node->bwd_flops;
             if (ctx->prof)
                 prof_lap(ctx); /* the work between nodes is no node's */
             dvl_tensor *out = node->out;
@@ -935,6 +946,7 @@ static int run_nodes(dvl_ctx *ctx, int lo)
                 dvl_op_time *r = prof_row(ctx, op);
                 r->bwd_s += prof_lap(ctx);
                 r->bwd_n++;
+                r->bwd_flops += flops;
             }
         }
         for (; next >= 0 && first[next].node == i; next--)

@@ -107,6 +107,7 @@ struct dvl_node {
      * for the gradient-ready hook. */
     int64_t params_at;
     int n_params;
+    double bwd_flops; /* for the profile (dvl_node_flops) */
 };
 
 dvl_ctx *dvl_ctx_new(dvl_device device);
@@ -246,12 +247,21 @@ void dvl_set_grad_ready_hook(dvl_ctx *ctx, dvl_grad_ready_fn fn, void *user);
  * "other"). */
 #define DVL_PROF_OPS 48
 typedef struct dvl_op_time {
-    const char *op;       /* the name ops record under ("linear", "attention", ...) */
-    double fwd_s, bwd_s;  /* summed wall time */
-    int64_t fwd_n, bwd_n; /* calls */
+    const char *op;             /* the name ops record under ("linear", "attention", ...) */
+    double fwd_s, bwd_s;        /* summed wall time */
+    int64_t fwd_n, bwd_n;       /* calls */
+    double fwd_flops, bwd_flops; /* summed model FLOPs the op reported (dvl_node_flops) */
 } dvl_op_time;
 void dvl_ctx_profile(dvl_ctx *ctx, bool on);
+bool dvl_ctx_profiling(const dvl_ctx *ctx);
 void dvl_ctx_profile_mark(dvl_ctx *ctx);
+/* A product op's model FLOPs for the profile (nothing while it is off):
+ * fwd for the forward pass just recorded as node, bwd for its backward
+ * (counted when that runs). Model FLOPs: 2 per multiply-add of the products
+ * the maths needs, as MFU counts them; work an implementation redoes
+ * (attention's scores in its backward kernels, the fused LM head's logits)
+ * is not counted, so such an op's rate is a lower bound of what it runs. */
+void dvl_node_flops(dvl_ctx *ctx, dvl_node *node, double fwd, double bwd);
 /* The table (rows in order of first appearance); returns the row count. */
 int dvl_ctx_profile_rows(const dvl_ctx *ctx, const dvl_op_time **rows);
 

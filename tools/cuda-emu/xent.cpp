@@ -144,7 +144,7 @@ static int run(const xcase &c)
     for (int64_t c0 = 0; c0 < V; c0 += C) {
         const int64_t Cc = V - c0 < C ? V - c0 : C;
         gemm_zt(z.data(), hs.data(), &w[c0 * d], n, Cc, d);
-        launch(c.dz_grid, 256, [&] { xent_dz_chunk_k(z.data(), m.data(), ls.data(), lab, wp, g, n, Cc, c0); });
+        launch(c.dz_grid, 256, [&] { xent_dz_chunk_k(z.data(), m.data(), ls.data(), lab, wp, &g, n, Cc, c0); });
         for (int64_t r = 0; r < n; r++) // dh_s += dZ W_c
             for (int64_t e = 0; e < d; e++) {
                 float a = dhs[r * d + e];

@@ -313,10 +313,11 @@ void dvl_cuda_rope_bwd(float *gx, const float *gy, const float *cos_t, const flo
 void dvl_cuda_cross_entropy_fwd(float *loss, float *rowloss, float *rowmax, float *logsum,
                                 const float *z, const int32_t *labels, const float *weight,
                                 int64_t n, int64_t V);
-/* dz_i += g w_i (softmax(z_i) - onehot(y_i)) for supervised rows. */
+/* dz_i += g w_i (softmax(z_i) - onehot(y_i)) for supervised rows; g = g[0]
+ * in device memory (the loss's upstream gradient: no host round trip). */
 void dvl_cuda_cross_entropy_bwd(float *dz, const float *z, const float *rowmax,
                                 const float *logsum, const int32_t *labels, const float *weight,
-                                float g, int64_t n, int64_t V);
+                                const float *g, int64_t n, int64_t V);
 
 /* The fused LM-head cross-entropy, chunked over the vocabulary (the CUDA
  * side of dvl_cpu_linear_cross_entropy_*; the op computes each chunk's
@@ -330,14 +331,15 @@ void dvl_cuda_cross_entropy_bwd(float *dz, const float *z, const float *rowmax,
  *              sum_r w_r (rowmax_r + log sum_r - zy_r) in double, one
  *              block's fixed tree (weight NULL: 1).
  *   chunk_dz:  z becomes dZ = g w_r (softmax - onehot) in place, from the
- *              rowmax and logsum of the forward pass. */
+ *              rowmax and logsum of the forward pass; g = g[0] in device
+ *              memory (the loss's upstream gradient, not read back). */
 void dvl_cuda_lxent_chunk_lse(float *rowmax, double *sum, float *zy, const float *z,
                               const int32_t *labels, int64_t n, int64_t C, int64_t c0);
 void dvl_cuda_lxent_finish(float *loss, float *logsum, const float *rowmax, const double *sum,
                            const float *zy, const float *weight, int64_t n);
 void dvl_cuda_lxent_chunk_dz(float *z, const float *rowmax, const float *logsum,
-                             const int32_t *labels, const float *weight, float g, int64_t n,
-                             int64_t C, int64_t c0);
+                             const int32_t *labels, const float *weight, const float *g,
+                             int64_t n, int64_t C, int64_t c0);
 
 /* Attention (layouts of ops/cpu/attention.h), tiled flash-attention
  * kernels (ops/cuda/attention.cu): the score matrix never exists in

@@ -626,7 +626,7 @@ __global__ static void rowsum_k(float *loss, const float *rowloss, int64_t n)
 
 __global__ static void ce_bwd_k(float *dz, const float *z, const float *rowmax,
                                 const float *logsum, const int32_t *labels, const float *weight,
-                                float g, int64_t n, int64_t V)
+                                const float *g, int64_t n, int64_t V)
 {
     GRID_STRIDE(e, n * V)
     {
@@ -634,7 +634,7 @@ __global__ static void ce_bwd_k(float *dz, const float *z, const float *rowmax,
         const int32_t y = labels[i];
         if (y < 0)
             continue;
-        const float gw = g * (weight ? weight[i] : 1.0f);
+        const float gw = g[0] * (weight ? weight[i] : 1.0f);
         const float p = expf((z[e] - rowmax[i]) - logsum[i]);
         dz[e] += gw * (p - (j == y ? 1.0f : 0.0f));
     }
@@ -651,7 +651,8 @@ extern "C" void dvl_cuda_cross_entropy_fwd(float *loss, float *rowloss, float *r
 
 extern "C" void dvl_cuda_cross_entropy_bwd(float *dz, const float *z, const float *rowmax,
                                            const float *logsum, const int32_t *labels,
-                                           const float *weight, float g, int64_t n, int64_t V)
+                                           const float *weight, const float *g, int64_t n,
+                                           int64_t V)
 {
     if (n * V > 0 && dz)
         ce_bwd_k<<<dvl_cu_blocks(n * V), DVL_CU_THREADS>>>(dz, z, rowmax, logsum, labels, weight,
@@ -764,15 +765,17 @@ __global__ static void __launch_bounds__(XENT_THREADS)
 
 /* z [n, C] (chunk c0 of the logits) becomes dZ = g w_r (p - [c0 + j == y_r])
  * in place, p = exp((z - m_r) - logsum_r); the label's entry as c (p - 1),
- * not c p - c, as the CPU kernel. */
+ * not c p - c, as the CPU kernel. g is read from device memory (the loss's
+ * upstream gradient where backward left it), so the host never waits for
+ * the forward pass to finish before queueing backward. */
 __global__ static void xent_dz_chunk_k(float *z, const float *m, const float *logsum,
-                                       const int32_t *labels, const float *weight, float g,
+                                       const int32_t *labels, const float *weight, const float *g,
                                        int64_t n, int64_t C, int64_t c0)
 {
     GRID_STRIDE(e, n * C)
     {
         const int64_t r = e / C, j = e % C;
-        const float c = g * (weight ? weight[r] : 1.0f);
+        const float c = g[0] * (weight ? weight[r] : 1.0f);
         const float p = expf((z[e] - m[r]) - logsum[r]);
         z[e] = (int64_t)labels[r] - c0 == j ? c * (p - 1.0f) : c * p;
     }
@@ -800,8 +803,8 @@ extern "C" void dvl_cuda_lxent_finish(float *loss, float *logsum, const float *r
 }
 
 extern "C" void dvl_cuda_lxent_chunk_dz(float *z, const float *rowmax, const float *logsum,
-                                        const int32_t *labels, const float *weight, float g,
-                                        int64_t n, int64_t C, int64_t c0)
+                                        const int32_t *labels, const float *weight,
+                                        const float *g, int64_t n, int64_t C, int64_t c0)
 {
     if (n * C > 0)
         xent_dz_chunk_k<<<dvl_cu_blocks(n * C), DVL_CU_THREADS>>>(z, rowmax, logsum, labels,
