@@ -93,6 +93,49 @@ static void set_thread(unsigned t)
     threadIdx.z = t / (blockDim.x * blockDim.y);
 }
 
+// The schedule. Warps run one after another: each warp's lanes run (in
+// lane order) until every one waits at a warp-wide step (shuffle, mma,
+// ldmatrix: resolved for that warp alone, as on a GPU) or at a block barrier
+// (or has exited); only when every warp waits at the block barrier is it
+// resolved. So one warp runs ahead of the others from one barrier to the
+// next, as a GPU may let it. CUDA_EMU_ORDER picks the order of the warps
+// and of the lanes within a warp: forward (warp 0 first, the default),
+// reverse, or shuffle (new permutations each pass, from a fixed seed). dvl's
+// kernels use no atomics, so their results must not depend on it: a read of
+// shared memory that lacks its barrier sees another warp's write in one
+// order and not in the other (or the NaN fill), so runs in both orders find
+// the missing barriers one order alone hides (tools/cuda-emu/run: `race`).
+static int order_mode = -1; // 0 forward, 1 reverse, 2 shuffle
+static unsigned long long perm_state = 0x9e3779b97f4a7c15ull;
+static int emu_order_mode()
+{
+    if (order_mode < 0) {
+        const char *o = getenv("CUDA_EMU_ORDER");
+        order_mode = !o || !*o || !strcmp(o, "forward") ? 0
+                     : !strcmp(o, "reverse")              ? 1
+                     : !strcmp(o, "shuffle")              ? 2
+                                                          : -2;
+        if (order_mode == -2) {
+            fprintf(stderr, "EMU: CUDA_EMU_ORDER must be forward, reverse or shuffle, not '%s'\n", o);
+            abort();
+        }
+    }
+    return order_mode;
+}
+// 0 .. n-1 in the mode's order.
+static void emu_order(std::vector<unsigned> &v, unsigned n)
+{
+    v.resize(n);
+    const int m = emu_order_mode();
+    for (unsigned i = 0; i < n; i++) v[i] = m == 1 ? n - 1 - i : i;
+    if (m != 2) return;
+    for (unsigned i = n; i > 1; i--) { // Fisher-Yates, xorshift64*
+        perm_state ^= perm_state >> 12; perm_state ^= perm_state << 25; perm_state ^= perm_state >> 27;
+        const unsigned j = (unsigned)((perm_state * 2685821657736338717ull) >> 33) % i;
+        const unsigned x = v[i - 1]; v[i - 1] = v[j]; v[j] = x;
+    }
+}
+
 void emu_run_block(unsigned block, unsigned threads, const std::function<void()> &fn)
 {
     emu_dim3 b, d;
@@ -119,19 +162,60 @@ void emu_run_block3(emu_dim3 block, emu_dim3 dim, const std::function<void()> &f
         start(f, SS);
         f.state = 0;
     }
+    const unsigned warps = (threads + 31) / 32;
+    std::vector<unsigned> worder, lorder;
     for (;;) {
-        for (unsigned t = 0; t < threads; t++)
-            if (fibers[t].state == 0) {
-                cur = (int)t; set_thread(t);
-                to_fiber(t);
+        emu_order(worder, warps);
+        for (unsigned w : worder) {
+            const unsigned l0 = 32 * w, n = threads - l0 < 32 ? threads - l0 : 32;
+            for (;;) {
+                emu_order(lorder, n);
+                for (unsigned k : lorder)
+                    if (fibers[l0 + k].state == 0) {
+                        cur = (int)(l0 + k); set_thread(l0 + k);
+                        to_fiber(l0 + k);
+                    }
+                // Every lane waits or is done: at a warp-wide step, resolve it.
+                int at_warp = 0, at_block = 0, done = 0, kind = -1, xo = -1;
+                size_t sz0 = 0;
+                for (unsigned t = l0; t < l0 + n; t++) {
+                    const fiber &f = fibers[t];
+                    if (f.state == 2) { done++; continue; }
+                    if (f.kind == 1 || f.kind == 2) { at_block++; continue; }
+                    at_warp++;
+                    if (kind < 0) kind = f.kind, xo = f.xo, sz0 = f.sz;
+                    if (f.kind != kind || (kind == 3 && f.xo != xo) || f.sz != sz0) {
+                        fprintf(stderr, "EMU: divergent warp step in block %u,%u,%u warp %u (kinds %d/%d)\n", block.x, block.y, block.z, w, kind, f.kind);
+                        abort();
+                    }
+                }
+                if (!at_warp) break; // at the block barrier or done: the next warp
+                if (at_block) {
+                    fprintf(stderr, "EMU: block %u,%u,%u warp %u: lanes at a warp step and at a block barrier\n", block.x, block.y, block.z, w);
+                    abort();
+                }
+                for (unsigned t = l0; t < l0 + n; t++) {
+                    if (fibers[t].state == 2) continue;
+                    for (unsigned l = 0; l < (kind == 4 ? 32u : 1u); l++) {
+                        const unsigned p = kind == 4 ? 32 * w + l : (t & ~31u) | ((t & 31u) ^ (unsigned)xo);
+                        if (p >= threads || fibers[p].state != 1) {
+                            fprintf(stderr, kind == 4 ? "EMU: warp gather: lane %u gone\n" : "EMU: shuffle partner %u gone\n", p);
+                            abort();
+                        }
+                        memcpy(fibers[t].out + l * fibers[t].sz, fibers[p].val, fibers[t].sz);
+                    }
+                }
+                emu_rounds++;
+                for (unsigned t = l0; t < l0 + n; t++) if (fibers[t].state == 1) fibers[t].state = 0;
             }
-        int waiting = 0, done = 0, kind = -1, xo = -1;
-        size_t sz0 = 0;
+        }
+        // Every warp is at the block barrier (or done).
+        int waiting = 0, done = 0, kind = -1;
         for (auto &f : fibers) {
             if (f.state == 2) { done++; continue; }
             waiting++;
-            if (kind < 0) kind = f.kind, xo = f.xo, sz0 = f.sz;
-            if (f.kind != kind || (kind == 3 && f.xo != xo) || ((kind == 3 || kind == 4) && f.sz != sz0)) {
+            if (kind < 0) kind = f.kind;
+            if (f.kind != kind) {
                 fprintf(stderr, "EMU: divergent barrier in block %u,%u,%u (kinds %d/%d)\n", block.x, block.y, block.z, kind, f.kind);
                 abort();
             }
@@ -144,24 +228,6 @@ void emu_run_block3(emu_dim3 block, emu_dim3 dim, const std::function<void()> &f
             for (auto &f : fibers) any |= f.pred;
             for (auto &f : fibers) f.pred = any;
             (any ? emu_or_true : emu_or_false)++;
-        }
-        if (kind == 3) {
-            for (unsigned t = 0; t < threads; t++) {
-                if (fibers[t].state == 2) continue;
-                unsigned p = (t & ~31u) | ((t & 31u) ^ (unsigned)xo);
-                if (p >= threads || fibers[p].state != 1) { fprintf(stderr, "EMU: shuffle partner %u gone\n", p); abort(); }
-                memcpy(fibers[t].out, fibers[p].val, fibers[t].sz);
-            }
-        }
-        if (kind == 4) {
-            for (unsigned t = 0; t < threads; t++) {
-                if (fibers[t].state == 2) continue;
-                for (unsigned l = 0; l < 32; l++) {
-                    unsigned p = (t & ~31u) | l;
-                    if (p >= threads || fibers[p].state != 1) { fprintf(stderr, "EMU: warp gather: lane %u gone\n", p); abort(); }
-                    memcpy(fibers[t].out + l * fibers[t].sz, fibers[p].val, fibers[t].sz);
-                }
-            }
         }
         emu_rounds++;
         for (auto &f : fibers) if (f.state == 1) f.state = 0;

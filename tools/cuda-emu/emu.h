@@ -1,5 +1,5 @@
-// Minimal CUDA block emulator: each thread of a block is a ucontext fiber;
-// barriers and shuffles are block-wide rendezvous points. Dev-only tool.
+// Minimal CUDA block emulator: each thread of a block is a fiber; warp-wide
+// steps rendezvous per warp, barriers per block (emu.cpp: the schedule). Dev-only tool.
 #pragma once
 #include <cmath>
 #include <cstdint>

@@ -109,6 +109,9 @@ static inline void ldsm_x4_trans(uint32_t (&r)[4], const uint16_t *row) { emu_ld
 // are left. A copy nobody waits for never lands (on a GPU it lands at some
 // unknown time), so a tile read before its wait sees the NaN fill of shared
 // memory, or the previous tile. Queues belong to one block (emu_blocks).
+// CUDA_EMU_CP=eager lands each copy when it is issued instead, the other
+// end of what a GPU may do: a copy into a buffer that another warp still
+// reads, without the barrier between, then shows.
 struct emu_cp { uint16_t *dst; const uint16_t *src; bool valid; };
 struct emu_cp_queue { unsigned long block; std::vector<emu_cp> open; std::vector<std::vector<emu_cp>> groups; };
 static inline emu_cp_queue &emu_cp_mine()
@@ -125,6 +128,16 @@ static inline void cp_async16(uint16_t *smem, const uint16_t *gmem, bool valid)
         fprintf(stderr, "cp.async: %p <- %p is not 16-byte aligned\n", (void *)smem, (const void *)gmem);
         abort();
     }
+    static const int eager = [] {
+        const char *e = getenv("CUDA_EMU_CP");
+        if (e && *e && strcmp(e, "eager") && strcmp(e, "wait")) {
+            fprintf(stderr, "EMU: CUDA_EMU_CP must be wait or eager, not '%s'\n", e);
+            abort();
+        }
+        return e && !strcmp(e, "eager");
+    }();
+    if (eager)
+        for (int i = 0; i < 8; i++) smem[i] = valid ? gmem[i] : 0;
     emu_cp_mine().open.push_back({smem, gmem, valid});
 }
 static inline void cp_async_commit()
