@@ -104,7 +104,8 @@ static void set_thread(unsigned t)
 // kernels use no atomics, so their results must not depend on it: a read of
 // shared memory that lacks its barrier sees another warp's write in one
 // order and not in the other (or the NaN fill), so runs in both orders find
-// the missing barriers one order alone hides (tools/cuda-emu/run: `race`).
+// the missing barriers one order alone hides (CUDA_EMU_CP=eager beside it
+// for cp.async, emu_mma.h).
 static int order_mode = -1; // 0 forward, 1 reverse, 2 shuffle
 static unsigned long long perm_state = 0x9e3779b97f4a7c15ull;
 static int emu_order_mode()
@@ -176,11 +177,11 @@ void emu_run_block3(emu_dim3 block, emu_dim3 dim, const std::function<void()> &f
                         to_fiber(l0 + k);
                     }
                 // Every lane waits or is done: at a warp-wide step, resolve it.
-                int at_warp = 0, at_block = 0, done = 0, kind = -1, xo = -1;
+                int at_warp = 0, at_block = 0, kind = -1, xo = -1;
                 size_t sz0 = 0;
                 for (unsigned t = l0; t < l0 + n; t++) {
                     const fiber &f = fibers[t];
-                    if (f.state == 2) { done++; continue; }
+                    if (f.state == 2) continue;
                     if (f.kind == 1 || f.kind == 2) { at_block++; continue; }
                     at_warp++;
                     if (kind < 0) kind = f.kind, xo = f.xo, sz0 = f.sz;
@@ -197,7 +198,7 @@ void emu_run_block3(emu_dim3 block, emu_dim3 dim, const std::function<void()> &f
                 for (unsigned t = l0; t < l0 + n; t++) {
                     if (fibers[t].state == 2) continue;
                     for (unsigned l = 0; l < (kind == 4 ? 32u : 1u); l++) {
-                        const unsigned p = kind == 4 ? 32 * w + l : (t & ~31u) | ((t & 31u) ^ (unsigned)xo);
+                        const unsigned p = l0 + (kind == 4 ? l : (t - l0) ^ (unsigned)xo);
                         if (p >= threads || fibers[p].state != 1) {
                             fprintf(stderr, kind == 4 ? "EMU: warp gather: lane %u gone\n" : "EMU: shuffle partner %u gone\n", p);
                             abort();
