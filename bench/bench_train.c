@@ -49,7 +49,11 @@
  * the timed step. none is the baseline.
  * --f32-activations (with --bf16) keeps the MLP's hidden activations in f32
  * (dvl_ctx_set_bf16_activations false, as dvl-train's
- * train.bf16_activations false): the baseline of the bf16 ones. */
+ * train.bf16_activations false): the baseline of the bf16 ones.
+ * --attention f32|tf32|bf16 runs attention's tiled kernels in that
+ * arithmetic whatever the products' (dvl_cublas_set_attention_math, as
+ * dvl-train's train.attention_precision): `--bf16 --attention tf32` is the
+ * baseline of the bf16 mma.sync kernels. */
 #include <cblas.h>
 #include <inttypes.h>
 #include <math.h>
@@ -225,7 +229,7 @@ int bench_train(int argc, char **argv)
                    "[--steps S] [--block B] [--vocab V] [--shape 0.5b|7b] [--profile] "
                    "[--checkpoint] [--separate] [--tf32 | --bf16 (cuda)] [--ranks R (cuda)]\n"
                    "       [--frozen] [--zero-init] [--bf16-copies none|frozen|all] "
-                   "[--f32-activations] (cuda)\n"
+                   "[--f32-activations] [--attention f32|tf32|bf16] (cuda)\n"
                    "  --profile: one more step with the op profile on: time per op\n"
                    "  --checkpoint: recompute each layer in backward (activation checkpointing)\n"
                    "  --separate: one product per projection (not q|k|v and gate|up fused)\n"
@@ -235,13 +239,16 @@ int bench_train(int argc, char **argv)
                    "  --bf16-copies none|frozen|all (cuda, --bf16): weights with bf16 copies "
                    "(default frozen)\n"
                    "  --f32-activations (cuda, --bf16): keep the MLP's activations in f32 "
-                   "(default bf16)\n");
+                   "(default bf16)\n"
+                   "  --attention f32|tf32|bf16 (cuda): attention's kernels in that arithmetic "
+                   "(default: the products')\n");
             return 0;
         }
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--tf32") == 0 || strcmp(argv[i], "--bf16") == 0 ||
             strcmp(argv[i], "--ranks") == 0 || strcmp(argv[i], "--zero-init") == 0 ||
-            strcmp(argv[i], "--bf16-copies") == 0 || strcmp(argv[i], "--f32-activations") == 0) {
+            strcmp(argv[i], "--bf16-copies") == 0 || strcmp(argv[i], "--f32-activations") == 0 ||
+            strcmp(argv[i], "--attention") == 0) {
             fprintf(stderr, "dvl-bench train: %s needs --device cuda\n", argv[i]);
             return 2;
         }
@@ -494,6 +501,7 @@ typedef struct cuda_run {
     const dvl_diff_cfg *dc;
     int N, layers, steps, B, V;
     dvl_cuda_math math; /* of the context's products */
+    int attention;      /* --attention: a dvl_cuda_math, or -1: math's */
     double peak[3];
     bool profile;    /* --profile */
     bool checkpoint; /* --checkpoint */
@@ -525,7 +533,8 @@ static int run_cuda(const cuda_run *r, int L)
         fprintf(stderr, "dvl-bench train: %s\n", err.code ? err.msg : "out of host memory");
         goto done;
     }
-    if (dvl_cublas_set_math(dvl_ctx_cublas(ctx), r->math, &err)) {
+    if (dvl_cublas_set_math(dvl_ctx_cublas(ctx), r->math, &err) ||
+        dvl_cublas_set_attention_math(dvl_ctx_cublas(ctx), r->attention, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         goto done;
     }
@@ -699,6 +708,16 @@ static int train_cuda(int argc, char **argv)
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         return 1;
     }
+    const char *an = arg_str(argc, argv, "--attention", NULL);
+    const int attention = !an                    ? -1
+                          : !strcmp(an, "f32")  ? DVL_MATH_F32
+                          : !strcmp(an, "tf32") ? DVL_MATH_TF32
+                          : !strcmp(an, "bf16") ? DVL_MATH_BF16
+                                                : -2;
+    if (attention == -2) {
+        fprintf(stderr, "dvl-bench train: --attention must be f32, tf32 or bf16, not '%s'\n", an);
+        return 2;
+    }
     const int ranks = arg_int(argc, argv, "--ranks", 1);
     if (ranks < 1) {
         fprintf(stderr, "dvl-bench train: --ranks must be >= 1\n");
@@ -710,17 +729,18 @@ static int train_cuda(int argc, char **argv)
                   .separate = has_flag(argc, argv, "--separate"),
                   .frozen = has_flag(argc, argv, "--frozen"),
                   .f32_act = has_flag(argc, argv, "--f32-activations"),
-                  .ranks = ranks,
+                  .ranks = ranks, .attention = attention,
                   .math = bf16 ? DVL_MATH_BF16 : tf32 ? DVL_MATH_TF32 : DVL_MATH_F32};
     if (gemm_peaks(r.peak, &err)) {
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         return 1;
     }
-    printf("dvl-bench train --device cuda on %s%s%s\n", desc,
+    printf("dvl-bench train --device cuda on %s%s%s%s%s\n", desc,
            bf16 ? ", bf16 products (f32 accumulation)" : tf32 ? ", cuBLAS TF32" : "",
            !bf16             ? ""
            : r.f32_act       ? ", f32 activations"
-                             : ", bf16 MLP activations");
+                             : ", bf16 MLP activations",
+           an ? ", attention kernels in " : "", an ? an : "");
     printf("  cuBLAS 4096^3 peaks (same run): f32 %.1f TFLOP/s, tf32 %.1f, bf16 %.1f\n", r.peak[0],
            r.peak[1], r.peak[2]);
     dvl_model_config mc;

@@ -1696,6 +1696,93 @@ static float *tensor_host(dvl_ctx *ctx, const dvl_tensor *t, bool grad)
 }
 #endif
 
+#ifdef DVL_HAVE_CUDA
+/* One attention op, forward and backward, on a fresh context whose products
+ * are `math` and whose attention kernels are `attention` (-1: math's):
+ * out, dq, dk, dv one after another in a new host array of 2 (nq + nk). */
+static float *attention_in(dvl_cuda_math math, int attention, int64_t nq, int64_t nk)
+{
+    enum { T = 70, HQ = 4, HKV = 2, D = 64 };
+    ck_assert_int_eq(nq, T * HQ * D);
+    ck_assert_int_eq(nk, T * HKV * D);
+    dvl_err err = {0, ""};
+    dvl_ctx *ctx = dvl_ctx_new_err(DVL_CUDA, &err);
+    ck_assert_msg(ctx != NULL, "%s", err.msg);
+    dvl_cublas *h = dvl_ctx_cublas(ctx);
+    ck_assert_msg(dvl_cublas_set_math(h, math, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_msg(dvl_cublas_set_attention_math(h, attention, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_int_eq((int)dvl_cublas_attention_math(h), attention < 0 ? (int)math : attention);
+    const int64_t sq[4] = {1, T, HQ, D}, sk[4] = {1, T, HKV, D};
+    float *hq = host_randn(nq, 91, 1.0f), *hk = host_randn(nk, 92, 1.0f);
+    float *hv = host_randn(nk, 93, 1.0f), *seed = host_randn(nq, 94, 1.0f);
+    dvl_tensor *q = dvl_from_host(ctx, DVL_F32, 4, sq, hq);
+    dvl_tensor *k = dvl_from_host(ctx, DVL_F32, 4, sk, hk);
+    dvl_tensor *v = dvl_from_host(ctx, DVL_F32, 4, sk, hv);
+    ck_assert(q && k && v);
+    q->requires_grad = k->requires_grad = v->requires_grad = true;
+    const dvl_mask m = {.kind = DVL_MASK_BLOCK_DIFF, .block_size = 8, .half = T / 2};
+    dvl_tensor *o = dvl_attention(ctx, q, k, v, &m, 0.125f);
+    ck_assert_msg(o != NULL, "%s", dvl_ctx_err(ctx)->msg);
+    ck_assert_msg(dvl_backward_seed(ctx, o, seed) == DVL_OK, "%s", dvl_ctx_err(ctx)->msg);
+    float *all = malloc((size_t)(2 * (nq + nk)) * sizeof(float));
+    ck_assert_ptr_nonnull(all);
+    const dvl_tensor *src[4] = {o, q, k, v};
+    float *at = all;
+    for (int i = 0; i < 4; i++) {
+        float *x = tensor_host(ctx, src[i], i > 0);
+        memcpy(at, x, (size_t)dvl_numel(src[i]) * sizeof(float));
+        at += dvl_numel(src[i]);
+        free(x);
+    }
+    free(hq), free(hk), free(hv), free(seed);
+    dvl_ctx_free(ctx);
+    return all;
+}
+#endif
+
+/* dvl_cublas_set_attention_math (train.attention_precision): bf16 products
+ * with TF32 attention give the TF32 kernels' output and gradients to the
+ * bit, and not the bf16 kernels'; naming the products' own mode is the
+ * default; -1 goes back to following the products; an unknown mode is
+ * refused. BLOCK_DIFF over 70 positions (two tiles), D = 64. */
+START_TEST(attention_precision_override)
+{
+#ifdef DVL_HAVE_CUDA
+    if (!gpu_or_skip())
+        return;
+    const int64_t nq = 70 * 4 * 64, nk = 70 * 2 * 64;
+    const size_t bytes = (size_t)(2 * (nq + nk)) * sizeof(float);
+    float *tf32 = attention_in(DVL_MATH_TF32, -1, nq, nk);
+    float *bf16 = attention_in(DVL_MATH_BF16, -1, nq, nk);
+    float *bf16_tf32 = attention_in(DVL_MATH_BF16, DVL_MATH_TF32, nq, nk);
+    float *bf16_bf16 = attention_in(DVL_MATH_BF16, DVL_MATH_BF16, nq, nk);
+    float *f32_bf16 = attention_in(DVL_MATH_F32, DVL_MATH_BF16, nq, nk);
+    ck_assert_msg(memcmp(bf16_tf32, tf32, bytes) == 0,
+                  "bf16 products with TF32 attention differ from a TF32 run's attention");
+    ck_assert_msg(memcmp(bf16, tf32, bytes) != 0, "bf16 and TF32 attention gave the same bits");
+    ck_assert_msg(memcmp(bf16_bf16, bf16, bytes) == 0, "naming bf16 attention changed bf16's");
+    ck_assert_msg(memcmp(f32_bf16, bf16, bytes) == 0,
+                  "f32 products with bf16 attention differ from a bf16 run's attention");
+    dvl_err err = {0, ""};
+    dvl_cublas *h = dvl_cublas_new(false, &err);
+    ck_assert_msg(h != NULL, "%s", err.msg);
+    ck_assert_int_eq(dvl_cublas_attention_math(h), DVL_MATH_F32);
+    ck_assert_msg(dvl_cublas_set_attention_math(h, DVL_MATH_TF32, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_msg(dvl_cublas_set_math(h, DVL_MATH_BF16, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_int_eq(dvl_cublas_attention_math(h), DVL_MATH_TF32);
+    ck_assert_int_eq(dvl_cublas_set_attention_math(h, 3, &err), DVL_EINVAL);
+    ck_assert_msg(strstr(err.msg, "attention math mode 3") != NULL, "%s", err.msg);
+    ck_assert_int_eq(dvl_cublas_attention_math(h), DVL_MATH_TF32);
+    ck_assert_msg(dvl_cublas_set_attention_math(h, -1, &err) == DVL_OK, "%s", err.msg);
+    ck_assert_int_eq(dvl_cublas_attention_math(h), DVL_MATH_BF16);
+    dvl_cublas_free(h);
+    free(tf32), free(bf16), free(bf16_tf32), free(bf16_bf16), free(f32_bf16);
+#else
+    printf(SKIP_MSG "\n");
+#endif
+}
+END_TEST
+
 /* Rows that see no key (every key of sequence 0 padded; key 0 of sequence
  * 1 padded under the causal rule, so its query 0 sees nothing) output
  * exactly zero and get exactly zero dq, as the CPU; padded keys get exactly
@@ -3639,6 +3726,7 @@ static Suite *suite(void)
     tcase_add_test(tc, attention_tiled_matches_cpu_sizes);
     tcase_add_test(tc, attention_tc_matches_cpu_sizes);
     tcase_add_test(tc, attention_bf16_matches_cpu_sizes);
+    tcase_add_test(tc, attention_precision_override);
     tcase_add_test(tc, attention_tiled_masked_rows_are_zero);
     tcase_add_test(tc, attention_tiled_matches_reference_kernel);
     tcase_add_test(tc, attention_tiled_long_sequence_bounded_memory);

@@ -944,6 +944,15 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
         dvl_cublas_set_math(dvl_ctx_cublas(r->ctx),
                             c->precision == PREC_BF16 ? DVL_MATH_BF16 : DVL_MATH_TF32, err))
         return err->code;
+    /* train.attention_precision: attention's kernels in another arithmetic
+     * (PREC_* and DVL_MATH_* name the same modes). */
+    if (on_gpu(r) && c->attention_precision >= 0 &&
+        dvl_cublas_set_attention_math(dvl_ctx_cublas(r->ctx),
+                                      c->attention_precision == PREC_BF16   ? DVL_MATH_BF16
+                                      : c->attention_precision == PREC_TF32 ? DVL_MATH_TF32
+                                                                            : DVL_MATH_F32,
+                                      err))
+        return err->code;
     dvl_ctx_set_bf16_activations(r->ctx, c->bf16_activations);
     /* The weights' bf16 copies, from the weights as they now are
      * (broadcast, moved, resumed); nothing writes a frozen weight later,
@@ -986,10 +995,15 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                c->micro_batch, r->accum, c->global_batch, r->total, r->steps_per_epoch,
                ckpt[0] ? ", resumed" : "");
         if (on_gpu(r))
-            printf(PROG ": device cuda:%d %s, %s products%s%s%s%s\n", r->gpu, r->gpu_name,
+            printf(PROG ": device cuda:%d %s, %s products%s%s%s%s%s\n", r->gpu, r->gpu_name,
                    c->precision == PREC_BF16   ? "bf16 (f32 accumulation)"
                    : c->precision == PREC_TF32 ? "TF32"
                                                : "f32",
+                   c->attention_precision < 0 || c->attention_precision == (int)c->precision
+                       ? ""
+                   : c->attention_precision == PREC_BF16 ? ", attention's in bf16"
+                   : c->attention_precision == PREC_TF32 ? ", attention's in TF32"
+                                                         : ", attention's in f32",
                    c->precision == PREC_BF16 && c->bf16_activations
                        ? ", bf16 MLP activations (train.bf16_activations)"
                        : "",

@@ -366,6 +366,8 @@ reject resume_missing "nowhere" --resume nowhere
 reject bad_device train.device --config s2.json --set train.device=gpu
 reject precision_on_cpu "train.precision: bf16 needs train.device cuda" --config s2.json --set train.precision=bf16
 reject bad_precision train.precision --config s2.json --set train.precision=fp8
+reject attention_precision_on_cpu "train.attention_precision: tf32 needs train.device cuda" --config s2.json --set train.attention_precision=tf32
+reject bad_attention_precision train.attention_precision --config s2.json --set train.attention_precision=fp16
 reject zero1_type dist.zero1 --config s2.json --set dist.zero1=maybe
 
 # ---- train.device=cuda where it cannot run: one line naming the key and the

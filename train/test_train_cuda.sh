@@ -150,6 +150,25 @@ else
     bad "stage2_cuda_bf16_f32_activations_follows_f32: $(tail -2 gpu_bf16f.log)"
 fi
 
+# ---- train.attention_precision tf32 under bf16 products: the header says
+# so, the run follows the f32 one as closely, and its weights differ from
+# the all-bf16 run's (the key reaches the attention op).
+if "$TRAIN" --config s2.json --set train.device=cuda --set train.precision=bf16 \
+    --set train.attention_precision=tf32 --set train.out=gpu_bf16a >gpu_bf16a.log 2>&1 &&
+    grep -q "bf16 (f32 accumulation) products, attention's in TF32" gpu_bf16a.log &&
+    ! grep -q "attention's in" gpu_bf16.log &&
+    ! cmp -s gpu_bf16/final/model.safetensors gpu_bf16a/final/model.safetensors &&
+    py "$ST
+lg, la = losses('gpu'), losses('gpu_bf16a')
+print('   bf16 products, TF32 attention: %s' % la)
+assert len(la) == len(lg) == 8
+assert all(abs(a - b) <= 5e-2 * abs(a) for a, b in zip(lg, la)), (lg, la)
+"; then
+    ok stage2_cuda_bf16_tf32_attention_follows_f32
+else
+    bad "stage2_cuda_bf16_tf32_attention_follows_f32: $(tail -2 gpu_bf16a.log)"
+fi
+
 # ---- train.bf16_weight_copies: stage 1 in bf16 (the LM and the tower
 # frozen) with the frozen weights' bf16 copies (the default) and without
 # them: the same losses and final weights, bit for bit (a copy is what each

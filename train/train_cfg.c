@@ -41,6 +41,10 @@ const dvl_cfg_key TRAIN_KEYS[] = {
      .help = "GPU matrix products: f32, TF32 tensor cores, or bf16 operands with f32 "
              "accumulation, attention's products too (tf32: wmma kernels; bf16: mma.sync "
              "kernels); f32 weights, moments and gradients; cpu: f32 only"},
+    {"train.attention_precision", DVL_CFG_ENUM, .def = "auto", .choices = "auto|f32|tf32|bf16",
+     .help = "the tiled attention kernels' products when they should differ from "
+             "train.precision's (auto: the same): e.g. bf16 products with the TF32 attention "
+             "kernels, as a baseline for the bf16 ones or a fallback; cpu: auto or f32"},
     {"train.bf16_weight_copies", DVL_CFG_ENUM, .def = "frozen", .choices = "none|frozen|all",
      .help = "with train.precision bf16: bf16 copies of weights kept on the GPU, read by the "
              "products instead of rounding the f32 weight in each: of the frozen weights (the "
@@ -141,6 +145,7 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
     o->seed = dvl_cfg_int(c, "train.seed");
     o->device = (train_device)dvl_cfg_enum(c, "train.device");
     o->precision = (train_precision)dvl_cfg_enum(c, "train.precision");
+    o->attention_precision = dvl_cfg_enum(c, "train.attention_precision") - 1; /* auto: -1 */
     o->bf16_copies = (dvl_bf16_copies)dvl_cfg_enum(c, "train.bf16_weight_copies");
     o->bf16_activations = dvl_cfg_bool(c, "train.bf16_activations");
     o->lr = dvl_cfg_float(c, "optim.lr");
@@ -186,6 +191,11 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
         return dvl_errf(err, DVL_EINVAL,
                         "train.precision: %s needs train.device cuda (the CPU computes in f32)",
                         o->precision == PREC_TF32 ? "tf32" : "bf16");
+    if (o->attention_precision > PREC_F32 && o->device != TRAIN_CUDA)
+        return dvl_errf(err, DVL_EINVAL,
+                        "train.attention_precision: %s needs train.device cuda (the CPU computes "
+                        "in f32)",
+                        o->attention_precision == PREC_TF32 ? "tf32" : "bf16");
     if (o->global_batch % o->micro_batch)
         return dvl_errf(err, DVL_EINVAL,
                         "train.global_batch: %lld is not a multiple of train.micro_batch %lld",

@@ -39,6 +39,7 @@ typedef struct train_cfg {
     int64_t seed;
     train_device device; /* cuda: one GPU per rank, chosen by the rank's place on its node */
     train_precision precision; /* of the GPU's matrix products (dvl_cuda_math) */
+    int attention_precision;   /* a train_precision for attention's kernels; -1: precision's */
     dvl_bf16_copies bf16_copies; /* bf16 precision: dvl_params_keep_bf16's mode */
     bool bf16_activations;       /* bf16 precision: dvl_ctx_set_bf16_activations */
     /* optimiser and schedule */

@@ -25,10 +25,11 @@ static inline void *dvl_dev_copy(dvl_ctx *ctx, const void *host, size_t bytes)
 }
 
 /* Attention's products in the arithmetic of the context's other products
- * (f32, TF32 or bf16): the precision the user chose for the matrix work. */
+ * (f32, TF32 or bf16): the precision the user chose for the matrix work,
+ * unless the handle names one for attention (dvl_cublas_set_attention_math). */
 static inline dvl_cuda_math dvl_dev_attention_math(dvl_ctx *ctx)
 {
-    return dvl_cublas_math(dvl_ctx_cublas(ctx));
+    return dvl_cublas_attention_math(dvl_ctx_cublas(ctx));
 }
 
 /* The linear layer's products y = x W^T (+ b) and its backward (dx += dy W,

@@ -17,6 +17,7 @@
 struct dvl_cublas {
     cublasHandle_t h;
     dvl_cuda_math math;
+    int attention; /* DVL_MATH_* of attention's kernels, or -1: math's */
 };
 
 __attribute__((format(printf, 3, 4))) static int blas_fail(dvl_err *err, cublasStatus_t s,
@@ -60,6 +61,19 @@ extern "C" int dvl_cublas_set_math(dvl_cublas *h, dvl_cuda_math math, dvl_err *e
 
 extern "C" dvl_cuda_math dvl_cublas_math(const dvl_cublas *h) { return h->math; }
 
+extern "C" int dvl_cublas_set_attention_math(dvl_cublas *h, int math, dvl_err *err)
+{
+    if (math != -1 && math != DVL_MATH_F32 && math != DVL_MATH_TF32 && math != DVL_MATH_BF16)
+        return dvl_errf(err, DVL_EINVAL, "cublas: unknown attention math mode %d", math);
+    h->attention = math;
+    return DVL_OK;
+}
+
+extern "C" dvl_cuda_math dvl_cublas_attention_math(const dvl_cublas *h)
+{
+    return h->attention < 0 ? h->math : (dvl_cuda_math)h->attention;
+}
+
 extern "C" dvl_cublas *dvl_cublas_new(bool tf32, dvl_err *err)
 {
     dvl_cublas *h = (dvl_cublas *)calloc(1, sizeof *h);
@@ -73,6 +87,7 @@ extern "C" dvl_cublas *dvl_cublas_new(bool tf32, dvl_err *err)
         free(h);
         return NULL;
     }
+    h->attention = -1;
     if (dvl_cublas_set_math(h, tf32 ? DVL_MATH_TF32 : DVL_MATH_F32, err) != DVL_OK) {
         dvl_cublas_free(h);
         return NULL;

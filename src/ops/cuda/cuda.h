@@ -103,6 +103,13 @@ dvl_cublas *dvl_cublas_new(bool tf32, dvl_err *err);
 void dvl_cublas_free(dvl_cublas *h);
 int dvl_cublas_set_math(dvl_cublas *h, dvl_cuda_math math, dvl_err *err);
 dvl_cuda_math dvl_cublas_math(const dvl_cublas *h);
+/* The arithmetic of the tiled attention kernels' products when it should
+ * differ from the other products' (train.attention_precision): math is a
+ * dvl_cuda_math, or -1 to follow set_math (the default). A bf16 run can
+ * so take the TF32 kernels as a baseline in the same process, or fall back
+ * to them. attention_math: the mode attention uses now. */
+int dvl_cublas_set_attention_math(dvl_cublas *h, int math, dvl_err *err);
+dvl_cuda_math dvl_cublas_attention_math(const dvl_cublas *h);
 /* set_math(TF32 or F32); whether the mode is TF32. */
 int dvl_cublas_set_tf32(dvl_cublas *h, bool tf32, dvl_err *err);
 bool dvl_cublas_tf32(const dvl_cublas *h);
