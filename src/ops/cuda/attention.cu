@@ -250,7 +250,8 @@ template <int DP, bool TC> static size_t q_smem()
 
 /* -------------------------------------------------------------- forward */
 
-/* blockIdx.x = (n * Hq + h) * qtiles + query tile. */
+/* Block fa_block_of(blockIdx.x, qtiles, a, true): a query tile of one
+ * head of one sequence, the last tiles first. */
 template <int DP, bool TC>
 __global__ static void __launch_bounds__(FA_THREADS)
     fa_fwd_k(float *out, float *lse, const float *q, const float *k, const float *v, fa_args a,
@@ -263,8 +264,8 @@ __global__ static void __launch_bounds__(FA_THREADS)
     __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const int64_t blk = blockIdx.x;
-    const int64_t i0 = (blk % qtiles) * BQ, h = (blk / qtiles) % a.Hq, n = blk / (qtiles * a.Hq);
+    const fa_block bl = fa_block_of(blockIdx.x, qtiles, a, true);
+    const int64_t i0 = bl.tile * BQ, h = bl.h, n = bl.n;
     const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
     const float *qb = q + (n * a.Tq * a.Hq + h) * D; /* row i at qb + i qs */
     const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
@@ -377,8 +378,8 @@ __global__ static void fa_dot_k(float *Dv, const float *dout, const float *out, 
         Dv[row] = (float)s;
 }
 
-/* Query head h's part of dK and dV for one tile of keys; blockIdx.x =
- * (n * Hq + h) * ktiles + key tile. Rows of the product tiles are keys,
+/* Query head h's part of dK and dV for one tile of keys; block
+ * fa_block_of(blockIdx.x, ktiles, a, false). Rows of the product tiles are keys,
  * columns queries. With pk (pv) given, the part is stored there as [N, Tk,
  * Hq, D] (kernel kv_sum adds the heads of a group); else (one query head per
  * kv head) it is added into dk (dv) [N, Tk, Hkv, D] directly. */
@@ -397,9 +398,8 @@ __global__ static void __launch_bounds__(FA_THREADS) fa_bwd_kv_k(
     __shared__ float s_lse[BQ], s_D[BQ];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const int64_t blk = blockIdx.x;
-    const int64_t j0 = (blk % ktiles) * BK, h = (blk / ktiles) % a.Hq,
-                  n = blk / (ktiles * a.Hq);
+    const fa_block bl = fa_block_of(blockIdx.x, ktiles, a, false);
+    const int64_t j0 = bl.tile * BK, h = bl.h, n = bl.n;
     const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
     const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
@@ -510,8 +510,8 @@ __global__ static void __launch_bounds__(FA_THREADS) fa_bwd_q_k(
     __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const int64_t blk = blockIdx.x;
-    const int64_t i0 = (blk % qtiles) * BQ, h = (blk / qtiles) % a.Hq, n = blk / (qtiles * a.Hq);
+    const fa_block bl = fa_block_of(blockIdx.x, qtiles, a, true);
+    const int64_t i0 = bl.tile * BQ, h = bl.h, n = bl.n;
     const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D, ks = a.Hkv * D;
     const float *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
     const float *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;

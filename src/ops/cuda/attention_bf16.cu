@@ -301,7 +301,8 @@ template <int DP> static size_t q16_smem()
 
 /* -------------------------------------------------------------- forward */
 
-/* blockIdx.x = (n * Hq + h) * qtiles + query tile. */
+/* Block fa_block_of(blockIdx.x, qtiles, a, true): a query tile of one
+ * head of one sequence, the last tiles first. */
 template <int DP>
 __global__ static void __launch_bounds__(MMA_THREADS)
     fa16_fwd_k(float *out, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
@@ -314,8 +315,8 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
-    const int64_t blk = blockIdx.x;
-    const int64_t i0 = (blk % qtiles) * BQ, h = (blk / qtiles) % a.Hq, n = blk / (qtiles * a.Hq);
+    const fa_block bl = fa_block_of(blockIdx.x, qtiles, a, true);
+    const int64_t i0 = bl.tile * BQ, h = bl.h, n = bl.n;
     const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D;
     const uint16_t *qb = q + (n * a.Tq * a.Hq + h) * D;
     const uint16_t *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
@@ -440,8 +441,8 @@ __global__ static void __launch_bounds__(MMA_THREADS)
 
 /* ------------------------------------------------------------- backward */
 
-/* Query head h's part of dK and dV for one tile of 64 keys; blockIdx.x =
- * (n * Hq + h) * ktiles + key tile. pk, pv, dk, dv as fa_bf16_bwd_kv. */
+/* Query head h's part of dK and dV for one tile of 64 keys; block
+ * fa_block_of(blockIdx.x, ktiles, a, false). pk, pv, dk, dv as fa_bf16_bwd_kv. */
 template <int DP>
 __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
     float *dk, float *dv, float *pk, float *pv, const uint16_t *dout, const uint16_t *q,
@@ -457,9 +458,8 @@ __global__ static void __launch_bounds__(MMA_THREADS) fa16_bwd_kv_k(
     __shared__ float s_lse[2][BQ], s_D[2][BQ];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
-    const int64_t blk = blockIdx.x;
-    const int64_t j0 = (blk % ktiles) * BK, h = (blk / ktiles) % a.Hq,
-                  n = blk / (ktiles * a.Hq);
+    const fa_block bl = fa_block_of(blockIdx.x, ktiles, a, false);
+    const int64_t j0 = bl.tile * BK, h = bl.h, n = bl.n;
     const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, ks = a.Hkv * D;
     const uint16_t *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;
 
@@ -559,8 +559,8 @@ __global__ static void __launch_bounds__(MMA_THREADS)
     __shared__ int64_t s_lo[BQ][2], s_hi[BQ][2];
     __shared__ unsigned char s_kv[BK];
     const int tid = threadIdx.x, w = tid / 32, g = (tid % 32) / 4, t = tid % 4;
-    const int64_t blk = blockIdx.x;
-    const int64_t i0 = (blk % qtiles) * BQ, h = (blk / qtiles) % a.Hq, n = blk / (qtiles * a.Hq);
+    const fa_block bl = fa_block_of(blockIdx.x, qtiles, a, true);
+    const int64_t i0 = bl.tile * BQ, h = bl.h, n = bl.n;
     const int64_t hk = h / (a.Hq / a.Hkv), D = a.D, qs = a.Hq * D;
     const uint16_t *qb = q + (n * a.Tq * a.Hq + h) * D, *ob = dout + (n * a.Tq * a.Hq + h) * D;
     const uint16_t *kb = k + (n * a.Tk * a.Hkv + hk) * D, *vb = v + (n * a.Tk * a.Hkv + hk) * D;

@@ -41,6 +41,29 @@ template <int W> __device__ static inline float group_sum(float v)
     return v;
 }
 
+/* Which tile, head and sequence block blk of a kernel's grid takes. The
+ * tile varies slowest: one tile of every (sequence, head) before the next.
+ * A GPU starts blocks about in index order, and under the causal rules
+ * (causal, block-causal, each half of block diffusion) a query tile's work
+ * grows with its index and a key tile's shrinks, so query tiles go last
+ * first (queries: true) and key tiles first first: the longest blocks start
+ * first and the last wave holds the shortest (longest-processing-time
+ * order; with the tile varying fastest, the last heads' longest tiles
+ * started last and ran on while the other multiprocessors idled). Blocks
+ * write disjoint outputs, so the order changes no result. */
+struct fa_block {
+    int64_t tile, h, n;
+};
+__device__ static inline fa_block fa_block_of(unsigned blk, int64_t tiles, const fa_args &a,
+                                              bool queries)
+{
+    /* 32-bit: the launch checked that the grid, tiles x N x Hq, fits an int */
+    const unsigned heads = (unsigned)(a.N * a.Hq), hq = (unsigned)a.Hq;
+    const unsigned nh = blk % heads, t = blk / heads;
+    return fa_block{queries ? tiles - 1 - (int64_t)t : (int64_t)t, (int64_t)(nh % hq),
+                    (int64_t)(nh / hq)};
+}
+
 /* Query row i's mask spans into lo/hi, empty ([0, 0)) where the rule gives
  * fewer than two or the row is past the end (a partial last tile). */
 __device__ static inline void row_spans(const fa_args &a, int64_t i, int64_t *lo, int64_t *hi)
