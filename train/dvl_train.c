@@ -177,6 +177,14 @@ typedef struct run {
     dvl_adamw *host_opt;
 } run;
 
+#ifdef DVL_HAVE_CUDA
+/* train.precision's (and train.attention_precision's) GPU arithmetic. */
+static dvl_cuda_math prec_math(train_precision p)
+{
+    return p == PREC_BF16 ? DVL_MATH_BF16 : p == PREC_TF32 ? DVL_MATH_TF32 : DVL_MATH_F32;
+}
+#endif
+
 static const char *stage_name(train_stage s)
 {
     return s == STAGE_1 ? "1" : s == STAGE_2 ? "2" : "ar";
@@ -941,16 +949,12 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
     /* train.precision: the math mode of every product on the context's
      * cuBLAS handle (the config allows non-f32 on cuda only). */
     if (on_gpu(r) && c->precision != PREC_F32 &&
-        dvl_cublas_set_math(dvl_ctx_cublas(r->ctx),
-                            c->precision == PREC_BF16 ? DVL_MATH_BF16 : DVL_MATH_TF32, err))
+        dvl_cublas_set_math(dvl_ctx_cublas(r->ctx), prec_math(c->precision), err))
         return err->code;
-    /* train.attention_precision: attention's kernels in another arithmetic
-     * (PREC_* and DVL_MATH_* name the same modes). */
+    /* train.attention_precision: attention's kernels in another arithmetic. */
     if (on_gpu(r) && c->attention_precision >= 0 &&
         dvl_cublas_set_attention_math(dvl_ctx_cublas(r->ctx),
-                                      c->attention_precision == PREC_BF16   ? DVL_MATH_BF16
-                                      : c->attention_precision == PREC_TF32 ? DVL_MATH_TF32
-                                                                            : DVL_MATH_F32,
+                                      (int)prec_math((train_precision)c->attention_precision),
                                       err))
         return err->code;
     dvl_ctx_set_bf16_activations(r->ctx, c->bf16_activations);
