@@ -1,5 +1,6 @@
-// The SwiGLU, column-slice and rotary kernels (src/ops/cuda/kernels.cu
-// "silu, swiglu", src/ops/cuda/ops.cu slice_cols and rope) on the emulator
+// The column-sum, SwiGLU, column-slice and rotary kernels
+// (src/ops/cuda/kernels.cu "column sums" and "silu, swiglu",
+// src/ops/cuda/ops.cu slice_cols and rope) on the emulator
 // against the CPU kernels (src/ops/cpu/elementwise.c, rows.c, rope.c, linked
 // in): two tensors (ld = cols) and the halves of one (ld = 2 cols,
 // dvl_swiglu_cat), either gradient NULL, rotary on dense heads and on a
@@ -7,9 +8,13 @@
 // than the data so the grid-stride loops wrap. SwiGLU's GPU sigmoid is float
 // expf where the CPU evaluates in double: within 1e-6 relative; the slices
 // are copies and sums of one term, the rotation rounds each product as the
-// CPU does: equal to the bit.
+// CPU does: equal to the bit. The column sum against a double-precision sum
+// and, to the bit, against its own fixed order written out below.
 #include "emu.h"
 #include "emu_mma.h"
+#include <algorithm>
+#include "ops/cuda/cuda.h" // DVL_CUDA_COLSUM_CHUNK
+using std::min;           // the device's min, as the column sum calls it
 #include "elem.inc"
 #include <random>
 #include <vector>
@@ -48,6 +53,65 @@ static std::vector<float> randn(size_t n, unsigned seed, float std)
     std::vector<float> v(n);
     for (auto &x : v) x = d(g);
     return v;
+}
+
+// The deterministic column sum, out[c] += sum_r a[r, c] (weighted: times
+// x[r, c] * rstd[r], RMSNorm's weight gradient), on grid_y rows of blocks:
+// fewer than the chunks, the blocks loop over chunks and the barrier after
+// each chunk's lane sums guards their reuse (a missing one shows in reverse
+// warp order, `run orders`). The GPU's order: per chunk of
+// DVL_CUDA_COLSUM_CHUNK rows, lane l sums rows l, l + 8, ... in float, the
+// lanes add in lane order, the chunks in double.
+static void colsum_case(int64_t rows, int64_t cols, unsigned grid_y, bool weighted)
+{
+    const int64_t chunk = DVL_CUDA_COLSUM_CHUNK, nchunks = (rows + chunk - 1) / chunk;
+    const unsigned tiles = (unsigned)((cols + 31) / 32), lanes = 8;
+    std::vector<float> a = randn(rows * cols, 14, 1), x = randn(rows * cols, 15, 1);
+    std::vector<float> rstd = randn(rows, 16, 1), out = randn(cols, 17, 1), out0 = out;
+    std::vector<float> partial(nchunks * cols, NAN);
+    const float *px = weighted ? x.data() : nullptr, *pr = weighted ? rstd.data() : nullptr;
+    gridDim.x = tiles, gridDim.y = grid_y, gridDim.z = 1;
+    for (unsigned by = 0; by < grid_y; by++)
+        for (unsigned bx = 0; bx < tiles; bx++) {
+            emu_dim3 b, d;
+            b.x = bx, b.y = by, d.x = 32, d.y = lanes, d.z = 1;
+            emu_run_block3(b, d, [&] {
+                colsum_partial(partial.data(), a.data(), px, pr, rows, cols);
+            });
+        }
+    gridDim.y = 1;
+    launch(2, 64, [&] { colsum_finish(out.data(), partial.data(), nchunks, cols); });
+    std::vector<float> exact(cols), ref(cols);
+    for (int64_t c = 0; c < cols; c++) {
+        double t = 0, d = 0;
+        for (int64_t k = 0; k < nchunks; k++) {
+            const int64_t r1 = std::min((k + 1) * chunk, rows);
+            float p = 0;
+            for (int64_t l = 0; l < (int64_t)lanes; l++) {
+                float acc = 0;
+                for (int64_t r = k * chunk + l; r < r1; r += lanes) {
+                    float v = a[r * cols + c];
+                    if (weighted) v *= x[r * cols + c] * rstd[r];
+                    acc += v;
+                    d += weighted ? (double)a[r * cols + c] * x[r * cols + c] * rstd[r]
+                                  : (double)a[r * cols + c];
+                }
+                p += acc;
+            }
+            t += p;
+        }
+        exact[c] = (float)((double)out0[c] + t);
+        ref[c] = (float)((double)out0[c] + d);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "colsum%s %lldx%lld, %lld chunks on %u, double sum",
+             weighted ? " x*rstd" : "", (long long)rows, (long long)cols, (long long)nchunks,
+             grid_y);
+    check(what, out, ref, 2e-5);
+    snprintf(what, sizeof what, "colsum%s %lldx%lld, %lld chunks on %u, its order",
+             weighted ? " x*rstd" : "", (long long)rows, (long long)cols, (long long)nchunks,
+             grid_y);
+    check(what, out, exact, 0);
 }
 
 // rows x cols outputs; gate/up rows ld apart (up = gate + off within one
@@ -169,6 +233,9 @@ static void rope_case(int64_t tokens, int64_t H, int64_t D, int64_t ld, int64_t 
 
 int main()
 {
+    colsum_case(1000, 40, 2, false); // 4 chunks on 2 rows of blocks: each loops twice
+    colsum_case(777, 70, 1, true);   // 4 chunks on 1, a partial last chunk and tile
+    colsum_case(300, 33, 2, true);   // one chunk a block
     swiglu_case(1, 1001, false, 3, 3);
     swiglu_case(7, 33, false, 1, 2);
     swiglu_case(7, 33, false, 2, 1);

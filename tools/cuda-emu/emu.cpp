@@ -145,6 +145,11 @@ void emu_run_block(unsigned block, unsigned threads, const std::function<void()>
     emu_run_block3(b, d, fn);
 }
 
+// The static shared arrays' section (emu.h): the linker names its bounds
+// in the module that holds it; weak, as a program may have none.
+extern "C" char __start_emu_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_emu_shared[] __attribute__((weak, visibility("hidden")));
+
 void emu_run_block3(emu_dim3 block, emu_dim3 dim, const std::function<void()> &fn)
 {
     const size_t SS = 1 << 18;
@@ -157,6 +162,8 @@ void emu_run_block3(emu_dim3 block, emu_dim3 dim, const std::function<void()> &f
     body = &fn;
     blockIdx = block; blockDim = dim;
     emu_blocks++;
+    if (__start_emu_shared != __stop_emu_shared)
+        memset(__start_emu_shared, 0xff, (size_t)(__stop_emu_shared - __start_emu_shared));
     for (unsigned t = 0; t < threads; t++) {
         fiber &f = fibers[t];
         f.stack = stacks[t];

@@ -37,7 +37,12 @@ template <class T> static inline T emu_shfl(unsigned mask, T v, int o)
 #define __global__
 #define __device__
 #define __host__
-#define __shared__ static
+// Static shared arrays live in one section, which emu_run_block3 fills with
+// 0xff bytes (NaN as float or double, -1 as an integer) before each block:
+// on a GPU their contents at a block's start are undefined, so a read before
+// the block's own write (a missing barrier, a stale value of an earlier
+// block) shows here as the dynamic shared memory's NaN fill shows it.
+#define __shared__ static __attribute__((section("emu_shared")))
 #define __launch_bounds__(x)
 #define __align__(x)
 #define __syncthreads() emu_sync()

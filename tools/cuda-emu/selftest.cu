@@ -1,6 +1,7 @@
 /* The emulated backend's own checks can fail (meson -Dgpu_emu=true: test
  * cuda_emu_selftest): each refusal a GPU would make is made here too, and a
  * correct call still works. Compiled by ./cxx like src/ops/cuda/. */
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -38,6 +39,17 @@ __global__ static void shared_k(float *out)
     smem[t] = (float)(100 * threadIdx.y + threadIdx.x);
     __syncthreads();
     out[t] = smem[(t + 1) % (blockDim.x * blockDim.y)];
+}
+
+/* Block 0 writes a static shared array and reads it back; block 1 reads it
+ * without writing: on a GPU its contents are undefined, here NaN. */
+__global__ static void stale_shared_k(float *out)
+{
+    __shared__ float s[32];
+    const int t = threadIdx.x;
+    if (blockIdx.x == 0)
+        s[t] = 1.0f;
+    out[blockIdx.x * 32 + t] = s[t];
 }
 
 /* One warp: each lane copies 8 values by cp.async into shared memory,
@@ -114,6 +126,15 @@ int main()
     cudaMemcpy(ho, o, sizeof ho, cudaMemcpyDeviceToHost);
     EXPECT(ho[0] == 1.0f && ho[2] == 100.0f && ho[5] == 0.0f,
            "threadIdx.x / .y of a 3 x 2 block and a barrier through shared memory");
+
+    /* A static shared array does not carry a block's values into the next. */
+    float *dst = nullptr, hst[64];
+    cudaMalloc(&dst, sizeof hst);
+    stale_shared_k<<<2, 32>>>(dst);
+    cudaMemcpy(hst, dst, sizeof hst, cudaMemcpyDeviceToHost);
+    EXPECT(hst[0] == 1.0f && hst[31] == 1.0f && std::isnan(hst[32]) && std::isnan(hst[63]),
+           "a static shared array is NaN at each block's start");
+    cudaFree(dst);
 
     /* cp.async: the data is there after the wait and a barrier, and not
      * without the wait (the emulator lands a copy only at its wait). */
