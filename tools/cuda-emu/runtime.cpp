@@ -9,6 +9,12 @@
 // code that reads or writes device memory directly, which would fault on a
 // GPU too, faults here (SIGSEGV at the offending line) instead of working.
 // CUDA_EMU_PROTECT=0 turns that off.
+//
+// CUDA_EMU_DIGEST=FILE appends a line for each device-to-host copy to FILE:
+// its bytes, an FNV-1a hash of them and the last kernel launched before it.
+// Two runs of a program whose results do not depend on the warp order give
+// the same lines in every order (CUDA_EMU_ORDER, emu.cpp): tools/cuda-emu/
+// suite-orders compares them.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -66,6 +72,26 @@ void set_access(int prot)
             perror("cuda-emu: mprotect");
             abort();
         }
+}
+
+std::string last_kernel = "(none)";
+
+void digest(const void *p, size_t bytes)
+{
+    static const char *path = getenv("CUDA_EMU_DIGEST");
+    if (!path || !*path)
+        return;
+    unsigned long long h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < bytes; i++)
+        h = (h ^ ((const unsigned char *)p)[i]) * 0x100000001b3ull;
+    // Opened for each line: a forked test's lines land in order too.
+    FILE *f = fopen(path, "a");
+    if (!f) {
+        perror(path);
+        abort();
+    }
+    fprintf(f, "%zu %016llx after %s\n", bytes, h, last_kernel.c_str());
+    fclose(f);
 }
 
 cudaError_t fail(cudaError_t e)
@@ -214,6 +240,8 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
     emu_device_open();
     memmove(dst, src, bytes);
     emu_device_close();
+    if (sd && !dd)
+        digest(dst, bytes);
     return cudaSuccess;
 }
 
@@ -350,6 +378,7 @@ void emu_grid(const void *kernel, const char *name, dim3 grid, dim3 block, size_
               const std::function<void()> &fn)
 {
     emu_trace(name, (double)grid.x * grid.y * grid.z);
+    last_kernel = name;
     const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
     size_t limit = SMEM_DEFAULT;
     {
