@@ -477,6 +477,14 @@ START_TEST(bad_options)
     ck_assert_msg(strstr(err.msg, "bf16 products need the model on a CUDA device") != NULL, "%s",
                   err.msg);
     ck_assert(r.ids == NULL);
+    /* So is another arithmetic for attention alone (the TF32 kernels). */
+    o.bf16 = false;
+    o.attention = 1;
+    ck_assert_int_ne(dvl_generate(&m, p, 3, NULL, 0, &o, &r, &err), 0);
+    ck_assert_msg(strstr(err.msg, "attention in another arithmetic needs the model on a CUDA device") !=
+                      NULL,
+                  "%s", err.msg);
+    ck_assert(r.ids == NULL);
     dvl_model_free(&m);
 }
 END_TEST

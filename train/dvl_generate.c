@@ -53,6 +53,10 @@
  *       on bf16 copies of the weights kept on the GPU (dvl_params_keep_bf16,
  *       +2 bytes per parameter); tokens may differ from f32's where two
  *       candidates are within bf16 rounding. Default f32.
+ *       --attention f32|tf32|bf16 (with --device cuda): the tiled attention
+ *       kernels in that arithmetic instead of --precision's (as dvl-train's
+ *       train.attention_precision): bf16 products on the TF32 kernels give
+ *       the bf16 kernels a baseline, or a fallback, without a rebuild.
  *
  * Each program mode is a row in MODES (generation when none is given) and
  * its options are the rows of OPTS whose mask includes it.
@@ -90,7 +94,7 @@ typedef struct args {
     const char *model, *ids, *pixels, *logits_out;
     const char *prompt, *prompts, *eval, *meta, *limit, *batch, *tokenizer, *system, *gen_mode, *remasking;
     const char *block_size, *steps, *threshold, *temperature, *top_k, *top_p, *max_new, *seed,
-        *mask_id, *device, *precision;
+        *mask_id, *device, *precision, *attention;
     const char *images[MAX_IMAGES];
     int n_images;
     bool timing;
@@ -136,6 +140,7 @@ static const struct {
     {"--mask-id", OPT_STR, offsetof(args, mask_id), 1u << MODE_GEN},
     {"--device", OPT_STR, offsetof(args, device), (1u << MODE_GEN) | (1u << MODE_SCORE)},
     {"--precision", OPT_STR, offsetof(args, precision), (1u << MODE_GEN) | (1u << MODE_SCORE)},
+    {"--attention", OPT_STR, offsetof(args, attention), (1u << MODE_GEN) | (1u << MODE_SCORE)},
 };
 #define N_OPTS (sizeof OPTS / sizeof *OPTS)
 
@@ -144,7 +149,7 @@ static int usage(FILE *f)
     fprintf(f, "usage: " PROG " --score --model DIR --ids FILE.json\n"
                "           [--image FILE ... | --pixels FILE.safetensors]\n"
                "           --logits-out FILE.npy [--timing] [--device cpu|cuda]\n"
-               "           [--precision f32|bf16 (cuda)]\n"
+               "           [--precision f32|bf16 (cuda)] [--attention f32|tf32|bf16 (cuda)]\n"
                "  --score  one forward pass in the model's native attention; float32 logits\n"
                "           [T, V] to FILE.npy (--timing: forward time on stderr)\n"
                "       " PROG " --model DIR [--image FILE] (--prompt TEXT | --prompts FILE.jsonl |\n"
@@ -154,6 +159,8 @@ static int usage(FILE *f)
                "           [--mask-id ID] [--tokenizer DIR] [--system TEXT] [--timing]\n"
                "           [--batch N (with --prompts)] [--device cpu|cuda]\n"
                "           [--precision f32|bf16 (cuda: bf16 products on bf16 weight copies)]\n"
+               "           [--attention f32|tf32|bf16 (cuda: attention's kernels, default as\n"
+               "           --precision)]\n"
                "       " PROG " --model DIR --eval DIR/heldout.json --meta DIR/heldout_meta.jsonl\n"
                "           [--limit N] [decoding options]\n"
                "  generate: block diffusion with KV cache (default), full recompute, or AR\n");
@@ -417,15 +424,16 @@ static double now(void)
 }
 
 static int open_device(const char *name, bool *cuda, dvl_err *err);
-static int parse_precision(const args *a, bool cuda, bool *bf16, dvl_err *err);
+static int parse_precision(const args *a, bool cuda, bool *bf16, int *attention, dvl_err *err);
 static int place_model(dvl_model *m, bool cuda, bool bf16, dvl_err *err);
 
 static int score(const args *a, dvl_err *err)
 {
     dvl_model m;
     bool cuda = false, bf16 = false;
+    int attention = -1;
     int rc = open_device(a->device, &cuda, err);
-    if (rc || (rc = parse_precision(a, cuda, &bf16, err)) ||
+    if (rc || (rc = parse_precision(a, cuda, &bf16, &attention, err)) ||
         (rc = dvl_model_open(&m, a->model, false, NULL, err)))
         return rc;
     int32_t *ids = NULL, *expanded = NULL;
@@ -482,7 +490,9 @@ static int score(const args *a, dvl_err *err)
         goto done;
     }
 #ifdef DVL_HAVE_CUDA
-    if (bf16 && (rc = dvl_cublas_set_math(dvl_ctx_cublas(ctx), DVL_MATH_BF16, err)))
+    if ((bf16 && (rc = dvl_cublas_set_math(dvl_ctx_cublas(ctx), DVL_MATH_BF16, err))) ||
+        (attention >= 0 &&
+         (rc = dvl_cublas_set_attention_math(dvl_ctx_cublas(ctx), attention, err))))
         goto done;
 #endif
     dvl_set_grad_enabled(ctx, false);
@@ -1151,8 +1161,10 @@ static int open_device(const char *name, bool *cuda, dvl_err *err)
 }
 
 /* --precision: f32 (default) or bf16 (bf16 products, f32 accumulation;
- * --device cuda only). */
-static int parse_precision(const args *a, bool cuda, bool *bf16, dvl_err *err)
+ * --device cuda only). --attention: -1 (not given: as --precision) or the
+ * dvl_cuda_math of the attention kernels, 0 f32, 1 TF32, 2 bf16 (tf32 and
+ * bf16 with --device cuda only; f32 is the CPU's own). */
+static int parse_precision(const args *a, bool cuda, bool *bf16, int *attention, dvl_err *err)
 {
     *bf16 = a->precision && !strcmp(a->precision, "bf16");
     if (a->precision && !*bf16 && strcmp(a->precision, "f32"))
@@ -1160,6 +1172,22 @@ static int parse_precision(const args *a, bool cuda, bool *bf16, dvl_err *err)
     if (*bf16 && !cuda)
         return dvl_errf(err, DVL_EINVAL,
                         "--precision bf16 needs --device cuda (the CPU computes in f32)");
+    static const char *const modes[] = {"f32", "tf32", "bf16"}; /* dvl_cuda_math order */
+    *attention = -1;
+    if (!a->attention)
+        return DVL_OK;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(a->attention, modes[i]))
+            *attention = i;
+    if (*attention < 0)
+        return dvl_errf(err, DVL_EINVAL, "--attention must be f32, tf32 or bf16 (got %s)",
+                        a->attention);
+    if (!cuda && *attention == 0)
+        *attention = -1; /* f32: what the CPU does anyway */
+    else if (!cuda)
+        return dvl_errf(err, DVL_EINVAL,
+                        "--attention %s needs --device cuda (the CPU's attention is f32)",
+                        a->attention);
     return DVL_OK;
 }
 
@@ -1181,7 +1209,7 @@ static int generate(const args *a, dvl_err *err)
     bool cuda = false;
     int rc = gen_opts(a, &g.o, err);
     if (rc || (rc = open_device(a->device, &cuda, err)) ||
-        (rc = parse_precision(a, cuda, &g.o.bf16, err)))
+        (rc = parse_precision(a, cuda, &g.o.bf16, &g.o.attention, err)))
         return rc;
     if ((rc = dvl_model_open(&g.m, a->model, false, NULL, err)))
         return rc;

@@ -120,6 +120,26 @@ if [ $rc -eq 0 ]; then
             --device cuda --precision bf16 --logits-out "$T/d_bf16.npy" >"$T/out" 2>"$T/err" &&
         logits_rel "cuda bf16 vs cpu f32" 1e-6 5e-2 "$T/a.npy" "$T/a_bf16.npy" "$T/d.npy" "$T/d_bf16.npy"
     then ok score_device_cuda_bf16_close_to_cpu; else bad "score_device_cuda_bf16_close_to_cpu: $(cat "$T/err")"; fi
+    # --attention: naming f32 products' own is the default, to the byte; bf16
+    # products on the TF32 attention kernels and f32 products on the bf16
+    # ones stay within bf16 rounding of the CPU and differ from both plain
+    # runs (the attention kernels did change).
+    if "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" --device cuda \
+        --attention f32 --logits-out "$T/a_att_f32.npy" >"$T/out" 2>"$T/err" &&
+        cmp -s "$T/a_cuda.npy" "$T/a_att_f32.npy"
+    then ok score_device_cuda_attention_f32_is_default
+    else bad "score_device_cuda_attention_f32_is_default: $(cat "$T/err")"; fi
+    if "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" --device cuda \
+        --precision bf16 --attention tf32 --logits-out "$T/a_bf16_tf32.npy" >"$T/out" 2>"$T/err" &&
+        "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json" --device cuda \
+            --attention bf16 --logits-out "$T/a_f32_bf16.npy" >"$T/out" 2>"$T/err" &&
+        logits_rel "cuda mixed attention vs cpu f32" 1e-6 5e-2 "$T/a.npy" "$T/a_bf16_tf32.npy" \
+            "$T/a.npy" "$T/a_f32_bf16.npy" &&
+        logits_rel "vs the plain runs" 0 1 "$T/a_bf16.npy" "$T/a_bf16_tf32.npy" \
+            "$T/a_cuda.npy" "$T/a_f32_bf16.npy" &&
+        ! cmp -s "$T/a_bf16.npy" "$T/a_bf16_tf32.npy" && ! cmp -s "$T/a_cuda.npy" "$T/a_f32_bf16.npy"
+    then ok score_device_cuda_attention_override
+    else bad "score_device_cuda_attention_override: $(cat "$T/err")"; fi
 elif [ "$(wc -l <"$T/err")" -eq 1 ] && grep -qF -- "--device cuda" "$T/err" && [ ! -e "$T/d_cuda.npy" ]; then
     ok score_device_cuda_unavailable
 else
@@ -230,6 +250,17 @@ run gen_precision_f32 "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" 
 cmp -s "$T/out" "$T/gen_block.1" && ok gen_precision_f32_is_default || bad gen_precision_f32_is_default
 reject gen_precision_bad "--precision must be f32 or bf16 (got fp8)" "$GENERATE" \
     --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 126 --precision fp8
+# --attention: f32 is what the CPU does (the same ids); tf32 and bf16 name
+# GPU arithmetic, one line on the CPU; another name is one line.
+run gen_attention_f32 "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 126 \
+    --max-new-tokens 13 --mode block --block-size 4 --steps 2 --temperature 0.7 --seed 3 \
+    --attention f32
+cmp -s "$T/out" "$T/gen_block.1" && ok gen_attention_f32_on_cpu_is_default ||
+    bad gen_attention_f32_on_cpu_is_default
+reject gen_attention_tf32_on_cpu "--attention tf32 needs --device cuda" "$GENERATE" \
+    --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 126 --attention tf32
+reject gen_attention_bad "--attention must be f32, tf32 or bf16 (got fp8)" "$GENERATE" \
+    --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 126 --attention fp8
 # --device cuda without a CUDA build or without a usable GPU: one line
 # naming --device, non-zero exit. Where a GPU answers it must generate
 # (scripts/gpu-check compares its ids with the CPU's).
@@ -242,6 +273,10 @@ if [ $rc -eq 0 ]; then
         --device cuda --precision bf16 >"$T/out" 2>"$T/err" &&
         [ "$(tr -cd , <"$T/out" | wc -c)" -eq 12 ] && ok gen_device_cuda_bf16_ran ||
         bad "gen_device_cuda_bf16_ran: $(cat "$T/out" "$T/err")"
+    "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 126 --max-new-tokens 13 \
+        --device cuda --precision bf16 --attention tf32 >"$T/out" 2>"$T/err" &&
+        [ "$(tr -cd , <"$T/out" | wc -c)" -eq 12 ] && ok gen_device_cuda_bf16_tf32_attention_ran ||
+        bad "gen_device_cuda_bf16_tf32_attention_ran: $(cat "$T/out" "$T/err")"
 elif [ "$(wc -l <"$T/err")" -eq 1 ] && grep -qF -- "--device cuda" "$T/err"; then
     ok gen_device_cuda_unavailable
 else

@@ -21,19 +21,25 @@ void dvl_gen_opts_default(dvl_gen_opts *o)
     o->max_new = 128;
     o->mask_id = -1;
     o->full_mask = DVL_MASK_BIDIR;
+    o->attention = -1;
 }
 
-/* o->bf16: the context's products in bf16 (a CUDA context only). */
+/* o->bf16: the context's products in bf16; o->attention: attention's
+ * (a CUDA context only). */
 static int set_precision(dvl_ctx *ctx, const dvl_gen_opts *o, dvl_err *err)
 {
-    if (!o->bf16)
+    if (!o->bf16 && o->attention < 0)
         return DVL_OK;
 #ifdef DVL_HAVE_CUDA
-    if (dvl_ctx_cublas(ctx))
-        return dvl_cublas_set_math(dvl_ctx_cublas(ctx), DVL_MATH_BF16, err);
+    dvl_cublas *h = dvl_ctx_cublas(ctx);
+    if (h) {
+        const int rc = o->bf16 ? dvl_cublas_set_math(h, DVL_MATH_BF16, err) : DVL_OK;
+        return rc ? rc : dvl_cublas_set_attention_math(h, o->attention, err);
+    }
 #endif
     return dvl_errf(err, DVL_EINVAL,
-                    "generate: bf16 products need the model on a CUDA device (it is on the CPU)");
+                    "generate: %s the model on a CUDA device (it is on the CPU)",
+                    o->bf16 ? "bf16 products need" : "attention in another arithmetic needs");
 }
 
 void dvl_gen_result_free(dvl_gen_result *r)

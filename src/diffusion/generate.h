@@ -64,6 +64,11 @@ typedef struct dvl_gen_opts {
      * the CPU). Weights with bf16 copies in their store (dvl_params_keep_bf16)
      * are read from those; others are rounded at every product. */
     bool bf16;
+    /* The tiled attention kernels' arithmetic when it should differ from the
+     * other products' (a CUDA context only): -1 follows bf16 (the default),
+     * else a dvl_cuda_math (0 f32, 1 TF32, 2 bf16; dvl_cublas_set_attention_math),
+     * e.g. bf16 products on the TF32 attention kernels. */
+    int attention;
     /* Called with sequence seq's tokens that became final (already cut at a
      * stop id), block by block (token by token in AR mode); may be NULL. */
     void (*on_tokens)(void *user, int seq, const int32_t *ids, int64_t n);
@@ -71,7 +76,7 @@ typedef struct dvl_gen_opts {
 } dvl_gen_opts;
 
 /* B 8, S 8, dvl_sampler_default, max_new 128, no mask id, no stop ids,
- * seed 0, full_mask BIDIR, f32 products. */
+ * seed 0, full_mask BIDIR, f32 products, attention following them. */
 void dvl_gen_opts_default(dvl_gen_opts *o);
 
 typedef struct dvl_gen_result {
