@@ -489,12 +489,12 @@ static int score(const args *a, dvl_err *err)
         rc = err->code;
         goto done;
     }
-#ifdef DVL_HAVE_CUDA
-    if ((bf16 && (rc = dvl_cublas_set_math(dvl_ctx_cublas(ctx), DVL_MATH_BF16, err))) ||
-        (attention >= 0 &&
-         (rc = dvl_cublas_set_attention_math(dvl_ctx_cublas(ctx), attention, err))))
+    dvl_gen_opts prec;
+    dvl_gen_opts_default(&prec);
+    prec.bf16 = bf16;
+    prec.attention = attention;
+    if ((rc = dvl_gen_set_precision(ctx, &prec, err)))
         goto done;
-#endif
     dvl_set_grad_enabled(ctx, false);
     double t0 = now();
     dvl_tensor *h, *logits;

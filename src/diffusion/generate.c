@@ -24,9 +24,7 @@ void dvl_gen_opts_default(dvl_gen_opts *o)
     o->attention = -1;
 }
 
-/* o->bf16: the context's products in bf16; o->attention: attention's
- * (a CUDA context only). */
-static int set_precision(dvl_ctx *ctx, const dvl_gen_opts *o, dvl_err *err)
+int dvl_gen_set_precision(dvl_ctx *ctx, const dvl_gen_opts *o, dvl_err *err)
 {
     if (!o->bf16 && o->attention < 0)
         return DVL_OK;
@@ -457,7 +455,7 @@ int dvl_generate_batch(const dvl_model *m, int n, const int32_t *const *prompts,
     bool ok = g.off && g.pe && g.done;
     for (int i = 0; i < n && ok; i++)
         ok = (out[i].ids = malloc((size_t)(o->max_new + 1) * sizeof *out[i].ids)) != NULL;
-    int rc = ok ? set_precision(g.ctx, o, err)
+    int rc = ok ? dvl_gen_set_precision(g.ctx, o, err)
                 : dvl_errf(err, DVL_ENOMEM, "generate: out of memory");
     double t0 = now();
     if (!rc)

@@ -79,6 +79,13 @@ typedef struct dvl_gen_opts {
  * seed 0, full_mask BIDIR, f32 products, attention following them. */
 void dvl_gen_opts_default(dvl_gen_opts *o);
 
+/* Give ctx o->bf16's products and o->attention's attention arithmetic, as
+ * dvl_generate does before its first pass; for callers that run the model
+ * themselves (dvl-generate --score). Nothing to do with f32 products and
+ * attention following them; otherwise ctx must be a CUDA context
+ * (DVL_EINVAL on the CPU, or for an attention value outside -1..2). */
+int dvl_gen_set_precision(dvl_ctx *ctx, const dvl_gen_opts *o, dvl_err *err);
+
 typedef struct dvl_gen_result {
     int32_t *ids;  /* generated tokens (malloc), stop token excluded */
     int64_t n;
