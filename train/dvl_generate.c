@@ -430,10 +430,11 @@ static int place_model(dvl_model *m, bool cuda, bool bf16, dvl_err *err);
 static int score(const args *a, dvl_err *err)
 {
     dvl_model m;
-    bool cuda = false, bf16 = false;
-    int attention = -1;
+    bool cuda = false;
+    dvl_gen_opts prec; /* only its products' and attention's arithmetic */
+    dvl_gen_opts_default(&prec);
     int rc = open_device(a->device, &cuda, err);
-    if (rc || (rc = parse_precision(a, cuda, &bf16, &attention, err)) ||
+    if (rc || (rc = parse_precision(a, cuda, &prec.bf16, &prec.attention, err)) ||
         (rc = dvl_model_open(&m, a->model, false, NULL, err)))
         return rc;
     int32_t *ids = NULL, *expanded = NULL;
@@ -483,16 +484,12 @@ static int score(const args *a, dvl_err *err)
             n = ne;
         }
     }
-    if ((rc = place_model(&m, cuda, bf16, err)))
+    if ((rc = place_model(&m, cuda, prec.bf16, err)))
         goto done;
     if (!(ctx = dvl_ctx_new_err(cuda ? DVL_CUDA : DVL_CPU, err))) {
         rc = err->code;
         goto done;
     }
-    dvl_gen_opts prec;
-    dvl_gen_opts_default(&prec);
-    prec.bf16 = bf16;
-    prec.attention = attention;
     if ((rc = dvl_gen_set_precision(ctx, &prec, err)))
         goto done;
     dvl_set_grad_enabled(ctx, false);
