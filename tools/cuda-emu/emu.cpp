@@ -38,10 +38,16 @@ struct fiber {
     char *stack;
     int state; // 0 runnable, 1 waiting, 2 done
     int kind, pred, xo;
-    unsigned char val[64], out[32 * 64];
+    unsigned char val[64], out[64];
     size_t sz;
 };
 std::vector<fiber> fibers;
+// A warp gather's result: the 32 lanes' values in lane order, gathered once
+// when the warp's step resolves, which each lane reads in place (a copy for
+// each pair of lanes was most of a bf16 run's time). Warps resolve one at a
+// time, and the next resolution waits for every lane of the warp to reach
+// its next step, so one buffer serves them all.
+alignas(16) unsigned char gathered[32 * 64];
 int cur;
 const std::function<void()> *body;
 #ifdef EMU_FAST_SWITCH
@@ -82,7 +88,7 @@ int emu_barrier(int kind, int pred, const void *val, void *out, int xo, size_t s
     to_sched();
     if (kind == 2) return fibers[cur].pred;
     if (kind == 3) memcpy(out, fibers[cur].out, sz);
-    if (kind == 4) memcpy(out, fibers[cur].out, 32 * sz);
+    if (kind == 4) *(const void **)out = gathered;
     return 0;
 }
 // Thread t's index in a block of blockDim threads.
@@ -202,17 +208,25 @@ void emu_run_block3(emu_dim3 block, emu_dim3 dim, const std::function<void()> &f
                     fprintf(stderr, "EMU: block %u,%u,%u warp %u: lanes at a warp step and at a block barrier\n", block.x, block.y, block.z, w);
                     abort();
                 }
-                for (unsigned t = l0; t < l0 + n; t++) {
-                    if (fibers[t].state == 2) continue;
-                    for (unsigned l = 0; l < (kind == 4 ? 32u : 1u); l++) {
-                        const unsigned p = l0 + (kind == 4 ? l : (t - l0) ^ (unsigned)xo);
+                if (kind == 4)
+                    for (unsigned l = 0; l < 32; l++) {
+                        const unsigned p = l0 + l;
                         if (p >= threads || fibers[p].state != 1) {
-                            fprintf(stderr, kind == 4 ? "EMU: warp gather: lane %u gone\n" : "EMU: shuffle partner %u gone\n", p);
+                            fprintf(stderr, "EMU: warp gather: lane %u gone\n", p);
                             abort();
                         }
-                        memcpy(fibers[t].out + l * fibers[t].sz, fibers[p].val, fibers[t].sz);
+                        memcpy(gathered + l * sz0, fibers[p].val, sz0);
                     }
-                }
+                else
+                    for (unsigned t = l0; t < l0 + n; t++) {
+                        if (fibers[t].state == 2) continue;
+                        const unsigned p = l0 + ((t - l0) ^ (unsigned)xo);
+                        if (p >= threads || fibers[p].state != 1) {
+                            fprintf(stderr, "EMU: shuffle partner %u gone\n", p);
+                            abort();
+                        }
+                        memcpy(fibers[t].out, fibers[p].val, sz0);
+                    }
                 emu_rounds++;
                 for (unsigned t = l0; t < l0 + n; t++) if (fibers[t].state == 1) fibers[t].state = 0;
             }

@@ -20,11 +20,14 @@ extern unsigned long emu_rounds;
 // Blocks the emulator has started: a number that names the running block.
 extern unsigned long emu_blocks;
 // Every lane of the warp hands in sz bytes (at most 64); each gets all 32
-// lanes' in lane order (all: 32 sz bytes). The warp-wide step of mma.sync.
-static inline void emu_warp_gather(const void *mine, void *all, size_t sz)
+// lanes' in lane order (32 sz bytes), to read where they lie until its next
+// warp-wide step or barrier: the warp-wide step of mma.sync and ldmatrix.
+static inline const void *emu_warp_gather(const void *mine, size_t sz)
 {
     if (sz > 64) { fprintf(stderr, "warp gather of %zu bytes\n", sz); abort(); }
-    emu_barrier(4, 0, mine, all, 0, sz);
+    const void *all;
+    emu_barrier(4, 0, mine, &all, 0, sz);
+    return all;
 }
 template <class T> static inline T emu_shfl(unsigned mask, T v, int o)
 {

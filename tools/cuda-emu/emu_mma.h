@@ -37,10 +37,10 @@ struct emu_mma_frag { uint32_t a[4], b[2]; };
 
 static inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2])
 {
-    emu_mma_frag mine, all[32];
+    emu_mma_frag mine;
     memcpy(mine.a, a, sizeof mine.a);
     memcpy(mine.b, b, sizeof mine.b);
-    emu_warp_gather(&mine, all, sizeof mine);
+    const emu_mma_frag *all = (const emu_mma_frag *)emu_warp_gather(&mine, sizeof mine);
     // The warp's A and B are the same for its 32 lanes: the first lane to
     // leave the gather rebuilds them, the others read them (keyed by the
     // barrier round and the warp; the 32 x redundant rebuild was most of a
@@ -69,14 +69,21 @@ static inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_
             B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = emu_bf16_float(i & 1 ? w >> 16 : w);
         }
     }
-    // D: c_i at row g + 8 (i >= 2), column 2t + (i & 1).
+    // D: c_i at row g + 8 (i >= 2), column 2t + (i & 1). Each c_i sums over
+    // k in order; the four sums advance side by side in registers, so the
+    // CPU overlaps their additions (one after another they were a quarter
+    // of a bf16 training run's emulated time).
     const int lane = (int)(threadIdx.x & 31), g = lane >> 2, t = lane & 3;
-    for (int i = 0; i < 4; i++) {
-        const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
-        float s = d[i];
-        for (int k = 0; k < 16; k++) s += A[row][k] * B[k][col];
-        d[i] = s;
+    const float *a0 = A[g], *a1 = A[g + 8];
+    const int c0 = 2 * t, c1 = 2 * t + 1;
+    float s0 = d[0], s1 = d[1], s2 = d[2], s3 = d[3];
+    for (int k = 0; k < 16; k++) {
+        s0 += a0[k] * B[k][c0];
+        s1 += a0[k] * B[k][c1];
+        s2 += a1[k] * B[k][c0];
+        s3 += a1[k] * B[k][c1];
     }
+    d[0] = s0, d[1] = s1, d[2] = s2, d[3] = s3;
 }
 
 // ldmatrix .x4 (.trans): each lane hands the warp its row address; lane l
@@ -91,8 +98,7 @@ static inline void emu_ldsm(uint32_t (&r)[4], const uint16_t *row, bool trans)
         fprintf(stderr, "ldmatrix: row address %p is not 16-byte aligned\n", (const void *)row);
         abort();
     }
-    const uint16_t *all[32];
-    emu_warp_gather(&row, all, sizeof row);
+    const uint16_t *const *all = (const uint16_t *const *)emu_warp_gather(&row, sizeof row);
     const int lane = (int)(threadIdx.x & 31), g = lane >> 2, t = lane & 3;
     for (int j = 0; j < 4; j++) {
         const uint16_t lo = trans ? all[8 * j + 2 * t][g] : all[8 * j + g][2 * t];
