@@ -14,7 +14,9 @@
 // its bytes, an FNV-1a hash of them and the last kernel launched before it.
 // Two runs of a program whose results do not depend on the warp order give
 // the same lines in every order (CUDA_EMU_ORDER, emu.cpp): tools/cuda-emu/
-// suite-orders compares them.
+// suite-orders compares them. A rank of an MPI job (Open MPI's
+// OMPI_COMM_WORLD_RANK, or PMI_RANK) writes to FILE.rankN instead, as the
+// ranks' lines would interleave in one file in no fixed order.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -76,10 +78,25 @@ void set_access(int prot)
 
 std::string last_kernel = "(none)";
 
+// CUDA_EMU_DIGEST, with .rankN for a rank of an MPI job; "" when unset.
+const std::string &digest_path()
+{
+    static const std::string path = [] {
+        const char *p = getenv("CUDA_EMU_DIGEST");
+        if (!p || !*p)
+            return std::string();
+        const char *r = getenv("OMPI_COMM_WORLD_RANK");
+        if (!r || !*r)
+            r = getenv("PMI_RANK");
+        return r && *r ? std::string(p) + ".rank" + r : std::string(p);
+    }();
+    return path;
+}
+
 void digest(const void *p, size_t bytes)
 {
-    static const char *path = getenv("CUDA_EMU_DIGEST");
-    if (!path || !*path)
+    const char *path = digest_path().c_str();
+    if (!*path)
         return;
     unsigned long long h = 0xcbf29ce484222325ull;
     for (size_t i = 0; i < bytes; i++)
