@@ -38,6 +38,7 @@ struct fiber {
     char *stack;
     int state; // 0 runnable, 1 waiting, 2 done
     int kind, pred, xo;
+    emu_dim3 idx; // threadIdx, set once a block
     unsigned char val[64], out[64];
     size_t sz;
 };
@@ -92,11 +93,13 @@ int emu_barrier(int kind, int pred, const void *val, void *out, int xo, size_t s
     return 0;
 }
 // Thread t's index in a block of blockDim threads.
-static void set_thread(unsigned t)
+static emu_dim3 thread_index(unsigned t)
 {
-    threadIdx.x = t % blockDim.x;
-    threadIdx.y = (t / blockDim.x) % blockDim.y;
-    threadIdx.z = t / (blockDim.x * blockDim.y);
+    emu_dim3 i;
+    i.x = t % blockDim.x;
+    i.y = (t / blockDim.x) % blockDim.y;
+    i.z = t / (blockDim.x * blockDim.y);
+    return i;
 }
 
 // The schedule. Warps run one after another: each warp's lanes run (in
@@ -172,6 +175,7 @@ void emu_run_block3(emu_dim3 block, emu_dim3 dim, const std::function<void()> &f
         memset(__start_emu_shared, 0xff, (size_t)(__stop_emu_shared - __start_emu_shared));
     for (unsigned t = 0; t < threads; t++) {
         fiber &f = fibers[t];
+        f.idx = thread_index(t);
         f.stack = stacks[t];
         start(f, SS);
         f.state = 0;
@@ -186,7 +190,7 @@ void emu_run_block3(emu_dim3 block, emu_dim3 dim, const std::function<void()> &f
                 emu_order(lorder, n);
                 for (unsigned k : lorder)
                     if (fibers[l0 + k].state == 0) {
-                        cur = (int)(l0 + k); set_thread(l0 + k);
+                        cur = (int)(l0 + k); threadIdx = fibers[cur].idx;
                         to_fiber(l0 + k);
                     }
                 // Every lane waits or is done: at a warp-wide step, resolve it.
