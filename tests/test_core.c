@@ -78,6 +78,32 @@ START_TEST(params_flat_buffers)
 }
 END_TEST
 
+/* Shapes from a config.json: sizes below 1 and element counts beyond
+ * DVL_PARAM_MAX_NUMEL (including ones whose product overflows int64_t) are
+ * errors naming the parameter; 2^40 elements exactly may be declared. */
+START_TEST(params_reject_bad_shapes)
+{
+    dvl_params *p = dvl_params_new();
+    dvl_err err = {0};
+    const int64_t big = (int64_t)1 << 31;
+    int64_t zero[2] = {4, 0}, over[2] = {big, big}, wrap[3] = {big, big, big};
+    int64_t edge[2] = {(int64_t)1 << 20, (int64_t)1 << 20}, past[2] = {((int64_t)1 << 20) + 1, 1 << 20};
+    ck_assert_ptr_null(dvl_params_add(p, "w.zero", 2, zero, true, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "w.zero has dimension 1 of size 0"));
+    ck_assert_ptr_null(dvl_params_add(p, "w.over", 2, over, true, &err));
+    ck_assert_str_eq(err.msg, "parameter w.over: dimension 1 of size 2147483648 makes it more "
+                              "than 2^40 elements");
+    ck_assert_ptr_null(dvl_params_add(p, "w.wrap", 3, wrap, true, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "w.wrap: dimension 1"));
+    ck_assert_ptr_null(dvl_params_add(p, "w.past", 2, past, true, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "w.past: dimension 1"));
+    ck_assert_int_eq(p->n, 0);
+    ck_assert_ptr_nonnull(dvl_params_add(p, "w.edge", 2, edge, true, &err));
+    ck_assert_int_eq(p->n, 1);
+    dvl_params_free(p); /* never allocated: 4 TiB */
+}
+END_TEST
+
 /* Every element of t's bf16 copy is dvl_f32_to_bf16 of its data. */
 static void assert_copy_rounds(const dvl_tensor *t)
 {
@@ -310,6 +336,7 @@ static Suite *suite(void)
     tcase_add_test(tc, arena_steady_state_allocates_nothing);
     tcase_add_test(tc, views_share_data_and_grad);
     tcase_add_test(tc, params_flat_buffers);
+    tcase_add_test(tc, params_reject_bad_shapes);
     tcase_add_test(tc, params_keep_bf16_copies);
     tcase_add_test(tc, params_keep_bf16_all_and_refresh);
     tcase_add_test(tc, backward_needs_trainable_scalar);

@@ -295,8 +295,8 @@ static int cmd_init(int argc, char **argv)
     if (o.random) {
         cfg = dvl_json_load(o.random, &err);
         rc = cfg ? dvl_config_parse(cfg, o.random, &mc, &err) : err.code;
-        if (!rc)
-            rc = dvl_model_init(&m, &mc, &err);
+        if (!rc && dvl_model_init(&m, &mc, &err))
+            rc = dvl_err_prefix(&err, "%s", o.random);
         if (!rc) {
             dvl_params_set_trainable(m.params, "", false);
             rc = dvl_params_alloc(m.params, &err);
@@ -309,8 +309,8 @@ static int cmd_init(int argc, char **argv)
         if (!rc && mc.arch != DVL_ARCH_QWEN2 && mc.arch != DVL_ARCH_LLADA)
             rc = dvl_errf(&err, DVL_EINVAL, "--lm %s holds a %s model, not a language model",
                           o.lm, dvl_arch_name(mc.arch));
-        if (!rc)
-            rc = dvl_model_init(&m, &mc, &err);
+        if (!rc && dvl_model_init(&m, &mc, &err))
+            rc = dvl_err_prefix(&err, "--lm %s", o.lm);
         if (!rc) {
             dvl_params_set_trainable(m.params, "", false);
             rc = dvl_model_load_weights(&m, o.lm, NULL, &err);
@@ -333,8 +333,8 @@ static int cmd_init(int argc, char **argv)
             cfg = vlm_config(lj, vj, o.vision, vc.vision.hidden, image_token);
             rc = dvl_config_parse(cfg, "assembled VLM config", &mc, &err);
         }
-        if (!rc)
-            rc = dvl_model_init(&m, &mc, &err);
+        if (!rc && dvl_model_init(&m, &mc, &err))
+            rc = dvl_err_prefix(&err, "--lm %s with --vision %s", o.lm, o.vision);
         if (!rc) {
             dvl_params_set_trainable(m.params, "", false);
             rc = dvl_params_alloc(m.params, &err);

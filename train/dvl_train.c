@@ -291,7 +291,7 @@ static int load_model(run *r, dvl_err *err)
         return dvl_errf(err, DVL_EINVAL, "model.path: %s is a vision tower, not a trainable LM/VLM",
                         c->model_path);
     if (dvl_model_init(&tm->m, &mc, err))
-        return err->code;
+        return dvl_err_prefix(err, "%s", path);
     tm->is_vlm = mc.arch == DVL_ARCH_VLM;
     tm->lm = tm->is_vlm ? &tm->m.vlm.lm : &tm->m.lm;
     tm->checkpoint = r->c.checkpoint_layers;

@@ -194,6 +194,16 @@ reject convert_random_bad_config "missing key \"num_hidden_layers\"" "$CONVERT" 
 printf '{"architectures": ["Qwen2ForCausalLM"' >"$T/cfg2.json"
 reject convert_random_bad_json "malformed JSON" "$CONVERT" init --out "$T/x" --random "$T/cfg2.json"
 reject info_missing "cannot open" "$CONVERT" info --model "$T/nope"
+# Sizes whose tensors would overflow (2^31 x 2^31 elements): an error naming
+# config.json and the tensor, not an overflow. (Found by fuzzing config.json.)
+mkdir -p "$T/huge"
+sed 's/"hidden_size": *[0-9]*/"hidden_size": 2147483648/' "$REF/qwen2_tied/config.json" \
+    >"$T/huge/config.json"
+cp "$REF/qwen2_tied/model.safetensors" "$T/huge/"
+reject info_huge_config "$T/huge/config.json: parameter model.layers.0.self_attn.q_proj.weight: dimension 1 of size 2147483648 makes it more than 2^40 elements" \
+    "$CONVERT" info --model "$T/huge"
+reject convert_random_huge_config "$T/huge/config.json: parameter" \
+    "$CONVERT" init --out "$T/x" --random "$T/huge/config.json"
 
 # dvl-generate error paths.
 reject gen_no_prompt "give one of --prompt TEXT" "$GENERATE" --model "$REF/qwen2_tied"

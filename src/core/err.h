@@ -25,5 +25,9 @@ typedef struct dvl_err {
 int dvl_errf(dvl_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int dvl_verrf(dvl_err *err, int code, const char *fmt, va_list ap);
+/* Put "PREFIX: " (formatted) before err's message, for a caller that knows
+ * where the failing call's input came from; returns err's code (DVL_EINVAL
+ * when err is NULL). */
+int dvl_err_prefix(dvl_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

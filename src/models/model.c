@@ -99,10 +99,10 @@ int dvl_model_open(dvl_model *m, const char *dir, bool trainable, const dvl_mode
     snprintf(path, sizeof path, "%s/config.json", dir);
     dvl_model_config cfg;
     int rc = dvl_config_load(path, &cfg, err);
-    if (!rc)
-        rc = dvl_model_init(m, &cfg, err);
     if (rc)
         return rc;
+    if ((rc = dvl_model_init(m, &cfg, err))) /* the shapes at fault are config.json's */
+        return err ? dvl_err_prefix(err, "%s", path) : rc;
     if (!trainable)
         dvl_params_set_trainable(m->params, "", false);
     rc = dvl_model_load_weights(m, dir, opts, err);

@@ -62,12 +62,23 @@ dvl_tensor *dvl_params_add(dvl_params *p, const char *name, int ndim, const int6
         dvl_errf(err, DVL_EINVAL, "parameter %s has %d dimensions", name, ndim);
         return NULL;
     }
-    for (int i = 0; i < ndim; i++)
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
         if (shape[i] <= 0) {
             dvl_errf(err, DVL_EINVAL, "parameter %s has dimension %d of size %lld", name, i,
                      (long long)shape[i]);
             return NULL;
         }
+        /* A shape from a config.json beyond any real model (and whose
+         * element count or the store's total would overflow int64_t) is an
+         * error here, not an overflow later. */
+        if (shape[i] > DVL_PARAM_MAX_NUMEL / numel) {
+            dvl_errf(err, DVL_EINVAL, "parameter %s: dimension %d of size %lld makes it more than "
+                     "2^40 elements", name, i, (long long)shape[i]);
+            return NULL;
+        }
+        numel *= shape[i];
+    }
     if (p->n == p->cap) {
         int cap = p->cap ? p->cap * 2 : 64;
         dvl_tensor **t = realloc(p->t, (size_t)cap * sizeof *t);

@@ -305,7 +305,9 @@ typedef struct dvl_params {
 dvl_params *dvl_params_new(void);
 void dvl_params_free(dvl_params *p);
 /* Declare a parameter; `name` is copied. NULL on a duplicate name, a bad
- * shape or a call after alloc (message in err). */
+ * shape (a size below 1, or more than DVL_PARAM_MAX_NUMEL elements) or a
+ * call after alloc (message in err). */
+#define DVL_PARAM_MAX_NUMEL ((int64_t)1 << 40)
 dvl_tensor *dvl_params_add(dvl_params *p, const char *name, int ndim, const int64_t *shape,
                            bool trainable, dvl_err *err);
 /* Change trainability before dvl_params_alloc; names with this prefix. Returns

@@ -441,12 +441,8 @@ int dvl_chat_encode(const dvl_chat *c, dvl_tokenizer_state *st, const dvl_chat_t
         if (render(c, out, role, text, len, m == 0, move, &total, &hlen, err))
             return err->code;
         bool sup = role == DVL_ROLE_ASSISTANT;
-        if (encode_message(c, st, out, total, hlen, sup, ref, has_image, err)) {
-            char msg[sizeof err->msg];
-            snprintf(msg, sizeof msg, "%s", err->msg);
-            return dvl_errf(err, err->code, "turn %d: %s", is_sys ? 0 : first + m - (sys ? 1 : 0),
-                            msg);
-        }
+        if (encode_message(c, st, out, total, hlen, sup, ref, has_image, err))
+            return dvl_err_prefix(err, "turn %d", is_sys ? 0 : first + m - (sys ? 1 : 0));
         out->turn_end[m] = out->n;
     }
     if (ref) {
