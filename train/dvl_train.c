@@ -82,7 +82,8 @@ static int usage(FILE *f)
             "              2: block diffusion finetuning (BD3-LM objective)\n"
             "              (same as --set train.stage=...)\n"
             "  --config    JSON configuration (keys below; unknown keys are errors)\n"
-            "  --set       override one key, applied after the file, in order\n"
+            "  --set       override keys (one or more key=value), applied after the\n"
+            "              file, in order\n"
             "  --resume    continue from a checkpoint folder (or a ckpt root), or\n"
             "              'latest' under TRAIN.OUT/ckpt; the checkpoint's own\n"
             "              configuration is used, with --set applied on top\n"
@@ -1092,13 +1093,21 @@ int main(int argc, char **argv)
     const char *sets[MAX_SETS];
     int n_sets = 0;
     char stage_set[64] = {0};
+    /* A bad command line is one line on stderr, as any bad input; the
+     * options and keys are --help's. */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
             return usage(stdout);
-        if (i + 1 >= argc) {
-            fprintf(stderr, PROG ": %s needs a value\n", a);
-            return usage(stderr);
+        if (strcmp(a, "--config") && strcmp(a, "--resume") && strcmp(a, "--stage") &&
+            strcmp(a, "--set")) {
+            fprintf(stderr, PROG ": unknown option %s (" PROG " --help lists them)\n", a);
+            return 2;
+        }
+        if (i + 1 >= argc || (strcmp(a, "--set") == 0 && !strchr(argv[i + 1], '='))) {
+            fprintf(stderr, PROG ": %s needs a value%s\n", a,
+                    strcmp(a, "--set") ? "" : " (key=value)");
+            return 2;
         }
         const char *v = argv[++i];
         if (strcmp(a, "--config") == 0)
@@ -1107,12 +1116,16 @@ int main(int argc, char **argv)
             resume = v;
         else if (strcmp(a, "--stage") == 0)
             snprintf(stage_set, sizeof stage_set, "train.stage=%s", v);
-        else if (strcmp(a, "--set") == 0 && n_sets < MAX_SETS - 1)
-            sets[n_sets++] = v;
-        else {
-            fprintf(stderr, PROG ": unknown option %s\n", a);
-            return usage(stderr);
-        }
+        else /* --set key=value [key=value ...]: up to the next option */
+            for (;; v = argv[++i]) {
+                if (n_sets == MAX_SETS - 1) { /* one slot stays for --stage */
+                    fprintf(stderr, PROG ": more than %d --set overrides\n", MAX_SETS - 1);
+                    return 2;
+                }
+                sets[n_sets++] = v;
+                if (i + 1 >= argc || argv[i + 1][0] == '-' || !strchr(argv[i + 1], '='))
+                    break;
+            }
     }
     /* --stage wins over the file and comes before the --set overrides. */
     if (stage_set[0]) {

@@ -99,10 +99,11 @@ fi
 # log.mfu (default): the header names the measured peak, the progress lines
 # an MFU, metrics.jsonl each step's model FLOPs (dvl_model_flops) and MFU in
 # (0, 1]; with log.mfu false no peak is measured: no header line, no MFU
-# in the progress lines, "mfu": null, the same model FLOPs.
+# in the progress lines, "mfu": null, the same model FLOPs. (One --set with
+# three pairs: all three apply.)
 if grep -q "MFU against the matrix-product peak measured now: [0-9.]* GFLOP/s over 1 rank" s2.log &&
     grep -q "^step .* | MFU [0-9.]*% |" s2.log &&
-    "$TRAIN" --config s2.json --set train.out=s2nomfu --set train.max_steps=3 --set log.mfu=false \
+    "$TRAIN" --config s2.json --set train.out=s2nomfu train.max_steps=3 log.mfu=false \
         >s2nomfu.log 2>&1 && ! grep -q "MFU" s2nomfu.log &&
     py "
 import json
@@ -369,6 +370,15 @@ reject bad_precision train.precision --config s2.json --set train.precision=fp8
 reject attention_precision_on_cpu "train.attention_precision: tf32 needs train.device cuda" --config s2.json --set train.attention_precision=tf32
 reject bad_attention_precision train.attention_precision --config s2.json --set train.attention_precision=fp16
 reject zero1_type dist.zero1 --config s2.json --set dist.zero1=maybe
+# the command line itself: one line too (the keys are --help's)
+reject unknown_option "unknown option --frob (dvl-train --help" --config s2.json --frob 1
+reject option_without_value "--resume needs a value" --config s2.json --resume
+reject set_without_pair "--set needs a value (key=value)" --config s2.json --set --stage 2
+# one --set takes several pairs, up to the next option: the later pair is
+# checked too, so it is read
+reject set_second_pair "--set train.epoch=2: unknown key" --config s2.json --set train.max_steps=1 train.epoch=2
+reject set_pairs_then_option "--set diffusion.block_size=0: 0 is out of range" --config s2.json \
+    --set train.max_steps=1 train.out=o_x --stage 2 --set diffusion.block_size=0
 
 # ---- train.device=cuda where it cannot run: one line naming the key and the
 # reason, exit 1, nothing written. (With a GPU present it just runs.)
