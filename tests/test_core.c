@@ -87,7 +87,8 @@ START_TEST(params_reject_bad_shapes)
     dvl_err err = {0};
     const int64_t big = (int64_t)1 << 31;
     int64_t zero[2] = {4, 0}, over[2] = {big, big}, wrap[3] = {big, big, big};
-    int64_t edge[2] = {(int64_t)1 << 20, (int64_t)1 << 20}, past[2] = {((int64_t)1 << 20) + 1, 1 << 20};
+    const int64_t mi = (int64_t)1 << 20;
+    int64_t edge[2] = {mi, mi}, past[2] = {mi + 1, mi};
     ck_assert_ptr_null(dvl_params_add(p, "w.zero", 2, zero, true, &err));
     ck_assert_ptr_nonnull(strstr(err.msg, "w.zero has dimension 1 of size 0"));
     ck_assert_ptr_null(dvl_params_add(p, "w.over", 2, over, true, &err));

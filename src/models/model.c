@@ -57,8 +57,8 @@ int dvl_model_load_weights(dvl_model *m, const char *dir, const dvl_model_load_o
                            dvl_err *err)
 {
     int rc = dvl_params_alloc(m->params, err);
-    if (rc)
-        return rc;
+    if (rc) /* the sizes come from dir's config.json */
+        return err ? dvl_err_prefix(err, "%s", dir) : rc;
     dvl_st_index *ix = dvl_st_open_dir(dir, err);
     if (!ix)
         return err ? err->code : DVL_EIO;

@@ -299,7 +299,11 @@ int dvl_params_alloc(dvl_params *p, dvl_err *err)
     p->data = aligned_alloc(PARAM_ALIGN, (size_t)(total ? total : 16) * sizeof(float));
     p->grad = total_grad ? aligned_alloc(PARAM_ALIGN, (size_t)total_grad * sizeof(float)) : NULL;
     if (!p->data || (total_grad && !p->grad))
-        return dvl_errf(err, DVL_ENOMEM, "out of memory for %lld parameters", (long long)total);
+        return dvl_errf(err, DVL_ENOMEM,
+                        "out of memory for %lld parameters (%.3g GiB of weights + %.3g GiB of "
+                        "gradients)",
+                        (long long)total, (double)total * 4 / (1 << 30),
+                        (double)total_grad * 4 / (1 << 30));
     memset(p->data, 0, (size_t)(total ? total : 16) * sizeof(float));
     if (p->grad)
         memset(p->grad, 0, (size_t)total_grad * sizeof(float));
