@@ -594,6 +594,31 @@ static void memory_line(run *r)
     fflush(stdout);
 }
 
+/* A checkpoint after step s (s >= 1, S steps an epoch, G / R samples of
+ * this rank's share a step) has its loader where step s left it: in epoch
+ * e = (s - 1) / S (the next step skips an epoch's leftover batches, not
+ * this one), at position (s - e S) G / R; or, where step s took the last
+ * samples of the rank's share (no leftover), at the start of epoch e + 1.
+ * Anything else is a checkpoint whose state.json does not match its step,
+ * or a run resumed with another global batch: an exact continuation is
+ * impossible either way. */
+static int check_resume_position(const run *r, const dvl_loader_state *at, const char *ckpt,
+                                 dvl_err *err)
+{
+    const int64_t s = r->step, S = r->steps_per_epoch, per_rank = r->accum * r->c.micro_batch;
+    const int64_t e = s > 0 ? (s - 1) / S : 0, pos = (s - e * S) * per_rank;
+    if ((at->epoch == e && at->position == pos) ||
+        (at->epoch == e + 1 && at->position == 0 && pos == S * per_rank))
+        return DVL_OK;
+    return dvl_errf(err, DVL_EINVAL,
+                    "%s: its data loader is at epoch %" PRId64 " position %" PRId64
+                    " (rank %d), but after step %" PRId64 " it would be at epoch %" PRId64
+                    " position %" PRId64 " (%" PRId64 " samples per rank a step, %" PRId64
+                    " steps an epoch): state.json does not match its step, or "
+                    "train.global_batch or train.micro_batch changed",
+                    ckpt, at->epoch, at->position, r->d.rank, s, e, pos, per_rank, S);
+}
+
 /* Backward's gradient-ready hook during the last micro batch of a step:
  * the parameter's gradient is final, so its bucket may start reducing while
  * backward runs through the earlier layers. */
@@ -943,6 +968,8 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                         "train.global_batch: %lld is more than the %lld samples of %s",
                         (long long)c->global_batch, (long long)N, c->data_path);
     r->total = c->max_steps > 0 ? c->max_steps : c->epochs * r->steps_per_epoch;
+    if (ckpt[0] && check_resume_position(r, &start, ckpt, err))
+        return err->code;
     r->ctx = dvl_ctx_new_err(on_gpu(r) ? DVL_CUDA : DVL_CPU, err);
     if (!r->ctx)
         return err->code ? err->code : dvl_errf(err, DVL_ENOMEM, "context: out of memory");

@@ -181,6 +181,22 @@ if cmp -s ra/final/model.safetensors rb/final/model.safetensors &&
 else
     bad "resume_bit_identical: $(tail -1 rb.log)"
 fi
+# At an epoch's end: 96 samples are 12 steps of 8 exactly, so the loader
+# saved at step 12 stands at the start of epoch 1, and the resumed run goes
+# on from there to the same bits.
+"$TRAIN" --config s2.json --set train.out=re train.max_steps=14 ckpt.every=12 log.mfu=false \
+    >re.log 2>&1 &&
+    "$TRAIN" --resume re/ckpt/step-000012 --set train.out=rf >rf.log 2>&1
+if grep -qF 'epoch\":1,\"position\":0' re/ckpt/step-000012/state.json; then
+    epoch_start=yes
+else
+    epoch_start=no
+fi
+if [ $epoch_start = yes ] && cmp -s re/final/model.safetensors rf/final/model.safetensors; then
+    ok resume_at_epoch_end_bit_identical
+else
+    bad "resume_at_epoch_end_bit_identical: loader at epoch start: $epoch_start; $(tail -1 rf.log)"
+fi
 # --resume latest finds the newest checkpoint under train.out/ckpt.
 if "$TRAIN" --config s2.json --set train.out=ra --set train.max_steps=10 --resume latest >rl.log 2>&1 &&
     grep -q "resumed from ra/ckpt/step-000008 at step 8" rl.log; then
@@ -364,6 +380,15 @@ reject eps_order diffusion.eps_min --config s2.json --set diffusion.eps_min=0.5 
 reject mask_id diffusion.mask_token_id --config s2.json --set diffusion.mask_token_id=151671
 reject no_config "--config is required"
 reject resume_missing "nowhere" --resume nowhere
+# A checkpoint resumes only where its step left the data: another global
+# batch, or a state.json whose step was edited, is one line, not a run that
+# silently reads other samples.
+reject resume_other_batch "position 32 (rank 0), but after step 4 it would be at epoch 0 position 64 (16 samples per rank a step" \
+    --resume ra/ckpt/step-000004 --set train.out=rc1 train.global_batch=16
+cp -r ra/ckpt/step-000004 rstep
+sed 's/"step":[[:space:]]*4,/"step": 5,/' ra/ckpt/step-000004/state.json >rstep/state.json
+reject resume_step_edited "rstep: its data loader is at epoch 0 position 32 (rank 0), but after step 5 it would be at epoch 0 position 40" \
+    --resume rstep --set train.out=rc2
 reject bad_device train.device --config s2.json --set train.device=gpu
 reject precision_on_cpu "train.precision: bf16 needs train.device cuda" --config s2.json --set train.precision=bf16
 reject bad_precision train.precision --config s2.json --set train.precision=fp8
