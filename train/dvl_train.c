@@ -71,25 +71,25 @@
 #define PROG "dvl-train"
 #define MAX_SETS 256
 
-static int usage(FILE *f)
+/* --help: the options and every key, on stdout. */
+static int usage(void)
 {
-    fprintf(f,
-            "usage: [mpirun -np N] " PROG " --stage 1|2|ar --config FILE.json\n"
-            "                 [--set key=value ...] [--resume DIR|latest]\n"
-            "  --stage     ar: AR finetuning (LM and connector, the vision tower too with\n"
-            "              train.vision_trainable; next-token loss);\n"
-            "              1: connector alignment (LM and vision frozen);\n"
-            "              2: block diffusion finetuning (BD3-LM objective)\n"
-            "              (same as --set train.stage=...)\n"
-            "  --config    JSON configuration (keys below; unknown keys are errors)\n"
-            "  --set       override keys (one or more key=value), applied after the\n"
-            "              file, in order\n"
-            "  --resume    continue from a checkpoint folder (or a ckpt root), or\n"
-            "              'latest' under TRAIN.OUT/ckpt; the checkpoint's own\n"
-            "              configuration is used, with --set applied on top\n"
-            "keys:\n");
-    dvl_cfg_print_help(TRAIN_KEYS, TRAIN_N_KEYS, f);
-    return f == stderr ? 2 : 0;
+    printf("usage: [mpirun -np N] " PROG " --stage 1|2|ar --config FILE.json\n"
+           "                 [--set key=value ...] [--resume DIR|latest]\n"
+           "  --stage     ar: AR finetuning (LM and connector, the vision tower too with\n"
+           "              train.vision_trainable; next-token loss);\n"
+           "              1: connector alignment (LM and vision frozen);\n"
+           "              2: block diffusion finetuning (BD3-LM objective)\n"
+           "              (same as --set train.stage=...)\n"
+           "  --config    JSON configuration (keys below; unknown keys are errors)\n"
+           "  --set       override keys (one or more key=value), applied after the\n"
+           "              file, in order\n"
+           "  --resume    continue from a checkpoint folder (or a ckpt root), or\n"
+           "              'latest' under TRAIN.OUT/ckpt; the checkpoint's own\n"
+           "              configuration is used, with --set applied on top\n"
+           "keys:\n");
+    dvl_cfg_print_help(TRAIN_KEYS, TRAIN_N_KEYS, stdout);
+    return 0;
 }
 
 static double now_s(void)
@@ -1125,7 +1125,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
-            return usage(stdout);
+            return usage();
         if (strcmp(a, "--config") && strcmp(a, "--resume") && strcmp(a, "--stage") &&
             strcmp(a, "--set")) {
             fprintf(stderr, PROG ": unknown option %s (" PROG " --help lists them)\n", a);

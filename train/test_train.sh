@@ -395,7 +395,14 @@ reject bad_precision train.precision --config s2.json --set train.precision=fp8
 reject attention_precision_on_cpu "train.attention_precision: tf32 needs train.device cuda" --config s2.json --set train.attention_precision=tf32
 reject bad_attention_precision train.attention_precision --config s2.json --set train.attention_precision=fp16
 reject zero1_type dist.zero1 --config s2.json --set dist.zero1=maybe
-# the command line itself: one line too (the keys are --help's)
+# the command line itself: one line too (the keys are --help's, on stdout)
+if "$TRAIN" --help >help.txt 2>help.err && [ ! -s help.err ] &&
+    grep -q "^usage: \[mpirun -np N\] dvl-train" help.txt &&
+    grep -q "^  train.global_batch  *int" help.txt && grep -q "^  diffusion.block_size " help.txt; then
+    ok help_lists_keys
+else
+    bad "help_lists_keys: $(head -2 help.txt) $(cat help.err)"
+fi
 reject unknown_option "unknown option --frob (dvl-train --help" --config s2.json --frob 1
 reject option_without_value "--resume needs a value" --config s2.json --resume
 reject set_without_pair "--set needs a value (key=value)" --config s2.json --set --stage 2
