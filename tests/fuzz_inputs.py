@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""Mutation fuzzing of the programs' inputs: every run must either succeed
+or fail the way the README promises for bad input: a non-zero exit, exactly
+one line on stderr naming the program, no signal, no sanitizer report (in
+the ASan/UBSan build), no PATH.tmp left behind and no output file written.
+
+Each target copies pristine inputs made here (a tiny random VLM, a synthetic
+dataset and its tokenizer, a checkpoint, decoding inputs), mutates one or
+two of its files and runs one program on them:
+
+  model     config.json / model.safetensors (its JSON header or bytes)  dvl-convert info
+  ids       the --ids file                                              dvl-generate --score
+  prompts   a line of --prompts                                         dvl-generate
+  eval      heldout.json / heldout_meta.jsonl                           dvl-generate --eval
+  tokenizer tokenizer.json / tokenizer_config.json                      dvl-prep tokenize
+  prep      train.json of the synthetic set                             dvl-prep build
+  config    the training config                                         dvl-train
+  dataset   manifest.json / a shard's sidecar / the HDF5 shard          dvl-train
+  h5        the HDF5 shard, its manifest checksum made to agree         dvl-train
+  resume    state.json / optimizer / model / config of a checkpoint     dvl-train --resume
+
+JSON files get structural mutations (a value of another type or size, a
+key removed, the text cut short), binary ones flipped bytes or a cut. The
+mutations come from --seed alone, so a run is reproducible; --keep DIR keeps
+each failing case's folder with a STDERR file that says what ran.
+
+  fuzz_inputs.py --bin BUILD_DIR --src SOURCE_DIR [--n N] [--seed S]
+                 [--targets a,b,...] [--keep DIR]
+"""
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+# --------------------------------------------------------------- mutations
+
+ODD_VALUES = [None, True, -1, 0, 1, 2**31, 2**63, -2**63, 1e308, -0.0, 0.5, "", "x" * 300,
+              "NaN", [], {}, [1, 2], {"a": 1}, "../../etc", 3]
+
+
+def mutate_json(text, rnd):
+    """One structural change to a JSON document (bytes out)."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return mutate_bytes(text.encode(), rnd)
+    paths = []
+
+    def walk(o, p):
+        paths.append(p)
+        items = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, list) else []
+        for k, v in items:
+            walk(v, p + [k])
+
+    walk(doc, [])
+    if len(paths) == 1:  # a bare value: replace it
+        return json.dumps(rnd.choice(ODD_VALUES)).encode()
+    p = rnd.choice(paths[1:])
+    parent = doc
+    for k in p[:-1]:
+        parent = parent[k]
+    k, cur, op = p[-1], parent[p[-1]], rnd.random()
+    if op < 0.25:
+        del parent[k]
+    elif isinstance(cur, (int, float)) and not isinstance(cur, bool) and op < 0.6:
+        parent[k] = rnd.choice([cur + 1, cur - 1, cur * 2, -cur, cur * 1000, 0])
+    elif isinstance(cur, str) and cur and op < 0.6:
+        i = rnd.randrange(len(cur))
+        parent[k] = cur[:i] + rnd.choice(["", "\u00e9", "\x00", "0", "/", "\"", "9"]) + cur[i + 1:]
+    else:
+        parent[k] = rnd.choice(ODD_VALUES)
+    out = json.dumps(doc)
+    if rnd.random() < 0.1:
+        out = out[:rnd.randrange(len(out) + 1)]
+    return out.encode()
+
+
+def mutate_bytes(b, rnd, head=None):
+    """A cut, or 1-8 bytes changed (within the first `head` bytes if given)."""
+    b = bytearray(b)
+    if rnd.random() < 0.2 and b:
+        return bytes(b[:rnd.randrange(len(b))])
+    lim = min(len(b), head) if head else len(b)
+    for _ in range(rnd.choice([1, 1, 2, 4, 8])):
+        if lim:
+            i = rnd.randrange(lim)
+            b[i] = rnd.choice([0, 0xff, 0x7f, 0x80, b[i] ^ (1 << rnd.randrange(8)), ord('"'),
+                               ord('9'), ord('{'), ord(',')])
+    return bytes(b)
+
+
+def mutate_file(path, rnd):
+    data = open(path, "rb").read()
+    if path.endswith(".jsonl"):
+        lines = data.decode("utf-8", "replace").splitlines()
+        i = rnd.randrange(len(lines))
+        lines[i] = mutate_json(lines[i], rnd).decode("utf-8", "replace")
+        new = ("\n".join(lines) + "\n").encode()
+    elif path.endswith(".json"):
+        new = mutate_json(data.decode("utf-8", "replace"), rnd)
+    elif path.endswith(".safetensors"):
+        # 8-byte little-endian header length, the JSON header, the data
+        hl = int.from_bytes(data[:8], "little")
+        if rnd.random() < 0.5 and 8 + hl <= len(data):
+            hdr = mutate_json(data[8:8 + hl].decode("utf-8", "replace"), rnd)
+            n = len(hdr) if rnd.random() < 0.9 else rnd.choice([0, 1, len(hdr) + 8, 2**40])
+            new = n.to_bytes(8, "little") + hdr + data[8 + hl:]
+        else:
+            new = mutate_bytes(data, rnd, head=8 + hl)
+    else:
+        new = mutate_bytes(data, rnd)
+    open(path, "wb").write(new)
+
+
+def fnv1a64(b):
+    h = 0xcbf29ce484222325
+    for x in b:
+        h = ((h ^ x) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return "%016x" % h
+
+
+def mutate_shard_past_checksum(ds, rnd):
+    """Change the shard's bytes and make the manifest's size and FNV-1a
+    agree: what the HDF5 reader and the loader's checks then see."""
+    h5 = os.path.join(ds, "shard-00000.h5")
+    data = open(h5, "rb").read()
+    new = data
+    while new == data:
+        new = mutate_bytes(data, rnd)
+    open(h5, "wb").write(new)
+    mpath = os.path.join(ds, "manifest.json")
+    m = json.load(open(mpath))
+    m["shard_files"][0]["bytes"] = len(new)
+    m["shard_files"][0]["fnv1a64"] = fnv1a64(new)
+    json.dump(m, open(mpath, "w"))
+
+# ----------------------------------------------------------------- inputs
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def make_inputs(b, src, root):
+    """The pristine inputs every target copies from."""
+    os.chdir(root)
+    steps = [
+        [b.prep, "synth", "--out", "syn", "--n", "16", "--heldout", "2", "--seed", "3",
+         "--size", "64"],
+        [b.prep, "build", "--json", "syn/train.json", "--images", "syn", "--tokenizer",
+         "syn/tokenizer", "--out", "ds", "--image-size", "28", "--image-tokens", "4", "--quiet"],
+        [b.convert, "init", "--random", os.path.join(src, "configs/models/tiny-vlm.json"),
+         "--seed", "1", "--out", "m0"],
+    ]
+    cfg = {"model": {"path": root + "/m0"}, "data": {"path": root + "/ds"},
+           "train": {"stage": "2", "out": root + "/ck", "micro_batch": 4, "global_batch": 8,
+                     "max_steps": 1, "vision_trainable": True},
+           "diffusion": {"block_size": 8, "mask_token_id": 412, "eos_token_id": 410},
+           "log": {"mfu": False}}
+    json.dump(cfg, open("s2.json", "w"), indent=1)
+    steps.append([b.train, "--config", "s2.json"])  # ck/ckpt/step-000001 to resume from
+    for s in steps:
+        p = run(s, stdin=subprocess.DEVNULL)
+        if p.returncode:
+            sys.exit("fuzz_inputs: setting up: %s failed: %s" % (" ".join(s), p.stderr.strip()))
+    shutil.rmtree("ck/final")
+    open("tok.jsonl", "w").write('{"text": "hello world"}\n{"text": "a red circle"}\n')
+    open("ids.json", "w").write("[1, 2, 3, 4, 5, 6]\n")
+    img = os.path.join(root, "syn/images", sorted(os.listdir("syn/images"))[0])
+    open("prompts.jsonl", "w").write(json.dumps({"prompt": "Describe the image.", "image": img})
+                                     + "\n" + json.dumps({"prompt": "hi"}) + "\n")
+
+
+def targets(b, root):
+    """name: (inputs to copy, files to mutate, command, stdin file, outputs
+    a failing run must not leave)."""
+    gen = [b.generate, "--model", root + "/m0", "--tokenizer", root + "/syn/tokenizer",
+           "--max-new-tokens", "8", "--mask-id", "412"]
+    train = [b.train, "--config", root + "/s2.json", "--set", "train.out=o", "train.max_steps=2"]
+    ck = "ck/ckpt/step-000001"
+    return {
+        "model": (["m0"], ["m0/config.json", "m0/model.safetensors"],
+                  [b.convert, "info", "--model", "m0"], None, []),
+        "ids": (["ids.json"], ["ids.json"],
+                [b.generate, "--score", "--model", root + "/m0", "--ids", "ids.json",
+                 "--logits-out", "l.npy"], None, ["l.npy"]),
+        "prompts": (["prompts.jsonl"], ["prompts.jsonl"], gen + ["--prompts", "prompts.jsonl"],
+                    None, []),
+        "eval": (["syn"], ["syn/heldout.json", "syn/heldout_meta.jsonl"],
+                 gen + ["--eval", "syn/heldout.json", "--meta", "syn/heldout_meta.jsonl"], None, []),
+        "tokenizer": (["syn"], ["syn/tokenizer/tokenizer.json", "syn/tokenizer/tokenizer_config.json"],
+                      [b.prep, "tokenize", "--tokenizer", "syn/tokenizer"], root + "/tok.jsonl", []),
+        "prep": (["syn"], ["syn/train.json"],
+                 [b.prep, "build", "--json", "syn/train.json", "--images", "syn", "--tokenizer",
+                  "syn/tokenizer", "--out", "dsn", "--image-size", "28", "--image-tokens", "4",
+                  "--quiet"], None, ["dsn/manifest.json"]),
+        "config": (["s2.json"], ["s2.json"],
+                   [b.train, "--config", "s2.json", "--set", "train.out=o", "train.max_steps=2"],
+                   None, ["o/final/model.safetensors"]),
+        "dataset": (["ds"], ["ds/manifest.json", "ds/shard-00000.json", "ds/shard-00000.h5"],
+                    train + ["data.path=ds"], None, ["o/final/model.safetensors"]),
+        "h5": (["ds"], ["SHARD"], train + ["data.path=ds"], None, ["o/final/model.safetensors"]),
+        "resume": ([ck], [ck + "/state.json", ck + "/optimizer.safetensors",
+                          ck + "/model.safetensors", ck + "/config.json"],
+                   train + ["--resume", ck], None, ["o/final/model.safetensors"]),
+    }
+
+# -------------------------------------------------------------------- run
+
+
+def verdict(p, prog, work, outputs):
+    """None if the run kept the promise, else what it broke."""
+    if p is None:
+        return "no exit within 120 s"
+    err = p.stderr
+    if p.returncode < 0:
+        return "killed by signal %d" % -p.returncode
+    if "Sanitizer" in err or "runtime error:" in err:
+        return "sanitizer report"
+    for d, _, files in os.walk(work):
+        for f in files:
+            if f.endswith(".tmp"):
+                return "left %s behind" % os.path.join(d, f)
+    if p.returncode == 0:
+        return None
+    lines = [l for l in err.splitlines() if l.strip()]
+    if len(lines) != 1 or not re.match(re.escape(prog) + r"( [a-z]+)?: ", lines[0]):
+        return "exit %d with %d lines on stderr, not one '%s: ...'" % (p.returncode, len(lines), prog)
+    for o in outputs:
+        if os.path.exists(os.path.join(work, o)):
+            return "failed but wrote %s" % o
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True, help="meson build folder")
+    ap.add_argument("--src", required=True, help="source folder")
+    ap.add_argument("--n", type=int, default=20, help="runs per target")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--targets", default="")
+    ap.add_argument("--keep", default="")
+    a = ap.parse_args()
+    a.bin, a.src = os.path.abspath(a.bin), os.path.abspath(a.src)
+
+    class B:
+        train = os.path.join(a.bin, "train/dvl-train")
+        convert = os.path.join(a.bin, "train/dvl-convert")
+        generate = os.path.join(a.bin, "train/dvl-generate")
+        prep = os.path.join(a.bin, "data/dvl-prep")
+
+    env = dict(os.environ)
+    # A config asking for terabytes is an error to report, not an abort
+    # of the sanitizer's allocator.
+    env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") + ":allocator_may_return_null=1").lstrip(":")
+    root = tempfile.mkdtemp(prefix="dvl-fuzz-")
+    try:
+        make_inputs(B, a.src, root)
+        table = targets(B, root)
+        names = a.targets.split(",") if a.targets else list(table)
+        failures = 0
+        for name in names:
+            inputs, mutable, cmd, stdin, outputs = table[name]
+            rnd = random.Random("%d/%s" % (a.seed, name))
+            counts = {"ok": 0, "error": 0, "broken": 0}
+            for it in range(a.n):
+                work = os.path.join(root, "work")
+                shutil.rmtree(work, ignore_errors=True)
+                os.makedirs(work)
+                for i in inputs:
+                    dst = os.path.join(work, i)
+                    os.makedirs(os.path.dirname(dst), exist_ok=True)
+                    (shutil.copytree if os.path.isdir(i) else shutil.copy)(os.path.join(root, i), dst)
+                chosen = [rnd.choice(mutable) for _ in range(rnd.choice([1, 1, 1, 2]))]
+                for f in chosen:
+                    if f == "SHARD":
+                        mutate_shard_past_checksum(os.path.join(work, "ds"), rnd)
+                    else:
+                        mutate_file(os.path.join(work, f), rnd)
+                try:
+                    p = run(cmd, cwd=work, env=env, timeout=120,
+                            stdin=open(stdin) if stdin else subprocess.DEVNULL)
+                except subprocess.TimeoutExpired:
+                    p = None
+                why = verdict(p, os.path.basename(cmd[0]), work, outputs)
+                counts["broken" if why else "error" if p.returncode else "ok"] += 1
+                if why:
+                    failures += 1
+                    print("FAIL %s #%d (%s): %s\n  %s" % (name, it, ", ".join(chosen), why,
+                          "\n  ".join((p.stderr if p else "").strip().splitlines()[:6])))
+                    if a.keep:
+                        d = os.path.join(a.keep, "%s-%d-%d" % (name, a.seed, it))
+                        shutil.rmtree(d, ignore_errors=True)
+                        shutil.copytree(work, d)
+                        open(os.path.join(d, "STDERR"), "w").write(
+                            "%s\nmutated: %s\nran (in this folder): %s\n%s" % (
+                                why, chosen, " ".join(cmd), p.stderr if p else ""))
+            print("%-9s %3d runs: %3d succeeded, %3d refused cleanly, %d broke the promise" % (
+                name, a.n, counts["ok"], counts["error"], counts["broken"]), flush=True)
+        sys.exit(1 if failures else 0)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+main()
