@@ -777,7 +777,8 @@ START_TEST(loader_block_padding)
 END_TEST
 
 /* One changed byte in a shard: opening the loader fails naming the file;
- * skip_verify opens it anyway. */
+ * skip_verify (sizes only) opens it anyway, but not a shorter or a missing
+ * shard. */
 START_TEST(checksum_mismatch_on_open)
 {
     char json[4200], images[4200];
@@ -791,7 +792,6 @@ START_TEST(checksum_mismatch_on_open)
     char *data = read_file(p, &n);
     data[n - 10] ^= 1;
     write_file(p, data, n);
-    free(data);
     dvl_loader_opts lo;
     dvl_loader_opts_default(&lo);
     lo.dir = out;
@@ -802,6 +802,16 @@ START_TEST(checksum_mismatch_on_open)
     dvl_loader *l = dvl_loader_open(&lo, &err);
     ck_assert_msg(l != NULL, "%s", err.msg);
     dvl_loader_free(l);
+    char msg[4300];
+    write_file(p, data, n - 1);
+    ck_assert_ptr_null(dvl_loader_open(&lo, &err));
+    snprintf(msg, sizeof msg, "%s: %zu bytes; the manifest says %zu", p, n - 1, n);
+    ck_assert_msg(strstr(err.msg, msg) != NULL, "%s", err.msg);
+    unlink(p);
+    ck_assert_ptr_null(dvl_loader_open(&lo, &err));
+    ck_assert_msg(strstr(err.msg, "shard-00002.h5: No such file or directory") != NULL, "%s",
+                  err.msg);
+    free(data);
     /* No manifest: the error names it. */
     path_in(p, sizeof p, out, "manifest.json");
     unlink(p);

@@ -952,6 +952,8 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
     lo.seed = (uint64_t)c->data_seed;
     lo.block = c->stage == STAGE_2 ? c->block_size : 0;
     lo.prefetch = c->prefetch;
+    /* A resume checks the shards' sizes, not their checksums (a pass over
+     * the whole dataset, done when the run started). */
     lo.skip_verify = ckpt[0] != 0;
     lo.start = ckpt[0] ? &start : NULL;
     r->loader = dvl_loader_open(&lo, err);

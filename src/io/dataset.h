@@ -112,6 +112,10 @@ void dvl_manifest_free(dvl_manifest *m);
 /* Compare every shard file's size and FNV-1a with the manifest; the error
  * names the first file that differs. */
 int dvl_manifest_verify(const dvl_manifest *m, dvl_err *err);
+/* The same for the sizes alone (a stat per shard, no reading): a missing or
+ * truncated shard found at once, where the checksums would cost a pass
+ * over the whole dataset. */
+int dvl_manifest_verify_sizes(const dvl_manifest *m, dvl_err *err);
 
 /* "%016llx" of v into buf[17]; and back (false when s is not 16 hex digits). */
 void dvl_hex64(uint64_t v, char buf[17]);

@@ -457,7 +457,8 @@ dvl_loader *dvl_loader_open(const dvl_loader_opts *o, dvl_err *err)
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->cv_prod, NULL);
     pthread_cond_init(&l->cv_cons, NULL);
-    if (dvl_manifest_read(o->dir, &l->m, err) || (!o->skip_verify && dvl_manifest_verify(&l->m, err)))
+    if (dvl_manifest_read(o->dir, &l->m, err) ||
+        (o->skip_verify ? dvl_manifest_verify_sizes(&l->m, err) : dvl_manifest_verify(&l->m, err)))
         goto fail;
     l->batch = o->batch_size;
     l->block = o->block;

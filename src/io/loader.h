@@ -48,7 +48,7 @@ typedef struct dvl_loader_opts {
     int rank, world;           /* 0 <= rank < world */
     uint64_t seed;
     int64_t block;             /* pad lengths to a multiple of this; <= 1: none */
-    bool skip_verify;          /* do not check shard checksums at open */
+    bool skip_verify;          /* check shard sizes only at open, not checksums */
     int prefetch;              /* batches prepared ahead (>= 1) */
     int max_open;              /* shard files kept open at once (>= 1) */
     int32_t pad_id;            /* < 0: the manifest's pad_token_id */
@@ -79,8 +79,8 @@ typedef struct dvl_batch {
 
 typedef struct dvl_loader dvl_loader;
 
-/* Read the manifest, check the checksums (unless skip_verify), start the
- * prefetch thread. */
+/* Read the manifest, check the shards' sizes and checksums (sizes only with
+ * skip_verify), start the prefetch thread. */
 dvl_loader *dvl_loader_open(const dvl_loader_opts *o, dvl_err *err);
 void dvl_loader_free(dvl_loader *l);
 

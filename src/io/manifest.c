@@ -1,7 +1,9 @@
 /* Reading a prepared dataset's manifest.json (format: io/dataset.h). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cjson/cJSON.h>
 
@@ -191,6 +193,23 @@ int dvl_manifest_verify(const dvl_manifest *m, dvl_err *err)
                             "%lld bytes, %s",
                             s->file, (long long)bytes, got, (long long)s->bytes, want);
         }
+    }
+    return DVL_OK;
+}
+
+int dvl_manifest_verify_sizes(const dvl_manifest *m, dvl_err *err)
+{
+    for (int64_t i = 0; i < m->n_shards; i++) {
+        const dvl_manifest_shard *s = &m->shards[i];
+        struct stat st;
+        if (stat(s->file, &st) != 0)
+            return dvl_errf(err, DVL_EIO, "%s: %s (a shard of the manifest)", s->file,
+                            strerror(errno));
+        if ((int64_t)st.st_size != s->bytes)
+            return dvl_errf(err, DVL_EIO,
+                            "%s: %lld bytes; the manifest says %lld (changed since dvl-prep "
+                            "build)",
+                            s->file, (long long)st.st_size, (long long)s->bytes);
     }
     return DVL_OK;
 }
