@@ -9,6 +9,7 @@ dataset and its tokenizer, a checkpoint, decoding inputs), mutates one or
 two of its files and runs one program on them:
 
   model     config.json / model.safetensors (its JSON header or bytes)  dvl-convert info
+  shards    the same model as two shards: the index, either shard       dvl-convert info
   ids       the --ids file                                              dvl-generate --score
   prompts   a line of --prompts                                         dvl-generate
   eval      heldout.json / heldout_meta.jsonl                           dvl-generate --eval
@@ -169,11 +170,40 @@ def make_inputs(b, src, root):
         if p.returncode:
             sys.exit("fuzz_inputs: setting up: %s failed: %s" % (" ".join(s), p.stderr.strip()))
     shutil.rmtree("ck/final")
+    split_checkpoint("m0", "m0s")
     open("tok.jsonl", "w").write('{"text": "hello world"}\n{"text": "a red circle"}\n')
     open("ids.json", "w").write("[1, 2, 3, 4, 5, 6]\n")
     img = os.path.join(root, "syn/images", sorted(os.listdir("syn/images"))[0])
     open("prompts.jsonl", "w").write(json.dumps({"prompt": "Describe the image.", "image": img})
                                      + "\n" + json.dumps({"prompt": "hi"}) + "\n")
+
+
+def split_checkpoint(src, dst):
+    """src's model.safetensors as two shards and an index, the way Hugging
+    Face saves a large model."""
+    data = open(os.path.join(src, "model.safetensors"), "rb").read()
+    hl = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + hl])
+    body = data[8 + hl:]
+    names = sorted(k for k in header if k != "__metadata__")
+    os.makedirs(dst)
+    shutil.copy(os.path.join(src, "config.json"), dst)
+    weight_map = {}
+    for i, part in enumerate([names[:len(names) // 2], names[len(names) // 2:]]):
+        fname = "model-%05d-of-00002.safetensors" % (i + 1)
+        h, chunks, off = {}, [], 0
+        for k in part:
+            a, z = header[k]["data_offsets"]
+            h[k] = dict(header[k], data_offsets=[off, off + z - a])
+            chunks.append(body[a:z])
+            off += z - a
+            weight_map[k] = fname
+        hj = json.dumps(h).encode()
+        hj += b" " * (-len(hj) % 8)
+        open(os.path.join(dst, fname), "wb").write(len(hj).to_bytes(8, "little") + hj
+                                                   + b"".join(chunks))
+    json.dump({"metadata": {"total_size": len(body)}, "weight_map": weight_map},
+              open(os.path.join(dst, "model.safetensors.index.json"), "w"), indent=1)
 
 
 def targets(b, root):
@@ -186,6 +216,10 @@ def targets(b, root):
     return {
         "model": (["m0"], ["m0/config.json", "m0/model.safetensors"],
                   [b.convert, "info", "--model", "m0"], None, []),
+        "shards": (["m0s"], ["m0s/model.safetensors.index.json",
+                             "m0s/model-00001-of-00002.safetensors",
+                             "m0s/model-00002-of-00002.safetensors"],
+                   [b.convert, "info", "--model", "m0s"], None, []),
         "ids": (["ids.json"], ["ids.json"],
                 [b.generate, "--score", "--model", root + "/m0", "--ids", "ids.json",
                  "--logits-out", "l.npy"], None, ["l.npy"]),
