@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <hdf5.h>
 
 #include "core/rng.h"
 #include "io/dataset.h"
@@ -820,6 +821,50 @@ START_TEST(checksum_mismatch_on_open)
 }
 END_TEST
 
+/* A shard whose count attributes lie (found by fuzzing past the checksum:
+ * samples = INT64_MAX overflowed the offsets' size): opening it fails with
+ * one message naming the file, for a huge count and for one that disagrees
+ * with the datasets' shapes. */
+START_TEST(shard_bad_counts)
+{
+    char json[4200], images[4200];
+    dvl_build_opts o;
+    char *out = fresh_dir("ds_counts");
+    opts_for(&o, out, json, images);
+    build_ok(&o, NULL);
+    char p[4200];
+    path_in(p, sizeof p, out, "shard-00000.h5");
+    const char *attr[] = {"samples", "samples", "samples", "tokens"};
+    const int64_t lie[] = {INT64_MAX, ((int64_t)1 << 40) + 1, 0, 1};
+    for (int k = 0; k < 4; k++) {
+        int64_t was;
+        hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+        hid_t a = f >= 0 ? H5Aopen(f, attr[k], H5P_DEFAULT) : -1;
+        ck_assert_int_ge(a, 0);
+        ck_assert_int_ge(H5Aread(a, H5T_NATIVE_INT64, &was), 0);
+        ck_assert_int_ge(H5Awrite(a, H5T_NATIVE_INT64, &lie[k]), 0);
+        H5Aclose(a);
+        H5Fclose(f);
+        dvl_err err = {0};
+        dvl_shard *s = dvl_shard_open(p, &err);
+        ck_assert_msg(s == NULL, "%s = %lld opened", attr[k], (long long)lie[k]);
+        ck_assert_msg(strstr(err.msg, p) == err.msg && !strchr(err.msg, '\n'), "%s", err.msg);
+        if (k < 2) /* beyond the bound: refused before anything is sized from it */
+            ck_assert_msg(strstr(err.msg, "bad attributes") != NULL, "%s", err.msg);
+        f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+        a = H5Aopen(f, attr[k], H5P_DEFAULT);
+        ck_assert_int_ge(H5Awrite(a, H5T_NATIVE_INT64, &was), 0);
+        H5Aclose(a);
+        H5Fclose(f);
+    }
+    /* Restored: the shard opens again (so each refusal above was its lie's). */
+    dvl_err err = {0};
+    dvl_shard *s = dvl_shard_open(p, &err);
+    ck_assert_msg(s != NULL, "%s", err.msg);
+    dvl_shard_close(s);
+}
+END_TEST
+
 /* Over max_len: truncation keeps whole rounds (reported as truncated),
  * skip mode drops the record (too_long). */
 START_TEST(overflow_truncate_and_skip)
@@ -1008,6 +1053,7 @@ static Suite *suite(void)
     tcase_add_test(t, loader_resumes_exactly);
     tcase_add_test(t, loader_block_padding);
     tcase_add_test(t, checksum_mismatch_on_open);
+    tcase_add_test(t, shard_bad_counts);
     tcase_add_test(t, overflow_truncate_and_skip);
     tcase_add_test(t, malformed_input_files);
     tcase_add_test(t, cli_build);

@@ -12,6 +12,11 @@
 
 #include <hdf5.h>
 
+/* Bound on a shard's samples, images and tokens attributes: far beyond any
+ * shard dvl-prep writes, and low enough that the arrays sized from them
+ * (samples + 1 offsets) cannot overflow. */
+#define SHARD_MAX_COUNT ((int64_t)1 << 40)
+
 /* ---- FNV-1a ---- */
 
 uint64_t dvl_fnv1a64(uint64_t h, const void *p, size_t n)
@@ -566,6 +571,7 @@ dvl_shard *dvl_shard_open(const char *path, dvl_err *err)
         !read_attr_i64(s->file, "samples", &s->n) || !read_attr_i64(s->file, "images", &s->m) ||
         !read_attr_i64(s->file, "tokens", &s->t) ||
         !read_attr_i64(s->file, "image_size", &size) || s->n < 0 || s->m < 0 || s->t < 0 ||
+        s->n > SHARD_MAX_COUNT || s->m > SHARD_MAX_COUNT || s->t > SHARD_MAX_COUNT ||
         size < 1 || size > 16384) {
         rc = dvl_errf(err, DVL_EIO,
                       "%s: bad attributes (version %lld, want %d; samples, images, tokens, "
