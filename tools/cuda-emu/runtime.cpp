@@ -365,9 +365,15 @@ void trace_print()
     std::sort(v.begin(), v.end(), [](const auto &x, const auto &y) {
         return x.second.calls != y.second.calls ? x.second.calls > y.second.calls : x.first < y.first;
     });
-    long calls = 0;
-    for (auto &r : v) calls += r.first.compare(0, 4, "copy") ? r.second.calls : 0;
-    fprintf(stderr, "cuda-emu trace: %ld kernel launches and products\n", calls);
+    long calls = 0, memsets = 0, waits = 0;
+    for (auto &r : v) {
+        const std::string &k = r.first;
+        long &sum = k.rfind("memset", 0) == 0 ? memsets : k.rfind("host", 0) == 0 ? waits : calls;
+        if (k.rfind("copy", 0) != 0)
+            sum += r.second.calls;
+    }
+    fprintf(stderr, "cuda-emu trace: %ld kernel launches and products, %ld memsets, %ld host waits\n",
+            calls, memsets, waits);
     for (auto &r : v)
         fprintf(stderr, "  %8ld  %-60s %12.4g\n", r.second.calls, r.first.c_str(), r.second.units);
 }
