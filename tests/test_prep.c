@@ -825,6 +825,19 @@ END_TEST
  * samples = INT64_MAX overflowed the offsets' size): opening it fails with
  * one message naming the file, for a huge count and for one that disagrees
  * with the datasets' shapes. */
+/* Write the int64 attribute `name` of the HDF5 file at path; its old value
+ * into *was. */
+static void set_attr_i64(const char *path, const char *name, int64_t v, int64_t *was)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t a = f >= 0 ? H5Aopen(f, name, H5P_DEFAULT) : -1;
+    ck_assert_int_ge(a, 0);
+    ck_assert_int_ge(H5Aread(a, H5T_NATIVE_INT64, was), 0);
+    ck_assert_int_ge(H5Awrite(a, H5T_NATIVE_INT64, &v), 0);
+    H5Aclose(a);
+    H5Fclose(f);
+}
+
 START_TEST(shard_bad_counts)
 {
     char json[4200], images[4200];
@@ -837,25 +850,16 @@ START_TEST(shard_bad_counts)
     const char *attr[] = {"samples", "samples", "samples", "tokens"};
     const int64_t lie[] = {INT64_MAX, ((int64_t)1 << 40) + 1, 0, 1};
     for (int k = 0; k < 4; k++) {
-        int64_t was;
-        hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
-        hid_t a = f >= 0 ? H5Aopen(f, attr[k], H5P_DEFAULT) : -1;
-        ck_assert_int_ge(a, 0);
-        ck_assert_int_ge(H5Aread(a, H5T_NATIVE_INT64, &was), 0);
-        ck_assert_int_ge(H5Awrite(a, H5T_NATIVE_INT64, &lie[k]), 0);
-        H5Aclose(a);
-        H5Fclose(f);
+        int64_t was, lied;
+        set_attr_i64(p, attr[k], lie[k], &was);
         dvl_err err = {0};
         dvl_shard *s = dvl_shard_open(p, &err);
         ck_assert_msg(s == NULL, "%s = %lld opened", attr[k], (long long)lie[k]);
         ck_assert_msg(strstr(err.msg, p) == err.msg && !strchr(err.msg, '\n'), "%s", err.msg);
         if (k < 2) /* beyond the bound: refused before anything is sized from it */
             ck_assert_msg(strstr(err.msg, "bad attributes") != NULL, "%s", err.msg);
-        f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
-        a = H5Aopen(f, attr[k], H5P_DEFAULT);
-        ck_assert_int_ge(H5Awrite(a, H5T_NATIVE_INT64, &was), 0);
-        H5Aclose(a);
-        H5Fclose(f);
+        set_attr_i64(p, attr[k], was, &lied);
+        ck_assert_int_eq(lied, lie[k]);
     }
     /* Restored: the shard opens again (so each refusal above was its lie's). */
     dvl_err err = {0};

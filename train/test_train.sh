@@ -387,13 +387,13 @@ reject resume_other_batch "position 32 (rank 0), but after step 4 it would be at
     --resume ra/ckpt/step-000004 --set train.out=rc1 train.global_batch=16
 cp -r ra/ckpt/step-000004 rstep
 sed 's/"step":[[:space:]]*4,/"step": 5,/' ra/ckpt/step-000004/state.json >rstep/state.json
+reject resume_step_edited "rstep: its data loader is at epoch 0 position 32 (rank 0), but after step 5 it would be at epoch 0 position 40" \
+    --resume rstep --set train.out=rc2
 # A resume checks the shards' sizes (not their checksums: a pass over the
 # data): a shard gone since is one line at the start, not an error hours in.
 cp -r ds ds_gone && rm ds_gone/shard-00001.h5
 reject resume_missing_shard "ds_gone/shard-00001.h5: No such file or directory (a shard of the manifest)" \
     --resume ra/ckpt/step-000004 --set train.out=rc3 data.path="$PWD/ds_gone"
-reject resume_step_edited "rstep: its data loader is at epoch 0 position 32 (rank 0), but after step 5 it would be at epoch 0 position 40" \
-    --resume rstep --set train.out=rc2
 reject bad_device train.device --config s2.json --set train.device=gpu
 reject precision_on_cpu "train.precision: bf16 needs train.device cuda" --config s2.json --set train.precision=bf16
 reject bad_precision train.precision --config s2.json --set train.precision=fp8
