@@ -67,6 +67,11 @@ static const rec recs[] = {
     {"{\"id\":\"b13\",\"image\":5,\"conversations\":[{\"from\":\"human\",\"value\":\"<image>\"},{\"from\":\"gpt\",\"value\":\"y\"}]}", NULL, "malformed"},
     {"{\"id\":\"g11\",\"image\":null,\"conversations\":[{\"from\":\"human\",\"value\":\"Name a colour.\"},{\"from\":\"gpt\",\"value\":\"Teal.\"}]}", "g11", NULL},
     {"{\"id\":\"g12\",\"image\":\"img8.png\",\"conversations\":[{\"from\":\"human\",\"value\":\"<image>\\nAnd now?\"},{\"from\":\"gpt\",\"value\":\"Still a square.\"}]}", "g12", NULL},
+    /* Numeric ids that are not integers, or too large to convert (found by
+     * building under -fsanitize=float-cast-overflow: 1e300 was converted to
+     * int64_t, and 0.5 failed the whole build as "out of memory"). */
+    {"{\"id\":0.5,\"conversations\":[{\"from\":\"human\",\"value\":\"x\"},{\"from\":\"gpt\",\"value\":\"y\"}]}", NULL, "malformed"},
+    {"{\"id\":1e300,\"conversations\":[{\"from\":\"human\",\"value\":\"x\"},{\"from\":\"gpt\",\"value\":\"y\"}]}", NULL, "malformed"},
 };
 #define N_RECS ((int)(sizeof recs / sizeof *recs))
 
@@ -504,6 +509,7 @@ START_TEST(bad_records_reported)
     ck_assert_ptr_nonnull(strstr(text, "field \\\"conversations\\\" is not an array"));
     ck_assert_ptr_nonnull(strstr(text, "conversations[0].value is not a string"));
     ck_assert_ptr_nonnull(strstr(text, "field \\\"id\\\" is missing"));
+    ck_assert_ptr_nonnull(strstr(text, "field \\\"id\\\" is not a string or an integer"));
     ck_assert_ptr_nonnull(strstr(text, "0 <image> placeholders for one image"));
     free(text);
 
@@ -516,6 +522,7 @@ START_TEST(bad_records_reported)
     ck_assert_int_eq(m.image_tokens, IMG_TOKENS);
     ck_assert_str_eq(m.template_name, "qwen");
     ck_assert_int_eq(m.pad_token_id, 151643);
+    ck_assert_int_eq(m.vocab_size, dvl_tokenizer_vocab_size(tok));
     ck_assert_int_eq(m.n_shards, (N_RECS + 4) / 5);
     dvl_manifest_free(&m);
 }
@@ -821,6 +828,66 @@ START_TEST(checksum_mismatch_on_open)
 }
 END_TEST
 
+/* Numbers in manifest.json that no integer field can hold (1e300, 0.5, a
+ * negative count) are errors naming the field, not conversions out of range
+ * (undefined in C; caught by -fsanitize=float-cast-overflow in the sanitizer
+ * build). */
+START_TEST(manifest_bad_numbers)
+{
+    char json[4200], images[4200];
+    dvl_build_opts o;
+    char *out = fresh_dir("ds_numbers");
+    opts_for(&o, out, json, images);
+    build_ok(&o, NULL);
+    char p[4200];
+    path_in(p, sizeof p, out, "manifest.json");
+    char *orig = read_file(p, NULL);
+    static const struct {
+        const char *object, *key, *field;
+        double v;
+    } cases[] = {
+        {NULL, "samples", "samples", 1e300},
+        {NULL, "tokens", "tokens", -1},
+        {NULL, "records", "records", 0.5},
+        {"tokenizer", "vocab_size", "tokenizer.vocab_size", 1e300},
+        {"tokenizer", "vocab_size", "tokenizer.vocab_size", 0},
+        {"template", "image_token_id", "template.image_token_id", -1e300},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cJSON *root = cJSON_Parse(orig);
+        cJSON *obj = cases[i].object ? cJSON_GetObjectItemCaseSensitive(root, cases[i].object) : root;
+        ck_assert_ptr_nonnull(cJSON_GetObjectItemCaseSensitive(obj, cases[i].key));
+        cJSON_ReplaceItemInObjectCaseSensitive(obj, cases[i].key, cJSON_CreateNumber(cases[i].v));
+        char *text = cJSON_Print(root);
+        write_file(p, text, strlen(text));
+        free(text);
+        cJSON_Delete(root);
+        dvl_manifest m;
+        dvl_err err = {0};
+        ck_assert_int_ne(dvl_manifest_read(out, &m, &err), 0);
+        char want[128];
+        snprintf(want, sizeof want, "field %s is missing or invalid", cases[i].field);
+        ck_assert_msg(strstr(err.msg, want) != NULL, "%g for %s: %s", cases[i].v, cases[i].field,
+                      err.msg);
+    }
+    /* Removing the tokenizer's vocab_size is an error too (dvl-train checks
+     * it against the model's embedding). */
+    cJSON *root = cJSON_Parse(orig);
+    cJSON_DeleteItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "tokenizer"),
+                                            "vocab_size");
+    char *text = cJSON_Print(root);
+    write_file(p, text, strlen(text));
+    free(text);
+    cJSON_Delete(root);
+    dvl_manifest m;
+    dvl_err err = {0};
+    ck_assert_int_ne(dvl_manifest_read(out, &m, &err), 0);
+    ck_assert_msg(strstr(err.msg, "field tokenizer.vocab_size is missing or invalid") != NULL, "%s",
+                  err.msg);
+    free(orig);
+}
+END_TEST
+
 /* A shard whose count attributes lie (found by fuzzing past the checksum:
  * samples = INT64_MAX overflowed the offsets' size): opening it fails with
  * one message naming the file, for a huge count and for one that disagrees
@@ -1057,6 +1124,7 @@ static Suite *suite(void)
     tcase_add_test(t, loader_resumes_exactly);
     tcase_add_test(t, loader_block_padding);
     tcase_add_test(t, checksum_mismatch_on_open);
+    tcase_add_test(t, manifest_bad_numbers);
     tcase_add_test(t, shard_bad_counts);
     tcase_add_test(t, overflow_truncate_and_skip);
     tcase_add_test(t, malformed_input_files);

@@ -63,6 +63,7 @@
  *
  * Errors: one line on stderr, exit 1 (2 for bad usage). */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -294,7 +295,8 @@ static int32_t *load_ids(const char *path, int64_t *n, dvl_err *err)
     const cJSON *v;
     cJSON_ArrayForEach(v, arr)
     {
-        if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int32_t)v->valuedouble) {
+        if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= INT32_MAX) ||
+            v->valuedouble != floor(v->valuedouble)) {
             dvl_errf(err, DVL_EINVAL, "%s: id %lld is not a 32-bit integer", path, (long long)i);
             free(ids);
             cJSON_Delete(j);
@@ -1242,6 +1244,16 @@ static int generate(const args *a, dvl_err *err)
         goto done;
     }
     const dvl_lm_config *lc = g.m.cfg.arch == DVL_ARCH_VLM ? &g.m.cfg.vlm.lm : &g.m.cfg.lm;
+    /* As in dvl-train: ids past the embedding mean another model's tokenizer
+     * (the chat template's tokens are its last ids). */
+    if (g.tok && dvl_tokenizer_vocab_size(g.tok) > lc->vocab) {
+        rc = dvl_errf(err, DVL_EINVAL,
+                      "tokenizer %s has %lld ids, the embedding of %s has %lld rows (the tokenizer "
+                      "of another model? give --tokenizer DIR)",
+                      tdir, (long long)dvl_tokenizer_vocab_size(g.tok), a->model,
+                      (long long)lc->vocab);
+        goto done;
+    }
     if (g.o.mask_id < 0 && lc->mask_token_id >= 0)
         g.o.mask_id = lc->mask_token_id;
     /* A stage-2 export names its block size: the default when none is given. */

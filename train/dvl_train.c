@@ -368,7 +368,16 @@ static int check_data(run *r, dvl_err *err)
         return err->code;
     int rc = DVL_OK;
     const train_model *tm = &r->tm;
-    if (tm->is_vlm && man.images > 0) {
+    /* A tokenizer with ids past the embedding belongs to another model: its
+     * special tokens (the chat template's, which every sample holds) are its
+     * last ids, so the first batch would stop at the embedding's id check. */
+    if (man.vocab_size > tm->lm->cfg.vocab)
+        rc = dvl_errf(err, DVL_EINVAL,
+                      "data.path: %s was built with a tokenizer of %lld ids, the embedding of %s "
+                      "has %lld rows (the tokenizer of another model?)",
+                      r->c.data_path, (long long)man.vocab_size, r->c.model_path,
+                      (long long)tm->lm->cfg.vocab);
+    else if (tm->is_vlm && man.images > 0) {
         const dvl_vlm_config *v = &tm->m.cfg.vlm;
         if (man.image_tokens != tm->patches)
             rc = dvl_errf(err, DVL_EINVAL,
@@ -454,6 +463,9 @@ static int parse_loader_state(const char *text, int rank, int world, dvl_loader_
     } else {
         cJSON *o = cJSON_GetArrayItem(arr, rank);
         const char *keys[] = {"samples", "rank", "world", "epoch", "position"};
+        /* Bounds before the conversions, which are undefined outside the
+         * target type: rank and world are int32_t, the rest int64_t. */
+        const double lim[] = {0x1p53, INT32_MAX, INT32_MAX, 0x1p53, 0x1p53};
         double v[5];
         cJSON *seed = cJSON_GetObjectItemCaseSensitive(o, "seed");
         uint64_t sd = 0;
@@ -461,8 +473,11 @@ static int parse_loader_state(const char *text, int rank, int world, dvl_loader_
             rc = dvl_errf(err, DVL_EIO, "checkpoint: loader state rank %d: seed", rank);
         for (int k = 0; !rc && k < 5; k++) {
             cJSON *x = cJSON_GetObjectItemCaseSensitive(o, keys[k]);
-            if (!cJSON_IsNumber(x))
-                rc = dvl_errf(err, DVL_EIO, "checkpoint: loader state rank %d: %s", rank, keys[k]);
+            if (!cJSON_IsNumber(x) || !(x->valuedouble >= 0 && x->valuedouble <= lim[k]) ||
+                x->valuedouble != floor(x->valuedouble))
+                rc = dvl_errf(err, DVL_EIO,
+                              "checkpoint: loader state rank %d: %s is not an integer in [0, %.0f]",
+                              rank, keys[k], lim[k]);
             else
                 v[k] = x->valuedouble;
         }

@@ -212,6 +212,10 @@ reject gen_no_model "--model DIR is required" "$GENERATE" --score --ids "$T/ids.
 reject gen_no_out "--logits-out FILE.npy is required" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/ids.json"
 printf '[1, 2, "x"]' >"$T/bad_ids.json"
 reject gen_bad_ids "id 2 is not a 32-bit integer" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/bad_ids.json" --logits-out "$T/x.npy"
+# A number beyond int32 is the same error, not a conversion out of range
+# (undefined in C; the sanitizer build checks float-cast-overflow).
+printf '[1, 2, 1e300]' >"$T/huge_ids.json"
+reject gen_huge_ids "id 2 is not a 32-bit integer" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/huge_ids.json" --logits-out "$T/x.npy"
 printf '[1, 2,' >"$T/bad_json.json"
 reject gen_bad_json "malformed JSON" "$GENERATE" --score --model "$REF/qwen2_tied" --ids "$T/bad_json.json" --logits-out "$T/x.npy"
 printf '[1, 2, 128]' >"$T/oob.json"
@@ -313,6 +317,10 @@ QTOK="$DATA/qwen-tokenizer"
 run gen_prompt "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --image "$DATA/images/rgb8.png" \
     --prompt "What is this?" --mask-id 151660 --max-new-tokens 10 --timing
 [ "$(wc -l <"$T/out")" -eq 1 ] && grep -q "forwards" "$T/err" && ok gen_prompt_output || bad gen_prompt_output
+# The same tokenizer on a model of 128 rows: another model's tokenizer, one
+# line before any decoding.
+reject gen_tokenizer_past_embedding "tokenizer $QTOK has 151669 ids, the embedding of $REF/qwen2_tied has 128 rows" \
+    "$GENERATE" --model "$REF/qwen2_tied" --tokenizer "$QTOK" --prompt hi --mask-id 3
 # A stage-2 export's mask_token_id and diffusion_block_size are the defaults
 # of --mask-id and --block-size: the same text as giving them.
 mkdir -p "$T/qv2"

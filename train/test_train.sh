@@ -389,11 +389,24 @@ cp -r ra/ckpt/step-000004 rstep
 sed 's/"step":[[:space:]]*4,/"step": 5,/' ra/ckpt/step-000004/state.json >rstep/state.json
 reject resume_step_edited "rstep: its data loader is at epoch 0 position 32 (rank 0), but after step 5 it would be at epoch 0 position 40" \
     --resume rstep --set train.out=rc2
+# A loader position no integer holds (1e300) is an error, not a conversion
+# out of range (undefined in C; the sanitizer build checks float-cast-overflow).
+cp -r ra/ckpt/step-000004 rpos
+sed 's/\\"position\\":[0-9]*/\\"position\\":1e300/' ra/ckpt/step-000004/state.json >rpos/state.json
+reject resume_position_huge "loader state rank 0: position is not an integer in [0, 9007199254740992]" \
+    --resume rpos --set train.out=rc4
 # A resume checks the shards' sizes (not their checksums: a pass over the
 # data): a shard gone since is one line at the start, not an error hours in.
 cp -r ds ds_gone && rm ds_gone/shard-00001.h5
 reject resume_missing_shard "ds_gone/shard-00001.h5: No such file or directory (a shard of the manifest)" \
     --resume ra/ckpt/step-000004 --set train.out=rc3 data.path="$PWD/ds_gone"
+# A dataset built with another model's tokenizer (here Qwen's 151669 ids for
+# the tiny model's 416 rows): one line before any step.
+"$PREP" build --json syn/train.json --images syn --tokenizer "$SRC/tests/data/qwen-tokenizer" \
+    --out ds_qwen --image-size 28 --image-tokens 4 --shard-size 50 --threads 1 --quiet >/dev/null ||
+    bad "config_tokenizer_past_embedding: dvl-prep build with the Qwen tokenizer failed"
+reject tokenizer_past_embedding "ds_qwen was built with a tokenizer of 151669 ids, the embedding of m0 has 416 rows" \
+    --config s2.json --set train.out=o_tok data.path=ds_qwen
 reject bad_device train.device --config s2.json --set train.device=gpu
 reject precision_on_cpu "train.precision: bf16 needs train.device cuda" --config s2.json --set train.precision=bf16
 reject bad_precision train.precision --config s2.json --set train.precision=fp8

@@ -100,6 +100,7 @@ typedef struct dvl_manifest {
     int image_size;
     int64_t image_tokens;
     int32_t image_token_id, pad_token_id;
+    int64_t vocab_size; /* tokenizer.vocab_size: one past the tokenizer's largest id */
     char *template_name;
     int64_t n_shards;
     dvl_manifest_shard *shards;

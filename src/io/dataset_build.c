@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -295,18 +296,25 @@ static bool has_escaped_nul(const char *s, size_t n)
     return false;
 }
 
-/* The record's id as text: a string as is, an integer in decimal. */
+/* Whether a record's id is usable: a string, or an integer of magnitude
+ * below 9e15 (exact in a double; the range is checked before converting,
+ * which is undefined beyond int64_t). */
+static bool id_ok(const cJSON *id)
+{
+    return cJSON_IsString(id) || (cJSON_IsNumber(id) && id->valuedouble > -9.0e15 &&
+                                  id->valuedouble < 9.0e15 &&
+                                  id->valuedouble == floor(id->valuedouble));
+}
+
+/* A usable id as text: a string as is, an integer in decimal; NULL when out
+ * of memory. */
 static char *id_text(const cJSON *id)
 {
     if (cJSON_IsString(id))
         return strdup(id->valuestring);
-    if (cJSON_IsNumber(id) && id->valuedouble == (double)(int64_t)id->valuedouble &&
-        id->valuedouble > -9.0e15 && id->valuedouble < 9.0e15) {
-        char buf[32];
-        snprintf(buf, sizeof buf, "%lld", (long long)id->valuedouble);
-        return strdup(buf);
-    }
-    return NULL;
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lld", (long long)id->valuedouble);
+    return strdup(buf);
 }
 
 /* Everything for one record, into s. Returns non-zero only for errors that
@@ -332,11 +340,14 @@ static int process(build *b, dvl_tokenizer_state *st, dvl_chat_turn **turns, int
         set_reason(s, K_MALFORMED, "the record is not a JSON object");
         goto done;
     }
-    if (id && !cJSON_IsNull(id) && !(s->id = id_text(id))) {
-        if (cJSON_IsString(id) || cJSON_IsNumber(id))
+    if (id && !cJSON_IsNull(id)) {
+        if (!id_ok(id)) {
+            set_reason(s, K_MALFORMED,
+                       "field \"id\" is not a string or an integer (of magnitude below 9e15)");
+            goto done;
+        }
+        if (!(s->id = id_text(id)))
             return cJSON_Delete(root), dvl_errf(err, DVL_ENOMEM, "out of memory");
-        set_reason(s, K_MALFORMED, "field \"id\" is not a string or an integer");
-        goto done;
     }
     if (!s->id) {
         set_reason(s, K_MALFORMED, "field \"id\" is missing");
@@ -514,7 +525,12 @@ static cJSON *read_json(const char *path)
 static int64_t json_int(const cJSON *o, const char *key)
 {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsNumber(x) ? (int64_t)x->valuedouble : -1;
+    /* -1 for anything but an integer of at most 2^53 (a damaged sidecar):
+     * the caller then rebuilds the shard. */
+    if (!cJSON_IsNumber(x) || !(fabs(x->valuedouble) <= 9007199254740992.0) ||
+        x->valuedouble != floor(x->valuedouble))
+        return -1;
+    return (int64_t)x->valuedouble;
 }
 
 /* Whether shard k from an earlier run can be kept: its sidecar names the

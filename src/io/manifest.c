@@ -1,5 +1,6 @@
 /* Reading a prepared dataset's manifest.json (format: io/dataset.h). */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,8 +48,10 @@ void dvl_manifest_free(dvl_manifest *m)
 static bool get_int(const cJSON *o, const char *key, int64_t lo, int64_t hi, int64_t *v)
 {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(x) || x->valuedouble != (double)(int64_t)x->valuedouble ||
-        x->valuedouble < (double)lo || x->valuedouble > (double)hi)
+    /* The range first: converting a double outside int64_t (1e300, inf) is
+     * undefined (C11 6.3.1.4). */
+    if (!cJSON_IsNumber(x) || !(x->valuedouble >= (double)lo && x->valuedouble <= (double)hi) ||
+        x->valuedouble != floor(x->valuedouble))
         return false;
     *v = (int64_t)x->valuedouble;
     return true;
@@ -99,6 +102,8 @@ int dvl_manifest_read(const char *dir, dvl_manifest *m, dvl_err *err)
         bad = "template.name";
     else if (!get_int(tok, "pad_token_id", -1, INT32_MAX, &pad))
         bad = "tokenizer.pad_token_id";
+    else if (!get_int(tok, "vocab_size", 1, INT32_MAX, &m->vocab_size))
+        bad = "tokenizer.vocab_size";
     else if (!cJSON_IsArray(files))
         bad = "shard_files";
     if (bad) {
