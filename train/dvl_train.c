@@ -275,8 +275,9 @@ static int host_twin(run *r, dvl_err *err)
     return r->host_opt ? DVL_OK : err->code;
 }
 
-/* The model with each stage's trainable set, weights loaded. */
-static int load_model(run *r, dvl_err *err)
+/* The model from its config.json: each stage's trainable set, the diffusion
+ * settings; the weights come later (load_weights). */
+static int open_model(run *r, dvl_err *err)
 {
     const train_cfg *c = &r->c;
     train_model *tm = &r->tm;
@@ -311,16 +312,9 @@ static int load_model(run *r, dvl_err *err)
     } else if (tm->is_vlm && !c->vision_trainable) {
         dvl_params_set_trainable(p, DVL_VLM_VISION_PREFIX, false);
     }
-    dvl_model_load_opts lo = {.allow_missing_connector = c->init_connector,
-                              .connector_seed = (uint64_t)c->connector_seed};
-    if (dvl_model_load_weights(&tm->m, c->model_path, &lo, err))
-        return err->code;
-    if (c->reset_connector) {
-        if (!tm->is_vlm)
-            return dvl_errf(err, DVL_EINVAL, "model.reset_connector: %s has no connector",
-                            c->model_path);
-        dvl_connector_init_random(&tm->m.vlm.connector, (uint64_t)c->connector_seed);
-    }
+    if (c->reset_connector && !tm->is_vlm)
+        return dvl_errf(err, DVL_EINVAL, "model.reset_connector: %s has no connector",
+                        c->model_path);
     if (c->stage == STAGE_2) {
         bool llada = mc.lm.arch == DVL_ARCH_LLADA;
         if (llada)
@@ -355,6 +349,21 @@ static int load_model(run *r, dvl_err *err)
             !cJSON_AddNumberToObject(r->model_json, "diffusion_block_size", tm->diff.block_size))
             return dvl_errf(err, DVL_ENOMEM, "model config: out of memory");
     }
+    return DVL_OK;
+}
+
+/* The weights, read after the data has been checked against the model's
+ * config (a mismatch is one line at once, not after a 7B load). */
+static int load_weights(run *r, dvl_err *err)
+{
+    const train_cfg *c = &r->c;
+    train_model *tm = &r->tm;
+    dvl_model_load_opts lo = {.allow_missing_connector = c->init_connector,
+                              .connector_seed = (uint64_t)c->connector_seed};
+    if (dvl_model_load_weights(&tm->m, c->model_path, &lo, err))
+        return err->code;
+    if (c->reset_connector)
+        dvl_connector_init_random(&tm->m.vlm.connector, (uint64_t)c->connector_seed);
     return DVL_OK;
 }
 
@@ -873,7 +882,7 @@ static int train(run *r, dvl_err *err)
 static int setup(run *r, const char *ckpt, dvl_err *err)
 {
     const train_cfg *c = &r->c;
-    if (open_device(r, err) || load_model(r, err) || check_data(r, err))
+    if (open_device(r, err) || open_model(r, err) || check_data(r, err) || load_weights(r, err))
         return err->code;
     dvl_params *p = r->tm.m.params;
     if (p->numel_grad == 0)

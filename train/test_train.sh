@@ -407,6 +407,11 @@ reject resume_missing_shard "ds_gone/shard-00001.h5: No such file or directory (
     bad "config_tokenizer_past_embedding: dvl-prep build with the Qwen tokenizer failed"
 reject tokenizer_past_embedding "ds_qwen was built with a tokenizer of 151669 ids, the embedding of m0 has 416 rows" \
     --config s2.json --set train.out=o_tok data.path=ds_qwen
+# The data is checked against the model's config before the weights are
+# read: a model folder without its weights gives the same line.
+mkdir -p m_noweights && cp m0/config.json m_noweights/
+reject data_checked_before_weights "ds_qwen was built with a tokenizer of 151669 ids, the embedding of m_noweights has 416 rows" \
+    --config s2.json --set train.out=o_tok2 data.path=ds_qwen model.path=m_noweights
 reject bad_device train.device --config s2.json --set train.device=gpu
 reject precision_on_cpu "train.precision: bf16 needs train.device cuda" --config s2.json --set train.precision=bf16
 reject bad_precision train.precision --config s2.json --set train.precision=fp8
