@@ -1210,20 +1210,20 @@ static int generate(const args *a, dvl_err *err)
     if (rc || (rc = open_device(a->device, &cuda, err)) ||
         (rc = parse_precision(a, cuda, &g.o.bf16, &g.o.attention, err)))
         return rc;
-    if ((rc = dvl_model_open(&g.m, a->model, false, NULL, err)))
+    /* The config and the tokenizer first, so that a mismatch is one line
+     * before the weights are read. */
+    char dir[4096], path[4200];
+    snprintf(path, sizeof path, "%s/config.json", a->model);
+    dvl_model_config mc;
+    if ((rc = dvl_config_load(path, &mc, err)))
         return rc;
-    g.m_open = true;
+    if (mc.arch == DVL_ARCH_SIGLIP)
+        return dvl_errf(err, DVL_EINVAL,
+                        "%s is a vision tower (siglip); generation needs a language model", a->model);
+    const dvl_lm_config *lc = mc.arch == DVL_ARCH_VLM ? &mc.vlm.lm : &mc.lm;
     int32_t *given = NULL;
     int64_t n_given = 0;
-    if ((rc = place_model(&g.m, cuda, g.o.bf16, err)))
-        goto done;
-    if (g.m.cfg.arch == DVL_ARCH_SIGLIP) {
-        rc = dvl_errf(err, DVL_EINVAL, "%s is a vision tower (siglip); generation needs a language model",
-                      a->model);
-        goto done;
-    }
     /* Tokenizer: --tokenizer, MODEL/tokenizer, MODEL. */
-    char dir[4096], path[4200];
     snprintf(dir, sizeof dir, "%s/tokenizer", a->model);
     const char *tdir = a->tokenizer;
     if (!tdir) {
@@ -1243,7 +1243,6 @@ static int generate(const args *a, dvl_err *err)
                       a->model, a->model);
         goto done;
     }
-    const dvl_lm_config *lc = g.m.cfg.arch == DVL_ARCH_VLM ? &g.m.cfg.vlm.lm : &g.m.cfg.lm;
     /* As in dvl-train: ids past the embedding mean another model's tokenizer
      * (the chat template's tokens are its last ids). */
     if (g.tok && dvl_tokenizer_vocab_size(g.tok) > lc->vocab) {
@@ -1301,6 +1300,12 @@ static int generate(const args *a, dvl_err *err)
             goto done;
         }
     }
+    /* Every option checked: now the weights. */
+    if ((rc = dvl_model_open(&g.m, a->model, false, NULL, err)))
+        goto done;
+    g.m_open = true;
+    if ((rc = place_model(&g.m, cuda, g.o.bf16, err)))
+        goto done;
     if (a->ids) {
         if (!(given = load_ids(a->ids, &n_given, err))) {
             rc = err->code;

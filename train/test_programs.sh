@@ -321,6 +321,11 @@ run gen_prompt "$GENERATE" --model "$T/qv" --tokenizer "$QTOK" --image "$DATA/im
 # line before any decoding.
 reject gen_tokenizer_past_embedding "tokenizer $QTOK has 151669 ids, the embedding of $REF/qwen2_tied has 128 rows" \
     "$GENERATE" --model "$REF/qwen2_tied" --tokenizer "$QTOK" --prompt hi --mask-id 3
+# Options, config and tokenizer are checked before the weights are read: a
+# model folder without them gives the same line.
+mkdir -p "$T/cfgonly" && cp "$REF/qwen2_tied/config.json" "$T/cfgonly/"
+reject gen_checks_before_weights "tokenizer $QTOK has 151669 ids, the embedding of $T/cfgonly has 128 rows" \
+    "$GENERATE" --model "$T/cfgonly" --tokenizer "$QTOK" --prompt hi --mask-id 3
 # A stage-2 export's mask_token_id and diffusion_block_size are the defaults
 # of --mask-id and --block-size: the same text as giving them.
 mkdir -p "$T/qv2"
