@@ -353,11 +353,16 @@ static int open_model(run *r, dvl_err *err)
 }
 
 /* The weights, read after the data has been checked against the model's
- * config (a mismatch is one line at once, not after a 7B load). */
-static int load_weights(run *r, dvl_err *err)
+ * config (a mismatch is one line at once, not after a 7B load). A resume
+ * only allocates them: the checkpoint holds every parameter, and reading
+ * model.path's too would double the start-up of a large model. */
+static int load_weights(run *r, bool resume, dvl_err *err)
 {
     const train_cfg *c = &r->c;
     train_model *tm = &r->tm;
+    if (resume)
+        return dvl_params_alloc(tm->m.params, err) ? dvl_err_prefix(err, "%s", c->model_path)
+                                                   : DVL_OK;
     dvl_model_load_opts lo = {.allow_missing_connector = c->init_connector,
                               .connector_seed = (uint64_t)c->connector_seed};
     if (dvl_model_load_weights(&tm->m, c->model_path, &lo, err))
@@ -882,14 +887,16 @@ static int train(run *r, dvl_err *err)
 static int setup(run *r, const char *ckpt, dvl_err *err)
 {
     const train_cfg *c = &r->c;
-    if (open_device(r, err) || open_model(r, err) || check_data(r, err) || load_weights(r, err))
+    if (open_device(r, err) || open_model(r, err) || check_data(r, err) ||
+        load_weights(r, ckpt[0] != 0, err))
         return err->code;
     dvl_params *p = r->tm.m.params;
     if (p->numel_grad == 0)
         return dvl_errf(err, DVL_EINVAL, "train.stage %s: nothing to train", stage_name(c->stage));
     /* Rank 0's weights everywhere (a freshly initialised connector, say,
-     * is the same on every rank only by construction; this makes sure). */
-    if (dvl_dist_bcast_params(&r->d, p, err))
+     * is the same on every rank only by construction; this makes sure). A
+     * resume reads the same checkpoint on every rank instead. */
+    if (!ckpt[0] && dvl_dist_bcast_params(&r->d, p, err))
         return err->code;
     if (on_gpu(r) && dvl_params_move(p, DVL_CUDA, err))
         return err->code;

@@ -181,6 +181,16 @@ if cmp -s ra/final/model.safetensors rb/final/model.safetensors &&
 else
     bad "resume_bit_identical: $(tail -1 rb.log)"
 fi
+# A resume takes every weight from the checkpoint (model.path's are not
+# read: they would double the start-up of a large model), so a model folder
+# with its config.json alone resumes to the same bits.
+mkdir -p m_noweights && cp m0/config.json m_noweights/
+if "$TRAIN" --resume ra/ckpt/step-000004 --set train.out=rnw model.path=m_noweights >rnw.log 2>&1 &&
+    cmp -s ra/final/model.safetensors rnw/final/model.safetensors; then
+    ok resume_reads_checkpoint_weights_only
+else
+    bad "resume_reads_checkpoint_weights_only: $(tail -1 rnw.log)"
+fi
 # At an epoch's end: 96 samples are 12 steps of 8 exactly, so the loader
 # saved at step 12 stands at the start of epoch 1, and the resumed run goes
 # on from there to the same bits.
@@ -409,7 +419,6 @@ reject tokenizer_past_embedding "ds_qwen was built with a tokenizer of 151669 id
     --config s2.json --set train.out=o_tok data.path=ds_qwen
 # The data is checked against the model's config before the weights are
 # read: a model folder without its weights gives the same line.
-mkdir -p m_noweights && cp m0/config.json m_noweights/
 reject data_checked_before_weights "ds_qwen was built with a tokenizer of 151669 ids, the embedding of m_noweights has 416 rows" \
     --config s2.json --set train.out=o_tok2 data.path=ds_qwen model.path=m_noweights
 reject bad_device train.device --config s2.json --set train.device=gpu
