@@ -25,18 +25,28 @@ typedef struct command {
     const char *what;
 } command;
 
+/* Bad usage: one line naming the command, exit status 2 (the usage itself
+ * only on --help, as for the other programs). */
+static int usage_error(const char *cmd, const char *fmt, const char *a)
+{
+    fprintf(stderr, "dvl-prep %s: ", cmd);
+    fprintf(stderr, fmt, a);
+    fprintf(stderr, " (dvl-prep %s --help lists the options)\n", cmd);
+    return 2;
+}
+
 /* ---- tokenize ---- */
 
-static int tokenize_usage(FILE *f)
+static int tokenize_usage(void)
 {
-    fprintf(f, "usage: dvl-prep tokenize --tokenizer DIR < in.jsonl > out.jsonl\n"
-               "  Reads one JSON object a line with a string field \"text\"; writes\n"
-               "  {\"text\": ..., \"ids\": [...]} a line: the ids of the text (no BOS/EOS\n"
-               "  added; special tokens written in the text become their ids). Blank\n"
-               "  lines are skipped. DIR holds tokenizer.json (Hugging Face format).\n"
-               "  A malformed line, a text that is not valid UTF-8 or contains \\u0000\n"
-               "  stops the run with one error line naming the line number (exit 1).\n");
-    return f == stderr ? 2 : 0;
+    printf("usage: dvl-prep tokenize --tokenizer DIR < in.jsonl > out.jsonl\n"
+           "  Reads one JSON object a line with a string field \"text\"; writes\n"
+           "  {\"text\": ..., \"ids\": [...]} a line: the ids of the text (no BOS/EOS\n"
+           "  added; special tokens written in the text become their ids). Blank\n"
+           "  lines are skipped. DIR holds tokenizer.json (Hugging Face format).\n"
+           "  A malformed line, a text that is not valid UTF-8 or contains \\u0000\n"
+           "  stops the run with one error line naming the line number (exit 1).\n");
+    return 0;
 }
 
 /* A growable output line. */
@@ -154,20 +164,19 @@ static int cmd_tokenize(int argc, char **argv)
     const char *dir = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
-            return tokenize_usage(stdout);
+            return tokenize_usage();
         if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) {
             dir = argv[++i];
         } else if (!strncmp(argv[i], "--tokenizer=", 12)) {
             dir = argv[i] + 12;
+        } else if (!strcmp(argv[i], "--tokenizer")) {
+            return usage_error("tokenize", "%s needs a value", argv[i]);
         } else {
-            fprintf(stderr, "dvl-prep tokenize: unknown argument '%s'\n", argv[i]);
-            return tokenize_usage(stderr);
+            return usage_error("tokenize", "unknown option %s", argv[i]);
         }
     }
-    if (!dir) {
-        fprintf(stderr, "dvl-prep tokenize: --tokenizer DIR is required\n");
-        return tokenize_usage(stderr);
-    }
+    if (!dir)
+        return usage_error("tokenize", "%s is required", "--tokenizer DIR");
     dvl_err err = {0};
     dvl_tokenizer *tok = dvl_tokenizer_load(dir, &err);
     if (!tok) {
@@ -249,39 +258,38 @@ static int cmd_tokenize(int argc, char **argv)
 
 /* ---- build ---- */
 
-static int build_usage(FILE *f)
+static int build_usage(void)
 {
-    fprintf(f,
-            "usage: dvl-prep build --json data.json|data.jsonl --images DIR --tokenizer DIR\n"
-            "                      --out DIR [options]\n"
-            "  Tokenizes LLaVA-format conversations with a chat template, pads and\n"
-            "  resizes their images, and writes HDF5 shards, DIR/manifest.json and\n"
-            "  DIR/report.jsonl (the records skipped or truncated, and why). A rerun\n"
-            "  keeps the shards that are complete and checksum-correct and builds the\n"
-            "  rest. Layout and fields: src/io/dataset.h.\n"
-            "options:\n"
-            "  --shard-size N         input records per shard (default 1000)\n"
-            "  --max-len L            longest sequence in positions, an image counting\n"
-            "                         --image-tokens (default 0: no limit)\n"
-            "  --overflow truncate|skip  over --max-len: drop trailing turns (default)\n"
-            "                         or skip the record\n"
-            "  --image-size S         stored image side (default 384)\n"
-            "  --image-tokens N       positions one image takes in the model (default 729)\n"
-            "  --image-token-id ID    id of the image slot (default: the tokenizer's\n"
-            "                         <image>, else its vocabulary size)\n"
-            "  --template qwen|llada  chat template (default qwen)\n"
-            "  --system TEXT          system message when a conversation has none\n"
-            "                         (default: qwen: Qwen2.5's; llada: none)\n"
-            "  --no-system            no system message\n"
-            "  --labels assistant|reference  assistant answers only (default), or\n"
-            "                         LLaVA-NeXT's exact masking\n"
-            "  --deflate N            image compression level 0-9 (default 1)\n"
-            "  --threads T            worker threads (default: all CPUs; the output\n"
-            "                         does not depend on it)\n"
-            "  --quiet                no progress lines on stderr\n"
-            "Exit status: 0 built (records may have been skipped: see the report),\n"
-            "1 unreadable or malformed input or an I/O error (one line on stderr), 2 usage.\n");
-    return f == stderr ? 2 : 0;
+    printf("usage: dvl-prep build --json data.json|data.jsonl --images DIR --tokenizer DIR\n"
+           "                      --out DIR [options]\n"
+           "  Tokenizes LLaVA-format conversations with a chat template, pads and\n"
+           "  resizes their images, and writes HDF5 shards, DIR/manifest.json and\n"
+           "  DIR/report.jsonl (the records skipped or truncated, and why). A rerun\n"
+           "  keeps the shards that are complete and checksum-correct and builds the\n"
+           "  rest. Layout and fields: src/io/dataset.h.\n"
+           "options:\n"
+           "  --shard-size N         input records per shard (default 1000)\n"
+           "  --max-len L            longest sequence in positions, an image counting\n"
+           "                         --image-tokens (default 0: no limit)\n"
+           "  --overflow truncate|skip  over --max-len: drop trailing turns (default)\n"
+           "                         or skip the record\n"
+           "  --image-size S         stored image side (default 384)\n"
+           "  --image-tokens N       positions one image takes in the model (default 729)\n"
+           "  --image-token-id ID    id of the image slot (default: the tokenizer's\n"
+           "                         <image>, else its vocabulary size)\n"
+           "  --template qwen|llada  chat template (default qwen)\n"
+           "  --system TEXT          system message when a conversation has none\n"
+           "                         (default: qwen: Qwen2.5's; llada: none)\n"
+           "  --no-system            no system message\n"
+           "  --labels assistant|reference  assistant answers only (default), or\n"
+           "                         LLaVA-NeXT's exact masking\n"
+           "  --deflate N            image compression level 0-9 (default 1)\n"
+           "  --threads T            worker threads (default: all CPUs; the output\n"
+           "                         does not depend on it)\n"
+           "  --quiet                no progress lines on stderr\n"
+           "Exit status: 0 built (records may have been skipped: see the report),\n"
+           "1 unreadable or malformed input or an I/O error (one line on stderr), 2 usage.\n");
+    return 0;
 }
 
 static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *v)
@@ -305,7 +313,7 @@ static int cmd_build(int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int64_t x = 0;
         if (!strcmp(a, "-h") || !strcmp(a, "--help"))
-            return build_usage(stdout);
+            return build_usage();
         if (!strcmp(a, "--quiet")) {
             o.log = NULL;
             continue;
@@ -314,10 +322,19 @@ static int cmd_build(int argc, char **argv)
             o.chat.system = "";
             continue;
         }
-        if (!v) {
-            fprintf(stderr, "dvl-prep build: %s needs a value\n", a);
-            return build_usage(stderr);
-        }
+        /* The options that take a value (the others are flags, above). */
+        static const char *const with_value[] = {
+            "--json",         "--images",         "--tokenizer",  "--out",
+            "--system",       "--shard-size",     "--max-len",    "--image-tokens",
+            "--image-token-id", "--image-size",   "--deflate",    "--threads",
+            "--template",     "--overflow",       "--labels"};
+        size_t k = 0, n_with = sizeof with_value / sizeof *with_value;
+        while (k < n_with && strcmp(a, with_value[k]))
+            k++;
+        if (k == n_with)
+            return usage_error("build", "unknown option %s", a);
+        if (!v)
+            return usage_error("build", "%s needs a value", a);
         i++;
         bool ok = true;
         if (!strcmp(a, "--json"))
@@ -353,19 +370,15 @@ static int cmd_build(int argc, char **argv)
         } else if (!strcmp(a, "--labels")) {
             ok = !strcmp(v, "assistant") || !strcmp(v, "reference");
             o.chat.labels = !strcmp(v, "reference") ? DVL_LABELS_REFERENCE : DVL_LABELS_ASSISTANT;
-        } else {
-            fprintf(stderr, "dvl-prep build: unknown argument '%s'\n", a);
-            return build_usage(stderr);
         }
         if (!ok) {
-            fprintf(stderr, "dvl-prep build: bad value '%s' for %s\n", v, a);
-            return build_usage(stderr);
+            char what[200];
+            snprintf(what, sizeof what, "bad value '%.80s' for %s", v, a);
+            return usage_error("build", "%s", what);
         }
     }
-    if (!o.json || !o.tokenizer || !o.out || !images) {
-        fprintf(stderr, "dvl-prep build: --json, --images, --tokenizer and --out are required\n");
-        return build_usage(stderr);
-    }
+    if (!o.json || !o.tokenizer || !o.out || !images)
+        return usage_error("build", "%s", "--json, --images, --tokenizer and --out are required");
     o.images = images;
     dvl_build_stats st;
     dvl_err err = {0};
@@ -410,6 +423,7 @@ int main(int argc, char **argv)
     for (const command *c = commands; c->name; c++)
         if (!strcmp(argv[1], c->name))
             return c->run(argc - 1, argv + 1);
-    fprintf(stderr, "dvl-prep: unknown command '%s'\n", argv[1]);
-    return usage(stderr);
+    fprintf(stderr, "dvl-prep: unknown command '%s' (tokenize, synth, build; dvl-prep --help)\n",
+            argv[1]);
+    return 2;
 }

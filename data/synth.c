@@ -1006,7 +1006,7 @@ int synth_parse_args(int argc, char **argv, synth_opts *o, dvl_err *err)
             strcmp(a, "--size") && strcmp(a, "--heldout") && strcmp(a, "--max-shapes") &&
             strcmp(a, "--max-groups") && strcmp(a, "--grid") && strcmp(a, "--background") &&
             strcmp(a, "--radius"))
-            return dvl_errf(err, DVL_EINVAL, "synth: unknown argument '%s'", a);
+            return dvl_errf(err, DVL_EINVAL, "synth: unknown option %s", a);
         if (i + 1 >= argc)
             return dvl_errf(err, DVL_EINVAL, "synth: %s needs a value", a);
         const char *v = argv[++i];
@@ -1087,16 +1087,29 @@ int synth_generate(const synth_opts *given, dvl_err *err)
     return DVL_OK;
 }
 
+static const char *unprefixed(const char *msg)
+{
+    return strncmp(msg, "synth: ", 7) ? msg : msg + 7;
+}
+
 int prep_synth(int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(usage, stdout);
+            return 0;
+        }
     synth_opts o;
     dvl_err err = {0};
+    /* One line for bad usage or a failure, "dvl-prep synth: ..." as the
+     * other commands' (without the library's own "synth: ", when given). */
     if (synth_parse_args(argc, argv, &o, &err)) {
-        fprintf(stderr, "%s\n%s", err.msg, usage);
+        fprintf(stderr, "dvl-prep synth: %s (dvl-prep synth --help lists the options)\n",
+                unprefixed(err.msg));
         return 2;
     }
     if (synth_generate(&o, &err)) {
-        fprintf(stderr, "%s\n", err.msg);
+        fprintf(stderr, "dvl-prep synth: %s\n", unprefixed(err.msg));
         return 1;
     }
     printf("synth: %lld train + %lld held-out samples (%dx%d) in %s\n", (long long)o.n,

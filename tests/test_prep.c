@@ -1108,6 +1108,44 @@ START_TEST(cli_build)
 
     char *a3[] = {"dvl-prep", "build", "--json", json, "--template", "gpt", NULL};
     ck_assert_int_eq(run_prep(a3, err, sizeof err), 2);
+    ck_assert_msg(strstr(err, "dvl-prep build: bad value 'gpt' for --template") == err, "%s", err);
+}
+END_TEST
+
+/* Bad usage of each command is one line naming it, exit 2 (no usage dump:
+ * that is --help's, on stdout, exit 0). */
+START_TEST(cli_usage)
+{
+    static const struct {
+        const char *args[6], *want;
+        int rc;
+    } cases[] = {
+        {{"build", "--json", "x.json", "--frob", "1"}, "dvl-prep build: unknown option --frob (", 2},
+        {{"build", "--out"}, "dvl-prep build: --out needs a value (", 2},
+        {{"build", "--quiet"}, "dvl-prep build: --json, --images, --tokenizer and --out are required", 2},
+        {{"synth", "--out", "x", "--n", "2", "--frob"}, "dvl-prep synth: unknown option --frob (", 2},
+        {{"synth", "--out", "x", "--n", "0"}, "dvl-prep synth: --n 0 out of range", 2},
+        {{"synth", "--out", "/dev/null/x", "--n", "2"}, "dvl-prep synth: /dev/null", 1},
+        {{"tokenize", "--frob"}, "dvl-prep tokenize: unknown option --frob (", 2},
+        {{"tokenize"}, "dvl-prep tokenize: --tokenizer DIR is required", 2},
+        {{"frob"}, "dvl-prep: unknown command 'frob'", 2},
+        {{"build", "--help"}, "", 0},
+        {{"synth", "--help"}, "", 0},
+        {{"tokenize", "-h"}, "", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *argv[8] = {"dvl-prep"}, err[2048];
+        for (int k = 0; k < 6 && cases[i].args[k]; k++)
+            argv[k + 1] = (char *)cases[i].args[k];
+        int rc = run_prep(argv, err, sizeof err);
+        ck_assert_msg(rc == cases[i].rc, "%s %s: exit %d: %s", argv[1], argv[2], rc, err);
+        if (!cases[i].rc) {
+            ck_assert_msg(!err[0], "%s --help wrote to stderr: %s", argv[1], err);
+            continue;
+        }
+        ck_assert_msg(strstr(err, cases[i].want) == err, "%s %s: %s", argv[1], argv[2], err);
+        ck_assert_msg(strchr(err, '\n') == err + strlen(err) - 1, "more than one line: %s", err);
+    }
 }
 END_TEST
 
@@ -1129,6 +1167,7 @@ static Suite *suite(void)
     tcase_add_test(t, overflow_truncate_and_skip);
     tcase_add_test(t, malformed_input_files);
     tcase_add_test(t, cli_build);
+    tcase_add_test(t, cli_usage);
     suite_add_tcase(s, t);
     return s;
 }

@@ -648,7 +648,7 @@ START_TEST(arguments)
     BAD_ARGS("--out DIR is required", "--n", "4");
     BAD_ARGS("--n N is required", "--out", "x");
     BAD_ARGS("--n '4x' is not an integer", "--out", "x", "--n", "4x");
-    BAD_ARGS("unknown argument '--bogus'", "--out", "x", "--n", "4", "--bogus");
+    BAD_ARGS("unknown option --bogus", "--out", "x", "--n", "4", "--bogus");
     BAD_ARGS("--seed needs a value", "--out", "x", "--n", "4", "--seed");
     BAD_ARGS("--seed '-1'", "--out", "x", "--n", "4", "--seed", "-1");
     BAD_ARGS("--size 32 out of range", "--out", "x", "--n", "4", "--size", "32");

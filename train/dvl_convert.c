@@ -399,9 +399,14 @@ int main(int argc, char **argv)
         return usage(stderr);
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))
         return usage(stdout);
-    if (!strcmp(argv[1], "init"))
+    bool init = !strcmp(argv[1], "init"), info = !strcmp(argv[1], "info");
+    /* `dvl-convert init --help`: the usage, as for dvl-prep's commands. */
+    for (int i = 2; (init || info) && i < argc; i++)
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
+            return usage(stdout);
+    if (init)
         return cmd_init(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "info"))
+    if (info)
         return cmd_info(argc - 2, argv + 2);
     fprintf(stderr, PROG ": unknown command \"%s\" (init, info)\n", argv[1]);
     return 2;

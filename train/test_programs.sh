@@ -179,6 +179,15 @@ run info_random "$CONVERT" info --model "$T/r1"
 reject convert_no_command "unknown command" "$CONVERT" frob
 reject convert_no_out "--out DIR is required" "$CONVERT" init --lm "$REF/qwen2_tied"
 reject convert_unknown_opt "unknown option --frob" "$CONVERT" init --frob 1
+# a command's --help: the usage on stdout, nothing on stderr, exit 0
+for c in init info; do
+    if "$CONVERT" $c --help >"$T/out" 2>"$T/err" && [ ! -s "$T/err" ] &&
+        grep -q "^usage: dvl-convert init" "$T/out"; then
+        ok "convert_${c}_help"
+    else
+        bad "convert_${c}_help: $(cat "$T/err")"
+    fi
+done
 reject convert_both "exactly one of --lm" "$CONVERT" init --out "$T/x" --lm a --random b
 reject convert_dtype "--dtype must be f32 or bf16" "$CONVERT" init --out "$T/x" --lm a --dtype f8
 reject convert_seed "--seed must be an integer" "$CONVERT" init --out "$T/x" --random a --seed x1
