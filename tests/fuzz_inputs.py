@@ -19,9 +19,12 @@ two of its files and runs one program on them:
   dataset   manifest.json / a shard's sidecar / the HDF5 shard          dvl-train
   h5        the HDF5 shard, its manifest checksum made to agree         dvl-train
   resume    state.json / optimizer / model / config of a checkpoint     dvl-train --resume
+  options   the command line of every program (a value made odd, an     all four
+            option dropped, repeated, unknown or left without its value)
 
 JSON files get structural mutations (a value of another type or size, a
-key removed, the text cut short), binary ones flipped bytes or a cut. The
+key removed, the text cut short), binary ones flipped bytes or a cut; the
+options target mutates the arguments instead of a file. The
 mutations come from --seed alone, so a run is reproducible; --keep DIR keeps
 each failing case's folder with a STDERR file that says what ran.
 
@@ -79,6 +82,47 @@ def mutate_json(text, rnd):
     if rnd.random() < 0.1:
         out = out[:rnd.randrange(len(out) + 1)]
     return out.encode()
+
+
+ODD_ARGS = ["", "-1", "0", "1e300", "nan", "inf", "-0", "2147483648", "99999999999999999999",
+            "x", "0x10", " 5", "1.5", "/nonexistent/x", "a" * 5000, "-", "\u00e9", "--out"]
+
+
+class Argv:
+    """A target whose command line is what gets mutated: bases are commands
+    that succeed as given (checked before the runs), each run one of them
+    mutated."""
+
+    def __init__(self, bases):
+        self.bases = bases
+
+    def __call__(self, rnd):
+        return mutate_argv(self.bases, rnd)
+
+
+def mutate_argv(cmds, rnd):
+    """One or two changes to the arguments of one of cmds (lists whose
+    options start with "--"; the first word after the program is kept)."""
+    argv = list(rnd.choice(cmds))
+    flags = [a for a in argv if a.startswith("--")]
+    for _ in range(rnd.choice([1, 1, 2])):
+        op = rnd.random()
+        values = [i for i in range(2, len(argv)) if not argv[i].startswith("--")]
+        if op < 0.45 and values:
+            argv[rnd.choice(values)] = rnd.choice(ODD_ARGS)
+        elif op < 0.6 and len(argv) > 2:
+            del argv[rnd.randrange(2, len(argv))]
+        elif op < 0.7 and flags:
+            i = argv.index(rnd.choice(flags))
+            argv[i + 1:i + 1] = argv[i:i + 2]
+        elif op < 0.8 and flags:
+            argv.append(rnd.choice(flags))
+        elif op < 0.9 and flags:
+            argv[argv.index(rnd.choice(flags))] = rnd.choice(["--frob", "-", "--", "-x"])
+        elif len(argv) > 3:
+            i, j = rnd.sample(range(2, len(argv)), 2)
+            argv[i], argv[j] = argv[j], argv[i]
+    return argv
 
 
 def mutate_bytes(b, rnd, head=None):
@@ -242,6 +286,31 @@ def targets(b, root):
         "resume": ([ck], [ck + "/state.json", ck + "/optimizer.safetensors",
                           ck + "/model.safetensors", ck + "/config.json"],
                    train + ["--resume", ck], None, ["o/final/model.safetensors"]),
+        "options": (["syn", "prompts.jsonl", "ids.json", "s2.json"], [],
+                    Argv([
+                        gen + ["--prompts", "prompts.jsonl", "--mode", "block", "--block-size",
+                               "8", "--steps", "4", "--remasking", "dynamic", "--threshold",
+                               "0.9", "--temperature", "0", "--top-k", "0", "--top-p", "1",
+                               "--seed", "1", "--batch", "2"],
+                        [b.generate, "--score", "--model", root + "/m0", "--ids", "ids.json",
+                         "--logits-out", "l.npy"],
+                        [b.train, "--config", "s2.json", "--stage", "2", "--set", "train.out=o",
+                         "train.max_steps=1"],
+                        [b.convert, "init", "--random", root + "/m0/config.json", "--seed", "1",
+                         "--dtype", "bf16", "--out", "mc"],
+                        [b.convert, "info", "--model", root + "/m0"],
+                        [b.prep, "synth", "--out", "sy", "--n", "4", "--heldout", "1", "--seed",
+                         "2", "--size", "64", "--max-shapes", "2", "--max-groups", "1", "--grid",
+                         "2", "--radius", "30:40", "--background", "grey"],
+                        [b.prep, "build", "--json", "syn/train.json", "--images", "syn",
+                         "--tokenizer", "syn/tokenizer", "--out", "dsn", "--image-size", "28",
+                         "--image-tokens", "4", "--shard-size", "8", "--max-len", "200",
+                         "--overflow", "skip", "--template", "qwen", "--labels", "assistant",
+                         "--deflate", "1", "--threads", "1", "--quiet"],
+                        [b.prep, "tokenize", "--tokenizer", "syn/tokenizer"]]),
+                    root + "/tok.jsonl",
+                    ["l.npy", "o/final/model.safetensors", "mc/model.safetensors",
+                     "dsn/manifest.json"]),
     }
 
 # -------------------------------------------------------------------- run
@@ -305,7 +374,8 @@ def main():
             inputs, mutable, cmd, stdin, outputs = table[name]
             rnd = random.Random("%d/%s" % (a.seed, name))
             counts = {"ok": 0, "error": 0, "broken": 0}
-            for it in range(a.n):
+
+            def fresh_work():
                 work = os.path.join(root, "work")
                 shutil.rmtree(work, ignore_errors=True)
                 os.makedirs(work)
@@ -313,18 +383,35 @@ def main():
                     dst = os.path.join(work, i)
                     os.makedirs(os.path.dirname(dst), exist_ok=True)
                     (shutil.copytree if os.path.isdir(i) else shutil.copy)(os.path.join(root, i), dst)
-                chosen = [rnd.choice(mutable) for _ in range(rnd.choice([1, 1, 1, 2]))]
-                for f in chosen:
-                    if f == "SHARD":
-                        mutate_shard_past_checksum(os.path.join(work, "ds"), rnd)
-                    else:
-                        mutate_file(os.path.join(work, f), rnd)
+                return work
+
+            # Unmutated, every command line of an Argv target must succeed:
+            # else its runs would mostly test one failure.
+            for base in cmd.bases if isinstance(cmd, Argv) else []:
+                p = run(base, cwd=fresh_work(), env=env, timeout=120,
+                        stdin=open(stdin) if stdin else subprocess.DEVNULL)
+                if p.returncode:
+                    sys.exit("fuzz_inputs: %s: %s failed unmutated: %s" % (
+                        name, " ".join(base), p.stderr.strip()))
+            for it in range(a.n):
+                work = fresh_work()
+                if callable(cmd):  # the arguments are what is mutated
+                    argv = cmd(rnd)
+                    chosen = ["arguments " + " ".join(x[:40] for x in argv[1:])]
+                else:
+                    argv = cmd
+                    chosen = [rnd.choice(mutable) for _ in range(rnd.choice([1, 1, 1, 2]))]
+                    for f in chosen:
+                        if f == "SHARD":
+                            mutate_shard_past_checksum(os.path.join(work, "ds"), rnd)
+                        else:
+                            mutate_file(os.path.join(work, f), rnd)
                 try:
-                    p = run(cmd, cwd=work, env=env, timeout=120,
+                    p = run(argv, cwd=work, env=env, timeout=120,
                             stdin=open(stdin) if stdin else subprocess.DEVNULL)
                 except subprocess.TimeoutExpired:
                     p = None
-                why = verdict(p, os.path.basename(cmd[0]), work, outputs)
+                why = verdict(p, os.path.basename(argv[0]), work, outputs)
                 counts["broken" if why else "error" if p.returncode else "ok"] += 1
                 if why:
                     failures += 1
@@ -336,7 +423,7 @@ def main():
                         shutil.copytree(work, d)
                         open(os.path.join(d, "STDERR"), "w").write(
                             "%s\nmutated: %s\nran (in this folder): %s\n%s" % (
-                                why, chosen, " ".join(cmd), p.stderr if p else ""))
+                                why, chosen, " ".join(argv), p.stderr if p else ""))
             print("%-9s %3d runs: %3d succeeded, %3d refused cleanly, %d broke the promise" % (
                 name, a.n, counts["ok"], counts["error"], counts["broken"]), flush=True)
         sys.exit(1 if failures else 0)

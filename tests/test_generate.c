@@ -485,6 +485,27 @@ START_TEST(bad_options)
                       NULL,
                   "%s", err.msg);
     ck_assert(r.ids == NULL);
+    /* Past the model's 512 positions: an error before anything is sized
+     * from max_new (2^31 new tokens, in full mode, were the OOM killer's),
+     * in every mode; 3 + 509 positions are allowed. */
+    o.attention = -1;
+    dvl_gen_mode modes[] = {DVL_GEN_BLOCK, DVL_GEN_FULL, DVL_GEN_AR};
+    for (int k = 0; k < 3; k++) {
+        o.mode = modes[k];
+        o.max_new = INT32_MAX;
+        ck_assert_int_ne(dvl_generate(&m, p, 3, NULL, 0, &o, &r, &err), 0);
+        ck_assert_msg(strstr(err.msg, "prompt 0 of 3 positions + 2147483647 new tokens is more than "
+                                      "the 512 positions of the model") != NULL,
+                      "%s", err.msg);
+        ck_assert(r.ids == NULL);
+        o.max_new = 510;
+        ck_assert_int_ne(dvl_generate(&m, p, 3, NULL, 0, &o, &r, &err), 0);
+        ck_assert_msg(strstr(err.msg, "3 positions + 510 new tokens") != NULL, "%s", err.msg);
+    }
+    o.mode = DVL_GEN_AR;
+    o.max_new = 509;
+    ck_assert_msg(dvl_generate(&m, p, 3, NULL, 0, &o, &r, &err) == 0, "%s", err.msg);
+    dvl_gen_result_free(&r);
     dvl_model_free(&m);
 }
 END_TEST

@@ -313,6 +313,8 @@ reject gen_bad_mode "--mode must be block, full or ar" "$GENERATE" --model "$REF
 reject gen_bad_remask "--remasking must be static or dynamic" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --remasking x
 reject gen_no_mask "no mask token" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json"
 reject gen_mask_range "mask token id 128" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 128
+reject gen_past_positions "prompt 0 of 11 positions + 2147483647 new tokens is more than the" \
+    "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --mask-id 3 --max-new-tokens 2147483647 --mode full
 reject gen_no_tokenizer "no tokenizer" "$GENERATE" --model "$REF/qwen2_tied" --prompt hi
 reject gen_image_unreadable "$T/nope.png" "$GENERATE" --model "$T/v" --ids "$T/vlm_ids.json" --image "$T/nope.png" --mask-id 3
 reject gen_two_inputs "give one of" "$GENERATE" --model "$REF/qwen2_tied" --ids "$T/ids.json" --prompt hi

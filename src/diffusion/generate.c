@@ -273,6 +273,11 @@ static int run_blocks(gen *g, const int32_t *const *prompts, bool cached)
         rc = dec ? dvl_errf(g->err, DVL_ENOMEM, "generate: out of memory") : g->err->code;
         goto done;
     }
+    /* The cache before seq is written: a length too long for memory is an
+     * error at once, not after gigabytes of seq have been touched. */
+    if (cached && (rc = dvl_kv_cache_init_on(&g->kv, &g->lm->cfg, N, R, dvl_ctx_device(g->ctx),
+                                             g->err)))
+        goto done;
     for (int i = 0; i < N; i++) {
         int32_t *si = seq + i * R;
         for (int64_t r = 0; r < R; r++) {
@@ -287,9 +292,6 @@ static int run_blocks(gen *g, const int32_t *const *prompts, bool cached)
      * step's count clamped to the masks left (docs/diffusion.md). */
     dvl_transfer_schedule((int)B, S, sched);
     int64_t b0 = Kmax * B;
-    if (cached && (rc = dvl_kv_cache_init_on(&g->kv, &g->lm->cfg, N, R, dvl_ctx_device(g->ctx),
-                                             g->err)))
-        goto done;
     if (cached && b0 > 0) {
         /* Prefill: the complete prompt blocks under the block-causal rule. */
         if (!forward(g, seq, R, 0, b0, DVL_MASK_BLOCK_CAUSAL, true, true, 0, 0)) {
@@ -423,6 +425,17 @@ int dvl_generate_batch(const dvl_model *m, int n, const int32_t *const *prompts,
     if (o->max_new < 1)
         return dvl_errf(err, DVL_EINVAL, "generate: max new tokens %lld must be >= 1",
                         (long long)o->max_new);
+    /* Positions past the model's range (as vLLM's max_model_len): beyond it
+     * the sequence buffers alone can exceed memory (2^31 new tokens are 8 GB
+     * of ids), which would be the kernel's OOM kill, not an error. */
+    for (int i = 0; i < n; i++)
+        if (lens[i] > lm->cfg.max_positions - o->max_new)
+            return dvl_errf(err, DVL_EINVAL,
+                            "generate: prompt %d of %lld positions + %lld new tokens is more than "
+                            "the %lld positions of the model (max_position_embeddings, LLaDA: "
+                            "max_sequence_length)",
+                            i, (long long)lens[i], (long long)o->max_new,
+                            (long long)lm->cfg.max_positions);
     if (o->mode != DVL_GEN_BLOCK && o->mode != DVL_GEN_FULL && o->mode != DVL_GEN_AR)
         return dvl_errf(err, DVL_EINVAL, "generate: unknown mode %d", (int)o->mode);
     if (o->mode != DVL_GEN_AR) {
