@@ -229,6 +229,18 @@ static char *fresh_dir(const char *name)
     return d;
 }
 
+/* The test records built with the default options into a fresh folder
+ * work/name; the folder. */
+static char *built_default(const char *name)
+{
+    char json[4200], images[4200];
+    dvl_build_opts o;
+    char *out = fresh_dir(name);
+    opts_for(&o, out, json, images);
+    build_ok(&o, NULL);
+    return out;
+}
+
 /* ---- checking the loader against an independent encoding ---- */
 
 typedef struct expected {
@@ -689,11 +701,7 @@ static void same_batch(const dvl_batch *a, const dvl_batch *b, int k)
  * several ranks, whatever the prefetch depth. */
 START_TEST(loader_resumes_exactly)
 {
-    char json[4200], images[4200];
-    dvl_build_opts o;
-    char *out = fresh_dir("ds_load");
-    opts_for(&o, out, json, images);
-    build_ok(&o, NULL);
+    char *out = built_default("ds_load");
     for (int rank = 0; rank < 2; rank++) {
         for (int k = 0; k < 5; k++) {
             dvl_loader_opts lo;
@@ -789,11 +797,7 @@ END_TEST
  * shard. */
 START_TEST(checksum_mismatch_on_open)
 {
-    char json[4200], images[4200];
-    dvl_build_opts o;
-    char *out = fresh_dir("ds_sum");
-    opts_for(&o, out, json, images);
-    build_ok(&o, NULL);
+    char *out = built_default("ds_sum");
     char p[4200];
     path_in(p, sizeof p, out, "shard-00002.h5");
     size_t n;
@@ -828,17 +832,22 @@ START_TEST(checksum_mismatch_on_open)
 }
 END_TEST
 
+/* Write root to path as JSON, and free it. */
+static void write_json(const char *path, cJSON *root)
+{
+    char *text = cJSON_Print(root);
+    write_file(path, text, strlen(text));
+    free(text);
+    cJSON_Delete(root);
+}
+
 /* Numbers in manifest.json that no integer field can hold (1e300, 0.5, a
  * negative count) are errors naming the field, not conversions out of range
  * (undefined in C; caught by -fsanitize=float-cast-overflow in the sanitizer
  * build). */
 START_TEST(manifest_bad_numbers)
 {
-    char json[4200], images[4200];
-    dvl_build_opts o;
-    char *out = fresh_dir("ds_numbers");
-    opts_for(&o, out, json, images);
-    build_ok(&o, NULL);
+    char *out = built_default("ds_numbers");
     char p[4200];
     path_in(p, sizeof p, out, "manifest.json");
     char *orig = read_file(p, NULL);
@@ -858,10 +867,7 @@ START_TEST(manifest_bad_numbers)
         cJSON *obj = cases[i].object ? cJSON_GetObjectItemCaseSensitive(root, cases[i].object) : root;
         ck_assert_ptr_nonnull(cJSON_GetObjectItemCaseSensitive(obj, cases[i].key));
         cJSON_ReplaceItemInObjectCaseSensitive(obj, cases[i].key, cJSON_CreateNumber(cases[i].v));
-        char *text = cJSON_Print(root);
-        write_file(p, text, strlen(text));
-        free(text);
-        cJSON_Delete(root);
+        write_json(p, root);
         dvl_manifest m;
         dvl_err err = {0};
         ck_assert_int_ne(dvl_manifest_read(out, &m, &err), 0);
@@ -875,10 +881,7 @@ START_TEST(manifest_bad_numbers)
     cJSON *root = cJSON_Parse(orig);
     cJSON_DeleteItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "tokenizer"),
                                             "vocab_size");
-    char *text = cJSON_Print(root);
-    write_file(p, text, strlen(text));
-    free(text);
-    cJSON_Delete(root);
+    write_json(p, root);
     dvl_manifest m;
     dvl_err err = {0};
     ck_assert_int_ne(dvl_manifest_read(out, &m, &err), 0);
@@ -907,11 +910,7 @@ static void set_attr_i64(const char *path, const char *name, int64_t v, int64_t 
 
 START_TEST(shard_bad_counts)
 {
-    char json[4200], images[4200];
-    dvl_build_opts o;
-    char *out = fresh_dir("ds_counts");
-    opts_for(&o, out, json, images);
-    build_ok(&o, NULL);
+    char *out = built_default("ds_counts");
     char p[4200];
     path_in(p, sizeof p, out, "shard-00000.h5");
     const char *attr[] = {"samples", "samples", "samples", "tokens"};
