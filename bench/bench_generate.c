@@ -29,50 +29,37 @@
 #include "ops/cuda/cuda.h"
 #endif
 
-static int usage(void)
-{
-    fprintf(stderr, "usage: dvl-bench generate --model DIR [--prompts N] [--prompt-len L]\n"
-                    "           [--max-new-tokens G] [--block-size B] [--mask-id ID]\n"
-                    "           [--threshold T] [--seed S] [--device cpu|cuda]\n"
-                    "           [--precision f32|bf16 (cuda)]\n");
-    return 2;
-}
+static const char USAGE[] = "usage: dvl-bench generate --model DIR [--prompts N] [--prompt-len L]\n"
+                            "           [--max-new-tokens G] [--block-size B] [--mask-id ID]\n"
+                            "           [--threshold T] [--seed S] [--device cpu|cuda]\n"
+                            "           [--precision f32|bf16 (cuda)]\n";
+
+static const bench_opt GEN_OPTS[] = {
+    {"--model", 's'}, {"--prompts", 'i'}, {"--prompt-len", 'i'}, {"--max-new-tokens", 'i'},
+    {"--block-size", 'i'}, {"--mask-id", 'i'}, {"--threshold", 'f'}, {"--seed", 'i'},
+    {"--device", 's'}, {"--precision", 's'}, {NULL, 0}};
 
 int bench_generate(int argc, char **argv)
 {
-    const char *model = NULL;
-    long n_prompts = 2, plen = 32, G = 256, B = 8, mask = -1, seed = 1;
-    double tau = 0.85;
-    const char *dev = "cpu", *prec = "f32";
-    for (int i = 1; i < argc; i++) {
-        if (i + 1 >= argc)
-            return usage();
-        const char *f = argv[i], *v = argv[++i];
-        if (!strcmp(f, "--model"))
-            model = v;
-        else if (!strcmp(f, "--prompts"))
-            n_prompts = atol(v);
-        else if (!strcmp(f, "--prompt-len"))
-            plen = atol(v);
-        else if (!strcmp(f, "--max-new-tokens"))
-            G = atol(v);
-        else if (!strcmp(f, "--block-size"))
-            B = atol(v);
-        else if (!strcmp(f, "--mask-id"))
-            mask = atol(v);
-        else if (!strcmp(f, "--threshold"))
-            tau = atof(v);
-        else if (!strcmp(f, "--seed"))
-            seed = atol(v);
-        else if (!strcmp(f, "--device"))
-            dev = v;
-        else if (!strcmp(f, "--precision"))
-            prec = v;
-        else
-            return usage();
+    bench_args args, *a = &args;
+    int parsed = bench_args_parse("generate", argc, argv, GEN_OPTS, a);
+    if (parsed == 1) {
+        fputs(USAGE, stdout);
+        return 0;
     }
-    if (!model || n_prompts < 1 || plen < 3 || G < 1 || B < 1)
-        return usage();
+    if (parsed)
+        return parsed;
+    const char *model = bench_str(a, "--model", NULL);
+    long n_prompts = bench_int(a, "--prompts", 2), plen = bench_int(a, "--prompt-len", 32);
+    long G = bench_int(a, "--max-new-tokens", 256), B = bench_int(a, "--block-size", 8);
+    long mask = bench_int(a, "--mask-id", -1), seed = bench_int(a, "--seed", 1);
+    double tau = bench_num(a, "--threshold", 0.85);
+    const char *dev = bench_str(a, "--device", "cpu"), *prec = bench_str(a, "--precision", "f32");
+    if (!model || n_prompts < 1 || plen < 3 || G < 1 || B < 1) {
+        fprintf(stderr, "dvl-bench generate: --model DIR is required; --prompts, "
+                        "--max-new-tokens, --block-size >= 1; --prompt-len >= 3\n");
+        return 2;
+    }
     bool cuda = !strcmp(dev, "cuda"), bf16 = !strcmp(prec, "bf16");
     if ((!bf16 && strcmp(prec, "f32")) || (bf16 && !cuda)) {
         fprintf(stderr, "dvl-bench generate: --precision must be f32, or bf16 with --device cuda "

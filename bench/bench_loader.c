@@ -214,33 +214,26 @@ static int make_dataset(const char *tmp, const char *out, int64_t n, int size, i
     return rc;
 }
 
+static const bench_opt LOADER_OPTS[] = {
+    {"--data", 's'}, {"--samples", 'i'}, {"--batch", 'i'}, {"--epochs", 'i'}, {"--size", 'i'},
+    {"--deflate", 'i'}, {"--keep", 0}, {NULL, 0}};
+
 int bench_loader(int argc, char **argv)
 {
-    const char *data = NULL;
-    int64_t n = 256, batch = 16, epochs = 2;
-    int size = DVL_SIGLIP_SIZE, deflate = 1;
-    int keep = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--data") && i + 1 < argc)
-            data = argv[++i];
-        else if (!strcmp(argv[i], "--samples") && i + 1 < argc)
-            n = atoll(argv[++i]);
-        else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
-            batch = atoll(argv[++i]);
-        else if (!strcmp(argv[i], "--epochs") && i + 1 < argc)
-            epochs = atoll(argv[++i]);
-        else if (!strcmp(argv[i], "--size") && i + 1 < argc)
-            size = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--deflate") && i + 1 < argc)
-            deflate = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--keep"))
-            keep = 1;
-        else {
-            fprintf(stderr, "usage: dvl-bench loader [--data DIR] [--samples N] [--batch B] "
-                            "[--size S] [--deflate D] [--epochs E] [--keep]\n");
-            return 2;
-        }
+    bench_args args, *a = &args;
+    int parsed = bench_args_parse("loader", argc, argv, LOADER_OPTS, a);
+    if (parsed == 1) {
+        printf("usage: dvl-bench loader [--data DIR] [--samples N] [--batch B] [--size S] "
+               "[--deflate D] [--epochs E] [--keep]\n");
+        return 0;
     }
+    if (parsed)
+        return parsed;
+    const char *data = bench_str(a, "--data", NULL);
+    int64_t n = bench_int(a, "--samples", 256), batch = bench_int(a, "--batch", 16);
+    int64_t epochs = bench_int(a, "--epochs", 2);
+    int size = bench_int(a, "--size", DVL_SIGLIP_SIZE), deflate = bench_int(a, "--deflate", 1);
+    int keep = bench_flag(a, "--keep");
     if (n < 1 || batch < 1 || epochs < 1 || size < 1 || deflate < 0 || deflate > 9) {
         fprintf(stderr, "dvl-bench loader: --samples, --batch, --epochs, --size must be >= 1, "
                         "--deflate 0..9\n");

@@ -151,15 +151,18 @@ static void bench_attention(int64_t T, int64_t d, int64_t H, int64_t Hkv, dvl_ma
 int bench_ops(int argc, char **argv)
 {
     min_time = 1.0;
-    bool quick = false;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--quick"))
-            quick = true, min_time = 0.2;
-        else {
-            fprintf(stderr, "usage: dvl-bench ops [--quick]\n");
-            return 2;
-        }
+    static const bench_opt opts[] = {{"--quick", 0}, {NULL, 0}};
+    bench_args args;
+    int parsed = bench_args_parse("ops", argc, argv, opts, &args);
+    if (parsed == 1) {
+        printf("usage: dvl-bench ops [--quick]\n");
+        return 0;
     }
+    if (parsed)
+        return parsed;
+    bool quick = bench_flag(&args, "--quick");
+    if (quick)
+        min_time = 0.2;
     printf("threads: %d OpenMP, %d OpenBLAS (%s)\n", omp_get_max_threads(),
            openblas_get_num_threads(), openblas_get_config());
     printf("machine sgemm peak (2048^3 row-major NN): %.1f GFLOP/s\n", peak_sgemm(2048));

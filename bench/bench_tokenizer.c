@@ -149,18 +149,17 @@ int bench_tokenizer(int argc, char **argv)
     char def[4096];
     const char *env = getenv("DVL_TEST_DATA");
     snprintf(def, sizeof def, "%s/qwen-tokenizer", env ? env : "tests/data");
-    const char *dir = def;
-    double mb = 8;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) {
-            dir = argv[++i];
-        } else if (!strcmp(argv[i], "--mb") && i + 1 < argc) {
-            mb = atof(argv[++i]);
-        } else {
-            fprintf(stderr, "usage: dvl-bench tokenizer [--tokenizer DIR] [--mb N]\n");
-            return !strcmp(argv[i], "-h") || !strcmp(argv[i], "--help") ? 0 : 2;
-        }
+    static const bench_opt opts[] = {{"--tokenizer", 's'}, {"--mb", 'f'}, {NULL, 0}};
+    bench_args args;
+    int parsed = bench_args_parse("tokenizer", argc, argv, opts, &args);
+    if (parsed == 1) {
+        printf("usage: dvl-bench tokenizer [--tokenizer DIR] [--mb N]\n");
+        return 0;
     }
+    if (parsed)
+        return parsed;
+    const char *dir = bench_str(&args, "--tokenizer", def);
+    double mb = bench_num(&args, "--mb", 8);
     if (!(mb > 0)) {
         fprintf(stderr, "dvl-bench tokenizer: --mb must be positive\n");
         return 2;

@@ -94,31 +94,7 @@ static double sgemm_peak(int n)
     return 2.0 * n * n * (double)n / best / 1e9;
 }
 
-static int arg_int(int argc, char **argv, const char *name, int def)
-{
-    for (int i = 1; i + 1 < argc; i++)
-        if (strcmp(argv[i], name) == 0)
-            return atoi(argv[i + 1]);
-    return def;
-}
-
-static const char *arg_str(int argc, char **argv, const char *name, const char *def)
-{
-    for (int i = 1; i + 1 < argc; i++)
-        if (strcmp(argv[i], name) == 0)
-            return argv[i + 1];
-    return def;
-}
-
-static bool has_flag(int argc, char **argv, const char *name)
-{
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], name) == 0)
-            return true;
-    return false;
-}
-
-static int train_cuda(int argc, char **argv);
+static int train_cuda(const bench_args *a);
 
 /* The model of the bench (--shape): Qwen2.5-0.5B (config.json of
  * Qwen/Qwen2.5-0.5B-Instruct, the default) or Qwen2.5-7B (of
@@ -214,47 +190,61 @@ static void embed_leaf(dvl_ctx *ctx, const dvl_lm *lm, dvl_lm_input *li)
         li->embeds->requires_grad = true;
 }
 
+static const bench_opt TRAIN_OPTS[] = {
+    {"--device", 's'}, {"--seq", 'i'}, {"--batch", 'i'}, {"--layers", 'i'}, {"--steps", 'i'},
+    {"--block", 'i'}, {"--vocab", 'i'}, {"--shape", 's'}, {"--profile", 0}, {"--checkpoint", 0},
+    {"--separate", 0}, {"--frozen", 0}, {"--tf32", 0}, {"--bf16", 0}, {"--ranks", 'i'},
+    {"--zero-init", 0}, {"--bf16-copies", 's'}, {"--f32-activations", 0}, {"--attention", 's'},
+    {NULL, 0}};
+
+static void train_usage(void)
+{
+    printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
+           "[--steps S] [--block B] [--vocab V] [--shape 0.5b|7b] [--profile] "
+           "[--checkpoint] [--separate] [--tf32 | --bf16 (cuda)] [--ranks R (cuda)]\n"
+           "       [--frozen] [--zero-init] [--bf16-copies none|frozen|all] "
+           "[--f32-activations] [--attention f32|tf32|bf16] (cuda)\n"
+           "  --profile: one more step with the op profile on: time per op\n"
+           "  --checkpoint: recompute each layer in backward (activation checkpointing)\n"
+           "  --separate: one product per projection (not q|k|v and gate|up fused)\n"
+           "  --ranks R: AdamW moments of one ZeRO-1 rank of R only (its memory)\n"
+           "  --zero-init (cuda): leave the weights at zero (memory plans at full depth)\n"
+           "  --frozen: a stage-1 step: the LM frozen, gradient to the inputs\n"
+           "  --bf16-copies none|frozen|all (cuda, --bf16): weights with bf16 copies "
+           "(default frozen)\n"
+           "  --f32-activations (cuda, --bf16): keep the MLP's activations in f32 "
+           "(default bf16)\n"
+           "  --attention f32|tf32|bf16 (cuda): attention's kernels in that arithmetic "
+           "(default: the products')\n");
+}
+
 int bench_train(int argc, char **argv)
 {
-    const char *dev = arg_str(argc, argv, "--device", "cpu");
+    bench_args args, *a = &args;
+    int rc = bench_args_parse("train", argc, argv, TRAIN_OPTS, a);
+    if (rc == 1) {
+        train_usage();
+        return 0;
+    }
+    if (rc)
+        return rc;
+    const char *dev = bench_str(a, "--device", "cpu");
     if (strcmp(dev, "cuda") == 0)
-        return train_cuda(argc, argv);
+        return train_cuda(a);
     if (strcmp(dev, "cpu") != 0) {
         fprintf(stderr, "dvl-bench train: --device must be cpu or cuda, not '%s'\n", dev);
         return 2;
     }
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
-                   "[--steps S] [--block B] [--vocab V] [--shape 0.5b|7b] [--profile] "
-                   "[--checkpoint] [--separate] [--tf32 | --bf16 (cuda)] [--ranks R (cuda)]\n"
-                   "       [--frozen] [--zero-init] [--bf16-copies none|frozen|all] "
-                   "[--f32-activations] [--attention f32|tf32|bf16] (cuda)\n"
-                   "  --profile: one more step with the op profile on: time per op\n"
-                   "  --checkpoint: recompute each layer in backward (activation checkpointing)\n"
-                   "  --separate: one product per projection (not q|k|v and gate|up fused)\n"
-                   "  --ranks R: AdamW moments of one ZeRO-1 rank of R only (its memory)\n"
-                   "  --zero-init (cuda): leave the weights at zero (memory plans at full depth)\n"
-                   "  --frozen: a stage-1 step: the LM frozen, gradient to the inputs\n"
-                   "  --bf16-copies none|frozen|all (cuda, --bf16): weights with bf16 copies "
-                   "(default frozen)\n"
-                   "  --f32-activations (cuda, --bf16): keep the MLP's activations in f32 "
-                   "(default bf16)\n"
-                   "  --attention f32|tf32|bf16 (cuda): attention's kernels in that arithmetic "
-                   "(default: the products')\n");
-            return 0;
-        }
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--tf32") == 0 || strcmp(argv[i], "--bf16") == 0 ||
-            strcmp(argv[i], "--ranks") == 0 || strcmp(argv[i], "--zero-init") == 0 ||
-            strcmp(argv[i], "--bf16-copies") == 0 || strcmp(argv[i], "--f32-activations") == 0 ||
-            strcmp(argv[i], "--attention") == 0) {
-            fprintf(stderr, "dvl-bench train: %s needs --device cuda\n", argv[i]);
+    const char *cuda_only[] = {"--tf32", "--bf16", "--ranks", "--zero-init", "--bf16-copies",
+                               "--f32-activations", "--attention"};
+    for (size_t i = 0; i < sizeof cuda_only / sizeof *cuda_only; i++)
+        if (bench_flag(a, cuda_only[i])) {
+            fprintf(stderr, "dvl-bench train: %s needs --device cuda\n", cuda_only[i]);
             return 2;
         }
-    int L = arg_int(argc, argv, "--seq", 512), N = arg_int(argc, argv, "--batch", 1);
-    int layers = arg_int(argc, argv, "--layers", 24), steps = arg_int(argc, argv, "--steps", 3);
-    int B = arg_int(argc, argv, "--block", 8), V = arg_int(argc, argv, "--vocab", 151936);
+    int L = bench_int(a, "--seq", 512), N = bench_int(a, "--batch", 1);
+    int layers = bench_int(a, "--layers", 24), steps = bench_int(a, "--steps", 3);
+    int B = bench_int(a, "--block", 8), V = bench_int(a, "--vocab", 151936);
     if (L < B || L % B || N < 1 || layers < 1 || steps < 1 || B < 1 || V < 16) {
         fprintf(stderr, "dvl-bench train: --seq must be a positive multiple of --block; "
                         "--batch, --layers, --steps >= 1; --vocab >= 16\n");
@@ -263,13 +253,13 @@ int bench_train(int argc, char **argv)
     dvl_model_config mc;
     memset(&mc, 0, sizeof mc);
     mc.arch = DVL_ARCH_QWEN2;
-    const char *shape = arg_str(argc, argv, "--shape", "0.5b");
+    const char *shape = bench_str(a, "--shape", "0.5b");
     if (!bench_shape(shape, layers, V, &mc.lm)) {
         fprintf(stderr, "dvl-bench train: --shape must be 0.5b or 7b, not '%s'\n", shape);
         return 2;
     }
     const dvl_lm_config *c = &mc.lm;
-    const bool frozen = has_flag(argc, argv, "--frozen");
+    const bool frozen = bench_flag(a, "--frozen");
     dvl_err err = {0};
     dvl_model m;
     if (dvl_model_init(&m, &mc, &err)) {
@@ -335,9 +325,9 @@ int bench_train(int argc, char **argv)
 
     dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
     double best = 1e30, total = 0;
-    const bool prof = has_flag(argc, argv, "--profile");
-    const bool ckpt = has_flag(argc, argv, "--checkpoint");
-    const bool separate = has_flag(argc, argv, "--separate");
+    const bool prof = bench_flag(a, "--profile");
+    const bool ckpt = bench_flag(a, "--checkpoint");
+    const bool separate = bench_flag(a, "--separate");
     for (int k = 0; k <= steps + prof; k++) {
         double t0 = bench_now();
         dvl_params_zero_grad(m.params);
@@ -395,9 +385,9 @@ int bench_train(int argc, char **argv)
 
 /* ------------------------------------------------------------------ GPU */
 #ifndef DVL_HAVE_CUDA
-static int train_cuda(int argc, char **argv)
+static int train_cuda(const bench_args *a)
 {
-    (void)argc, (void)argv;
+    (void)a;
     fprintf(stderr, "dvl-bench train: --device cuda needs a CUDA build "
                     "(meson setup -Dcuda=enabled with nvcc installed)\n");
     return 1;
@@ -682,12 +672,12 @@ done:
     return rc;
 }
 
-static int train_cuda(int argc, char **argv)
+static int train_cuda(const bench_args *a)
 {
-    int L = arg_int(argc, argv, "--seq", 2048), N = arg_int(argc, argv, "--batch", 1);
-    int layers = arg_int(argc, argv, "--layers", 24), steps = arg_int(argc, argv, "--steps", 3);
-    int B = arg_int(argc, argv, "--block", 8), V = arg_int(argc, argv, "--vocab", 151936);
-    bool tf32 = has_flag(argc, argv, "--tf32"), bf16 = has_flag(argc, argv, "--bf16");
+    int L = bench_int(a, "--seq", 2048), N = bench_int(a, "--batch", 1);
+    int layers = bench_int(a, "--layers", 24), steps = bench_int(a, "--steps", 3);
+    int B = bench_int(a, "--block", 8), V = bench_int(a, "--vocab", 151936);
+    bool tf32 = bench_flag(a, "--tf32"), bf16 = bench_flag(a, "--bf16");
     if (tf32 && bf16) {
         fprintf(stderr, "dvl-bench train: --tf32 and --bf16 exclude each other\n");
         return 2;
@@ -708,7 +698,7 @@ static int train_cuda(int argc, char **argv)
         fprintf(stderr, "dvl-bench train: %s\n", err.msg);
         return 1;
     }
-    const char *an = arg_str(argc, argv, "--attention", NULL);
+    const char *an = bench_str(a, "--attention", NULL);
     const int attention = !an                    ? -1
                           : !strcmp(an, "f32")  ? DVL_MATH_F32
                           : !strcmp(an, "tf32") ? DVL_MATH_TF32
@@ -718,17 +708,17 @@ static int train_cuda(int argc, char **argv)
         fprintf(stderr, "dvl-bench train: --attention must be f32, tf32 or bf16, not '%s'\n", an);
         return 2;
     }
-    const int ranks = arg_int(argc, argv, "--ranks", 1);
+    const int ranks = bench_int(a, "--ranks", 1);
     if (ranks < 1) {
         fprintf(stderr, "dvl-bench train: --ranks must be >= 1\n");
         return 2;
     }
     cuda_run r = {.N = N, .layers = layers, .steps = steps, .B = B, .V = V,
-                  .profile = has_flag(argc, argv, "--profile"),
-                  .checkpoint = has_flag(argc, argv, "--checkpoint"),
-                  .separate = has_flag(argc, argv, "--separate"),
-                  .frozen = has_flag(argc, argv, "--frozen"),
-                  .f32_act = has_flag(argc, argv, "--f32-activations"),
+                  .profile = bench_flag(a, "--profile"),
+                  .checkpoint = bench_flag(a, "--checkpoint"),
+                  .separate = bench_flag(a, "--separate"),
+                  .frozen = bench_flag(a, "--frozen"),
+                  .f32_act = bench_flag(a, "--f32-activations"),
                   .ranks = ranks, .attention = attention,
                   .math = bf16 ? DVL_MATH_BF16 : tf32 ? DVL_MATH_TF32 : DVL_MATH_F32};
     if (gemm_peaks(r.peak, &err)) {
@@ -746,7 +736,7 @@ static int train_cuda(int argc, char **argv)
     dvl_model_config mc;
     memset(&mc, 0, sizeof mc);
     mc.arch = DVL_ARCH_QWEN2;
-    const char *shape = arg_str(argc, argv, "--shape", "0.5b");
+    const char *shape = bench_str(a, "--shape", "0.5b");
     if (!bench_shape(shape, layers, V, &mc.lm)) {
         fprintf(stderr, "dvl-bench train: --shape must be 0.5b or 7b, not '%s'\n", shape);
         return 2;
@@ -766,12 +756,12 @@ static int train_cuda(int argc, char **argv)
     /* --zero-init: the weights stay zero (memory plans of a full 7B depth
      * without minutes of host-side random initialisation; the numbers are
      * degenerate, so the step times are only indicative). */
-    if (!has_flag(argc, argv, "--zero-init"))
+    if (!bench_flag(a, "--zero-init"))
         dvl_model_init_random(&m, 1);
     else
         printf("  --zero-init: weights left at zero (for memory; step times only indicative)\n");
     dvl_params *pd = dvl_params_to_device(m.params, DVL_CUDA, &err);
-    const char *cm = arg_str(argc, argv, "--bf16-copies", "frozen");
+    const char *cm = bench_str(a, "--bf16-copies", "frozen");
     if (strcmp(cm, "none") && strcmp(cm, "frozen") && strcmp(cm, "all")) {
         fprintf(stderr, "dvl-bench train: --bf16-copies must be none, frozen or all, not '%s'\n",
                 cm);

@@ -45,6 +45,6 @@ int main(int argc, char **argv)
     for (const entry *e = benches; e->name; e++)
         if (!strcmp(argv[1], e->name))
             return e->run(argc - 1, argv + 1);
-    fprintf(stderr, "dvl-bench: unknown command '%s'\n", argv[1]);
-    return usage(stderr);
+    fprintf(stderr, "dvl-bench: unknown command '%s' (dvl-bench --help lists them)\n", argv[1]);
+    return 2;
 }
