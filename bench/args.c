@@ -41,23 +41,24 @@ int bench_args_parse(const char *cmd, int argc, char **argv, const bench_opt *op
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
             return 1;
         const bench_opt *o = find(opts, argv[i]);
-        const char *why = NULL, *v = NULL;
-        if (!o)
-            why = "unknown option";
-        else if (o->kind && i + 1 >= argc)
-            why = "needs a value";
-        else if (o->kind && !parses(o->kind, v = argv[++i]))
-            why = o->kind == 'i' ? "takes an int, not" : "takes a number, not";
-        else if (a->n == BENCH_MAX_ARGS)
-            why = "is one option too many (at most 64)";
-        if (why) {
-            if (!o)
-                fprintf(stderr,
-                        "dvl-bench %s: unknown option %s (dvl-bench %s --help lists the options)\n",
-                        cmd, argv[i], cmd);
-            else
-                fprintf(stderr, "dvl-bench %s: %s %s%s%s\n", cmd, o->name, why, v ? " " : "",
-                        v ? v : "");
+        if (!o) {
+            fprintf(stderr,
+                    "dvl-bench %s: unknown option %s (dvl-bench %s --help lists the options)\n",
+                    cmd, argv[i], cmd);
+            return 2;
+        }
+        const char *v = NULL;
+        if (o->kind && i + 1 >= argc) {
+            fprintf(stderr, "dvl-bench %s: %s needs a value\n", cmd, o->name);
+            return 2;
+        }
+        if (o->kind && !parses(o->kind, v = argv[++i])) {
+            fprintf(stderr, "dvl-bench %s: %s takes %s, not %s\n", cmd, o->name,
+                    o->kind == 'i' ? "an int" : "a number", v);
+            return 2;
+        }
+        if (a->n == BENCH_MAX_ARGS) {
+            fprintf(stderr, "dvl-bench %s: more than %d options\n", cmd, BENCH_MAX_ARGS);
             return 2;
         }
         a->name[a->n] = o->name;
