@@ -33,38 +33,42 @@ static bool parses(char kind, const char *v)
     return !errno && end != v && !*end;
 }
 
-int bench_args_parse(const char *cmd, int argc, char **argv, const bench_opt *opts,
-                     bench_args *a)
+bool bench_args_parse(const char *cmd, const char *usage, int argc, char **argv,
+                      const bench_opt *opts, bench_args *a, int *exit_code)
 {
     a->n = 0;
+    *exit_code = 2;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
-            return 1;
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(usage, stdout);
+            *exit_code = 0;
+            return false;
+        }
         const bench_opt *o = find(opts, argv[i]);
         if (!o) {
             fprintf(stderr,
                     "dvl-bench %s: unknown option %s (dvl-bench %s --help lists the options)\n",
                     cmd, argv[i], cmd);
-            return 2;
+            return false;
         }
         const char *v = NULL;
         if (o->kind && i + 1 >= argc) {
             fprintf(stderr, "dvl-bench %s: %s needs a value\n", cmd, o->name);
-            return 2;
+            return false;
         }
         if (o->kind && !parses(o->kind, v = argv[++i])) {
             fprintf(stderr, "dvl-bench %s: %s takes %s, not %s\n", cmd, o->name,
                     o->kind == 'i' ? "an int" : "a number", v);
-            return 2;
+            return false;
         }
         if (a->n == BENCH_MAX_ARGS) {
             fprintf(stderr, "dvl-bench %s: more than %d options\n", cmd, BENCH_MAX_ARGS);
-            return 2;
+            return false;
         }
         a->name[a->n] = o->name;
         a->value[a->n++] = v;
     }
-    return 0;
+    return true;
 }
 
 /* The last value given for name, or NULL. */

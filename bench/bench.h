@@ -24,11 +24,11 @@ typedef struct bench_args {
     const char *name[BENCH_MAX_ARGS], *value[BENCH_MAX_ARGS]; /* value NULL: a flag */
 } bench_args;
 
-/* argv[1..] into a: 0; -h/--help: 1 (the caller prints its usage); an
- * unknown option, a missing value or one of the wrong kind: 2 after one
- * line "dvl-bench CMD: ..." on stderr. */
-int bench_args_parse(const char *cmd, int argc, char **argv, const bench_opt *opts,
-                     bench_args *a);
+/* argv[1..] into a: true to run the command. False with *exit_code 0 after
+ * printing usage for -h/--help, or 2 after one line "dvl-bench CMD: ..." on
+ * stderr for an unknown option, a missing value or one of the wrong kind. */
+bool bench_args_parse(const char *cmd, const char *usage, int argc, char **argv,
+                      const bench_opt *opts, bench_args *a, int *exit_code);
 /* The last value given for name (checked by bench_args_parse), else def. */
 const char *bench_str(const bench_args *a, const char *name, const char *def);
 int bench_int(const bench_args *a, const char *name, int def);

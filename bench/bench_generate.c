@@ -42,13 +42,9 @@ static const bench_opt GEN_OPTS[] = {
 int bench_generate(int argc, char **argv)
 {
     bench_args args, *a = &args;
-    int parsed = bench_args_parse("generate", argc, argv, GEN_OPTS, a);
-    if (parsed == 1) {
-        fputs(USAGE, stdout);
-        return 0;
-    }
-    if (parsed)
-        return parsed;
+    int code;
+    if (!bench_args_parse("generate", USAGE, argc, argv, GEN_OPTS, a, &code))
+        return code;
     const char *model = bench_str(a, "--model", NULL);
     long n_prompts = bench_int(a, "--prompts", 2), plen = bench_int(a, "--prompt-len", 32);
     long G = bench_int(a, "--max-new-tokens", 256), B = bench_int(a, "--block-size", 8);

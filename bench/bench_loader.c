@@ -221,14 +221,12 @@ static const bench_opt LOADER_OPTS[] = {
 int bench_loader(int argc, char **argv)
 {
     bench_args args, *a = &args;
-    int parsed = bench_args_parse("loader", argc, argv, LOADER_OPTS, a);
-    if (parsed == 1) {
-        printf("usage: dvl-bench loader [--data DIR] [--samples N] [--batch B] [--size S] "
-               "[--deflate D] [--epochs E] [--keep]\n");
-        return 0;
-    }
-    if (parsed)
-        return parsed;
+    int code;
+    if (!bench_args_parse("loader",
+                          "usage: dvl-bench loader [--data DIR] [--samples N] [--batch B] "
+                          "[--size S] [--deflate D] [--epochs E] [--keep]\n",
+                          argc, argv, LOADER_OPTS, a, &code))
+        return code;
     const char *data = bench_str(a, "--data", NULL);
     int64_t n = bench_int(a, "--samples", 256), batch = bench_int(a, "--batch", 16);
     int64_t epochs = bench_int(a, "--epochs", 2);

@@ -153,13 +153,10 @@ int bench_ops(int argc, char **argv)
     min_time = 1.0;
     static const bench_opt opts[] = {{"--quick", 0}, {NULL, 0}};
     bench_args args;
-    int parsed = bench_args_parse("ops", argc, argv, opts, &args);
-    if (parsed == 1) {
-        printf("usage: dvl-bench ops [--quick]\n");
-        return 0;
-    }
-    if (parsed)
-        return parsed;
+    int code;
+    if (!bench_args_parse("ops", "usage: dvl-bench ops [--quick]\n", argc, argv, opts, &args,
+                          &code))
+        return code;
     bool quick = bench_flag(&args, "--quick");
     if (quick)
         min_time = 0.2;

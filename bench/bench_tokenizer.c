@@ -151,13 +151,10 @@ int bench_tokenizer(int argc, char **argv)
     snprintf(def, sizeof def, "%s/qwen-tokenizer", env ? env : "tests/data");
     static const bench_opt opts[] = {{"--tokenizer", 's'}, {"--mb", 'f'}, {NULL, 0}};
     bench_args args;
-    int parsed = bench_args_parse("tokenizer", argc, argv, opts, &args);
-    if (parsed == 1) {
-        printf("usage: dvl-bench tokenizer [--tokenizer DIR] [--mb N]\n");
-        return 0;
-    }
-    if (parsed)
-        return parsed;
+    int exit_code;
+    if (!bench_args_parse("tokenizer", "usage: dvl-bench tokenizer [--tokenizer DIR] [--mb N]\n",
+                          argc, argv, opts, &args, &exit_code))
+        return exit_code;
     const char *dir = bench_str(&args, "--tokenizer", def);
     double mb = bench_num(&args, "--mb", 8);
     if (!(mb > 0)) {

@@ -197,37 +197,31 @@ static const bench_opt TRAIN_OPTS[] = {
     {"--zero-init", 0}, {"--bf16-copies", 's'}, {"--f32-activations", 0}, {"--attention", 's'},
     {NULL, 0}};
 
-static void train_usage(void)
-{
-    printf("usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
-           "[--steps S] [--block B] [--vocab V] [--shape 0.5b|7b] [--profile] "
-           "[--checkpoint] [--separate] [--tf32 | --bf16 (cuda)] [--ranks R (cuda)]\n"
-           "       [--frozen] [--zero-init] [--bf16-copies none|frozen|all] "
-           "[--f32-activations] [--attention f32|tf32|bf16] (cuda)\n"
-           "  --profile: one more step with the op profile on: time per op\n"
-           "  --checkpoint: recompute each layer in backward (activation checkpointing)\n"
-           "  --separate: one product per projection (not q|k|v and gate|up fused)\n"
-           "  --ranks R: AdamW moments of one ZeRO-1 rank of R only (its memory)\n"
-           "  --zero-init (cuda): leave the weights at zero (memory plans at full depth)\n"
-           "  --frozen: a stage-1 step: the LM frozen, gradient to the inputs\n"
-           "  --bf16-copies none|frozen|all (cuda, --bf16): weights with bf16 copies "
-           "(default frozen)\n"
-           "  --f32-activations (cuda, --bf16): keep the MLP's activations in f32 "
-           "(default bf16)\n"
-           "  --attention f32|tf32|bf16 (cuda): attention's kernels in that arithmetic "
-           "(default: the products')\n");
-}
+static const char TRAIN_USAGE[] =
+    "usage: dvl-bench train [--device cpu|cuda] [--seq L] [--batch N] [--layers K] "
+    "[--steps S] [--block B] [--vocab V] [--shape 0.5b|7b] [--profile] "
+    "[--checkpoint] [--separate] [--tf32 | --bf16 (cuda)] [--ranks R (cuda)]\n"
+    "       [--frozen] [--zero-init] [--bf16-copies none|frozen|all] "
+    "[--f32-activations] [--attention f32|tf32|bf16] (cuda)\n"
+    "  --profile: one more step with the op profile on: time per op\n"
+    "  --checkpoint: recompute each layer in backward (activation checkpointing)\n"
+    "  --separate: one product per projection (not q|k|v and gate|up fused)\n"
+    "  --ranks R: AdamW moments of one ZeRO-1 rank of R only (its memory)\n"
+    "  --zero-init (cuda): leave the weights at zero (memory plans at full depth)\n"
+    "  --frozen: a stage-1 step: the LM frozen, gradient to the inputs\n"
+    "  --bf16-copies none|frozen|all (cuda, --bf16): weights with bf16 copies "
+    "(default frozen)\n"
+    "  --f32-activations (cuda, --bf16): keep the MLP's activations in f32 "
+    "(default bf16)\n"
+    "  --attention f32|tf32|bf16 (cuda): attention's kernels in that arithmetic "
+    "(default: the products')\n";
 
 int bench_train(int argc, char **argv)
 {
     bench_args args, *a = &args;
-    int rc = bench_args_parse("train", argc, argv, TRAIN_OPTS, a);
-    if (rc == 1) {
-        train_usage();
-        return 0;
-    }
-    if (rc)
-        return rc;
+    int code;
+    if (!bench_args_parse("train", TRAIN_USAGE, argc, argv, TRAIN_OPTS, a, &code))
+        return code;
     const char *dev = bench_str(a, "--device", "cpu");
     if (strcmp(dev, "cuda") == 0)
         return train_cuda(a);
