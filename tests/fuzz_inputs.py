@@ -104,8 +104,9 @@ def mutate_argv(cmds, rnd):
     """One or two changes to the arguments of one of cmds (lists whose
     options start with "--"; the first word after the program is kept)."""
     argv = list(rnd.choice(cmds))
-    flags = [a for a in argv if a.startswith("--")]
     for _ in range(rnd.choice([1, 1, 2])):
+        # After the first change (a flag renamed or dropped), from what is left.
+        flags = [a for a in argv[2:] if a.startswith("--")]
         op = rnd.random()
         values = [i for i in range(2, len(argv)) if not argv[i].startswith("--")]
         if op < 0.45 and values:
@@ -113,12 +114,12 @@ def mutate_argv(cmds, rnd):
         elif op < 0.6 and len(argv) > 2:
             del argv[rnd.randrange(2, len(argv))]
         elif op < 0.7 and flags:
-            i = argv.index(rnd.choice(flags))
+            i = argv.index(rnd.choice(flags), 2)
             argv[i + 1:i + 1] = argv[i:i + 2]
         elif op < 0.8 and flags:
             argv.append(rnd.choice(flags))
         elif op < 0.9 and flags:
-            argv[argv.index(rnd.choice(flags))] = rnd.choice(["--frob", "-", "--", "-x"])
+            argv[argv.index(rnd.choice(flags), 2)] = rnd.choice(["--frob", "-", "--", "-x"])
         elif len(argv) > 3:
             i, j = rnd.sample(range(2, len(argv)), 2)
             argv[i], argv[j] = argv[j], argv[i]
