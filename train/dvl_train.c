@@ -562,6 +562,18 @@ static int save_ckpt(run *r, dvl_err *err)
     return rc;
 }
 
+/* v as a JSON number of `digits` significant digits, or null where it is
+ * none (not measured, NaN or Inf: JSON has no such numbers, and "nan"
+ * would make the line unreadable to a JSON parser). */
+static const char *json_num(char *buf, size_t n, double v, int digits)
+{
+    if (isfinite(v))
+        snprintf(buf, n, "%.*g", digits, v);
+    else
+        snprintf(buf, n, "null");
+    return buf;
+}
+
 /* Progress line on rank 0: in place on a terminal, plain lines otherwise.
  * mfu < 0: not measured. */
 static void progress(run *r, double loss, double lr, double tps, double mfu, double elapsed,
@@ -854,14 +866,14 @@ static int train(run *r, dvl_err *err)
         const double peak = r->peak_gflops * 1e9;
         const double mfu = peak > 0 ? sums[2] / (te - ts) / peak : -1;
         if (r->d.rank == 0) {
-            char mf[32] = "null";
-            if (mfu >= 0)
-                snprintf(mf, sizeof mf, "%.6g", mfu);
+            char ls[32], gs[32], mf[32];
             fprintf(r->metrics,
-                    "{\"step\": %" PRId64 ", \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
+                    "{\"step\": %" PRId64 ", \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %s, "
                     "\"tokens\": %.0f, \"tokens_per_s\": %.6g, \"model_flops\": %.6g, "
                     "\"mfu\": %s, \"elapsed\": %.6g, \"skipped\": %s}\n",
-                    r->step, loss, lr, gnorm, sums[1], tps, sums[2], mf, elapsed,
+                    r->step, json_num(ls, sizeof ls, loss, 9), lr,
+                    json_num(gs, sizeof gs, gnorm, 9), sums[1], tps, sums[2],
+                    json_num(mf, sizeof mf, mfu >= 0 ? mfu : NAN, 6), elapsed,
                     bad ? "true" : "false");
             fflush(r->metrics);
             if ((r->step - first) % c->log_every == 0 || r->step == r->total)

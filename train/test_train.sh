@@ -221,7 +221,16 @@ if "$TRAIN" --config ar.json --set train.out=nan1 --set train.max_steps=8 --set 
     --set debug.nonfinite_steps=2 >nan1.log 2>&1 &&
     [ "$(grep -c '"skipped": true' nan1/metrics.jsonl)" -eq 2 ] &&
     grep -q '"step": 4, .*"skipped": true' nan1/metrics.jsonl &&
-    grep -q "step 5: non-finite" nan1.log; then
+    grep -q "step 5: non-finite" nan1.log &&
+    py "
+import json
+def strict(c): raise ValueError('not JSON: ' + c)
+rows = [json.loads(l, parse_constant=strict) for l in open('nan1/metrics.jsonl')]
+skipped = [r for r in rows if r['skipped']]
+assert [r['step'] for r in skipped] == [4, 5], rows
+assert all(r['grad_norm'] is None for r in skipped), skipped
+assert all(isinstance(r['loss'], float) for r in rows if not r['skipped']), rows
+"; then
     ok nonfinite_skipped
 else
     bad "nonfinite_skipped: $(tail -2 nan1.log)"
