@@ -15,6 +15,10 @@
  * the end TRAIN.OUT/final (config.json + model.safetensors, Hugging Face
  * names: dvl-generate and transformers load it).
  *
+ * eval.path: the stage's loss over a held-out dataset every eval.every
+ * steps and at the end, without gradients, into TRAIN.OUT/eval.jsonl
+ * (evaluate(): fixed noise, no training state touched).
+ *
  * Stage 2 noise: every sample draws from its own stream, seeded by
  * (train.seed, step, its index in the step's global batch), and its noise
  * levels are its row of the antithetic grid over the global batch
@@ -164,6 +168,8 @@ typedef struct run {
     bool zero1; /* dist.zero1 on several ranks: r->opt is this rank's shard */
     int64_t accum, steps_per_epoch, total, step;
     FILE *metrics;
+    FILE *eval_log;       /* rank 0, eval.path set: TRAIN.OUT/eval.jsonl */
+    int64_t eval_samples; /* in eval.path */
     bool tty;
     /* log.mfu: the ranks' matrix-product peaks summed, GFLOP/s (0: not
      * measured). */
@@ -372,14 +378,16 @@ static int load_weights(run *r, bool resume, dvl_err *err)
     return DVL_OK;
 }
 
-/* The dataset must have been built for this model: one image = `patches`
- * placeholder positions holding the model's image token, images of the
- * tower's size, token ids inside the vocabulary. */
-static int check_data(run *r, dvl_err *err)
+/* The dataset at `path` (config key `key`) must have been built for this
+ * model: one image = `patches` placeholder positions holding the model's
+ * image token, images of the tower's size, token ids inside the
+ * vocabulary. *pad_id (unless NULL): its pad token id. */
+static int check_dataset(run *r, const char *key, const char *path, int32_t *pad_id,
+                         dvl_err *err)
 {
     dvl_manifest man;
-    if (dvl_manifest_read(r->c.data_path, &man, err))
-        return err->code;
+    if (dvl_manifest_read(path, &man, err))
+        return dvl_err_prefix(err, "%s", key);
     int rc = DVL_OK;
     const train_model *tm = &r->tm;
     /* A tokenizer with ids past the embedding belongs to another model: its
@@ -387,44 +395,57 @@ static int check_data(run *r, dvl_err *err)
      * last ids, so the first batch would stop at the embedding's id check. */
     if (man.vocab_size > tm->lm->cfg.vocab)
         rc = dvl_errf(err, DVL_EINVAL,
-                      "data.path: %s was built with a tokenizer of %lld ids, the embedding of %s "
+                      "%s: %s was built with a tokenizer of %lld ids, the embedding of %s "
                       "has %lld rows (the tokenizer of another model?)",
-                      r->c.data_path, (long long)man.vocab_size, r->c.model_path,
+                      key, path, (long long)man.vocab_size, r->c.model_path,
                       (long long)tm->lm->cfg.vocab);
     else if (tm->is_vlm && man.images > 0) {
         const dvl_vlm_config *v = &tm->m.cfg.vlm;
         if (man.image_tokens != tm->patches)
             rc = dvl_errf(err, DVL_EINVAL,
-                          "data.path: %s was built with %lld image tokens, the model takes %lld "
+                          "%s: %s was built with %lld image tokens, the model takes %lld "
                           "(dvl-prep build --image-tokens)",
-                          r->c.data_path, (long long)man.image_tokens, (long long)tm->patches);
+                          key, path, (long long)man.image_tokens, (long long)tm->patches);
         else if (man.image_token_id != v->image_token_index)
             rc = dvl_errf(err, DVL_EINVAL,
-                          "data.path: %s uses image token id %d, the model's image_token_index "
+                          "%s: %s uses image token id %d, the model's image_token_index "
                           "is %d",
-                          r->c.data_path, man.image_token_id, v->image_token_index);
+                          key, path, man.image_token_id, v->image_token_index);
         else if (man.image_size != v->vision.image_size)
             rc = dvl_errf(err, DVL_EINVAL,
-                          "data.path: %s holds %d-pixel images, the vision tower takes %lld",
-                          r->c.data_path, man.image_size, (long long)v->vision.image_size);
+                          "%s: %s holds %d-pixel images, the vision tower takes %lld",
+                          key, path, man.image_size, (long long)v->vision.image_size);
         else if (v->vision.channels != 3)
             rc = dvl_errf(err, DVL_EINVAL,
                           "model.path: the vision tower of %s takes %lld channels, the loader's "
                           "images have 3",
                           r->c.model_path, (long long)v->vision.channels);
     } else if (!tm->is_vlm && man.images > 0) {
-        rc = dvl_errf(err, DVL_EINVAL, "data.path: %s has %lld images but %s is a language model",
-                      r->c.data_path, (long long)man.images, r->c.model_path);
+        rc = dvl_errf(err, DVL_EINVAL, "%s: %s has %lld images but %s is a language model", key,
+                      path, (long long)man.images, r->c.model_path);
     }
-    /* Padding of the [x_t ; x_0] batch is never attended to, but it is
-     * still looked up in the embedding: the dataset's pad id, when it is a
-     * row. */
-    if (man.pad_token_id >= 0 && man.pad_token_id < tm->lm->cfg.vocab)
-        r->tm.diff.pad_id = man.pad_token_id;
-    else if (r->tm.diff.pad_id >= tm->lm->cfg.vocab)
-        r->tm.diff.pad_id = 0;
+    if (pad_id)
+        *pad_id = man.pad_token_id;
     dvl_manifest_free(&man);
     return rc;
+}
+
+/* data.path and eval.path against the model. */
+static int check_data(run *r, dvl_err *err)
+{
+    int32_t pad;
+    if (check_dataset(r, "data.path", r->c.data_path, &pad, err) ||
+        (r->c.eval_path && check_dataset(r, "eval.path", r->c.eval_path, NULL, err)))
+        return err->code;
+    /* Padding of the [x_t ; x_0] batch is never attended to, but it is
+     * still looked up in the embedding: the training set's pad id, when it
+     * is a row. */
+    const int64_t vocab = r->tm.lm->cfg.vocab;
+    if (pad >= 0 && pad < vocab)
+        r->tm.diff.pad_id = pad;
+    else if (r->tm.diff.pad_id >= vocab)
+        r->tm.diff.pad_id = 0;
+    return DVL_OK;
 }
 
 /* Every rank's loader position as JSON (all ranks' states gathered). */
@@ -737,6 +758,94 @@ static int read_loss(run *r, const dvl_tensor *loss, double *out, dvl_err *err)
     return DVL_OK;
 }
 
+/* The loader of eval.path for this rank, at the start of epoch 0 (every
+ * evaluation reads the same batches: the same weights give the same
+ * bits). */
+static dvl_loader *eval_loader(const run *r, bool verify, dvl_err *err)
+{
+    dvl_loader_opts lo;
+    dvl_loader_opts_default(&lo);
+    lo.dir = r->c.eval_path;
+    lo.batch_size = r->c.eval_micro_batch;
+    lo.rank = r->d.rank;
+    lo.world = r->d.world;
+    lo.block = r->c.stage == STAGE_2 ? r->c.block_size : 0;
+    lo.prefetch = r->c.prefetch;
+    lo.skip_verify = !verify;
+    return dvl_loader_open(&lo, err);
+}
+
+/* eval.path: the stage's training loss (train_step.h: the mean over
+ * samples of each sample's loss) over the whole held-out set at the
+ * current weights, without gradients; every rank takes its share, the sums
+ * are all-reduced. Stage 2 noise: sample i (its index in the set) draws
+ * from its own stream seeded by (eval.seed, i) and takes row i of the
+ * antithetic grid over the N samples, so it is the same at every
+ * evaluation and for any number of ranks or micro batch: the figures of a
+ * run compare with each other. The training state (weights, moments,
+ * loader, noise) is not touched: a run with evaluation trains to the same
+ * bits as one without. */
+static int evaluate(run *r, dvl_err *err)
+{
+    double t0 = now_s();
+    dvl_loader *l = eval_loader(r, false, err);
+    if (!l)
+        return err->code;
+    const bool grad = dvl_set_grad_enabled(r->ctx, false);
+    const dvl_diff_draw draw0 = {.seed = (uint64_t)r->c.eval_seed, .global_n = r->eval_samples};
+    double sums[3] = {0, 0, 0}; /* loss x samples, samples, tokens */
+    int rc = DVL_OK;
+    for (int64_t left = dvl_loader_share(l); left > 0 && rc == DVL_OK;) {
+        const dvl_batch *b;
+        dvl_batch bdev;
+        if ((rc = dvl_loader_next(l, &b, err)))
+            break;
+        left -= b->n;
+        dvl_ctx_reset(r->ctx);
+        dvl_diff_draw draw = draw0;
+        draw.index = b->sample;
+        dvl_tensor *loss = NULL;
+        double v = 0;
+        if (!(b = batch_for_ctx(r, b, &bdev, err)) ||
+            !(loss = train_forward(r->ctx, &r->tm, &r->c, b, 1.0f, &draw, NULL, err)) ||
+            read_loss(r, loss, &v, err)) {
+            rc = err->code;
+            break;
+        }
+        sums[0] += v * (double)b->n;
+        sums[1] += (double)b->n;
+        for (int64_t s = 0; s < b->n; s++)
+            sums[2] += (double)b->seq_len[s];
+    }
+    dvl_set_grad_enabled(r->ctx, grad);
+    dvl_ctx_reset(r->ctx);
+    dvl_loader_free(l);
+    if (rc)
+        return dvl_err_prefix(err, "eval.path");
+    if (r->d.world > 1 && dvl_dist_allreduce_f64(&r->d, sums, 3, DVL_DIST_SUM, err))
+        return err->code;
+    if (r->d.rank == 0) {
+        const double loss = sums[0] / sums[1], secs = now_s() - t0;
+        char ls[32];
+        fprintf(r->eval_log,
+                "{\"step\": %" PRId64 ", \"eval_loss\": %s, \"samples\": %.0f, \"tokens\": %.0f, "
+                "\"seconds\": %.6g}\n",
+                r->step, json_num(ls, sizeof ls, loss, 9), sums[1], sums[2], secs);
+        fflush(r->eval_log);
+        printf("%s" PROG ": step %" PRId64 ": eval loss %.4f over %.0f held-out samples (%.1fs)\n",
+               r->tty && r->step > 0 && r->step < r->total ? "\n" : "", r->step, loss, sums[1],
+               secs);
+        fflush(stdout);
+    }
+    return DVL_OK;
+}
+
+static bool eval_due(const run *r)
+{
+    return r->c.eval_path &&
+           ((r->c.eval_every > 0 && r->step % r->c.eval_every == 0) || r->step == r->total);
+}
+
 static int train(run *r, dvl_err *err)
 {
     const train_cfg *c = &r->c;
@@ -749,6 +858,8 @@ static int train(run *r, dvl_err *err)
     int64_t lo = 0, hi = p->numel_grad;
     if (r->zero1)
         dvl_dist_grad_sync_shard(r->gs, &lo, &hi);
+    if (r->c.eval_path && r->c.eval_at_start && r->step == 0 && evaluate(r, err))
+        return err->code;
     while (r->step < r->total) {
         double ts = now_s();
         /* Epoch e is steps [e S, (e + 1) S): leave the previous epoch's
@@ -888,6 +999,8 @@ static int train(run *r, dvl_err *err)
             if (dvl_dist_check_params(&r->d, p, err))
                 return err->code;
         }
+        if (eval_due(r) && evaluate(r, err))
+            return err->code;
         if ((c->ckpt_every > 0 && r->step % c->ckpt_every == 0) || r->step == r->total) {
             if (save_ckpt(r, err))
                 return err->code;
@@ -1013,6 +1126,19 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                         "train.global_batch: %lld is more than the %lld samples of %s",
                         (long long)c->global_batch, (long long)N, c->data_path);
     r->total = c->max_steps > 0 ? c->max_steps : c->epochs * r->steps_per_epoch;
+    /* The held-out set's shards checked as the training set's are (sizes
+     * only on a resume), and its size. */
+    if (c->eval_path) {
+        dvl_loader *el = eval_loader(r, !ckpt[0], err);
+        if (!el)
+            return dvl_err_prefix(err, "eval.path");
+        r->eval_samples = dvl_loader_samples(el);
+        dvl_loader_free(el);
+        if (r->eval_samples < r->d.world)
+            return dvl_errf(err, DVL_EINVAL,
+                            "eval.path: %s has %" PRId64 " samples, fewer than the %d ranks",
+                            c->eval_path, r->eval_samples, r->d.world);
+    }
     if (ckpt[0] && check_resume_position(r, &start, ckpt, err))
         return err->code;
     r->ctx = dvl_ctx_new_err(on_gpu(r) ? DVL_CUDA : DVL_CPU, err);
@@ -1061,6 +1187,12 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
         r->metrics = fopen(path, ckpt[0] ? "a" : "w");
         if (!r->metrics)
             return dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
+        if (c->eval_path) {
+            snprintf(path, sizeof path, "%s/eval.jsonl", c->out);
+            r->eval_log = fopen(path, ckpt[0] ? "a" : "w");
+            if (!r->eval_log)
+                return dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
+        }
         /* mpirun hands its ranks a pseudo-terminal whatever its own stdout
          * is, so under MPI the line is plain. */
         r->tty = isatty(STDOUT_FILENO) && r->d.world == 1;
@@ -1071,6 +1203,15 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
                stage_name(c->stage), c->model_path, p->numel, p->numel_grad, N, r->d.world,
                c->micro_batch, r->accum, c->global_batch, r->total, r->steps_per_epoch,
                ckpt[0] ? ", resumed" : "");
+        if (c->eval_path) {
+            char when[64] = "";
+            if (c->eval_every > 0)
+                snprintf(when, sizeof when, "every %" PRId64 " steps and ", c->eval_every);
+            printf(PROG ": held-out evaluation of %s (%" PRId64 " samples) %s%sat the end, into "
+                   "%s/eval.jsonl\n",
+                   c->eval_path, r->eval_samples, c->eval_at_start && !ckpt[0] ? "at the start, " : "",
+                   when, c->out);
+        }
         if (on_gpu(r))
             printf(PROG ": device cuda:%d %s, %s products%s%s%s%s%s\n", r->gpu, r->gpu_name,
                    c->precision == PREC_BF16   ? "bf16 (f32 accumulation)"
@@ -1154,6 +1295,8 @@ static void run_free(run *r)
     dvl_ctx_free(r->ctx);
     if (r->metrics)
         fclose(r->metrics);
+    if (r->eval_log)
+        fclose(r->eval_log);
     cJSON_Delete(r->model_json);
     free(r->cfg_json);
     dvl_cfg_free(r->cfgv);

@@ -215,6 +215,69 @@ else
     bad "resume_latest: $(tail -1 rl.log)"
 fi
 
+# ---- held-out evaluation (eval.path): the stage's loss over a second
+# dataset at the current weights, without gradients.
+"$PREP" synth --out sev --n 20 --heldout 0 --seed 9 --size 64 >/dev/null &&
+    "$PREP" build --json sev/train.json --images sev --tokenizer sev/tokenizer --out ev \
+        --image-size 28 --image-tokens 4 --shard-size 8 --threads 1 --quiet >/dev/null ||
+    bad "eval setup: dvl-prep failed"
+# At the start, every 12 steps and at the end; the training is the s2 run's
+# to the bit (evaluation touches no weight, moment, loader or noise), and
+# the held-out loss falls.
+if "$TRAIN" --config s2.json --set train.out=ev1 eval.path=ev eval.every=12 eval.at_start=true \
+    >ev1.log 2>&1 && cmp -s s2/final/model.safetensors ev1/final/model.safetensors &&
+    grep -q "held-out evaluation of ev (20 samples) at the start, every 12 steps and at the end" ev1.log &&
+    grep -q "step 36: eval loss [0-9.]* over 20 held-out samples" ev1.log &&
+    py "
+import json
+def strict(c): raise ValueError(c)
+e = [json.loads(l, parse_constant=strict) for l in open('ev1/eval.jsonl')]
+print('   eval loss', ' '.join('%d: %.4f' % (r['step'], r['eval_loss']) for r in e))
+assert [r['step'] for r in e] == [0, 12, 24, 36], e
+assert all(r['samples'] == 20 and r['tokens'] > 0 for r in e), e
+assert e[-1]['eval_loss'] < 0.8 * e[0]['eval_loss'], e
+"; then
+    ok eval_heldout
+else
+    bad "eval_heldout: $(tail -2 ev1.log)"
+fi
+# The held-out noise is a function of eval.seed and the sample alone: with
+# the weights held still (lr 0) every evaluation is the same bits, and 2
+# ranks at another eval.micro_batch give the same loss up to the order of
+# the sums.
+if "$TRAIN" --config s2.json --set train.out=ev0 eval.path=ev eval.every=1 eval.at_start=true \
+    optim.lr=0 optim.vision_lr=0 train.max_steps=3 >ev0.log 2>&1 &&
+    $MPIRUN -np 2 "$TRAIN" --config s2.json --set train.out=ev0r2 eval.path=ev eval.every=1 \
+        eval.at_start=true eval.micro_batch=3 optim.lr=0 optim.vision_lr=0 train.max_steps=3 \
+        >ev0r2.log 2>&1 &&
+    py "
+import json
+a = [json.loads(l)['eval_loss'] for l in open('ev0/eval.jsonl')]
+b = [json.loads(l)['eval_loss'] for l in open('ev0r2/eval.jsonl')]
+print('   1 rank %r, 2 ranks %r' % (a[0], b[0]))
+assert len(a) == len(b) == 4 and len(set(a)) == 1 and len(set(b)) == 1, (a, b)
+assert abs(a[0] - b[0]) <= 1e-5 * abs(a[0]), (a, b)
+"; then
+    ok eval_fixed_noise_any_ranks
+else
+    bad "eval_fixed_noise_any_ranks: $(tail -1 ev0.log) $(tail -1 ev0r2.log)"
+fi
+# A resume evaluates where the straight run did, to the same bits.
+"$TRAIN" --config s2.json --set train.out=evs train.max_steps=8 ckpt.every=4 eval.path=ev \
+    eval.every=4 >evs.log 2>&1 &&
+    "$TRAIN" --resume evs/ckpt/step-000004 --set train.out=evt >evt.log 2>&1
+if py "
+import json
+a = [json.loads(l) for l in open('evs/eval.jsonl')]
+b = [json.loads(l) for l in open('evt/eval.jsonl')]
+assert [r['step'] for r in a] == [4, 8] and [r['step'] for r in b] == [8], (a, b)
+assert a[1]['eval_loss'] == b[0]['eval_loss'], (a, b)
+"; then
+    ok eval_resume_same_bits
+else
+    bad "eval_resume_same_bits: $(tail -1 evs.log) $(tail -1 evt.log)"
+fi
+
 # ---- NaN/Inf steps: skipped and logged; more than optim.max_bad_steps in a
 # row abort with the last checkpoint intact.
 if "$TRAIN" --config ar.json --set train.out=nan1 --set train.max_steps=8 --set debug.nonfinite_from=4 \
@@ -430,6 +493,21 @@ reject tokenizer_past_embedding "ds_qwen was built with a tokenizer of 151669 id
 # read: a model folder without its weights gives the same line.
 reject data_checked_before_weights "ds_qwen was built with a tokenizer of 151669 ids, the embedding of m_noweights has 416 rows" \
     --config s2.json --set train.out=o_tok2 data.path=ds_qwen model.path=m_noweights
+# The held-out set: checked like data.path before any step, one line naming
+# eval.path, nothing written.
+reject eval_without_path "eval.every: set, but eval.path (the held-out dataset) is not" \
+    --config s2.json --set train.out=o_ev1 eval.every=5
+reject eval_missing "eval.path: nowhere/manifest.json: cannot open" \
+    --config s2.json --set train.out=o_ev2 eval.path=nowhere
+reject eval_tokenizer_past_embedding "eval.path: ds_qwen was built with a tokenizer of 151669 ids" \
+    --config s2.json --set train.out=o_ev3 eval.path=ds_qwen
+cp -r ev ev_cut && head -c 1000 ev/shard-00001.h5 >ev_cut/shard-00001.h5
+reject eval_shard_cut "eval.path: " --config s2.json --set train.out=o_ev4 eval.path=ev_cut
+if [ -e o_ev1 ] || [ -e o_ev2 ] || [ -e o_ev3 ] || [ -e o_ev4 ]; then
+    bad "eval_errors_write_nothing: $(ls -d o_ev*)"
+else
+    ok eval_errors_write_nothing
+fi
 reject bad_device train.device --config s2.json --set train.device=gpu
 reject precision_on_cpu "train.precision: bf16 needs train.device cuda" --config s2.json --set train.precision=bf16
 reject bad_precision train.precision --config s2.json --set train.precision=fp8

@@ -5,6 +5,9 @@
 #     update, within 1e-5 relative: the same weights and noise, f32 on both,
 #     only summation orders differ; steps 2..8 within 1e-3 relative, where
 #     those differences have gone through AdamW) and the loss falls;
+#   held-out evaluation (eval.path) in that run: at the start within 1e-5
+#     of the CPU's, at steps 4 and 8 within 1e-3; the GPU run with it trains
+#     to the bits of one without (the checkpoint_layers case below);
 #   stage 2 in bf16 with f32 activations (train.bf16_activations false)
 #     follows f32 too, and differs from the default (bf16 MLP activations);
 #   stage 1 in bf16 with the frozen weights' bf16 copies
@@ -45,7 +48,10 @@ cd "$T" || exit 1
 "$PREP" synth --out syn --n 96 --heldout 0 --seed 3 --size 64 >/dev/null &&
     "$PREP" build --json syn/train.json --images syn --tokenizer syn/tokenizer --out ds \
         --image-size 28 --image-tokens 4 --shard-size 50 --threads 1 --quiet >/dev/null &&
-    "$CONVERT" init --random "$SRC/configs/models/tiny-vlm.json" --seed 1 --out m0 >/dev/null ||
+    "$CONVERT" init --random "$SRC/configs/models/tiny-vlm.json" --seed 1 --out m0 >/dev/null &&
+    "$PREP" synth --out sev --n 12 --heldout 0 --seed 9 --size 64 >/dev/null &&
+    "$PREP" build --json sev/train.json --images sev --tokenizer sev/tokenizer --out ev \
+        --image-size 28 --image-tokens 4 --shard-size 50 --threads 1 --quiet >/dev/null ||
     { echo "FAIL setup"; exit 1; }
 # log.mfu off but where a case reads the MFU header: the peak it measures is
 # a 4096^3 product, instant on a GPU, 10-17 s a run on the emulated device.
@@ -72,7 +78,8 @@ cat >ar.json <<'EOF'
 EOF
 
 # ---- the GPU run first: it also tells whether there is a GPU at all
-"$TRAIN" --config s2.json --set train.device=cuda --set train.out=gpu >gpu.log 2>&1
+EV="eval.path=ev eval.at_start=true eval.every=4"
+"$TRAIN" --config s2.json --set train.device=cuda --set train.out=gpu $EV >gpu.log 2>&1
 rc=$?
 if [ $rc -ne 0 ] && grep -q -e "no CUDA device is usable" -e "built without CUDA" gpu.log; then
     case "${DVL_REQUIRE_CUDA:-}" in
@@ -81,7 +88,7 @@ if [ $rc -ne 0 ] && grep -q -e "no CUDA device is usable" -e "built without CUDA
     esac
 fi
 grep "device cuda" gpu.log | sed 's/^/   /'
-if [ $rc -eq 0 ] && "$TRAIN" --config s2.json --set train.out=cpu >cpu.log 2>&1 && py "$ST
+if [ $rc -eq 0 ] && "$TRAIN" --config s2.json --set train.out=cpu $EV >cpu.log 2>&1 && py "$ST
 lc, lg = losses('cpu'), losses('gpu')
 assert len(lc) == len(lg) == 8, (len(lc), len(lg))
 worst = 0.0
@@ -96,9 +103,23 @@ assert sum(lg[-3:]) < 0.9 * sum(lg[:3]), 'GPU loss did not fall: %s' % lg
 else
     bad "stage2_cuda_loss_matches_cpu: rc $rc: $(tail -2 gpu.log) $(tail -1 cpu.log 2>/dev/null)"
 fi
+if py "
+import json
+ec, eg = ([json.loads(l) for l in open(d + '/eval.jsonl')] for d in ('cpu', 'gpu'))
+assert [r['step'] for r in ec] == [r['step'] for r in eg] == [0, 4, 8], (ec, eg)
+for a, b in zip(ec, eg):
+    e = abs(a['eval_loss'] - b['eval_loss']) / abs(a['eval_loss'])
+    print('   eval at step %d: cpu %.7f cuda %.7f rel %.2e' % (a['step'], a['eval_loss'], b['eval_loss'], e))
+    assert e <= (1e-5 if a['step'] == 0 else 1e-3), e
+"; then
+    ok eval_cuda_matches_cpu
+else
+    bad "eval_cuda_matches_cpu: $(grep 'eval loss' gpu.log | tail -1)"
+fi
 
 # ---- activation checkpointing on the GPU (the device arena rewound around
 # each recomputed layer): the same weights as the plain GPU run, bit for bit
+# (that run also evaluated on the held-out set, this one does not)
 if "$TRAIN" --config s2.json --set train.device=cuda --set train.out=gpu_ck \
     --set train.checkpoint_layers=true >gpu_ck.log 2>&1 &&
     cmp -s gpu/final/model.safetensors gpu_ck/final/model.safetensors; then

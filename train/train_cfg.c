@@ -99,6 +99,19 @@ const dvl_cfg_key TRAIN_KEYS[] = {
      .help = "pad each answer with supervised EOS to a block boundary"},
     {"diffusion.shift_logits", DVL_CFG_BOOL, .def = "false",
      .help = "score logits[i] against token i+1 (Dream-style conversions)"},
+    {"eval.path", DVL_CFG_STRING,
+     .help = "held-out dataset (dvl-prep build, built like data.path): the stage's training "
+             "loss over all of it, without gradients, every eval.every steps and at the end, "
+             "into TRAIN.OUT/eval.jsonl (unset: no evaluation)"},
+    {"eval.every", DVL_CFG_INT, .def = "0", .ranged = true, .min = 0, .max = BIG,
+     .help = "evaluate every N steps (0: at the end only)"},
+    {"eval.at_start", DVL_CFG_BOOL, .def = "false",
+     .help = "also evaluate the starting weights (step 0) of a fresh run"},
+    {"eval.micro_batch", DVL_CFG_INT, .def = "0", .ranged = true, .min = 0, .max = 65536,
+     .help = "samples per forward on one rank (0: train.micro_batch)"},
+    {"eval.seed", DVL_CFG_INT, .def = "0", .ranged = true, .min = 0, .max = BIG,
+     .help = "stage 2: seed of the held-out samples' noise (t and masks), the same at every "
+             "evaluation"},
     {"ckpt.every", DVL_CFG_INT, .def = "0", .ranged = true, .min = 0, .max = BIG,
      .help = "checkpoint every N steps (0: only at the end)"},
     {"ckpt.keep_last", DVL_CFG_INT, .def = "3", .ranged = true, .min = 0, .max = 1000000,
@@ -170,6 +183,11 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
     o->antithetic = dvl_cfg_bool(c, "diffusion.antithetic");
     o->block_align_eos = dvl_cfg_bool(c, "diffusion.block_align_eos");
     o->shift_logits = dvl_cfg_bool(c, "diffusion.shift_logits");
+    o->eval_path = dvl_cfg_str(c, "eval.path");
+    o->eval_every = dvl_cfg_int(c, "eval.every");
+    o->eval_at_start = dvl_cfg_bool(c, "eval.at_start");
+    o->eval_micro_batch = dvl_cfg_int(c, "eval.micro_batch");
+    o->eval_seed = dvl_cfg_int(c, "eval.seed");
     o->ckpt_every = dvl_cfg_int(c, "ckpt.every");
     o->keep_last = dvl_cfg_int(c, "ckpt.keep_last");
     o->log_every = dvl_cfg_int(c, "log.every");
@@ -196,6 +214,13 @@ int train_cfg_resolve(dvl_cfg *c, train_cfg *o, dvl_err *err)
                         "train.attention_precision: %s needs train.device cuda (the CPU computes "
                         "in f32)",
                         o->attention_precision == PREC_TF32 ? "tf32" : "bf16");
+    if (o->eval_path && !o->eval_path[0])
+        o->eval_path = NULL; /* "" as unset: --set eval.path= turns evaluation off */
+    if (!o->eval_path && (o->eval_every > 0 || o->eval_at_start))
+        return dvl_errf(err, DVL_EINVAL, "%s: set, but eval.path (the held-out dataset) is not",
+                        o->eval_every > 0 ? "eval.every" : "eval.at_start");
+    if (o->eval_micro_batch == 0)
+        o->eval_micro_batch = o->micro_batch;
     if (o->global_batch % o->micro_batch)
         return dvl_errf(err, DVL_EINVAL,
                         "train.global_batch: %lld is not a multiple of train.micro_batch %lld",

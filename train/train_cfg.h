@@ -58,6 +58,12 @@ typedef struct train_cfg {
     int64_t eos_token_id;  /* -1: Qwen <|im_end|> 151645, LLaDA <|eot_id|> 126348 */
     double eps_min, eps_max;
     bool antithetic, block_align_eos, shift_logits;
+    /* held-out evaluation (eval.path NULL: none) */
+    const char *eval_path;
+    int64_t eval_every;       /* steps between evaluations; 0: at the end only */
+    bool eval_at_start;       /* also the starting weights (step 0) of a fresh run */
+    int64_t eval_micro_batch; /* 0: micro_batch */
+    int64_t eval_seed;        /* stage 2: the held-out set's noise */
     /* checkpoints, logging, dist */
     int64_t ckpt_every, keep_last;
     int64_t log_every;
