@@ -435,6 +435,16 @@ else
     bad "zero1_nonfinite_skipped_on_every_rank: $(tail -2 znan.log)"
 fi
 
+# scripts/plot-metrics draws the runs (one with skipped steps, one with
+# held-out points) and names their figures.
+if python3 "$SRC/scripts/plot-metrics" ev1 nan1 -o plot.svg >plot.txt 2>&1 &&
+    grep -q "^ev1: 36 steps, .*; held-out loss [0-9.]* at step 0 -> [0-9.]* at step 36" plot.txt &&
+    grep -q "^nan1: 6 steps" plot.txt && [ "$(grep -c '<circle' plot.svg)" -eq 4 ]; then
+    ok plot_metrics
+else
+    bad "plot_metrics: $(cat plot.txt)"
+fi
+
 # ---- config errors: exit 1, one line naming the key
 reject() {
     name=$1
