@@ -18,6 +18,7 @@ two of its files and runs one program on them:
   config    the training config                                         dvl-train
   dataset   manifest.json / a shard's sidecar / the HDF5 shard          dvl-train
   h5        the HDF5 shard, its manifest checksum made to agree         dvl-train
+  evalset   the held-out dataset (eval.path): as dataset                dvl-train
   resume    state.json / optimizer / model / config of a checkpoint     dvl-train --resume
   options   the command line of every program (a value made odd, an     all four
             option dropped, repeated, unknown or left without its value)
@@ -207,6 +208,7 @@ def make_inputs(b, src, root):
            "train": {"stage": "2", "out": root + "/ck", "micro_batch": 4, "global_batch": 8,
                      "max_steps": 1, "vision_trainable": True},
            "diffusion": {"block_size": 8, "mask_token_id": 412, "eos_token_id": 410},
+           "eval": {"path": root + "/ds", "every": 1},
            "log": {"mfu": False}}
     json.dump(cfg, open("s2.json", "w"), indent=1)
     steps.append([b.train, "--config", "s2.json"])  # ck/ckpt/step-000001 to resume from
@@ -284,6 +286,8 @@ def targets(b, root):
         "dataset": (["ds"], ["ds/manifest.json", "ds/shard-00000.json", "ds/shard-00000.h5"],
                     train + ["data.path=ds"], None, ["o/final/model.safetensors"]),
         "h5": (["ds"], ["SHARD"], train + ["data.path=ds"], None, ["o/final/model.safetensors"]),
+        "evalset": (["ds"], ["ds/manifest.json", "ds/shard-00000.json", "ds/shard-00000.h5"],
+                    train + ["eval.path=ds"], None, ["o/final/model.safetensors"]),
         "resume": ([ck], [ck + "/state.json", ck + "/optimizer.safetensors",
                           ck + "/model.safetensors", ck + "/config.json"],
                    train + ["--resume", ck], None, ["o/final/model.safetensors"]),
