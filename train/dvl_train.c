@@ -61,8 +61,10 @@
 
 #include <cjson/cJSON.h>
 
+#include "core/file.h"
 #include "diffusion/noise.h"
 #include "dist/dist.h"
+#include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/dataset.h"
 #include "optim/adamw.h"
@@ -593,6 +595,42 @@ static const char *json_num(char *buf, size_t n, double v, int digits)
     else
         snprintf(buf, n, "null");
     return buf;
+}
+
+/* A resumed run's log (metrics.jsonl, eval.jsonl) as its checkpoint left
+ * it, before the run appends to it: the lines of later steps (logged before
+ * the run stopped, logged again as the resumed run repeats them) and a last
+ * line cut short by the stop are dropped, so each step is in the file once,
+ * in order. Rewritten atomically; nothing to do where the file is absent
+ * (a resume into another train.out). */
+static int trim_log(const char *path, int64_t step, dvl_err *err)
+{
+    if (access(path, F_OK) != 0)
+        return DVL_OK;
+    size_t n;
+    char *text = dvl_read_file(path, &n, err);
+    if (!text)
+        return err->code;
+    dvl_afile a;
+    if (dvl_afile_open(&a, path, err)) {
+        free(text);
+        return err->code;
+    }
+    int rc = DVL_OK;
+    for (char *line = text, *end; rc == DVL_OK && (end = memchr(line, '\n', (size_t)(text + n - line)));
+         line = end + 1) {
+        cJSON *j = cJSON_ParseWithLength(line, (size_t)(end - line));
+        const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "step");
+        if (cJSON_IsNumber(s) && s->valuedouble <= (double)step)
+            rc = dvl_afile_write(&a, line, (size_t)(end + 1 - line), err);
+        cJSON_Delete(j);
+    }
+    free(text);
+    if (rc) {
+        dvl_afile_abort(&a);
+        return rc;
+    }
+    return dvl_afile_commit(&a, err);
 }
 
 /* Progress line on rank 0: in place on a terminal, plain lines otherwise.
@@ -1184,11 +1222,15 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
             return err->code;
         char path[4200];
         snprintf(path, sizeof path, "%s/metrics.jsonl", c->out);
+        if (ckpt[0] && trim_log(path, r->step, err))
+            return err->code;
         r->metrics = fopen(path, ckpt[0] ? "a" : "w");
         if (!r->metrics)
             return dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
         if (c->eval_path) {
             snprintf(path, sizeof path, "%s/eval.jsonl", c->out);
+            if (ckpt[0] && trim_log(path, r->step, err))
+                return err->code;
             r->eval_log = fopen(path, ckpt[0] ? "a" : "w");
             if (!r->eval_log)
                 return dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));

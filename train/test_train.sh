@@ -277,6 +277,26 @@ assert a[1]['eval_loss'] == b[0]['eval_loss'], (a, b)
 else
     bad "eval_resume_same_bits: $(tail -1 evs.log) $(tail -1 evt.log)"
 fi
+# A resume into the run's own folder from an earlier checkpoint (the run
+# went on past it, then stopped mid-line): metrics.jsonl and eval.jsonl keep
+# each step once, in order, with the straight run's losses.
+"$TRAIN" --config s2.json --set train.out=rown train.max_steps=8 ckpt.every=4 ckpt.keep_last=0 \
+    eval.path=ev eval.every=2 >rown.log 2>&1 && cp rown/metrics.jsonl rown_straight.jsonl &&
+    printf '{"step": 9, "lo' >>rown/metrics.jsonl &&
+    "$TRAIN" --resume rown/ckpt/step-000004 >rown2.log 2>&1
+if py "
+import json
+m = [json.loads(l) for l in open('rown/metrics.jsonl')]
+e = [json.loads(l) for l in open('rown/eval.jsonl')]
+a = [json.loads(l) for l in open('rown_straight.jsonl')]
+assert [r['step'] for r in m] == list(range(1, 9)), [r['step'] for r in m]
+assert [r['step'] for r in e] == [2, 4, 6, 8], e
+assert [r['loss'] for r in m] == [r['loss'] for r in a], (m, a)
+"; then
+    ok resume_trims_own_logs
+else
+    bad "resume_trims_own_logs: $(tail -1 rown2.log)"
+fi
 
 # ---- NaN/Inf steps: skipped and logged; more than optim.max_bad_steps in a
 # row abort with the last checkpoint intact.
