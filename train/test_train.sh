@@ -532,7 +532,7 @@ reject eval_missing "eval.path: nowhere/manifest.json: cannot open" \
 reject eval_tokenizer_past_embedding "eval.path: ds_qwen was built with a tokenizer of 151669 ids" \
     --config s2.json --set train.out=o_ev3 eval.path=ds_qwen
 cp -r ev ev_cut && head -c 1000 ev/shard-00001.h5 >ev_cut/shard-00001.h5
-reject eval_shard_cut "eval.path: " --config s2.json --set train.out=o_ev4 eval.path=ev_cut
+reject eval_shard_cut "eval.path: ev_cut/shard-00001.h5: checksum mismatch: 1000 bytes" --config s2.json --set train.out=o_ev4 eval.path=ev_cut
 if [ -e o_ev1 ] || [ -e o_ev2 ] || [ -e o_ev3 ] || [ -e o_ev4 ]; then
     bad "eval_errors_write_nothing: $(ls -d o_ev*)"
 else
