@@ -633,6 +633,20 @@ static int trim_log(const char *path, int64_t step, dvl_err *err)
     return dvl_afile_commit(&a, err);
 }
 
+/* TRAIN.OUT/name, a JSON line per record (rank 0): a fresh run starts it
+ * empty, a resumed one goes on from its checkpoint's step (trim_log). */
+static FILE *open_log(const run *r, const char *name, bool resumed, dvl_err *err)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", r->c.out, name);
+    if (resumed && trim_log(path, r->step, err))
+        return NULL;
+    FILE *f = fopen(path, resumed ? "a" : "w");
+    if (!f)
+        dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    return f;
+}
+
 /* Progress line on rank 0: in place on a terminal, plain lines otherwise.
  * mfu < 0: not measured. */
 static void progress(run *r, double loss, double lr, double tps, double mfu, double elapsed,
@@ -1220,21 +1234,9 @@ static int setup(run *r, const char *ckpt, dvl_err *err)
     if (r->d.rank == 0) {
         if (make_dirs(c->out, err))
             return err->code;
-        char path[4200];
-        snprintf(path, sizeof path, "%s/metrics.jsonl", c->out);
-        if (ckpt[0] && trim_log(path, r->step, err))
+        if (!(r->metrics = open_log(r, "metrics.jsonl", ckpt[0] != 0, err)) ||
+            (c->eval_path && !(r->eval_log = open_log(r, "eval.jsonl", ckpt[0] != 0, err))))
             return err->code;
-        r->metrics = fopen(path, ckpt[0] ? "a" : "w");
-        if (!r->metrics)
-            return dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
-        if (c->eval_path) {
-            snprintf(path, sizeof path, "%s/eval.jsonl", c->out);
-            if (ckpt[0] && trim_log(path, r->step, err))
-                return err->code;
-            r->eval_log = fopen(path, ckpt[0] ? "a" : "w");
-            if (!r->eval_log)
-                return dvl_errf(err, DVL_EIO, "%s: cannot open: %s", path, strerror(errno));
-        }
         /* mpirun hands its ranks a pseudo-terminal whatever its own stdout
          * is, so under MPI the line is plain. */
         r->tty = isatty(STDOUT_FILENO) && r->d.world == 1;
