@@ -1109,6 +1109,15 @@ static dvl_tensor *r_rope_cols(dvl_ctx *x, dvl_tensor **in, const op_case *c)
     const int64_t s[4] = {2, 5, 2, 8};
     return dvl_rope_cols(x, in[0], 4, s, c->idx, c->f);
 }
+/* One table on in[0]'s device for two reads of it, columns 4.. and 12..
+ * (overlapping: their gradients add), as a model's q and k share one. */
+static dvl_tensor *r_rope_with(dvl_ctx *x, dvl_tensor **in, const op_case *c)
+{
+    const int64_t s[4] = {2, 5, 2, 8};
+    const dvl_rope_table *t = dvl_rope_table_make(x, in[0]->device, c->idx, 10, 8, c->f);
+    return dvl_add(x, dvl_rope_cols_with(x, in[0], 4, s, t),
+                   dvl_rope_cols_with(x, in[0], 12, s, t));
+}
 static dvl_tensor *r_concat(dvl_ctx *x, dvl_tensor **in, const op_case *c)
 {
     (void)c;
@@ -1252,6 +1261,9 @@ START_TEST(index_ops_match_cpu)
          .grad_tol = 1e-5},
         {.name = "rope_cols 2x8 at column 4 of [10,28]", .n_in = 1, .ndim = {2},
          .shape = {S2(10, 28)}, .grad = {true}, .run = r_rope_cols, .idx = pos, .f = 10000.0f,
+         .fwd_tol = 1e-5, .grad_tol = 1e-5},
+        {.name = "rope_cols_with one table, columns 4 and 12", .n_in = 1, .ndim = {2},
+         .shape = {S2(10, 28)}, .grad = {true}, .run = r_rope_with, .idx = pos, .f = 10000.0f,
          .fwd_tol = 1e-5, .grad_tol = 1e-5},
         {.name = "concat_rows [3,5];[4,5]", .n_in = 2, .ndim = {2, 2},
          .shape = {S2(3, 5), S2(4, 5)}, .grad = {true, true}, .run = r_concat, .fwd_tol = 0,

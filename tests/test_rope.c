@@ -2,7 +2,9 @@
  * values against a direct double-precision rotate-half formula and against
  * Hugging Face's float32 rounding of the angle, one position per token,
  * backward as the inverse rotation, errors; dvl_rope_cols (in place on a
- * column range) against dvl_rope of the copied-out columns. */
+ * column range) against dvl_rope of the copied-out columns; the shared
+ * tables (dvl_rope_table_make, dvl_rope_with, dvl_rope_cols_with) against
+ * the tables each call makes. */
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -454,7 +456,8 @@ END_TEST
 /* q [2, 3, 2 heads, 8] and k [2, 3, 1 head, 8] read in place from a
  * [6, 40] q|k|v-like tensor (q at column 0, k at 16, 8 more columns after)
  * equal dvl_rope of the copied-out columns bit for bit, forward and
- * backward; columns it does not read get no gradient. */
+ * backward, with a table per call or one shared table; columns it does not
+ * read get no gradient. */
 START_TEST(rope_cols_equals_rope_of_slice)
 {
     static const int32_t pos[6] = {0, 5, 77, 3, 4095, 1};
@@ -467,16 +470,29 @@ START_TEST(rope_cols_equals_rope_of_slice)
     for (int i = 0; i < 48; i++)
         seed_k[i] = (float)((i * 13) % 7) * 0.5f - 1.5f;
     float yq[96], yk[48];
-    for (int way = 0; way < 2; way++) {
-        dvl_params *pp = way ? p2 : p;
+    /* ways 0, 2: in place, a table per call or one shared; 1, 3: copied
+     * out, likewise. */
+    dvl_params *p3 = tu_make_params(s, 1, 21, 1.0f), *p4 = tu_make_params(s, 1, 21, 1.0f);
+    dvl_params *ps[4] = {p, p2, p3, p4};
+    for (int way = 0; way < 4; way++) {
+        dvl_params *pp = ps[way];
         dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
         dvl_tensor *x = pp->t[0], *q, *k;
+        const dvl_rope_table *t = way >= 2 ? dvl_rope_table_make(ctx, DVL_CPU, pos, 6, 8, 1e4f)
+                                           : NULL;
+        ck_assert(way < 2 || t);
         if (way == 0) {
             q = dvl_rope_cols(ctx, x, 0, sq, pos, 1e4f);
             k = dvl_rope_cols(ctx, x, 16, sk, pos, 1e4f);
-        } else {
+        } else if (way == 1) {
             q = dvl_rope(ctx, dvl_reshape(ctx, dvl_slice_cols(ctx, x, 0, 16), 4, sq), pos, 1e4f);
             k = dvl_rope(ctx, dvl_reshape(ctx, dvl_slice_cols(ctx, x, 16, 8), 4, sk), pos, 1e4f);
+        } else if (way == 2) {
+            q = dvl_rope_cols_with(ctx, x, 0, sq, t);
+            k = dvl_rope_cols_with(ctx, x, 16, sk, t);
+        } else {
+            q = dvl_rope_with(ctx, dvl_reshape(ctx, dvl_slice_cols(ctx, x, 0, 16), 4, sq), t);
+            k = dvl_rope_with(ctx, dvl_reshape(ctx, dvl_slice_cols(ctx, x, 16, 8), 4, sk), t);
         }
         ck_assert_msg(q && k, "%s", dvl_ctx_err(ctx)->msg);
         ck_assert_int_eq(q->ndim, 4);
@@ -495,10 +511,13 @@ START_TEST(rope_cols_equals_rope_of_slice)
         ck_assert_int_eq(dvl_backward(ctx, l), 0);
         dvl_ctx_free(ctx);
     }
-    ck_assert_mem_eq(p->t[0]->grad, p2->t[0]->grad, 6 * 40 * sizeof(float));
+    for (int way = 1; way < 4; way++)
+        ck_assert_mem_eq(p->t[0]->grad, ps[way]->t[0]->grad, 6 * 40 * sizeof(float));
     for (int r = 0; r < 6; r++)
         for (int c = 24; c < 40; c++)
             ck_assert_float_eq(p->t[0]->grad[r * 40 + c], 0.0f);
+    dvl_params_free(p4);
+    dvl_params_free(p3);
     dvl_params_free(p2);
     dvl_params_free(p);
 }
@@ -519,6 +538,79 @@ START_TEST(rope_cols_gradcheck)
     rope_case rc = {pos, 1e4f};
     TU_GRADCHECK(f_rope_cols, p, &rc, 1e-2f, 0, 1e-4);
     dvl_params_free(p);
+}
+END_TEST
+
+/* The shared-table forms under central differences (their backward is the
+ * per-call forms', fed the table's cos and sin). */
+static dvl_tensor *f_rope_with(dvl_ctx *c, dvl_params *p, void *u)
+{
+    rope_case *rc = u;
+    const int64_t s[4] = {1, 4, 2, 6};
+    dvl_tensor *x = dvl_params_find(p, "x");
+    const dvl_rope_table *t = dvl_rope_table_make(c, DVL_CPU, rc->pos, 4, 6, rc->theta);
+    dvl_tensor *a = dvl_rope_cols_with(c, x, 3, s, t);
+    dvl_tensor *b = dvl_rope_with(c, dvl_reshape(c, dvl_slice_cols(c, x, 0, 12), 4, s), t);
+    return dvl_add(c, a, dvl_scale(c, b, 0.5f));
+}
+
+START_TEST(rope_with_table_gradcheck)
+{
+    static const int32_t pos[4] = {3, 0, 1000, 41};
+    tu_pspec s[1] = {{"x", 2, {4, 17}, true}};
+    dvl_params *p = tu_make_params(s, 1, 23, 1.0f);
+    rope_case rc = {pos, 1e4f};
+    TU_GRADCHECK(f_rope_with, p, &rc, 1e-2f, 0, 1e-4);
+    dvl_params_free(p);
+}
+END_TEST
+
+/* A table that does not fit x (tokens, head size), none, and bad tables. */
+START_TEST(rope_table_errors)
+{
+    static const int32_t pos[4] = {0, 1, 2, 3};
+    dvl_ctx *ctx = dvl_ctx_new(DVL_CPU);
+    dvl_tensor *x = dvl_new2(ctx, 4, 20);
+    x->name = "qkv";
+    const int64_t s[4] = {1, 4, 2, 8}, s4[4] = {1, 4, 1, 4}, s3[4] = {1, 3, 2, 8};
+    const dvl_rope_table *t3 = dvl_rope_table_make(ctx, DVL_CPU, pos, 3, 8, 1e4f);
+    const dvl_rope_table *t8 = dvl_rope_table_make(ctx, DVL_CPU, pos, 4, 8, 1e4f);
+    ck_assert(t3 && t8);
+    ck_assert_ptr_null(dvl_rope_cols_with(ctx, x, 0, s3, t8));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "want 3 rows"), "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    dvl_tensor *x3 = dvl_new2(ctx, 3, 20);
+    x3->name = "x3";
+    ck_assert_ptr_nonnull(dvl_rope_cols_with(ctx, x3, 0, s3, t3));
+    ck_assert_ptr_null(dvl_rope_cols_with(ctx, x, 0, s, t3));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg,
+                         "rope_cols: x qkv (4 tokens, head size 8, cpu) does not fit its table "
+                         "(3 tokens, head size 8, cpu)"),
+                  "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    ck_assert_ptr_null(dvl_rope_cols_with(ctx, x, 0, s4, t8));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "head size 4, cpu) does not fit its table"),
+                  "%s", dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    dvl_tensor *x4 = dvl_reshape(ctx, dvl_new2(ctx, 4, 16), 4, s);
+    ck_assert_ptr_nonnull(dvl_rope_with(ctx, x4, t8));
+    ck_assert_ptr_null(dvl_rope_with(ctx, x4, t3));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "does not fit its table (3 tokens"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    ck_assert_ptr_null(dvl_rope_with(ctx, x4, NULL));
+    ck_assert_ptr_null(dvl_rope_table_make(ctx, DVL_CPU, pos, 4, 7, 1e4f));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "rope table: 4 tokens of head size 7"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    ck_assert_ptr_null(dvl_rope_table_make(ctx, DVL_CPU, NULL, 4, 8, 1e4f));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "rope table: positions are NULL"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    ck_assert_ptr_null(dvl_rope_table_make(ctx, DVL_CPU, pos, 4, 8, -1.0f));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "rope table: theta -1 must be positive"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    dvl_ctx_free(ctx);
 }
 END_TEST
 
@@ -562,6 +654,8 @@ static Suite *suite(void)
     tcase_add_test(tc, rope_cols_equals_rope_of_slice);
     tcase_add_test(tc, rope_cols_gradcheck);
     tcase_add_test(tc, rope_cols_errors);
+    tcase_add_test(tc, rope_with_table_gradcheck);
+    tcase_add_test(tc, rope_table_errors);
     tcase_add_test(tc, errors);
     suite_add_tcase(s, tc);
     return s;

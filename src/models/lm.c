@@ -271,7 +271,7 @@ static dvl_tensor *with_cache(dvl_ctx *ctx, dvl_tensor *x, float *cache, const d
  * cache the keys and values are the cached rows followed by the new ones
  * (lm.h). */
 static dvl_tensor *attend(dvl_ctx *ctx, const dvl_lm *m, int l, dvl_tensor *h, int64_t N,
-                          int64_t T, const int32_t *pos, const dvl_mask *mask,
+                          int64_t T, const dvl_rope_table *rt, const dvl_mask *mask,
                           const dvl_lm_input *in)
 {
     const dvl_lm_config *c = &m->cfg;
@@ -280,7 +280,6 @@ static dvl_tensor *attend(dvl_ctx *ctx, const dvl_lm *m, int l, dvl_tensor *h, i
     /* Qwen2: rotary after the bias (HF applies it to the projection
      * output); output feature h*D + j is head h, dim j, so a reshape is the
      * head split. */
-    const float theta = c->rope_theta;
     dvl_tensor *w[3] = {L->wq, L->wk, L->wv}, *b[3] = {L->bq, L->bk, L->bv}, *q, *k, *v;
     dvl_tensor *const *bias = L->bq ? b : NULL;
     if (!in->separate_projections && dvl_linear_cat_ok(3, w, bias)) {
@@ -288,12 +287,12 @@ static dvl_tensor *attend(dvl_ctx *ctx, const dvl_lm *m, int l, dvl_tensor *h, i
          * and k in place, v is copied out. */
         const int64_t qd = sq[2] * sq[3], kvd = skv[2] * skv[3];
         dvl_tensor *qkv = dvl_linear_cat(ctx, h, 3, w, bias);
-        q = dvl_rope_cols(ctx, qkv, 0, sq, pos, theta);
-        k = dvl_rope_cols(ctx, qkv, qd, skv, pos, theta);
+        q = dvl_rope_cols_with(ctx, qkv, 0, sq, rt);
+        k = dvl_rope_cols_with(ctx, qkv, qd, skv, rt);
         v = dvl_reshape(ctx, dvl_slice_cols(ctx, qkv, qd + kvd, kvd), 4, skv);
     } else { /* a store laid out otherwise, some of the three frozen, or asked */
-        q = dvl_rope(ctx, dvl_reshape(ctx, dvl_linear(ctx, h, L->wq, L->bq), 4, sq), pos, theta);
-        k = dvl_rope(ctx, dvl_reshape(ctx, dvl_linear(ctx, h, L->wk, L->bk), 4, skv), pos, theta);
+        q = dvl_rope_with(ctx, dvl_reshape(ctx, dvl_linear(ctx, h, L->wq, L->bq), 4, sq), rt);
+        k = dvl_rope_with(ctx, dvl_reshape(ctx, dvl_linear(ctx, h, L->wk, L->bk), 4, skv), rt);
         v = dvl_reshape(ctx, dvl_linear(ctx, h, L->wv, L->bv), 4, skv);
     }
     if (in->cache) {
@@ -310,7 +309,7 @@ typedef struct layer_args {
     const dvl_lm *m;
     int l;
     int64_t N, T;
-    const int32_t *pos;
+    const dvl_rope_table *rope; /* the forward's, shared by every layer */
     dvl_mask mask;
     dvl_lm_input in;
 } layer_args;
@@ -322,7 +321,7 @@ static dvl_tensor *layer_fwd(dvl_ctx *ctx, const void *user, dvl_tensor *x)
     const dvl_lm_config *c = &a->m->cfg;
     const dvl_lm_layer *L = &a->m->layer[a->l];
     dvl_tensor *h = dvl_rmsnorm(ctx, x, L->attn_norm, c->rms_eps);
-    x = dvl_add(ctx, x, attend(ctx, a->m, a->l, h, a->N, a->T, a->pos, &a->mask, &a->in));
+    x = dvl_add(ctx, x, attend(ctx, a->m, a->l, h, a->N, a->T, a->rope, &a->mask, &a->in));
     h = dvl_rmsnorm(ctx, x, L->mlp_norm, c->rms_eps);
     dvl_tensor *gu[2] = {L->w_gate, L->w_up};
     if (!a->in.separate_projections && dvl_linear_cat_ok(2, gu, NULL))
@@ -376,6 +375,12 @@ dvl_tensor *dvl_lm_forward(dvl_ctx *ctx, const dvl_lm *m, const dvl_lm_input *in
             p[i] = (int32_t)(start + i % T);
         pos = p;
     }
+    /* Every layer rotates q and k by the same angles: one table (made
+     * before the layers, so a checkpointed layer's second run finds it). */
+    const dvl_rope_table *rt =
+        x ? dvl_rope_table_make(ctx, x->device, pos, n, c->head_dim, c->rope_theta) : NULL;
+    if (!rt)
+        return NULL;
     dvl_mask mk = in->mask ? *in->mask : dvl_lm_default_mask(c);
     if (kv)
         mk.q_offset = start; /* query row t is cache row len + t */
@@ -385,7 +390,7 @@ dvl_tensor *dvl_lm_forward(dvl_ctx *ctx, const dvl_lm *m, const dvl_lm_input *in
         layer_args *a = dvl_alloc(ctx, sizeof *a);
         if (!a)
             return NULL;
-        *a = (layer_args){m, l, N, T, pos, mk, *in};
+        *a = (layer_args){m, l, N, T, rt, mk, *in};
         a->in.mask = &a->mask;
         x = in->checkpoint ? dvl_checkpoint(ctx, layer_fwd, a, x) : layer_fwd(ctx, a, x);
     }

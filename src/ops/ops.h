@@ -91,6 +91,23 @@ dvl_tensor *dvl_rope(dvl_ctx *ctx, dvl_tensor *x, const int32_t *pos, float thet
  * copying them out first). */
 dvl_tensor *dvl_rope_cols(dvl_ctx *ctx, dvl_tensor *x, int64_t start, const int64_t *shape,
                           const int32_t *pos, float theta);
+/* The cos and sin of every angle [tokens, D/2], made once for a set of
+ * positions and read by each dvl_rope_with / dvl_rope_cols_with over them:
+ * a model's layers share one per forward (a GPU's table is made on the
+ * host, bit for bit the CPU's, and copied: once per call that was a third of
+ * a training step). Arena memory on `device`, valid until the context's
+ * reset; NULL with the context's error set on bad input. */
+typedef struct dvl_rope_table {
+    const float *cos, *sin;
+    int64_t tokens, D;
+    dvl_device device;
+} dvl_rope_table;
+const dvl_rope_table *dvl_rope_table_make(dvl_ctx *ctx, dvl_device device, const int32_t *pos,
+                                          int64_t tokens, int64_t D, float theta);
+/* dvl_rope and dvl_rope_cols on a table; the same bits as making it there. */
+dvl_tensor *dvl_rope_with(dvl_ctx *ctx, dvl_tensor *x, const dvl_rope_table *t);
+dvl_tensor *dvl_rope_cols_with(dvl_ctx *ctx, dvl_tensor *x, int64_t start, const int64_t *shape,
+                               const dvl_rope_table *t);
 
 /* ------------------------------------------------------------------ rows */
 /* Rows = first dimension for these (a [n, ...] tensor has n rows). */
