@@ -309,20 +309,24 @@ extern "C" void dvl_cuda_swiglu_bwd_bf16(uint16_t *dgu, const uint16_t *da, cons
  *   denom = sqrt(v) / sqrt(bc2) + eps
  *   p -= (lr / bc1) * m / denom
  * with bc1 = 1 - beta1^t and bc2 = 1 - beta2^t computed once on the host. */
-/* Element i of the update. Both AdamW kernels inline this one function, so
- * the device compiler contracts the same expressions into the same fused
- * multiply-adds in each: the two give the same bits. */
+/* Element i of the update, every product and sum rounded on its own
+ * (__fmul_rn, __fadd_rn: never contracted into a fused multiply-add).
+ * Inlining one function into both kernels was not enough: on an H200 nvcc
+ * fused differently in the two, and their weights differed in the last bit
+ * (test_cuda adamw_one_launch_equals_per_parameter, 2026-11-29). Division
+ * and sqrtf are IEEE-rounded (nvcc's default -prec-div, -prec-sqrt). */
 __device__ static inline void adamw_elem(float *p, const float *g, float *m, float *v, int64_t i,
                                          float gscale, float decay, float beta1, float beta2,
                                          float eps, float step_size, float bc2_sqrt)
 {
-    const float gi = g[i] * gscale;
-    const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-    const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+    const float gi = __fmul_rn(g[i], gscale);
+    const float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(1.0f - beta1, gi));
+    const float vi =
+        __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(__fmul_rn(1.0f - beta2, gi), gi));
     m[i] = mi;
     v[i] = vi;
-    const float denom = sqrtf(vi) / bc2_sqrt + eps;
-    p[i] = p[i] * decay - step_size * (mi / denom);
+    const float denom = __fadd_rn(sqrtf(vi) / bc2_sqrt, eps);
+    p[i] = __fsub_rn(__fmul_rn(p[i], decay), __fmul_rn(step_size, mi / denom));
 }
 
 __global__ static void adamw_k(float *p, const float *g, float *m, float *v, int64_t n,
