@@ -893,6 +893,62 @@ START_TEST(decoding_is_deterministic)
 }
 END_TEST
 
+/* At a vocabulary large enough for the step's OpenMP team (the tests run on
+ * 2 threads), greedy and sampled: the proposals, confidences and commits
+ * are those of dvl_sample_token position by position in order, to the
+ * bit; a position left unmasked keeps its id and a confidence of 0. */
+START_TEST(large_vocabulary_step_equals_per_position)
+{
+    enum { B = 8, V = 40000, MASK = 7 };
+    float *z = malloc((size_t)B * V * sizeof *z);
+    void *scratch = malloc(dvl_sample_scratch_bytes(V));
+    ck_assert(z && scratch);
+    dvl_rng lg;
+    dvl_rng_seed(&lg, 31);
+    rand_logits(z, B, V, &lg);
+    for (int mode = 0; mode < 2; mode++) {
+        dvl_sampler s;
+        dvl_sampler_default(&s);
+        if (mode == 1) {
+            s.temperature = 0.8f;
+            s.top_k = 500;
+        }
+        dvl_err err = {0};
+        dvl_decoder *d = dvl_decoder_new(&s, V, B, &err);
+        ck_assert_ptr_nonnull(d);
+        int32_t x[B], want_x[B], prop[B] = {0};
+        float conf[B];
+        for (int j = 0; j < B; j++)
+            x[j] = want_x[j] = j == 3 ? 12 : MASK;
+        uint8_t masked[B], commit[B];
+        dvl_rng r1, r2;
+        dvl_rng_seed(&r1, 9);
+        dvl_rng_seed(&r2, 9);
+        for (int j = 0; j < B; j++) {
+            masked[j] = x[j] == MASK;
+            conf[j] = 0.0f;
+            if (masked[j])
+                prop[j] = dvl_sample_token(z + (int64_t)j * V, V, &s, &r1, scratch, &conf[j]);
+        }
+        const int k = 3;
+        ck_assert_int_eq(dvl_select_commits(conf, masked, B, k, s.remask, s.tau, commit), k);
+        for (int j = 0; j < B; j++)
+            if (commit[j])
+                want_x[j] = prop[j];
+        ck_assert_int_eq(dvl_decode_step(d, x, B, MASK, z, k, &r2), k);
+        ck_assert_mem_eq(x, want_x, sizeof x);
+        ck_assert_mem_eq(d->conf, conf, sizeof conf);
+        ck_assert_float_eq(d->conf[3], 0.0f);
+        ck_assert_int_eq(x[3], 12);
+        /* both rngs drew the same number of times */
+        ck_assert_uint_eq(dvl_rng_u64(&r1), dvl_rng_u64(&r2));
+        dvl_decoder_free(d);
+    }
+    free(scratch);
+    free(z);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("diffusion");
@@ -918,6 +974,7 @@ static Suite *suite(void)
     tcase_add_test(de, top_k_top_p_filters);
     tcase_add_test(de, sampling_frequencies_and_confidence);
     tcase_add_test(de, decoding_is_deterministic);
+    tcase_add_test(de, large_vocabulary_step_equals_per_position);
     suite_add_tcase(s, de);
     return s;
 }

@@ -4,6 +4,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
+#include "ops/cpu/par.h"
+
 int dvl_transfer_schedule(int n_masked, int steps, int *out_counts)
 {
     if (steps < 1 || n_masked < 0)
@@ -258,12 +260,27 @@ int dvl_decode_step(dvl_decoder *d, int32_t *x, int n, int32_t mask_id, const fl
 {
     if (n > d->cap_n || n < 0)
         return -1;
+    /* Sampled tokens in position order (the rng's draws); greedy ones,
+     * and every confidence, a position each on a team: a confidence is a
+     * softmax over the vocabulary in double (~1 ms at V = 151936, the
+     * decoding's host time on a GPU), each independent of the others, so
+     * the same bits on any number of threads. */
+    const bool greedy = d->s.temperature <= 0.0f;
     for (int j = 0; j < n; j++) {
         d->masked[j] = x[j] == mask_id;
         d->conf[j] = 0.0f;
-        if (d->masked[j])
+        if (d->masked[j] && !greedy)
             d->proposal[j] = dvl_sample_token(logits + (int64_t)j * d->V, d->V, &d->s, rng,
-                                              d->scratch, &d->conf[j]);
+                                              d->scratch, NULL);
+    }
+#pragma omp parallel for schedule(static) if (dvl_par((int64_t)n * d->V * DVL_WORK_EXP))
+    for (int j = 0; j < n; j++) {
+        if (!d->masked[j])
+            continue;
+        const float *z = logits + (int64_t)j * d->V;
+        if (greedy) /* touches neither rng nor scratch */
+            d->proposal[j] = dvl_sample_token(z, d->V, &d->s, NULL, NULL, NULL);
+        d->conf[j] = (float)softmax_at(z, d->V, d->proposal[j]);
     }
     int c = dvl_select_commits(d->conf, d->masked, n, k, d->s.remask, d->s.tau, d->commit);
     for (int j = 0; j < n; j++)
