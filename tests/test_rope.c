@@ -599,6 +599,13 @@ START_TEST(rope_table_errors)
                   dvl_ctx_err(ctx)->msg);
     dvl_ctx_clear_error(ctx);
     ck_assert_ptr_null(dvl_rope_with(ctx, x4, NULL));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "rope: no table for x"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
+    ck_assert_ptr_null(dvl_rope_cols_with(ctx, x, 0, s, NULL));
+    ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "rope_cols: no table for x qkv"), "%s",
+                  dvl_ctx_err(ctx)->msg);
+    dvl_ctx_clear_error(ctx);
     ck_assert_ptr_null(dvl_rope_table_make(ctx, DVL_CPU, pos, 4, 7, 1e4f));
     ck_assert_msg(strstr(dvl_ctx_err(ctx)->msg, "rope table: 4 tokens of head size 7"), "%s",
                   dvl_ctx_err(ctx)->msg);

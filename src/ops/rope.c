@@ -155,7 +155,7 @@ static const dvl_rope_table *own_table(dvl_ctx *ctx, const char *op, const dvl_t
     return dvl_rope_table_make(ctx, x->device, pos, tokens, D, theta);
 }
 
-/* x [N, T, H, D]: its tokens and head size. */
+/* x is [N, T, H, D]. */
 static bool rope_shape(dvl_ctx *ctx, const dvl_tensor *x)
 {
     char sx[64];
@@ -180,8 +180,10 @@ dvl_tensor *dvl_rope(dvl_ctx *ctx, dvl_tensor *x, const int32_t *pos, float thet
 
 dvl_tensor *dvl_rope_with(dvl_ctx *ctx, dvl_tensor *x, const dvl_rope_table *t)
 {
-    if (!x || !t || !rope_shape(ctx, x))
+    if (!x || !rope_shape(ctx, x))
         return NULL;
+    if (!t) /* a failed dvl_rope_table_make has said why already */
+        return dvl_fail(ctx, "rope: no table for x %s", dvl_tname(x));
     if (!check(ctx, "rope", x, x->shape[0] * x->shape[1], x->shape[3], t))
         return NULL;
     return rope(ctx, "rope", x, 0, x->shape[2] * x->shape[3], x->shape, t);
@@ -221,8 +223,10 @@ dvl_tensor *dvl_rope_cols(dvl_ctx *ctx, dvl_tensor *x, int64_t start, const int6
 dvl_tensor *dvl_rope_cols_with(dvl_ctx *ctx, dvl_tensor *x, int64_t start, const int64_t *shape,
                                const dvl_rope_table *t)
 {
-    if (!x || !t || !cols_fit(ctx, x, start, shape))
+    if (!x || !cols_fit(ctx, x, start, shape))
         return NULL;
+    if (!t)
+        return dvl_fail(ctx, "rope_cols: no table for x %s", dvl_tname(x));
     if (!check(ctx, "rope_cols", x, shape[0] * shape[1], shape[3], t))
         return NULL;
     return rope(ctx, "rope_cols", x, start, dvl_cols(x), shape, t);
